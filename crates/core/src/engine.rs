@@ -1,0 +1,300 @@
+//! The engine: one table's events, split into shards, each shard running
+//! every view's operators in log order.
+//!
+//! This is the single implementation behind both paths: `lockstep run` feeds
+//! a file through it, and the streaming daemon feeds the log through it one
+//! event at a time. Same operators, same order, so the same rows.
+
+use crate::plan::{Catalog, Table};
+use crate::shard::shard_of;
+use crate::value::{DataType, Row, Value};
+use crate::window::{ViewState, ViewStats};
+use std::sync::Arc;
+
+/// Why an event cannot enter the engine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("expected {expected} columns, got {got}")]
+    Arity { expected: usize, got: usize },
+    #[error("key column `{0}` is missing or NULL")]
+    MissingKey(String),
+    #[error("event_time column `{0}` is missing or NULL")]
+    MissingTime(String),
+    #[error("column `{column}` should be {expected}, got {got}")]
+    Type {
+        column: String,
+        expected: DataType,
+        got: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown view `{0}`")]
+    UnknownView(String),
+    #[error("views `{0}` and `{1}` read different tables; run them in separate engines")]
+    MixedTables(String, String),
+    #[error("no views to run")]
+    NoViews,
+}
+
+/// What happened to a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Entered the shard's state at log position `pos`.
+    Accepted { shard: u32, pos: u64 },
+    /// Its event time was below the shard's watermark: it changed no state
+    /// and produced no row.
+    Late { shard: u32, watermark: i64 },
+}
+
+/// A finalized row of view `view` (an index into [`Engine::views`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emitted {
+    pub view: usize,
+    pub shard: u32,
+    pub row: Row,
+}
+
+#[derive(Clone, Debug)]
+struct Shard {
+    max_time: i64,
+    next_pos: u64,
+    late: u64,
+    views: Vec<ViewState>,
+}
+
+impl Shard {
+    fn watermark(&self, lateness: i64) -> i64 {
+        if self.max_time == i64::MIN {
+            i64::MIN
+        } else {
+            self.max_time.saturating_sub(lateness)
+        }
+    }
+}
+
+/// Per-shard counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub events: u64,
+    pub late: u64,
+    pub watermark: i64,
+    pub views: Vec<ViewStats>,
+}
+
+/// The incremental engine for a set of views over one table.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    table: usize,
+    views: Vec<usize>,
+    shards: Vec<Shard>,
+}
+
+impl Engine {
+    /// An engine running the named views (all views of their table must share
+    /// it). An empty list runs every view of the catalog's first table.
+    pub fn new(catalog: Arc<Catalog>, view_names: &[&str]) -> Result<Engine, EngineError> {
+        let views: Vec<usize> = if view_names.is_empty() {
+            let t = catalog.views.first().ok_or(EngineError::NoViews)?.table;
+            (0..catalog.views.len())
+                .filter(|&i| catalog.views[i].table == t)
+                .collect()
+        } else {
+            view_names
+                .iter()
+                .map(|n| {
+                    catalog
+                        .view(n)
+                        .map(|(i, _)| i)
+                        .ok_or_else(|| EngineError::UnknownView(n.to_string()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let table = catalog.views[views[0]].table;
+        for &v in &views {
+            if catalog.views[v].table != table {
+                return Err(EngineError::MixedTables(
+                    catalog.views[views[0]].name.clone(),
+                    catalog.views[v].name.clone(),
+                ));
+            }
+        }
+        let shard = Shard {
+            max_time: i64::MIN,
+            next_pos: 0,
+            late: 0,
+            views: views
+                .iter()
+                .map(|&v| ViewState::new(&catalog.views[v]))
+                .collect(),
+        };
+        let n = catalog.tables[table].shards as usize;
+        Ok(Engine {
+            shards: vec![shard; n],
+            catalog,
+            table,
+            views,
+        })
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.catalog.tables[self.table]
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Catalog indexes of the views this engine runs.
+    pub fn views(&self) -> &[usize] {
+        &self.views
+    }
+
+    /// Checks that an event fits the table schema (types already coerced).
+    pub fn validate(&self, event: &[Value]) -> Result<(), EventError> {
+        let t = self.table();
+        if event.len() != t.schema.len() {
+            return Err(EventError::Arity {
+                expected: t.schema.len(),
+                got: event.len(),
+            });
+        }
+        for (v, c) in event.iter().zip(&t.schema.columns) {
+            let ok = matches!(
+                (v, c.data_type),
+                (Value::Null, _)
+                    | (Value::BigInt(_), DataType::BigInt)
+                    | (Value::Double(_), DataType::Double)
+                    | (Value::Text(_), DataType::Text)
+                    | (Value::Boolean(_), DataType::Boolean)
+                    | (Value::Timestamp(_), DataType::Timestamp)
+            );
+            if !ok {
+                return Err(EventError::Type {
+                    column: c.name.clone(),
+                    expected: c.data_type,
+                    got: format!("{v:?}"),
+                });
+            }
+        }
+        if event[t.key].is_null() {
+            return Err(EventError::MissingKey(t.schema.columns[t.key].name.clone()));
+        }
+        if event[t.time].is_null() {
+            return Err(EventError::MissingTime(
+                t.schema.columns[t.time].name.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard an event belongs to.
+    pub fn shard_of(&self, event: &[Value]) -> u32 {
+        let t = self.table();
+        shard_of(&event[t.key], t.shards)
+    }
+
+    /// Appends one event to its shard's log and runs it through every view.
+    /// Rows that became final are appended to `out`.
+    pub fn push(&mut self, event: &[Value], out: &mut Vec<Emitted>) -> Result<Outcome, EventError> {
+        self.validate(event)?;
+        let shard = self.shard_of(event);
+        Ok(self.push_to_shard(shard, event, out))
+    }
+
+    /// Like [`Engine::push`] for an event already validated and routed (the
+    /// daemon's shard actors own one shard each).
+    pub fn push_to_shard(
+        &mut self,
+        shard: u32,
+        event: &[Value],
+        out: &mut Vec<Emitted>,
+    ) -> Outcome {
+        let t = &self.catalog.tables[self.table];
+        let lateness = t.lateness_ms;
+        let Value::Timestamp(time) = event[t.time] else {
+            unreachable!("validated: event_time is a TIMESTAMP")
+        };
+        let s = &mut self.shards[shard as usize];
+        let wm = s.watermark(lateness);
+        if time < wm {
+            s.late += 1;
+            return Outcome::Late {
+                shard,
+                watermark: wm,
+            };
+        }
+        let pos = s.next_pos;
+        s.next_pos += 1;
+        s.max_time = s.max_time.max(time);
+        let wm = s.watermark(lateness);
+        let mut rows = Vec::new();
+        for (i, vs) in s.views.iter_mut().enumerate() {
+            let view = &self.catalog.views[self.views[i]];
+            vs.on_event(view, event, time, pos, wm, &mut rows);
+            out.extend(rows.drain(..).map(|row| Emitted {
+                view: i,
+                shard,
+                row,
+            }));
+        }
+        Outcome::Accepted { shard, pos }
+    }
+
+    /// End of a finite input: every shard's watermark becomes +infinity and all
+    /// held rows are emitted, shard by shard.
+    pub fn finish(&mut self, out: &mut Vec<Emitted>) {
+        for (shard, s) in self.shards.iter_mut().enumerate() {
+            let mut rows = Vec::new();
+            for (i, vs) in s.views.iter_mut().enumerate() {
+                let view = &self.catalog.views[self.views[i]];
+                vs.flush(view, &mut rows);
+                out.extend(rows.drain(..).map(|row| Emitted {
+                    view: i,
+                    shard: shard as u32,
+                    row,
+                }));
+            }
+        }
+    }
+
+    /// Features for a hypothetical event of view `view` (engine index) as if it
+    /// arrived now. Label columns (FOLLOWING frames) are NULL. No state changes.
+    pub fn serve(&mut self, view: usize, event: &[Value]) -> Result<Row, EventError> {
+        self.validate(event)?;
+        let t = self.table();
+        let Value::Timestamp(time) = event[t.time] else {
+            unreachable!("validated")
+        };
+        let shard = self.shard_of(event) as usize;
+        let v = &self.catalog.views[self.views[view]];
+        Ok(self.shards[shard].views[view].serve(v, event, time))
+    }
+
+    /// The current watermark of a shard (`i64::MIN` before any event).
+    pub fn watermark(&self, shard: u32) -> i64 {
+        self.shards[shard as usize].watermark(self.table().lateness_ms)
+    }
+
+    pub fn stats(&mut self) -> Vec<ShardStats> {
+        let lateness = self.table().lateness_ms;
+        self.shards
+            .iter_mut()
+            .enumerate()
+            .map(|(i, s)| ShardStats {
+                shard: i as u32,
+                events: s.next_pos,
+                late: s.late,
+                watermark: s.watermark(lateness),
+                views: s
+                    .views
+                    .iter_mut()
+                    .map(|v| v.refresh_stats().clone())
+                    .collect(),
+            })
+            .collect()
+    }
+}

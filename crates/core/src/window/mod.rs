@@ -1,0 +1,8 @@
+//! Incremental window operators: exact frame semantics with bounded state.
+
+pub mod acc;
+pub mod exact_sum;
+pub mod partition;
+pub mod view_state;
+
+pub use view_state::{ViewState, ViewStats};

@@ -1,0 +1,356 @@
+//! One partition's buffer of events, sorted by (event_time, log position),
+//! and the sliding accumulators of the frames evaluated over it.
+
+use super::acc::Acc;
+use super::exact_sum::ExactSum;
+use crate::plan::{Frame, WinFunc, WindowCall};
+use crate::value::Value;
+use std::collections::{BTreeSet, VecDeque};
+
+/// One event as a partition keeps it: its position in time and log order and
+/// the per-call inputs (argument value, or `None` when FILTER rejected it).
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub time: i64,
+    pub pos: u64,
+    pub inputs: Box<[Option<Value>]>,
+}
+
+/// An accumulator over the buffered events with time in `[lo, hi]` (plus, for
+/// an unbounded-below frame, every event already evicted).
+#[derive(Clone, Debug)]
+pub struct Slide {
+    pub lo: i64,
+    pub hi: i64,
+    pub acc: Acc,
+    unbounded: bool,
+    fresh: bool,
+}
+
+impl Slide {
+    pub fn new(acc: Acc, unbounded: bool) -> Slide {
+        Slide {
+            lo: i64::MIN,
+            hi: i64::MIN,
+            acc,
+            unbounded,
+            fresh: true,
+        }
+    }
+
+    /// Moves the accumulated range to `[lo, hi]` by adding and removing only
+    /// the events that enter or leave it.
+    pub fn move_to(&mut self, events: &VecDeque<Stored>, slot: usize, lo: i64, hi: i64) {
+        let lo = if self.unbounded { i64::MIN } else { lo };
+        let disjoint = self.fresh || hi < self.lo || lo > self.hi;
+        if disjoint && !self.unbounded {
+            self.acc = fresh_like(&self.acc);
+            for e in range(events, lo, hi) {
+                self.acc.add(&e.inputs[slot]);
+            }
+        } else {
+            if lo < self.lo {
+                for e in range(events, lo, self.lo - 1) {
+                    self.acc.add(&e.inputs[slot]);
+                }
+            } else if lo > self.lo {
+                for e in range(events, self.lo, lo - 1) {
+                    self.acc.remove(&e.inputs[slot]);
+                }
+            }
+            if hi > self.hi {
+                for e in range(events, self.hi.saturating_add(1), hi) {
+                    self.acc.add(&e.inputs[slot]);
+                }
+            } else if hi < self.hi {
+                for e in range(events, hi.saturating_add(1), self.hi) {
+                    self.acc.remove(&e.inputs[slot]);
+                }
+            }
+        }
+        self.lo = lo;
+        self.hi = hi;
+        self.fresh = false;
+    }
+
+    fn contains(&self, time: i64) -> bool {
+        !self.fresh && time >= self.lo && time <= self.hi
+    }
+}
+
+fn fresh_like(acc: &Acc) -> Acc {
+    match acc {
+        Acc::Count(_) => Acc::Count(0),
+        Acc::SumInt { .. } => Acc::SumInt { sum: 0, n: 0 },
+        Acc::SumFloat { .. } => Acc::SumFloat {
+            sum: ExactSum::default(),
+            n: 0,
+        },
+        Acc::MinMax(_) => Acc::MinMax(Default::default()),
+        Acc::Distinct(_) => Acc::Distinct(Default::default()),
+    }
+}
+
+/// The buffered events with time in `[lo, hi]`.
+fn range(events: &VecDeque<Stored>, lo: i64, hi: i64) -> impl Iterator<Item = &Stored> {
+    let a = events.partition_point(|e| e.time < lo);
+    let b = if hi < lo {
+        a
+    } else {
+        events.partition_point(|e| e.time <= hi)
+    };
+    events.range(a..b.max(a))
+}
+
+/// A partition's events plus the state of the frames evaluated over them.
+#[derive(Clone, Debug, Default)]
+pub struct Partition {
+    pub events: VecDeque<Stored>,
+    /// One per call of the group (by slot); `None` for calls evaluated by
+    /// scanning rows (ROWS frames, LAG/LEAD, decay).
+    pub slides: Vec<Option<Slide>>,
+    /// (time, pos) of rows still waiting for a FOLLOWING frame over this
+    /// partition; they pin the events they need.
+    pub pending: BTreeSet<(i64, u64)>,
+}
+
+/// An ordered view of a partition's events, optionally with one extra,
+/// hypothetical event spliced in (for serving) without touching the buffer.
+struct Seq<'a> {
+    events: &'a VecDeque<Stored>,
+    extra: Option<(usize, &'a Stored)>,
+}
+
+impl<'a> Seq<'a> {
+    fn len(&self) -> usize {
+        self.events.len() + self.extra.is_some() as usize
+    }
+
+    fn get(&self, i: usize) -> &'a Stored {
+        match self.extra {
+            Some((at, e)) if i == at => e,
+            Some((at, _)) if i > at => &self.events[i - 1],
+            _ => &self.events[i],
+        }
+    }
+
+    /// Index of the first element with time >= t (the sequence is sorted, so
+    /// it is the count of elements with time < t).
+    fn lower(&self, t: i64) -> usize {
+        let i = self.events.partition_point(|e| e.time < t);
+        i + self.extra.is_some_and(|(_, e)| e.time < t) as usize
+    }
+}
+
+impl Partition {
+    pub fn new(slides: Vec<Option<Slide>>) -> Partition {
+        Partition {
+            events: VecDeque::new(),
+            slides,
+            pending: BTreeSet::new(),
+        }
+    }
+
+    /// Inserts an event that arrived now (its position is the largest yet) and
+    /// returns its index.
+    pub fn insert(&mut self, e: Stored) -> usize {
+        let idx = self.events.partition_point(|x| x.time <= e.time);
+        for (slot, s) in self.slides.iter_mut().enumerate() {
+            if let Some(s) = s {
+                if s.contains(e.time) {
+                    s.acc.add(&e.inputs[slot]);
+                }
+            }
+        }
+        self.events.insert(idx, e);
+        idx
+    }
+
+    pub fn index_of(&self, time: i64, pos: u64) -> Option<usize> {
+        let i = self
+            .events
+            .partition_point(|x| (x.time, x.pos) < (time, pos));
+        (i < self.events.len() && self.events[i].pos == pos).then_some(i)
+    }
+
+    /// Drops events no future frame can see: those with time below `below`,
+    /// keeping at least `keep_rows` events older than `rows_floor` for ROWS
+    /// frames and LAG. Evicted events stay counted in unbounded accumulators.
+    pub fn evict(&mut self, below: i64, rows_floor: i64, keep_rows: usize) {
+        if self.events.front().is_none_or(|e| e.time >= below) {
+            return;
+        }
+        let mut older = if keep_rows > 0 {
+            self.events.partition_point(|e| e.time < rows_floor)
+        } else {
+            usize::MAX
+        };
+        while let Some(e) = self.events.front() {
+            if e.time >= below || (keep_rows > 0 && older <= keep_rows) {
+                break;
+            }
+            let e = self.events.pop_front().expect("front exists");
+            older = older.saturating_sub(1);
+            for (slot, s) in self.slides.iter_mut().enumerate() {
+                let Some(s) = s else { continue };
+                if s.unbounded {
+                    if s.fresh || e.time > s.hi {
+                        s.acc.add(&e.inputs[slot]);
+                    }
+                } else if s.contains(e.time) {
+                    s.acc.remove(&e.inputs[slot]);
+                }
+            }
+        }
+    }
+
+    /// True when nothing here can influence a future row: the partition can be
+    /// forgotten.
+    pub fn is_idle(&self) -> bool {
+        self.events.is_empty()
+            && self.pending.is_empty()
+            && self
+                .slides
+                .iter()
+                .all(|s| s.as_ref().is_none_or(|s| !s.unbounded))
+    }
+}
+
+/// Evaluates one call for the row at (`time`, `pos`).
+///
+/// With `extra == None` the row's event is in the buffer and sliding state is
+/// advanced in place. With `extra == Some(e)` the row is hypothetical: `e` is
+/// spliced in virtually after every buffered event with time <= its time and
+/// sliding state is cloned, so serving never changes state.
+pub fn eval_call(
+    call: &WindowCall,
+    part: &mut Partition,
+    time: i64,
+    pos: u64,
+    extra: Option<&Stored>,
+) -> Value {
+    let slot = call.slot_in_group;
+    match (&call.func, call.frame) {
+        (WinFunc::Shift { offset, default }, _) => {
+            let seq = seq(part, time, extra);
+            let idx = row_index(part, &seq, time, pos, extra);
+            let j = idx as i64 + offset;
+            if j < 0 || j >= seq.len() as i64 {
+                return default.clone();
+            }
+            seq.get(j as usize).inputs[slot]
+                .clone()
+                .unwrap_or(Value::Null)
+        }
+        (WinFunc::ExpDecaySum { half_life_ms }, frame) => {
+            let seq = seq(part, time, extra);
+            let (a, b) = bounds(part, &seq, frame, time, pos, extra);
+            let mut sum = ExactSum::default();
+            let mut n = 0;
+            for i in a..b {
+                let e = seq.get(i);
+                if let Some(x) = e.inputs[slot].as_ref().and_then(Value::as_f64) {
+                    sum.add(x * decay_weight(time, e.time, *half_life_ms));
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                Value::Null
+            } else {
+                Value::Double(sum.value())
+            }
+        }
+        (func, Frame::Rows { .. }) => {
+            let seq = seq(part, time, extra);
+            let (a, b) = bounds(part, &seq, call.frame, time, pos, extra);
+            let mut acc = Acc::new(func, call.arg_type);
+            for i in a..b {
+                acc.add(&seq.get(i).inputs[slot]);
+            }
+            acc.result(func)
+        }
+        (func, Frame::Range { lo, hi }) => {
+            let lo_t = lo.map_or(i64::MIN, |l| time.saturating_add(l));
+            let hi_t = time.saturating_add(hi);
+            let slide = part.slides[slot].as_mut().expect("range call has a slide");
+            match extra {
+                None => {
+                    slide.move_to(&part.events, slot, lo_t, hi_t);
+                    slide.acc.result(func)
+                }
+                Some(e) => {
+                    let mut s = slide.clone();
+                    s.move_to(&part.events, slot, lo_t, hi_t);
+                    if e.time >= lo_t && e.time <= hi_t {
+                        s.acc.add(&e.inputs[slot]);
+                    }
+                    s.acc.result(func)
+                }
+            }
+        }
+    }
+}
+
+/// `2^(-(t_row - t_event) / half_life)`, the weight of an event in a decayed sum.
+pub fn decay_weight(row_time: i64, event_time: i64, half_life_ms: i64) -> f64 {
+    ((event_time - row_time) as f64 / half_life_ms as f64).exp2()
+}
+
+fn seq<'a>(part: &'a Partition, time: i64, extra: Option<&'a Stored>) -> Seq<'a> {
+    Seq {
+        events: &part.events,
+        extra: extra.map(|e| (part.events.partition_point(|x| x.time <= time), e)),
+    }
+}
+
+fn row_index(
+    part: &Partition,
+    seq: &Seq<'_>,
+    time: i64,
+    pos: u64,
+    extra: Option<&Stored>,
+) -> usize {
+    match (extra, seq.extra) {
+        (Some(_), Some((at, _))) => at,
+        _ => part
+            .index_of(time, pos)
+            .expect("the row's own event is buffered until the row is emitted"),
+    }
+}
+
+/// The half-open index range `[a, b)` of the frame in `seq`.
+fn bounds(
+    part: &Partition,
+    seq: &Seq<'_>,
+    frame: Frame,
+    time: i64,
+    pos: u64,
+    extra: Option<&Stored>,
+) -> (usize, usize) {
+    match frame {
+        Frame::Rows { lo, hi } => {
+            let idx = row_index(part, seq, time, pos, extra) as i64;
+            let a = (idx + lo).max(0);
+            let b = (idx + hi + 1).min(seq.len() as i64);
+            if a >= b {
+                (0, 0)
+            } else {
+                (a as usize, b as usize)
+            }
+        }
+        Frame::Range { lo, hi } => {
+            let lo_t = lo.map_or(i64::MIN, |l| time.saturating_add(l));
+            let hi_t = time.saturating_add(hi);
+            if hi_t < lo_t {
+                return (0, 0);
+            }
+            let a = seq.lower(lo_t);
+            let b = if hi_t == i64::MAX {
+                seq.len()
+            } else {
+                seq.lower(hi_t + 1)
+            };
+            (a, b.max(a))
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The state of one view on one shard: keyed partitions per PARTITION BY list
+//! and the rows held back until their FOLLOWING frames are complete.
+
+use super::acc::Acc;
+use super::partition::{eval_call, Partition, Slide, Stored};
+use crate::expr::Ctx;
+use crate::plan::{Frame, View, WinFunc};
+use crate::value::{Row, Value};
+use std::collections::{BTreeMap, HashMap};
+
+/// A row whose event has arrived but whose FOLLOWING frames are not final.
+#[derive(Clone, Debug)]
+struct Pending {
+    time: i64,
+    pos: u64,
+    event: Vec<Value>,
+    /// Values of the calls evaluated at arrival; following calls are filled
+    /// in at emission.
+    slots: Vec<Value>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Group {
+    parts: HashMap<Box<[Value]>, Partition>,
+}
+
+/// Counters a view reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewStats {
+    pub events: u64,
+    pub rows: u64,
+    pub pending: u64,
+    pub partitions: u64,
+    pub buffered_events: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ViewState {
+    groups: Vec<Group>,
+    /// Ready when the watermark passes the first key component.
+    pending: BTreeMap<(i64, i64, u64), Pending>,
+    /// Rows waiting for a ROWS/LEAD follower that has not arrived yet.
+    waiting: BTreeMap<(i64, u64), Pending>,
+    /// For each group: the deepest ROWS/LAG look-back of its calls.
+    keep_rows: Vec<usize>,
+    /// For each group: how far below the earliest future row time events
+    /// must be kept (the minimum lower offset over its range frames).
+    reach: Vec<i64>,
+    following_groups: Vec<bool>,
+    events_since_sweep: u64,
+    pub stats: ViewStats,
+}
+
+impl ViewState {
+    pub fn new(view: &View) -> ViewState {
+        let mut keep_rows = vec![0usize; view.groups.len()];
+        let mut reach = vec![i64::MAX; view.groups.len()];
+        let mut following_groups = vec![false; view.groups.len()];
+        for c in &view.calls {
+            let g = c.group;
+            following_groups[g] |= c.is_following();
+            match (&c.func, c.frame) {
+                (WinFunc::Shift { offset, .. }, _) => {
+                    keep_rows[g] = keep_rows[g].max((-offset).max(0) as usize);
+                    reach[g] = reach[g].min(0);
+                }
+                (_, Frame::Rows { lo, .. }) => {
+                    keep_rows[g] = keep_rows[g].max((-lo).max(0) as usize);
+                    reach[g] = reach[g].min(0);
+                }
+                (_, Frame::Range { lo: Some(lo), .. }) => reach[g] = reach[g].min(lo),
+                // unbounded: keep what the upper bound may still need
+                (_, Frame::Range { lo: None, hi }) => reach[g] = reach[g].min(hi.min(0)),
+            }
+        }
+        ViewState {
+            groups: vec![Group::default(); view.groups.len()],
+            pending: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            keep_rows,
+            reach,
+            following_groups,
+            events_since_sweep: 0,
+            stats: ViewStats::default(),
+        }
+    }
+
+    fn new_partition(view: &View, g: usize) -> Partition {
+        let slides = view.groups[g]
+            .calls
+            .iter()
+            .map(|&ci| {
+                let c = &view.calls[ci];
+                match (&c.func, c.frame) {
+                    (WinFunc::Shift { .. } | WinFunc::ExpDecaySum { .. }, _) => None,
+                    (_, Frame::Rows { .. }) => None,
+                    (f, Frame::Range { lo, .. }) => {
+                        Some(Slide::new(Acc::new(f, c.arg_type), lo.is_none()))
+                    }
+                }
+            })
+            .collect();
+        Partition::new(slides)
+    }
+
+    /// The inputs one event contributes to each call of group `g`.
+    fn inputs(view: &View, g: usize, event: &[Value]) -> Box<[Option<Value>]> {
+        let ctx = Ctx {
+            row: event,
+            slots: &[],
+        };
+        view.groups[g]
+            .calls
+            .iter()
+            .map(|&ci| {
+                let c = &view.calls[ci];
+                if let Some(f) = &c.filter {
+                    if f.eval(&ctx) != Value::Boolean(true) {
+                        return None;
+                    }
+                }
+                Some(match &c.arg {
+                    Some(a) => a.eval(&ctx),
+                    None => Value::Boolean(true),
+                })
+            })
+            .collect()
+    }
+
+    fn key(view: &View, g: usize, event: &[Value]) -> Box<[Value]> {
+        view.groups[g]
+            .columns
+            .iter()
+            .map(|&i| event[i].clone())
+            .collect()
+    }
+
+    /// Handles an event that is not late. Rows that became final are pushed to
+    /// `out`. `wm` is the shard watermark after this event.
+    pub fn on_event(
+        &mut self,
+        view: &View,
+        event: &[Value],
+        time: i64,
+        pos: u64,
+        wm: i64,
+        out: &mut Vec<Row>,
+    ) {
+        let ctx = Ctx {
+            row: event,
+            slots: &[],
+        };
+        if let Some(f) = &view.filter {
+            if f.eval(&ctx) != Value::Boolean(true) {
+                return;
+            }
+        }
+        self.stats.events += 1;
+        let wants_row = match (&view.qualify, view.qualify_at_arrival) {
+            (Some(q), true) => q.eval(&ctx) == Value::Boolean(true),
+            _ => true,
+        };
+        let mut slots = vec![Value::Null; view.calls.len()];
+        for g in 0..view.groups.len() {
+            let key = Self::key(view, g, event);
+            let inputs = Self::inputs(view, g, event);
+            let part = match self.groups[g].parts.get_mut(&key) {
+                Some(p) => p,
+                None => self.groups[g]
+                    .parts
+                    .entry(key)
+                    .or_insert_with(|| Self::new_partition(view, g)),
+            };
+            part.insert(Stored { time, pos, inputs });
+            if wants_row {
+                for &ci in &view.groups[g].calls {
+                    let c = &view.calls[ci];
+                    if !c.is_following() {
+                        slots[ci] = eval_call(c, part, time, pos, None);
+                    }
+                }
+                if self.following_groups[g] && view.has_following() {
+                    part.pending.insert((time, pos));
+                }
+            }
+        }
+        if wants_row {
+            let p = Pending {
+                time,
+                pos,
+                event: event.to_vec(),
+                slots,
+            };
+            if view.has_following() {
+                self.schedule(view, p);
+            } else {
+                self.emit(view, p, out);
+            }
+        }
+        self.recheck_waiting(view, event);
+        self.release(view, wm, out);
+        self.evict_touched(view, event, wm);
+        self.events_since_sweep += 1;
+        let parts: usize = self.groups.iter().map(|g| g.parts.len()).sum();
+        if self.events_since_sweep as usize >= (2 * parts).max(4096) {
+            self.sweep(wm);
+        }
+    }
+
+    /// When can `p` be emitted? `Some(t)`: once the watermark exceeds `t`.
+    /// `None`: a ROWS/LEAD follower is still missing.
+    fn deadline(&self, view: &View, p: &Pending) -> Option<i64> {
+        let mut d = i64::MIN;
+        for c in view.calls.iter().filter(|c| c.is_following()) {
+            let rows_ahead = match (&c.func, c.frame) {
+                (WinFunc::Shift { offset, .. }, _) => Some(*offset),
+                (_, Frame::Rows { hi, .. }) => Some(hi),
+                (_, Frame::Range { hi, .. }) => {
+                    d = d.max(p.time.saturating_add(hi));
+                    None
+                }
+            };
+            if let Some(n) = rows_ahead {
+                let key = Self::key(view, c.group, &p.event);
+                let part = self.groups[c.group].parts.get(&key)?;
+                let idx = part.index_of(p.time, p.pos)?;
+                let follower = part.events.get(idx + n as usize)?;
+                d = d.max(follower.time);
+            }
+        }
+        Some(d)
+    }
+
+    fn schedule(&mut self, view: &View, p: Pending) {
+        match self.deadline(view, &p) {
+            Some(d) => {
+                self.pending.insert((d, p.time, p.pos), p);
+            }
+            None => {
+                self.waiting.insert((p.time, p.pos), p);
+            }
+        }
+    }
+
+    /// A new event may be the follower a waiting row needs.
+    fn recheck_waiting(&mut self, view: &View, event: &[Value]) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let key0 = event[view.groups[0].columns[0]].clone();
+        let candidates: Vec<(i64, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(_, p)| p.event[view.groups[0].columns[0]] == key0)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in candidates {
+            let p = self.waiting.remove(&k).expect("candidate exists");
+            self.schedule(view, p);
+        }
+    }
+
+    /// Emits every pending row whose frames are final under watermark `wm`.
+    pub fn release(&mut self, view: &View, wm: i64, out: &mut Vec<Row>) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.key().0 >= wm {
+                break;
+            }
+            let p = entry.remove();
+            self.finish_row(view, p, out);
+        }
+    }
+
+    /// End of input: the watermark is +infinity, every held row is emitted.
+    pub fn flush(&mut self, view: &View, out: &mut Vec<Row>) {
+        self.release(view, i64::MAX, out);
+        // rows at deadline i64::MAX and rows whose follower never came
+        let rest: Vec<Pending> = std::mem::take(&mut self.pending)
+            .into_values()
+            .chain(std::mem::take(&mut self.waiting).into_values())
+            .collect();
+        let mut rest = rest;
+        rest.sort_by_key(|p| (p.time, p.pos));
+        for p in rest {
+            self.finish_row(view, p, out);
+        }
+    }
+
+    fn finish_row(&mut self, view: &View, mut p: Pending, out: &mut Vec<Row>) {
+        for g in 0..view.groups.len() {
+            if !self.following_groups[g] {
+                continue;
+            }
+            let key = Self::key(view, g, &p.event);
+            let part = self.groups[g]
+                .parts
+                .get_mut(&key)
+                .expect("a pending row pins its partition");
+            for &ci in &view.groups[g].calls {
+                let c = &view.calls[ci];
+                if c.is_following() {
+                    p.slots[ci] = eval_call(c, part, p.time, p.pos, None);
+                }
+            }
+            part.pending.remove(&(p.time, p.pos));
+        }
+        self.emit(view, p, out);
+    }
+
+    fn emit(&mut self, view: &View, p: Pending, out: &mut Vec<Row>) {
+        let ctx = Ctx {
+            row: &p.event,
+            slots: &p.slots,
+        };
+        if let (Some(q), false) = (&view.qualify, view.qualify_at_arrival) {
+            if q.eval(&ctx) != Value::Boolean(true) {
+                return;
+            }
+        }
+        self.stats.rows += 1;
+        out.push(view.select.iter().map(|e| e.eval(&ctx)).collect());
+    }
+
+    /// The features a hypothetical event would get if it arrived now. Columns
+    /// that need FOLLOWING frames are NULL. State is not changed.
+    pub fn serve(&mut self, view: &View, event: &[Value], time: i64) -> Row {
+        let mut slots = vec![Value::Null; view.calls.len()];
+        for g in 0..view.groups.len() {
+            let key = Self::key(view, g, event);
+            let stored = Stored {
+                time,
+                pos: u64::MAX,
+                inputs: Self::inputs(view, g, event),
+            };
+            let mut empty;
+            let part = match self.groups[g].parts.get_mut(&key) {
+                Some(p) => p,
+                None => {
+                    empty = Self::new_partition(view, g);
+                    &mut empty
+                }
+            };
+            for &ci in &view.groups[g].calls {
+                let c = &view.calls[ci];
+                if !c.is_following() {
+                    slots[ci] = eval_call(c, part, time, u64::MAX, Some(&stored));
+                }
+            }
+        }
+        let ctx = Ctx {
+            row: event,
+            slots: &slots,
+        };
+        let mut row: Row = view.select.iter().map(|e| e.eval(&ctx)).collect();
+        for &i in &view.label_columns {
+            row[i] = Value::Null;
+        }
+        row
+    }
+
+    fn floor(&self, g: usize, part: &Partition, wm: i64) -> i64 {
+        let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+        t_min.saturating_add(self.reach[g].min(0))
+    }
+
+    fn evict_touched(&mut self, view: &View, event: &[Value], wm: i64) {
+        if wm == i64::MIN {
+            return;
+        }
+        for g in 0..view.groups.len() {
+            let key = Self::key(view, g, event);
+            let below;
+            let t_min;
+            {
+                let Some(part) = self.groups[g].parts.get(&key) else {
+                    continue;
+                };
+                below = self.floor(g, part, wm);
+                t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+            }
+            let keep = self.keep_rows[g];
+            if let Some(part) = self.groups[g].parts.get_mut(&key) {
+                part.evict(below, t_min, keep);
+            }
+        }
+    }
+
+    /// Evicts expired events from every partition and forgets idle ones.
+    pub fn sweep(&mut self, wm: i64) {
+        self.events_since_sweep = 0;
+        if wm == i64::MIN {
+            return;
+        }
+        for g in 0..self.groups.len() {
+            let reach = self.reach[g].min(0);
+            let keep = self.keep_rows[g];
+            self.groups[g].parts.retain(|_, part| {
+                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+                part.evict(t_min.saturating_add(reach), t_min, keep);
+                !part.is_idle()
+            });
+        }
+    }
+
+    pub fn refresh_stats(&mut self) -> &ViewStats {
+        self.stats.pending = (self.pending.len() + self.waiting.len()) as u64;
+        self.stats.partitions = self.groups.iter().map(|g| g.parts.len() as u64).sum();
+        self.stats.buffered_events = self
+            .groups
+            .iter()
+            .flat_map(|g| g.parts.values())
+            .map(|p| p.events.len() as u64)
+            .sum();
+        &self.stats
+    }
+}
