@@ -1,1 +1,162 @@
-fn main() {}
+//! `lockstep`: run a feature view over a file, generate data, quickstart, bench.
+
+use clap::{Parser, Subcommand};
+use lockstep_cli::{bench, gen, quickstart, run};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "SQL feature views, the same online and offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a view over an event file (.jsonl, .csv, .parquet) and write its rows (.parquet, .jsonl).
+    Run {
+        #[arg(long)]
+        sql: PathBuf,
+        #[arg(long)]
+        view: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Stop at the first malformed event instead of writing it to the dead-letter file.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Generate realistic ad events (the canonical `ad_events` table) to .parquet, .jsonl or .csv.
+    Gen {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of events delivered out of order (within lateness).
+        #[arg(long, default_value_t = 0.02)]
+        out_of_order: f64,
+        /// Fraction of events delivered minutes late (beyond a 30 s lateness).
+        #[arg(long, default_value_t = 0.001)]
+        late: f64,
+        /// Fraction of users that are bots.
+        #[arg(long, default_value_t = 0.01)]
+        bots: f64,
+    },
+    /// Generate a stream, run the canonical view through the streaming and batch paths, check they match.
+    Quickstart {
+        #[arg(long, default_value = "lockstep-quickstart")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        #[arg(long, default_value_t = 20_000)]
+        users: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 100)]
+        serve_every: u64,
+    },
+    /// Benchmarks. `batch`: `lockstep run` end to end on generated data.
+    Bench {
+        #[arg(value_parser = ["batch"])]
+        what: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        #[arg(long, default_value = "lockstep-bench")]
+        dir: PathBuf,
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Reuse the generated input from an earlier run.
+        #[arg(long)]
+        reuse: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().cmd {
+        Cmd::Run {
+            sql,
+            view,
+            input,
+            output,
+            strict,
+        } => run::run(&run::RunArgs {
+            sql,
+            view,
+            input,
+            output: output.clone(),
+            strict,
+        })
+        .map(|s| s.print(&output)),
+        Cmd::Gen {
+            events,
+            users,
+            seed,
+            out,
+            out_of_order,
+            late,
+            bots,
+        } => {
+            let config = lockstep_gen::GenConfig {
+                events,
+                users,
+                seed,
+                out_of_order_fraction: out_of_order,
+                late_fraction: late,
+                bot_fraction: bots,
+                ..Default::default()
+            };
+            gen::generate(&gen::GenArgs {
+                config,
+                out: out.clone(),
+            })
+            .map(|n| println!("wrote {n} events to {}", out.display()))
+        }
+        Cmd::Quickstart {
+            dir,
+            events,
+            users,
+            seed,
+            serve_every,
+        } => quickstart::quickstart(&quickstart::QuickstartArgs {
+            dir,
+            events,
+            users,
+            seed,
+            serve_every,
+        })
+        .map(|_| ()),
+        Cmd::Bench {
+            what: _,
+            events,
+            users,
+            dir,
+            format,
+            reuse,
+        } => bench::bench_batch(&bench::BenchArgs {
+            events,
+            users,
+            dir,
+            format,
+            reuse,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

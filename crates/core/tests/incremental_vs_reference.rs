@@ -206,3 +206,44 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Serving the next event before it is ingested answers exactly the
+    /// features its training row will hold (labels aside), and serving never
+    /// changes what the engine emits.
+    #[test]
+    fn serving_predicts_the_training_row(c in case()) {
+        let text = sql(&c);
+        let catalog = Arc::new(parse_pipeline(&text).unwrap());
+        let labels = catalog.views[0].label_columns.clone();
+        let mut engine = Engine::new(catalog.clone(), &[]).unwrap();
+        let mut out = Vec::new();
+        let mut served = BTreeMap::new();
+        for e in &c.log {
+            let s = engine.serve(0, e).unwrap();
+            let Value::BigInt(id) = e[0] else { panic!() };
+            if let lockstep_core::Outcome::Accepted { .. } = engine.push(e, &mut out).unwrap() {
+                served.insert(id, s);
+            }
+        }
+        engine.finish(&mut out);
+        for em in &out {
+            let Value::BigInt(id) = em.row[0] else { panic!() };
+            let s = &served[&id];
+            for (i, (a, b)) in s.iter().zip(&em.row).enumerate() {
+                if !labels.contains(&i) {
+                    prop_assert!(a.bit_eq(b), "event {} column {}: served {:?}, row {:?}\n{}", id, i, s, em.row, text);
+                }
+            }
+        }
+        // serving interleaved or not: same rows
+        let plain = run_engine(catalog, &c.log);
+        prop_assert_eq!(plain.len(), out.len());
+        for em in &out {
+            let Value::BigInt(id) = em.row[0] else { panic!() };
+            prop_assert!(lockstep_core::value::rows_bit_eq(&plain[&id], &em.row));
+        }
+    }
+}

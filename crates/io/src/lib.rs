@@ -1,1 +1,171 @@
-//! Readers and writers (in progress).
+//! lockstep-io: the files around the engine.
+//!
+//! Events come in as JSON lines, CSV or Parquet and leave as rows in table
+//! schema order; view rows go out as Parquet or JSON lines; records that
+//! cannot be used go to a dead-letter file. The engine itself stays pure.
+//!
+//! Everything streams: readers hold one line or one record batch, writers one
+//! line or one batch, so input and output size are bounded only by the disk.
+//! Events are read in file order, because event order is part of the result
+//! (ties in event time are broken by arrival).
+
+mod coerce;
+mod csv_in;
+mod dead_letter;
+mod error;
+mod jsonl;
+mod parquet_in;
+mod parquet_out;
+
+use std::path::Path;
+
+use lockstep_core::value::{Row, Schema, Value};
+
+pub use dead_letter::{dead_letter_path, late_path, DeadLetterWriter};
+pub use error::{BadRecord, IoError, Location};
+pub use jsonl::render_json;
+
+/// A file format, chosen by file name extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON lines: one JSON object per line (`.jsonl`, `.ndjson`, `.json`).
+    Jsonl,
+    /// Comma-separated values with a header row (`.csv`).
+    Csv,
+    /// Apache Parquet (`.parquet`, `.pq`).
+    Parquet,
+}
+
+impl Format {
+    /// The format named by the extension of `path` (case-insensitive).
+    pub fn from_path(path: &Path) -> Result<Format, IoError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("jsonl" | "ndjson" | "json") => Ok(Format::Jsonl),
+            Some("csv") => Ok(Format::Csv),
+            Some("parquet" | "pq") => Ok(Format::Parquet),
+            _ => Err(IoError::UnknownFormat {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+}
+
+enum Source {
+    Jsonl(jsonl::JsonlEvents),
+    Csv(csv_in::CsvEvents),
+    Parquet(parquet_in::ParquetEvents),
+}
+
+/// Streams events from a file in file order, as rows in table-schema column
+/// order.
+///
+/// Each item is `Ok(Ok(row))` for a usable event, `Ok(Err(bad))` for a record
+/// to send to the dead-letter file (reading goes on), or `Err(_)` for a fatal
+/// error, after which the iterator ends.
+pub struct EventReader {
+    source: Source,
+    done: bool,
+}
+
+impl EventReader {
+    /// Where the record returned last came from (1-based line or row), so a
+    /// record the engine rejects after reading can be dead-lettered with it.
+    pub fn location(&self) -> Location {
+        match &self.source {
+            Source::Jsonl(r) => r.location(),
+            Source::Csv(r) => r.location(),
+            Source::Parquet(r) => r.location(),
+        }
+    }
+}
+
+impl Iterator for EventReader {
+    type Item = Result<Result<Row, BadRecord>, IoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = match &mut self.source {
+            Source::Jsonl(r) => r.next_record(),
+            Source::Csv(r) => r.next_record(),
+            Source::Parquet(r) => r.next_record(),
+        };
+        match next {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Opens an event file, its format chosen by extension.
+///
+/// Columns are matched by name, case-insensitively; fields the table does not
+/// have are ignored and columns the file does not have read as NULL. For
+/// Parquet, a column whose type can never convert to the table's type is
+/// reported here, before any event is read.
+pub fn open_events(path: &Path, schema: &Schema) -> Result<EventReader, IoError> {
+    let source = match Format::from_path(path)? {
+        Format::Jsonl => Source::Jsonl(jsonl::JsonlEvents::open(path, schema)?),
+        Format::Csv => Source::Csv(csv_in::CsvEvents::open(path, schema)?),
+        Format::Parquet => Source::Parquet(parquet_in::ParquetEvents::open(path, schema)?),
+    };
+    Ok(EventReader {
+        source,
+        done: false,
+    })
+}
+
+/// Somewhere rows go. Writers buffer; call [`RowSink::finish`] to complete
+/// the file (a Parquet file is unreadable until its footer is written).
+pub trait RowSink: Send {
+    /// Appends one row, values in schema order.
+    fn write(&mut self, row: &[Value]) -> Result<(), IoError>;
+    /// Flushes and closes the file; returns the number of rows written.
+    fn finish(self: Box<Self>) -> Result<u64, IoError>;
+}
+
+/// Creates a row file for `schema`: Parquet for `.parquet`/`.pq`, JSON lines
+/// for `.jsonl`/`.ndjson`/`.json`. An existing file is replaced.
+pub fn create_row_writer(path: &Path, schema: &Schema) -> Result<Box<dyn RowSink>, IoError> {
+    match Format::from_path(path)? {
+        Format::Parquet => Ok(Box::new(parquet_out::ParquetRowWriter::create(
+            path, schema,
+        )?)),
+        Format::Jsonl => Ok(Box::new(jsonl::JsonlWriter::create(path, schema)?)),
+        Format::Csv => Err(IoError::UnsupportedOutput {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Reads a whole row file back (for tests and verification), matching
+/// columns by name. Anything the writers produce reads back bit-exactly; a
+/// record that does not fit the schema is an error here, not a dead letter.
+pub fn read_rows(path: &Path, schema: &Schema) -> Result<Vec<Row>, IoError> {
+    let mut rows = Vec::new();
+    for record in open_events(path, schema)? {
+        match record? {
+            Ok(row) => rows.push(row),
+            Err(bad) => {
+                return Err(IoError::InvalidRecord {
+                    path: path.to_path_buf(),
+                    location: bad.location,
+                    reason: bad.reason,
+                })
+            }
+        }
+    }
+    Ok(rows)
+}

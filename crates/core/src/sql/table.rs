@@ -59,16 +59,18 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         match kname.as_str() {
             "key" => key = Some(column("key")?),
             "event_time" => time = Some(column("event_time")?),
-            "lateness" => lateness_ms = text
-                .as_deref()
-                .and_then(parse_duration_ms)
-                .filter(|ms| *ms >= 0)
-                .ok_or_else(|| {
-                    SqlError::at(
+            "lateness" => {
+                lateness_ms = text
+                    .as_deref()
+                    .and_then(parse_duration_ms)
+                    .filter(|ms| *ms >= 0)
+                    .ok_or_else(|| {
+                        SqlError::at(
                         value.span(),
                         "lateness must be a duration like '30 seconds', '5 minutes' or '500 ms'",
                     )
-                })?,
+                    })?
+            }
             "shards" => {
                 shards = text
                     .as_deref()
@@ -81,12 +83,14 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
                         )
                     })?
             }
-            other => return Err(SqlError::at(
-                k.span(),
-                format!(
+            other => {
+                return Err(SqlError::at(
+                    k.span(),
+                    format!(
                     "unknown table option `{other}`; supported: key, event_time, lateness, shards"
                 ),
-            )),
+                ))
+            }
         }
     }
     let key = key.ok_or_else(|| {

@@ -522,8 +522,15 @@ impl Compiler<'_> {
                 format!("every window must ORDER BY the event time `{time_name}` (ascending)"),
             ));
         }
-        if let WinFunc::Shift { .. } = func {
-            return Ok((columns, Frame::Rows { lo: 0, hi: 0 }));
+        if let WinFunc::Shift { offset, .. } = func {
+            // LAG/LEAD read one row; as a frame it is that row alone
+            return Ok((
+                columns,
+                Frame::Rows {
+                    lo: *offset,
+                    hi: *offset,
+                },
+            ));
         }
         let Some(fr) = &spec.window_frame else {
             return Ok((columns, Frame::Range { lo: None, hi: 0 }));

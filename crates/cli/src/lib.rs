@@ -1,0 +1,8 @@
+//! The `lockstep` user tool as a library, so tests drive exactly what the
+//! binary runs: `run` a view over a file, `gen` data, `quickstart`, `bench`.
+
+pub mod bench;
+pub mod gen;
+pub mod pipeline;
+pub mod quickstart;
+pub mod run;

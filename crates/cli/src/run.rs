@@ -1,0 +1,168 @@
+//! `lockstep run`: the offline path. Reads an event file in file order as the
+//! log, splits it into the table's shards exactly as ingest does, runs the view
+//! and writes its rows. Bad records go to `<output>.deadletter.jsonl`, late
+//! events to `<output>.late.jsonl`; neither stops the run unless `--strict`.
+
+use anyhow::{bail, Context};
+use lockstep_core::{Emitted, Engine, Outcome};
+use lockstep_io::{
+    create_row_writer, dead_letter_path, late_path, open_events, render_json, BadRecord,
+    DeadLetterWriter, Location,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    pub sql: PathBuf,
+    pub view: String,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Stop at the first malformed event instead of dead-lettering it.
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub events_read: u64,
+    pub accepted: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+    pub rows: u64,
+    pub elapsed: Duration,
+    pub dead_letter_path: Option<PathBuf>,
+    pub late_path: Option<PathBuf>,
+}
+
+impl RunSummary {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events_read as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn print(&self, output: &Path) {
+        println!(
+            "read {} events in {:.2}s ({:.0} events/s): {} accepted, {} late, {} dead-lettered; wrote {} rows to {}",
+            self.events_read,
+            self.elapsed.as_secs_f64(),
+            self.events_per_sec(),
+            self.accepted,
+            self.late,
+            self.dead_lettered,
+            self.rows,
+            output.display()
+        );
+        if let Some(p) = &self.dead_letter_path {
+            println!("dead-letter records: {}", p.display());
+        }
+        if let Some(p) = &self.late_path {
+            println!("late events: {}", p.display());
+        }
+    }
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
+    let catalog = Arc::new(crate::pipeline::load(&args.sql)?);
+    let (_, view) = catalog.view(&args.view).with_context(|| {
+        let names: Vec<&str> = catalog.views.iter().map(|v| v.name.as_str()).collect();
+        format!(
+            "no view `{}` in {}; it defines: {}",
+            args.view,
+            args.sql.display(),
+            names.join(", ")
+        )
+    })?;
+    let out_schema = view.output.clone();
+    let mut engine = Engine::new(catalog.clone(), &[args.view.as_str()])?;
+    let schema = engine.table().schema.clone();
+    let mut reader = open_events(&args.input, &schema)
+        .with_context(|| format!("cannot read events from {}", args.input.display()))?;
+    let mut writer = create_row_writer(&args.output, &out_schema)
+        .with_context(|| format!("cannot write rows to {}", args.output.display()))?;
+    let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
+    let mut late = DeadLetterWriter::new(late_path(&args.output));
+    let mut s = RunSummary::default();
+    let start = Instant::now();
+    let mut out: Vec<Emitted> = Vec::new();
+    while let Some(item) = reader.next() {
+        let record = item.with_context(|| format!("reading {}", args.input.display()))?;
+        s.events_read += 1;
+        let event = match record {
+            Ok(e) => e,
+            Err(bad) => {
+                if args.strict {
+                    bail!(
+                        "{}: {} (--strict)",
+                        describe(&args.input, &bad.location),
+                        bad.reason
+                    );
+                }
+                dead.write("malformed", &bad)?;
+                continue;
+            }
+        };
+        if let Err(reason) = engine.validate(&event) {
+            let bad = BadRecord {
+                location: reader.location(),
+                reason: reason.to_string(),
+                raw: render_json(&event, &schema),
+            };
+            if args.strict {
+                bail!(
+                    "{}: {} (--strict)",
+                    describe(&args.input, &bad.location),
+                    bad.reason
+                );
+            }
+            dead.write("schema", &bad)?;
+            continue;
+        }
+        let shard = engine.shard_of(&event);
+        match engine.push_to_shard(shard, &event, &mut out) {
+            Outcome::Accepted { .. } => s.accepted += 1,
+            Outcome::Late { shard, watermark } => {
+                s.late += 1;
+                let bad = BadRecord {
+                    location: reader.location(),
+                    reason: format!(
+                        "too late: event_time {} is below shard {shard}'s watermark {}",
+                        event_time_text(&engine, &event),
+                        lockstep_core::time::format_rfc3339_ms(watermark)
+                    ),
+                    raw: render_json(&event, &schema),
+                };
+                late.write("late", &bad)?;
+            }
+        }
+        for e in out.drain(..) {
+            writer.write(&e.row)?;
+        }
+    }
+    engine.finish(&mut out);
+    for e in out.drain(..) {
+        writer.write(&e.row)?;
+    }
+    s.rows = writer.finish()?;
+    s.dead_lettered = dead.count();
+    if dead.count() > 0 {
+        s.dead_letter_path = Some(dead.path().to_path_buf());
+    }
+    dead.finish()?;
+    if late.count() > 0 {
+        s.late_path = Some(late.path().to_path_buf());
+    }
+    late.finish()?;
+    s.elapsed = start.elapsed();
+    Ok(s)
+}
+
+fn event_time_text(engine: &Engine, event: &[lockstep_core::Value]) -> String {
+    event[engine.table().time].to_string()
+}
+
+fn describe(path: &Path, loc: &Location) -> String {
+    match loc {
+        Location::Line(n) => format!("{} line {n}", path.display()),
+        Location::Row(n) => format!("{} row {n}", path.display()),
+    }
+}

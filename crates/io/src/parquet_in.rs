@@ -1,0 +1,416 @@
+//! Parquet events.
+//!
+//! Parquet is the fast path (millions of rows per second), so rows are built
+//! column by column from each record batch: one type dispatch per column per
+//! batch, then a tight loop over the values. Only the table's columns are
+//! decoded (a projection), and types are checked once when the file is
+//! opened: a column whose type can never become the table's type makes the
+//! whole file unusable, which is a fatal error rather than a million bad
+//! records. Values that fail one by one (an unparsable timestamp string, an
+//! unsigned number too large for BIGINT) become bad records.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{self as at, ArrowPrimitiveType, DataType as ArrowType, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use lockstep_core::value::{DataType, Row, Schema, Value};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use crate::coerce::{parse_timestamp_text, quote, Columns};
+use crate::error::{BadRecord, IoError, Location};
+use crate::jsonl::render_json;
+
+/// Rows per record batch: big enough to amortise per-batch work, small
+/// enough that a batch of rows stays in cache-friendly, constant memory.
+const BATCH_SIZE: usize = 8192;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Whether an Arrow column of type `dt` can be read into a `ty` column.
+fn compatible(dt: &ArrowType, ty: DataType) -> bool {
+    use ArrowType as A;
+    let int = matches!(
+        dt,
+        A::Int8 | A::Int16 | A::Int32 | A::Int64 | A::UInt8 | A::UInt16 | A::UInt32 | A::UInt64
+    );
+    let string = matches!(dt, A::Utf8 | A::LargeUtf8 | A::Utf8View);
+    match (ty, dt) {
+        (_, A::Dictionary(_, value)) => compatible(value, ty),
+        (DataType::BigInt, _) => int,
+        (DataType::Double, A::Float16 | A::Float32 | A::Float64) => true,
+        (DataType::Double, _) => int,
+        (DataType::Text, _) => string,
+        (DataType::Boolean, A::Boolean) => true,
+        (DataType::Timestamp, A::Timestamp(..) | A::Int64 | A::Date32 | A::Date64) => true,
+        (DataType::Timestamp, _) => string,
+        _ => false,
+    }
+}
+
+/// Per-row failures of one batch: (index in batch, reason).
+type BadRows = Vec<(usize, String)>;
+
+/// A failed value: why, and what to show in the record's raw text.
+type Failed = (String, Value);
+
+pub(crate) struct ParquetEvents {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    schema: Schema,
+    columns: Columns,
+    /// For each schema column, its index in the (projected) record batches.
+    sources: Vec<Option<usize>>,
+    pending: std::vec::IntoIter<Row>,
+    bad: VecDeque<(usize, String)>,
+    /// Rows in the batches before the current one.
+    batch_start: u64,
+    /// Index of the next row of `pending` within its batch.
+    next_in_batch: usize,
+}
+
+impl ParquetEvents {
+    pub fn location(&self) -> Location {
+        Location::Row(self.batch_start + self.next_in_batch as u64)
+    }
+}
+
+impl ParquetEvents {
+    pub fn open(path: &Path, schema: &Schema) -> Result<ParquetEvents, IoError> {
+        let parquet_error = |source| IoError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(|source| IoError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+        let columns = Columns::new(schema);
+        let file_schema = builder.schema().clone();
+        let mut roots = Vec::new();
+        for (name, &ty) in columns.names.iter().zip(&columns.types) {
+            let Some(j) = find_field(file_schema.fields(), name) else {
+                continue;
+            };
+            let dt = file_schema.field(j).data_type();
+            if !compatible(dt, ty) {
+                return Err(IoError::IncompatibleColumn {
+                    path: path.to_path_buf(),
+                    column: file_schema.field(j).name().clone(),
+                    file_type: dt.to_string(),
+                    expected: ty,
+                });
+            }
+            roots.push(j);
+        }
+        // Arrow's top-level fields are the Parquet schema's root columns, in
+        // order, so field indices select root columns.
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_SIZE)
+            .build()
+            .map_err(parquet_error)?;
+        let batch_schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+        let sources = columns
+            .names
+            .iter()
+            .map(|name| find_field(batch_schema.fields(), name))
+            .collect();
+        Ok(ParquetEvents {
+            path: path.to_path_buf(),
+            reader,
+            schema: schema.clone(),
+            columns,
+            sources,
+            pending: Vec::new().into_iter(),
+            bad: VecDeque::new(),
+            batch_start: 0,
+            next_in_batch: 0,
+        })
+    }
+
+    pub fn next_record(&mut self) -> Result<Option<Result<Row, BadRecord>>, IoError> {
+        loop {
+            if let Some(row) = self.pending.next() {
+                let i = self.next_in_batch;
+                self.next_in_batch += 1;
+                if self.bad.front().is_some_and(|b| b.0 == i) {
+                    let (_, reason) = self.bad.pop_front().unwrap_or_default();
+                    return Ok(Some(Err(BadRecord {
+                        location: Location::Row(self.batch_start + i as u64 + 1),
+                        reason,
+                        raw: render_json(&row, &self.schema),
+                    })));
+                }
+                return Ok(Some(Ok(row)));
+            }
+            self.batch_start += self.next_in_batch as u64;
+            self.next_in_batch = 0;
+            let batch = match self.reader.next() {
+                None => return Ok(None),
+                Some(Ok(batch)) => batch,
+                Some(Err(source)) => {
+                    return Err(IoError::Arrow {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+            };
+            self.convert_batch(&batch)?;
+        }
+    }
+
+    /// Builds the rows of one batch, column by column.
+    fn convert_batch(&mut self, batch: &RecordBatch) -> Result<(), IoError> {
+        let n = batch.num_rows();
+        let mut rows: Vec<Row> = (0..n)
+            .map(|_| Vec::with_capacity(self.columns.len()))
+            .collect();
+        let mut bad = BadRows::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let Some(j) = *source else {
+                rows.iter_mut().for_each(|r| r.push(Value::Null));
+                continue;
+            };
+            let before = bad.len();
+            let array = batch.column(j);
+            let ty = self.columns.types[i];
+            let converted =
+                convert_column(array.as_ref(), ty, &mut rows, &mut bad).map_err(|e| match e {
+                    Some(source) => IoError::Arrow {
+                        path: self.path.clone(),
+                        source,
+                    },
+                    None => IoError::IncompatibleColumn {
+                        path: self.path.clone(),
+                        column: self.columns.names[i].clone(),
+                        file_type: array.data_type().to_string(),
+                        expected: ty,
+                    },
+                });
+            converted?;
+            let name = &self.columns.names[i];
+            for entry in &mut bad[before..] {
+                entry.1 = format!("column `{name}`: {}", entry.1);
+            }
+        }
+        // First failing column of each row wins; entries are per column, in
+        // row order within a column, so a stable sort by row keeps that order.
+        bad.sort_by_key(|b| b.0);
+        bad.dedup_by_key(|b| b.0);
+        self.bad = bad.into();
+        self.pending = rows.into_iter();
+        Ok(())
+    }
+}
+
+fn find_field(fields: &at::Fields, name: &str) -> Option<usize> {
+    fields.iter().position(|f| f.name() == name).or_else(|| {
+        fields
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Appends one column's values to `rows`. `Err(None)` means the Arrow type
+/// cannot be converted (checked at open, so not expected); `Err(Some(_))` is
+/// an Arrow failure while decoding a dictionary.
+fn convert_column(
+    array: &dyn Array,
+    ty: DataType,
+    rows: &mut [Row],
+    bad: &mut BadRows,
+) -> Result<(), Option<arrow::error::ArrowError>> {
+    use ArrowType as A;
+    match (ty, array.data_type()) {
+        (_, A::Dictionary(_, value)) => {
+            let plain = arrow::compute::cast(array, value).map_err(Some)?;
+            return convert_column(plain.as_ref(), ty, rows, bad);
+        }
+        (DataType::BigInt, _) => {
+            if !fill_int(array, rows, bad, Value::BigInt) {
+                return Err(None);
+            }
+        }
+        (DataType::Double, A::Float16) => {
+            fill::<at::Float16Type>(array, rows, |v| Value::Double(v.to_f64()))
+        }
+        (DataType::Double, A::Float32) => {
+            fill::<at::Float32Type>(array, rows, |v| Value::Double(v.into()))
+        }
+        (DataType::Double, A::Float64) => fill::<at::Float64Type>(array, rows, Value::Double),
+        (DataType::Double, A::UInt64) => {
+            fill::<at::UInt64Type>(array, rows, |v| Value::Double(v as f64))
+        }
+        (DataType::Double, _) => {
+            if !fill_int(array, rows, bad, |v| Value::Double(v as f64)) {
+                return Err(None);
+            }
+        }
+        (DataType::Text, _) => {
+            let text = |s: &str| Ok(Value::Text(Arc::from(s)));
+            if !fill_strings(array, rows, bad, &text) {
+                return Err(None);
+            }
+        }
+        (DataType::Boolean, A::Boolean) => {
+            for (row, v) in rows.iter_mut().zip(array.as_boolean().iter()) {
+                row.push(v.map_or(Value::Null, Value::Boolean));
+            }
+        }
+        (DataType::Timestamp, A::Timestamp(unit, _)) => fill_timestamps(array, *unit, rows, bad),
+        (DataType::Timestamp, A::Int64) => fill::<at::Int64Type>(array, rows, Value::Timestamp),
+        (DataType::Timestamp, A::Date32) => {
+            fill::<at::Date32Type>(array, rows, |d| Value::Timestamp(i64::from(d) * MS_PER_DAY))
+        }
+        (DataType::Timestamp, A::Date64) => fill::<at::Date64Type>(array, rows, Value::Timestamp),
+        (DataType::Timestamp, _) => {
+            let parse = |s: &str| match parse_timestamp_text(s) {
+                Some(ms) => Ok(Value::Timestamp(ms)),
+                None => Err(format!(
+                    "cannot parse TIMESTAMP from {}; use RFC 3339 such as 2024-01-01T00:00:00Z",
+                    quote(s)
+                )),
+            };
+            if !fill_strings(array, rows, bad, &parse) {
+                return Err(None);
+            }
+        }
+        _ => return Err(None),
+    }
+    Ok(())
+}
+
+/// Appends a primitive column through an infallible conversion.
+fn fill<T: ArrowPrimitiveType>(
+    array: &dyn Array,
+    rows: &mut [Row],
+    f: impl Fn(T::Native) -> Value,
+) {
+    let a = array.as_primitive::<T>();
+    if a.null_count() == 0 {
+        for (row, v) in rows.iter_mut().zip(a.values().iter()) {
+            row.push(f(*v));
+        }
+    } else {
+        for (row, v) in rows.iter_mut().zip(a.iter()) {
+            row.push(v.map_or(Value::Null, &f));
+        }
+    }
+}
+
+/// Appends a primitive column through a conversion that can fail per value.
+fn try_fill<T: ArrowPrimitiveType>(
+    array: &dyn Array,
+    rows: &mut [Row],
+    bad: &mut BadRows,
+    f: impl Fn(T::Native) -> Result<Value, Failed>,
+) {
+    let a = array.as_primitive::<T>();
+    for (i, (row, v)) in rows.iter_mut().zip(a.iter()).enumerate() {
+        row.push(match v.map(&f) {
+            None => Value::Null,
+            Some(Ok(value)) => value,
+            Some(Err((reason, shown))) => {
+                bad.push((i, reason));
+                shown
+            }
+        });
+    }
+}
+
+/// Appends any integer column, widened to i64 and passed to `make`. Returns
+/// false if the column is not an integer column.
+fn fill_int(
+    array: &dyn Array,
+    rows: &mut [Row],
+    bad: &mut BadRows,
+    make: fn(i64) -> Value,
+) -> bool {
+    use ArrowType as A;
+    match array.data_type() {
+        A::Int8 => fill::<at::Int8Type>(array, rows, |v| make(v.into())),
+        A::Int16 => fill::<at::Int16Type>(array, rows, |v| make(v.into())),
+        A::Int32 => fill::<at::Int32Type>(array, rows, |v| make(v.into())),
+        A::Int64 => fill::<at::Int64Type>(array, rows, make),
+        A::UInt8 => fill::<at::UInt8Type>(array, rows, |v| make(v.into())),
+        A::UInt16 => fill::<at::UInt16Type>(array, rows, |v| make(v.into())),
+        A::UInt32 => fill::<at::UInt32Type>(array, rows, |v| make(v.into())),
+        A::UInt64 => try_fill::<at::UInt64Type>(array, rows, bad, |v| {
+            i64::try_from(v).map(make).map_err(|_| {
+                (
+                    format!("{v} is too large for BIGINT"),
+                    Value::Text(Arc::from(v.to_string())),
+                )
+            })
+        }),
+        _ => return false,
+    }
+    true
+}
+
+fn fill_timestamps(array: &dyn Array, unit: TimeUnit, rows: &mut [Row], bad: &mut BadRows) {
+    // Sub-millisecond units truncate toward negative infinity, so an instant
+    // maps to the millisecond that contains it, before 1970 as after.
+    match unit {
+        TimeUnit::Second => try_fill::<at::TimestampSecondType>(array, rows, bad, |s| {
+            s.checked_mul(1000).map(Value::Timestamp).ok_or_else(|| {
+                (
+                    format!("{s} seconds is outside the TIMESTAMP range"),
+                    Value::BigInt(s),
+                )
+            })
+        }),
+        TimeUnit::Millisecond => {
+            fill::<at::TimestampMillisecondType>(array, rows, Value::Timestamp)
+        }
+        TimeUnit::Microsecond => fill::<at::TimestampMicrosecondType>(array, rows, |us| {
+            Value::Timestamp(us.div_euclid(1_000))
+        }),
+        TimeUnit::Nanosecond => fill::<at::TimestampNanosecondType>(array, rows, |ns| {
+            Value::Timestamp(ns.div_euclid(1_000_000))
+        }),
+    }
+}
+
+/// Appends any string column through `f`; a failed value keeps its text in
+/// the row (for the bad record's raw form). Returns false if the column is
+/// not a string column.
+fn fill_strings(
+    array: &dyn Array,
+    rows: &mut [Row],
+    bad: &mut BadRows,
+    f: &impl Fn(&str) -> Result<Value, String>,
+) -> bool {
+    match array.data_type() {
+        ArrowType::Utf8 => push_strs(array.as_string::<i32>().iter(), rows, bad, f),
+        ArrowType::LargeUtf8 => push_strs(array.as_string::<i64>().iter(), rows, bad, f),
+        ArrowType::Utf8View => push_strs(array.as_string_view().iter(), rows, bad, f),
+        _ => return false,
+    }
+    true
+}
+
+fn push_strs<'a>(
+    values: impl Iterator<Item = Option<&'a str>>,
+    rows: &mut [Row],
+    bad: &mut BadRows,
+    f: &impl Fn(&str) -> Result<Value, String>,
+) {
+    for (i, (row, v)) in rows.iter_mut().zip(values).enumerate() {
+        row.push(match v.map(f) {
+            None => Value::Null,
+            Some(Ok(value)) => value,
+            Some(Err(reason)) => {
+                bad.push((i, reason));
+                Value::Text(Arc::from(v.unwrap_or_default()))
+            }
+        });
+    }
+}
