@@ -6,7 +6,7 @@
 use anyhow::{bail, Context};
 use lockstep_core::{Emitted, Engine, Outcome};
 use lockstep_io::{
-    create_row_writer, dead_letter_path, late_path, open_events, render_json, BadRecord,
+    create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
     DeadLetterWriter, Location,
 };
 use std::path::{Path, PathBuf};
@@ -73,9 +73,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
         )
     })?;
     let out_schema = view.output.clone();
+    let needed = view.used_columns(&catalog.tables[view.table]);
     let mut engine = Engine::new(catalog.clone(), &[args.view.as_str()])?;
     let schema = engine.table().schema.clone();
-    let mut reader = open_events(&args.input, &schema)
+    let mut reader = open_events_projected(&args.input, &schema, Some(&needed))
         .with_context(|| format!("cannot read events from {}", args.input.display()))?;
     let mut writer = create_row_writer(&args.output, &out_schema)
         .with_context(|| format!("cannot write rows to {}", args.output.display()))?;

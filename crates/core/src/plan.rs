@@ -116,6 +116,36 @@ pub struct View {
 }
 
 impl View {
+    /// Which columns of `table` this view reads (always the key and the event
+    /// time). A batch reader can skip decoding the rest.
+    pub fn used_columns(&self, table: &Table) -> Vec<bool> {
+        let mut used = vec![false; table.schema.len()];
+        used[table.key] = true;
+        used[table.time] = true;
+        let mut mark = |e: &Expr| {
+            e.walk(&mut |x| {
+                if let Expr::Column(i) = x {
+                    used[*i] = true;
+                }
+            })
+        };
+        self.select.iter().for_each(&mut mark);
+        for e in self.filter.iter().chain(self.qualify.iter()) {
+            mark(e);
+        }
+        for c in &self.calls {
+            for e in c.arg.iter().chain(c.filter.iter()) {
+                mark(e);
+            }
+        }
+        for g in &self.groups {
+            for &i in &g.columns {
+                used[i] = true;
+            }
+        }
+        used
+    }
+
     /// True when some call needs the watermark before the row is final.
     pub fn has_following(&self) -> bool {
         self.calls.iter().any(|c| c.is_following())

@@ -116,10 +116,22 @@ impl Iterator for EventReader {
 /// Parquet, a column whose type can never convert to the table's type is
 /// reported here, before any event is read.
 pub fn open_events(path: &Path, schema: &Schema) -> Result<EventReader, IoError> {
+    open_events_projected(path, schema, None)
+}
+
+/// Like [`open_events`], but a Parquet file decodes only the columns with
+/// `needed[i] == true`; the others read as NULL. A batch job passes the
+/// columns its view uses, so wide files cost only what the view reads. Text
+/// formats are parsed whole either way (a line must be valid to be read).
+pub fn open_events_projected(
+    path: &Path,
+    schema: &Schema,
+    needed: Option<&[bool]>,
+) -> Result<EventReader, IoError> {
     let source = match Format::from_path(path)? {
         Format::Jsonl => Source::Jsonl(jsonl::JsonlEvents::open(path, schema)?),
         Format::Csv => Source::Csv(csv_in::CsvEvents::open(path, schema)?),
-        Format::Parquet => Source::Parquet(parquet_in::ParquetEvents::open(path, schema)?),
+        Format::Parquet => Source::Parquet(parquet_in::ParquetEvents::open(path, schema, needed)?),
     };
     Ok(EventReader {
         source,

@@ -80,7 +80,13 @@ impl ParquetEvents {
 }
 
 impl ParquetEvents {
-    pub fn open(path: &Path, schema: &Schema) -> Result<ParquetEvents, IoError> {
+    /// Opens `path`; columns with `needed[i] == false` are not decoded and
+    /// read as NULL (`None`: decode every column).
+    pub fn open(
+        path: &Path,
+        schema: &Schema,
+        needed: Option<&[bool]>,
+    ) -> Result<ParquetEvents, IoError> {
         let parquet_error = |source| IoError::Parquet {
             path: path.to_path_buf(),
             source,
@@ -93,7 +99,10 @@ impl ParquetEvents {
         let columns = Columns::new(schema);
         let file_schema = builder.schema().clone();
         let mut roots = Vec::new();
-        for (name, &ty) in columns.names.iter().zip(&columns.types) {
+        for (i, (name, &ty)) in columns.names.iter().zip(&columns.types).enumerate() {
+            if needed.is_some_and(|n| !n[i]) {
+                continue;
+            }
             let Some(j) = find_field(file_schema.fields(), name) else {
                 continue;
             };
@@ -120,7 +129,14 @@ impl ParquetEvents {
         let sources = columns
             .names
             .iter()
-            .map(|name| find_field(batch_schema.fields(), name))
+            .enumerate()
+            .map(|(i, name)| {
+                if needed.is_some_and(|n| !n[i]) {
+                    None
+                } else {
+                    find_field(batch_schema.fields(), name)
+                }
+            })
             .collect();
         Ok(ParquetEvents {
             path: path.to_path_buf(),

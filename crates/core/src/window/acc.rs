@@ -8,7 +8,9 @@ use super::exact_sum::ExactSum;
 use crate::plan::WinFunc;
 use crate::value::{DataType, Value};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A value ordered by [`Value::total_cmp`], for MIN/MAX multisets.
 #[derive(Clone, Debug)]
@@ -53,7 +55,7 @@ impl Acc {
                 n: 0,
             },
             WinFunc::Min | WinFunc::Max => Acc::MinMax(BTreeMap::new()),
-            WinFunc::CountDistinct => Acc::Distinct(HashMap::new()),
+            WinFunc::CountDistinct => Acc::Distinct(HashMap::default()),
             WinFunc::ExpDecaySum { .. } | WinFunc::Shift { .. } => {
                 unreachable!("decay and shift calls are evaluated over rows, not accumulated")
             }

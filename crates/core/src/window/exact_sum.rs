@@ -144,7 +144,9 @@ impl ExactSum {
             // 64 bits starting at p, plus a sticky bit for everything below.
             let start = p - 63;
             let window = read_bits(&mag, start);
-            let sticky = (0..start).any(|b| mag[b / 64] >> (b % 64) & 1 == 1);
+            let (full, part) = (start / 64, start % 64);
+            let sticky = mag[..full].iter().any(|&l| l != 0)
+                || (part > 0 && mag[full] & ((1u64 << part) - 1) != 0);
             let f = (window | sticky as u64) as f64;
             let e = start as i32 - BIAS;
             // split the scaling so that neither factor overflows

@@ -25,6 +25,11 @@ pub struct Slide {
     pub acc: Acc,
     unbounded: bool,
     fresh: bool,
+    /// Where `lo` and `hi` fell in the buffer last time: the next move
+    /// searches outward from here, so a window that slides a little costs
+    /// O(log distance), not a binary search over the whole buffer.
+    lo_hint: usize,
+    hi_hint: usize,
 }
 
 impl Slide {
@@ -35,6 +40,8 @@ impl Slide {
             acc,
             unbounded,
             fresh: true,
+            lo_hint: 0,
+            hi_hint: 0,
         }
     }
 
@@ -42,40 +49,101 @@ impl Slide {
     /// the events that enter or leave it.
     pub fn move_to(&mut self, events: &VecDeque<Stored>, slot: usize, lo: i64, hi: i64) {
         let lo = if self.unbounded { i64::MIN } else { lo };
+        let new_lo = gallop(events, self.lo_hint, |e| e.time < lo);
+        let new_hi = if hi < lo {
+            new_lo
+        } else {
+            gallop(events, self.hi_hint, |e| e.time <= hi).max(new_lo)
+        };
         let disjoint = self.fresh || hi < self.lo || lo > self.hi;
         if disjoint && !self.unbounded {
             self.acc = fresh_like(&self.acc);
-            for e in range(events, lo, hi) {
+            for e in events.range(new_lo..new_hi) {
                 self.acc.add(&e.inputs[slot]);
             }
         } else {
-            if lo < self.lo {
-                for e in range(events, lo, self.lo - 1) {
+            let old_lo = if self.unbounded {
+                0
+            } else {
+                gallop(events, self.lo_hint, |e| e.time < self.lo)
+            };
+            let old_hi = gallop(events, self.hi_hint, |e| e.time <= self.hi).max(old_lo);
+            if new_lo < old_lo {
+                for e in events.range(new_lo..old_lo) {
                     self.acc.add(&e.inputs[slot]);
                 }
-            } else if lo > self.lo {
-                for e in range(events, self.lo, lo - 1) {
+            } else {
+                for e in events.range(old_lo..new_lo.min(old_hi)) {
                     self.acc.remove(&e.inputs[slot]);
                 }
             }
-            if hi > self.hi {
-                for e in range(events, self.hi.saturating_add(1), hi) {
+            if new_hi > old_hi {
+                for e in events.range(old_hi.max(new_lo)..new_hi) {
                     self.acc.add(&e.inputs[slot]);
                 }
-            } else if hi < self.hi {
-                for e in range(events, hi.saturating_add(1), self.hi) {
+            } else {
+                for e in events.range(new_hi.max(old_lo)..old_hi) {
                     self.acc.remove(&e.inputs[slot]);
                 }
             }
         }
         self.lo = lo;
         self.hi = hi;
+        self.lo_hint = new_lo;
+        self.hi_hint = new_hi;
         self.fresh = false;
     }
 
     fn contains(&self, time: i64) -> bool {
         !self.fresh && time >= self.lo && time <= self.hi
     }
+}
+
+/// The first index whose event fails `before` (the buffer is sorted, so
+/// `before` holds on a prefix), searched outward from `hint`.
+fn gallop(events: &VecDeque<Stored>, hint: usize, before: impl Fn(&Stored) -> bool) -> usize {
+    let n = events.len();
+    let h = hint.min(n);
+    let (mut lo, mut hi);
+    if h < n && before(&events[h]) {
+        // the answer is in (h, n]
+        lo = h + 1;
+        hi = n;
+        let mut step = 1;
+        while lo + step - 1 < n {
+            let probe = lo + step - 1;
+            if before(&events[probe]) {
+                lo = probe + 1;
+                step *= 2;
+            } else {
+                hi = probe;
+                break;
+            }
+        }
+    } else {
+        // the answer is in [0, h]
+        lo = 0;
+        hi = h;
+        let mut step = 1;
+        while hi >= step {
+            let probe = hi - step;
+            if before(&events[probe]) {
+                lo = probe + 1;
+                break;
+            }
+            hi = probe;
+            step *= 2;
+        }
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(&events[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 fn fresh_like(acc: &Acc) -> Acc {
@@ -89,17 +157,6 @@ fn fresh_like(acc: &Acc) -> Acc {
         Acc::MinMax(_) => Acc::MinMax(Default::default()),
         Acc::Distinct(_) => Acc::Distinct(Default::default()),
     }
-}
-
-/// The buffered events with time in `[lo, hi]`.
-fn range(events: &VecDeque<Stored>, lo: i64, hi: i64) -> impl Iterator<Item = &Stored> {
-    let a = events.partition_point(|e| e.time < lo);
-    let b = if hi < lo {
-        a
-    } else {
-        events.partition_point(|e| e.time <= hi)
-    };
-    events.range(a..b.max(a))
 }
 
 /// A partition's events plus the state of the frames evaluated over them.
@@ -154,12 +211,14 @@ impl Partition {
     /// Inserts an event that arrived now (its position is the largest yet) and
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
-        let idx = self.events.partition_point(|x| x.time <= e.time);
+        let idx = gallop(&self.events, self.events.len(), |x| x.time <= e.time);
         for (slot, s) in self.slides.iter_mut().enumerate() {
             if let Some(s) = s {
                 if s.contains(e.time) {
                     s.acc.add(&e.inputs[slot]);
                 }
+                s.lo_hint += (idx < s.lo_hint) as usize;
+                s.hi_hint += (idx < s.hi_hint) as usize;
             }
         }
         self.events.insert(idx, e);
@@ -193,6 +252,8 @@ impl Partition {
             older = older.saturating_sub(1);
             for (slot, s) in self.slides.iter_mut().enumerate() {
                 let Some(s) = s else { continue };
+                s.lo_hint = s.lo_hint.saturating_sub(1);
+                s.hi_hint = s.hi_hint.saturating_sub(1);
                 if s.unbounded {
                     if s.fresh || e.time > s.hi {
                         s.acc.add(&e.inputs[slot]);

@@ -6,7 +6,10 @@ use super::partition::{eval_call, Partition, Slide, Stored};
 use crate::expr::Ctx;
 use crate::plan::{Frame, View, WinFunc};
 use crate::value::{Row, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// Deterministic fast hashing: the core takes no randomness from anywhere.
+type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A row whose event has arrived but whose FOLLOWING frames are not final.
 #[derive(Clone, Debug)]
@@ -21,7 +24,7 @@ struct Pending {
 
 #[derive(Clone, Debug, Default)]
 struct Group {
-    parts: HashMap<Box<[Value]>, Partition>,
+    parts: HashMap<Vec<Value>, Partition>,
 }
 
 /// Counters a view reports.
@@ -48,6 +51,8 @@ pub struct ViewState {
     reach: Vec<i64>,
     following_groups: Vec<bool>,
     events_since_sweep: u64,
+    /// Reused buffer for partition keys, so lookups do not allocate.
+    scratch: Vec<Value>,
     pub stats: ViewStats,
 }
 
@@ -81,6 +86,7 @@ impl ViewState {
             reach,
             following_groups,
             events_since_sweep: 0,
+            scratch: Vec::new(),
             stats: ViewStats::default(),
         }
     }
@@ -135,6 +141,11 @@ impl ViewState {
             .collect()
     }
 
+    fn key_into(view: &View, g: usize, event: &[Value], buf: &mut Vec<Value>) {
+        buf.clear();
+        buf.extend(view.groups[g].columns.iter().map(|&i| event[i].clone()));
+    }
+
     /// Handles an event that is not late. Rows that became final are pushed to
     /// `out`. `wm` is the shard watermark after this event.
     pub fn on_event(
@@ -161,16 +172,14 @@ impl ViewState {
             _ => true,
         };
         let mut slots = vec![Value::Null; view.calls.len()];
+        let mut key = std::mem::take(&mut self.scratch);
         for g in 0..view.groups.len() {
-            let key = Self::key(view, g, event);
+            Self::key_into(view, g, event, &mut key);
             let inputs = Self::inputs(view, g, event);
-            let part = match self.groups[g].parts.get_mut(&key) {
-                Some(p) => p,
-                None => self.groups[g]
-                    .parts
-                    .entry(key)
-                    .or_insert_with(|| Self::new_partition(view, g)),
-            };
+            let part = self.groups[g]
+                .parts
+                .entry_ref(key.as_slice())
+                .or_insert_with(|| Self::new_partition(view, g));
             part.insert(Stored { time, pos, inputs });
             if wants_row {
                 for &ci in &view.groups[g].calls {
@@ -179,11 +188,20 @@ impl ViewState {
                         slots[ci] = eval_call(c, part, time, pos, None);
                     }
                 }
-                if self.following_groups[g] && view.has_following() {
+                if self.following_groups[g] {
                     part.pending.insert((time, pos));
                 }
             }
+            if wm != i64::MIN {
+                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+                part.evict(
+                    t_min.saturating_add(self.reach[g].min(0)),
+                    t_min,
+                    self.keep_rows[g],
+                );
+            }
         }
+        self.scratch = key;
         if wants_row {
             let p = Pending {
                 time,
@@ -199,7 +217,6 @@ impl ViewState {
         }
         self.recheck_waiting(view, event);
         self.release(view, wm, out);
-        self.evict_touched(view, event, wm);
         self.events_since_sweep += 1;
         let parts: usize = self.groups.iter().map(|g| g.parts.len()).sum();
         if self.events_since_sweep as usize >= (2 * parts).max(4096) {
@@ -222,7 +239,7 @@ impl ViewState {
             };
             if let Some(n) = rows_ahead {
                 let key = Self::key(view, c.group, &p.event);
-                let part = self.groups[c.group].parts.get(&key)?;
+                let part = self.groups[c.group].parts.get(&key[..])?;
                 let idx = part.index_of(p.time, p.pos)?;
                 let follower = part.events.get(idx + n as usize)?;
                 d = d.max(follower.time);
@@ -291,10 +308,10 @@ impl ViewState {
             if !self.following_groups[g] {
                 continue;
             }
-            let key = Self::key(view, g, &p.event);
+            Self::key_into(view, g, &p.event, &mut self.scratch);
             let part = self.groups[g]
                 .parts
-                .get_mut(&key)
+                .get_mut(self.scratch.as_slice())
                 .expect("a pending row pins its partition");
             for &ci in &view.groups[g].calls {
                 let c = &view.calls[ci];
@@ -333,7 +350,7 @@ impl ViewState {
                 inputs: Self::inputs(view, g, event),
             };
             let mut empty;
-            let part = match self.groups[g].parts.get_mut(&key) {
+            let part = match self.groups[g].parts.get_mut(&key[..]) {
                 Some(p) => p,
                 None => {
                     empty = Self::new_partition(view, g);
@@ -356,33 +373,6 @@ impl ViewState {
             row[i] = Value::Null;
         }
         row
-    }
-
-    fn floor(&self, g: usize, part: &Partition, wm: i64) -> i64 {
-        let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-        t_min.saturating_add(self.reach[g].min(0))
-    }
-
-    fn evict_touched(&mut self, view: &View, event: &[Value], wm: i64) {
-        if wm == i64::MIN {
-            return;
-        }
-        for g in 0..view.groups.len() {
-            let key = Self::key(view, g, event);
-            let below;
-            let t_min;
-            {
-                let Some(part) = self.groups[g].parts.get(&key) else {
-                    continue;
-                };
-                below = self.floor(g, part, wm);
-                t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-            }
-            let keep = self.keep_rows[g];
-            if let Some(part) = self.groups[g].parts.get_mut(&key) {
-                part.evict(below, t_min, keep);
-            }
-        }
     }
 
     /// Evicts expired events from every partition and forgets idle ones.
