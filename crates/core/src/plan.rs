@@ -71,8 +71,11 @@ pub struct WindowCall {
     pub filter: Option<Expr>,
     /// Index into [`View::groups`]: which partitioning this call uses.
     pub group: usize,
-    /// Position of this call within its group's per-event input vector.
+    /// Position of this call within its group (its sliding state, if any).
     pub slot_in_group: usize,
+    /// Which of the group's per-event inputs this call reads; calls with the
+    /// same argument and FILTER share one.
+    pub input: usize,
     pub frame: Frame,
     /// Type of `arg` (BOOLEAN for `COUNT(*)`); BIGINT sums stay integral.
     pub arg_type: DataType,
@@ -92,6 +95,9 @@ pub struct PartitionGroup {
     pub columns: Vec<usize>,
     /// Indexes into [`View::calls`] of the calls in this group, in slot order.
     pub calls: Vec<usize>,
+    /// For each distinct (argument, FILTER) pair, the call that defines it:
+    /// one input value is stored per event for each.
+    pub inputs: Vec<usize>,
 }
 
 /// A compiled `CREATE VIEW`.

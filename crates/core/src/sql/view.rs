@@ -368,16 +368,23 @@ impl Compiler<'_> {
                 self.groups.push(PartitionGroup {
                     columns,
                     calls: vec![],
+                    inputs: vec![],
                 });
                 self.groups.len() - 1
             }
         };
+        let input = self.groups[group]
+            .inputs
+            .iter()
+            .position(|&ci| self.calls[ci].arg == arg && self.calls[ci].filter == filter)
+            .unwrap_or(self.groups[group].inputs.len());
         let call = WindowCall {
             func,
             arg,
             filter,
             group,
             slot_in_group: self.groups[group].calls.len(),
+            input,
             frame,
             arg_type,
             out_type,
@@ -395,6 +402,9 @@ impl Compiler<'_> {
         self.calls.push(call);
         let idx = self.calls.len() - 1;
         self.groups[group].calls.push(idx);
+        if input == self.groups[group].inputs.len() {
+            self.groups[group].inputs.push(idx);
+        }
         Ok((Expr::Slot(idx), out_type))
     }
 

@@ -5,6 +5,7 @@
 //! result never depends on the order events were added in.
 
 use super::exact_sum::ExactSum;
+use super::input::In;
 use crate::plan::WinFunc;
 use crate::value::{DataType, Value};
 use std::cmp::Ordering;
@@ -62,30 +63,29 @@ impl Acc {
         }
     }
 
-    /// Adds one input; `None` means the FILTER rejected the event.
-    pub fn add(&mut self, input: &Option<Value>) {
+    /// Adds one input ([`In::Skip`]: the FILTER rejected the event).
+    pub fn add(&mut self, input: &In) {
         self.apply(input, 1)
     }
 
-    pub fn remove(&mut self, input: &Option<Value>) {
+    pub fn remove(&mut self, input: &In) {
         self.apply(input, -1)
     }
 
-    fn apply(&mut self, input: &Option<Value>, d: i64) {
-        let Some(v) = input else { return };
-        if v.is_null() {
+    fn apply(&mut self, input: &In, d: i64) {
+        if !input.counts() {
             return;
         }
         match self {
             Acc::Count(c) => *c += d,
             Acc::SumInt { sum, n } => {
-                if let Value::BigInt(i) = v {
+                if let In::Int(i) = input {
                     *sum += (*i as i128) * d as i128;
                     *n += d;
                 }
             }
             Acc::SumFloat { sum, n } => {
-                if let Some(x) = v.as_f64() {
+                if let Some(x) = input.as_f64() {
                     if d > 0 {
                         sum.add(x)
                     } else {
@@ -95,7 +95,7 @@ impl Acc {
                 }
             }
             Acc::MinMax(map) => {
-                let k = Ordered(v.clone());
+                let k = Ordered(input.value().expect("counted inputs have a value"));
                 if d > 0 {
                     *map.entry(k).or_insert(0) += 1;
                 } else if let Some(c) = map.get_mut(&k) {
@@ -106,12 +106,13 @@ impl Acc {
                 }
             }
             Acc::Distinct(map) => {
+                let v = input.value().expect("counted inputs have a value");
                 if d > 0 {
-                    *map.entry(v.clone()).or_insert(0) += 1;
-                } else if let Some(c) = map.get_mut(v) {
+                    *map.entry(v).or_insert(0) += 1;
+                } else if let Some(c) = map.get_mut(&v) {
                     *c -= 1;
                     if *c == 0 {
-                        map.remove(v);
+                        map.remove(&v);
                     }
                 }
             }

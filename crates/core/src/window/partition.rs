@@ -3,6 +3,7 @@
 
 use super::acc::Acc;
 use super::exact_sum::ExactSum;
+use super::input::Inputs;
 use crate::plan::{Frame, WinFunc, WindowCall};
 use crate::value::Value;
 use std::collections::{BTreeSet, VecDeque};
@@ -13,7 +14,7 @@ use std::collections::{BTreeSet, VecDeque};
 pub struct Stored {
     pub time: i64,
     pub pos: u64,
-    pub inputs: Box<[Option<Value>]>,
+    pub inputs: Inputs,
 }
 
 /// An accumulator over the buffered events with time in `[lo, hi]` (plus, for
@@ -25,6 +26,8 @@ pub struct Slide {
     pub acc: Acc,
     unbounded: bool,
     fresh: bool,
+    /// Which of the event's inputs this frame aggregates.
+    input: usize,
     /// Where `lo` and `hi` fell in the buffer last time: the next move
     /// searches outward from here, so a window that slides a little costs
     /// O(log distance), not a binary search over the whole buffer.
@@ -33,13 +36,14 @@ pub struct Slide {
 }
 
 impl Slide {
-    pub fn new(acc: Acc, unbounded: bool) -> Slide {
+    pub fn new(acc: Acc, unbounded: bool, input: usize) -> Slide {
         Slide {
             lo: i64::MIN,
             hi: i64::MIN,
             acc,
             unbounded,
             fresh: true,
+            input,
             lo_hint: 0,
             hi_hint: 0,
         }
@@ -47,7 +51,8 @@ impl Slide {
 
     /// Moves the accumulated range to `[lo, hi]` by adding and removing only
     /// the events that enter or leave it.
-    pub fn move_to(&mut self, events: &VecDeque<Stored>, slot: usize, lo: i64, hi: i64) {
+    pub fn move_to(&mut self, events: &VecDeque<Stored>, lo: i64, hi: i64) {
+        let slot = self.input;
         let lo = if self.unbounded { i64::MIN } else { lo };
         let new_lo = gallop(events, self.lo_hint, |e| e.time < lo);
         let new_hi = if hi < lo {
@@ -212,10 +217,10 @@ impl Partition {
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
         let idx = gallop(&self.events, self.events.len(), |x| x.time <= e.time);
-        for (slot, s) in self.slides.iter_mut().enumerate() {
+        for s in self.slides.iter_mut() {
             if let Some(s) = s {
                 if s.contains(e.time) {
-                    s.acc.add(&e.inputs[slot]);
+                    s.acc.add(&e.inputs[s.input]);
                 }
                 s.lo_hint += (idx < s.lo_hint) as usize;
                 s.hi_hint += (idx < s.hi_hint) as usize;
@@ -250,8 +255,9 @@ impl Partition {
             }
             let e = self.events.pop_front().expect("front exists");
             older = older.saturating_sub(1);
-            for (slot, s) in self.slides.iter_mut().enumerate() {
+            for s in self.slides.iter_mut() {
                 let Some(s) = s else { continue };
+                let slot = s.input;
                 s.lo_hint = s.lo_hint.saturating_sub(1);
                 s.hi_hint = s.hi_hint.saturating_sub(1);
                 if s.unbounded {
@@ -290,7 +296,7 @@ pub fn eval_call(
     pos: u64,
     extra: Option<&Stored>,
 ) -> Value {
-    let slot = call.slot_in_group;
+    let slot = call.input;
     match (&call.func, call.frame) {
         (WinFunc::Shift { offset, default }, _) => {
             let seq = seq(part, time, extra);
@@ -300,7 +306,7 @@ pub fn eval_call(
                 return default.clone();
             }
             seq.get(j as usize).inputs[slot]
-                .clone()
+                .value()
                 .unwrap_or(Value::Null)
         }
         (WinFunc::ExpDecaySum { half_life_ms }, frame) => {
@@ -310,7 +316,7 @@ pub fn eval_call(
             let mut n = 0;
             for i in a..b {
                 let e = seq.get(i);
-                if let Some(x) = e.inputs[slot].as_ref().and_then(Value::as_f64) {
+                if let Some(x) = e.inputs[slot].as_f64() {
                     sum.add(x * decay_weight(time, e.time, *half_life_ms));
                     n += 1;
                 }
@@ -333,15 +339,17 @@ pub fn eval_call(
         (func, Frame::Range { lo, hi }) => {
             let lo_t = lo.map_or(i64::MIN, |l| time.saturating_add(l));
             let hi_t = time.saturating_add(hi);
-            let slide = part.slides[slot].as_mut().expect("range call has a slide");
+            let slide = part.slides[call.slot_in_group]
+                .as_mut()
+                .expect("range call has a slide");
             match extra {
                 None => {
-                    slide.move_to(&part.events, slot, lo_t, hi_t);
+                    slide.move_to(&part.events, lo_t, hi_t);
                     slide.acc.result(func)
                 }
                 Some(e) => {
                     let mut s = slide.clone();
-                    s.move_to(&part.events, slot, lo_t, hi_t);
+                    s.move_to(&part.events, lo_t, hi_t);
                     if e.time >= lo_t && e.time <= hi_t {
                         s.acc.add(&e.inputs[slot]);
                     }

@@ -2,6 +2,7 @@
 //! and the rows held back until their FOLLOWING frames are complete.
 
 use super::acc::Acc;
+use super::input::{In, Inputs};
 use super::partition::{eval_call, Partition, Slide, Stored};
 use crate::expr::Ctx;
 use crate::plan::{Frame, View, WinFunc};
@@ -101,7 +102,7 @@ impl ViewState {
                     (WinFunc::Shift { .. } | WinFunc::ExpDecaySum { .. }, _) => None,
                     (_, Frame::Rows { .. }) => None,
                     (f, Frame::Range { lo, .. }) => {
-                        Some(Slide::new(Acc::new(f, c.arg_type), lo.is_none()))
+                        Some(Slide::new(Acc::new(f, c.arg_type), lo.is_none(), c.input))
                     }
                 }
             })
@@ -109,26 +110,26 @@ impl ViewState {
         Partition::new(slides)
     }
 
-    /// The inputs one event contributes to each call of group `g`.
-    fn inputs(view: &View, g: usize, event: &[Value]) -> Box<[Option<Value>]> {
+    /// The inputs one event contributes to the calls of group `g`.
+    fn inputs(view: &View, g: usize, event: &[Value]) -> Inputs {
         let ctx = Ctx {
             row: event,
             slots: &[],
         };
         view.groups[g]
-            .calls
+            .inputs
             .iter()
             .map(|&ci| {
                 let c = &view.calls[ci];
                 if let Some(f) = &c.filter {
                     if f.eval(&ctx) != Value::Boolean(true) {
-                        return None;
+                        return In::Skip;
                     }
                 }
-                Some(match &c.arg {
-                    Some(a) => a.eval(&ctx),
-                    None => Value::Boolean(true),
-                })
+                match &c.arg {
+                    Some(a) => In::from_value(a.eval(&ctx)),
+                    None => In::Bool(true),
+                }
             })
             .collect()
     }
@@ -284,7 +285,7 @@ impl ViewState {
                 break;
             }
             let p = entry.remove();
-            self.finish_row(view, p, out);
+            self.finish_row(view, p, wm, out);
         }
     }
 
@@ -299,11 +300,11 @@ impl ViewState {
         let mut rest = rest;
         rest.sort_by_key(|p| (p.time, p.pos));
         for p in rest {
-            self.finish_row(view, p, out);
+            self.finish_row(view, p, i64::MAX, out);
         }
     }
 
-    fn finish_row(&mut self, view: &View, mut p: Pending, out: &mut Vec<Row>) {
+    fn finish_row(&mut self, view: &View, mut p: Pending, wm: i64, out: &mut Vec<Row>) {
         for g in 0..view.groups.len() {
             if !self.following_groups[g] {
                 continue;
@@ -320,6 +321,15 @@ impl ViewState {
                 }
             }
             part.pending.remove(&(p.time, p.pos));
+            // A label partition usually dies with its last held row: forget it
+            // now rather than at the next sweep, or idle partitions pile up.
+            if wm != i64::MIN {
+                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+                part.evict(t_min.saturating_add(self.reach[g].min(0)), t_min, self.keep_rows[g]);
+                if part.is_idle() {
+                    self.groups[g].parts.remove(self.scratch.as_slice());
+                }
+            }
         }
         self.emit(view, p, out);
     }
