@@ -4,12 +4,13 @@
 //! events to `<output>.late.jsonl`; neither stops the run unless `--strict`.
 
 use anyhow::{bail, Context};
-use lockstep_core::{Emitted, Engine, Outcome};
+use lockstep_core::{Emitted, Engine, Outcome, Row};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
-    DeadLetterWriter, Location,
+    DeadLetterWriter, EventReader, Location, RowSink,
 };
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,12 @@ impl RunSummary {
     }
 }
 
+/// Records per message between the threads: large enough to make channel
+/// costs vanish, small enough to keep memory constant.
+const BATCH: usize = 4096;
+
+type Record = (Location, Result<Row, BadRecord>);
+
 pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     let catalog = Arc::new(crate::pipeline::load(&args.sql)?);
     let (_, view) = catalog.view(&args.view).with_context(|| {
@@ -76,74 +83,134 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     let needed = view.used_columns(&catalog.tables[view.table]);
     let mut engine = Engine::new(catalog.clone(), &[args.view.as_str()])?;
     let schema = engine.table().schema.clone();
-    let mut reader = open_events_projected(&args.input, &schema, Some(&needed))
+    let reader = open_events_projected(&args.input, &schema, Some(&needed))
         .with_context(|| format!("cannot read events from {}", args.input.display()))?;
-    let mut writer = create_row_writer(&args.output, &out_schema)
+    let writer = create_row_writer(&args.output, &out_schema)
         .with_context(|| format!("cannot write rows to {}", args.output.display()))?;
+    let start = Instant::now();
+    // Three stages on their own threads: decoding, the engine (one thread, in
+    // log order, exactly as a shard actor runs it), encoding. Bounded channels
+    // keep memory constant in the input size.
+    let (in_tx, in_rx) = sync_channel::<Vec<Record>>(4);
+    let (out_tx, out_rx) = sync_channel::<Vec<Row>>(4);
+    let mut s = std::thread::scope(|scope| -> anyhow::Result<RunSummary> {
+        let input = &args.input;
+        let read = scope.spawn(move || read_stage(reader, in_tx, input));
+        let write = scope.spawn(move || write_stage(writer, out_rx));
+        let engine_result = engine_stage(args, &mut engine, &schema, in_rx, out_tx);
+        let read_result = read.join().expect("reader thread panicked");
+        let rows = write.join().expect("writer thread panicked");
+        let mut s = engine_result?;
+        read_result?;
+        s.rows = rows?;
+        Ok(s)
+    })?;
+    s.elapsed = start.elapsed();
+    Ok(s)
+}
+
+fn read_stage(
+    mut reader: EventReader,
+    tx: SyncSender<Vec<Record>>,
+    input: &Path,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(item) = reader.next() {
+        let record = item.with_context(|| format!("reading {}", input.display()))?;
+        batch.push((reader.location(), record));
+        if batch.len() == BATCH
+            && tx
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .is_err()
+        {
+            return Ok(()); // the engine stopped (--strict); its error is reported
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    Ok(())
+}
+
+fn write_stage(mut writer: Box<dyn RowSink>, rx: Receiver<Vec<Row>>) -> anyhow::Result<u64> {
+    for rows in rx {
+        for row in &rows {
+            writer.write(row)?;
+        }
+    }
+    Ok(writer.finish()?)
+}
+
+fn engine_stage(
+    args: &RunArgs,
+    engine: &mut Engine,
+    schema: &lockstep_core::Schema,
+    rx: Receiver<Vec<Record>>,
+    tx: SyncSender<Vec<Row>>,
+) -> anyhow::Result<RunSummary> {
     let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
     let mut late = DeadLetterWriter::new(late_path(&args.output));
     let mut s = RunSummary::default();
-    let start = Instant::now();
     let mut out: Vec<Emitted> = Vec::new();
-    while let Some(item) = reader.next() {
-        let record = item.with_context(|| format!("reading {}", args.input.display()))?;
-        s.events_read += 1;
-        let event = match record {
-            Ok(e) => e,
-            Err(bad) => {
-                if args.strict {
-                    bail!(
-                        "{}: {} (--strict)",
-                        describe(&args.input, &bad.location),
-                        bad.reason
-                    );
+    let mut rows: Vec<Row> = Vec::with_capacity(BATCH);
+    let strict = |bad: &BadRecord| -> anyhow::Result<()> {
+        if args.strict {
+            bail!(
+                "{}: {} (--strict)",
+                describe(&args.input, &bad.location),
+                bad.reason
+            );
+        }
+        Ok(())
+    };
+    for batch in rx {
+        for (location, record) in batch {
+            s.events_read += 1;
+            let event = match record {
+                Ok(e) => e,
+                Err(bad) => {
+                    strict(&bad)?;
+                    dead.write("malformed", &bad)?;
+                    continue;
                 }
-                dead.write("malformed", &bad)?;
+            };
+            if let Err(reason) = engine.validate(&event) {
+                let bad = BadRecord {
+                    location,
+                    reason: reason.to_string(),
+                    raw: render_json(&event, schema),
+                };
+                strict(&bad)?;
+                dead.write("schema", &bad)?;
                 continue;
             }
-        };
-        if let Err(reason) = engine.validate(&event) {
-            let bad = BadRecord {
-                location: reader.location(),
-                reason: reason.to_string(),
-                raw: render_json(&event, &schema),
-            };
-            if args.strict {
-                bail!(
-                    "{}: {} (--strict)",
-                    describe(&args.input, &bad.location),
-                    bad.reason
-                );
+            let shard = engine.shard_of(&event);
+            match engine.push_to_shard(shard, &event, &mut out) {
+                Outcome::Accepted { .. } => s.accepted += 1,
+                Outcome::Late { shard, watermark } => {
+                    s.late += 1;
+                    let bad = BadRecord {
+                        location,
+                        reason: format!(
+                            "too late: event_time {} is below shard {shard}'s watermark {}",
+                            event_time_text(engine, &event),
+                            lockstep_core::time::format_rfc3339_ms(watermark)
+                        ),
+                        raw: render_json(&event, schema),
+                    };
+                    late.write("late", &bad)?;
+                }
             }
-            dead.write("schema", &bad)?;
-            continue;
-        }
-        let shard = engine.shard_of(&event);
-        match engine.push_to_shard(shard, &event, &mut out) {
-            Outcome::Accepted { .. } => s.accepted += 1,
-            Outcome::Late { shard, watermark } => {
-                s.late += 1;
-                let bad = BadRecord {
-                    location: reader.location(),
-                    reason: format!(
-                        "too late: event_time {} is below shard {shard}'s watermark {}",
-                        event_time_text(&engine, &event),
-                        lockstep_core::time::format_rfc3339_ms(watermark)
-                    ),
-                    raw: render_json(&event, &schema),
-                };
-                late.write("late", &bad)?;
+            rows.extend(out.drain(..).map(|e| e.row));
+            if rows.len() >= BATCH {
+                send_rows(&tx, &mut rows)?;
             }
-        }
-        for e in out.drain(..) {
-            writer.write(&e.row)?;
         }
     }
     engine.finish(&mut out);
-    for e in out.drain(..) {
-        writer.write(&e.row)?;
-    }
-    s.rows = writer.finish()?;
+    rows.extend(out.drain(..).map(|e| e.row));
+    send_rows(&tx, &mut rows)?;
+    drop(tx);
     s.dead_lettered = dead.count();
     if dead.count() > 0 {
         s.dead_letter_path = Some(dead.path().to_path_buf());
@@ -153,8 +220,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
         s.late_path = Some(late.path().to_path_buf());
     }
     late.finish()?;
-    s.elapsed = start.elapsed();
     Ok(s)
+}
+
+fn send_rows(tx: &SyncSender<Vec<Row>>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.send(std::mem::replace(rows, Vec::with_capacity(BATCH)))
+        .map_err(|_| anyhow::anyhow!("the row writer stopped early"))
 }
 
 fn event_time_text(engine: &Engine, event: &[lockstep_core::Value]) -> String {

@@ -2,6 +2,7 @@
 
 pub mod acc;
 pub mod exact_sum;
+pub mod group;
 pub mod input;
 pub mod partition;
 pub mod view_state;

@@ -217,14 +217,12 @@ impl Partition {
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
         let idx = gallop(&self.events, self.events.len(), |x| x.time <= e.time);
-        for s in self.slides.iter_mut() {
-            if let Some(s) = s {
-                if s.contains(e.time) {
-                    s.acc.add(&e.inputs[s.input]);
-                }
-                s.lo_hint += (idx < s.lo_hint) as usize;
-                s.hi_hint += (idx < s.hi_hint) as usize;
+        for s in self.slides.iter_mut().flatten() {
+            if s.contains(e.time) {
+                s.acc.add(&e.inputs[s.input]);
             }
+            s.lo_hint += (idx < s.lo_hint) as usize;
+            s.hi_hint += (idx < s.hi_hint) as usize;
         }
         self.events.insert(idx, e);
         idx

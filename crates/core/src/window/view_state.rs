@@ -2,15 +2,13 @@
 //! and the rows held back until their FOLLOWING frames are complete.
 
 use super::acc::Acc;
+use super::group::Group;
 use super::input::{In, Inputs};
 use super::partition::{eval_call, Partition, Slide, Stored};
 use crate::expr::Ctx;
 use crate::plan::{Frame, View, WinFunc};
 use crate::value::{Row, Value};
 use std::collections::BTreeMap;
-
-/// Deterministic fast hashing: the core takes no randomness from anywhere.
-type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A row whose event has arrived but whose FOLLOWING frames are not final.
 #[derive(Clone, Debug)]
@@ -21,11 +19,9 @@ struct Pending {
     /// Values of the calls evaluated at arrival; following calls are filled
     /// in at emission.
     slots: Vec<Value>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Group {
-    parts: HashMap<Vec<Value>, Partition>,
+    /// Slab index of the row's partition in each group with FOLLOWING calls
+    /// (the row pins it, so the index stays valid).
+    parts: Vec<usize>,
 }
 
 /// Counters a view reports.
@@ -52,8 +48,6 @@ pub struct ViewState {
     reach: Vec<i64>,
     following_groups: Vec<bool>,
     events_since_sweep: u64,
-    /// Reused buffer for partition keys, so lookups do not allocate.
-    scratch: Vec<Value>,
     pub stats: ViewStats,
 }
 
@@ -87,7 +81,6 @@ impl ViewState {
             reach,
             following_groups,
             events_since_sweep: 0,
-            scratch: Vec::new(),
             stats: ViewStats::default(),
         }
     }
@@ -134,19 +127,6 @@ impl ViewState {
             .collect()
     }
 
-    fn key(view: &View, g: usize, event: &[Value]) -> Box<[Value]> {
-        view.groups[g]
-            .columns
-            .iter()
-            .map(|&i| event[i].clone())
-            .collect()
-    }
-
-    fn key_into(view: &View, g: usize, event: &[Value], buf: &mut Vec<Value>) {
-        buf.clear();
-        buf.extend(view.groups[g].columns.iter().map(|&i| event[i].clone()));
-    }
-
     /// Handles an event that is not late. Rows that became final are pushed to
     /// `out`. `wm` is the shard watermark after this event.
     pub fn on_event(
@@ -173,14 +153,13 @@ impl ViewState {
             _ => true,
         };
         let mut slots = vec![Value::Null; view.calls.len()];
-        let mut key = std::mem::take(&mut self.scratch);
-        for g in 0..view.groups.len() {
-            Self::key_into(view, g, event, &mut key);
+        let mut pinned = vec![usize::MAX; view.groups.len()];
+        for (g, pin) in pinned.iter_mut().enumerate() {
             let inputs = Self::inputs(view, g, event);
-            let part = self.groups[g]
-                .parts
-                .entry_ref(key.as_slice())
-                .or_insert_with(|| Self::new_partition(view, g));
+            let idx = self.groups[g].find_or_insert(event, &view.groups[g].columns, || {
+                Self::new_partition(view, g)
+            });
+            let part = self.groups[g].get_mut(idx);
             part.insert(Stored { time, pos, inputs });
             if wants_row {
                 for &ci in &view.groups[g].calls {
@@ -191,6 +170,7 @@ impl ViewState {
                 }
                 if self.following_groups[g] {
                     part.pending.insert((time, pos));
+                    *pin = idx;
                 }
             }
             if wm != i64::MIN {
@@ -202,13 +182,13 @@ impl ViewState {
                 );
             }
         }
-        self.scratch = key;
         if wants_row {
             let p = Pending {
                 time,
                 pos,
                 event: event.to_vec(),
                 slots,
+                parts: pinned,
             };
             if view.has_following() {
                 self.schedule(view, p);
@@ -219,7 +199,7 @@ impl ViewState {
         self.recheck_waiting(view, event);
         self.release(view, wm, out);
         self.events_since_sweep += 1;
-        let parts: usize = self.groups.iter().map(|g| g.parts.len()).sum();
+        let parts: usize = self.groups.iter().map(Group::len).sum();
         if self.events_since_sweep as usize >= (2 * parts).max(4096) {
             self.sweep(wm);
         }
@@ -239,8 +219,7 @@ impl ViewState {
                 }
             };
             if let Some(n) = rows_ahead {
-                let key = Self::key(view, c.group, &p.event);
-                let part = self.groups[c.group].parts.get(&key[..])?;
+                let part = self.groups[c.group].get(p.parts[c.group]);
                 let idx = part.index_of(p.time, p.pos)?;
                 let follower = part.events.get(idx + n as usize)?;
                 d = d.max(follower.time);
@@ -309,11 +288,7 @@ impl ViewState {
             if !self.following_groups[g] {
                 continue;
             }
-            Self::key_into(view, g, &p.event, &mut self.scratch);
-            let part = self.groups[g]
-                .parts
-                .get_mut(self.scratch.as_slice())
-                .expect("a pending row pins its partition");
+            let part = self.groups[g].get_mut(p.parts[g]);
             for &ci in &view.groups[g].calls {
                 let c = &view.calls[ci];
                 if c.is_following() {
@@ -325,9 +300,13 @@ impl ViewState {
             // now rather than at the next sweep, or idle partitions pile up.
             if wm != i64::MIN {
                 let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-                part.evict(t_min.saturating_add(self.reach[g].min(0)), t_min, self.keep_rows[g]);
+                part.evict(
+                    t_min.saturating_add(self.reach[g].min(0)),
+                    t_min,
+                    self.keep_rows[g],
+                );
                 if part.is_idle() {
-                    self.groups[g].parts.remove(self.scratch.as_slice());
+                    self.groups[g].remove(p.parts[g]);
                 }
             }
         }
@@ -353,15 +332,15 @@ impl ViewState {
     pub fn serve(&mut self, view: &View, event: &[Value], time: i64) -> Row {
         let mut slots = vec![Value::Null; view.calls.len()];
         for g in 0..view.groups.len() {
-            let key = Self::key(view, g, event);
             let stored = Stored {
                 time,
                 pos: u64::MAX,
                 inputs: Self::inputs(view, g, event),
             };
             let mut empty;
-            let part = match self.groups[g].parts.get_mut(&key[..]) {
-                Some(p) => p,
+            let found = self.groups[g].find(event, &view.groups[g].columns);
+            let part = match found {
+                Some(i) => self.groups[g].get_mut(i),
                 None => {
                     empty = Self::new_partition(view, g);
                     &mut empty
@@ -394,7 +373,7 @@ impl ViewState {
         for g in 0..self.groups.len() {
             let reach = self.reach[g].min(0);
             let keep = self.keep_rows[g];
-            self.groups[g].parts.retain(|_, part| {
+            self.groups[g].retain(|part| {
                 let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
                 part.evict(t_min.saturating_add(reach), t_min, keep);
                 !part.is_idle()
@@ -404,11 +383,11 @@ impl ViewState {
 
     pub fn refresh_stats(&mut self) -> &ViewStats {
         self.stats.pending = (self.pending.len() + self.waiting.len()) as u64;
-        self.stats.partitions = self.groups.iter().map(|g| g.parts.len() as u64).sum();
+        self.stats.partitions = self.groups.iter().map(|g| g.len() as u64).sum();
         self.stats.buffered_events = self
             .groups
             .iter()
-            .flat_map(|g| g.parts.values())
+            .flat_map(|g| g.partitions())
             .map(|p| p.events.len() as u64)
             .sum();
         &self.stats
