@@ -274,6 +274,17 @@ impl Engine {
         Ok(self.shards[shard].views[view].serve(v, event, time))
     }
 
+    /// Sweeps every shard's state for expired events every `n` events instead
+    /// of adaptively. Results do not change; tests use it to exercise
+    /// eviction on short logs.
+    pub fn set_sweep_every(&mut self, n: u64) {
+        for s in &mut self.shards {
+            for v in &mut s.views {
+                v.sweep_every = Some(n);
+            }
+        }
+    }
+
     /// The current watermark of a shard (`i64::MIN` before any event).
     pub fn watermark(&self, shard: u32) -> i64 {
         self.shards[shard as usize].watermark(self.table().lateness_ms)

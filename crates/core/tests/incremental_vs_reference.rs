@@ -15,6 +15,7 @@ const TABLE: &str =
 
 #[derive(Debug, Clone)]
 struct Case {
+    sweep_every: Option<u64>,
     lateness_s: i64,
     shards: u32,
     calls: Vec<String>,
@@ -138,6 +139,7 @@ fn log() -> impl Strategy<Value = Vec<Vec<Value>>> {
 
 fn case() -> impl Strategy<Value = Case> {
     (
+        prop_oneof![Just(None), Just(Some(1u64)), Just(Some(3u64))],
         0i64..4,
         1u32..4,
         proptest::collection::vec(call(), 1..5),
@@ -145,7 +147,15 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(None), 1 => Just(Some("c = 0".to_string())), 1 => Just(Some("f0 IS NOT NULL".to_string()))],
         log(),
     )
-        .prop_map(|(lateness_s, shards, calls, filter, qualify, log)| Case { lateness_s, shards, calls, filter, qualify, log })
+        .prop_map(|(sweep_every, lateness_s, shards, calls, filter, qualify, log)| Case {
+            sweep_every,
+            lateness_s,
+            shards,
+            calls,
+            filter,
+            qualify,
+            log,
+        })
 }
 
 fn sql(c: &Case) -> String {
@@ -170,8 +180,11 @@ fn sql(c: &Case) -> String {
     )
 }
 
-fn run_engine(catalog: Arc<lockstep_core::Catalog>, log: &[Vec<Value>]) -> BTreeMap<i64, Row> {
+fn run_engine(catalog: Arc<lockstep_core::Catalog>, log: &[Vec<Value>], sweep_every: Option<u64>) -> BTreeMap<i64, Row> {
     let mut engine = Engine::new(catalog, &[]).unwrap();
+    if let Some(n) = sweep_every {
+        engine.set_sweep_every(n);
+    }
     let mut out = Vec::new();
     for e in log {
         engine.push(e, &mut out).unwrap();
@@ -197,7 +210,7 @@ proptest! {
     fn incremental_equals_brute_force(c in case()) {
         let text = sql(&c);
         let catalog = Arc::new(parse_pipeline(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?);
-        let got = run_engine(catalog.clone(), &c.log);
+        let got = run_engine(catalog.clone(), &c.log, c.sweep_every);
         let want = support::reference::evaluate(&catalog, 0, &c.log, 0);
         prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "which events got rows\n{}", text);
         for (id, w) in &want {
@@ -239,7 +252,7 @@ proptest! {
             }
         }
         // serving interleaved or not: same rows
-        let plain = run_engine(catalog, &c.log);
+        let plain = run_engine(catalog, &c.log, c.sweep_every);
         prop_assert_eq!(plain.len(), out.len());
         for em in &out {
             let Value::BigInt(id) = em.row[0] else { panic!() };
