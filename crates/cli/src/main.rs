@@ -70,9 +70,10 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         serve_every: u64,
     },
-    /// Benchmarks. `batch`: `lockstep run` end to end on generated data.
+    /// Benchmarks. `batch`: `lockstep run` end to end on generated data;
+    /// `memory`: bytes of state per in-window event and per key.
     Bench {
-        #[arg(value_parser = ["batch"])]
+        #[arg(value_parser = ["batch", "memory"])]
         what: String,
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -152,19 +153,22 @@ fn main() -> ExitCode {
         })
         .map(|_| ()),
         Cmd::Bench {
-            what: _,
+            what,
             events,
             users,
             dir,
             format,
             reuse,
-        } => bench::bench_batch(&bench::BenchArgs {
-            events,
-            users,
-            dir,
-            format,
-            reuse,
-        }),
+        } => match what.as_str() {
+            "memory" => bench::bench_memory(events),
+            _ => bench::bench_batch(&bench::BenchArgs {
+                events,
+                users,
+                dir,
+                format,
+                reuse,
+            }),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,9 @@ pub struct WindowCall {
     /// Which of the group's per-event inputs this call reads; calls with the
     /// same argument and FILTER share one.
     pub input: usize,
+    /// For RANGE aggregates: (slide, accumulator) within the group's slides;
+    /// calls with the same frame share a slide.
+    pub slide: Option<(usize, usize)>,
     pub frame: Frame,
     /// Type of `arg` (BOOLEAN for `COUNT(*)`); BIGINT sums stay integral.
     pub arg_type: DataType,
@@ -98,6 +101,9 @@ pub struct PartitionGroup {
     /// For each distinct (argument, FILTER) pair, the call that defines it:
     /// one input value is stored per event for each.
     pub inputs: Vec<usize>,
+    /// For each distinct RANGE frame of the group's accumulating calls, the
+    /// calls that accumulate over it.
+    pub slides: Vec<(Frame, Vec<usize>)>,
 }
 
 /// A compiled `CREATE VIEW`.

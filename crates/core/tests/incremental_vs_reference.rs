@@ -180,7 +180,11 @@ fn sql(c: &Case) -> String {
     )
 }
 
-fn run_engine(catalog: Arc<lockstep_core::Catalog>, log: &[Vec<Value>], sweep_every: Option<u64>) -> BTreeMap<i64, Row> {
+fn run_engine(
+    catalog: Arc<lockstep_core::Catalog>,
+    log: &[Vec<Value>],
+    sweep_every: Option<u64>,
+) -> BTreeMap<i64, Row> {
     let mut engine = Engine::new(catalog, &[]).unwrap();
     if let Some(n) = sweep_every {
         engine.set_sweep_every(n);

@@ -369,6 +369,7 @@ impl Compiler<'_> {
                     columns,
                     calls: vec![],
                     inputs: vec![],
+                    slides: vec![],
                 });
                 self.groups.len() - 1
             }
@@ -378,6 +379,16 @@ impl Compiler<'_> {
             .iter()
             .position(|&ci| self.calls[ci].arg == arg && self.calls[ci].filter == filter)
             .unwrap_or(self.groups[group].inputs.len());
+        let slides = &self.groups[group].slides;
+        let slide = match (&func, frame) {
+            (WinFunc::Shift { .. } | WinFunc::ExpDecaySum { .. }, _) | (_, Frame::Rows { .. }) => {
+                None
+            }
+            (_, f) => Some(match slides.iter().position(|(sf, _)| *sf == f) {
+                Some(si) => (si, slides[si].1.len()),
+                None => (slides.len(), 0),
+            }),
+        };
         let call = WindowCall {
             func,
             arg,
@@ -385,6 +396,7 @@ impl Compiler<'_> {
             group,
             slot_in_group: self.groups[group].calls.len(),
             input,
+            slide,
             frame,
             arg_type,
             out_type,
@@ -404,6 +416,13 @@ impl Compiler<'_> {
         self.groups[group].calls.push(idx);
         if input == self.groups[group].inputs.len() {
             self.groups[group].inputs.push(idx);
+        }
+        if let Some((si, _)) = slide {
+            let slides = &mut self.groups[group].slides;
+            if si == slides.len() {
+                slides.push((frame, vec![]));
+            }
+            slides[si].1.push(idx);
         }
         Ok((Expr::Slot(idx), out_type))
     }

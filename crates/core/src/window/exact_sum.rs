@@ -11,33 +11,43 @@
 const LIMBS: usize = 36;
 const BIAS: i32 = 1074;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Integer-valued doubles up to this magnitude are summed in an `i128`
+/// (exactly: 2^74 of them fit); anything else goes to the wide accumulator,
+/// which is allocated only then. Most feature sums (counts as 1.0/0.0,
+/// prices in cents) never need it.
+const SMALL_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExactSum {
-    /// Two's-complement little-endian fixed-point integer.
-    limbs: Box<[u64; LIMBS]>,
+    /// Sum of the integer-valued inputs.
+    small: i128,
+    /// Two's-complement little-endian fixed-point integer in units of
+    /// 2^-1074, for every other finite input.
+    big: Option<Box<[u64; LIMBS]>>,
     nan: i64,
     pos_inf: i64,
     neg_inf: i64,
 }
 
-impl Default for ExactSum {
-    fn default() -> Self {
-        ExactSum {
-            limbs: Box::new([0; LIMBS]),
-            nan: 0,
-            pos_inf: 0,
-            neg_inf: 0,
-        }
-    }
-}
-
 impl ExactSum {
     pub fn add(&mut self, x: f64) {
-        self.apply(x, false)
+        if x.fract() == 0.0 && x.abs() <= SMALL_LIMIT {
+            self.small += x as i128;
+        } else {
+            self.apply(x, false)
+        }
     }
 
     pub fn sub(&mut self, x: f64) {
-        self.apply(x, true)
+        if x.fract() == 0.0 && x.abs() <= SMALL_LIMIT {
+            self.small -= x as i128;
+        } else {
+            self.apply(x, true)
+        }
+    }
+
+    fn limbs(&mut self) -> &mut [u64; LIMBS] {
+        self.big.get_or_insert_with(|| Box::new([0; LIMBS]))
     }
 
     fn apply(&mut self, x: f64, remove: bool) {
@@ -80,35 +90,11 @@ impl ExactSum {
     }
 
     fn add_at(&mut self, limb: usize, lo: u64, hi: u64) {
-        let (v, c1) = self.limbs[limb].overflowing_add(lo);
-        self.limbs[limb] = v;
-        let (v, c2) = self.limbs[limb + 1].overflowing_add(hi);
-        let (v, c3) = v.overflowing_add(c1 as u64);
-        self.limbs[limb + 1] = v;
-        let mut carry = c2 || c3;
-        let mut i = limb + 2;
-        while carry && i < LIMBS {
-            let (v, c) = self.limbs[i].overflowing_add(1);
-            self.limbs[i] = v;
-            carry = c;
-            i += 1;
-        }
+        add_at(self.limbs(), limb, lo, hi)
     }
 
     fn sub_at(&mut self, limb: usize, lo: u64, hi: u64) {
-        let (v, b1) = self.limbs[limb].overflowing_sub(lo);
-        self.limbs[limb] = v;
-        let (v, b2) = self.limbs[limb + 1].overflowing_sub(hi);
-        let (v, b3) = v.overflowing_sub(b1 as u64);
-        self.limbs[limb + 1] = v;
-        let mut borrow = b2 || b3;
-        let mut i = limb + 2;
-        while borrow && i < LIMBS {
-            let (v, b) = self.limbs[i].overflowing_sub(1);
-            self.limbs[i] = v;
-            borrow = b;
-            i += 1;
-        }
+        sub_at(self.limbs(), limb, lo, hi)
     }
 
     /// The exact sum, rounded once to the nearest double (ties to even).
@@ -122,8 +108,27 @@ impl ExactSum {
         if self.neg_inf > 0 {
             return f64::NEG_INFINITY;
         }
-        let negative = (self.limbs[LIMBS - 1] >> 63) != 0;
-        let mut mag = *self.limbs;
+        let Some(big) = &self.big else {
+            // exact integer; the cast rounds to nearest, ties to even
+            return self.small as f64;
+        };
+        let mut mag = **big;
+        // fold the integer part in at the units bit (2^0 = bit 1074)
+        let (neg_small, m) = (self.small < 0, self.small.unsigned_abs());
+        for (k, part) in [(m as u64) as u128, ((m >> 64) as u64) as u128]
+            .into_iter()
+            .enumerate()
+        {
+            let bit = BIAS as usize + 64 * k;
+            let wide = part << (bit % 64);
+            let (lo, hi) = (wide as u64, (wide >> 64) as u64);
+            if neg_small {
+                sub_at(&mut mag, bit / 64, lo, hi);
+            } else {
+                add_at(&mut mag, bit / 64, lo, hi);
+            }
+        }
+        let negative = (mag[LIMBS - 1] >> 63) != 0;
         if negative {
             // two's complement negation
             let mut carry = true;
@@ -158,6 +163,38 @@ impl ExactSum {
         } else {
             v
         }
+    }
+}
+
+fn add_at(limbs: &mut [u64; LIMBS], limb: usize, lo: u64, hi: u64) {
+    let (v, c1) = limbs[limb].overflowing_add(lo);
+    limbs[limb] = v;
+    let (v, c2) = limbs[limb + 1].overflowing_add(hi);
+    let (v, c3) = v.overflowing_add(c1 as u64);
+    limbs[limb + 1] = v;
+    let mut carry = c2 || c3;
+    let mut i = limb + 2;
+    while carry && i < LIMBS {
+        let (v, c) = limbs[i].overflowing_add(1);
+        limbs[i] = v;
+        carry = c;
+        i += 1;
+    }
+}
+
+fn sub_at(limbs: &mut [u64; LIMBS], limb: usize, lo: u64, hi: u64) {
+    let (v, b1) = limbs[limb].overflowing_sub(lo);
+    limbs[limb] = v;
+    let (v, b2) = limbs[limb + 1].overflowing_sub(hi);
+    let (v, b3) = v.overflowing_sub(b1 as u64);
+    limbs[limb + 1] = v;
+    let mut borrow = b2 || b3;
+    let mut i = limb + 2;
+    while borrow && i < LIMBS {
+        let (v, b) = limbs[i].overflowing_sub(1);
+        limbs[i] = v;
+        borrow = b;
+        i += 1;
     }
 }
 
@@ -239,6 +276,22 @@ mod tests {
             if expect.is_finite() {
                 prop_assert_eq!(s.value().to_bits(), (a + b).to_bits() & !(if expect == 0.0 { 1u64 << 63 } else { 0 }));
             }
+        }
+
+        /// Integers (summed apart, in an i128) and fractions mix exactly:
+        /// the result is the two-term IEEE sum when there are two terms.
+        #[test]
+        fn integers_and_fractions_mix(i in -1_000_000_000i64..1_000_000_000, f in -1e9f64..1e9, big in any::<bool>()) {
+            let a = if big { (i as f64) * 4096.0 } else { i as f64 };
+            let mut s = ExactSum::default();
+            s.add(a);
+            s.add(f);
+            prop_assert_eq!(s.value().to_bits(), (a + f).to_bits());
+            s.sub(f);
+            prop_assert_eq!(s.value(), a);
+            s.add(0.5);
+            s.add(-0.5);
+            prop_assert_eq!(s.value(), a);
         }
 
         /// Order of additions and removals never changes the result.

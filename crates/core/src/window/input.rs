@@ -20,8 +20,8 @@ pub enum In {
     Other(Box<Value>),
 }
 
-/// One event's inputs; up to four inline.
-pub type Inputs = SmallVec<[In; 4]>;
+/// One event's inputs; up to three inline.
+pub type Inputs = SmallVec<[In; 3]>;
 
 impl In {
     pub fn from_value(v: Value) -> In {

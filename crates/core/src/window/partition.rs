@@ -17,17 +17,18 @@ pub struct Stored {
     pub inputs: Inputs,
 }
 
-/// An accumulator over the buffered events with time in `[lo, hi]` (plus, for
-/// an unbounded-below frame, every event already evicted).
+/// Accumulators over the buffered events with time in `[lo, hi]` (plus, for
+/// an unbounded-below frame, every event already evicted). Every RANGE call
+/// of a partition with the same frame shares one slide: the frame's edges are
+/// found once and each entering or leaving event updates all of them.
 #[derive(Clone, Debug)]
 pub struct Slide {
     pub lo: i64,
     pub hi: i64,
-    pub acc: Acc,
+    /// (which of the event's inputs, accumulator) per call on this frame.
+    pub accs: Vec<(usize, Acc)>,
     unbounded: bool,
     fresh: bool,
-    /// Which of the event's inputs this frame aggregates.
-    input: usize,
     /// Where `lo` and `hi` fell in the buffer last time: the next move
     /// searches outward from here, so a window that slides a little costs
     /// O(log distance), not a binary search over the whole buffer.
@@ -36,24 +37,37 @@ pub struct Slide {
 }
 
 impl Slide {
-    pub fn new(acc: Acc, unbounded: bool, input: usize) -> Slide {
+    pub fn new(accs: Vec<(usize, Acc)>, unbounded: bool) -> Slide {
         Slide {
             lo: i64::MIN,
             hi: i64::MIN,
-            acc,
+            accs,
             unbounded,
             fresh: true,
-            input,
             lo_hint: 0,
             hi_hint: 0,
+        }
+    }
+
+    fn add(&mut self, e: &Stored) {
+        for (input, acc) in &mut self.accs {
+            acc.add(&e.inputs[*input]);
+        }
+    }
+
+    fn remove(&mut self, e: &Stored) {
+        for (input, acc) in &mut self.accs {
+            acc.remove(&e.inputs[*input]);
         }
     }
 
     /// Moves the accumulated range to `[lo, hi]` by adding and removing only
     /// the events that enter or leave it.
     pub fn move_to(&mut self, events: &VecDeque<Stored>, lo: i64, hi: i64) {
-        let slot = self.input;
         let lo = if self.unbounded { i64::MIN } else { lo };
+        if !self.fresh && lo == self.lo && hi == self.hi {
+            return; // another call on this frame already moved it here
+        }
         let new_lo = gallop(events, self.lo_hint, |e| e.time < lo);
         let new_hi = if hi < lo {
             new_lo
@@ -62,9 +76,11 @@ impl Slide {
         };
         let disjoint = self.fresh || hi < self.lo || lo > self.hi;
         if disjoint && !self.unbounded {
-            self.acc = fresh_like(&self.acc);
+            for (_, acc) in &mut self.accs {
+                *acc = fresh_like(acc);
+            }
             for e in events.range(new_lo..new_hi) {
-                self.acc.add(&e.inputs[slot]);
+                self.add(e);
             }
         } else {
             let old_lo = if self.unbounded {
@@ -75,20 +91,20 @@ impl Slide {
             let old_hi = gallop(events, self.hi_hint, |e| e.time <= self.hi).max(old_lo);
             if new_lo < old_lo {
                 for e in events.range(new_lo..old_lo) {
-                    self.acc.add(&e.inputs[slot]);
+                    self.add(e);
                 }
             } else {
                 for e in events.range(old_lo..new_lo.min(old_hi)) {
-                    self.acc.remove(&e.inputs[slot]);
+                    self.remove(e);
                 }
             }
             if new_hi > old_hi {
                 for e in events.range(old_hi.max(new_lo)..new_hi) {
-                    self.acc.add(&e.inputs[slot]);
+                    self.add(e);
                 }
             } else {
                 for e in events.range(new_hi.max(old_lo)..old_hi) {
-                    self.acc.remove(&e.inputs[slot]);
+                    self.remove(e);
                 }
             }
         }
@@ -101,6 +117,19 @@ impl Slide {
 
     fn contains(&self, time: i64) -> bool {
         !self.fresh && time >= self.lo && time <= self.hi
+    }
+
+    /// The frame's position without its accumulators.
+    fn clone_frame(&self) -> Slide {
+        Slide {
+            lo: self.lo,
+            hi: self.hi,
+            accs: Vec::new(),
+            unbounded: self.unbounded,
+            fresh: self.fresh,
+            lo_hint: self.lo_hint,
+            hi_hint: self.hi_hint,
+        }
     }
 }
 
@@ -168,9 +197,9 @@ fn fresh_like(acc: &Acc) -> Acc {
 #[derive(Clone, Debug, Default)]
 pub struct Partition {
     pub events: VecDeque<Stored>,
-    /// One per call of the group (by slot); `None` for calls evaluated by
-    /// scanning rows (ROWS frames, LAG/LEAD, decay).
-    pub slides: Vec<Option<Slide>>,
+    /// One per distinct RANGE frame of the group's accumulating calls (ROWS
+    /// frames, LAG/LEAD and decay are evaluated by scanning rows instead).
+    pub slides: Vec<Slide>,
     /// (time, pos) of rows still waiting for a FOLLOWING frame over this
     /// partition; they pin the events they need.
     pub pending: BTreeSet<(i64, u64)>,
@@ -205,7 +234,7 @@ impl<'a> Seq<'a> {
 }
 
 impl Partition {
-    pub fn new(slides: Vec<Option<Slide>>) -> Partition {
+    pub fn new(slides: Vec<Slide>) -> Partition {
         Partition {
             events: VecDeque::new(),
             slides,
@@ -217,9 +246,9 @@ impl Partition {
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
         let idx = gallop(&self.events, self.events.len(), |x| x.time <= e.time);
-        for s in self.slides.iter_mut().flatten() {
+        for s in self.slides.iter_mut() {
             if s.contains(e.time) {
-                s.acc.add(&e.inputs[s.input]);
+                s.add(&e);
             }
             s.lo_hint += (idx < s.lo_hint) as usize;
             s.hi_hint += (idx < s.hi_hint) as usize;
@@ -254,16 +283,14 @@ impl Partition {
             let e = self.events.pop_front().expect("front exists");
             older = older.saturating_sub(1);
             for s in self.slides.iter_mut() {
-                let Some(s) = s else { continue };
-                let slot = s.input;
                 s.lo_hint = s.lo_hint.saturating_sub(1);
                 s.hi_hint = s.hi_hint.saturating_sub(1);
                 if s.unbounded {
                     if s.fresh || e.time > s.hi {
-                        s.acc.add(&e.inputs[slot]);
+                        s.add(&e);
                     }
                 } else if s.contains(e.time) {
-                    s.acc.remove(&e.inputs[slot]);
+                    s.remove(&e);
                 }
             }
         }
@@ -274,10 +301,7 @@ impl Partition {
     pub fn is_idle(&self) -> bool {
         self.events.is_empty()
             && self.pending.is_empty()
-            && self
-                .slides
-                .iter()
-                .all(|s| s.as_ref().is_none_or(|s| !s.unbounded))
+            && self.slides.iter().all(|s| !s.unbounded)
     }
 }
 
@@ -337,21 +361,24 @@ pub fn eval_call(
         (func, Frame::Range { lo, hi }) => {
             let lo_t = lo.map_or(i64::MIN, |l| time.saturating_add(l));
             let hi_t = time.saturating_add(hi);
-            let slide = part.slides[call.slot_in_group]
-                .as_mut()
-                .expect("range call has a slide");
+            let (si, ai) = call.slide.expect("a RANGE aggregate has a slide");
+            let slide = &mut part.slides[si];
             match extra {
                 None => {
                     slide.move_to(&part.events, lo_t, hi_t);
-                    slide.acc.result(func)
+                    slide.accs[ai].1.result(func)
                 }
                 Some(e) => {
-                    let mut s = slide.clone();
+                    // only this call's accumulator, moved on a copy
+                    let mut s = Slide {
+                        accs: vec![slide.accs[ai].clone()],
+                        ..slide.clone_frame()
+                    };
                     s.move_to(&part.events, lo_t, hi_t);
                     if e.time >= lo_t && e.time <= hi_t {
-                        s.acc.add(&e.inputs[slot]);
+                        s.accs[0].1.add(&e.inputs[slot]);
                     }
-                    s.acc.result(func)
+                    s.accs[0].1.result(func)
                 }
             }
         }

@@ -91,17 +91,17 @@ impl ViewState {
 
     fn new_partition(view: &View, g: usize) -> Partition {
         let slides = view.groups[g]
-            .calls
+            .slides
             .iter()
-            .map(|&ci| {
-                let c = &view.calls[ci];
-                match (&c.func, c.frame) {
-                    (WinFunc::Shift { .. } | WinFunc::ExpDecaySum { .. }, _) => None,
-                    (_, Frame::Rows { .. }) => None,
-                    (f, Frame::Range { lo, .. }) => {
-                        Some(Slide::new(Acc::new(f, c.arg_type), lo.is_none(), c.input))
-                    }
-                }
+            .map(|(frame, calls)| {
+                let accs = calls
+                    .iter()
+                    .map(|&ci| {
+                        let c = &view.calls[ci];
+                        (c.input, Acc::new(&c.func, c.arg_type))
+                    })
+                    .collect();
+                Slide::new(accs, matches!(frame, Frame::Range { lo: None, .. }))
             })
             .collect();
         Partition::new(slides)
