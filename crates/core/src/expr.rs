@@ -104,6 +104,10 @@ impl Expr {
             } => match op {
                 BinOp::And => and(left.eval(ctx), || right.eval(ctx)),
                 BinOp::Or => or(left.eval(ctx), || right.eval(ctx)),
+                BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
+                    // by reference: comparing a column with a literal clones nothing
+                    compare_op(*op, &left.eval_ref(ctx), &right.eval_ref(ctx))
+                }
                 _ => binary(*op, *ty, left.eval(ctx), right.eval(ctx)),
             },
             Expr::Not(e) => match e.eval(ctx) {
@@ -169,6 +173,17 @@ impl Expr {
                 }
             }
             Expr::Call { func, args } => call(*func, args, ctx),
+        }
+    }
+
+    /// Like [`Expr::eval`], but columns, literals and slots are borrowed.
+    pub fn eval_ref<'a>(&'a self, ctx: &'a Ctx<'_>) -> std::borrow::Cow<'a, Value> {
+        use std::borrow::Cow;
+        match self {
+            Expr::Column(i) => Cow::Borrowed(&ctx.row[*i]),
+            Expr::Literal(v) => Cow::Borrowed(v),
+            Expr::Slot(i) => Cow::Borrowed(&ctx.slots[*i]),
+            _ => Cow::Owned(self.eval(ctx)),
         }
     }
 
@@ -249,7 +264,32 @@ pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     if a.is_null() || b.is_null() {
         return None;
     }
-    Some(a.total_cmp(b))
+    Some(if a == b {
+        Ordering::Equal
+    } else {
+        a.total_cmp(b)
+    })
+}
+
+/// A SQL comparison: NULL if either side is NULL; numbers compare across
+/// BIGINT and DOUBLE; -0.0 equals 0.0 and NaN equals NaN (above all numbers).
+pub fn compare_op(op: BinOp, l: &Value, r: &Value) -> Value {
+    if l.is_null() || r.is_null() {
+        return Value::Null;
+    }
+    let eq = l == r;
+    Value::Boolean(match op {
+        BinOp::Eq => eq,
+        BinOp::NotEq => !eq,
+        _ if eq => matches!(op, BinOp::LtEq | BinOp::GtEq),
+        _ => {
+            let o = l.total_cmp(r);
+            match op {
+                BinOp::Lt | BinOp::LtEq => o == Ordering::Less,
+                _ => o == Ordering::Greater,
+            }
+        }
+    })
 }
 
 /// Evaluates a non-logical binary operator. `ty` is the compiled result type.
@@ -260,16 +300,7 @@ pub fn binary(op: BinOp, ty: DataType, l: Value, r: Value) -> Value {
     }
     match op {
         BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
-            let o = l.total_cmp(&r);
-            let eq = l == r;
-            Boolean(match op {
-                BinOp::Eq => eq,
-                BinOp::NotEq => !eq,
-                BinOp::Lt => o == Ordering::Less && !eq,
-                BinOp::LtEq => o != Ordering::Greater || eq,
-                BinOp::Gt => o == Ordering::Greater && !eq,
-                _ => o != Ordering::Less || eq,
-            })
+            compare_op(op, &l, &r)
         }
         BinOp::Concat => Text(Arc::from(format!("{l}{r}").as_str())),
         _ => arith(op, ty, l, r),

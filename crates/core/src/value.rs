@@ -149,6 +149,9 @@ fn cmp_i64_f64(a: i64, b: f64) -> Ordering {
 impl PartialEq for Value {
     fn eq(&self, other: &Value) -> bool {
         match (self, other) {
+            (Value::Text(a), Value::Text(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Value::BigInt(a), Value::BigInt(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
             (Value::Null, Value::Null) => true,
             (Value::Double(a), Value::Double(b)) => (a.is_nan() && b.is_nan()) || a == b,
             _ => self.rank() == other.rank() && self.total_cmp(other) == Ordering::Equal,

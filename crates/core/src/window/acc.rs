@@ -8,6 +8,7 @@ use super::exact_sum::ExactSum;
 use super::input::In;
 use crate::plan::WinFunc;
 use crate::value::{DataType, Value};
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -34,12 +35,83 @@ impl Ord for Ordered {
     }
 }
 
+/// A multiset of values for MIN/MAX: a short sorted vector while it holds
+/// few distinct values (the usual case: flags, small windows), a B-tree once
+/// it grows.
+#[derive(Clone, Debug)]
+pub enum MultiSet {
+    Small(SmallVec<[(Value, u32); 2]>),
+    Large(BTreeMap<Ordered, u32>),
+}
+
+const SMALL_DISTINCT: usize = 32;
+
+impl Default for MultiSet {
+    fn default() -> Self {
+        MultiSet::Small(SmallVec::new())
+    }
+}
+
+impl MultiSet {
+    fn add(&mut self, v: Value) {
+        match self {
+            MultiSet::Small(items) => {
+                match items.binary_search_by(|(x, _)| x.total_cmp(&v)) {
+                    Ok(i) => items[i].1 += 1,
+                    Err(i) => items.insert(i, (v, 1)),
+                }
+                if items.len() > SMALL_DISTINCT {
+                    let map = items.drain(..).map(|(v, c)| (Ordered(v), c)).collect();
+                    *self = MultiSet::Large(map);
+                }
+            }
+            MultiSet::Large(map) => *map.entry(Ordered(v)).or_insert(0) += 1,
+        }
+    }
+
+    fn remove(&mut self, v: Value) {
+        match self {
+            MultiSet::Small(items) => {
+                if let Ok(i) = items.binary_search_by(|(x, _)| x.total_cmp(&v)) {
+                    items[i].1 -= 1;
+                    if items[i].1 == 0 {
+                        items.remove(i);
+                    }
+                }
+            }
+            MultiSet::Large(map) => {
+                let k = Ordered(v);
+                if let Some(c) = map.get_mut(&k) {
+                    *c -= 1;
+                    if *c == 0 {
+                        map.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn min(&self) -> Option<&Value> {
+        match self {
+            MultiSet::Small(items) => items.first().map(|(v, _)| v),
+            MultiSet::Large(map) => map.first_key_value().map(|(k, _)| &k.0),
+        }
+    }
+
+    fn max(&self) -> Option<&Value> {
+        match self {
+            MultiSet::Small(items) => items.last().map(|(v, _)| v),
+            MultiSet::Large(map) => map.last_key_value().map(|(k, _)| &k.0),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Acc {
     Count(i64),
     SumInt { sum: i128, n: i64 },
     SumFloat { sum: ExactSum, n: i64 },
-    MinMax(BTreeMap<Ordered, u32>),
+    MinMax(MultiSet),
     Distinct(HashMap<Value, u32>),
 }
 
@@ -55,7 +127,7 @@ impl Acc {
                 sum: ExactSum::default(),
                 n: 0,
             },
-            WinFunc::Min | WinFunc::Max => Acc::MinMax(BTreeMap::new()),
+            WinFunc::Min | WinFunc::Max => Acc::MinMax(MultiSet::default()),
             WinFunc::CountDistinct => Acc::Distinct(HashMap::default()),
             WinFunc::ExpDecaySum { .. } | WinFunc::Shift { .. } => {
                 unreachable!("decay and shift calls are evaluated over rows, not accumulated")
@@ -94,15 +166,12 @@ impl Acc {
                     *n += d;
                 }
             }
-            Acc::MinMax(map) => {
-                let k = Ordered(input.value().expect("counted inputs have a value"));
+            Acc::MinMax(set) => {
+                let v = input.value().expect("counted inputs have a value");
                 if d > 0 {
-                    *map.entry(k).or_insert(0) += 1;
-                } else if let Some(c) = map.get_mut(&k) {
-                    *c -= 1;
-                    if *c == 0 {
-                        map.remove(&k);
-                    }
+                    set.add(v);
+                } else {
+                    set.remove(v);
                 }
             }
             Acc::Distinct(map) => {
@@ -130,13 +199,38 @@ impl Acc {
             (Acc::SumInt { sum, n }, _) => Value::Double(*sum as f64 / *n as f64),
             (Acc::SumFloat { sum, .. }, WinFunc::Sum) => Value::Double(sum.value()),
             (Acc::SumFloat { sum, n }, _) => Value::Double(sum.value() / *n as f64),
-            (Acc::MinMax(map), WinFunc::Min) => map
-                .first_key_value()
-                .map_or(Value::Null, |(k, _)| k.0.clone()),
-            (Acc::MinMax(map), _) => map
-                .last_key_value()
-                .map_or(Value::Null, |(k, _)| k.0.clone()),
+            (Acc::MinMax(set), WinFunc::Min) => set.min().cloned().unwrap_or(Value::Null),
+            (Acc::MinMax(set), _) => set.max().cloned().unwrap_or(Value::Null),
             (Acc::Distinct(map), _) => Value::BigInt(map.len() as i64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The multiset answers MIN and MAX like a sorted list, across the
+        /// switch from the small vector to the B-tree.
+        #[test]
+        fn multiset_matches_a_sorted_list(ops in proptest::collection::vec((any::<bool>(), 0i64..80), 0..300)) {
+            let mut set = MultiSet::default();
+            let mut model: Vec<i64> = Vec::new();
+            for (add, v) in ops {
+                if add || model.is_empty() {
+                    set.add(Value::BigInt(v));
+                    model.push(v);
+                } else {
+                    let v = model[(v as usize) % model.len()];
+                    set.remove(Value::BigInt(v));
+                    let i = model.iter().position(|x| *x == v).unwrap();
+                    model.remove(i);
+                }
+                prop_assert_eq!(set.min().cloned(), model.iter().min().map(|x| Value::BigInt(*x)));
+                prop_assert_eq!(set.max().cloned(), model.iter().max().map(|x| Value::BigInt(*x)));
+            }
         }
     }
 }

@@ -6,7 +6,8 @@ use super::exact_sum::ExactSum;
 use super::input::Inputs;
 use crate::plan::{Frame, WinFunc, WindowCall};
 use crate::value::Value;
-use std::collections::{BTreeSet, VecDeque};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
 
 /// One event as a partition keeps it: its position in time and log order and
 /// the per-call inputs (argument value, or `None` when FILTER rejected it).
@@ -202,7 +203,33 @@ pub struct Partition {
     pub slides: Vec<Slide>,
     /// (time, pos) of rows still waiting for a FOLLOWING frame over this
     /// partition; they pin the events they need.
-    pub pending: BTreeSet<(i64, u64)>,
+    pub pending: Pins,
+}
+
+/// The (time, position) of held rows that pin a partition's events, sorted.
+/// Usually zero to a few, so they live inline with no allocation.
+#[derive(Clone, Debug, Default)]
+pub struct Pins(SmallVec<[(i64, u64); 2]>);
+
+impl Pins {
+    pub fn insert(&mut self, k: (i64, u64)) {
+        let i = self.0.partition_point(|x| *x < k);
+        self.0.insert(i, k);
+    }
+
+    pub fn remove(&mut self, k: &(i64, u64)) {
+        if let Ok(i) = self.0.binary_search(k) {
+            self.0.remove(i);
+        }
+    }
+
+    pub fn first(&self) -> Option<&(i64, u64)> {
+        self.0.first()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// An ordered view of a partition's events, optionally with one extra,
@@ -238,7 +265,7 @@ impl Partition {
         Partition {
             events: VecDeque::new(),
             slides,
-            pending: BTreeSet::new(),
+            pending: Pins::default(),
         }
     }
 

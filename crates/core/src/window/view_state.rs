@@ -8,6 +8,7 @@ use super::partition::{eval_call, Partition, Slide, Stored};
 use crate::expr::Ctx;
 use crate::plan::{Frame, View, WinFunc};
 use crate::value::{Row, Value};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 
 /// A row whose event has arrived but whose FOLLOWING frames are not final.
@@ -15,13 +16,21 @@ use std::collections::BTreeMap;
 struct Pending {
     time: i64,
     pos: u64,
-    event: Vec<Value>,
-    /// Values of the calls evaluated at arrival; following calls are filled
-    /// in at emission.
-    slots: Vec<Value>,
+    /// The event's columns, then the values of its window calls (those
+    /// evaluated at arrival; FOLLOWING calls are filled in at emission) —
+    /// one allocation per row.
+    values: Vec<Value>,
+    /// Number of event columns at the front of `values`.
+    width: usize,
     /// Slab index of the row's partition in each group with FOLLOWING calls
     /// (the row pins it, so the index stays valid).
-    parts: Vec<usize>,
+    parts: SmallVec<[usize; 2]>,
+}
+
+impl Pending {
+    fn event(&self) -> &[Value] {
+        &self.values[..self.width]
+    }
 }
 
 /// Counters a view reports.
@@ -156,8 +165,14 @@ impl ViewState {
             (Some(q), true) => q.eval(&ctx) == Value::Boolean(true),
             _ => true,
         };
-        let mut slots = vec![Value::Null; view.calls.len()];
-        let mut pinned = vec![usize::MAX; view.groups.len()];
+        let width = event.len();
+        let mut values = Vec::new();
+        if wants_row {
+            values.reserve_exact(width + view.calls.len());
+            values.extend_from_slice(event);
+            values.resize(width + view.calls.len(), Value::Null);
+        }
+        let mut pinned: SmallVec<[usize; 2]> = smallvec::smallvec![usize::MAX; view.groups.len()];
         for (g, pin) in pinned.iter_mut().enumerate() {
             let inputs = Self::inputs(view, g, event);
             let idx = self.groups[g].find_or_insert(event, &view.groups[g].columns, || {
@@ -169,7 +184,7 @@ impl ViewState {
                 for &ci in &view.groups[g].calls {
                     let c = &view.calls[ci];
                     if !c.is_following() {
-                        slots[ci] = eval_call(c, part, time, pos, None);
+                        values[width + ci] = eval_call(c, part, time, pos, None);
                     }
                 }
                 if self.following_groups[g] {
@@ -190,8 +205,8 @@ impl ViewState {
             let p = Pending {
                 time,
                 pos,
-                event: event.to_vec(),
-                slots,
+                values,
+                width,
                 parts: pinned,
             };
             if view.has_following() {
@@ -260,7 +275,7 @@ impl ViewState {
         let candidates: Vec<(i64, u64)> = self
             .waiting
             .iter()
-            .filter(|(_, p)| p.event[view.groups[0].columns[0]] == key0)
+            .filter(|(_, p)| p.event()[view.groups[0].columns[0]] == key0)
             .map(|(k, _)| *k)
             .collect();
         for k in candidates {
@@ -304,7 +319,7 @@ impl ViewState {
             for &ci in &view.groups[g].calls {
                 let c = &view.calls[ci];
                 if c.is_following() {
-                    p.slots[ci] = eval_call(c, part, p.time, p.pos, None);
+                    p.values[p.width + ci] = eval_call(c, part, p.time, p.pos, None);
                 }
             }
             part.pending.remove(&(p.time, p.pos));
@@ -326,10 +341,8 @@ impl ViewState {
     }
 
     fn emit(&mut self, view: &View, p: Pending, out: &mut Vec<Row>) {
-        let ctx = Ctx {
-            row: &p.event,
-            slots: &p.slots,
-        };
+        let (row, slots) = p.values.split_at(p.width);
+        let ctx = Ctx { row, slots };
         if let (Some(q), false) = (&view.qualify, view.qualify_at_arrival) {
             if q.eval(&ctx) != Value::Boolean(true) {
                 return;
