@@ -7,6 +7,7 @@
 mod scalar;
 mod table;
 mod view;
+mod window;
 
 use crate::plan::Catalog;
 use sqlparser::ast::{Spanned, Statement};

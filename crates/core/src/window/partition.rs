@@ -294,7 +294,7 @@ impl Partition {
     /// Drops events no future frame can see: those with time below `below`,
     /// keeping at least `keep_rows` events older than `rows_floor` for ROWS
     /// frames and LAG. Evicted events stay counted in unbounded accumulators.
-    pub fn evict(&mut self, below: i64, rows_floor: i64, keep_rows: usize) {
+    fn evict(&mut self, below: i64, rows_floor: i64, keep_rows: usize) {
         if self.events.front().is_none_or(|e| e.time >= below) {
             return;
         }
@@ -321,6 +321,18 @@ impl Partition {
                 }
             }
         }
+    }
+
+    /// Evicts what no future frame can see under watermark `wm`: future rows
+    /// have time >= `wm`, held rows here have their own times, and a frame
+    /// reaches `reach` (<= 0) below its row; ROWS frames and LAG keep
+    /// `keep_rows` more.
+    pub fn expire(&mut self, wm: i64, reach: i64, keep_rows: usize) {
+        if wm == i64::MIN {
+            return;
+        }
+        let t_min = self.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
+        self.evict(t_min.saturating_add(reach.min(0)), t_min, keep_rows);
     }
 
     /// True when nothing here can influence a future row: the partition can be

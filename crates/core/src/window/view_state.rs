@@ -192,14 +192,7 @@ impl ViewState {
                     *pin = idx;
                 }
             }
-            if wm != i64::MIN {
-                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-                part.evict(
-                    t_min.saturating_add(self.reach[g].min(0)),
-                    t_min,
-                    self.keep_rows[g],
-                );
-            }
+            part.expire(wm, self.reach[g], self.keep_rows[g]);
         }
         if wants_row {
             let p = Pending {
@@ -325,16 +318,9 @@ impl ViewState {
             part.pending.remove(&(p.time, p.pos));
             // A label partition usually dies with its last held row: forget it
             // now rather than at the next sweep, or idle partitions pile up.
-            if wm != i64::MIN {
-                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-                part.evict(
-                    t_min.saturating_add(self.reach[g].min(0)),
-                    t_min,
-                    self.keep_rows[g],
-                );
-                if part.is_idle() {
-                    self.groups[g].remove(p.parts[g]);
-                }
+            part.expire(wm, self.reach[g], self.keep_rows[g]);
+            if part.is_idle() {
+                self.groups[g].remove(p.parts[g]);
             }
         }
         self.emit(view, p, out);
@@ -396,11 +382,9 @@ impl ViewState {
             return;
         }
         for g in 0..self.groups.len() {
-            let reach = self.reach[g].min(0);
-            let keep = self.keep_rows[g];
+            let (reach, keep) = (self.reach[g], self.keep_rows[g]);
             self.groups[g].retain(|part| {
-                let t_min = part.pending.first().map_or(wm, |(t, _)| (*t).min(wm));
-                part.evict(t_min.saturating_add(reach), t_min, keep);
+                part.expire(wm, reach, keep);
                 !part.is_idle()
             });
         }
