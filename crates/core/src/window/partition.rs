@@ -204,6 +204,9 @@ pub struct Partition {
     /// (time, pos) of rows still waiting for a FOLLOWING frame over this
     /// partition; they pin the events they need.
     pub pending: Pins,
+    /// Held rows (time, position) whose ROWS/LEAD follower is not here yet;
+    /// the next event inserted here wakes them.
+    pub waiting: Vec<(i64, u64)>,
 }
 
 /// The (time, position) of held rows that pin a partition's events, sorted.
@@ -266,6 +269,7 @@ impl Partition {
             events: VecDeque::new(),
             slides,
             pending: Pins::default(),
+            waiting: Vec::new(),
         }
     }
 

@@ -27,12 +27,6 @@ struct Pending {
     parts: SmallVec<[usize; 2]>,
 }
 
-impl Pending {
-    fn event(&self) -> &[Value] {
-        &self.values[..self.width]
-    }
-}
-
 /// Counters a view reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewStats {
@@ -166,6 +160,7 @@ impl ViewState {
             _ => true,
         };
         let width = event.len();
+        let mut woken = Vec::new();
         let mut values = Vec::new();
         if wants_row {
             values.reserve_exact(width + view.calls.len());
@@ -180,6 +175,7 @@ impl ViewState {
             });
             let part = self.groups[g].get_mut(idx);
             part.insert(Stored { time, pos, inputs });
+            woken.append(&mut part.waiting);
             if wants_row {
                 for &ci in &view.groups[g].calls {
                     let c = &view.calls[ci];
@@ -208,7 +204,9 @@ impl ViewState {
                 self.emit(view, p, out);
             }
         }
-        self.recheck_waiting(view, event);
+        if !woken.is_empty() {
+            self.recheck_waiting(view, woken);
+        }
         self.release(view, wm, out);
         self.events_since_sweep += 1;
         // Adaptive: a full sweep costs one visit per partition, so doing it
@@ -225,9 +223,9 @@ impl ViewState {
         }
     }
 
-    /// When can `p` be emitted? `Some(t)`: once the watermark exceeds `t`.
-    /// `None`: a ROWS/LEAD follower is still missing.
-    fn deadline(&self, view: &View, p: &Pending) -> Option<i64> {
+    /// When can `p` be emitted? `Ok(t)`: once the watermark exceeds `t`.
+    /// `Err(g)`: a ROWS/LEAD follower is still missing in group `g`.
+    fn deadline(&self, view: &View, p: &Pending) -> Result<i64, usize> {
         let mut d = i64::MIN;
         for c in view.calls.iter().filter(|c| c.is_following()) {
             let rows_ahead = match (&c.func, c.frame) {
@@ -240,40 +238,38 @@ impl ViewState {
             };
             if let Some(n) = rows_ahead {
                 let part = self.groups[c.group].get(p.parts[c.group]);
-                let idx = part.index_of(p.time, p.pos)?;
-                let follower = part.events.get(idx + n as usize)?;
+                let follower = part
+                    .index_of(p.time, p.pos)
+                    .and_then(|idx| part.events.get(idx + n as usize))
+                    .ok_or(c.group)?;
                 d = d.max(follower.time);
             }
         }
-        Some(d)
+        Ok(d)
     }
 
     fn schedule(&mut self, view: &View, p: Pending) {
         match self.deadline(view, &p) {
-            Some(d) => {
+            Ok(d) => {
                 self.pending.insert((d, p.time, p.pos), p);
             }
-            None => {
+            Err(g) => {
+                // wake it when its partition in group g gets another event
+                self.groups[g]
+                    .get_mut(p.parts[g])
+                    .waiting
+                    .push((p.time, p.pos));
                 self.waiting.insert((p.time, p.pos), p);
             }
         }
     }
 
-    /// A new event may be the follower a waiting row needs.
-    fn recheck_waiting(&mut self, view: &View, event: &[Value]) {
-        if self.waiting.is_empty() {
-            return;
-        }
-        let key0 = event[view.groups[0].columns[0]].clone();
-        let candidates: Vec<(i64, u64)> = self
-            .waiting
-            .iter()
-            .filter(|(_, p)| p.event()[view.groups[0].columns[0]] == key0)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in candidates {
-            let p = self.waiting.remove(&k).expect("candidate exists");
-            self.schedule(view, p);
+    /// Rows that waited for a follower in a partition that just got an event.
+    fn recheck_waiting(&mut self, view: &View, woken: Vec<(i64, u64)>) {
+        for k in woken {
+            if let Some(p) = self.waiting.remove(&k) {
+                self.schedule(view, p);
+            }
         }
     }
 
