@@ -222,6 +222,9 @@ impl Engine {
         let wm = s.watermark(lateness);
         if time < wm {
             s.late += 1;
+            for v in &mut s.views {
+                v.stats.late += 1;
+            }
             return Outcome::Late {
                 shard,
                 watermark: wm,

@@ -56,6 +56,13 @@ fn canonical_view_golden_rows() {
     }
     engine.finish(&mut out);
     assert_eq!(late, vec![Value::BigInt(5)]);
+    let stats = engine.stats();
+    assert_eq!(
+        stats.iter().map(|s| s.views[0].late).sum::<u64>(),
+        1,
+        "late counted per view"
+    );
+    assert_eq!(stats.iter().map(|s| s.late).sum::<u64>(), 1);
     // rows are held until the watermark passes event_time + 15 minutes
     assert_eq!(emitted_after, vec![0, 0, 0, 2, 2, 3, 3, 4]);
     let got: Vec<String> = out.iter().map(|e| render(&e.row)).collect();

@@ -31,6 +31,9 @@ struct Pending {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewStats {
     pub events: u64,
+    /// Events of the view's table that arrived below the shard's watermark:
+    /// they entered no state and got no row.
+    pub late: u64,
     pub rows: u64,
     pub pending: u64,
     pub partitions: u64,
