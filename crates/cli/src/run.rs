@@ -4,7 +4,7 @@
 //! events to `<output>.late.jsonl`; neither stops the run unless `--strict`.
 
 use anyhow::{bail, Context};
-use lockstep_core::{Emitted, Engine, Outcome, Row};
+use lockstep_core::{Emitted, Engine, EventError, Outcome, Row};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
     DeadLetterWriter, EventReader, Location, RowSink,
@@ -66,7 +66,20 @@ impl RunSummary {
 /// costs vanish, small enough to keep memory constant.
 const BATCH: usize = 4096;
 
-type Record = (Location, Result<Row, BadRecord>);
+/// What the reader thread hands the engine: a routed, valid event, or why not.
+enum Record {
+    Event {
+        location: Location,
+        shard: u32,
+        event: Row,
+    },
+    Malformed(BadRecord),
+    Invalid {
+        location: Location,
+        event: Row,
+        reason: EventError,
+    },
+}
 
 pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     let catalog = Arc::new(crate::pipeline::load(&args.sql)?);
@@ -95,7 +108,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     let (out_tx, out_rx) = sync_channel::<Vec<Row>>(4);
     let mut s = std::thread::scope(|scope| -> anyhow::Result<RunSummary> {
         let input = &args.input;
-        let read = scope.spawn(move || read_stage(reader, in_tx, input));
+        let table = engine.table().clone();
+        let read = scope.spawn(move || read_stage(reader, &table, in_tx, input));
         let write = scope.spawn(move || write_stage(writer, out_rx));
         let engine_result = engine_stage(args, &mut engine, &schema, in_rx, out_tx);
         let read_result = read.join().expect("reader thread panicked");
@@ -109,15 +123,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     Ok(s)
 }
 
+/// Decodes, validates and routes events (pure per-event work, done here so
+/// the engine thread only runs the operators).
 fn read_stage(
     mut reader: EventReader,
+    table: &lockstep_core::Table,
     tx: SyncSender<Vec<Record>>,
     input: &Path,
 ) -> anyhow::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(item) = reader.next() {
-        let record = item.with_context(|| format!("reading {}", input.display()))?;
-        batch.push((reader.location(), record));
+        let record = match item.with_context(|| format!("reading {}", input.display()))? {
+            Err(bad) => Record::Malformed(bad),
+            Ok(event) => match table.validate(&event) {
+                Ok(()) => Record::Event {
+                    location: reader.location(),
+                    shard: table.shard_of(&event),
+                    event,
+                },
+                Err(reason) => Record::Invalid {
+                    location: reader.location(),
+                    event,
+                    reason,
+                },
+            },
+        };
+        batch.push(record);
         if batch.len() == BATCH
             && tx
                 .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
@@ -164,27 +195,34 @@ fn engine_stage(
         Ok(())
     };
     for batch in rx {
-        for (location, record) in batch {
+        for record in batch {
             s.events_read += 1;
-            let event = match record {
-                Ok(e) => e,
-                Err(bad) => {
+            let (location, shard, event) = match record {
+                Record::Event {
+                    location,
+                    shard,
+                    event,
+                } => (location, shard, event),
+                Record::Malformed(bad) => {
                     strict(&bad)?;
                     dead.write("malformed", &bad)?;
                     continue;
                 }
-            };
-            if let Err(reason) = engine.validate(&event) {
-                let bad = BadRecord {
+                Record::Invalid {
                     location,
-                    reason: reason.to_string(),
-                    raw: render_json(&event, schema),
-                };
-                strict(&bad)?;
-                dead.write("schema", &bad)?;
-                continue;
-            }
-            let shard = engine.shard_of(&event);
+                    event,
+                    reason,
+                } => {
+                    let bad = BadRecord {
+                        location,
+                        reason: reason.to_string(),
+                        raw: render_json(&event, schema),
+                    };
+                    strict(&bad)?;
+                    dead.write("schema", &bad)?;
+                    continue;
+                }
+            };
             match engine.push_to_shard(shard, &event, &mut out) {
                 Outcome::Accepted { .. } => s.accepted += 1,
                 Outcome::Late { shard, watermark } => {

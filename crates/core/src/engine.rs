@@ -38,6 +38,54 @@ pub enum EngineError {
     NoViews,
 }
 
+impl Table {
+    /// Checks that an event (already coerced to the column types) fits the
+    /// table: right width, right types, key and event time present. Pure, so
+    /// a reader thread can do it before the engine sees the event.
+    pub fn validate(&self, event: &[Value]) -> Result<(), EventError> {
+        let t = self;
+        if event.len() != t.schema.len() {
+            return Err(EventError::Arity {
+                expected: t.schema.len(),
+                got: event.len(),
+            });
+        }
+        for (v, c) in event.iter().zip(&t.schema.columns) {
+            let ok = matches!(
+                (v, c.data_type),
+                (Value::Null, _)
+                    | (Value::BigInt(_), DataType::BigInt)
+                    | (Value::Double(_), DataType::Double)
+                    | (Value::Text(_), DataType::Text)
+                    | (Value::Boolean(_), DataType::Boolean)
+                    | (Value::Timestamp(_), DataType::Timestamp)
+            );
+            if !ok {
+                return Err(EventError::Type {
+                    column: c.name.clone(),
+                    expected: c.data_type,
+                    got: format!("{v:?}"),
+                });
+            }
+        }
+        if event[t.key].is_null() {
+            return Err(EventError::MissingKey(t.schema.columns[t.key].name.clone()));
+        }
+        if event[t.time].is_null() {
+            return Err(EventError::MissingTime(
+                t.schema.columns[t.time].name.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard an event belongs to: murmur2 of the key, as Kafka does.
+    pub fn shard_of(&self, event: &[Value]) -> u32 {
+        let t = self;
+        shard_of(&event[t.key], t.shards)
+    }
+}
+
 /// What happened to a pushed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -155,46 +203,12 @@ impl Engine {
 
     /// Checks that an event fits the table schema (types already coerced).
     pub fn validate(&self, event: &[Value]) -> Result<(), EventError> {
-        let t = self.table();
-        if event.len() != t.schema.len() {
-            return Err(EventError::Arity {
-                expected: t.schema.len(),
-                got: event.len(),
-            });
-        }
-        for (v, c) in event.iter().zip(&t.schema.columns) {
-            let ok = matches!(
-                (v, c.data_type),
-                (Value::Null, _)
-                    | (Value::BigInt(_), DataType::BigInt)
-                    | (Value::Double(_), DataType::Double)
-                    | (Value::Text(_), DataType::Text)
-                    | (Value::Boolean(_), DataType::Boolean)
-                    | (Value::Timestamp(_), DataType::Timestamp)
-            );
-            if !ok {
-                return Err(EventError::Type {
-                    column: c.name.clone(),
-                    expected: c.data_type,
-                    got: format!("{v:?}"),
-                });
-            }
-        }
-        if event[t.key].is_null() {
-            return Err(EventError::MissingKey(t.schema.columns[t.key].name.clone()));
-        }
-        if event[t.time].is_null() {
-            return Err(EventError::MissingTime(
-                t.schema.columns[t.time].name.clone(),
-            ));
-        }
-        Ok(())
+        self.table().validate(event)
     }
 
     /// The shard an event belongs to.
     pub fn shard_of(&self, event: &[Value]) -> u32 {
-        let t = self.table();
-        shard_of(&event[t.key], t.shards)
+        self.table().shard_of(event)
     }
 
     /// Appends one event to its shard's log and runs it through every view.

@@ -9,7 +9,8 @@ use crate::expr::Ctx;
 use crate::plan::{Frame, View, WinFunc};
 use crate::value::{Row, Value};
 use smallvec::SmallVec;
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// A row whose event has arrived but whose FOLLOWING frames are not final.
 #[derive(Clone, Debug)]
@@ -25,6 +26,30 @@ struct Pending {
     /// Slab index of the row's partition in each group with FOLLOWING calls
     /// (the row pins it, so the index stays valid).
     parts: SmallVec<[usize; 2]>,
+}
+
+/// A held row in the heap, ordered so the smallest key comes out first.
+#[derive(Clone, Debug)]
+struct Held {
+    key: (i64, i64, u64),
+    row: Pending,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key.cmp(&self.key)
+    }
 }
 
 /// Counters a view reports.
@@ -43,8 +68,10 @@ pub struct ViewStats {
 #[derive(Clone, Debug)]
 pub struct ViewState {
     groups: Vec<Group>,
-    /// Ready when the watermark passes the first key component.
-    pending: BTreeMap<(i64, i64, u64), Pending>,
+    /// Held rows, smallest (deadline, time, position) on top; a row is ready
+    /// when the watermark passes its deadline. A heap: rows mostly arrive in
+    /// deadline order, and only the smallest is ever looked at.
+    pending: BinaryHeap<Held>,
     /// Rows waiting for a ROWS/LEAD follower that has not arrived yet.
     waiting: BTreeMap<(i64, u64), Pending>,
     /// For each group: the deepest ROWS/LAG look-back of its calls.
@@ -84,7 +111,7 @@ impl ViewState {
         }
         ViewState {
             groups: vec![Group::default(); view.groups.len()],
-            pending: BTreeMap::new(),
+            pending: BinaryHeap::new(),
             waiting: BTreeMap::new(),
             keep_rows,
             reach,
@@ -253,9 +280,10 @@ impl ViewState {
 
     fn schedule(&mut self, view: &View, p: Pending) {
         match self.deadline(view, &p) {
-            Ok(d) => {
-                self.pending.insert((d, p.time, p.pos), p);
-            }
+            Ok(d) => self.pending.push(Held {
+                key: (d, p.time, p.pos),
+                row: p,
+            }),
             Err(g) => {
                 // wake it when its partition in group g gets another event
                 self.groups[g]
@@ -278,11 +306,8 @@ impl ViewState {
 
     /// Emits every pending row whose frames are final under watermark `wm`.
     pub fn release(&mut self, view: &View, wm: i64, out: &mut Vec<Row>) {
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 >= wm {
-                break;
-            }
-            let p = entry.remove();
+        while self.pending.peek().is_some_and(|h| h.key.0 < wm) {
+            let p = self.pending.pop().expect("peeked").row;
             self.finish_row(view, p, wm, out);
         }
     }
@@ -292,7 +317,8 @@ impl ViewState {
         self.release(view, i64::MAX, out);
         // rows at deadline i64::MAX and rows whose follower never came
         let rest: Vec<Pending> = std::mem::take(&mut self.pending)
-            .into_values()
+            .into_iter()
+            .map(|h| h.row)
             .chain(std::mem::take(&mut self.waiting).into_values())
             .collect();
         let mut rest = rest;
