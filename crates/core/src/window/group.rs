@@ -4,17 +4,26 @@
 //! Keys are hashed and compared straight from the event's columns, so finding
 //! a partition clones nothing; and a held row remembers its partition's slab
 //! index, so emitting it needs no second lookup. A partition is only removed
-//! when nothing pins it (no held rows), so those indexes stay valid.
+//! when nothing pins it (no held rows), so those indexes stay valid. Removed
+//! partitions keep their allocations and are reused for the next new key:
+//! label partitions (user × campaign) come and go with almost every event.
 
 use super::partition::Partition;
 use crate::value::Value;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash, Hasher};
 
+#[derive(Clone, Debug)]
+struct Entry {
+    key: Box<[Value]>,
+    part: Partition,
+    live: bool,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Group {
     index: HashTable<usize>,
-    slab: Vec<Option<(Box<[Value]>, Partition)>>,
+    slab: Vec<Entry>,
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
 }
@@ -50,22 +59,29 @@ impl Group {
         {
             return i;
         }
-        let key: Box<[Value]> = cols.iter().map(|&c| event[c].clone()).collect();
-        let entry = Some((key, make()));
         let i = match self.free.pop() {
             Some(i) => {
-                self.slab[i] = entry;
+                let e = &mut self.slab[i];
+                for (k, &c) in e.key.iter_mut().zip(cols) {
+                    *k = event[c].clone();
+                }
+                e.part.reset();
+                e.live = true;
                 i
             }
             None => {
-                self.slab.push(entry);
+                self.slab.push(Entry {
+                    key: cols.iter().map(|&c| event[c].clone()).collect(),
+                    part: make(),
+                    live: true,
+                });
                 self.slab.len() - 1
             }
         };
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, i, |&j| {
             let mut h = hasher.build_hasher();
-            for v in slab[j].as_ref().expect("indexed entries are live").0.iter() {
+            for v in slab[j].key.iter() {
                 v.hash(&mut h);
             }
             h.finish()
@@ -74,20 +90,26 @@ impl Group {
     }
 
     pub fn get(&self, i: usize) -> &Partition {
-        &self.slab[i].as_ref().expect("live partition").1
+        debug_assert!(self.slab[i].live);
+        &self.slab[i].part
     }
 
     pub fn get_mut(&mut self, i: usize) -> &mut Partition {
-        &mut self.slab[i].as_mut().expect("live partition").1
+        debug_assert!(self.slab[i].live);
+        &mut self.slab[i].part
     }
 
-    /// Forgets partition `i`.
+    /// Forgets partition `i` (its slot and allocations are reused).
     pub fn remove(&mut self, i: usize) {
-        let hash = self.hash(self.slab[i].as_ref().expect("live partition").0.iter());
+        let hash = self.hash(self.slab[i].key.iter());
         if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {
             e.remove();
         }
-        self.slab[i] = None;
+        let e = &mut self.slab[i];
+        e.live = false;
+        e.part.reset();
+        // release the key's text now rather than at reuse
+        e.key.iter_mut().for_each(|k| *k = Value::Null);
         self.free.push(i);
     }
 
@@ -102,22 +124,17 @@ impl Group {
     /// Visits every partition; removes those for which `keep` returns false.
     pub fn retain(&mut self, mut keep: impl FnMut(&mut Partition) -> bool) {
         for i in 0..self.slab.len() {
-            let drop = match &mut self.slab[i] {
-                Some((_, p)) => !keep(p),
-                None => false,
-            };
-            if drop {
+            if self.slab[i].live && !keep(&mut self.slab[i].part) {
                 self.remove(i);
             }
         }
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
-        self.slab.iter().flatten().map(|(_, p)| p)
+        self.slab.iter().filter(|e| e.live).map(|e| &e.part)
     }
 }
 
-fn key_eq(entry: &Option<(Box<[Value]>, Partition)>, event: &[Value], cols: &[usize]) -> bool {
-    let Some((key, _)) = entry else { return false };
-    key.iter().zip(cols).all(|(k, &c)| k == &event[c])
+fn key_eq(entry: &Entry, event: &[Value], cols: &[usize]) -> bool {
+    entry.live && entry.key.iter().zip(cols).all(|(k, &c)| k == &event[c])
 }

@@ -339,6 +339,28 @@ impl Partition {
         self.evict(t_min.saturating_add(reach.min(0)), t_min, keep_rows);
     }
 
+    /// Empties the partition for reuse under another key, keeping its
+    /// allocations (buffer, slides, accumulator vectors).
+    pub fn reset(&mut self) {
+        if self.events.capacity() > 64 {
+            // a big buffer would sit unused in the free list
+            self.events = VecDeque::new();
+        }
+        self.events.clear();
+        self.pending = Pins::default();
+        self.waiting.clear();
+        for s in &mut self.slides {
+            s.lo = i64::MIN;
+            s.hi = i64::MIN;
+            s.fresh = true;
+            s.lo_hint = 0;
+            s.hi_hint = 0;
+            for (_, acc) in &mut s.accs {
+                *acc = fresh_like(acc);
+            }
+        }
+    }
+
     /// True when nothing here can influence a future row: the partition can be
     /// forgotten.
     pub fn is_idle(&self) -> bool {
