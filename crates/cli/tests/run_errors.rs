@@ -24,6 +24,17 @@ fn lockstep(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `lockstep run [extra…] --sql SQL --view counts --input INPUT --output OUTPUT`.
+fn run_counts(extra: &[&str], sql: &str, input: &str, output: &Path) -> (bool, String, String) {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        "--sql", sql, "--view", "counts", "--input", input, "--output",
+    ]);
+    args.push(output.to_str().unwrap());
+    lockstep(&args)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -55,17 +66,7 @@ fn malformed_and_late_events_are_set_aside_with_reasons() {
         ),
     );
     let output = dir.path().join("rows.jsonl");
-    let (ok, stdout, stderr) = lockstep(&[
-        "run",
-        "--sql",
-        &sql,
-        "--view",
-        "counts",
-        "--input",
-        &input,
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let (ok, stdout, stderr) = run_counts(&[], &sql, &input, &output);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("read 6 events") && stdout.contains("2 accepted, 1 late, 3 dead-lettered"),
@@ -112,18 +113,7 @@ fn strict_mode_stops_at_the_first_bad_event() {
         "{\"id\": 1, \"k\": \"a\", \"ts\": 1}\n[1,2]\n",
     );
     let out = dir.path().join("rows.jsonl");
-    let (ok, _, stderr) = lockstep(&[
-        "run",
-        "--strict",
-        "--sql",
-        &sql,
-        "--view",
-        "counts",
-        "--input",
-        &input,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = run_counts(&["--strict"], &sql, &input, &out);
     assert!(!ok);
     assert!(
         stderr.contains("line 2") && stderr.contains("--strict"),
@@ -140,9 +130,7 @@ fn bad_sql_points_at_file_line_and_column() {
         &SQL.replace("PARTITION BY k", "PARTITION BY n"),
     );
     let input = write(dir.path(), "events.jsonl", "");
-    let (ok, _, stderr) = lockstep(&[
-        "run", "--sql", &sql, "--view", "counts", "--input", &input, "--output", "x.jsonl",
-    ]);
+    let (ok, _, stderr) = run_counts(&[], &sql, &input, &dir.path().join("x.jsonl"));
     assert!(!ok);
     assert!(
         stderr.contains("bad.sql:4:3:") && stderr.contains("PARTITION BY the table key `k`"),

@@ -184,3 +184,24 @@ QUALIFY avg_v IS NOT NULL OR distinct_c > 0;"
         v.label_columns
     );
 }
+
+#[test]
+fn named_windows_inherit_and_cycles_are_refused() {
+    let ok = parse_pipeline(&format!(
+        "{TABLE}CREATE VIEW w AS SELECT id,
+  COUNT(*) OVER (base RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW) AS n1h,
+  COUNT(*) OVER base AS n_all
+FROM ev WINDOW base AS (PARTITION BY k ORDER BY ts);"
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.views[0].calls.len(),
+        2,
+        "two frames over one inherited window"
+    );
+    let (_, _, m) =
+        err("CREATE VIEW w AS SELECT id, COUNT(*) OVER a AS n FROM ev WINDOW a AS (b), b AS (a);");
+    assert!(m.contains("cycle"), "{m}");
+    let (_, _, m) = err("CREATE VIEW w AS SELECT id, COUNT(*) OVER nope AS n FROM ev;");
+    assert!(m.contains("unknown window `nope`"), "{m}");
+}

@@ -250,12 +250,21 @@ impl Compiler<'_> {
         e: &ast::Expr,
         over: &ast::WindowType,
     ) -> Result<ast::WindowSpec, SqlError> {
-        let mut spec = match over {
-            ast::WindowType::NamedWindow(id) => self.named(e, id, 0)?,
-            ast::WindowType::WindowSpec(s) => s.clone(),
-        };
+        match over {
+            ast::WindowType::NamedWindow(id) => self.named(e, id, 0),
+            ast::WindowType::WindowSpec(s) => self.with_base(e, s.clone(), 0),
+        }
+    }
+
+    /// `(base …)`: what the spec leaves out comes from the named base window.
+    fn with_base(
+        &self,
+        e: &ast::Expr,
+        mut spec: ast::WindowSpec,
+        depth: usize,
+    ) -> Result<ast::WindowSpec, SqlError> {
         if let Some(base) = spec.window_name.take() {
-            let b = self.named(e, &base, 0)?;
+            let b = self.named(e, &base, depth + 1)?;
             if spec.partition_by.is_empty() {
                 spec.partition_by = b.partition_by;
             }
@@ -294,22 +303,7 @@ impl Compiler<'_> {
             ));
         }
         match w {
-            ast::NamedWindowExpr::WindowSpec(s) => {
-                let mut s = s.clone();
-                if let Some(base) = s.window_name.take() {
-                    let b = self.named(e, &base, depth + 1)?;
-                    if s.partition_by.is_empty() {
-                        s.partition_by = b.partition_by;
-                    }
-                    if s.order_by.is_empty() {
-                        s.order_by = b.order_by;
-                    }
-                    if s.window_frame.is_none() {
-                        s.window_frame = b.window_frame;
-                    }
-                }
-                Ok(s)
-            }
+            ast::NamedWindowExpr::WindowSpec(s) => self.with_base(e, s.clone(), depth),
             ast::NamedWindowExpr::NamedWindow(other) => self.named(e, other, depth + 1),
         }
     }
