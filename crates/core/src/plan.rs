@@ -71,8 +71,6 @@ pub struct WindowCall {
     pub filter: Option<Expr>,
     /// Index into [`View::groups`]: which partitioning this call uses.
     pub group: usize,
-    /// Position of this call within its group (its sliding state, if any).
-    pub slot_in_group: usize,
     /// Which of the group's per-event inputs this call reads; calls with the
     /// same argument and FILTER share one.
     pub input: usize,

@@ -211,7 +211,6 @@ impl Compiler<'_> {
             arg,
             filter,
             group,
-            slot_in_group: self.groups[group].calls.len(),
             input,
             slide,
             frame,
