@@ -36,6 +36,33 @@ pub enum EngineError {
     MixedTables(String, String),
     #[error("no views to run")]
     NoViews,
+    #[error("the snapshot was taken for views {snapshot:?}, this engine runs {engine:?}")]
+    SnapshotMismatch {
+        snapshot: Vec<String>,
+        engine: Vec<String>,
+    },
+    #[error("no shard {0}")]
+    NoShard(u32),
+}
+
+/// The complete state of one shard — watermark, next log position, and every
+/// view's partitions and held rows — as plain data (serde), so a checkpoint
+/// can persist it and a restarted or new owner can carry on exactly where it
+/// was.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ShardSnapshot {
+    /// Names of the views, in engine order: a snapshot only restores into an
+    /// engine running the same views.
+    views: Vec<String>,
+    state: Shard,
+}
+
+impl ShardSnapshot {
+    /// The log position the shard will give its next event: replay the log
+    /// from here after restoring.
+    pub fn next_position(&self) -> u64 {
+        self.state.next_pos
+    }
 }
 
 impl Table {
@@ -104,7 +131,7 @@ pub struct Emitted {
     pub row: Row,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Shard {
     max_time: i64,
     next_pos: u64,
@@ -300,6 +327,43 @@ impl Engine {
                 v.sweep_every = Some(n);
             }
         }
+    }
+
+    fn view_names(&self) -> Vec<String> {
+        self.views
+            .iter()
+            .map(|&v| self.catalog.views[v].name.clone())
+            .collect()
+    }
+
+    /// A copy of shard `shard`'s whole state.
+    pub fn snapshot(&self, shard: u32) -> Result<ShardSnapshot, EngineError> {
+        let state = self
+            .shards
+            .get(shard as usize)
+            .ok_or(EngineError::NoShard(shard))?;
+        Ok(ShardSnapshot {
+            views: self.view_names(),
+            state: state.clone(),
+        })
+    }
+
+    /// Replaces shard `shard`'s state with a snapshot taken by an engine
+    /// running the same views.
+    pub fn restore(&mut self, shard: u32, snapshot: ShardSnapshot) -> Result<(), EngineError> {
+        let engine = self.view_names();
+        if snapshot.views != engine {
+            return Err(EngineError::SnapshotMismatch {
+                snapshot: snapshot.views,
+                engine,
+            });
+        }
+        let slot = self
+            .shards
+            .get_mut(shard as usize)
+            .ok_or(EngineError::NoShard(shard))?;
+        *slot = snapshot.state;
+        Ok(())
     }
 
     /// The current watermark of a shard (`i64::MIN` before any event).

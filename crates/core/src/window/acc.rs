@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A value ordered by [`Value::total_cmp`], for MIN/MAX multisets.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ordered(pub Value);
 
 impl PartialEq for Ordered {
@@ -38,7 +38,7 @@ impl Ord for Ordered {
 /// A multiset of values for MIN/MAX: a short sorted vector while it holds
 /// few distinct values (the usual case: flags, small windows), a B-tree once
 /// it grows.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum MultiSet {
     Small(SmallVec<[(Value, u32); 2]>),
     Large(BTreeMap<Ordered, u32>),
@@ -106,7 +106,7 @@ impl MultiSet {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Acc {
     Count(i64),
     SumInt { sum: i128, n: i64 },

@@ -17,13 +17,13 @@ const BIAS: i32 = 1074;
 /// prices in cents) never need it.
 const SMALL_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExactSum {
     /// Sum of the integer-valued inputs.
     small: i128,
     /// Two's-complement little-endian fixed-point integer in units of
     /// 2^-1074, for every other finite input.
-    big: Option<Box<[u64; LIMBS]>>,
+    big: Option<Box<[u64]>>,
     nan: i64,
     pos_inf: i64,
     neg_inf: i64,
@@ -46,8 +46,9 @@ impl ExactSum {
         }
     }
 
-    fn limbs(&mut self) -> &mut [u64; LIMBS] {
-        self.big.get_or_insert_with(|| Box::new([0; LIMBS]))
+    fn limbs(&mut self) -> &mut [u64] {
+        self.big
+            .get_or_insert_with(|| vec![0; LIMBS].into_boxed_slice())
     }
 
     fn apply(&mut self, x: f64, remove: bool) {
@@ -112,7 +113,7 @@ impl ExactSum {
             // exact integer; the cast rounds to nearest, ties to even
             return self.small as f64;
         };
-        let mut mag = **big;
+        let mut mag: [u64; LIMBS] = big[..].try_into().expect("LIMBS limbs");
         // fold the integer part in at the units bit (2^0 = bit 1074)
         let (neg_small, m) = (self.small < 0, self.small.unsigned_abs());
         for (k, part) in [(m as u64) as u128, ((m >> 64) as u64) as u128]
@@ -166,7 +167,7 @@ impl ExactSum {
     }
 }
 
-fn add_at(limbs: &mut [u64; LIMBS], limb: usize, lo: u64, hi: u64) {
+fn add_at(limbs: &mut [u64], limb: usize, lo: u64, hi: u64) {
     let (v, c1) = limbs[limb].overflowing_add(lo);
     limbs[limb] = v;
     let (v, c2) = limbs[limb + 1].overflowing_add(hi);
@@ -182,7 +183,7 @@ fn add_at(limbs: &mut [u64; LIMBS], limb: usize, lo: u64, hi: u64) {
     }
 }
 
-fn sub_at(limbs: &mut [u64; LIMBS], limb: usize, lo: u64, hi: u64) {
+fn sub_at(limbs: &mut [u64], limb: usize, lo: u64, hi: u64) {
     let (v, b1) = limbs[limb].overflowing_sub(lo);
     limbs[limb] = v;
     let (v, b2) = limbs[limb + 1].overflowing_sub(hi);

@@ -13,14 +13,55 @@ use crate::value::Value;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash, Hasher};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Entry {
     key: Box<[Value]>,
     part: Partition,
     live: bool,
 }
 
-#[derive(Clone, Debug, Default)]
+/// A group's snapshot form: the slab; the hash index is rebuilt on restore.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct GroupData {
+    slab: Vec<Entry>,
+    free: Vec<usize>,
+}
+
+impl From<Group> for GroupData {
+    fn from(g: Group) -> GroupData {
+        GroupData {
+            slab: g.slab,
+            free: g.free,
+        }
+    }
+}
+
+impl From<GroupData> for Group {
+    fn from(d: GroupData) -> Group {
+        let mut g = Group {
+            slab: d.slab,
+            free: d.free,
+            ..Group::default()
+        };
+        for i in 0..g.slab.len() {
+            if g.slab[i].live {
+                let hash = g.hash(g.slab[i].key.iter());
+                let (slab, hasher) = (&g.slab, &g.hasher);
+                g.index.insert_unique(hash, i, |&j| {
+                    let mut h = hasher.build_hasher();
+                    for v in slab[j].key.iter() {
+                        v.hash(&mut h);
+                    }
+                    h.finish()
+                });
+            }
+        }
+        g
+    }
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "GroupData", into = "GroupData")]
 pub struct Group {
     index: HashTable<usize>,
     slab: Vec<Entry>,

@@ -7,7 +7,7 @@
 use crate::value::Value;
 use smallvec::SmallVec;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum In {
     /// FILTER rejected the event: no aggregate sees it.
     Skip,

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 /// One event as a partition keeps it: its position in time and log order and
 /// the per-call inputs (argument value, or `None` when FILTER rejected it).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Stored {
     pub time: i64,
     pub pos: u64,
@@ -22,7 +22,7 @@ pub struct Stored {
 /// an unbounded-below frame, every event already evicted). Every RANGE call
 /// of a partition with the same frame shares one slide: the frame's edges are
 /// found once and each entering or leaving event updates all of them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Slide {
     pub lo: i64,
     pub hi: i64,
@@ -195,7 +195,7 @@ fn fresh_like(acc: &Acc) -> Acc {
 }
 
 /// A partition's events plus the state of the frames evaluated over them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Partition {
     pub events: VecDeque<Stored>,
     /// One per distinct RANGE frame of the group's accumulating calls (ROWS
@@ -211,7 +211,7 @@ pub struct Partition {
 
 /// The (time, position) of held rows that pin a partition's events, sorted.
 /// Usually zero to a few, so they live inline with no allocation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Pins(SmallVec<[(i64, u64); 2]>);
 
 impl Pins {

@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 
 /// A row whose event has arrived but whose FOLLOWING frames are not final.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Pending {
     time: i64,
     pos: u64,
@@ -29,7 +29,7 @@ struct Pending {
 }
 
 /// A held row in the heap, ordered so the smallest key comes out first.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Held {
     key: (i64, i64, u64),
     row: Pending,
@@ -53,7 +53,7 @@ impl Ord for Held {
 }
 
 /// Counters a view reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ViewStats {
     pub events: u64,
     /// Events of the view's table that arrived below the shard's watermark:
@@ -65,7 +65,7 @@ pub struct ViewStats {
     pub buffered_events: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ViewState {
     groups: Vec<Group>,
     /// Held rows, smallest (deadline, time, position) on top; a row is ready
