@@ -1,0 +1,154 @@
+//! The embedded log: one sled tree per shard, records keyed by their offset
+//! (big-endian, so key order is offset order), plus one metadata key holding
+//! the next offset, written in the same atomic batch as the records.
+
+use crate::{FsyncPolicy, Log, LogError, Record};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Sorts after every 8-byte record key.
+const NEXT_KEY: [u8; 9] = [0xff; 9];
+const SHARDS_KEY: &[u8] = b"shards";
+
+pub struct EmbeddedLog {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    /// Next offset per shard; the lock also serializes appends to a shard.
+    next: Vec<Mutex<u64>>,
+    policy: FsyncPolicy,
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir` with `shards` shards. Reopening
+    /// with a different shard count is refused.
+    pub fn open(dir: &Path, shards: u32, policy: FsyncPolicy) -> Result<EmbeddedLog, LogError> {
+        let mut config = sled::Config::new().path(dir);
+        config = match policy {
+            FsyncPolicy::Always => config.flush_every_ms(None),
+            FsyncPolicy::EveryMillis(ms) => config.flush_every_ms(Some(ms.max(1))),
+        };
+        let db = config.open()?;
+        match db.get(SHARDS_KEY)? {
+            Some(v) => {
+                let found = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                if found != shards {
+                    return Err(LogError::ShardCount {
+                        path: dir.display().to_string(),
+                        found,
+                        expected: shards,
+                    });
+                }
+            }
+            None => {
+                db.insert(SHARDS_KEY, &shards.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        let mut trees = Vec::new();
+        let mut next = Vec::new();
+        for s in 0..shards {
+            let tree = db.open_tree(format!("shard-{s:05}"))?;
+            let n = tree.get(NEXT_KEY)?.map_or(0, |v| decode_u64(&v));
+            trees.push(tree);
+            next.push(Mutex::new(n));
+        }
+        Ok(EmbeddedLog {
+            db,
+            trees,
+            next,
+            policy,
+        })
+    }
+
+    fn tree(&self, shard: u32) -> Result<&sled::Tree, LogError> {
+        self.trees.get(shard as usize).ok_or(LogError::NoShard {
+            shard,
+            shards: self.trees.len() as u32,
+        })
+    }
+}
+
+impl Log for EmbeddedLog {
+    fn shards(&self) -> u32 {
+        self.trees.len() as u32
+    }
+
+    fn append(&self, shard: u32, records: &[&[u8]]) -> Result<u64, LogError> {
+        let tree = self.tree(shard)?;
+        let mut next = self.next[shard as usize]
+            .lock()
+            .expect("an append panicked while holding the shard lock");
+        let first = *next;
+        let mut batch = sled::Batch::default();
+        for (i, r) in records.iter().enumerate() {
+            batch.insert(&(first + i as u64).to_be_bytes(), *r);
+        }
+        let end = first + records.len() as u64;
+        batch.insert(&NEXT_KEY, &end.to_be_bytes());
+        tree.apply_batch(batch)?;
+        if self.policy == FsyncPolicy::Always {
+            self.db.flush()?;
+        }
+        *next = end;
+        Ok(first)
+    }
+
+    fn read(&self, shard: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
+        let tree = self.tree(shard)?;
+        let start = self.start_offset(shard)?;
+        if from < start {
+            return Err(LogError::Truncated {
+                shard,
+                offset: from,
+                start,
+            });
+        }
+        let mut out = Vec::new();
+        for item in tree.range(from.to_be_bytes()..).take(max) {
+            let (k, v) = item?;
+            if k.len() != 8 {
+                break; // the metadata key sorts last
+            }
+            out.push(Record {
+                offset: decode_u64(&k),
+                bytes: v.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn start_offset(&self, shard: u32) -> Result<u64, LogError> {
+        let tree = self.tree(shard)?;
+        match tree.first()? {
+            Some((k, _)) if k.len() == 8 => Ok(decode_u64(&k)),
+            _ => self.end_offset(shard),
+        }
+    }
+
+    fn end_offset(&self, shard: u32) -> Result<u64, LogError> {
+        self.tree(shard)?;
+        Ok(*self.next[shard as usize]
+            .lock()
+            .expect("an append panicked while holding the shard lock"))
+    }
+
+    fn truncate_below(&self, shard: u32, offset: u64) -> Result<(), LogError> {
+        let tree = self.tree(shard)?;
+        let mut batch = sled::Batch::default();
+        for item in tree.range(..offset.to_be_bytes()) {
+            let (k, _) = item?;
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
+        if self.policy == FsyncPolicy::Always {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+}
