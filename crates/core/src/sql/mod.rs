@@ -9,6 +9,8 @@ mod table;
 mod view;
 mod window;
 
+pub use table::parse_duration_ms;
+
 use crate::plan::Catalog;
 use sqlparser::ast::{Spanned, Statement};
 use sqlparser::dialect::GenericDialect;

@@ -1,0 +1,134 @@
+//! lockstepd's configuration: the documented example loads, flags win over
+//! the file, and every bad key or value stops startup naming the key.
+
+use lockstep_daemon::config::{load, parse_file, Fsync, ObjectStoreUrl, Overrides};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/single-node.toml")
+}
+
+fn load_text(text: &str, flags: &Overrides) -> Result<lockstep_daemon::config::Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, text).unwrap();
+    load(Some(&p), flags, None).map_err(|e| e.to_string())
+}
+
+const MINIMAL: &str = "data_dir = \"d\"\ntoken = \"0123456789\"\npipeline = \"p.sql\"\n";
+
+#[test]
+fn the_documented_example_loads() {
+    let c = load(Some(&example()), &Overrides::default(), None).unwrap();
+    assert_eq!(c.node_id, "node-1");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+    assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
+    assert_eq!(c.fsync, Fsync::Always);
+    assert_eq!(
+        c.object_store,
+        ObjectStoreUrl::Local(PathBuf::from("lockstep-data/objects"))
+    );
+    // the pipeline it names exists and compiles
+    let sql = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(&c.pipeline),
+    )
+    .unwrap();
+    lockstep_core::parse_pipeline(&sql).unwrap();
+}
+
+#[test]
+fn flags_win_over_the_file_and_env_gives_the_token() {
+    let flags = Overrides {
+        listen: Some("127.0.0.1:7801".into()),
+        data_dir: Some("other".into()),
+        ..Overrides::default()
+    };
+    let c = load(
+        Some(&example()),
+        &flags,
+        Some("from-the-environment".into()),
+    )
+    .unwrap();
+    assert_eq!(c.listen.port(), 7801);
+    assert_eq!(c.data_dir, PathBuf::from("other"));
+    assert_eq!(
+        c.token, "from-the-environment",
+        "LOCKSTEP_TOKEN beats the file"
+    );
+    let flags = Overrides {
+        token: Some("flag-token-123".into()),
+        ..Overrides::default()
+    };
+    let c = load(
+        Some(&example()),
+        &flags,
+        Some("from-the-environment".into()),
+    )
+    .unwrap();
+    assert_eq!(c.token, "flag-token-123", "a flag beats the environment");
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, format!("{MINIMAL}colour = \"red\"\n")).unwrap();
+    let e = parse_file(&p).unwrap_err().to_string();
+    assert!(e.contains("colour"), "{e}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let none = Overrides::default();
+    let cases = [
+        ("listen = \"nowhere\"\n", "config key `listen`"),
+        (
+            "checkpoint_interval = \"soon\"\n",
+            "config key `checkpoint_interval`",
+        ),
+        ("fsync = \"sometimes\"\n", "config key `fsync`"),
+        ("object_store = \"ftp://x\"\n", "config key `object_store`"),
+        ("node_id = \"a b\"\n", "config key `node_id`"),
+    ];
+    for (extra, want) in cases {
+        let e = load_text(&format!("{MINIMAL}{extra}"), &none).unwrap_err();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let e = load_text("token = \"0123456789\"\npipeline = \"p.sql\"\n", &none).unwrap_err();
+    assert!(
+        e.contains("config key `data_dir`") && e.contains("required"),
+        "{e}"
+    );
+    let e = load_text("data_dir = \"d\"\npipeline = \"p.sql\"\n", &none).unwrap_err();
+    assert!(
+        e.contains("config key `token`") && e.contains("LOCKSTEP_TOKEN"),
+        "{e}"
+    );
+}
+
+#[test]
+fn object_store_urls() {
+    let none = Overrides::default();
+    let c = load_text(
+        &format!("{MINIMAL}object_store = \"s3://bucket/some/prefix/\"\n"),
+        &none,
+    )
+    .unwrap();
+    assert_eq!(
+        c.object_store,
+        ObjectStoreUrl::S3 {
+            bucket: "bucket".into(),
+            prefix: "some/prefix".into()
+        }
+    );
+    let c = load_text(
+        &format!("{MINIMAL}object_store = \"file:///tmp/objs\"\nfsync = \"every 100 ms\"\n"),
+        &none,
+    )
+    .unwrap();
+    assert_eq!(c.object_store, ObjectStoreUrl::Local("/tmp/objs".into()));
+    assert_eq!(c.fsync, Fsync::Every(Duration::from_millis(100)));
+}
