@@ -166,6 +166,8 @@ pub struct Engine {
     table: usize,
     views: Vec<usize>,
     shards: Vec<Shard>,
+    /// Row buffer reused by `push_to_shard`.
+    scratch: Vec<Row>,
 }
 
 impl Engine {
@@ -212,6 +214,7 @@ impl Engine {
             catalog,
             table,
             views,
+            scratch: Vec::new(),
         })
     }
 
@@ -275,7 +278,8 @@ impl Engine {
         s.next_pos += 1;
         s.max_time = s.max_time.max(time);
         let wm = s.watermark(lateness);
-        let mut rows = Vec::new();
+        // reused across events: most events release a held row
+        let mut rows = std::mem::take(&mut self.scratch);
         for (i, vs) in s.views.iter_mut().enumerate() {
             let view = &self.catalog.views[self.views[i]];
             vs.on_event(view, event, time, pos, wm, &mut rows);
@@ -285,6 +289,7 @@ impl Engine {
                 row,
             }));
         }
+        self.scratch = rows;
         Outcome::Accepted { shard, pos }
     }
 
