@@ -8,7 +8,7 @@
 use crate::plan::{Catalog, Table};
 use crate::shard::shard_of;
 use crate::value::{DataType, Row, Value};
-use crate::window::{ViewState, ViewStats};
+use crate::window::{Entry, ViewMeta, ViewState, ViewStats};
 use std::sync::Arc;
 
 /// Why an event cannot enter the engine.
@@ -43,6 +43,10 @@ pub enum EngineError {
     },
     #[error("no shard {0}")]
     NoShard(u32),
+    #[error("checkpoint is incomplete: view {view} group {group} slot {slot} is missing")]
+    MissingSlot { view: u32, group: u32, slot: u32 },
+    #[error("checkpoint does not match the views' plan: {0}")]
+    BadCheckpoint(String),
 }
 
 /// The complete state of one shard — watermark, next log position, and every
@@ -63,6 +67,42 @@ impl ShardSnapshot {
     pub fn next_position(&self) -> u64 {
         self.state.next_pos
     }
+}
+
+/// The non-partition part of one shard's state, stored whole by each
+/// checkpoint; the partitions are stored slot by slot, and only the slots
+/// changed since the previous checkpoint are written (see
+/// [`Engine::checkpoint_delta`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ShardMeta {
+    views: Vec<String>,
+    max_time: i64,
+    next_pos: u64,
+    late: u64,
+    view_meta: Vec<ViewMeta>,
+}
+
+impl ShardMeta {
+    /// The log position of the shard's next event: replay from here.
+    pub fn next_position(&self) -> u64 {
+        self.next_pos
+    }
+}
+
+/// Where a partition slot lives: (view, group, slot) within a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotKey {
+    pub view: u32,
+    pub group: u32,
+    pub slot: u32,
+}
+
+/// One incremental checkpoint of a shard: its meta, and the slots that
+/// changed since the previous one (all of them for the first).
+#[derive(Clone, Debug)]
+pub struct ShardDelta {
+    pub meta: ShardMeta,
+    pub slots: Vec<(SlotKey, Entry)>,
 }
 
 impl Table {
@@ -368,6 +408,120 @@ impl Engine {
             .get_mut(shard as usize)
             .ok_or(EngineError::NoShard(shard))?;
         *slot = snapshot.state;
+        Ok(())
+    }
+
+    /// The shard's meta and the partition slots changed since the previous
+    /// call; applying the deltas in order to a key-value store of slots and
+    /// keeping the latest meta gives what [`Engine::restore_parts`] needs.
+    pub fn checkpoint_delta(&mut self, shard: u32) -> Result<ShardDelta, EngineError> {
+        let views = self.view_names();
+        let s = self
+            .shards
+            .get_mut(shard as usize)
+            .ok_or(EngineError::NoShard(shard))?;
+        let mut slots = Vec::new();
+        for (v, vs) in s.views.iter_mut().enumerate() {
+            for (g, i, e) in vs.take_dirty() {
+                let key = SlotKey {
+                    view: v as u32,
+                    group: g as u32,
+                    slot: i as u32,
+                };
+                slots.push((key, e));
+            }
+        }
+        let meta = ShardMeta {
+            views,
+            max_time: s.max_time,
+            next_pos: s.next_pos,
+            late: s.late,
+            view_meta: s.views.iter().map(ViewState::meta).collect(),
+        };
+        Ok(ShardDelta { meta, slots })
+    }
+
+    /// Makes the next [`Engine::checkpoint_delta`] of `shard` include every
+    /// slot (a full checkpoint, e.g. into an empty store).
+    pub fn mark_all_changed(&mut self, shard: u32) {
+        if let Some(s) = self.shards.get_mut(shard as usize) {
+            s.views.iter_mut().for_each(ViewState::mark_all);
+        }
+    }
+
+    /// Replaces shard `shard`'s state with one rebuilt from a checkpoint's
+    /// meta and every slot it lists.
+    pub fn restore_parts(
+        &mut self,
+        shard: u32,
+        meta: ShardMeta,
+        slots: impl IntoIterator<Item = (SlotKey, Entry)>,
+    ) -> Result<(), EngineError> {
+        let engine = self.view_names();
+        if meta.views != engine {
+            return Err(EngineError::SnapshotMismatch {
+                snapshot: meta.views,
+                engine,
+            });
+        }
+        for (m, &v) in meta.view_meta.iter().zip(&self.views) {
+            let want = self.catalog.views[v].groups.len();
+            if m.groups() != want {
+                return Err(EngineError::BadCheckpoint(format!(
+                    "view `{}` has {want} partition groups, the checkpoint {}",
+                    self.catalog.views[v].name,
+                    m.groups()
+                )));
+            }
+        }
+        let mut slabs: Vec<Vec<Vec<Option<Entry>>>> = meta
+            .view_meta
+            .iter()
+            .map(|m| (0..m.groups()).map(|g| vec![None; m.slab_len(g)]).collect())
+            .collect();
+        for (k, e) in slots {
+            let cell = slabs
+                .get_mut(k.view as usize)
+                .and_then(|v| v.get_mut(k.group as usize))
+                .and_then(|g| g.get_mut(k.slot as usize));
+            match cell {
+                Some(c) => *c = Some(e),
+                // slots past the slab length are stale leftovers: the slab
+                // never shrinks, so they cannot occur; refuse rather than guess
+                None => {
+                    return Err(EngineError::BadCheckpoint(format!(
+                        "slot {:?} is outside the checkpoint's slabs",
+                        k
+                    )))
+                }
+            }
+        }
+        let mut views = Vec::with_capacity(slabs.len());
+        for (v, (m, groups)) in meta.view_meta.into_iter().zip(slabs).enumerate() {
+            let mut full = Vec::with_capacity(groups.len());
+            for (g, slab) in groups.into_iter().enumerate() {
+                let mut entries = Vec::with_capacity(slab.len());
+                for (i, e) in slab.into_iter().enumerate() {
+                    entries.push(e.ok_or(EngineError::MissingSlot {
+                        view: v as u32,
+                        group: g as u32,
+                        slot: i as u32,
+                    })?);
+                }
+                full.push(entries);
+            }
+            views.push(ViewState::from_parts(m, full));
+        }
+        let slot = self
+            .shards
+            .get_mut(shard as usize)
+            .ok_or(EngineError::NoShard(shard))?;
+        *slot = Shard {
+            max_time: meta.max_time,
+            next_pos: meta.next_pos,
+            late: meta.late,
+            views,
+        };
         Ok(())
     }
 

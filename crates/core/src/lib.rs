@@ -15,7 +15,9 @@ pub mod time;
 pub mod value;
 pub mod window;
 
-pub use engine::{Emitted, Engine, EngineError, EventError, Outcome, ShardSnapshot};
+pub use engine::{
+    Emitted, Engine, EngineError, EventError, Outcome, ShardDelta, ShardMeta, ShardSnapshot, SlotKey,
+};
 pub use plan::{Catalog, Table, View};
 pub use sql::{parse_pipeline, SqlError};
 pub use value::{DataType, Row, Schema, Value};

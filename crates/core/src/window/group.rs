@@ -13,8 +13,10 @@ use crate::value::Value;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hash, Hasher};
 
+/// One slab slot: a partition with its key, or a free slot (`live` false).
+/// Checkpoints persist slots one by one, so only changed ones are written.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Entry {
+pub struct Entry {
     key: Box<[Value]>,
     part: Partition,
     live: bool,
@@ -67,9 +69,58 @@ pub struct Group {
     slab: Vec<Entry>,
     free: Vec<usize>,
     hasher: foldhash::fast::FixedState,
+    /// Slots changed since the last [`Group::take_dirty`], for incremental
+    /// checkpoints; `marked[i]` says whether `i` is already listed.
+    dirty: Vec<usize>,
+    marked: Vec<bool>,
 }
 
 impl Group {
+    fn mark(&mut self, i: usize) {
+        if self.marked.len() < self.slab.len() {
+            self.marked.resize(self.slab.len(), false);
+        }
+        if !self.marked[i] {
+            self.marked[i] = true;
+            self.dirty.push(i);
+        }
+    }
+
+    /// The slots changed since the last call (sorted), with their current
+    /// contents, and forgets them: the incremental part of a checkpoint.
+    pub fn take_dirty(&mut self) -> Vec<(usize, Entry)> {
+        let mut d = std::mem::take(&mut self.dirty);
+        d.sort_unstable();
+        d.into_iter()
+            .map(|i| {
+                self.marked[i] = false;
+                (i, self.slab[i].clone())
+            })
+            .collect()
+    }
+
+    /// Every slot, as a checkpoint taken from scratch would write them.
+    pub fn all_slots(&self) -> impl Iterator<Item = (usize, &Entry)> {
+        self.slab.iter().enumerate()
+    }
+
+    /// Marks every slot changed (the next checkpoint writes them all).
+    pub fn mark_all(&mut self) {
+        for i in 0..self.slab.len() {
+            self.mark(i);
+        }
+    }
+
+    /// The free-slot list, which a checkpoint stores whole.
+    pub fn free_list(&self) -> &[usize] {
+        &self.free
+    }
+
+    /// Rebuilds a group from checkpointed slots and its free list.
+    pub fn from_slots(slab: Vec<Entry>, free: Vec<usize>) -> Group {
+        Group::from(GroupData { slab, free })
+    }
+
     fn hash<'a>(&self, key: impl Iterator<Item = &'a Value>) -> u64 {
         let mut h = self.hasher.build_hasher();
         for v in key {
@@ -98,6 +149,7 @@ impl Group {
             .index
             .find(hash, |&i| key_eq(&self.slab[i], event, cols))
         {
+            self.mark(i);
             return i;
         }
         let i = match self.free.pop() {
@@ -127,6 +179,7 @@ impl Group {
             }
             h.finish()
         });
+        self.mark(i);
         i
     }
 
@@ -135,7 +188,16 @@ impl Group {
         &self.slab[i].part
     }
 
+    /// The partition in slot `i`, to change it (the slot is marked changed).
     pub fn get_mut(&mut self, i: usize) -> &mut Partition {
+        debug_assert!(self.slab[i].live);
+        self.mark(i);
+        &mut self.slab[i].part
+    }
+
+    /// Like [`Group::get_mut`] for a read that only moves a slide's cursor
+    /// (serving): results do not depend on cursors, so no checkpoint needs it.
+    pub fn get_mut_untracked(&mut self, i: usize) -> &mut Partition {
         debug_assert!(self.slab[i].live);
         &mut self.slab[i].part
     }
@@ -152,6 +214,7 @@ impl Group {
         // release the key's text now rather than at reuse
         e.key.iter_mut().for_each(|k| *k = Value::Null);
         self.free.push(i);
+        self.mark(i);
     }
 
     pub fn len(&self) -> usize {
@@ -165,8 +228,14 @@ impl Group {
     /// Visits every partition; removes those for which `keep` returns false.
     pub fn retain(&mut self, mut keep: impl FnMut(&mut Partition) -> bool) {
         for i in 0..self.slab.len() {
-            if self.slab[i].live && !keep(&mut self.slab[i].part) {
+            if !self.slab[i].live {
+                continue;
+            }
+            let before = self.slab[i].part.events.len();
+            if !keep(&mut self.slab[i].part) {
                 self.remove(i);
+            } else if self.slab[i].part.events.len() != before {
+                self.mark(i);
             }
         }
     }

@@ -7,4 +7,5 @@ pub mod input;
 pub mod partition;
 pub mod view_state;
 
-pub use view_state::{ViewState, ViewStats};
+pub use group::Entry;
+pub use view_state::{ViewMeta, ViewState, ViewStats};

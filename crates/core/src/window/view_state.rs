@@ -2,7 +2,7 @@
 //! and the rows held back until their FOLLOWING frames are complete.
 
 use super::acc::Acc;
-use super::group::Group;
+use super::group::{Entry, Group};
 use super::input::{In, Inputs};
 use super::partition::{eval_call, Partition, Slide, Stored};
 use crate::expr::Ctx;
@@ -87,7 +87,84 @@ pub struct ViewState {
     pub stats: ViewStats,
 }
 
+/// Everything of a [`ViewState`] but its partitions: held rows, counters
+/// and each group's free list and slab length. A checkpoint stores this
+/// whole and the partitions slot by slot.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ViewMeta {
+    pending: BinaryHeap<Held>,
+    waiting: BTreeMap<(i64, u64), Pending>,
+    keep_rows: Vec<usize>,
+    reach: Vec<i64>,
+    following_groups: Vec<bool>,
+    events_since_sweep: u64,
+    sweep_every: Option<u64>,
+    stats: ViewStats,
+    free: Vec<Vec<usize>>,
+    slab_len: Vec<usize>,
+}
+
+impl ViewMeta {
+    /// Number of slots group `g` had when the meta was taken.
+    pub fn slab_len(&self, g: usize) -> usize {
+        self.slab_len.get(g).copied().unwrap_or(0)
+    }
+
+    pub fn groups(&self) -> usize {
+        self.slab_len.len()
+    }
+}
+
 impl ViewState {
+    /// The non-partition part of the state (see [`ViewMeta`]).
+    pub fn meta(&self) -> ViewMeta {
+        ViewMeta {
+            pending: self.pending.clone(),
+            waiting: self.waiting.clone(),
+            keep_rows: self.keep_rows.clone(),
+            reach: self.reach.clone(),
+            following_groups: self.following_groups.clone(),
+            events_since_sweep: self.events_since_sweep,
+            sweep_every: self.sweep_every,
+            stats: self.stats.clone(),
+            free: self.groups.iter().map(|g| g.free_list().to_vec()).collect(),
+            slab_len: self.groups.iter().map(|g| g.all_slots().count()).collect(),
+        }
+    }
+
+    /// Partition slots changed since the last call, as (group, slot, entry).
+    pub fn take_dirty(&mut self) -> Vec<(usize, usize, Entry)> {
+        let mut out = Vec::new();
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            out.extend(group.take_dirty().into_iter().map(|(i, e)| (g, i, e)));
+        }
+        out
+    }
+
+    /// Marks every partition slot changed.
+    pub fn mark_all(&mut self) {
+        self.groups.iter_mut().for_each(Group::mark_all);
+    }
+
+    /// Rebuilds a view's state from its meta and every group's slots.
+    pub fn from_parts(meta: ViewMeta, slabs: Vec<Vec<Entry>>) -> ViewState {
+        ViewState {
+            groups: slabs
+                .into_iter()
+                .zip(meta.free)
+                .map(|(slab, free)| Group::from_slots(slab, free))
+                .collect(),
+            pending: meta.pending,
+            waiting: meta.waiting,
+            keep_rows: meta.keep_rows,
+            reach: meta.reach,
+            following_groups: meta.following_groups,
+            events_since_sweep: meta.events_since_sweep,
+            sweep_every: meta.sweep_every,
+            stats: meta.stats,
+        }
+    }
+
     pub fn new(view: &View) -> ViewState {
         let mut keep_rows = vec![0usize; view.groups.len()];
         let mut reach = vec![i64::MAX; view.groups.len()];
@@ -376,7 +453,7 @@ impl ViewState {
             let mut empty;
             let found = self.groups[g].find(event, &view.groups[g].columns);
             let part = match found {
-                Some(i) => self.groups[g].get_mut(i),
+                Some(i) => self.groups[g].get_mut_untracked(i),
                 None => {
                     empty = Self::new_partition(view, g);
                     &mut empty
