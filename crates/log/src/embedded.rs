@@ -13,6 +13,9 @@ const SHARDS_KEY: &[u8] = b"shards";
 pub struct EmbeddedLog {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Sidecar records written atomically with appends (see
+    /// [`EmbeddedLog::append_atomic`]).
+    side: sled::Tree,
     /// Next offset per shard; the lock also serializes appends to a shard.
     next: Vec<Mutex<u64>>,
     policy: FsyncPolicy,
@@ -58,9 +61,11 @@ impl EmbeddedLog {
             trees.push(tree);
             next.push(Mutex::new(n));
         }
+        let side = db.open_tree("side")?;
         Ok(EmbeddedLog {
             db,
             trees,
+            side,
             next,
             policy,
         })
@@ -71,6 +76,116 @@ impl EmbeddedLog {
             shard,
             shards: self.trees.len() as u32,
         })
+    }
+}
+
+/// A sidecar change: insert (Some) or remove (None) a key.
+pub type SideWrite = (Vec<u8>, Option<Vec<u8>>);
+
+impl EmbeddedLog {
+    /// Appends to several shards and writes sidecar keys in one atomic step:
+    /// after a crash either all of it is there or none. The daemon stores a
+    /// request's idempotency record and its dead letters as sidecar keys, so
+    /// a retried request is recognised exactly when its events are in the
+    /// log. Returns the first offset of each append, in input order.
+    pub fn append_atomic(
+        &self,
+        appends: &[(u32, Vec<Vec<u8>>)],
+        side: &[SideWrite],
+    ) -> Result<Vec<u64>, LogError> {
+        let mut shards: Vec<u32> = appends.iter().map(|(s, _)| *s).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for &s in &shards {
+            self.tree(s)?;
+        }
+        // lock in shard order: no two appenders can deadlock
+        let mut guards: Vec<_> = shards
+            .iter()
+            .map(|&s| {
+                self.next[s as usize]
+                    .lock()
+                    .expect("an append panicked while holding the shard lock")
+            })
+            .collect();
+        let mut next: Vec<u64> = guards.iter().map(|g| **g).collect();
+        let mut batches: Vec<sled::Batch> = shards.iter().map(|_| sled::Batch::default()).collect();
+        let mut firsts = Vec::with_capacity(appends.len());
+        for (shard, records) in appends {
+            let i = shards.binary_search(shard).expect("listed above");
+            firsts.push(next[i]);
+            for r in records {
+                batches[i].insert(&next[i].to_be_bytes(), r.as_slice());
+                next[i] += 1;
+            }
+        }
+        for (b, n) in batches.iter_mut().zip(&next) {
+            b.insert(&NEXT_KEY, &n.to_be_bytes());
+        }
+        let mut side_batch = sled::Batch::default();
+        for (k, v) in side {
+            match v {
+                Some(v) => side_batch.insert(k.as_slice(), v.as_slice()),
+                None => side_batch.remove(k.as_slice()),
+            }
+        }
+        let mut trees: Vec<&sled::Tree> = shards.iter().map(|&s| &self.trees[s as usize]).collect();
+        trees.push(&self.side);
+        use sled::Transactional;
+        trees
+            .as_slice()
+            .transaction(|t| {
+                for (tree, b) in t.iter().zip(&batches) {
+                    tree.apply_batch(b)?;
+                }
+                t[t.len() - 1].apply_batch(&side_batch)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => LogError::Storage(e),
+                sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
+            })?;
+        if self.policy == FsyncPolicy::Always {
+            self.db.flush()?;
+        }
+        for (g, n) in guards.iter_mut().zip(next) {
+            **g = n;
+        }
+        Ok(firsts)
+    }
+
+    /// A sidecar value.
+    pub fn side_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.side.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Sidecar keys and values under `prefix`, in key order.
+    pub fn side_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+        self.side
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(LogError::from))
+            .collect()
+    }
+
+    /// Sidecar keys under `prefix`, counted.
+    pub fn side_count(&self, prefix: &[u8]) -> usize {
+        self.side.scan_prefix(prefix).count()
+    }
+
+    /// Removes sidecar keys (not atomic with appends: for expiry).
+    pub fn side_remove(&self, keys: &[Vec<u8>]) -> Result<(), LogError> {
+        let mut b = sled::Batch::default();
+        for k in keys {
+            b.remove(k.as_slice());
+        }
+        self.side.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
     }
 }
 

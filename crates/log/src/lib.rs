@@ -7,7 +7,7 @@
 
 pub mod embedded;
 
-pub use embedded::EmbeddedLog;
+pub use embedded::{EmbeddedLog, SideWrite};
 
 /// When an append is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

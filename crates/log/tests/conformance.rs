@@ -107,3 +107,29 @@ fn concurrent_appends_get_dense_distinct_offsets() {
         assert_eq!(pair[0].bytes, pair[1].bytes);
     }
 }
+
+#[test]
+fn atomic_appends_span_shards_and_sidecar_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 4, FsyncPolicy::Always).unwrap();
+    log.append(1, &[b"x"]).unwrap();
+    let firsts = log
+        .append_atomic(
+            &[(1, vec![b"a".to_vec(), b"b".to_vec()]), (3, vec![b"c".to_vec()])],
+            &[(b"idem/k1".to_vec(), Some(b"reply".to_vec()))],
+        )
+        .unwrap();
+    assert_eq!(firsts, vec![1, 0]);
+    assert_eq!(log.end_offset(1).unwrap(), 3);
+    assert_eq!(log.end_offset(3).unwrap(), 1);
+    assert_eq!(log.side_get(b"idem/k1").unwrap(), Some(b"reply".to_vec()));
+    drop(log);
+    // all of it survives reopening
+    let log = EmbeddedLog::open(dir.path(), 4, FsyncPolicy::Always).unwrap();
+    let got: Vec<Vec<u8>> = log.read(1, 0, 10).unwrap().into_iter().map(|r| r.bytes).collect();
+    assert_eq!(got, vec![b"x".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(log.read(3, 0, 10).unwrap()[0].bytes, b"c".to_vec());
+    assert_eq!(log.side_scan(b"idem/").unwrap().len(), 1);
+    log.side_remove(&[b"idem/k1".to_vec()]).unwrap();
+    assert_eq!(log.side_get(b"idem/k1").unwrap(), None);
+}
