@@ -16,7 +16,8 @@ pub mod value;
 pub mod window;
 
 pub use engine::{
-    Emitted, Engine, EngineError, EventError, Outcome, ShardDelta, ShardMeta, ShardSnapshot, SlotKey,
+    Emitted, Engine, EngineError, EventError, Outcome, ShardDelta, ShardMeta, ShardSnapshot,
+    SlotKey,
 };
 pub use plan::{Catalog, Table, View};
 pub use sql::{parse_pipeline, SqlError};

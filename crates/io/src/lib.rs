@@ -181,3 +181,60 @@ pub fn read_rows(path: &Path, schema: &Schema) -> Result<Vec<Row>, IoError> {
     }
     Ok(rows)
 }
+
+/// Encodes rows as one Parquet file in memory (object-store segments).
+/// `name` only labels errors.
+pub fn rows_to_parquet(name: &str, rows: &[Row], schema: &Schema) -> Result<Vec<u8>, IoError> {
+    let mut w = parquet_out::ParquetRowWriter::in_memory(Path::new(name), schema)?;
+    for r in rows {
+        w.write(r)?;
+    }
+    w.into_bytes()
+}
+
+/// Parses single JSON events (one object each) into rows of a table schema,
+/// with the same coercions and messages as the JSON-lines reader.
+#[derive(Debug, Clone)]
+pub struct JsonEventParser {
+    columns: coerce::Columns,
+}
+
+impl JsonEventParser {
+    pub fn new(schema: &Schema) -> JsonEventParser {
+        JsonEventParser {
+            columns: coerce::Columns::new(schema),
+        }
+    }
+
+    /// One event; `Err` says what is wrong with it.
+    pub fn parse(&self, text: &str) -> Result<Row, String> {
+        let mut row = vec![Value::Null; self.columns.len()];
+        coerce::parse_json_row(text, &self.columns, &mut row)?;
+        Ok(row)
+    }
+}
+
+/// Decodes a whole Parquet file held in memory into rows of `schema`
+/// (columns matched by name, as [`read_rows`]); `name` labels errors.
+pub fn rows_from_parquet(
+    name: &str,
+    bytes: bytes::Bytes,
+    schema: &Schema,
+) -> Result<Vec<Row>, IoError> {
+    let path = Path::new(name);
+    let mut r = parquet_in::ParquetEvents::open_from(path, bytes, schema, None)?;
+    let mut rows = Vec::new();
+    while let Some(record) = r.next_record()? {
+        match record {
+            Ok(row) => rows.push(row),
+            Err(bad) => {
+                return Err(IoError::InvalidRecord {
+                    path: path.to_path_buf(),
+                    location: bad.location,
+                    reason: bad.reason,
+                })
+            }
+        }
+    }
+    Ok(rows)
+}

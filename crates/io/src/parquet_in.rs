@@ -87,14 +87,25 @@ impl ParquetEvents {
         schema: &Schema,
         needed: Option<&[bool]>,
     ) -> Result<ParquetEvents, IoError> {
-        let parquet_error = |source| IoError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
         let file = File::open(path).map_err(|source| IoError::Open {
             path: path.to_path_buf(),
             source,
         })?;
+        ParquetEvents::open_from(path, file, schema, needed)
+    }
+
+    /// Like [`ParquetEvents::open`] over any Parquet source (bytes fetched
+    /// from an object store); `path` only names it in errors.
+    pub fn open_from<R: parquet::file::reader::ChunkReader + 'static>(
+        path: &Path,
+        file: R,
+        schema: &Schema,
+        needed: Option<&[bool]>,
+    ) -> Result<ParquetEvents, IoError> {
+        let parquet_error = |source| IoError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        };
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
         let columns = Columns::new(schema);
         let file_schema = builder.schema().clone();

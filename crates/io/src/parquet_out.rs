@@ -126,19 +126,45 @@ fn value_kind(value: &Value) -> &'static str {
     }
 }
 
-pub(crate) struct ParquetRowWriter {
+pub(crate) struct ParquetRowWriter<W: std::io::Write + Send = File> {
     path: PathBuf,
     schema: Schema,
     arrow_schema: SchemaRef,
-    writer: ArrowWriter<File>,
+    writer: ArrowWriter<W>,
     builders: Vec<ColumnBuilder>,
     buffered_rows: usize,
     buffered_text: usize,
     rows: u64,
 }
 
-impl ParquetRowWriter {
+impl ParquetRowWriter<File> {
     pub fn create(path: &Path, schema: &Schema) -> Result<ParquetRowWriter, IoError> {
+        let file = File::create(path).map_err(|source| IoError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ParquetRowWriter::with_writer(path, schema, file)
+    }
+}
+
+impl ParquetRowWriter<Vec<u8>> {
+    /// A writer into memory (`path` only names it in errors).
+    pub fn in_memory(path: &Path, schema: &Schema) -> Result<Self, IoError> {
+        ParquetRowWriter::with_writer(path, schema, Vec::new())
+    }
+
+    /// Completes the file and returns its bytes.
+    pub fn into_bytes(mut self) -> Result<Vec<u8>, IoError> {
+        self.flush_batch()?;
+        let path = self.path.clone();
+        self.writer
+            .into_inner()
+            .map_err(|e| parquet_write_error(&path, e))
+    }
+}
+
+impl<W: std::io::Write + Send> ParquetRowWriter<W> {
+    fn with_writer(path: &Path, schema: &Schema, file: W) -> Result<Self, IoError> {
         let mut builders = Vec::with_capacity(schema.len());
         let mut fields = Vec::with_capacity(schema.len());
         for c in &schema.columns {
@@ -152,10 +178,6 @@ impl ParquetRowWriter {
             fields.push(Field::new(&c.name, ty, true));
         }
         let arrow_schema = Arc::new(ArrowSchema::new(fields));
-        let file = File::create(path).map_err(|source| IoError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(BATCH_ROWS))
@@ -205,7 +227,7 @@ fn parquet_write_error(path: &Path, e: parquet::errors::ParquetError) -> IoError
     }
 }
 
-impl RowSink for ParquetRowWriter {
+impl<W: std::io::Write + Send> RowSink for ParquetRowWriter<W> {
     fn write(&mut self, row: &[Value]) -> Result<(), IoError> {
         if row.len() != self.builders.len() {
             return Err(IoError::RowShape {

@@ -163,7 +163,10 @@ impl EmbeddedLog {
     pub fn side_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
         self.side
             .scan_prefix(prefix)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(LogError::from))
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(LogError::from)
+            })
             .collect()
     }
 

@@ -115,7 +115,10 @@ fn atomic_appends_span_shards_and_sidecar_keys() {
     log.append(1, &[b"x"]).unwrap();
     let firsts = log
         .append_atomic(
-            &[(1, vec![b"a".to_vec(), b"b".to_vec()]), (3, vec![b"c".to_vec()])],
+            &[
+                (1, vec![b"a".to_vec(), b"b".to_vec()]),
+                (3, vec![b"c".to_vec()]),
+            ],
             &[(b"idem/k1".to_vec(), Some(b"reply".to_vec()))],
         )
         .unwrap();
@@ -126,7 +129,12 @@ fn atomic_appends_span_shards_and_sidecar_keys() {
     drop(log);
     // all of it survives reopening
     let log = EmbeddedLog::open(dir.path(), 4, FsyncPolicy::Always).unwrap();
-    let got: Vec<Vec<u8>> = log.read(1, 0, 10).unwrap().into_iter().map(|r| r.bytes).collect();
+    let got: Vec<Vec<u8>> = log
+        .read(1, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.bytes)
+        .collect();
     assert_eq!(got, vec![b"x".to_vec(), b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(log.read(3, 0, 10).unwrap()[0].bytes, b"c".to_vec());
     assert_eq!(log.side_scan(b"idem/").unwrap().len(), 1);

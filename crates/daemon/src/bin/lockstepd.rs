@@ -1,0 +1,136 @@
+//! lockstepd: the lockstep node daemon.
+
+use clap::Parser;
+use lockstep_daemon::config::{self, Overrides};
+use lockstep_daemon::http;
+use lockstep_daemon::node::Node;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The lockstep node daemon. Every config key can be given as a flag named
+/// after it; flags win over the file.
+#[derive(Parser, Debug)]
+#[command(name = "lockstepd", version)]
+struct Args {
+    /// TOML config file (see config/single-node.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:7700).
+    #[arg(long)]
+    listen: Option<String>,
+    /// API token (or LOCKSTEP_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Pipeline .sql file.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    /// file:///dir or s3://bucket/prefix (default: <data-dir>/objects).
+    #[arg(long)]
+    object_store: Option<String>,
+    #[arg(long)]
+    checkpoint_interval: Option<String>,
+    /// "always" or "every <duration>".
+    #[arg(long)]
+    fsync: Option<String>,
+    #[arg(long)]
+    idempotency_ttl: Option<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let flags = Overrides {
+        node_id: a.node_id,
+        data_dir: a.data_dir,
+        listen: a.listen,
+        token: a.token,
+        pipeline: a.pipeline,
+        object_store: a.object_store,
+        checkpoint_interval: a.checkpoint_interval,
+        fsync: a.fsync,
+        idempotency_ttl: a.idempotency_ttl,
+    };
+    let cfg = match config::load(
+        a.config.as_deref(),
+        &flags,
+        std::env::var("LOCKSTEP_TOKEN").ok(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lockstepd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockstepd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: config::Config) -> anyhow::Result<()> {
+    let listen = cfg.listen;
+    let interval = cfg.checkpoint_interval;
+    let node = Node::start(cfg).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?;
+    let ctx = node.ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if ctx.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            for r in Node::checkpoint_all(&ctx).await {
+                if let Err(e) = r {
+                    tracing::warn!("checkpoint: {e}");
+                }
+            }
+        }
+    });
+    tracing::info!(
+        "lockstepd {} listening on http://{listen} (table `{}`, {} shards, views: {})",
+        node.ctx.config.node_id,
+        node.ctx.table.name,
+        node.ctx.table.shards,
+        node.ctx.view_names.join(", ")
+    );
+    let app = http::router(&node);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: final checkpoint");
+    node.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

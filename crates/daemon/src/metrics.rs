@@ -1,0 +1,122 @@
+//! Prometheus metrics (prometheus-client), served as text on `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub ingested: Counter,
+    pub rejected: Counter,
+    pub dead_letters: Counter,
+    pub late: Counter,
+    pub idempotent_replays: Counter,
+    pub checkpoints: Counter,
+    pub checkpoint_failures: Counter,
+    pub restarts: Counter,
+    pub serve_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
+    pub state_bytes: Gauge,
+    pub log_lag: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("lockstep")),
+            ingested: Counter::default(),
+            rejected: Counter::default(),
+            dead_letters: Counter::default(),
+            late: Counter::default(),
+            idempotent_replays: Counter::default(),
+            checkpoints: Counter::default(),
+            checkpoint_failures: Counter::default(),
+            restarts: Counter::default(),
+            // 10 µs .. ~5 s
+            serve_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 20)),
+            checkpoint_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
+            state_bytes: Gauge::default(),
+            log_lag: Gauge::default(),
+        };
+        {
+            let mut r = m.registry.lock().expect("metrics registry");
+            r.register(
+                "ingested_events",
+                "Events appended to the log (durable)",
+                m.ingested.clone(),
+            );
+            r.register(
+                "rejected_events",
+                "Events refused at ingest (sent to the dead-letter store)",
+                m.rejected.clone(),
+            );
+            r.register(
+                "dead_letters",
+                "Records in the dead-letter store",
+                m.dead_letters.clone(),
+            );
+            r.register(
+                "late_events",
+                "Events below their shard's watermark (late output)",
+                m.late.clone(),
+            );
+            r.register(
+                "idempotent_replays",
+                "Ingest requests answered from an earlier request with the same Idempotency-Key",
+                m.idempotent_replays.clone(),
+            );
+            r.register(
+                "checkpoints",
+                "Shard checkpoints committed",
+                m.checkpoints.clone(),
+            );
+            r.register(
+                "checkpoint_failures",
+                "Shard checkpoints that failed (retried at the next interval)",
+                m.checkpoint_failures.clone(),
+            );
+            r.register(
+                "shard_restarts",
+                "Shard actors restarted by the supervisor",
+                m.restarts.clone(),
+            );
+            r.register(
+                "serving_latency_seconds",
+                "Feature serving latency inside the node",
+                m.serve_seconds.clone(),
+            );
+            r.register(
+                "checkpoint_duration_seconds",
+                "Time to write one shard checkpoint",
+                m.checkpoint_seconds.clone(),
+            );
+            r.register(
+                "state_bytes",
+                "Checkpointed state on disk",
+                m.state_bytes.clone(),
+            );
+            r.register(
+                "log_lag_events",
+                "Events in the log not yet processed by their shard",
+                m.log_lag.clone(),
+            );
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let r = self.registry.lock().expect("metrics registry");
+        encode(&mut s, &r).expect("writing to a String");
+        s
+    }
+}

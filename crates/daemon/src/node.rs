@@ -1,0 +1,246 @@
+//! One node: the pieces a running lockstepd shares (pipeline, log, state
+//! store, object store, shard actors, metrics) and its start-up.
+
+use crate::config::{Config, Fsync, ObjectStoreUrl};
+use crate::metrics::Metrics;
+use crate::segments::open_store;
+use crate::shard::{ShardMsg, Supervisor};
+use crate::store::StateStore;
+use crate::writer::{self, WriteReq};
+use lockstep_core::plan::{Catalog, Table, View};
+use lockstep_core::value::{Row, Value};
+use lockstep_log::{EmbeddedLog, FsyncPolicy};
+use object_store::ObjectStore;
+use ractor::{Actor, ActorRef};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, RwLock};
+
+/// What every part of a running node shares.
+pub struct NodeCtx {
+    pub config: Config,
+    pub sql: String,
+    pub catalog: Arc<Catalog>,
+    pub table: Table,
+    /// The views the node runs, in engine order.
+    pub view_names: Vec<String>,
+    pub log: Arc<EmbeddedLog>,
+    pub state: Arc<StateStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    /// The live actor of each shard (replaced when the supervisor restarts it).
+    pub shards: RwLock<Vec<Option<ActorRef<ShardMsg>>>>,
+    /// Next log offset each shard has processed up to (for lag and
+    /// backpressure).
+    pub processed: Vec<AtomicU64>,
+    pub restarts: Vec<AtomicU64>,
+    pub metrics: Metrics,
+    pub stopping: AtomicBool,
+    pub started_ms: i64,
+}
+
+impl NodeCtx {
+    pub fn view_name_refs(&self) -> Vec<&str> {
+        self.view_names.iter().map(String::as_str).collect()
+    }
+
+    /// Engine view index → its plan.
+    pub fn view(&self, v: usize) -> &View {
+        let name = &self.view_names[v];
+        self.catalog.view(name).expect("running views exist").1
+    }
+
+    pub fn view_index(&self, name: &str) -> Option<usize> {
+        self.view_names.iter().position(|n| n == name)
+    }
+
+    pub fn shard(&self, s: u32) -> Option<ActorRef<ShardMsg>> {
+        self.shards.read().expect("shard registry")[s as usize].clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("config key `pipeline`: cannot read {path}: {source}")]
+    ReadPipeline {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config key `pipeline`: {path}:{line}:{column}: {message}")]
+    Sql {
+        path: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("config key `pipeline`: {0}")]
+    Pipeline(String),
+    #[error("config key `data_dir`: {0}")]
+    DataDir(String),
+    #[error("config key `object_store`: {0}")]
+    ObjectStore(String),
+    #[error("starting the shard actors: {0}")]
+    Actors(String),
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// A log record: the validated event, in table column order.
+pub fn encode_event(row: &[Value]) -> Vec<u8> {
+    bincode::serde::encode_to_vec(row, bincode_config()).expect("events encode")
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Row, String> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(r, _)| r)
+        .map_err(|e| format!("undecodable log record: {e}"))
+}
+
+/// A started node: its shared context and the ingest writer's queue.
+pub struct Node {
+    pub ctx: Arc<NodeCtx>,
+    pub writer: tokio::sync::mpsc::Sender<WriteReq>,
+    supervisor: ActorRef<()>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Reads and checks the pipeline: exactly one table, and its views.
+pub fn load_pipeline(path: &std::path::Path) -> Result<(String, Catalog), StartError> {
+    let sql = std::fs::read_to_string(path).map_err(|source| StartError::ReadPipeline {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let catalog = lockstep_core::parse_pipeline(&sql).map_err(|e| StartError::Sql {
+        path: path.display().to_string(),
+        line: e.line,
+        column: e.column,
+        message: e.message.clone(),
+    })?;
+    if catalog.tables.len() != 1 {
+        return Err(StartError::Pipeline(format!(
+            "{} declares {} tables; a node runs one table (give each table its own node)",
+            path.display(),
+            catalog.tables.len()
+        )));
+    }
+    if catalog.views.is_empty() {
+        return Err(StartError::Pipeline(format!(
+            "{} declares no views",
+            path.display()
+        )));
+    }
+    Ok((sql, catalog))
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let (sql, catalog) = load_pipeline(&config.pipeline)?;
+        let table = catalog.tables[0].clone();
+        let view_names: Vec<String> = catalog.views.iter().map(|v| v.name.clone()).collect();
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::DataDir(format!("{}: {e}", config.data_dir.display())))?;
+        let policy = match config.fsync {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Every(d) => FsyncPolicy::EveryMillis(d.as_millis() as u64),
+        };
+        let log = EmbeddedLog::open(&config.data_dir.join("log"), table.shards, policy)
+            .map_err(|e| StartError::DataDir(e.to_string()))?;
+        let state = StateStore::open(&config.data_dir.join("state"))
+            .map_err(|e| StartError::DataDir(e.to_string()))?;
+        let objects =
+            open_store(&config.object_store).map_err(|e| StartError::ObjectStore(e.to_string()))?;
+        let n = table.shards as usize;
+        let ctx = Arc::new(NodeCtx {
+            sql,
+            catalog: Arc::new(catalog),
+            table,
+            view_names,
+            log: Arc::new(log),
+            state: Arc::new(state),
+            objects,
+            shards: RwLock::new(vec![None; n]),
+            processed: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            restarts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            metrics: Metrics::new(),
+            stopping: AtomicBool::new(false),
+            started_ms: now_ms(),
+            config,
+        });
+        let (supervisor, _) = Actor::spawn(None, Supervisor, ctx.clone())
+            .await
+            .map_err(|e| StartError::Actors(e.to_string()))?;
+        let (writer, writer_thread) =
+            writer::start(ctx.clone()).map_err(|e| StartError::DataDir(e.to_string()))?;
+        Ok(Node {
+            ctx,
+            writer,
+            supervisor,
+            writer_thread: Some(writer_thread),
+        })
+    }
+
+    /// Asks every shard to checkpoint and waits for the reports.
+    pub async fn checkpoint_all(
+        ctx: &NodeCtx,
+    ) -> Vec<Result<crate::shard::CheckpointReport, String>> {
+        let mut waits = Vec::new();
+        for s in 0..ctx.table.shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match ctx.shard(s) {
+                Some(a) => {
+                    if a.send_message(ShardMsg::Checkpoint { reply: Some(tx) })
+                        .is_err()
+                    {
+                        waits.push(None);
+                    } else {
+                        waits.push(Some(rx));
+                    }
+                }
+                None => waits.push(None),
+            }
+        }
+        let mut out = Vec::new();
+        for (s, w) in waits.into_iter().enumerate() {
+            out.push(match w {
+                Some(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(format!("shard {s} restarted during the checkpoint"))),
+                None => Err(format!("shard {s} is restarting")),
+            });
+        }
+        out
+    }
+
+    /// Graceful stop: no new ingest, a last checkpoint, actors stopped.
+    pub async fn stop(mut self) {
+        self.ctx
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(self.writer);
+        if let Some(t) = self.writer_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        for r in Node::checkpoint_all(&self.ctx).await {
+            if let Err(e) = r {
+                tracing::warn!("final checkpoint: {e}");
+            }
+        }
+        self.supervisor.stop(None);
+        let _ = self.ctx.log.flush();
+    }
+}
+
+/// Object store root as configured, for status output.
+pub fn describe_store(url: &ObjectStoreUrl) -> String {
+    match url {
+        ObjectStoreUrl::Local(p) => format!("file://{}", p.display()),
+        ObjectStoreUrl::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+    }
+}

@@ -1,0 +1,732 @@
+//! Shard actors: one ractor actor per shard owns that shard's operator state
+//! and is the only thing that changes it. Messages arrive in mailbox order,
+//! so the shard processes its log in order, and serving reads see every event
+//! acknowledged before them. A supervisor restarts a failed actor, which
+//! recovers from its last checkpoint and replays the log from there.
+
+use crate::node::NodeCtx;
+use crate::segments::{
+    self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, raw_schema,
+    shard_prefix, SegmentInfo,
+};
+use crate::store::{CheckpointInfo, Commit};
+use lockstep_core::value::{Row, Value};
+use lockstep_core::{Emitted, Engine, Outcome};
+use lockstep_log::Log;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+pub enum ShardMsg {
+    /// Events appended to the log at offsets `first..first + rows.len()`.
+    /// With `serve`, the single event's features (computed just before it
+    /// enters the state, so exactly its training row's) are sent back.
+    Events {
+        first: u64,
+        rows: Vec<Row>,
+        serve: Option<(usize, Reply<Row>)>,
+    },
+    /// Features of a hypothetical event; no state changes.
+    Serve {
+        view: usize,
+        event: Row,
+        reply: Reply<Row>,
+    },
+    Checkpoint {
+        reply: Option<Reply<CheckpointReport>>,
+    },
+    Status {
+        reply: Reply<ShardStatus>,
+    },
+    Segments {
+        reply: Reply<Vec<SegmentInfo>>,
+    },
+    Compact {
+        target_bytes: u64,
+        reply: Reply<CompactReport>,
+    },
+    /// Test hook: fail the actor (the supervisor restarts it).
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    pub shard: u32,
+    pub seq: u64,
+    pub log_offset: u64,
+    /// False when nothing changed since the previous checkpoint.
+    pub wrote: bool,
+    pub slots_written: u64,
+    pub bytes_written: u64,
+    pub training_rows: u64,
+    pub segments: usize,
+    pub millis: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard: u32,
+    /// Next log offset this shard will process.
+    pub offset: u64,
+    /// The log's end: appended so far.
+    pub log_end: u64,
+    pub lag: u64,
+    pub events: u64,
+    pub late: u64,
+    pub watermark: Option<String>,
+    pub pending_rows: u64,
+    pub partitions: u64,
+    pub buffered_training_rows: u64,
+    pub last_checkpoint: CheckpointInfo,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CompactReport {
+    pub shard: u32,
+    pub merged_groups: usize,
+    pub segments_before: usize,
+    pub segments_after: usize,
+}
+
+/// The shard's state and the work on it, apart from the actor plumbing.
+pub struct ShardWorker {
+    ctx: Arc<NodeCtx>,
+    shard: u32,
+    engine: Engine,
+    /// Next log offset to process.
+    next_offset: u64,
+    ckpt: CheckpointInfo,
+    /// Rows finalized since the last checkpoint, per engine view.
+    training: Vec<Vec<Row>>,
+    /// Late events since the last checkpoint: (offset, watermark, event).
+    late: Vec<(u64, i64, Row)>,
+    segments: Vec<SegmentInfo>,
+    emitted: Vec<Emitted>,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl ShardWorker {
+    /// Restores the last checkpoint, removes objects of interrupted
+    /// checkpoints, and replays the log from the checkpoint's offset.
+    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, String> {
+        let mut engine = Engine::new(ctx.catalog.clone(), &ctx.view_name_refs()).map_err(err)?;
+        let mut w_ckpt = CheckpointInfo::default();
+        let mut segs = Vec::new();
+        if let Some(l) = ctx.state.load(shard).map_err(err)? {
+            engine
+                .restore_parts(shard, l.meta, l.slots)
+                .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+            w_ckpt = l.info;
+            segs = l.segments;
+        }
+        let mut w = ShardWorker {
+            training: vec![Vec::new(); ctx.view_names.len()],
+            ctx,
+            shard,
+            engine,
+            next_offset: w_ckpt.log_offset,
+            ckpt: w_ckpt,
+            late: Vec::new(),
+            segments: segs,
+            emitted: Vec::new(),
+        };
+        w.delete_orphans().await?;
+        w.catch_up()?;
+        w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
+        Ok(w)
+    }
+
+    fn prefixes(&self) -> Vec<(String, String)> {
+        let t = &self.ctx.table.name;
+        let mut p = vec![
+            ("raw".to_string(), t.clone()),
+            ("late".to_string(), t.clone()),
+        ];
+        for v in &self.ctx.view_names {
+            p.push(("training".to_string(), v.clone()));
+        }
+        p
+    }
+
+    async fn delete_orphans(&self) -> Result<(), String> {
+        let keep: Vec<&str> = self.segments.iter().map(|s| s.path.as_str()).collect();
+        for (kind, name) in self.prefixes() {
+            let gone = delete_orphans(
+                self.ctx.objects.as_ref(),
+                &shard_prefix(&kind, &name, self.shard),
+                &keep,
+            )
+            .await
+            .map_err(err)?;
+            for g in gone {
+                tracing::info!(shard = self.shard, object = %g, "deleted an uncommitted segment");
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes whatever the log holds beyond `next_offset` (after recovery,
+    /// or when a message was lost to a restart).
+    fn catch_up(&mut self) -> Result<(), String> {
+        let log = self.ctx.log.clone();
+        let end = log.end_offset(self.shard).map_err(err)?;
+        while self.next_offset < end {
+            let recs = log.read(self.shard, self.next_offset, 8192).map_err(err)?;
+            if recs.is_empty() {
+                break;
+            }
+            for r in recs {
+                let row = crate::node::decode_event(&r.bytes)?;
+                self.apply(r.offset, &row);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, offset: u64, row: &[Value]) {
+        debug_assert_eq!(offset, self.next_offset);
+        let out = self
+            .engine
+            .push_to_shard(self.shard, row, &mut self.emitted);
+        if let Outcome::Late { watermark, .. } = out {
+            self.late.push((offset, watermark, row.to_vec()));
+            self.ctx.metrics.late.inc();
+        }
+        for e in self.emitted.drain(..) {
+            self.training[e.view].push(e.row);
+        }
+        self.next_offset = offset + 1;
+    }
+
+    pub fn on_events(
+        &mut self,
+        first: u64,
+        rows: Vec<Row>,
+        serve: Option<(usize, Reply<Row>)>,
+    ) -> Result<(), String> {
+        if first > self.next_offset {
+            // a message went to a predecessor of this actor: read the gap
+            let end = first;
+            while self.next_offset < end {
+                let recs = self
+                    .ctx
+                    .log
+                    .read(
+                        self.shard,
+                        self.next_offset,
+                        (end - self.next_offset) as usize,
+                    )
+                    .map_err(err)?;
+                if recs.is_empty() {
+                    return Err(format!(
+                        "shard {}: log records {}..{first} are missing",
+                        self.shard, self.next_offset
+                    ));
+                }
+                for r in recs {
+                    let row = crate::node::decode_event(&r.bytes)?;
+                    self.apply(r.offset, &row);
+                }
+            }
+        }
+        let mut serve = serve;
+        for (i, row) in rows.into_iter().enumerate() {
+            let off = first + i as u64;
+            if off < self.next_offset {
+                continue; // already replayed from the log
+            }
+            if let Some((view, reply)) = serve.take() {
+                let _ = reply.send(self.engine.serve(view, &row).map_err(err));
+            }
+            self.apply(off, &row);
+        }
+        if let Some((_, reply)) = serve {
+            let _ = reply.send(Err(
+                "the event was processed during a shard restart; its features are in its training row"
+                    .into(),
+            ));
+        }
+        self.ctx.processed[self.shard as usize].store(self.next_offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn serve(&mut self, view: usize, event: &[Value]) -> Result<Row, String> {
+        self.engine.serve(view, event).map_err(err)
+    }
+
+    /// Persists the state delta, archives the log slice and commits the
+    /// training rows, all under one atomic manifest update.
+    pub async fn checkpoint(&mut self) -> Result<CheckpointReport, String> {
+        let started = Instant::now();
+        self.catch_up()?;
+        let (from, to) = (self.ckpt.log_offset, self.next_offset);
+        let delta = self.engine.checkpoint_delta(self.shard).map_err(err)?;
+        if from == to && delta.slots.is_empty() && self.ckpt.seq > 0 {
+            return Ok(CheckpointReport {
+                shard: self.shard,
+                seq: self.ckpt.seq,
+                log_offset: to,
+                wrote: false,
+                slots_written: 0,
+                bytes_written: 0,
+                training_rows: 0,
+                segments: 0,
+                millis: started.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        let result = self.write_checkpoint(from, to, &delta).await;
+        let (info, added, training_rows) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // the delta's slots were taken: write everything next time
+                self.engine.mark_all_changed(self.shard);
+                self.ctx.metrics.checkpoint_failures.inc();
+                return Err(e);
+            }
+        };
+        // everything below `to` is archived and reflected in the state
+        if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
+            tracing::warn!(shard = self.shard, "log truncation failed: {e}");
+        }
+        for t in &mut self.training {
+            t.clear();
+        }
+        self.late.clear();
+        let n_added = added.len();
+        self.segments.extend(added);
+        self.ckpt = info.clone();
+        let secs = started.elapsed().as_secs_f64();
+        self.ctx.metrics.checkpoint_seconds.observe(secs);
+        self.ctx.metrics.checkpoints.inc();
+        Ok(CheckpointReport {
+            shard: self.shard,
+            seq: info.seq,
+            log_offset: to,
+            wrote: true,
+            slots_written: info.slots_written,
+            bytes_written: info.bytes_written,
+            training_rows,
+            segments: n_added,
+            millis: secs * 1e3,
+        })
+    }
+
+    async fn write_checkpoint(
+        &mut self,
+        from: u64,
+        to: u64,
+        delta: &lockstep_core::ShardDelta,
+    ) -> Result<(CheckpointInfo, Vec<SegmentInfo>, u64), String> {
+        let ctx = self.ctx.clone();
+        let store = ctx.objects.as_ref();
+        let table = &ctx.table;
+        let mut added = Vec::new();
+        if to > from {
+            let recs = ctx
+                .log
+                .read(self.shard, from, (to - from) as usize)
+                .map_err(err)?;
+            if recs.len() as u64 != to - from {
+                return Err(format!(
+                    "shard {}: the log holds {} records of {from}..{to}",
+                    self.shard,
+                    recs.len()
+                ));
+            }
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            let mut rows = Vec::with_capacity(recs.len());
+            for r in recs {
+                let mut row = crate::node::decode_event(&r.bytes)?;
+                if let Value::Timestamp(t) = row[table.time] {
+                    lo = lo.min(t);
+                    hi = hi.max(t);
+                }
+                row.push(Value::BigInt(r.offset as i64));
+                rows.push(row);
+            }
+            let name = format!("raw/{}/{}", table.name, self.shard);
+            let bytes = lockstep_io::rows_to_parquet(&name, &rows, &raw_schema(&table.schema))
+                .map_err(err)?;
+            let n = rows.len() as u64;
+            drop(rows);
+            added.push(
+                put_segment(
+                    store,
+                    "raw",
+                    &table.name,
+                    self.shard,
+                    from,
+                    to,
+                    "parquet",
+                    bytes,
+                    n,
+                    (lo, hi),
+                )
+                .await
+                .map_err(err)?,
+            );
+        }
+        let mut training_rows = 0;
+        for (v, rows) in self.training.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let view = ctx.view(v);
+            let tcol = view.output.index_of(&table.schema.columns[table.time].name);
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            if let Some(c) = tcol {
+                for r in rows {
+                    if let Value::Timestamp(t) = r[c] {
+                        lo = lo.min(t);
+                        hi = hi.max(t);
+                    }
+                }
+            }
+            let name = format!("training/{}/{}", view.name, self.shard);
+            let bytes = lockstep_io::rows_to_parquet(&name, rows, &view.output).map_err(err)?;
+            training_rows += rows.len() as u64;
+            added.push(
+                put_segment(
+                    store,
+                    "training",
+                    &view.name,
+                    self.shard,
+                    from,
+                    to,
+                    "parquet",
+                    bytes,
+                    rows.len() as u64,
+                    (lo, hi),
+                )
+                .await
+                .map_err(err)?,
+            );
+        }
+        if !self.late.is_empty() {
+            let mut text = String::new();
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            for (off, wm, row) in &self.late {
+                if let Value::Timestamp(t) = row[table.time] {
+                    lo = lo.min(t);
+                    hi = hi.max(t);
+                }
+                text.push_str(&format!(
+                    "{{\"offset\":{off},\"reason\":\"event_time below the shard watermark {}\",\"event\":{}}}\n",
+                    lockstep_core::time::format_rfc3339_ms(*wm),
+                    lockstep_io::render_json(row, &table.schema)
+                ));
+            }
+            added.push(
+                put_segment(
+                    store,
+                    "late",
+                    &table.name,
+                    self.shard,
+                    from,
+                    to,
+                    "jsonl",
+                    text.into_bytes(),
+                    self.late.len() as u64,
+                    (lo, hi),
+                )
+                .await
+                .map_err(err)?,
+            );
+        }
+        let info = CheckpointInfo {
+            seq: self.ckpt.seq + 1,
+            log_offset: to,
+            at_ms: crate::node::now_ms(),
+            slots_written: delta.slots.len() as u64,
+            bytes_written: 0,
+        };
+        let bytes = ctx
+            .state
+            .commit(
+                self.shard,
+                Commit {
+                    meta: &delta.meta,
+                    slots: &delta.slots,
+                    info: info.clone(),
+                    add_segments: &added,
+                    remove_segments: &[],
+                },
+            )
+            .map_err(err)?;
+        let info = CheckpointInfo {
+            bytes_written: bytes,
+            ..info
+        };
+        Ok((info, added, training_rows))
+    }
+
+    pub fn status(&mut self, restarts: u64) -> ShardStatus {
+        let log_end = self
+            .ctx
+            .log
+            .end_offset(self.shard)
+            .unwrap_or(self.next_offset);
+        let st = self.engine.stats().swap_remove(self.shard as usize);
+        let wm = st.watermark;
+        ShardStatus {
+            shard: self.shard,
+            offset: self.next_offset,
+            log_end,
+            lag: log_end.saturating_sub(self.next_offset),
+            events: st.events,
+            late: st.late,
+            watermark: (wm != i64::MIN).then(|| lockstep_core::time::format_rfc3339_ms(wm)),
+            pending_rows: st.views.iter().map(|v| v.pending).sum(),
+            partitions: st.views.iter().map(|v| v.partitions).sum(),
+            buffered_training_rows: self.training.iter().map(|t| t.len() as u64).sum(),
+            last_checkpoint: self.ckpt.clone(),
+            restarts,
+        }
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let mut s = self.segments.clone();
+        s.sort_by(|a, b| (&a.kind, &a.name, a.from_offset).cmp(&(&b.kind, &b.name, b.from_offset)));
+        s
+    }
+
+    /// Merges runs of small raw and training segments into larger ones,
+    /// in log order, and swaps them in the manifest atomically.
+    pub async fn compact(&mut self, target_bytes: u64) -> Result<CompactReport, String> {
+        let ctx = self.ctx.clone();
+        let store = ctx.objects.as_ref();
+        let before = self.segments.len();
+        let mut merged_groups = 0;
+        let mut by_stream: HashMap<(String, String), Vec<SegmentInfo>> = HashMap::new();
+        for s in &self.segments {
+            if s.kind == "raw" || s.kind == "training" {
+                by_stream
+                    .entry((s.kind.clone(), s.name.clone()))
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let mut streams: Vec<_> = by_stream.into_iter().collect();
+        streams.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((kind, name), segs) in streams {
+            let schema = if kind == "raw" {
+                raw_schema(&ctx.table.schema)
+            } else {
+                match ctx.view_index(&name) {
+                    Some(v) => ctx.view(v).output.clone(),
+                    None => continue,
+                }
+            };
+            for group in plan_compaction(&segs, target_bytes) {
+                let mut rows = Vec::new();
+                for s in &group {
+                    let bytes = get_segment(store, s).await.map_err(err)?;
+                    rows.extend(
+                        lockstep_io::rows_from_parquet(&s.path, bytes, &schema).map_err(err)?,
+                    );
+                }
+                let (from, to) = (group[0].from_offset, group[group.len() - 1].to_offset);
+                let lo = group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
+                let hi = group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
+                let label = segments::segment_path(&kind, &name, self.shard, from, to, "parquet");
+                let bytes = lockstep_io::rows_to_parquet(&label, &rows, &schema).map_err(err)?;
+                let merged = put_segment(
+                    store,
+                    &kind,
+                    &name,
+                    self.shard,
+                    from,
+                    to,
+                    "parquet",
+                    bytes,
+                    rows.len() as u64,
+                    (lo, hi),
+                )
+                .await
+                .map_err(err)?;
+                ctx.state
+                    .swap_segments(self.shard, &group, std::slice::from_ref(&merged))
+                    .map_err(err)?;
+                self.segments.retain(|s| !group.contains(s));
+                self.segments.push(merged);
+                for s in &group {
+                    let p = object_store::path::Path::from(s.path.as_str());
+                    if let Err(e) = object_store::ObjectStoreExt::delete(store, &p).await {
+                        tracing::warn!(object = %s.path, "could not delete a compacted segment: {e}");
+                    }
+                }
+                merged_groups += 1;
+            }
+        }
+        Ok(CompactReport {
+            shard: self.shard,
+            merged_groups,
+            segments_before: before,
+            segments_after: self.segments.len(),
+        })
+    }
+
+    /// Replays a raw segment (tests and backfill share this decoding).
+    pub fn decode_raw(
+        &self,
+        s: &SegmentInfo,
+        bytes: bytes::Bytes,
+    ) -> Result<Vec<(u64, Row)>, String> {
+        decode_raw(&s.path, bytes, &self.ctx.table.schema).map_err(err)
+    }
+}
+
+pub struct ShardActor;
+
+pub struct ShardArgs {
+    pub ctx: Arc<NodeCtx>,
+    pub shard: u32,
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardWorker;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardWorker, ActorProcessingErr> {
+        Ok(ShardWorker::recover(args.ctx, args.shard).await?)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        w: &mut ShardWorker,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Events { first, rows, serve } => w.on_events(first, rows, serve)?,
+            ShardMsg::Serve { view, event, reply } => {
+                let _ = reply.send(w.serve(view, &event));
+            }
+            ShardMsg::Checkpoint { reply } => {
+                let r = w.checkpoint().await;
+                if let Err(e) = &r {
+                    tracing::error!(shard = w.shard, "checkpoint failed: {e}");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            ShardMsg::Status { reply } => {
+                let restarts = w.ctx.restarts[w.shard as usize].load(Ordering::Relaxed);
+                let _ = reply.send(Ok(w.status(restarts)));
+            }
+            ShardMsg::Segments { reply } => {
+                let _ = reply.send(Ok(w.segments()));
+            }
+            ShardMsg::Compact {
+                target_bytes,
+                reply,
+            } => {
+                let _ = reply.send(w.compact(target_bytes).await);
+            }
+            ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
+        }
+        Ok(())
+    }
+}
+
+/// Starts the shard actors and restarts any that fails.
+pub struct Supervisor;
+
+pub struct SupervisorState {
+    ctx: Arc<NodeCtx>,
+    /// Actor id → shard.
+    owners: HashMap<ractor::ActorId, u32>,
+}
+
+impl Supervisor {
+    async fn start_shard(
+        me: &ActorRef<()>,
+        st: &mut SupervisorState,
+        shard: u32,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = ShardArgs {
+            ctx: st.ctx.clone(),
+            shard,
+        };
+        let (actor, _) = Actor::spawn_linked(None, ShardActor, args, me.get_cell()).await?;
+        st.owners.insert(actor.get_id(), shard);
+        st.ctx.shards.write().expect("shard registry")[shard as usize] = Some(actor);
+        Ok(())
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = ();
+    type State = SupervisorState;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<()>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut st = SupervisorState {
+            ctx: ctx.clone(),
+            owners: HashMap::new(),
+        };
+        for s in 0..ctx.table.shards {
+            Supervisor::start_shard(&me, &mut st, s).await?;
+        }
+        Ok(st)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<()>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(shard) = st.owners.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if st.ctx.stopping.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tracing::error!(
+            shard,
+            "shard actor died ({why}); restarting from its checkpoint"
+        );
+        st.ctx.restarts[shard as usize].fetch_add(1, Ordering::Relaxed);
+        st.ctx.metrics.restarts.inc();
+        // recovery can fail transiently (object store down): keep trying
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match Supervisor::start_shard(&me, st, shard).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::error!(shard, "restart failed: {e}; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The checkpoint store: per shard, one sled tree holding the shard's meta,
+//! its partition slots, the log offset the state corresponds to, and the
+//! manifest of the segments committed with it. A checkpoint is one atomic
+//! sled batch on that tree, so state, offset and segment manifest always
+//! agree; only the slots changed since the previous checkpoint are written.
+
+use crate::segments::SegmentInfo;
+use lockstep_core::window::Entry;
+use lockstep_core::{ShardMeta, SlotKey};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const META: &[u8] = b"m";
+const INFO: &[u8] = b"i";
+const SLOT: u8 = b's';
+const SEGMENT: u8 = b'g';
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("state store holds an undecodable record ({what}): {message}")]
+    Decode { what: &'static str, message: String },
+}
+
+/// What a committed checkpoint says about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointInfo {
+    /// Checkpoints of this shard so far (1 for the first).
+    pub seq: u64,
+    /// The next log offset to process after restoring: the log below it is
+    /// reflected in the state and archived.
+    pub log_offset: u64,
+    /// Wall-clock time of the commit, ms since the epoch.
+    pub at_ms: i64,
+    /// Partition slots written by this checkpoint (the incremental part).
+    pub slots_written: u64,
+    /// Bytes of state written by this checkpoint.
+    pub bytes_written: u64,
+}
+
+/// A shard's checkpoint as loaded for recovery.
+pub struct Loaded {
+    pub meta: ShardMeta,
+    pub slots: Vec<(SlotKey, Entry)>,
+    pub info: CheckpointInfo,
+    pub segments: Vec<SegmentInfo>,
+}
+
+/// One checkpoint to commit.
+pub struct Commit<'a> {
+    pub meta: &'a ShardMeta,
+    pub slots: &'a [(SlotKey, Entry)],
+    pub info: CheckpointInfo,
+    pub add_segments: &'a [SegmentInfo],
+    pub remove_segments: &'a [SegmentInfo],
+}
+
+pub struct StateStore {
+    db: sled::Db,
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, config()).expect("state values encode")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(b, config())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Decode {
+            what,
+            message: e.to_string(),
+        })
+}
+
+fn slot_key(k: &SlotKey) -> [u8; 13] {
+    let mut b = [0u8; 13];
+    b[0] = SLOT;
+    b[1..5].copy_from_slice(&k.view.to_be_bytes());
+    b[5..9].copy_from_slice(&k.group.to_be_bytes());
+    b[9..13].copy_from_slice(&k.slot.to_be_bytes());
+    b
+}
+
+fn segment_key(s: &SegmentInfo) -> Vec<u8> {
+    let mut k = vec![SEGMENT];
+    k.extend_from_slice(s.kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(s.name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&s.from_offset.to_be_bytes());
+    k
+}
+
+impl StateStore {
+    pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        Ok(StateStore { db })
+    }
+
+    fn tree(&self, shard: u32) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(format!("shard-{shard:05}"))?)
+    }
+
+    /// The last committed checkpoint of `shard`, if any.
+    pub fn load(&self, shard: u32) -> Result<Option<Loaded>, StoreError> {
+        let tree = self.tree(shard)?;
+        let Some(meta) = tree.get(META)? else {
+            return Ok(None);
+        };
+        let meta: ShardMeta = decode("shard meta", &meta)?;
+        let info: CheckpointInfo = match tree.get(INFO)? {
+            Some(b) => decode("checkpoint info", &b)?,
+            None => CheckpointInfo::default(),
+        };
+        let mut slots = Vec::new();
+        for item in tree.scan_prefix([SLOT]) {
+            let (k, v) = item?;
+            let n = |i: usize| u32::from_be_bytes([k[i], k[i + 1], k[i + 2], k[i + 3]]);
+            let key = SlotKey {
+                view: n(1),
+                group: n(5),
+                slot: n(9),
+            };
+            slots.push((key, decode("partition slot", &v)?));
+        }
+        let mut segments = Vec::new();
+        for item in tree.scan_prefix([SEGMENT]) {
+            let (_, v) = item?;
+            segments.push(decode("segment manifest entry", &v)?);
+        }
+        Ok(Some(Loaded {
+            meta,
+            slots,
+            info,
+            segments,
+        }))
+    }
+
+    /// Commits a checkpoint atomically and durably; returns bytes written.
+    pub fn commit(&self, shard: u32, c: Commit<'_>) -> Result<u64, StoreError> {
+        let tree = self.tree(shard)?;
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0u64;
+        let meta = encode(c.meta);
+        bytes += meta.len() as u64;
+        batch.insert(META, meta);
+        for (k, e) in c.slots {
+            let v = encode(e);
+            bytes += v.len() as u64;
+            batch.insert(&slot_key(k), v);
+        }
+        let mut info = c.info;
+        info.bytes_written = bytes;
+        batch.insert(INFO, encode(&info));
+        for s in c.remove_segments {
+            batch.remove(segment_key(s));
+        }
+        for s in c.add_segments {
+            batch.insert(segment_key(s), encode(s));
+        }
+        tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(bytes)
+    }
+
+    /// Replaces segment manifest entries (compaction), atomically.
+    pub fn swap_segments(
+        &self,
+        shard: u32,
+        remove: &[SegmentInfo],
+        add: &[SegmentInfo],
+    ) -> Result<(), StoreError> {
+        let tree = self.tree(shard)?;
+        let mut batch = sled::Batch::default();
+        for s in remove {
+            batch.remove(segment_key(s));
+        }
+        for s in add {
+            batch.insert(segment_key(s), encode(s));
+        }
+        tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}

@@ -1,0 +1,337 @@
+//! The ingest writer: one thread that appends accepted events to the log
+//! with group commit. Requests that arrive while an append is on disk are
+//! appended together in the next one, so one fsync covers many requests.
+//! A request's events, its dead letters and its idempotency record are one
+//! atomic append; only then is the request answered and are the events
+//! handed to their shard actors, in offset order.
+
+use crate::node::{encode_event, now_ms, NodeCtx};
+use crate::shard::ShardMsg;
+use lockstep_core::value::Row;
+use lockstep_log::SideWrite;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Unprocessed events (appended, not yet through the shard actors) above
+/// which the writer waits: bounds the actors' mailboxes.
+const MAX_LAG: u64 = 500_000;
+const MAX_GROUP_REQUESTS: usize = 1024;
+const MAX_GROUP_EVENTS: usize = 200_000;
+const IDEM_PREFIX: &[u8] = b"idem/";
+const DEAD_PREFIX: &[u8] = b"dl/";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventErrorReport {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The answer to an ingest request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IngestReply {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: Vec<EventErrorReport>,
+}
+
+/// A rejected event kept in the dead-letter store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub at_ms: i64,
+    pub table: String,
+    pub index: usize,
+    pub reason: String,
+    pub raw: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdemRecord {
+    at_ms: i64,
+    reply: IngestReply,
+}
+
+pub struct WriteReq {
+    pub idempotency_key: Option<String>,
+    pub events: Vec<(u32, Row)>,
+    pub dead: Vec<DeadLetter>,
+    pub reply: IngestReply,
+    /// Serve-and-ingest: the engine view whose features the (single) event
+    /// gets back.
+    pub serve: Option<usize>,
+    pub done: oneshot::Sender<Result<Written, String>>,
+}
+
+pub struct Written {
+    pub reply: IngestReply,
+    /// True when the idempotency key was already accepted: nothing was
+    /// appended this time.
+    pub replayed: bool,
+    pub features: Option<oneshot::Receiver<Result<Row, String>>>,
+}
+
+pub fn start(
+    ctx: Arc<NodeCtx>,
+) -> std::io::Result<(mpsc::Sender<WriteReq>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(4096);
+    let mut idem = HashMap::new();
+    if let Ok(entries) = ctx.log.side_scan(IDEM_PREFIX) {
+        for (k, v) in entries {
+            if let Ok(r) = serde_json::from_slice::<IdemRecord>(&v) {
+                idem.insert(k[IDEM_PREFIX.len()..].to_vec(), r);
+            }
+        }
+    }
+    let dead_seq = ctx
+        .log
+        .side_scan(DEAD_PREFIX)
+        .ok()
+        .and_then(|v| v.last().map(|(k, _)| seq_of(&k[DEAD_PREFIX.len()..]) + 1))
+        .unwrap_or(0);
+    ctx.metrics.dead_letters.inc_by(dead_seq);
+    let ends = (0..ctx.table.shards)
+        .map(|s| ctx.log.end_offset_of(s))
+        .collect();
+    let mut w = Writer {
+        ctx,
+        idem,
+        dead_seq,
+        ends,
+        last_prune_ms: now_ms(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("lockstep-writer".into())
+        .spawn(move || w.run(rx))?;
+    Ok((tx, handle))
+}
+
+fn seq_of(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    if b.len() == 8 {
+        a.copy_from_slice(b);
+    }
+    u64::from_be_bytes(a)
+}
+
+/// Reads the dead-letter store, newest last (at most `limit`).
+pub fn dead_letters(ctx: &NodeCtx, limit: usize) -> Vec<DeadLetter> {
+    let all = ctx.log.side_scan(DEAD_PREFIX).unwrap_or_default();
+    let skip = all.len().saturating_sub(limit);
+    all.into_iter()
+        .skip(skip)
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect()
+}
+
+struct Writer {
+    ctx: Arc<NodeCtx>,
+    idem: HashMap<Vec<u8>, IdemRecord>,
+    dead_seq: u64,
+    ends: Vec<u64>,
+    last_prune_ms: i64,
+}
+
+trait EndOffset {
+    fn end_offset_of(&self, shard: u32) -> u64;
+}
+
+impl EndOffset for lockstep_log::EmbeddedLog {
+    fn end_offset_of(&self, shard: u32) -> u64 {
+        lockstep_log::Log::end_offset(self, shard).unwrap_or(0)
+    }
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteReq>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut events = group[0].events.len();
+            while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        events += r.events.len();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.wait_for_actors();
+            self.commit(group);
+            self.prune();
+        }
+    }
+
+    /// Backpressure: wait while the shard actors are far behind the log.
+    fn wait_for_actors(&self) {
+        loop {
+            let lag: u64 = self
+                .ends
+                .iter()
+                .zip(&self.ctx.processed)
+                .map(|(e, p)| e.saturating_sub(p.load(Ordering::Relaxed)))
+                .sum();
+            if lag < MAX_LAG || self.ctx.stopping.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn commit(&mut self, group: Vec<WriteReq>) {
+        let now = now_ms();
+        // requests to append, and duplicates answered from what was accepted
+        let mut fresh: Vec<WriteReq> = Vec::with_capacity(group.len());
+        let mut dup_in_group: Vec<(usize, WriteReq)> = Vec::new();
+        let mut keys_in_group: HashMap<Vec<u8>, usize> = HashMap::new();
+        for r in group {
+            if let Some(k) = &r.idempotency_key {
+                let k = k.as_bytes().to_vec();
+                if let Some(prev) = self.idem.get(&k) {
+                    self.ctx.metrics.idempotent_replays.inc();
+                    let _ = r.done.send(Ok(Written {
+                        reply: prev.reply.clone(),
+                        replayed: true,
+                        features: None,
+                    }));
+                    continue;
+                }
+                if let Some(&i) = keys_in_group.get(&k) {
+                    dup_in_group.push((i, r));
+                    continue;
+                }
+                keys_in_group.insert(k, fresh.len());
+            }
+            fresh.push(r);
+        }
+        let mut appends: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
+        // per request: (first append index, rows per append)
+        let mut plan: Vec<Vec<(usize, Vec<Row>)>> = Vec::with_capacity(fresh.len());
+        let mut side: Vec<SideWrite> = Vec::new();
+        for r in &mut fresh {
+            let mut by_shard: Vec<(u32, Vec<Row>)> = Vec::new();
+            for (s, row) in r.events.drain(..) {
+                match by_shard.iter_mut().find(|(x, _)| *x == s) {
+                    Some((_, v)) => v.push(row),
+                    None => by_shard.push((s, vec![row])),
+                }
+            }
+            let mut mine = Vec::new();
+            for (s, rows) in by_shard {
+                appends.push((s, rows.iter().map(|r| encode_event(r)).collect()));
+                mine.push((appends.len() - 1, rows));
+            }
+            plan.push(mine);
+            for d in &r.dead {
+                let mut k = DEAD_PREFIX.to_vec();
+                k.extend_from_slice(&self.dead_seq.to_be_bytes());
+                self.dead_seq += 1;
+                side.push((k, Some(serde_json::to_vec(d).expect("dead letters encode"))));
+            }
+            if let Some(key) = &r.idempotency_key {
+                let mut k = IDEM_PREFIX.to_vec();
+                k.extend_from_slice(key.as_bytes());
+                let rec = IdemRecord {
+                    at_ms: now,
+                    reply: r.reply.clone(),
+                };
+                side.push((k, Some(serde_json::to_vec(&rec).expect("records encode"))));
+            }
+        }
+        let result = if appends.is_empty() && side.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.ctx.log.append_atomic(&appends, &side)
+        };
+        let firsts = match result {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("the log could not store the events: {e}");
+                tracing::error!("{msg}");
+                for r in fresh {
+                    let _ = r.done.send(Err(msg.clone()));
+                }
+                for (_, r) in dup_in_group {
+                    let _ = r.done.send(Err(msg.clone()));
+                }
+                return;
+            }
+        };
+        let mut replies = Vec::with_capacity(fresh.len());
+        for (r, mine) in fresh.into_iter().zip(plan) {
+            let mut features = None;
+            for (ai, rows) in mine {
+                let (shard, n) = (appends[ai].0, rows.len() as u64);
+                let first = firsts[ai];
+                self.ends[shard as usize] = first + n;
+                let serve = match r.serve {
+                    Some(view) if features.is_none() => {
+                        let (tx, rx) = oneshot::channel();
+                        features = Some(rx);
+                        Some((view, tx))
+                    }
+                    _ => None,
+                };
+                self.ctx.metrics.ingested.inc_by(n);
+                if let Some(a) = self.ctx.shard(shard) {
+                    // a send to a dead actor is fine: its successor replays the log
+                    let _ = a.send_message(ShardMsg::Events { first, rows, serve });
+                }
+            }
+            self.ctx.metrics.rejected.inc_by(r.dead.len() as u64);
+            self.ctx.metrics.dead_letters.inc_by(r.dead.len() as u64);
+            if let Some(k) = &r.idempotency_key {
+                self.idem.insert(
+                    k.as_bytes().to_vec(),
+                    IdemRecord {
+                        at_ms: now,
+                        reply: r.reply.clone(),
+                    },
+                );
+            }
+            replies.push(r.reply.clone());
+            let _ = r.done.send(Ok(Written {
+                reply: r.reply,
+                replayed: false,
+                features,
+            }));
+        }
+        for (i, r) in dup_in_group {
+            self.ctx.metrics.idempotent_replays.inc();
+            let _ = r.done.send(Ok(Written {
+                reply: replies[i].clone(),
+                replayed: true,
+                features: None,
+            }));
+        }
+    }
+
+    /// Forgets idempotency keys older than the configured time.
+    fn prune(&mut self) {
+        let now = now_ms();
+        if now - self.last_prune_ms < 10_000 {
+            return;
+        }
+        self.last_prune_ms = now;
+        let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
+        let old: Vec<Vec<u8>> = self
+            .idem
+            .iter()
+            .filter(|(_, r)| now - r.at_ms > ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let keys: Vec<Vec<u8>> = old
+            .iter()
+            .map(|k| [IDEM_PREFIX, k.as_slice()].concat())
+            .collect();
+        if self.ctx.log.side_remove(&keys).is_ok() {
+            for k in old {
+                self.idem.remove(&k);
+            }
+        }
+    }
+}
