@@ -1,1 +1,486 @@
-fn main() {}
+//! lockstepctl: the operator's CLI for lockstepd, over its HTTP API.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lockstep_daemon::client::Client;
+use lockstep_daemon::offline;
+use serde_json::Value as Json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "lockstepctl", version, about = "Admin CLI for lockstepd")]
+struct Cli {
+    /// Node API address (or LOCKSTEP_ADDR).
+    #[arg(
+        long,
+        env = "LOCKSTEP_ADDR",
+        default_value = "127.0.0.1:7700",
+        global = true
+    )]
+    addr: String,
+    /// API token (or LOCKSTEP_TOKEN).
+    #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node summary: table, views, events, lag, last checkpoint.
+    Status,
+    /// Per-shard offsets, lag, watermark and last checkpoint.
+    Shards,
+    /// The views the node runs.
+    Views {
+        #[command(subcommand)]
+        cmd: ViewsCmd,
+    },
+    /// Feature lookups.
+    Features {
+        #[command(subcommand)]
+        cmd: FeaturesCmd,
+    },
+    /// Checkpoints.
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: CheckpointCmd,
+    },
+    /// Archived and training segments.
+    Segments {
+        #[command(subcommand)]
+        cmd: SegmentsCmd,
+    },
+    /// Writes the committed training rows of a view (per shard, log order).
+    Export {
+        #[arg(long)]
+        view: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replays the archived log through a view's operators.
+    Backfill {
+        #[arg(long)]
+        view: String,
+        /// Only rows with event time >= this (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows with event time < this (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewsCmd {
+    List,
+    /// Checks a pipeline file against the running one.
+    Apply {
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeaturesCmd {
+    /// Features of a hypothetical event for KEY now.
+    Get { view: String, key: String },
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Checkpoints every shard now.
+    Now,
+}
+
+#[derive(Subcommand)]
+enum SegmentsCmd {
+    List {
+        /// raw, training or late.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Table or view name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Merges small consecutive segments.
+    Compact {
+        #[arg(long, default_value_t = 64 << 20)]
+        target_bytes: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockstepctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn s(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_time(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
+    match v {
+        None => Ok(None),
+        Some(t) => match lockstep_core::time::parse_timestamp(t) {
+            Some(ms) => Ok(Some(ms)),
+            None => bail!("--{flag} `{t}` is not a timestamp; write e.g. 2024-01-01T00:00:00Z"),
+        },
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let token = cli
+        .token
+        .clone()
+        .context("no API token: pass --token or set LOCKSTEP_TOKEN")?;
+    let c = Client::new(&cli.addr, &token);
+    let json = cli.json;
+    let show = |v: &Json| println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    match cli.cmd {
+        Cmd::Status => {
+            let v = c.get_json("/v1/status")?;
+            if json {
+                show(&v);
+            } else {
+                let keys = [
+                    "node_id",
+                    "table",
+                    "views",
+                    "shard_count",
+                    "events",
+                    "lag",
+                    "late",
+                    "dead_letters",
+                    "last_checkpoint",
+                    "object_store",
+                    "data_dir",
+                    "uptime_seconds",
+                ];
+                for k in keys {
+                    let val = match &v[k] {
+                        Json::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(", "),
+                        x => s(x),
+                    };
+                    println!("{k:<16} {val}");
+                }
+            }
+        }
+        Cmd::Shards => {
+            let v = c.get_json("/v1/status")?;
+            if json {
+                show(&v["shards"]);
+            } else {
+                let rows = v["shards"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|sh| {
+                        vec![
+                            s(&sh["shard"]),
+                            s(&sh["offset"]),
+                            s(&sh["log_end"]),
+                            s(&sh["lag"]),
+                            s(&sh["events"]),
+                            s(&sh["late"]),
+                            s(&sh["watermark"]),
+                            s(&sh["last_checkpoint"]["seq"]),
+                            s(&sh["last_checkpoint"]["log_offset"]),
+                            s(&sh["restarts"]),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "shard",
+                        "offset",
+                        "log_end",
+                        "lag",
+                        "events",
+                        "late",
+                        "watermark",
+                        "ckpt",
+                        "ckpt_offset",
+                        "restarts",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Views {
+            cmd: ViewsCmd::List,
+        } => {
+            let v = c.get_json("/v1/views")?;
+            if json {
+                show(&v);
+            } else {
+                let rows = v["views"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|vw| {
+                        let cols: Vec<String> = vw["columns"]
+                            .as_array()
+                            .map(|a| a.iter().map(|c| s(&c["name"])).collect())
+                            .unwrap_or_default();
+                        let labels: Vec<String> = vw["labels"]
+                            .as_array()
+                            .map(|a| a.iter().map(s).collect())
+                            .unwrap_or_default();
+                        vec![
+                            s(&vw["name"]),
+                            s(&vw["table"]),
+                            cols.join(","),
+                            labels.join(","),
+                        ]
+                    })
+                    .collect();
+                print_table(&["view", "table", "columns", "labels"], rows);
+            }
+        }
+        Cmd::Views {
+            cmd: ViewsCmd::Apply { file },
+        } => {
+            let sql =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let r = c.request("POST", "/v1/views", Some(&sql), &[])?;
+            let v = r.json();
+            if r.status == 400 {
+                bail!(
+                    "{}:{}:{}: {}",
+                    file.display(),
+                    s(&v["line"]),
+                    s(&v["column"]),
+                    s(&v["error"])
+                );
+            }
+            if json || r.status != 200 {
+                show(&v);
+            } else {
+                println!(
+                    "{} is what the node runs (views: {})",
+                    file.display(),
+                    s(&v["views"])
+                );
+            }
+            if r.status != 200 {
+                bail!("not applied");
+            }
+        }
+        Cmd::Features {
+            cmd: FeaturesCmd::Get { view, key },
+        } => {
+            let v = c.get_json(&format!("/v1/views/{view}/keys/{key}"))?;
+            if json {
+                show(&v);
+            } else if let Some(m) = v["features"].as_object() {
+                for (k, val) in m {
+                    println!("{k:<24} {}", s(val));
+                }
+            }
+        }
+        Cmd::Checkpoint {
+            cmd: CheckpointCmd::Now,
+        } => {
+            let v = c.post_json("/v1/checkpoint", b"")?;
+            if json {
+                show(&v);
+            } else {
+                let rows = v["checkpoints"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            s(&r["shard"]),
+                            s(&r["seq"]),
+                            s(&r["log_offset"]),
+                            s(&r["wrote"]),
+                            s(&r["slots_written"]),
+                            s(&r["bytes_written"]),
+                            s(&r["training_rows"]),
+                            format!("{:.1}", r["millis"].as_f64().unwrap_or(0.0)),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "shard",
+                        "seq",
+                        "offset",
+                        "wrote",
+                        "slots",
+                        "bytes",
+                        "training_rows",
+                        "ms",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Segments {
+            cmd: SegmentsCmd::List { kind, name },
+        } => {
+            let mut q = Vec::new();
+            if let Some(k) = kind {
+                q.push(format!("kind={k}"));
+            }
+            if let Some(n) = name {
+                q.push(format!("name={n}"));
+            }
+            let v = c.get_json(&format!("/v1/segments?{}", q.join("&")))?;
+            if json {
+                show(&v);
+            } else {
+                let fmt_t = |x: &Json| match x.as_i64() {
+                    Some(t) if t != i64::MIN && t != i64::MAX => {
+                        lockstep_core::time::format_rfc3339_ms(t)
+                    }
+                    _ => "-".into(),
+                };
+                let rows = v["segments"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            s(&g["kind"]),
+                            s(&g["name"]),
+                            s(&g["shard"]),
+                            format!("{}..{}", s(&g["from_offset"]), s(&g["to_offset"])),
+                            fmt_t(&g["min_time"]),
+                            fmt_t(&g["max_time"]),
+                            s(&g["rows"]),
+                            s(&g["bytes"]),
+                            format!("{:08x}", g["crc32"].as_u64().unwrap_or(0)),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "kind", "name", "shard", "offsets", "min_time", "max_time", "rows",
+                        "bytes", "crc32",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Segments {
+            cmd: SegmentsCmd::Compact { target_bytes },
+        } => {
+            let v = c.post_json(
+                &format!("/v1/segments/compact?target_bytes={target_bytes}"),
+                b"",
+            )?;
+            if json {
+                show(&v);
+            } else {
+                let rows = v["compactions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            s(&r["shard"]),
+                            s(&r["merged_groups"]),
+                            s(&r["segments_before"]),
+                            s(&r["segments_after"]),
+                        ]
+                    })
+                    .collect();
+                print_table(&["shard", "merged", "before", "after"], rows);
+            }
+        }
+        Cmd::Export { view, out } => {
+            let r = offline::export(&c, &view, &out)?;
+            if json {
+                show(&serde_json::to_value(&r)?);
+            } else {
+                println!(
+                    "wrote {} committed rows of `{view}` from {} segments to {}",
+                    r.rows,
+                    r.segments,
+                    out.display()
+                );
+            }
+        }
+        Cmd::Backfill {
+            view,
+            from,
+            to,
+            out,
+        } => {
+            let (from, to) = (parse_time("from", &from)?, parse_time("to", &to)?);
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} backfill [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+                )
+                .expect("progress template")
+                .progress_chars("=> "),
+            );
+            if json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let r = offline::backfill(&c, &view, from, to, &out, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if json {
+                show(&serde_json::to_value(&r)?);
+            } else {
+                println!(
+                    "replayed {} events from {} segments; wrote {} rows of `{view}` to {}",
+                    r.events,
+                    r.segments,
+                    r.rows,
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}

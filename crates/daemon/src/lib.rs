@@ -10,10 +10,12 @@
 //! - [`http`]: the HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod offline;
 pub mod segments;
 pub mod shard;
 pub mod store;

@@ -1,0 +1,154 @@
+//! Reading a node's committed output from the outside: `export` (the
+//! committed training rows) and `backfill` (replaying the archived raw
+//! segments through the same operators). Both go through the HTTP API, so
+//! they need no access to the node's object store credentials.
+
+use crate::client::{Client, ClientError};
+use crate::segments::{decode_raw, SegmentInfo};
+use lockstep_core::value::Value;
+use lockstep_core::{Catalog, Engine};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> OfflineError {
+    OfflineError::Other(e.to_string())
+}
+
+/// The node's pipeline, parsed here exactly as the node parsed it.
+pub fn fetch_pipeline(client: &Client) -> Result<Catalog, OfflineError> {
+    let p = client.get_json("/v1/pipeline")?;
+    let sql = p["sql"]
+        .as_str()
+        .ok_or_else(|| other("no pipeline SQL in /v1/pipeline"))?;
+    lockstep_core::parse_pipeline(sql).map_err(|e| other(format!("the node's pipeline: {e}")))
+}
+
+/// Committed segments of a kind and name, by shard, in log order.
+pub fn list_segments(
+    client: &Client,
+    kind: &str,
+    name: &str,
+) -> Result<Vec<SegmentInfo>, OfflineError> {
+    let v = client.get_json(&format!("/v1/segments?kind={kind}&name={name}"))?;
+    let mut segs: Vec<SegmentInfo> =
+        serde_json::from_value(v["segments"].clone()).map_err(other)?;
+    segs.sort_by_key(|s| (s.shard, s.from_offset));
+    Ok(segs)
+}
+
+/// Fetches a segment and checks it against its manifest checksum.
+pub fn fetch_segment(client: &Client, s: &SegmentInfo) -> Result<bytes::Bytes, OfflineError> {
+    let b = client.get_bytes(&format!("/v1/objects/{}", s.path))?;
+    let crc = crc32fast::hash(&b);
+    if crc != s.crc32 {
+        return Err(other(format!(
+            "segment {} is damaged: checksum {crc:08x}, manifest says {:08x}",
+            s.path, s.crc32
+        )));
+    }
+    Ok(bytes::Bytes::from(b))
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OfflineReport {
+    pub segments: usize,
+    pub events: u64,
+    pub rows: u64,
+}
+
+/// Writes the committed training rows of `view` to `out` (per shard, in log
+/// order).
+pub fn export(client: &Client, view: &str, out: &Path) -> Result<OfflineReport, OfflineError> {
+    let catalog = fetch_pipeline(client)?;
+    let (_, v) = catalog
+        .view(view)
+        .ok_or_else(|| other(format!("unknown view `{view}`")))?;
+    let segs = list_segments(client, "training", view)?;
+    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
+    let mut report = OfflineReport::default();
+    for s in &segs {
+        let bytes = fetch_segment(client, s)?;
+        for r in lockstep_io::rows_from_parquet(&s.path, bytes, &v.output).map_err(other)? {
+            w.write(&r).map_err(other)?;
+            report.rows += 1;
+        }
+        report.segments += 1;
+    }
+    w.finish().map_err(other)?;
+    Ok(report)
+}
+
+/// Replays the archived raw segments through `view`'s operators, shard by
+/// shard in log order, and writes the rows whose event time lies in
+/// `[from, to)` (when given). With the whole archive this reproduces the
+/// committed training rows exactly; rows still waiting for their labels at
+/// the end of the archive are not emitted, as online.
+pub fn backfill(
+    client: &Client,
+    view: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<OfflineReport, OfflineError> {
+    let catalog = Arc::new(fetch_pipeline(client)?);
+    let (_, v) = catalog
+        .view(view)
+        .ok_or_else(|| other(format!("unknown view `{view}`")))?;
+    let table = catalog.tables[v.table].clone();
+    let time_col = v.output.index_of(&table.schema.columns[table.time].name);
+    if (from.is_some() || to.is_some()) && time_col.is_none() {
+        return Err(other(format!(
+            "view `{view}` does not output `{}`, so --from/--to cannot select its rows",
+            table.schema.columns[table.time].name
+        )));
+    }
+    let mut engine = Engine::new(catalog.clone(), &[view]).map_err(other)?;
+    let segs = list_segments(client, "raw", &table.name)?;
+    let total: u64 = segs.iter().map(|s| s.rows).sum();
+    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
+    let mut report = OfflineReport::default();
+    let mut emitted = Vec::new();
+    let mut expect: Option<(u32, u64)> = None;
+    for s in &segs {
+        match expect {
+            Some((shard, off)) if shard == s.shard && off != s.from_offset => {
+                return Err(other(format!(
+                    "archive of shard {shard} has a gap: {off}..{}",
+                    s.from_offset
+                )))
+            }
+            _ => {}
+        }
+        expect = Some((s.shard, s.to_offset));
+        let bytes = fetch_segment(client, s)?;
+        for (_, row) in decode_raw(&s.path, bytes, &table.schema).map_err(other)? {
+            engine.push_to_shard(s.shard, &row, &mut emitted);
+            report.events += 1;
+            for e in emitted.drain(..) {
+                let keep = match time_col.map(|c| &e.row[c]) {
+                    Some(Value::Timestamp(t)) => {
+                        from.is_none_or(|f| *t >= f) && to.is_none_or(|u| *t < u)
+                    }
+                    _ => true,
+                };
+                if keep {
+                    w.write(&e.row).map_err(other)?;
+                    report.rows += 1;
+                }
+            }
+        }
+        report.segments += 1;
+        progress(report.events, total);
+    }
+    w.finish().map_err(other)?;
+    Ok(report)
+}

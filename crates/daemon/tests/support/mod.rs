@@ -1,0 +1,206 @@
+//! Test support: the real lockstepd binary as a child process, generated
+//! events, and the batch engine (what `lockstep run` runs) as the oracle.
+#![allow(dead_code)]
+
+use lockstep_core::value::{Row, Value};
+use lockstep_core::{Catalog, Engine};
+use lockstep_daemon::client::Client;
+use lockstep_gen::{GenConfig, Generator};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-token-123";
+pub const SQL: &str = include_str!("../../../../config/ad_features.sql");
+pub const VIEW: &str = "user_ad_features";
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(lockstep_core::parse_pipeline(SQL).unwrap())
+}
+
+/// A lockstepd process on a free port, with its own data directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub addr: String,
+    child: Option<Child>,
+    extra: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, flags: &[(&str, &str)], env: &[(&str, &str)]) -> Daemon {
+        std::fs::write(dir.join("pipeline.sql"), SQL).unwrap();
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            child: None,
+            extra: flags
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstepd"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--pipeline")
+            .arg(self.dir.join("pipeline.sql"))
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--token")
+            .arg(TOKEN);
+        for (k, v) in &self.extra {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("lockstepd.log"))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("start lockstepd"));
+        self.client()
+            .wait_healthy(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("lockstepd did not come up: {e}\n{}", self.log()));
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr, TOKEN)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lockstepd.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait (graceful stop).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        let st = c.wait().unwrap();
+        self.child = None;
+        st
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Generated events as rows of `ad_events`.
+pub fn events(n: u64, users: u64, seed: u64) -> Vec<Row> {
+    let gen = Generator::new(GenConfig {
+        events: n,
+        users,
+        seed,
+        // a second between events: short streams still span more than the
+        // 15-minute label horizon, so rows become final
+        mean_gap_ms: 1000.0,
+        ..GenConfig::default()
+    })
+    .unwrap();
+    gen.map(|e| {
+        vec![
+            Value::BigInt(e.event_id),
+            Value::Text(Arc::from(e.user_id)),
+            Value::BigInt(e.campaign_id),
+            Value::text(e.kind.as_str()),
+            Value::Text(Arc::from(e.ip)),
+            Value::Text(Arc::from(e.user_agent)),
+            Value::Timestamp(e.event_time_ms),
+        ]
+    })
+    .collect()
+}
+
+/// JSON lines for events.
+pub fn jsonl(rows: &[Row]) -> String {
+    let schema = &catalog().tables[0].schema;
+    let mut s = String::new();
+    for r in rows {
+        s.push_str(&lockstep_io::render_json(r, schema));
+        s.push('\n');
+    }
+    s
+}
+
+/// What `lockstep run` computes over the same events, per shard in emission
+/// order, and the engine afterwards (no end-of-input flush: rows waiting for
+/// their labels are not final online either).
+pub fn batch_rows(rows: &[Row]) -> (Vec<Vec<Row>>, Engine) {
+    let catalog = catalog();
+    let mut e = Engine::new(catalog.clone(), &[VIEW]).unwrap();
+    let mut out = Vec::new();
+    let mut per_shard = vec![Vec::new(); catalog.tables[0].shards as usize];
+    for r in rows {
+        e.push(r, &mut out).unwrap();
+        for em in out.drain(..) {
+            per_shard[em.shard as usize].push(em.row);
+        }
+    }
+    (per_shard, e)
+}
+
+/// The committed training rows, via `export`, grouped per shard in order.
+pub fn exported(client: &Client, dir: &Path) -> Vec<Row> {
+    let out = dir.join(format!("export-{}.parquet", rand_suffix()));
+    lockstep_daemon::offline::export(client, VIEW, &out).unwrap();
+    let schema = catalog().view(VIEW).unwrap().1.output.clone();
+    lockstep_io::read_rows(&out, &schema).unwrap()
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Asserts two row lists are equal bit for bit, naming the first difference.
+pub fn assert_rows_eq(got: &[Row], want: &[Row], what: &str) {
+    assert!(!want.is_empty(), "{what}: nothing to compare");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            lockstep_core::value::rows_bit_eq(g, w),
+            "{what}: row {i} differs:\n got  {g:?}\n want {w:?}"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: row counts differ");
+}
