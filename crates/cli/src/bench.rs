@@ -1,10 +1,12 @@
-//! `lockstep bench batch`: end-to-end throughput of the offline path on
-//! generated data, with the process's peak memory.
+//! `lockstep bench`: `batch` measures the offline path end to end on
+//! generated data, with the process's peak memory; `memory` the state per
+//! event and key; `ingest` and `serve` a running lockstepd over HTTP.
 
 use crate::gen::{GenArgs, CANONICAL_SQL, CANONICAL_VIEW};
 use crate::run::{run, RunArgs};
 use lockstep_gen::GenConfig;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
@@ -150,5 +152,189 @@ pub fn bench_memory(events: u64) -> anyhow::Result<()> {
         sparse.rss_delta_bytes >> 20,
         per_key
     );
+    Ok(())
+}
+
+/// `lockstep bench ingest|serve`: against a running node (`--addr`,
+/// `--token`), or a fresh local one started for the run.
+#[derive(Debug, Clone)]
+pub struct NodeBenchArgs {
+    pub addr: Option<String>,
+    pub token: Option<String>,
+    pub events: u64,
+    pub users: u64,
+    pub batch: usize,
+    pub threads: usize,
+    pub rate: u64,
+    pub seconds: u64,
+    pub dir: std::path::PathBuf,
+}
+
+fn node_for(a: &NodeBenchArgs) -> anyhow::Result<(Option<crate::node::LocalNode>, lockstep_daemon::client::Client)> {
+    match &a.addr {
+        Some(addr) => {
+            let token = a
+                .token
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--addr needs --token (or LOCKSTEP_TOKEN)"))?;
+            Ok((None, lockstep_daemon::client::Client::new(addr, &token)))
+        }
+        None => {
+            let dir = a.dir.join("bench-node");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            let sql = dir.join("ad_features.sql");
+            std::fs::write(&sql, crate::gen::CANONICAL_SQL)?;
+            let node = crate::node::LocalNode::start(&dir, &sql, "5 seconds")?;
+            println!("started lockstepd at {} (data in {})", node.addr, node.data_dir.display());
+            let c = node.client();
+            Ok((Some(node), c))
+        }
+    }
+}
+
+/// Generated events as JSON-lines request bodies of `batch` events, in
+/// `lanes` lanes: lane k holds the shards s with s % lanes == k, in event
+/// order, as producers keyed by user would send them.
+fn bodies(events: u64, users: u64, batch: usize, seed: u64, lanes: usize) -> anyhow::Result<Vec<Vec<String>>> {
+    let catalog = crate::pipeline::compile(crate::gen::CANONICAL_SQL, "canonical pipeline")?;
+    let schema = catalog.tables[0].schema.clone();
+    let gen = lockstep_gen::Generator::new(lockstep_gen::GenConfig {
+        events,
+        users,
+        seed,
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let table = &catalog.tables[0];
+    let lanes = lanes.max(1);
+    let mut out = vec![Vec::new(); lanes];
+    let mut cur = vec![String::new(); lanes];
+    let mut n = vec![0; lanes];
+    for e in gen {
+        let row = crate::gen::to_row(e);
+        let k = table.shard_of(&row) as usize % lanes;
+        cur[k].push_str(&lockstep_io::render_json(&row, &schema));
+        cur[k].push('\n');
+        n[k] += 1;
+        if n[k] == batch {
+            out[k].push(std::mem::take(&mut cur[k]));
+            n[k] = 0;
+        }
+    }
+    for k in 0..lanes {
+        if n[k] > 0 {
+            out[k].push(std::mem::take(&mut cur[k]));
+        }
+    }
+    Ok(out)
+}
+
+/// One connection per lane, each sending its lane's bodies in order.
+fn send_all(c: &lockstep_daemon::client::Client, lanes: &[Vec<String>]) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = lanes
+            .iter()
+            .map(|lane| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    for b in lane {
+                        c.post_json("/v1/tables/ad_events/events", b.as_bytes())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter().try_for_each(|h| h.join().expect("sender thread"))
+    })
+}
+
+pub fn bench_ingest(a: &NodeBenchArgs) -> anyhow::Result<()> {
+    let (node, c) = node_for(a)?;
+    println!("encoding {} events as JSON lines, {} per request", a.events, a.batch);
+    let bodies = bodies(a.events, a.users, a.batch, 42, a.threads)?;
+    println!("sending with {} connections (each owns a set of shards and keeps their order)", a.threads);
+    let start = Instant::now();
+    send_all(&c, &bodies)?;
+    let acked = start.elapsed().as_secs_f64();
+    crate::node::wait_caught_up(&c)?;
+    let processed = start.elapsed().as_secs_f64();
+    println!(
+        "ingest: {} events acknowledged (durable in the log) in {:.2} s = {:.0} events/s; processed by the shard actors in {:.2} s = {:.0} events/s",
+        a.events,
+        acked,
+        a.events as f64 / acked,
+        processed,
+        a.events as f64 / processed
+    );
+    let st = c.get_json("/v1/status")?;
+    println!("node: {} events in state, {} late, lag {}", st["events"], st["late"], st["lag"]);
+    drop(node);
+    Ok(())
+}
+
+pub fn bench_serve(a: &NodeBenchArgs) -> anyhow::Result<()> {
+    let (node, c) = node_for(a)?;
+    if node.is_some() && a.events > 0 {
+        println!("loading {} events so the keys have state", a.events);
+        send_all(&c, &bodies(a.events, a.users, a.batch, 7, a.threads)?)?;
+        crate::node::wait_caught_up(&c)?;
+    }
+    let threads = a.threads.max(1);
+    let per_thread = (a.rate as f64 / threads as f64).max(1.0);
+    let interval = std::time::Duration::from_secs_f64(1.0 / per_thread);
+    let total = (per_thread * a.seconds as f64) as u64;
+    println!(
+        "serving: {} requests/s for {} s ({} connections, open loop: latency counts from the scheduled send time)",
+        a.rate, a.seconds, threads
+    );
+    let lat = std::sync::Mutex::new(Vec::new());
+    let errors = std::sync::atomic::AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (c, lat, errors) = (c.clone(), &lat, &errors);
+            let users = a.users.max(1);
+            s.spawn(move || {
+                let mut mine = Vec::with_capacity(total as usize);
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
+                let offset = interval.mul_f64(t as f64 / threads as f64);
+                for i in 0..total {
+                    let due = start + offset + interval.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = format!("/v1/views/user_ad_features/keys/u{:06}", x % users + 1);
+                    match c.request("GET", &key, None, &[]) {
+                        Ok(r) if r.status == 200 => mine.push(due.elapsed().as_secs_f64() * 1e3),
+                        _ => {
+                            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+                lat.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let mut lat = lat.into_inner().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let p = |q| crate::quickstart::percentile(&lat, q);
+    println!(
+        "serve: {} ok, {} errors, {:.0} requests/s achieved; latency p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms",
+        lat.len(),
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        lat.len() as f64 / secs,
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    drop(node);
     Ok(())
 }

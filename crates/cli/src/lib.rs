@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod gen;
+pub mod node;
 pub mod pipeline;
 pub mod quickstart;
 pub mod run;

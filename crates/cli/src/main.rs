@@ -57,23 +57,27 @@ enum Cmd {
         #[arg(long, default_value_t = 0.01)]
         bots: f64,
     },
-    /// Generate a stream, run the canonical view through the streaming and batch paths, check they match.
+    /// Start lockstepd, stream generated events into it over HTTP while serving features, backfill, and check served == training == backfill == `lockstep run`.
     Quickstart {
         #[arg(long, default_value = "lockstep-quickstart")]
         dir: PathBuf,
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 300_000)]
         events: u64,
         #[arg(long, default_value_t = 20_000)]
         users: u64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        #[arg(long, default_value_t = 100)]
+        /// Send every Nth event through serve-and-ingest and check its features against its training row.
+        #[arg(long, default_value_t = 1000)]
         serve_every: u64,
     },
     /// Benchmarks. `batch`: `lockstep run` end to end on generated data;
-    /// `memory`: bytes of state per in-window event and per key.
+    /// `memory`: bytes of state per in-window event and per key;
+    /// `ingest`: events/s into a node over HTTP; `serve`: serving latency
+    /// at a fixed request rate. `ingest` and `serve` use the node at
+    /// --addr, or start a local one.
     Bench {
-        #[arg(value_parser = ["batch", "memory"])]
+        #[arg(value_parser = ["batch", "memory", "ingest", "serve"])]
         what: String,
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -86,6 +90,24 @@ enum Cmd {
         /// Reuse the generated input from an earlier run.
         #[arg(long)]
         reuse: bool,
+        /// ingest/serve: the node's API address (default: start a local node).
+        #[arg(long, env = "LOCKSTEP_ADDR")]
+        addr: Option<String>,
+        /// ingest/serve: the node's API token.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// ingest/serve: events per request.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// ingest/serve: concurrent connections.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// serve: requests per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// serve: how long to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
 }
 
@@ -159,8 +181,32 @@ fn main() -> ExitCode {
             dir,
             format,
             reuse,
+            addr,
+            token,
+            batch,
+            threads,
+            rate,
+            seconds,
         } => match what.as_str() {
             "memory" => bench::bench_memory(events),
+            "ingest" | "serve" => {
+                let a = bench::NodeBenchArgs {
+                    addr,
+                    token,
+                    events,
+                    users,
+                    batch,
+                    threads,
+                    rate,
+                    seconds,
+                    dir,
+                };
+                if what == "ingest" {
+                    bench::bench_ingest(&a)
+                } else {
+                    bench::bench_serve(&a)
+                }
+            }
             _ => bench::bench_batch(&bench::BenchArgs {
                 events,
                 users,

@@ -51,6 +51,10 @@ pub enum ShardMsg {
         target_bytes: u64,
         reply: Reply<CompactReport>,
     },
+    /// Process whatever the log holds beyond the shard's offset: sent by
+    /// the supervisor after a restart, for events whose messages went to the
+    /// failed predecessor.
+    CatchUp,
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
 }
@@ -268,7 +272,6 @@ impl ShardWorker {
     /// training rows, all under one atomic manifest update.
     pub async fn checkpoint(&mut self) -> Result<CheckpointReport, String> {
         let started = Instant::now();
-        self.catch_up()?;
         let (from, to) = (self.ckpt.log_offset, self.next_offset);
         let delta = self.engine.checkpoint_delta(self.shard).map_err(err)?;
         if from == to && delta.slots.is_empty() && self.ckpt.seq > 0 {
@@ -639,6 +642,10 @@ impl Actor for ShardActor {
             } => {
                 let _ = reply.send(w.compact(target_bytes).await);
             }
+            ShardMsg::CatchUp => {
+                w.catch_up()?;
+                w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
+            }
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
         }
         Ok(())
@@ -666,7 +673,9 @@ impl Supervisor {
         };
         let (actor, _) = Actor::spawn_linked(None, ShardActor, args, me.get_cell()).await?;
         st.owners.insert(actor.get_id(), shard);
-        st.ctx.shards.write().expect("shard registry")[shard as usize] = Some(actor);
+        st.ctx.shards.write().expect("shard registry")[shard as usize] = Some(actor.clone());
+        // events appended while the registry still named the failed actor
+        let _ = actor.send_message(ShardMsg::CatchUp);
         Ok(())
     }
 }

@@ -1,13 +1,47 @@
-//! The embedded log: one sled tree per shard, records keyed by their offset
-//! (big-endian, so key order is offset order), plus one metadata key holding
-//! the next offset, written in the same atomic batch as the records.
+//! The embedded log: one sled tree per shard. Each append is stored as one
+//! *record batch* (as Kafka does) under the big-endian offset of its first
+//! record, so key order is offset order and a large append costs one sled
+//! insert, not one per record. Two metadata keys hold the next offset and
+//! the start offset (after truncation); the next offset is written in the
+//! same atomic batch as the records.
 
 use crate::{FsyncPolicy, Log, LogError, Record};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Sorts after every 8-byte record key.
+/// Sorts after every 8-byte batch key.
 const NEXT_KEY: [u8; 9] = [0xff; 9];
+const START_KEY: [u8; 9] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe];
+
+/// A batch value: record count, then each record's length and bytes
+/// (little-endian u32s).
+fn encode_batch(records: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let len: usize = records.iter().map(|r| r.as_ref().len() + 4).sum();
+    let mut v = Vec::with_capacity(4 + len);
+    v.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        let r = r.as_ref();
+        v.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        v.extend_from_slice(r);
+    }
+    v
+}
+
+fn batch_count(v: &[u8]) -> u64 {
+    u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64
+}
+
+/// The records of a batch value.
+fn decode_batch(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let n = batch_count(v);
+    let mut at = 4usize;
+    (0..n).map(move |_| {
+        let len = u32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]) as usize;
+        let r = &v[at + 4..at + 4 + len];
+        at += 4 + len;
+        r
+    })
+}
 const SHARDS_KEY: &[u8] = b"shards";
 
 pub struct EmbeddedLog {
@@ -114,10 +148,11 @@ impl EmbeddedLog {
         for (shard, records) in appends {
             let i = shards.binary_search(shard).expect("listed above");
             firsts.push(next[i]);
-            for r in records {
-                batches[i].insert(&next[i].to_be_bytes(), r.as_slice());
-                next[i] += 1;
+            if records.is_empty() {
+                continue;
             }
+            batches[i].insert(&next[i].to_be_bytes(), encode_batch(records));
+            next[i] += records.len() as u64;
         }
         for (b, n) in batches.iter_mut().zip(&next) {
             b.insert(&NEXT_KEY, &n.to_be_bytes());
@@ -198,23 +233,9 @@ impl Log for EmbeddedLog {
     }
 
     fn append(&self, shard: u32, records: &[&[u8]]) -> Result<u64, LogError> {
-        let tree = self.tree(shard)?;
-        let mut next = self.next[shard as usize]
-            .lock()
-            .expect("an append panicked while holding the shard lock");
-        let first = *next;
-        let mut batch = sled::Batch::default();
-        for (i, r) in records.iter().enumerate() {
-            batch.insert(&(first + i as u64).to_be_bytes(), *r);
-        }
-        let end = first + records.len() as u64;
-        batch.insert(&NEXT_KEY, &end.to_be_bytes());
-        tree.apply_batch(batch)?;
-        if self.policy == FsyncPolicy::Always {
-            self.db.flush()?;
-        }
-        *next = end;
-        Ok(first)
+        self.tree(shard)?;
+        let records: Vec<Vec<u8>> = records.iter().map(|r| r.to_vec()).collect();
+        Ok(self.append_atomic(&[(shard, records)], &[])?[0])
     }
 
     fn read(&self, shard: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
@@ -227,26 +248,45 @@ impl Log for EmbeddedLog {
                 start,
             });
         }
-        let mut out = Vec::new();
-        for item in tree.range(from.to_be_bytes()..).take(max) {
-            let (k, v) = item?;
-            if k.len() != 8 {
-                break; // the metadata key sorts last
+        // the batch holding `from` starts at or before it
+        let first_key = match tree.range(..=from.to_be_bytes()).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                if k.len() == 8 {
+                    decode_u64(&k)
+                } else {
+                    from
+                }
             }
-            out.push(Record {
-                offset: decode_u64(&k),
-                bytes: v.to_vec(),
-            });
+            None => from,
+        };
+        let mut out = Vec::new();
+        for item in tree.range(first_key.to_be_bytes()..) {
+            let (k, v) = item?;
+            if k.len() != 8 || out.len() >= max {
+                break; // the metadata keys sort last
+            }
+            let first = decode_u64(&k);
+            for (i, r) in decode_batch(&v).enumerate() {
+                let offset = first + i as u64;
+                if offset < from {
+                    continue;
+                }
+                if out.len() >= max {
+                    break;
+                }
+                out.push(Record {
+                    offset,
+                    bytes: r.to_vec(),
+                });
+            }
         }
         Ok(out)
     }
 
     fn start_offset(&self, shard: u32) -> Result<u64, LogError> {
         let tree = self.tree(shard)?;
-        match tree.first()? {
-            Some((k, _)) if k.len() == 8 => Ok(decode_u64(&k)),
-            _ => self.end_offset(shard),
-        }
+        Ok(tree.get(START_KEY)?.map_or(0, |v| decode_u64(&v)))
     }
 
     fn end_offset(&self, shard: u32) -> Result<u64, LogError> {
@@ -258,11 +298,19 @@ impl Log for EmbeddedLog {
 
     fn truncate_below(&self, shard: u32, offset: u64) -> Result<(), LogError> {
         let tree = self.tree(shard)?;
+        let end = self.end_offset(shard)?;
+        let offset = offset.min(end);
+        if offset <= self.start_offset(shard)? {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for item in tree.range(..offset.to_be_bytes()) {
-            let (k, _) = item?;
-            batch.remove(k);
+            let (k, v) = item?;
+            if k.len() == 8 && decode_u64(&k) + batch_count(&v) <= offset {
+                batch.remove(k);
+            }
         }
+        batch.insert(&START_KEY, &offset.to_be_bytes());
         tree.apply_batch(batch)?;
         if self.policy == FsyncPolicy::Always {
             self.db.flush()?;

@@ -51,6 +51,19 @@ fn conformance(log: &dyn Log) {
         "everything truncated: start = end"
     );
     assert_eq!(log.append(0, &[b"e"]).unwrap(), 4);
+    // truncation inside one append keeps the records above the offset
+    assert_eq!(log.append(1, &[b"y", b"z", b"w"]).unwrap(), 1);
+    log.truncate_below(1, 2).unwrap();
+    assert_eq!(log.start_offset(1).unwrap(), 2);
+    let rest: Vec<(u64, Vec<u8>)> = log
+        .read(1, 2, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.offset, r.bytes))
+        .collect();
+    assert_eq!(rest, vec![(2, b"z".to_vec()), (3, b"w".to_vec())]);
+    assert!(matches!(log.read(1, 1, 10), Err(LogError::Truncated { start: 2, .. })));
+    assert_eq!(log.read(1, 3, 1).unwrap()[0].bytes, b"w");
     assert!(matches!(
         log.append(99, &[b"z"]),
         Err(LogError::NoShard { shard: 99, .. })

@@ -43,7 +43,15 @@ struct Args {
     idempotency_ttl: Option<String>,
 }
 
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e`.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Keep freed pages instead of returning them to the OS after 10 ms: the
+    // node's allocation rate is steady, and re-faulting (and zeroing) fresh
+    // pages cost a seventh of its CPU under ingest.
+    // SAFETY: sets one integer option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")

@@ -1,0 +1,112 @@
+//! Starting a local lockstepd for `quickstart` and `bench`: the real daemon
+//! binary (built next to `lockstep`), on the embedded default.
+
+use anyhow::{bail, Context};
+use lockstep_daemon::client::Client;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct LocalNode {
+    child: Option<Child>,
+    pub addr: String,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The lockstepd binary: next to this executable (cargo builds both into
+/// the same directory), or LOCKSTEPD.
+pub fn lockstepd_path() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("LOCKSTEPD") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().context("locating the lockstep executable")?;
+    let p = me.with_file_name("lockstepd");
+    if !p.exists() {
+        bail!(
+            "lockstepd is not built next to {} — run `cargo build --release` (the whole workspace) first, or set LOCKSTEPD",
+            me.display()
+        );
+    }
+    Ok(p)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalNode {
+    /// Starts a node for `pipeline` with its data under `dir`.
+    pub fn start(dir: &Path, pipeline: &Path, checkpoint_interval: &str) -> anyhow::Result<LocalNode> {
+        let bin = lockstepd_path()?;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let token = format!("quickstart-{}", std::process::id());
+        let data_dir = dir.join("node");
+        let log = dir.join("lockstepd.log");
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--pipeline")
+            .arg(pipeline)
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--token")
+            .arg(&token)
+            .arg("--checkpoint-interval")
+            .arg(checkpoint_interval)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let node = LocalNode {
+            child: Some(child),
+            addr,
+            token,
+            data_dir,
+            log,
+        };
+        node.client()
+            .wait_healthy(Duration::from_secs(60))
+            .with_context(|| format!("lockstepd did not start; see {}", node.log.display()))?;
+        Ok(node)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.addr, &self.token)
+    }
+
+    /// Graceful stop (SIGTERM: a final checkpoint), waiting for the exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+            let st = c.wait()?;
+            if !st.success() {
+                bail!("lockstepd exited with {st}; see {}", self.log.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls the node until every shard has processed its whole log.
+pub fn wait_caught_up(c: &Client) -> anyhow::Result<()> {
+    loop {
+        let st = c.get_json("/v1/status")?;
+        if st["lag"].as_u64() == Some(0) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
