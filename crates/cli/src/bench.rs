@@ -170,7 +170,12 @@ pub struct NodeBenchArgs {
     pub dir: std::path::PathBuf,
 }
 
-fn node_for(a: &NodeBenchArgs) -> anyhow::Result<(Option<crate::node::LocalNode>, lockstep_daemon::client::Client)> {
+fn node_for(
+    a: &NodeBenchArgs,
+) -> anyhow::Result<(
+    Option<crate::node::LocalNode>,
+    lockstep_daemon::client::Client,
+)> {
     match &a.addr {
         Some(addr) => {
             let token = a
@@ -188,7 +193,11 @@ fn node_for(a: &NodeBenchArgs) -> anyhow::Result<(Option<crate::node::LocalNode>
             let sql = dir.join("ad_features.sql");
             std::fs::write(&sql, crate::gen::CANONICAL_SQL)?;
             let node = crate::node::LocalNode::start(&dir, &sql, "5 seconds")?;
-            println!("started lockstepd at {} (data in {})", node.addr, node.data_dir.display());
+            println!(
+                "started lockstepd at {} (data in {})",
+                node.addr,
+                node.data_dir.display()
+            );
             let c = node.client();
             Ok((Some(node), c))
         }
@@ -198,7 +207,13 @@ fn node_for(a: &NodeBenchArgs) -> anyhow::Result<(Option<crate::node::LocalNode>
 /// Generated events as JSON-lines request bodies of `batch` events, in
 /// `lanes` lanes: lane k holds the shards s with s % lanes == k, in event
 /// order, as producers keyed by user would send them.
-fn bodies(events: u64, users: u64, batch: usize, seed: u64, lanes: usize) -> anyhow::Result<Vec<Vec<String>>> {
+fn bodies(
+    events: u64,
+    users: u64,
+    batch: usize,
+    seed: u64,
+    lanes: usize,
+) -> anyhow::Result<Vec<Vec<String>>> {
     let catalog = crate::pipeline::compile(crate::gen::CANONICAL_SQL, "canonical pipeline")?;
     let schema = catalog.tables[0].schema.clone();
     let gen = lockstep_gen::Generator::new(lockstep_gen::GenConfig {
@@ -246,15 +261,22 @@ fn send_all(c: &lockstep_daemon::client::Client, lanes: &[Vec<String>]) -> anyho
                 })
             })
             .collect();
-        hs.into_iter().try_for_each(|h| h.join().expect("sender thread"))
+        hs.into_iter()
+            .try_for_each(|h| h.join().expect("sender thread"))
     })
 }
 
 pub fn bench_ingest(a: &NodeBenchArgs) -> anyhow::Result<()> {
     let (node, c) = node_for(a)?;
-    println!("encoding {} events as JSON lines, {} per request", a.events, a.batch);
+    println!(
+        "encoding {} events as JSON lines, {} per request",
+        a.events, a.batch
+    );
     let bodies = bodies(a.events, a.users, a.batch, 42, a.threads)?;
-    println!("sending with {} connections (each owns a set of shards and keeps their order)", a.threads);
+    println!(
+        "sending with {} connections (each owns a set of shards and keeps their order)",
+        a.threads
+    );
     let start = Instant::now();
     send_all(&c, &bodies)?;
     let acked = start.elapsed().as_secs_f64();
@@ -269,7 +291,10 @@ pub fn bench_ingest(a: &NodeBenchArgs) -> anyhow::Result<()> {
         a.events as f64 / processed
     );
     let st = c.get_json("/v1/status")?;
-    println!("node: {} events in state, {} late, lag {}", st["events"], st["late"], st["lag"]);
+    println!(
+        "node: {} events in state, {} late, lag {}",
+        st["events"], st["late"], st["lag"]
+    );
     drop(node);
     Ok(())
 }

@@ -33,12 +33,18 @@ pub fn lockstepd_path() -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl LocalNode {
     /// Starts a node for `pipeline` with its data under `dir`.
-    pub fn start(dir: &Path, pipeline: &Path, checkpoint_interval: &str) -> anyhow::Result<LocalNode> {
+    pub fn start(
+        dir: &Path,
+        pipeline: &Path,
+        checkpoint_interval: &str,
+    ) -> anyhow::Result<LocalNode> {
         let bin = lockstepd_path()?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let token = format!("quickstart-{}", std::process::id());
@@ -81,7 +87,10 @@ impl LocalNode {
     /// Graceful stop (SIGTERM: a final checkpoint), waiting for the exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
-            Command::new("kill").arg("-TERM").arg(c.id().to_string()).status()?;
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()?;
             let st = c.wait()?;
             if !st.success() {
                 bail!("lockstepd exited with {st}; see {}", self.log.display());

@@ -58,9 +58,16 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
     }
     let sql_path = args.dir.join("ad_features.sql");
     std::fs::write(&sql_path, CANONICAL_SQL)?;
-    let catalog = Arc::new(crate::pipeline::compile(CANONICAL_SQL, "canonical pipeline")?);
+    let catalog = Arc::new(crate::pipeline::compile(
+        CANONICAL_SQL,
+        "canonical pipeline",
+    )?);
     let table = catalog.tables[0].clone();
-    let view = catalog.view(CANONICAL_VIEW).expect("canonical view").1.clone();
+    let view = catalog
+        .view(CANONICAL_VIEW)
+        .expect("canonical view")
+        .1
+        .clone();
 
     println!(
         "1/5 generating {} ad events for {} users (seed {})",
@@ -127,7 +134,10 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
                             &format!("/v1/views/{CANONICAL_VIEW}/features?ingest=true"),
                             json.as_bytes(),
                         )?;
-                        served.lock().unwrap().push((e[0].clone(), f["features"].clone()));
+                        served
+                            .lock()
+                            .unwrap()
+                            .push((e[0].clone(), f["features"].clone()));
                         continue;
                     }
                     body.push_str(&json);
@@ -149,10 +159,18 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
                     k = (k * 7919 + 13) % users.max(1);
                     let t = Instant::now();
                     let ok = client
-                        .request("GET", &format!("/v1/views/{CANONICAL_VIEW}/keys/u{:06}", k + 1), None, &[])
+                        .request(
+                            "GET",
+                            &format!("/v1/views/{CANONICAL_VIEW}/keys/u{:06}", k + 1),
+                            None,
+                            &[],
+                        )
                         .is_ok_and(|r| r.status == 200);
                     if ok {
-                        latencies.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                        latencies
+                            .lock()
+                            .unwrap()
+                            .push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -192,7 +210,9 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
     println!("5/5 parity checks");
     let online = lockstep_io::read_rows(&training, &view.output)?;
     let backfilled = lockstep_io::read_rows(&backfill_path, &view.output)?;
-    let same = |a: &[Row], b: &[Row]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| rows_bit_eq(x, y));
+    let same = |a: &[Row], b: &[Row]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| rows_bit_eq(x, y))
+    };
     let training_eq_backfill = same(&online, &backfilled);
     // `lockstep run`'s engine over the same events, per shard, without the
     // end-of-input flush (rows still waiting for labels are not final online)
@@ -240,16 +260,29 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
         identical: training_eq_backfill && training_eq_batch && served_eq,
     };
     println!();
-    println!("events ingested         {} in {:.1} s: {:.0} events/s over HTTP, durable and processed", args.events, ingest_secs, report.ingest_events_per_sec);
+    println!(
+        "events ingested         {} in {:.1} s: {:.0} events/s over HTTP, durable and processed",
+        args.events, ingest_secs, report.ingest_events_per_sec
+    );
     println!(
         "serving while ingesting {} lookups: p50 {:.2} ms, p99 {:.2} ms (HTTP round trip)",
         lat.len(),
         report.serve_p50_ms,
         report.serve_p99_ms
     );
-    println!("training rows           {} committed ({} segments)", exp.rows, exp.segments);
-    println!("backfill                {} events replayed in {:.1} s → {} rows", bf.events, bf_secs, bf.rows);
-    println!("served == training      {} ({} served-and-ingested events with final rows checked)", yes(served_eq), served_checked);
+    println!(
+        "training rows           {} committed ({} segments)",
+        exp.rows, exp.segments
+    );
+    println!(
+        "backfill                {} events replayed in {:.1} s → {} rows",
+        bf.events, bf_secs, bf.rows
+    );
+    println!(
+        "served == training      {} ({} served-and-ingested events with final rows checked)",
+        yes(served_eq),
+        served_checked
+    );
     println!("training == backfill    {}", yes(training_eq_backfill));
     println!("training == lockstep run {}", yes(training_eq_batch));
     println!("files");
@@ -257,7 +290,10 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
     println!("  training rows         {}", training.display());
     println!("  backfill rows         {}", backfill_path.display());
     println!("  node data             {}", node.data_dir.display());
-    println!("  object store          {}", node.data_dir.join("objects").display());
+    println!(
+        "  object store          {}",
+        node.data_dir.join("objects").display()
+    );
     println!("  node log              {}", node.log.display());
     if !report.identical {
         bail!(

@@ -32,6 +32,9 @@ pub struct NodeCtx {
     /// backpressure).
     pub processed: Vec<AtomicU64>,
     pub restarts: Vec<AtomicU64>,
+    /// Held by a shard's running checkpoint task; recovery takes it first,
+    /// so a restarted actor never loads under a predecessor's commit.
+    pub checkpoint_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
     pub metrics: Metrics,
     pub stopping: AtomicBool,
     pub started_ms: i64,
@@ -168,6 +171,9 @@ impl Node {
             shards: RwLock::new(vec![None; n]),
             processed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             restarts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            checkpoint_locks: (0..n)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             metrics: Metrics::new(),
             stopping: AtomicBool::new(false),
             started_ms: now_ms(),

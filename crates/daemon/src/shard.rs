@@ -41,6 +41,12 @@ pub enum ShardMsg {
     Checkpoint {
         reply: Option<Reply<CheckpointReport>>,
     },
+    /// A checkpoint task finished (sent by the task itself).
+    CheckpointDone {
+        done: Box<CheckpointOutcome>,
+        started: Instant,
+        replies: Vec<Reply<CheckpointReport>>,
+    },
     Status {
         reply: Reply<ShardStatus>,
     },
@@ -113,6 +119,11 @@ pub struct ShardWorker {
     late: Vec<(u64, i64, Row)>,
     segments: Vec<SegmentInfo>,
     emitted: Vec<Emitted>,
+    /// A checkpoint task is running; `again`: another was asked for
+    /// meanwhile (its callers wait in `replies`).
+    in_flight: bool,
+    again: bool,
+    replies: Vec<Reply<CheckpointReport>>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -124,6 +135,9 @@ impl ShardWorker {
     /// checkpoints, and replays the log from the checkpoint's offset.
     pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, String> {
         let mut engine = Engine::new(ctx.catalog.clone(), &ctx.view_name_refs()).map_err(err)?;
+        // a failed predecessor's checkpoint may still be writing: load after it
+        let lock = ctx.checkpoint_locks[shard as usize].clone();
+        let _guard = lock.lock().await;
         let mut w_ckpt = CheckpointInfo::default();
         let mut segs = Vec::new();
         if let Some(l) = ctx.state.load(shard).map_err(err)? {
@@ -143,6 +157,9 @@ impl ShardWorker {
             late: Vec::new(),
             segments: segs,
             emitted: Vec::new(),
+            in_flight: false,
+            again: false,
+            replies: Vec::new(),
         };
         w.delete_orphans().await?;
         w.catch_up()?;
@@ -268,14 +285,37 @@ impl ShardWorker {
         self.engine.serve(view, event).map_err(err)
     }
 
-    /// Persists the state delta, archives the log slice and commits the
-    /// training rows, all under one atomic manifest update.
-    pub async fn checkpoint(&mut self) -> Result<CheckpointReport, String> {
+    /// Starts a checkpoint: takes the state delta and the rows to commit
+    /// (cheap, on the actor), and writes them in a separate task so the shard
+    /// keeps serving meanwhile. At most one runs per shard; a request during
+    /// one is served by the next, which starts when it ends. The result comes
+    /// back as [`ShardMsg::CheckpointDone`].
+    pub fn start_checkpoint(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        reply: Option<Reply<CheckpointReport>>,
+    ) {
+        if self.in_flight {
+            self.again = true;
+            self.replies.extend(reply);
+            return;
+        }
+        let mut replies: Vec<_> = std::mem::take(&mut self.replies);
+        replies.extend(reply);
+        self.again = false;
         let started = Instant::now();
         let (from, to) = (self.ckpt.log_offset, self.next_offset);
-        let delta = self.engine.checkpoint_delta(self.shard).map_err(err)?;
+        let delta = match self.engine.checkpoint_delta(self.shard) {
+            Ok(d) => d,
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(e.to_string()));
+                }
+                return;
+            }
+        };
         if from == to && delta.slots.is_empty() && self.ckpt.seq > 0 {
-            return Ok(CheckpointReport {
+            let report = CheckpointReport {
                 shard: self.shard,
                 seq: self.ckpt.seq,
                 log_offset: to,
@@ -285,192 +325,96 @@ impl ShardWorker {
                 training_rows: 0,
                 segments: 0,
                 millis: started.elapsed().as_secs_f64() * 1e3,
-            });
-        }
-        let result = self.write_checkpoint(from, to, &delta).await;
-        let (info, added, training_rows) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                // the delta's slots were taken: write everything next time
-                self.engine.mark_all_changed(self.shard);
-                self.ctx.metrics.checkpoint_failures.inc();
-                return Err(e);
+            };
+            for r in replies {
+                let _ = r.send(Ok(report.clone()));
             }
-        };
-        // everything below `to` is archived and reflected in the state
-        if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
-            tracing::warn!(shard = self.shard, "log truncation failed: {e}");
+            return;
         }
-        for t in &mut self.training {
-            t.clear();
-        }
-        self.late.clear();
-        let n_added = added.len();
-        self.segments.extend(added);
-        self.ckpt = info.clone();
-        let secs = started.elapsed().as_secs_f64();
-        self.ctx.metrics.checkpoint_seconds.observe(secs);
-        self.ctx.metrics.checkpoints.inc();
-        Ok(CheckpointReport {
+        let n_views = self.training.len();
+        let job = CheckpointJob {
+            ctx: self.ctx.clone(),
             shard: self.shard,
-            seq: info.seq,
-            log_offset: to,
-            wrote: true,
-            slots_written: info.slots_written,
-            bytes_written: info.bytes_written,
-            training_rows,
-            segments: n_added,
-            millis: secs * 1e3,
-        })
+            from,
+            to,
+            seq: self.ckpt.seq,
+            delta,
+            training: std::mem::replace(&mut self.training, vec![Vec::new(); n_views]),
+            late: std::mem::take(&mut self.late),
+        };
+        self.in_flight = true;
+        let me = me.clone();
+        let lock = self.ctx.checkpoint_locks[self.shard as usize].clone();
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let result = write_checkpoint(&job).await;
+            let done = match result {
+                Ok((info, added, training_rows)) => Ok((info, added, training_rows)),
+                Err(e) => Err((e, job.training, job.late)),
+            };
+            let _ = me.send_message(ShardMsg::CheckpointDone {
+                done: Box::new(done),
+                started,
+                replies,
+            });
+        });
     }
 
-    async fn write_checkpoint(
+    /// Applies a finished checkpoint to the actor's view of its manifest.
+    pub fn finish_checkpoint(
         &mut self,
-        from: u64,
-        to: u64,
-        delta: &lockstep_core::ShardDelta,
-    ) -> Result<(CheckpointInfo, Vec<SegmentInfo>, u64), String> {
-        let ctx = self.ctx.clone();
-        let store = ctx.objects.as_ref();
-        let table = &ctx.table;
-        let mut added = Vec::new();
-        if to > from {
-            let recs = ctx
-                .log
-                .read(self.shard, from, (to - from) as usize)
-                .map_err(err)?;
-            if recs.len() as u64 != to - from {
-                return Err(format!(
-                    "shard {}: the log holds {} records of {from}..{to}",
-                    self.shard,
-                    recs.len()
-                ));
-            }
-            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            let mut rows = Vec::with_capacity(recs.len());
-            for r in recs {
-                let mut row = crate::node::decode_event(&r.bytes)?;
-                if let Value::Timestamp(t) = row[table.time] {
-                    lo = lo.min(t);
-                    hi = hi.max(t);
+        me: &ActorRef<ShardMsg>,
+        done: CheckpointOutcome,
+        started: Instant,
+        replies: Vec<Reply<CheckpointReport>>,
+    ) {
+        self.in_flight = false;
+        let result = match done {
+            Ok((info, added, training_rows)) => {
+                let to = info.log_offset;
+                // everything below `to` is archived and reflected in the state
+                if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
+                    tracing::warn!(shard = self.shard, "log truncation failed: {e}");
                 }
-                row.push(Value::BigInt(r.offset as i64));
-                rows.push(row);
+                let n_added = added.len();
+                self.segments.extend(added);
+                self.ckpt = info.clone();
+                let secs = started.elapsed().as_secs_f64();
+                self.ctx.metrics.checkpoint_seconds.observe(secs);
+                self.ctx.metrics.checkpoints.inc();
+                Ok(CheckpointReport {
+                    shard: self.shard,
+                    seq: info.seq,
+                    log_offset: to,
+                    wrote: true,
+                    slots_written: info.slots_written,
+                    bytes_written: info.bytes_written,
+                    training_rows,
+                    segments: n_added,
+                    millis: secs * 1e3,
+                })
             }
-            let name = format!("raw/{}/{}", table.name, self.shard);
-            let bytes = lockstep_io::rows_to_parquet(&name, &rows, &raw_schema(&table.schema))
-                .map_err(err)?;
-            let n = rows.len() as u64;
-            drop(rows);
-            added.push(
-                put_segment(
-                    store,
-                    "raw",
-                    &table.name,
-                    self.shard,
-                    from,
-                    to,
-                    "parquet",
-                    bytes,
-                    n,
-                    (lo, hi),
-                )
-                .await
-                .map_err(err)?,
-            );
-        }
-        let mut training_rows = 0;
-        for (v, rows) in self.training.iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let view = ctx.view(v);
-            let tcol = view.output.index_of(&table.schema.columns[table.time].name);
-            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            if let Some(c) = tcol {
-                for r in rows {
-                    if let Value::Timestamp(t) = r[c] {
-                        lo = lo.min(t);
-                        hi = hi.max(t);
-                    }
+            Err((e, mut training, mut late)) => {
+                tracing::error!(shard = self.shard, "checkpoint failed: {e}");
+                // the delta's slots were taken: write everything next time;
+                // the rows go back in front of the ones since
+                self.engine.mark_all_changed(self.shard);
+                self.ctx.metrics.checkpoint_failures.inc();
+                for (old, new) in training.iter_mut().zip(&mut self.training) {
+                    old.append(new);
+                    std::mem::swap(old, new);
                 }
+                late.append(&mut self.late);
+                self.late = late;
+                Err(e)
             }
-            let name = format!("training/{}/{}", view.name, self.shard);
-            let bytes = lockstep_io::rows_to_parquet(&name, rows, &view.output).map_err(err)?;
-            training_rows += rows.len() as u64;
-            added.push(
-                put_segment(
-                    store,
-                    "training",
-                    &view.name,
-                    self.shard,
-                    from,
-                    to,
-                    "parquet",
-                    bytes,
-                    rows.len() as u64,
-                    (lo, hi),
-                )
-                .await
-                .map_err(err)?,
-            );
-        }
-        if !self.late.is_empty() {
-            let mut text = String::new();
-            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            for (off, wm, row) in &self.late {
-                if let Value::Timestamp(t) = row[table.time] {
-                    lo = lo.min(t);
-                    hi = hi.max(t);
-                }
-                text.push_str(&format!(
-                    "{{\"offset\":{off},\"reason\":\"event_time below the shard watermark {}\",\"event\":{}}}\n",
-                    lockstep_core::time::format_rfc3339_ms(*wm),
-                    lockstep_io::render_json(row, &table.schema)
-                ));
-            }
-            added.push(
-                put_segment(
-                    store,
-                    "late",
-                    &table.name,
-                    self.shard,
-                    from,
-                    to,
-                    "jsonl",
-                    text.into_bytes(),
-                    self.late.len() as u64,
-                    (lo, hi),
-                )
-                .await
-                .map_err(err)?,
-            );
-        }
-        let info = CheckpointInfo {
-            seq: self.ckpt.seq + 1,
-            log_offset: to,
-            at_ms: crate::node::now_ms(),
-            slots_written: delta.slots.len() as u64,
-            bytes_written: 0,
         };
-        let bytes = ctx
-            .state
-            .commit(
-                self.shard,
-                Commit {
-                    meta: &delta.meta,
-                    slots: &delta.slots,
-                    info: info.clone(),
-                    add_segments: &added,
-                    remove_segments: &[],
-                },
-            )
-            .map_err(err)?;
-        let info = CheckpointInfo {
-            bytes_written: bytes,
-            ..info
-        };
-        Ok((info, added, training_rows))
+        for r in replies {
+            let _ = r.send(result.clone());
+        }
+        if self.again {
+            self.start_checkpoint(me, None);
+        }
     }
 
     pub fn status(&mut self, restarts: u64) -> ShardStatus {
@@ -589,6 +533,174 @@ impl ShardWorker {
     }
 }
 
+/// One checkpoint's data, written off the actor.
+pub struct CheckpointJob {
+    ctx: Arc<NodeCtx>,
+    shard: u32,
+    from: u64,
+    to: u64,
+    seq: u64,
+    delta: lockstep_core::ShardDelta,
+    training: Vec<Vec<Row>>,
+    late: Vec<(u64, i64, Row)>,
+}
+
+type LateRow = (u64, i64, Row);
+
+/// A checkpoint's result: its info, new segments and training rows; or the
+/// error with the rows it could not commit.
+pub type CheckpointOutcome =
+    Result<(CheckpointInfo, Vec<SegmentInfo>, u64), (String, Vec<Vec<Row>>, Vec<LateRow>)>;
+
+/// Archives the log slice, writes the training and late rows, and commits
+/// them with the state delta in one atomic batch.
+async fn write_checkpoint(
+    job: &CheckpointJob,
+) -> Result<(CheckpointInfo, Vec<SegmentInfo>, u64), String> {
+    let ctx = job.ctx.clone();
+    let (from, to, delta) = (job.from, job.to, &job.delta);
+    let store = ctx.objects.as_ref();
+    let table = &ctx.table;
+    let mut added = Vec::new();
+    if to > from {
+        let recs = ctx
+            .log
+            .read(job.shard, from, (to - from) as usize)
+            .map_err(err)?;
+        if recs.len() as u64 != to - from {
+            return Err(format!(
+                "shard {}: the log holds {} records of {from}..{to}",
+                job.shard,
+                recs.len()
+            ));
+        }
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        let mut rows = Vec::with_capacity(recs.len());
+        for r in recs {
+            let mut row = crate::node::decode_event(&r.bytes)?;
+            if let Value::Timestamp(t) = row[table.time] {
+                lo = lo.min(t);
+                hi = hi.max(t);
+            }
+            row.push(Value::BigInt(r.offset as i64));
+            rows.push(row);
+        }
+        let name = format!("raw/{}/{}", table.name, job.shard);
+        let bytes =
+            lockstep_io::rows_to_parquet(&name, &rows, &raw_schema(&table.schema)).map_err(err)?;
+        let n = rows.len() as u64;
+        drop(rows);
+        added.push(
+            put_segment(
+                store,
+                "raw",
+                &table.name,
+                job.shard,
+                from,
+                to,
+                "parquet",
+                bytes,
+                n,
+                (lo, hi),
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    let mut training_rows = 0;
+    for (v, rows) in job.training.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let view = ctx.view(v);
+        let tcol = view.output.index_of(&table.schema.columns[table.time].name);
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        if let Some(c) = tcol {
+            for r in rows {
+                if let Value::Timestamp(t) = r[c] {
+                    lo = lo.min(t);
+                    hi = hi.max(t);
+                }
+            }
+        }
+        let name = format!("training/{}/{}", view.name, job.shard);
+        let bytes = lockstep_io::rows_to_parquet(&name, rows, &view.output).map_err(err)?;
+        training_rows += rows.len() as u64;
+        added.push(
+            put_segment(
+                store,
+                "training",
+                &view.name,
+                job.shard,
+                from,
+                to,
+                "parquet",
+                bytes,
+                rows.len() as u64,
+                (lo, hi),
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    if !job.late.is_empty() {
+        let mut text = String::new();
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (off, wm, row) in &job.late {
+            if let Value::Timestamp(t) = row[table.time] {
+                lo = lo.min(t);
+                hi = hi.max(t);
+            }
+            text.push_str(&format!(
+                "{{\"offset\":{off},\"reason\":\"event_time below the shard watermark {}\",\"event\":{}}}\n",
+                lockstep_core::time::format_rfc3339_ms(*wm),
+                lockstep_io::render_json(row, &table.schema)
+            ));
+        }
+        added.push(
+            put_segment(
+                store,
+                "late",
+                &table.name,
+                job.shard,
+                from,
+                to,
+                "jsonl",
+                text.into_bytes(),
+                job.late.len() as u64,
+                (lo, hi),
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    let info = CheckpointInfo {
+        seq: job.seq + 1,
+        log_offset: to,
+        at_ms: crate::node::now_ms(),
+        slots_written: delta.slots.len() as u64,
+        bytes_written: 0,
+    };
+    let bytes = ctx
+        .state
+        .commit(
+            job.shard,
+            Commit {
+                meta: &delta.meta,
+                slots: &delta.slots,
+                info: info.clone(),
+                add_segments: &added,
+                remove_segments: &[],
+            },
+        )
+        .map_err(err)?;
+    let info = CheckpointInfo {
+        bytes_written: bytes,
+        ..info
+    };
+    Ok((info, added, training_rows))
+}
+
 pub struct ShardActor;
 
 pub struct ShardArgs {
@@ -611,7 +723,7 @@ impl Actor for ShardActor {
 
     async fn handle(
         &self,
-        _me: ActorRef<ShardMsg>,
+        me: ActorRef<ShardMsg>,
         msg: ShardMsg,
         w: &mut ShardWorker,
     ) -> Result<(), ActorProcessingErr> {
@@ -620,15 +732,12 @@ impl Actor for ShardActor {
             ShardMsg::Serve { view, event, reply } => {
                 let _ = reply.send(w.serve(view, &event));
             }
-            ShardMsg::Checkpoint { reply } => {
-                let r = w.checkpoint().await;
-                if let Err(e) = &r {
-                    tracing::error!(shard = w.shard, "checkpoint failed: {e}");
-                }
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
-            }
+            ShardMsg::Checkpoint { reply } => w.start_checkpoint(&me, reply),
+            ShardMsg::CheckpointDone {
+                done,
+                started,
+                replies,
+            } => w.finish_checkpoint(&me, *done, started, replies),
             ShardMsg::Status { reply } => {
                 let restarts = w.ctx.restarts[w.shard as usize].load(Ordering::Relaxed);
                 let _ = reply.send(Ok(w.status(restarts)));

@@ -21,7 +21,11 @@ fn segments_go_to_s3_and_survive_a_sigkill() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("s3://{bucket}/test-{}-{}", std::process::id(), rand_suffix());
+    let prefix = format!(
+        "s3://{bucket}/test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    );
     let mut d = Daemon::start(
         dir.path(),
         &[("object-store", &prefix), ("checkpoint-interval", "1 hour")],
@@ -34,11 +38,18 @@ fn segments_go_to_s3_and_survive_a_sigkill() {
     );
     let rows = events(4000, 100, 21);
     let (a, b) = rows.split_at(2500);
-    d.client().post_json("/v1/tables/ad_events/events", jsonl(a).as_bytes()).unwrap();
+    d.client()
+        .post_json("/v1/tables/ad_events/events", jsonl(a).as_bytes())
+        .unwrap();
     d.client().post_json("/v1/checkpoint", b"").unwrap();
-    d.client().post_json("/v1/tables/ad_events/events", jsonl(b).as_bytes()).unwrap();
+    d.client()
+        .post_json("/v1/tables/ad_events/events", jsonl(b).as_bytes())
+        .unwrap();
     d.kill();
-    assert!(!dir.path().join("data/objects").exists(), "segments must not go to the local default");
+    assert!(
+        !dir.path().join("data/objects").exists(),
+        "segments must not go to the local default"
+    );
     d.restart();
     let c = d.client();
     c.post_json("/v1/checkpoint", b"").unwrap();
@@ -51,5 +62,9 @@ fn segments_go_to_s3_and_survive_a_sigkill() {
     let out = dir.path().join("bf.parquet");
     lockstep_daemon::offline::backfill(&c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
     let schema = catalog().view(VIEW).unwrap().1.output.clone();
-    assert_rows_eq(&lockstep_io::read_rows(&out, &schema).unwrap(), &got, "backfill from S3");
+    assert_rows_eq(
+        &lockstep_io::read_rows(&out, &schema).unwrap(),
+        &got,
+        "backfill from S3",
+    );
 }

@@ -62,7 +62,10 @@ fn conformance(log: &dyn Log) {
         .map(|r| (r.offset, r.bytes))
         .collect();
     assert_eq!(rest, vec![(2, b"z".to_vec()), (3, b"w".to_vec())]);
-    assert!(matches!(log.read(1, 1, 10), Err(LogError::Truncated { start: 2, .. })));
+    assert!(matches!(
+        log.read(1, 1, 10),
+        Err(LogError::Truncated { start: 2, .. })
+    ));
     assert_eq!(log.read(1, 3, 1).unwrap()[0].bytes, b"w");
     assert!(matches!(
         log.append(99, &[b"z"]),
