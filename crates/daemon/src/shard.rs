@@ -305,6 +305,24 @@ impl ShardWorker {
         self.again = false;
         let started = Instant::now();
         let (from, to) = (self.ckpt.log_offset, self.next_offset);
+        if from == to && self.ckpt.seq > 0 && self.late.is_empty() {
+            // no event since the last checkpoint, so no state change
+            let report = CheckpointReport {
+                shard: self.shard,
+                seq: self.ckpt.seq,
+                log_offset: to,
+                wrote: false,
+                slots_written: 0,
+                bytes_written: 0,
+                training_rows: 0,
+                segments: 0,
+                millis: 0.0,
+            };
+            for r in replies {
+                let _ = r.send(Ok(report.clone()));
+            }
+            return;
+        }
         let delta = match self.engine.checkpoint_delta(self.shard) {
             Ok(d) => d,
             Err(e) => {

@@ -1,5 +1,6 @@
 //! lockstepd: the lockstep node daemon.
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use lockstep_daemon::config::{self, Overrides};
 use lockstep_daemon::http;
@@ -101,7 +102,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let node = Node::start(cfg).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?
+        // replies are small: send them at once instead of waiting on Nagle
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     let ctx = node.ctx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
