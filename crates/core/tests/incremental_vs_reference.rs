@@ -346,11 +346,13 @@ proptest! {
         if let Some(n) = c.sweep_every {
             first.set_sweep_every(n);
         }
-        let mut store: Vec<(Vec<u8>, BTreeMap<SlotKey, Vec<u8>>)> =
+        // per shard: encoded meta and encoded slots, as the daemon's store
+        type Stored = (Vec<u8>, BTreeMap<SlotKey, Vec<u8>>);
+        let mut store: Vec<Stored> =
             vec![(Vec::new(), BTreeMap::new()); c.shards as usize];
         let mut got = Vec::new();
         let mut committed_rows = 0;
-        let checkpoint = |e: &mut Engine, store: &mut Vec<(Vec<u8>, BTreeMap<SlotKey, Vec<u8>>)>| {
+        let checkpoint = |e: &mut Engine, store: &mut Vec<Stored>| {
             for shard in 0..c.shards {
                 let d = e.checkpoint_delta(shard).unwrap();
                 let st = &mut store[shard as usize];

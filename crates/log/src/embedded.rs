@@ -115,6 +115,8 @@ impl EmbeddedLog {
 
 /// A sidecar change: insert (Some) or remove (None) a key.
 pub type SideWrite = (Vec<u8>, Option<Vec<u8>>);
+/// A sidecar key and its value.
+pub type SideEntry = (Vec<u8>, Vec<u8>);
 
 impl EmbeddedLog {
     /// Appends to several shards and writes sidecar keys in one atomic step:
@@ -195,7 +197,7 @@ impl EmbeddedLog {
     }
 
     /// Sidecar keys and values under `prefix`, in key order.
-    pub fn side_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LogError> {
+    pub fn side_scan(&self, prefix: &[u8]) -> Result<Vec<SideEntry>, LogError> {
         self.side
             .scan_prefix(prefix)
             .map(|r| {
