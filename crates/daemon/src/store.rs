@@ -98,7 +98,11 @@ fn segment_key(s: &SegmentInfo) -> Vec<u8> {
 
 impl StateStore {
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(128 << 20)
+            .flush_every_ms(None)
+            .open()?;
         Ok(StateStore { db })
     }
 

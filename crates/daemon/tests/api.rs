@@ -479,3 +479,35 @@ fn graceful_stop_checkpoints_and_restart_resumes() {
     let want: Vec<_> = want.into_iter().flatten().collect();
     assert_rows_eq(&exported(&c, dir.path()), &want, "after graceful restart");
 }
+
+#[test]
+fn bad_pipeline_or_config_stops_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(
+        &bad,
+        "CREATE TABLE t (k TEXT, ts TIMESTAMP) WITH (key = 'k', event_time = 'ts');\nCREATE VIEW v AS SELECT k, MEDIAN(ts) OVER (PARTITION BY k ORDER BY ts) AS m FROM t;\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--token")
+            .arg(TOKEN)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = run(&["--pipeline", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("config key `pipeline`"), "{err}");
+    assert!(err.contains("bad.sql:2:"), "line and column: {err}");
+    let err = run(&["--pipeline", "/nonexistent.sql", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("config key `pipeline`") && err.contains("/nonexistent.sql"), "{err}");
+    let err = run(&["--pipeline", bad.to_str().unwrap(), "--listen", "not-an-address"]);
+    assert!(err.contains("`listen`"), "{err}");
+    let err = run(&["--pipeline", bad.to_str().unwrap(), "--checkpoint-interval", "soon"]);
+    assert!(err.contains("`checkpoint_interval`"), "{err}");
+}

@@ -65,7 +65,9 @@ impl EmbeddedLog {
     /// Opens (or creates) the log in `dir` with `shards` shards. Reopening
     /// with a different shard count is refused.
     pub fn open(dir: &Path, shards: u32, policy: FsyncPolicy) -> Result<EmbeddedLog, LogError> {
-        let mut config = sled::Config::new().path(dir);
+        // records are read back once, soon after they are written (by the
+        // checkpoint that archives them): a small cache is enough
+        let mut config = sled::Config::new().path(dir).cache_capacity(64 << 20);
         config = match policy {
             FsyncPolicy::Always => config.flush_every_ms(None),
             FsyncPolicy::EveryMillis(ms) => config.flush_every_ms(Some(ms.max(1))),
