@@ -83,6 +83,11 @@ pub struct ShardMeta {
 }
 
 impl ShardMeta {
+    /// The views the checkpoint was taken for, in engine order.
+    pub fn views(&self) -> &[String] {
+        &self.views
+    }
+
     /// The log position of the shard's next event: replay from here.
     pub fn next_position(&self) -> u64 {
         self.next_pos

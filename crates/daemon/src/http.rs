@@ -623,7 +623,7 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
     (
         StatusCode::CONFLICT,
         axum::Json(json!({
-            "error": "the pipeline is valid but differs from the running one; a node changes views at restart: save it as the node's pipeline and restart, then backfill new views with `lockstepctl backfill`",
+            "error": "the pipeline is valid but differs from the running one; a node's views are fixed for its data directory: run it on a node with a new data_dir and backfill its past with `lockstepctl backfill` (live apply is not built yet)",
             "valid": true,
             "added": added,
             "removed": removed,

@@ -157,6 +157,21 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let state = StateStore::open(&config.data_dir.join("state"))
             .map_err(|e| StartError::DataDir(e.to_string()))?;
+        // state checkpointed for other views cannot be restored into these
+        if let Some(l) = state
+            .load(0)
+            .map_err(|e| StartError::DataDir(e.to_string()))?
+        {
+            if l.meta.views() != view_names.as_slice() {
+                return Err(StartError::Pipeline(format!(
+                    "{} runs views [{}], but the state in {} was checkpointed for views [{}]; a node's views are fixed for its data directory: start the new pipeline with a new data_dir and backfill it with `lockstepctl backfill` from this node's archive",
+                    config.pipeline.display(),
+                    view_names.join(", "),
+                    config.data_dir.display(),
+                    l.meta.views().join(", ")
+                )));
+            }
+        }
         let objects =
             open_store(&config.object_store).map_err(|e| StartError::ObjectStore(e.to_string()))?;
         let n = table.shards as usize;

@@ -501,13 +501,66 @@ fn bad_pipeline_or_config_stops_startup_naming_the_key() {
         assert!(!out.status.success());
         String::from_utf8(out.stderr).unwrap()
     };
-    let err = run(&["--pipeline", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let err = run(&[
+        "--pipeline",
+        bad.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert!(err.contains("config key `pipeline`"), "{err}");
     assert!(err.contains("bad.sql:2:"), "line and column: {err}");
     let err = run(&["--pipeline", "/nonexistent.sql", "--listen", "127.0.0.1:0"]);
-    assert!(err.contains("config key `pipeline`") && err.contains("/nonexistent.sql"), "{err}");
-    let err = run(&["--pipeline", bad.to_str().unwrap(), "--listen", "not-an-address"]);
+    assert!(
+        err.contains("config key `pipeline`") && err.contains("/nonexistent.sql"),
+        "{err}"
+    );
+    let err = run(&[
+        "--pipeline",
+        bad.to_str().unwrap(),
+        "--listen",
+        "not-an-address",
+    ]);
     assert!(err.contains("`listen`"), "{err}");
-    let err = run(&["--pipeline", bad.to_str().unwrap(), "--checkpoint-interval", "soon"]);
+    let err = run(&[
+        "--pipeline",
+        bad.to_str().unwrap(),
+        "--checkpoint-interval",
+        "soon",
+    ]);
     assert!(err.contains("`checkpoint_interval`"), "{err}");
+}
+
+#[test]
+fn restarting_with_other_views_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    d.client()
+        .post_json(
+            "/v1/tables/ad_events/events",
+            jsonl(&events(200, 10, 1)).as_bytes(),
+        )
+        .unwrap();
+    d.client().post_json("/v1/checkpoint", b"").unwrap();
+    d.kill();
+    let other = SQL.replace("user_ad_features", "renamed_features");
+    let p = dir.path().join("other.sql");
+    std::fs::write(&p, other).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--pipeline")
+        .arg(&p)
+        .arg("--token")
+        .arg(TOKEN)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("config key `pipeline`"), "{err}");
+    assert!(
+        err.contains("renamed_features") && err.contains("user_ad_features"),
+        "{err}"
+    );
 }
