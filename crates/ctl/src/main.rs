@@ -73,6 +73,10 @@ enum Cmd {
         /// Only rows with event time < this (RFC 3339).
         #[arg(long)]
         to: Option<String>,
+        /// Take the view from this pipeline file instead of the node's (a new
+        /// or changed view of the node's table).
+        #[arg(long)]
+        sql: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -450,9 +454,17 @@ fn run(cli: Cli) -> Result<()> {
             view,
             from,
             to,
+            sql,
             out,
         } => {
             let (from, to) = (parse_time("from", &from)?, parse_time("to", &to)?);
+            let sql = match &sql {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -464,10 +476,18 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
-            let r = offline::backfill(&c, &view, from, to, &out, &mut |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
+            let r = offline::backfill_with(
+                &c,
+                sql.as_deref(),
+                &view,
+                from,
+                to,
+                &out,
+                &mut |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )?;
             bar.finish_and_clear();
             if json {
                 show(&serde_json::to_value(&r)?);

@@ -99,7 +99,47 @@ pub fn backfill(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<OfflineReport, OfflineError> {
-    let catalog = Arc::new(fetch_pipeline(client)?);
+    backfill_with(client, None, view, from, to, out, progress)
+}
+
+/// Like [`backfill`], with the view taken from `pipeline` (SQL) instead of
+/// the node's: a new or changed view of the same table, over the node's
+/// archive. The table must match the node's (name, columns, key, shards).
+pub fn backfill_with(
+    client: &Client,
+    pipeline: Option<&str>,
+    view: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<OfflineReport, OfflineError> {
+    let node = fetch_pipeline(client)?;
+    let catalog = match pipeline {
+        None => node,
+        Some(sql) => {
+            let c = lockstep_core::parse_pipeline(sql)
+                .map_err(|e| other(format!("the pipeline file: {e}")))?;
+            let (_, v) = c
+                .view(view)
+                .ok_or_else(|| other(format!("the pipeline file has no view `{view}`")))?;
+            let (mine, theirs) = (&c.tables[v.table], &node.tables[0]);
+            if mine.name != theirs.name
+                || mine.schema != theirs.schema
+                || mine.key != theirs.key
+                || mine.time != theirs.time
+                || mine.shards != theirs.shards
+                || mine.lateness_ms != theirs.lateness_ms
+            {
+                return Err(other(format!(
+                    "view `{view}` reads table `{}`, which differs from the node's table `{}` (columns, key, event time, lateness and shards must match to replay its archive)",
+                    mine.name, theirs.name
+                )));
+            }
+            c
+        }
+    };
+    let catalog = Arc::new(catalog);
     let (_, v) = catalog
         .view(view)
         .ok_or_else(|| other(format!("unknown view `{view}`")))?;

@@ -564,3 +564,74 @@ fn restarting_with_other_views_is_refused_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn backfill_runs_a_new_view_over_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let c = d.client();
+    let rows = events(3000, 60, 13);
+    c.post_json("/v1/tables/ad_events/events", jsonl(&rows).as_bytes())
+        .unwrap();
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    // the canonical table with a view the node does not run
+    let table_sql = &SQL[..SQL.find("CREATE VIEW").unwrap()];
+    let new_sql = format!(
+        "{table_sql}
+CREATE VIEW clicks_per_campaign AS
+SELECT event_id, user_id, event_time,
+  COUNT(*) FILTER (WHERE kind = 'click') OVER (
+    PARTITION BY user_id, campaign_id ORDER BY event_time
+    RANGE BETWEEN INTERVAL '30' MINUTE PRECEDING AND CURRENT ROW) AS clicks_30m
+FROM ad_events;"
+    );
+    let out = dir.path().join("new-view.parquet");
+    let rep = lockstep_daemon::offline::backfill_with(
+        &c,
+        Some(&new_sql),
+        "clicks_per_campaign",
+        None,
+        None,
+        &out,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(rep.events, 3000);
+    let catalog = std::sync::Arc::new(lockstep_core::parse_pipeline(&new_sql).unwrap());
+    let mut e = lockstep_core::Engine::new(catalog.clone(), &["clicks_per_campaign"]).unwrap();
+    let mut emitted = Vec::new();
+    let mut per_shard = vec![Vec::new(); 16];
+    for r in &rows {
+        e.push(r, &mut emitted).unwrap();
+        for em in emitted.drain(..) {
+            per_shard[em.shard as usize].push(em.row);
+        }
+    }
+    let want: Vec<_> = per_shard.into_iter().flatten().collect();
+    let schema = catalog
+        .view("clicks_per_campaign")
+        .unwrap()
+        .1
+        .output
+        .clone();
+    assert_rows_eq(
+        &lockstep_io::read_rows(&out, &schema).unwrap(),
+        &want,
+        "new view backfill",
+    );
+    // a view over another table is refused with the reason
+    let err = lockstep_daemon::offline::backfill_with(
+        &c,
+        Some(&new_sql.replace("shards = 16", "shards = 8")),
+        "clicks_per_campaign",
+        None,
+        None,
+        &out,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("differs from the node's table"),
+        "{err}"
+    );
+}
