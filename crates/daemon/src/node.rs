@@ -100,6 +100,13 @@ pub fn encode_event(row: &[Value]) -> Vec<u8> {
     bincode::serde::encode_to_vec(row, bincode_config()).expect("events encode")
 }
 
+/// Like [`encode_event`], appending to `buf`.
+pub fn encode_event_into(row: &[Value], buf: &mut Vec<u8>) -> Result<(), String> {
+    bincode::serde::encode_into_std_write(row, buf, bincode_config())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub fn decode_event(bytes: &[u8]) -> Result<Row, String> {
     bincode::serde::decode_from_slice(bytes, bincode_config())
         .map(|(r, _)| r)

@@ -5,10 +5,10 @@
 //! atomic append; only then is the request answered and are the events
 //! handed to their shard actors, in offset order.
 
-use crate::node::{encode_event, now_ms, NodeCtx};
+use crate::node::{now_ms, NodeCtx};
 use crate::shard::ShardMsg;
 use lockstep_core::value::Row;
-use lockstep_log::SideWrite;
+use lockstep_log::{RecordBatch, SideWrite};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -205,7 +205,7 @@ impl Writer {
             }
             fresh.push(r);
         }
-        let mut appends: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
+        let mut appends: Vec<(u32, RecordBatch)> = Vec::new();
         // per request: (first append index, rows per append)
         let mut plan: Vec<Vec<(usize, Vec<Row>)>> = Vec::with_capacity(fresh.len());
         let mut side: Vec<SideWrite> = Vec::new();
@@ -219,7 +219,13 @@ impl Writer {
             }
             let mut mine = Vec::new();
             for (s, rows) in by_shard {
-                appends.push((s, rows.iter().map(|r| encode_event(r)).collect()));
+                let mut batch = RecordBatch::new();
+                for r in &rows {
+                    batch
+                        .push_with(|buf| crate::node::encode_event_into(r, buf))
+                        .expect("events encode");
+                }
+                appends.push((s, batch));
                 mine.push((appends.len() - 1, rows));
             }
             plan.push(mine);
@@ -240,11 +246,15 @@ impl Writer {
             }
         }
         let result = if appends.is_empty() && side.is_empty() {
-            Ok(Vec::new())
+            Ok((Vec::new(), Vec::new()))
         } else {
-            self.ctx.log.append_atomic(&appends, &side)
+            let shards_of: Vec<u32> = appends.iter().map(|(s, _)| *s).collect();
+            self.ctx
+                .log
+                .append_batches(appends, &side)
+                .map(|f| (f, shards_of))
         };
-        let firsts = match result {
+        let (firsts, shard_of_append) = match result {
             Ok(f) => f,
             Err(e) => {
                 let msg = format!("the log could not store the events: {e}");
@@ -262,7 +272,7 @@ impl Writer {
         for (r, mine) in fresh.into_iter().zip(plan) {
             let mut features = None;
             for (ai, rows) in mine {
-                let (shard, n) = (appends[ai].0, rows.len() as u64);
+                let (shard, n) = (shard_of_append[ai], rows.len() as u64);
                 let first = firsts[ai];
                 self.ends[shard as usize] = first + n;
                 let serve = match r.serve {

@@ -14,19 +14,7 @@ const NEXT_KEY: [u8; 9] = [0xff; 9];
 const START_KEY: [u8; 9] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe];
 
 /// A batch value: record count, then each record's length and bytes
-/// (little-endian u32s).
-fn encode_batch(records: &[impl AsRef<[u8]>]) -> Vec<u8> {
-    let len: usize = records.iter().map(|r| r.as_ref().len() + 4).sum();
-    let mut v = Vec::with_capacity(4 + len);
-    v.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    for r in records {
-        let r = r.as_ref();
-        v.extend_from_slice(&(r.len() as u32).to_le_bytes());
-        v.extend_from_slice(r);
-    }
-    v
-}
-
+/// (little-endian u32s); see [`RecordBatch`].
 fn batch_count(v: &[u8]) -> u64 {
     u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64
 }
@@ -115,6 +103,66 @@ impl EmbeddedLog {
     }
 }
 
+/// The records of one append, encoded into the stored batch format as they
+/// are added (no per-record buffer).
+#[derive(Debug, Clone)]
+pub struct RecordBatch {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Default for RecordBatch {
+    fn default() -> Self {
+        RecordBatch::new()
+    }
+}
+
+impl RecordBatch {
+    pub fn new() -> RecordBatch {
+        RecordBatch {
+            buf: vec![0; 4],
+            count: 0,
+        }
+    }
+
+    pub fn push(&mut self, record: &[u8]) {
+        self.buf
+            .extend_from_slice(&(record.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// Adds one record written by `write` straight into the batch.
+    pub fn push_with<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        if let Err(e) = write(&mut self.buf) {
+            self.buf.truncate(at);
+            return Err(e);
+        }
+        let len = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn into_value(mut self) -> Vec<u8> {
+        self.buf[..4].copy_from_slice(&self.count.to_le_bytes());
+        self.buf
+    }
+}
+
 /// A sidecar change: insert (Some) or remove (None) a key.
 pub type SideWrite = (Vec<u8>, Option<Vec<u8>>);
 /// A sidecar key and its value.
@@ -129,6 +177,24 @@ impl EmbeddedLog {
     pub fn append_atomic(
         &self,
         appends: &[(u32, Vec<Vec<u8>>)],
+        side: &[SideWrite],
+    ) -> Result<Vec<u64>, LogError> {
+        let batches = appends
+            .iter()
+            .map(|(s, records)| {
+                let mut b = RecordBatch::new();
+                records.iter().for_each(|r| b.push(r));
+                (*s, b)
+            })
+            .collect();
+        self.append_batches(batches, side)
+    }
+
+    /// [`EmbeddedLog::append_atomic`] for records already encoded into
+    /// batches (the daemon's writer encodes events straight into them).
+    pub fn append_batches(
+        &self,
+        appends: Vec<(u32, RecordBatch)>,
         side: &[SideWrite],
     ) -> Result<Vec<u64>, LogError> {
         let mut shards: Vec<u32> = appends.iter().map(|(s, _)| *s).collect();
@@ -150,13 +216,14 @@ impl EmbeddedLog {
         let mut batches: Vec<sled::Batch> = shards.iter().map(|_| sled::Batch::default()).collect();
         let mut firsts = Vec::with_capacity(appends.len());
         for (shard, records) in appends {
-            let i = shards.binary_search(shard).expect("listed above");
+            let i = shards.binary_search(&shard).expect("listed above");
             firsts.push(next[i]);
             if records.is_empty() {
                 continue;
             }
-            batches[i].insert(&next[i].to_be_bytes(), encode_batch(records));
-            next[i] += records.len() as u64;
+            let n = records.len() as u64;
+            batches[i].insert(&next[i].to_be_bytes(), records.into_value());
+            next[i] += n;
         }
         for (b, n) in batches.iter_mut().zip(&next) {
             b.insert(&NEXT_KEY, &n.to_be_bytes());

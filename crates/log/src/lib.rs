@@ -7,7 +7,7 @@
 
 pub mod embedded;
 
-pub use embedded::{EmbeddedLog, SideWrite};
+pub use embedded::{EmbeddedLog, RecordBatch, SideWrite};
 
 /// When an append is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
