@@ -134,10 +134,13 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
                             &format!("/v1/views/{CANONICAL_VIEW}/features?ingest=true"),
                             json.as_bytes(),
                         )?;
-                        served
-                            .lock()
-                            .unwrap()
-                            .push((e[0].clone(), f["features"].clone()));
+                        // null when its shard restarted meanwhile (still ingested)
+                        if !f["features"].is_null() {
+                            served
+                                .lock()
+                                .unwrap()
+                                .push((e[0].clone(), f["features"].clone()));
+                        }
                         continue;
                     }
                     body.push_str(&json);

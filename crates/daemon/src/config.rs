@@ -32,8 +32,9 @@ pub type Overrides = FileConfig;
 pub enum Fsync {
     /// Before the reply: an acknowledged event survives SIGKILL and power loss.
     Always,
-    /// In the background every interval: faster, may lose the last interval
-    /// on power loss (not on a process crash).
+    /// In the background every interval: faster, but an acknowledged event
+    /// may be lost if the process or machine dies within the interval (the
+    /// log buffers writes in the process until it flushes).
     Every(Duration),
 }
 

@@ -410,12 +410,29 @@ async fn features(
                 StatusCode::CONFLICT,
                 "this Idempotency-Key was already ingested; its features are in its training row",
             ),
-            Ok(Ok(w)) => match w.features {
-                Some(f) => f
-                    .await
-                    .unwrap_or_else(|_| Err("the shard restarted; retry".into())),
-                None => Err("no features were computed".into()),
-            },
+            Ok(Ok(w)) => {
+                let f = match w.features {
+                    Some(f) => f
+                        .await
+                        .unwrap_or_else(|_| Err("its shard restarted while processing it".into())),
+                    None => Err("no features were computed".into()),
+                };
+                match f {
+                    Ok(r) => Ok(r),
+                    // the event is durably in: a retry would ingest it twice
+                    Err(e) => {
+                        return (
+                            StatusCode::ACCEPTED,
+                            axum::Json(json!({
+                                "ingested": true,
+                                "features": null,
+                                "error": format!("the event was ingested, but {e}; its features will be in its training row (do not retry)"),
+                            })),
+                        )
+                            .into_response()
+                    }
+                }
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the node is shutting down".into()),
         }

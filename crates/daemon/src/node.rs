@@ -38,6 +38,8 @@ pub struct NodeCtx {
     pub metrics: Metrics,
     pub stopping: AtomicBool,
     pub started_ms: i64,
+    /// Random id of this data directory, in every object name it writes.
+    pub store_id: String,
 }
 
 impl NodeCtx {
@@ -51,12 +53,22 @@ impl NodeCtx {
         self.catalog.view(name).expect("running views exist").1
     }
 
+    /// A segment file extension: this data directory's id, then `format`.
+    pub fn ext(&self, format: &str) -> String {
+        format!("{}.{format}", self.store_id)
+    }
+
     pub fn view_index(&self, name: &str) -> Option<usize> {
         self.view_names.iter().position(|n| n == name)
     }
 
     pub fn shard(&self, s: u32) -> Option<ActorRef<ShardMsg>> {
-        self.shards.read().expect("shard registry")[s as usize].clone()
+        self.shards
+            .read()
+            .expect("shard registry")
+            .get(s as usize)
+            .cloned()
+            .flatten()
     }
 }
 
@@ -117,7 +129,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Row, String> {
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     pub writer: tokio::sync::mpsc::Sender<WriteReq>,
-    supervisor: ActorRef<()>,
+    supervisor: ActorRef<u32>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -179,8 +191,20 @@ impl Node {
                 )));
             }
         }
+        for s in 0..table.shards {
+            if let Some(info) = state
+                .info(s)
+                .map_err(|e| StartError::DataDir(e.to_string()))?
+            {
+                log.raise_end(s, info.log_offset)
+                    .map_err(|e| StartError::DataDir(e.to_string()))?;
+            }
+        }
         let objects =
             open_store(&config.object_store).map_err(|e| StartError::ObjectStore(e.to_string()))?;
+        let store_id = state
+            .store_id()
+            .map_err(|e| StartError::DataDir(e.to_string()))?;
         let n = table.shards as usize;
         let ctx = Arc::new(NodeCtx {
             sql,
@@ -199,6 +223,7 @@ impl Node {
             metrics: Metrics::new(),
             stopping: AtomicBool::new(false),
             started_ms: now_ms(),
+            store_id,
             config,
         });
         let (supervisor, _) = Actor::spawn(None, Supervisor, ctx.clone())

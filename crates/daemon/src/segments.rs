@@ -40,6 +40,8 @@ pub struct SegmentInfo {
     pub crc32: u32,
 }
 
+/// `ext` is `<store id>.<format>` (see `NodeCtx::ext`): names are unique per
+/// data directory, so nodes can share an object store prefix.
 pub fn segment_path(kind: &str, name: &str, shard: u32, from: u64, to: u64, ext: &str) -> String {
     format!("{kind}/{name}/shard={shard:03}/{from:020}-{to:020}.{ext}")
 }
@@ -155,12 +157,16 @@ pub async fn get_segment(store: &dyn ObjectStore, s: &SegmentInfo) -> Result<Byt
     Ok(bytes)
 }
 
-/// Deletes objects under `prefix` that `keep` does not list; returns them.
+/// Deletes this node's objects under `prefix` (their names carry its
+/// `store_id`) that `keep` does not list; returns them. Other nodes'
+/// objects under the same prefix are left alone.
 pub async fn delete_orphans(
     store: &dyn ObjectStore,
     prefix: &str,
+    store_id: &str,
     keep: &[&str],
 ) -> Result<Vec<String>, SegmentError> {
+    let mine = format!(".{store_id}.");
     let listed: Vec<_> = store
         .list(Some(&ObjPath::from(prefix)))
         .try_collect()
@@ -168,7 +174,7 @@ pub async fn delete_orphans(
     let mut gone = Vec::new();
     for meta in listed {
         let p = meta.location.to_string();
-        if !keep.contains(&p.as_str()) {
+        if p.contains(&mine) && !keep.contains(&p.as_str()) {
             store.delete(&meta.location).await?;
             gone.push(p);
         }

@@ -185,6 +185,7 @@ impl ShardWorker {
             let gone = delete_orphans(
                 self.ctx.objects.as_ref(),
                 &shard_prefix(&kind, &name, self.shard),
+                &self.ctx.store_id,
                 &keep,
             )
             .await
@@ -362,19 +363,61 @@ impl ShardWorker {
         };
         self.in_flight = true;
         let me = me.clone();
-        let lock = self.ctx.checkpoint_locks[self.shard as usize].clone();
-        tokio::spawn(async move {
-            let _guard = lock.lock().await;
+        // Taken here, before the task exists, and held by it to the end: a
+        // successor actor's recovery waits for this task's commit, and no
+        // task of a failed actor can commit after its successor loaded.
+        let guard = match self.ctx.checkpoint_locks[self.shard as usize]
+            .clone()
+            .try_lock_owned()
+        {
+            Ok(g) => g,
+            Err(_) => {
+                // cannot happen: recovery took and released it, and this
+                // actor runs one task at a time; write everything next time
+                self.in_flight = false;
+                self.engine.mark_all_changed(self.shard);
+                let CheckpointJob { training, late, .. } = job;
+                for (old, new) in self.training.iter_mut().zip(training) {
+                    let mut new = new;
+                    new.append(old);
+                    *old = new;
+                }
+                let mut late = late;
+                late.append(&mut self.late);
+                self.late = late;
+                for r in replies {
+                    let _ = r.send(Err("a previous checkpoint is still running".into()));
+                }
+                return;
+            }
+        };
+        let task = tokio::spawn(async move {
+            let _guard = guard;
             let result = write_checkpoint(&job).await;
-            let done = match result {
+            match result {
                 Ok((info, added, training_rows)) => Ok((info, added, training_rows)),
                 Err(e) => Err((e, job.training, job.late)),
-            };
-            let _ = me.send_message(ShardMsg::CheckpointDone {
-                done: Box::new(done),
-                started,
-                replies,
-            });
+            }
+        });
+        // a panic in the task would lose its rows: fail the shard instead,
+        // which restarts from the last checkpoint and replays them
+        tokio::spawn(async move {
+            match task.await {
+                Ok(done) => {
+                    let _ = me.send_message(ShardMsg::CheckpointDone {
+                        done: Box::new(done),
+                        started,
+                        replies,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!("checkpoint task died: {e}; restarting the shard");
+                    for r in replies {
+                        let _ = r.send(Err(format!("checkpoint task died: {e}")));
+                    }
+                    let _ = me.send_message(ShardMsg::Fail);
+                }
+            }
         });
     }
 
@@ -512,7 +555,7 @@ impl ShardWorker {
                     self.shard,
                     from,
                     to,
-                    "parquet",
+                    &ctx.ext("parquet"),
                     bytes,
                     rows.len() as u64,
                     (lo, hi),
@@ -616,7 +659,7 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                "parquet",
+                &ctx.ext("parquet"),
                 bytes,
                 n,
                 (lo, hi),
@@ -652,7 +695,7 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                "parquet",
+                &ctx.ext("parquet"),
                 bytes,
                 rows.len() as u64,
                 (lo, hi),
@@ -683,7 +726,7 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                "jsonl",
+                &ctx.ext("jsonl"),
                 text.into_bytes(),
                 job.late.len() as u64,
                 (lo, hi),
@@ -692,6 +735,9 @@ async fn write_checkpoint(
             .map_err(err)?,
         );
     }
+    // the log below `to` must be durable before a checkpoint says so
+    // (with fsync every N ms it may not be yet)
+    ctx.log.flush().map_err(err)?;
     let info = CheckpointInfo {
         seq: job.seq + 1,
         log_offset: to,
@@ -786,11 +832,13 @@ pub struct SupervisorState {
     ctx: Arc<NodeCtx>,
     /// Actor id → shard.
     owners: HashMap<ractor::ActorId, u32>,
+    /// Current retry delay of shards whose recovery failed.
+    backoff: HashMap<u32, std::time::Duration>,
 }
 
 impl Supervisor {
     async fn start_shard(
-        me: &ActorRef<()>,
+        me: &ActorRef<u32>,
         st: &mut SupervisorState,
         shard: u32,
     ) -> Result<(), ActorProcessingErr> {
@@ -808,18 +856,21 @@ impl Supervisor {
 }
 
 impl Actor for Supervisor {
-    type Msg = ();
+    /// A shard to (re)start: sent to itself to retry a failed recovery
+    /// without blocking the handling of other shards.
+    type Msg = u32;
     type State = SupervisorState;
     type Arguments = Arc<NodeCtx>;
 
     async fn pre_start(
         &self,
-        me: ActorRef<()>,
+        me: ActorRef<u32>,
         ctx: Arc<NodeCtx>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut st = SupervisorState {
             ctx: ctx.clone(),
             owners: HashMap::new(),
+            backoff: HashMap::new(),
         };
         for s in 0..ctx.table.shards {
             Supervisor::start_shard(&me, &mut st, s).await?;
@@ -827,9 +878,36 @@ impl Actor for Supervisor {
         Ok(st)
     }
 
+    async fn handle(
+        &self,
+        me: ActorRef<u32>,
+        shard: u32,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.ctx.stopping.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let Err(e) = Supervisor::start_shard(&me, st, shard).await {
+            let delay = st
+                .backoff
+                .entry(shard)
+                .or_insert(std::time::Duration::from_millis(50));
+            *delay = (*delay * 2).min(std::time::Duration::from_secs(5));
+            tracing::error!(shard, "restart failed: {e}; retrying in {:?}", delay);
+            let (me, delay) = (me.clone(), *delay);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = me.send_message(shard);
+            });
+        } else {
+            st.backoff.remove(&shard);
+        }
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
-        me: ActorRef<()>,
+        me: ActorRef<u32>,
         evt: SupervisionEvent,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -852,17 +930,9 @@ impl Actor for Supervisor {
         );
         st.ctx.restarts[shard as usize].fetch_add(1, Ordering::Relaxed);
         st.ctx.metrics.restarts.inc();
-        // recovery can fail transiently (object store down): keep trying
-        let mut delay = std::time::Duration::from_millis(100);
-        loop {
-            match Supervisor::start_shard(&me, st, shard).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::error!(shard, "restart failed: {e}; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                }
-            }
-        }
+        // recovery can fail transiently (object store down): retried with
+        // backoff through messages, so other shards are handled meanwhile
+        let _ = me.send_message(shard);
+        Ok(())
     }
 }

@@ -145,6 +145,31 @@ impl StateStore {
         }))
     }
 
+    /// This data directory's id, made at its first start: object names
+    /// carry it, so several nodes can share an object store.
+    pub fn store_id(&self) -> Result<String, StoreError> {
+        if let Some(v) = self.db.get(b"store_id")? {
+            return Ok(String::from_utf8_lossy(&v).into_owned());
+        }
+        // RandomState is seeded from the OS's randomness
+        use std::hash::BuildHasher;
+        let r = std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), std::process::id()));
+        let id = format!("{:08x}", r as u32);
+        self.db.insert(b"store_id", id.as_bytes())?;
+        self.db.flush()?;
+        Ok(id)
+    }
+
+    /// Just the last checkpoint's info (no state decoded).
+    pub fn info(&self, shard: u32) -> Result<Option<CheckpointInfo>, StoreError> {
+        let tree = self.tree(shard)?;
+        match tree.get(INFO)? {
+            Some(b) => Ok(Some(decode("checkpoint info", &b)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Commits a checkpoint atomically and durably; returns bytes written.
     pub fn commit(&self, shard: u32, c: Commit<'_>) -> Result<u64, StoreError> {
         let tree = self.tree(shard)?;

@@ -86,7 +86,7 @@ pub fn start(
     }
     let dead_seq = ctx
         .log
-        .side_scan(DEAD_PREFIX)
+        .side_scan_last(DEAD_PREFIX, 1)
         .ok()
         .and_then(|v| v.last().map(|(k, _)| seq_of(&k[DEAD_PREFIX.len()..]) + 1))
         .unwrap_or(0);
@@ -117,10 +117,11 @@ fn seq_of(b: &[u8]) -> u64 {
 
 /// Reads the dead-letter store, newest last (at most `limit`).
 pub fn dead_letters(ctx: &NodeCtx, limit: usize) -> Vec<DeadLetter> {
-    let all = ctx.log.side_scan(DEAD_PREFIX).unwrap_or_default();
-    let skip = all.len().saturating_sub(limit);
-    all.into_iter()
-        .skip(skip)
+    let last = ctx
+        .log
+        .side_scan_last(DEAD_PREFIX, limit)
+        .unwrap_or_default();
+    last.into_iter()
         .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
         .collect()
 }
@@ -256,6 +257,13 @@ impl Writer {
         };
         let (firsts, shard_of_append) = match result {
             Ok(f) => f,
+            Err(lockstep_log::LogError::Flush(e)) => {
+                // written but maybe not durable: neither "stored" nor "not
+                // stored" would be true, so stop; a restart recovers the log
+                tracing::error!("the log could not fsync: {e}; stopping");
+                eprintln!("lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known");
+                std::process::exit(70);
+            }
             Err(e) => {
                 let msg = format!("the log could not store the events: {e}");
                 tracing::error!("{msg}");

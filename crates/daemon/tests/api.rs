@@ -635,3 +635,40 @@ FROM ad_events;"
         "{err}"
     );
 }
+
+#[test]
+fn nodes_sharing_an_object_store_leave_each_others_segments_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared-objects");
+    let url = format!("file://{}", shared.display());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let flags = [
+        ("checkpoint-interval", "1 hour"),
+        ("object-store", url.as_str()),
+    ];
+    let mut a = Daemon::start(&da, &flags, &[]);
+    let b = Daemon::start(&db, &flags, &[]);
+    let rows_a = events(2500, 40, 31);
+    let rows_b = events(2500, 40, 32);
+    a.client()
+        .post_json("/v1/tables/ad_events/events", jsonl(&rows_a).as_bytes())
+        .unwrap();
+    b.client()
+        .post_json("/v1/tables/ad_events/events", jsonl(&rows_b).as_bytes())
+        .unwrap();
+    a.client().post_json("/v1/checkpoint", b"").unwrap();
+    b.client().post_json("/v1/checkpoint", b"").unwrap();
+    // a's recovery deletes its own uncommitted objects only
+    a.restart();
+    let want = |rows: &[lockstep_core::value::Row]| -> Vec<_> {
+        batch_rows(rows).0.into_iter().flatten().collect()
+    };
+    assert_rows_eq(
+        &exported(&b.client(), &db),
+        &want(&rows_b),
+        "node b after a restarted",
+    );
+    assert_rows_eq(&exported(&a.client(), &da), &want(&rows_a), "node a");
+}

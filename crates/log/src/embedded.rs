@@ -251,13 +251,32 @@ impl EmbeddedLog {
                 sled::transaction::TransactionError::Storage(e) => LogError::Storage(e),
                 sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
             })?;
-        if self.policy == FsyncPolicy::Always {
-            self.db.flush()?;
-        }
+        // committed: these offsets are taken whatever the flush does
         for (g, n) in guards.iter_mut().zip(next) {
             **g = n;
         }
+        if self.policy == FsyncPolicy::Always {
+            self.db.flush().map_err(LogError::Flush)?;
+        }
         Ok(firsts)
+    }
+
+    /// Makes the next offset of `shard` at least `offset`. A checkpoint that
+    /// reached `offset` proves the log once did; if the log lost its tail
+    /// (fsync every N ms and a power loss), its offsets must not be given
+    /// to new records, which the shard would take for processed ones.
+    pub fn raise_end(&self, shard: u32, offset: u64) -> Result<(), LogError> {
+        let tree = self.tree(shard)?;
+        let mut next = self.next[shard as usize]
+            .lock()
+            .expect("an append panicked while holding the shard lock");
+        if *next < offset {
+            tree.insert(NEXT_KEY, &offset.to_be_bytes())?;
+            tree.insert(START_KEY, &offset.to_be_bytes())?;
+            self.db.flush()?;
+            *next = offset;
+        }
+        Ok(())
     }
 
     /// A sidecar value.
@@ -274,6 +293,22 @@ impl EmbeddedLog {
                     .map_err(LogError::from)
             })
             .collect()
+    }
+
+    /// The last `limit` sidecar entries under `prefix`, in key order.
+    pub fn side_scan_last(&self, prefix: &[u8], limit: usize) -> Result<Vec<SideEntry>, LogError> {
+        let mut v: Vec<SideEntry> = self
+            .side
+            .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(LogError::from)
+            })
+            .collect::<Result<_, _>>()?;
+        v.reverse();
+        Ok(v)
     }
 
     /// Sidecar keys under `prefix`, counted.

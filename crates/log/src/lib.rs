@@ -34,6 +34,11 @@ pub enum LogError {
     },
     #[error("log storage error (the data directory may be damaged or full): {0}")]
     Storage(#[from] sled::Error),
+    /// The records were written but could not be made durable: whether they
+    /// survive a crash is unknown. Callers should stop (as databases do on
+    /// a failed fsync) rather than answer either way.
+    #[error("the log could not fsync (the disk may be failing or full): {0}")]
+    Flush(sled::Error),
 }
 
 /// One stored record.

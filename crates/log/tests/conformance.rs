@@ -157,3 +157,22 @@ fn atomic_appends_span_shards_and_sidecar_keys() {
     log.side_remove(&[b"idem/k1".to_vec()]).unwrap();
     assert_eq!(log.side_get(b"idem/k1").unwrap(), None);
 }
+
+#[test]
+fn raising_the_end_never_reuses_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), 2, FsyncPolicy::EveryMillis(50)).unwrap();
+    log.append(0, &[b"a", b"b"]).unwrap();
+    // a checkpoint said offset 10 was reached: the log lost its tail
+    log.raise_end(0, 10).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), 10);
+    assert_eq!(log.start_offset(0).unwrap(), 10);
+    assert_eq!(log.append(0, &[b"c"]).unwrap(), 10);
+    log.raise_end(0, 5).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), 11, "never lowered");
+    log.flush().unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), 2, FsyncPolicy::Always).unwrap();
+    assert_eq!(log.end_offset(0).unwrap(), 11);
+    assert_eq!(log.read(0, 10, 5).unwrap()[0].bytes, b"c");
+}
