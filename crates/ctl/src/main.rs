@@ -85,7 +85,8 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ViewsCmd {
     List,
-    /// Checks a pipeline file against the running one.
+    /// Replaces the node's pipeline (same table): shards rebuild from the
+    /// archive; new and changed views get their whole training history.
     Apply {
         file: PathBuf,
     },
@@ -299,11 +300,21 @@ fn run(cli: Cli) -> Result<()> {
             }
             if json || r.status != 200 {
                 show(&v);
-            } else {
+            } else if v["unchanged"] == true {
                 println!(
                     "{} is what the node runs (views: {})",
                     file.display(),
                     s(&v["views"])
+                );
+            } else {
+                println!(
+                    "applied {}: views {}; added {}, changed {}, removed {}; shards rebuilt from the archive in {} ms",
+                    file.display(),
+                    s(&v["views"]),
+                    s(&v["added"]),
+                    s(&v["changed"]),
+                    s(&v["removed"]),
+                    s(&v["millis"])
                 );
             }
             if r.status != 200 {

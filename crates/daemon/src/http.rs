@@ -5,7 +5,7 @@
 // handlers do; a Response is 128 bytes, built once per failed request.
 #![allow(clippy::result_large_err)]
 
-use crate::node::{describe_store, now_ms, Node, NodeCtx};
+use crate::node::{describe_store, now_ms, view_fingerprint, Node, NodeCtx, Pipeline};
 use crate::shard::{Reply, ShardMsg, ShardStatus};
 use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
 use axum::body::Bytes;
@@ -255,6 +255,7 @@ async fn ingest(
             }
         }
     }
+    let _gate = ctx.ingest_gate.read().await;
     let (done, rx) = oneshot::channel();
     let req = WriteReq {
         idempotency_key: key,
@@ -329,23 +330,16 @@ async fn ask<T>(
     }
 }
 
-fn view_index(ctx: &NodeCtx, view: &str) -> Result<usize, Response> {
-    ctx.view_index(view).ok_or_else(|| {
-        error(
+/// Checks that `view` runs now.
+fn check_view(ctx: &NodeCtx, view: &str) -> Result<(), Response> {
+    let p = ctx.pipeline();
+    match p.view_index(view) {
+        Some(_) => Ok(()),
+        None => Err(error(
             StatusCode::NOT_FOUND,
-            format!(
-                "unknown view `{view}`; views: {}",
-                ctx.view_names.join(", ")
-            ),
-        )
-    })
-}
-
-fn features_body(ctx: &NodeCtx, v: usize, row: &[Value]) -> String {
-    format!(
-        "{{\"features\":{}}}",
-        lockstep_io::render_json(row, &ctx.view(v).output)
-    )
+            format!("unknown view `{view}`; views: {}", p.view_names.join(", ")),
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -362,10 +356,9 @@ async fn features(
 ) -> Response {
     let started = Instant::now();
     let ctx = &app.ctx;
-    let v = match view_index(ctx, &view) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    if let Err(r) = check_view(ctx, &view) {
+        return r;
+    }
     let body = match body_bytes(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -390,6 +383,7 @@ async fn features(
             Ok(k) => k,
             Err(r) => return r,
         };
+        let _gate = ctx.ingest_gate.read().await;
         let (done, rx) = oneshot::channel();
         let req = WriteReq {
             idempotency_key: key,
@@ -399,7 +393,7 @@ async fn features(
                 accepted: 1,
                 ..IngestReply::default()
             },
-            serve: Some(v),
+            serve: Some(view.clone()),
             done,
         };
         if app.writer.send(req).await.is_err() {
@@ -438,7 +432,7 @@ async fn features(
         }
     } else {
         match ask(ctx, shard, |reply| ShardMsg::Serve {
-            view: v,
+            view: view.clone(),
             event: row,
             reply,
         })
@@ -453,7 +447,7 @@ async fn features(
             ctx.metrics
                 .serve_seconds
                 .observe(started.elapsed().as_secs_f64());
-            json_response(StatusCode::OK, features_body(ctx, v, &r))
+            json_response(StatusCode::OK, r)
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
@@ -465,10 +459,9 @@ async fn features_for_key(
 ) -> Response {
     let started = Instant::now();
     let ctx = &app.ctx;
-    let v = match view_index(ctx, &view) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    if let Err(r) = check_view(ctx, &view) {
+        return r;
+    }
     let t = &ctx.table;
     let mut row = vec![Value::Null; t.schema.len()];
     row[t.key] = match t.schema.columns[t.key].data_type {
@@ -492,7 +485,7 @@ async fn features_for_key(
     row[t.time] = Value::Timestamp(now_ms());
     let shard = t.shard_of(&row);
     match ask(ctx, shard, |reply| ShardMsg::Serve {
-        view: v,
+        view: view.clone(),
         event: row,
         reply,
     })
@@ -502,7 +495,7 @@ async fn features_for_key(
             ctx.metrics
                 .serve_seconds
                 .observe(started.elapsed().as_secs_f64());
-            json_response(StatusCode::OK, features_body(ctx, v, &r))
+            json_response(StatusCode::OK, r)
         }
         Err(resp) => resp,
     }
@@ -555,7 +548,7 @@ async fn status(State(app): State<App>) -> Response {
     axum::Json(json!({
         "node_id": ctx.config.node_id,
         "table": ctx.table.name,
-        "views": ctx.view_names,
+        "views": ctx.pipeline().view_names,
         "shard_count": ctx.table.shards,
         "object_store": describe_store(&ctx.config.object_store),
         "data_dir": ctx.config.data_dir,
@@ -572,11 +565,12 @@ async fn status(State(app): State<App>) -> Response {
 
 async fn pipeline(State(app): State<App>) -> Response {
     let ctx = &app.ctx;
+    let p = ctx.pipeline();
     axum::Json(json!({
-        "sql": ctx.sql,
+        "sql": p.sql,
         "table": ctx.table.name,
         "shards": ctx.table.shards,
-        "views": ctx.view_names,
+        "views": p.view_names,
     }))
     .into_response()
 }
@@ -598,12 +592,18 @@ fn describe_views(catalog: &lockstep_core::Catalog) -> serde_json::Value {
 }
 
 async fn views_list(State(app): State<App>) -> Response {
-    axum::Json(describe_views(&app.ctx.catalog)).into_response()
+    axum::Json(describe_views(&app.ctx.pipeline().catalog)).into_response()
 }
 
-/// Checks a pipeline against the running one. The node runs the views it
-/// started with; a changed set is reported, not swapped in (see docs/api.md).
+/// `views apply`: replaces the node's pipeline with a new one for the same
+/// table. The new SQL is written to the node's pipeline file first (so a
+/// restart, even in the middle, runs it), ingest pauses, every shard
+/// checkpoints, and each shard restarts under the new pipeline: its state is
+/// rebuilt from its archive, and views that are new or changed get their
+/// whole training history written. Serving answers 503 meanwhile.
 async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let ctx = &app.ctx;
     let body = match body_bytes(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -621,32 +621,105 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
                 .into_response()
         }
     };
-    let running = app.ctx.sql.trim() == sql.trim();
-    let names: Vec<String> = catalog.views.iter().map(|v| v.name.clone()).collect();
-    if running {
-        return axum::Json(json!({"applied": true, "unchanged": true, "views": names}))
+    if catalog.tables.len() != 1 || catalog.views.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a node's pipeline declares one table and at least one view of it",
+        );
+    }
+    if format!("{:?}", catalog.tables[0]) != format!("{:?}", ctx.table) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "the pipeline's table differs from `{}` as this node runs it (columns, key, event time, lateness and shards are fixed for its data directory)",
+                ctx.table.name
+            ),
+        );
+    }
+    let _one = ctx.apply_lock.lock().await;
+    let old = ctx.pipeline();
+    let new = Arc::new(Pipeline::new(sql.to_string(), catalog));
+    let fps = |p: &Pipeline| -> Vec<(String, String)> {
+        p.catalog
+            .views
+            .iter()
+            .map(|v| (v.name.clone(), view_fingerprint(v)))
+            .collect()
+    };
+    let (old_fps, new_fps) = (fps(&old), fps(&new));
+    let added: Vec<&String> = new_fps
+        .iter()
+        .filter(|(n, _)| !old_fps.iter().any(|(o, _)| o == n))
+        .map(|(n, _)| n)
+        .collect();
+    let removed: Vec<&String> = old_fps
+        .iter()
+        .filter(|(n, _)| !new_fps.iter().any(|(o, _)| o == n))
+        .map(|(n, _)| n)
+        .collect();
+    let changed: Vec<&String> = new_fps
+        .iter()
+        .filter(|(n, f)| old_fps.iter().any(|(o, g)| o == n && g != f))
+        .map(|(n, _)| n)
+        .collect();
+    if new.fingerprint() == old.fingerprint() {
+        return axum::Json(json!({"applied": true, "unchanged": true, "views": new.view_names}))
             .into_response();
     }
-    let added: Vec<&String> = names
-        .iter()
-        .filter(|n| !app.ctx.view_names.contains(n))
+    // 1. the new pipeline becomes the node's configuration
+    let path = &ctx.config.pipeline;
+    let tmp = path.with_extension("sql.applying");
+    if let Err(e) = std::fs::write(&tmp, sql).and_then(|()| std::fs::rename(&tmp, path)) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "cannot write the node's pipeline file {}: {e}",
+                path.display()
+            ),
+        );
+    }
+    // 2. no event enters until every shard runs the new pipeline
+    let _gate = ctx.ingest_gate.write().await;
+    for r in Node::checkpoint_all(ctx).await {
+        if let Err(e) = r {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("checkpoint before the swap failed: {e}; the new pipeline is saved and takes effect at the next restart"),
+            );
+        }
+    }
+    // 3. each shard restarts and rebuilds under the new pipeline
+    ctx.set_pipeline(new.clone());
+    let old_ids: Vec<Option<ractor::ActorId>> = (0..ctx.table.shards)
+        .map(|s| ctx.shard(s).map(|a| a.get_id()))
         .collect();
-    let removed: Vec<&String> = app
-        .ctx
-        .view_names
-        .iter()
-        .filter(|n| !names.contains(n))
-        .collect();
-    (
-        StatusCode::CONFLICT,
-        axum::Json(json!({
-            "error": "the pipeline is valid but differs from the running one; a node's views are fixed for its data directory: run it on a node with a new data_dir and backfill its past with `lockstepctl backfill` (live apply is not built yet)",
-            "valid": true,
-            "added": added,
-            "removed": removed,
-        })),
-    )
-        .into_response()
+    for s in 0..ctx.table.shards {
+        if let Some(a) = ctx.shard(s) {
+            let _ = a.send_message(ShardMsg::Stop);
+        }
+    }
+    loop {
+        let done = (0..ctx.table.shards).all(|s| {
+            let now = ctx.shard(s).map(|a| a.get_id());
+            now.is_some() && now != old_ids[s as usize]
+        });
+        if done {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if let Err(e) = ctx.state.set_node_key("views", &new.fingerprint()) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    axum::Json(json!({
+        "applied": true,
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "views": new.view_names,
+        "millis": started.elapsed().as_millis() as u64,
+    }))
+    .into_response()
 }
 
 async fn checkpoint(State(app): State<App>) -> Response {

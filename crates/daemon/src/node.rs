@@ -15,14 +15,74 @@ use ractor::{Actor, ActorRef};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 
+/// The pipeline a node runs: its SQL, plan and views. Replaced as a whole
+/// by `views apply`; each shard actor keeps the one its engine was built for.
+pub struct Pipeline {
+    pub sql: String,
+    pub catalog: Arc<Catalog>,
+    /// The views the node runs, in engine order.
+    pub view_names: Vec<String>,
+}
+
+/// A stable fingerprint of a view's plan (its compiled form, so formatting
+/// changes in the SQL do not count as changes).
+pub fn view_fingerprint(v: &View) -> String {
+    let text = format!("{v:?}");
+    format!(
+        "{:08x}{:08x}",
+        crc32fast::hash(text.as_bytes()),
+        text.len() as u32
+    )
+}
+
+impl Pipeline {
+    pub fn new(sql: String, catalog: Catalog) -> Pipeline {
+        let view_names = catalog.views.iter().map(|v| v.name.clone()).collect();
+        Pipeline {
+            sql,
+            catalog: Arc::new(catalog),
+            view_names,
+        }
+    }
+
+    pub fn view_name_refs(&self) -> Vec<&str> {
+        self.view_names.iter().map(String::as_str).collect()
+    }
+
+    /// Engine view index → its plan.
+    pub fn view(&self, v: usize) -> &View {
+        let name = &self.view_names[v];
+        self.catalog.view(name).expect("running views exist").1
+    }
+
+    pub fn view_index(&self, name: &str) -> Option<usize> {
+        self.view_names.iter().position(|n| n == name)
+    }
+
+    /// Fingerprint of all views in order: a checkpoint taken under another
+    /// pipeline cannot be restored under this one.
+    pub fn fingerprint(&self) -> String {
+        let all: Vec<String> = self
+            .catalog
+            .views
+            .iter()
+            .map(|v| format!("{}={}", v.name, view_fingerprint(v)))
+            .collect();
+        all.join(",")
+    }
+}
+
 /// What every part of a running node shares.
 pub struct NodeCtx {
     pub config: Config,
-    pub sql: String,
-    pub catalog: Arc<Catalog>,
+    /// The table: fixed for the data directory.
     pub table: Table,
-    /// The views the node runs, in engine order.
-    pub view_names: Vec<String>,
+    pipeline: RwLock<Arc<Pipeline>>,
+    /// Held for writing while `views apply` swaps the pipeline: ingest
+    /// holds it for reading, so no event enters during the swap.
+    pub ingest_gate: tokio::sync::RwLock<()>,
+    /// One `views apply` at a time.
+    pub apply_lock: tokio::sync::Mutex<()>,
     pub log: Arc<EmbeddedLog>,
     pub state: Arc<StateStore>,
     pub objects: Arc<dyn ObjectStore>,
@@ -43,23 +103,18 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
-    pub fn view_name_refs(&self) -> Vec<&str> {
-        self.view_names.iter().map(String::as_str).collect()
+    /// The pipeline now running.
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.pipeline.read().expect("pipeline lock").clone()
     }
 
-    /// Engine view index → its plan.
-    pub fn view(&self, v: usize) -> &View {
-        let name = &self.view_names[v];
-        self.catalog.view(name).expect("running views exist").1
+    pub fn set_pipeline(&self, p: Arc<Pipeline>) {
+        *self.pipeline.write().expect("pipeline lock") = p;
     }
 
     /// A segment file extension: this data directory's id, then `format`.
     pub fn ext(&self, format: &str) -> String {
         format!("{}.{format}", self.store_id)
-    }
-
-    pub fn view_index(&self, name: &str) -> Option<usize> {
-        self.view_names.iter().position(|n| n == name)
     }
 
     pub fn shard(&self, s: u32) -> Option<ActorRef<ShardMsg>> {
@@ -165,7 +220,6 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let (sql, catalog) = load_pipeline(&config.pipeline)?;
         let table = catalog.tables[0].clone();
-        let view_names: Vec<String> = catalog.views.iter().map(|v| v.name.clone()).collect();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(format!("{}: {e}", config.data_dir.display())))?;
         let policy = match config.fsync {
@@ -176,20 +230,25 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let state = StateStore::open(&config.data_dir.join("state"))
             .map_err(|e| StartError::DataDir(e.to_string()))?;
-        // state checkpointed for other views cannot be restored into these
-        if let Some(l) = state
-            .load(0)
+        // the table is fixed for the data directory: its log and archive
+        // hold its rows; views may change (shards rebuild from the archive)
+        let table_def = format!("{table:?}");
+        match state
+            .get_node_key("table")
             .map_err(|e| StartError::DataDir(e.to_string()))?
         {
-            if l.meta.views() != view_names.as_slice() {
+            Some(old) if old != table_def => {
                 return Err(StartError::Pipeline(format!(
-                    "{} runs views [{}], but the state in {} was checkpointed for views [{}]; a node's views are fixed for its data directory: start the new pipeline with a new data_dir and backfill it with `lockstepctl backfill` from this node's archive",
+                    "{}: table `{}` differs from the table this data directory ({}) was created with (its columns, key, event time, lateness and shards are fixed: its log and archive hold its rows); start it with a new data_dir",
                     config.pipeline.display(),
-                    view_names.join(", "),
+                    table.name,
                     config.data_dir.display(),
-                    l.meta.views().join(", ")
-                )));
+                )))
             }
+            Some(_) => {}
+            None => state
+                .set_node_key("table", &table_def)
+                .map_err(|e| StartError::DataDir(e.to_string()))?,
         }
         for s in 0..table.shards {
             if let Some(info) = state
@@ -207,10 +266,10 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let n = table.shards as usize;
         let ctx = Arc::new(NodeCtx {
-            sql,
-            catalog: Arc::new(catalog),
             table,
-            view_names,
+            pipeline: RwLock::new(Arc::new(Pipeline::new(sql, catalog))),
+            ingest_gate: tokio::sync::RwLock::new(()),
+            apply_lock: tokio::sync::Mutex::new(()),
             log: Arc::new(log),
             state: Arc::new(state),
             objects,
@@ -229,6 +288,10 @@ impl Node {
         let (supervisor, _) = Actor::spawn(None, Supervisor, ctx.clone())
             .await
             .map_err(|e| StartError::Actors(e.to_string()))?;
+        // every shard now runs (and has rebuilt for) this pipeline
+        ctx.state
+            .set_node_key("views", &ctx.pipeline().fingerprint())
+            .map_err(|e| StartError::DataDir(e.to_string()))?;
         let (writer, writer_thread) =
             writer::start(ctx.clone()).map_err(|e| StartError::DataDir(e.to_string()))?;
         Ok(Node {

@@ -4,7 +4,7 @@
 //! acknowledged before them. A supervisor restarts a failed actor, which
 //! recovers from its last checkpoint and replays the log from there.
 
-use crate::node::NodeCtx;
+use crate::node::{view_fingerprint, NodeCtx, Pipeline};
 use crate::segments::{
     self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, raw_schema,
     shard_prefix, SegmentInfo,
@@ -30,13 +30,14 @@ pub enum ShardMsg {
     Events {
         first: u64,
         rows: Vec<Row>,
-        serve: Option<(usize, Reply<Row>)>,
+        serve: Option<(String, Reply<String>)>,
     },
-    /// Features of a hypothetical event; no state changes.
+    /// Features of a hypothetical event, as the JSON reply body; no state
+    /// changes.
     Serve {
-        view: usize,
+        view: String,
         event: Row,
-        reply: Reply<Row>,
+        reply: Reply<String>,
     },
     Checkpoint {
         reply: Option<Reply<CheckpointReport>>,
@@ -61,6 +62,9 @@ pub enum ShardMsg {
     /// the supervisor after a restart, for events whose messages went to the
     /// failed predecessor.
     CatchUp,
+    /// Stop; the supervisor starts a successor, which recovers under the
+    /// node's current pipeline (`views apply`).
+    Stop,
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
 }
@@ -108,6 +112,8 @@ pub struct CompactReport {
 /// The shard's state and the work on it, apart from the actor plumbing.
 pub struct ShardWorker {
     ctx: Arc<NodeCtx>,
+    /// The pipeline this shard's engine runs.
+    pipe: Arc<Pipeline>,
     shard: u32,
     engine: Engine,
     /// Next log offset to process.
@@ -134,37 +140,194 @@ impl ShardWorker {
     /// Restores the last checkpoint, removes objects of interrupted
     /// checkpoints, and replays the log from the checkpoint's offset.
     pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, String> {
-        let mut engine = Engine::new(ctx.catalog.clone(), &ctx.view_name_refs()).map_err(err)?;
+        let pipe = ctx.pipeline();
+        let engine = Engine::new(pipe.catalog.clone(), &pipe.view_name_refs()).map_err(err)?;
         // a failed predecessor's checkpoint may still be writing: load after it
         let lock = ctx.checkpoint_locks[shard as usize].clone();
         let _guard = lock.lock().await;
-        let mut w_ckpt = CheckpointInfo::default();
-        let mut segs = Vec::new();
-        if let Some(l) = ctx.state.load(shard).map_err(err)? {
-            engine
-                .restore_parts(shard, l.meta, l.slots)
-                .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
-            w_ckpt = l.info;
-            segs = l.segments;
-        }
+        let loaded = ctx.state.load(shard).map_err(err)?;
         let mut w = ShardWorker {
-            training: vec![Vec::new(); ctx.view_names.len()],
+            training: vec![Vec::new(); pipe.view_names.len()],
+            pipe,
             ctx,
             shard,
             engine,
-            next_offset: w_ckpt.log_offset,
-            ckpt: w_ckpt,
+            next_offset: 0,
+            ckpt: CheckpointInfo::default(),
             late: Vec::new(),
-            segments: segs,
+            segments: Vec::new(),
             emitted: Vec::new(),
             in_flight: false,
             again: false,
             replies: Vec::new(),
         };
-        w.delete_orphans().await?;
+        if let Some(l) = loaded {
+            w.segments = l.segments.clone();
+            w.delete_orphans().await?;
+            if l.info.pipeline == w.pipe.fingerprint() {
+                w.engine
+                    .restore_parts(shard, l.meta, l.slots)
+                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+                w.ckpt = l.info;
+            } else {
+                w.rebuild(l).await?;
+            }
+            w.next_offset = w.ckpt.log_offset;
+        } else {
+            w.delete_orphans().await?;
+        }
         w.catch_up()?;
         w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
         Ok(w)
+    }
+
+    /// The checkpoint was taken for other views: rebuild the state of the
+    /// current ones by replaying the shard's archive (which holds its whole
+    /// log up to the checkpoint), write the full training history of views
+    /// that are new or changed, and commit it all as a fresh checkpoint.
+    async fn rebuild(&mut self, l: crate::store::Loaded) -> Result<(), String> {
+        let started = Instant::now();
+        let ctx = self.ctx.clone();
+        let shard = self.shard;
+        let built_for = ctx
+            .state
+            .get_node_key("views")
+            .map_err(err)?
+            .unwrap_or_default();
+        let old: HashMap<&str, &str> = built_for
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let emit: Vec<bool> = self
+            .pipe
+            .view_names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                old.get(name.as_str()) != Some(&view_fingerprint(self.pipe.view(i)).as_str())
+            })
+            .collect();
+        let mut raw: Vec<&SegmentInfo> = l.segments.iter().filter(|s| s.kind == "raw").collect();
+        raw.sort_by_key(|s| s.from_offset);
+        let mut at = raw.first().map_or(0, |s| s.from_offset);
+        if at != 0 && l.info.log_offset > 0 {
+            return Err(format!(
+                "shard {shard}: the archive starts at offset {at}, not 0; cannot rebuild"
+            ));
+        }
+        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); emit.len()];
+        let mut events = 0u64;
+        for s in &raw {
+            if s.from_offset != at {
+                return Err(format!(
+                    "shard {shard}: the archive has a gap at {at}..{}",
+                    s.from_offset
+                ));
+            }
+            at = s.to_offset;
+            let bytes = get_segment(ctx.objects.as_ref(), s).await.map_err(err)?;
+            for (_, row) in decode_raw(&s.path, bytes, &ctx.table.schema).map_err(err)? {
+                self.engine.push_to_shard(shard, &row, &mut self.emitted);
+                events += 1;
+                for e in self.emitted.drain(..) {
+                    if emit[e.view] {
+                        rows[e.view].push(e.row);
+                    }
+                }
+            }
+        }
+        if at != l.info.log_offset {
+            return Err(format!(
+                "shard {shard}: the archive ends at {at} but the checkpoint is at {}",
+                l.info.log_offset
+            ));
+        }
+        let seq = l.info.seq + 1;
+        let mut added = Vec::new();
+        for (v, rs) in rows.iter().enumerate() {
+            if !emit[v] || rs.is_empty() {
+                continue;
+            }
+            let view = self.pipe.view(v);
+            let tcol = view
+                .output
+                .index_of(&ctx.table.schema.columns[ctx.table.time].name);
+            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+            if let Some(c) = tcol {
+                for r in rs {
+                    if let Value::Timestamp(t) = r[c] {
+                        lo = lo.min(t);
+                        hi = hi.max(t);
+                    }
+                }
+            }
+            let bytes = lockstep_io::rows_to_parquet(&view.name, rs, &view.output).map_err(err)?;
+            added.push(
+                put_segment(
+                    ctx.objects.as_ref(),
+                    "training",
+                    &view.name,
+                    shard,
+                    0,
+                    at,
+                    &ctx.ext(&format!("rebuild{seq}.parquet")),
+                    bytes,
+                    rs.len() as u64,
+                    (lo, hi),
+                )
+                .await
+                .map_err(err)?,
+            );
+        }
+        let removed: Vec<SegmentInfo> = l
+            .segments
+            .iter()
+            .filter(|s| s.kind == "training")
+            .filter(|s| self.pipe.view_index(&s.name).is_some_and(|v| emit[v]))
+            .cloned()
+            .collect();
+        self.engine.mark_all_changed(shard);
+        let delta = self.engine.checkpoint_delta(shard).map_err(err)?;
+        let info = CheckpointInfo {
+            seq,
+            log_offset: at,
+            at_ms: crate::node::now_ms(),
+            slots_written: delta.slots.len() as u64,
+            bytes_written: 0,
+            pipeline: self.pipe.fingerprint(),
+        };
+        let bytes = ctx
+            .state
+            .commit(
+                shard,
+                Commit {
+                    meta: &delta.meta,
+                    slots: &delta.slots,
+                    info: info.clone(),
+                    add_segments: &added,
+                    remove_segments: &removed,
+                    replace_slots: true,
+                },
+            )
+            .map_err(err)?;
+        for s in &removed {
+            let p = object_store::path::Path::from(s.path.as_str());
+            let _ = object_store::ObjectStoreExt::delete(ctx.objects.as_ref(), &p).await;
+        }
+        self.segments.retain(|s| !removed.contains(s));
+        self.segments.extend(added);
+        self.ckpt = CheckpointInfo {
+            bytes_written: bytes,
+            ..info
+        };
+        tracing::info!(
+            shard,
+            events,
+            rebuilt_views = ?self.pipe.view_names.iter().zip(&emit).filter(|(_, e)| **e).map(|(n, _)| n).collect::<Vec<_>>(),
+            millis = started.elapsed().as_millis() as u64,
+            "rebuilt the shard's state for a new pipeline from its archive"
+        );
+        Ok(())
     }
 
     fn prefixes(&self) -> Vec<(String, String)> {
@@ -173,7 +336,7 @@ impl ShardWorker {
             ("raw".to_string(), t.clone()),
             ("late".to_string(), t.clone()),
         ];
-        for v in &self.ctx.view_names {
+        for v in &self.pipe.view_names {
             p.push(("training".to_string(), v.clone()));
         }
         p
@@ -234,7 +397,7 @@ impl ShardWorker {
         &mut self,
         first: u64,
         rows: Vec<Row>,
-        serve: Option<(usize, Reply<Row>)>,
+        serve: Option<(String, Reply<String>)>,
     ) -> Result<(), String> {
         if first > self.next_offset {
             // a message went to a predecessor of this actor: read the gap
@@ -268,7 +431,7 @@ impl ShardWorker {
                 continue; // already replayed from the log
             }
             if let Some((view, reply)) = serve.take() {
-                let _ = reply.send(self.engine.serve(view, &row).map_err(err));
+                let _ = reply.send(self.serve(&view, &row));
             }
             self.apply(off, &row);
         }
@@ -282,8 +445,19 @@ impl ShardWorker {
         Ok(())
     }
 
-    pub fn serve(&mut self, view: usize, event: &[Value]) -> Result<Row, String> {
-        self.engine.serve(view, event).map_err(err)
+    /// Features for a view by name, as `{"features": {...}}` (rendered
+    /// here, by the pipeline whose engine computed them: a request may have
+    /// been routed under one that `views apply` has since replaced).
+    pub fn serve(&mut self, view: &str, event: &[Value]) -> Result<String, String> {
+        let v = self
+            .pipe
+            .view_index(view)
+            .ok_or_else(|| format!("view `{view}` is no longer running"))?;
+        let row = self.engine.serve(v, event).map_err(err)?;
+        Ok(format!(
+            "{{\"features\":{}}}",
+            lockstep_io::render_json(&row, &self.pipe.view(v).output)
+        ))
     }
 
     /// Starts a checkpoint: takes the state delta and the rows to commit
@@ -353,6 +527,7 @@ impl ShardWorker {
         let n_views = self.training.len();
         let job = CheckpointJob {
             ctx: self.ctx.clone(),
+            pipe: self.pipe.clone(),
             shard: self.shard,
             from,
             to,
@@ -530,8 +705,8 @@ impl ShardWorker {
             let schema = if kind == "raw" {
                 raw_schema(&ctx.table.schema)
             } else {
-                match ctx.view_index(&name) {
-                    Some(v) => ctx.view(v).output.clone(),
+                match self.pipe.view_index(&name) {
+                    Some(v) => self.pipe.view(v).output.clone(),
                     None => continue,
                 }
             };
@@ -597,6 +772,7 @@ impl ShardWorker {
 /// One checkpoint's data, written off the actor.
 pub struct CheckpointJob {
     ctx: Arc<NodeCtx>,
+    pipe: Arc<Pipeline>,
     shard: u32,
     from: u64,
     to: u64,
@@ -673,7 +849,7 @@ async fn write_checkpoint(
         if rows.is_empty() {
             continue;
         }
-        let view = ctx.view(v);
+        let view = job.pipe.view(v);
         let tcol = view.output.index_of(&table.schema.columns[table.time].name);
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         if let Some(c) = tcol {
@@ -744,6 +920,7 @@ async fn write_checkpoint(
         at_ms: crate::node::now_ms(),
         slots_written: delta.slots.len() as u64,
         bytes_written: 0,
+        pipeline: job.pipe.fingerprint(),
     };
     let bytes = ctx
         .state
@@ -755,6 +932,7 @@ async fn write_checkpoint(
                 info: info.clone(),
                 add_segments: &added,
                 remove_segments: &[],
+                replace_slots: false,
             },
         )
         .map_err(err)?;
@@ -794,8 +972,9 @@ impl Actor for ShardActor {
         match msg {
             ShardMsg::Events { first, rows, serve } => w.on_events(first, rows, serve)?,
             ShardMsg::Serve { view, event, reply } => {
-                let _ = reply.send(w.serve(view, &event));
+                let _ = reply.send(w.serve(&view, &event));
             }
+            ShardMsg::Stop => me.stop(Some("pipeline change".into())),
             ShardMsg::Checkpoint { reply } => w.start_checkpoint(&me, reply),
             ShardMsg::CheckpointDone {
                 done,
@@ -924,12 +1103,16 @@ impl Actor for Supervisor {
         if st.ctx.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
-        tracing::error!(
-            shard,
-            "shard actor died ({why}); restarting from its checkpoint"
-        );
-        st.ctx.restarts[shard as usize].fetch_add(1, Ordering::Relaxed);
-        st.ctx.metrics.restarts.inc();
+        if why == "pipeline change" {
+            tracing::info!(shard, "restarting the shard under the new pipeline");
+        } else {
+            tracing::error!(
+                shard,
+                "shard actor died ({why}); restarting from its checkpoint"
+            );
+            st.ctx.restarts[shard as usize].fetch_add(1, Ordering::Relaxed);
+            st.ctx.metrics.restarts.inc();
+        }
         // recovery can fail transiently (object store down): retried with
         // backoff through messages, so other shards are handled meanwhile
         let _ = me.send_message(shard);

@@ -37,6 +37,9 @@ pub struct CheckpointInfo {
     pub slots_written: u64,
     /// Bytes of state written by this checkpoint.
     pub bytes_written: u64,
+    /// Fingerprint of the views the state was built for
+    /// ([`crate::node::Pipeline::fingerprint`]).
+    pub pipeline: String,
 }
 
 /// A shard's checkpoint as loaded for recovery.
@@ -54,6 +57,8 @@ pub struct Commit<'a> {
     pub info: CheckpointInfo,
     pub add_segments: &'a [SegmentInfo],
     pub remove_segments: &'a [SegmentInfo],
+    /// Drop every stored slot first (a rebuilt state, laid out anew).
+    pub replace_slots: bool,
 }
 
 pub struct StateStore {
@@ -161,6 +166,21 @@ impl StateStore {
         Ok(id)
     }
 
+    /// A node-wide setting kept with the state (the table's definition, the
+    /// fingerprints of the views all shards were last built for).
+    pub fn get_node_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .get(format!("node/{key}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_node_key(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.db.insert(format!("node/{key}"), value.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Just the last checkpoint's info (no state decoded).
     pub fn info(&self, shard: u32) -> Result<Option<CheckpointInfo>, StoreError> {
         let tree = self.tree(shard)?;
@@ -175,6 +195,11 @@ impl StateStore {
         let tree = self.tree(shard)?;
         let mut batch = sled::Batch::default();
         let mut bytes = 0u64;
+        if c.replace_slots {
+            for k in tree.scan_prefix([SLOT]).keys() {
+                batch.remove(k?);
+            }
+        }
         let meta = encode(c.meta);
         bytes += meta.len() as u64;
         batch.insert(META, meta);

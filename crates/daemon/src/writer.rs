@@ -60,7 +60,7 @@ pub struct WriteReq {
     pub reply: IngestReply,
     /// Serve-and-ingest: the engine view whose features the (single) event
     /// gets back.
-    pub serve: Option<usize>,
+    pub serve: Option<String>,
     pub done: oneshot::Sender<Result<Written, String>>,
 }
 
@@ -69,7 +69,7 @@ pub struct Written {
     /// True when the idempotency key was already accepted: nothing was
     /// appended this time.
     pub replayed: bool,
-    pub features: Option<oneshot::Receiver<Result<Row, String>>>,
+    pub features: Option<oneshot::Receiver<Result<String, String>>>,
 }
 
 pub fn start(
@@ -283,11 +283,11 @@ impl Writer {
                 let (shard, n) = (shard_of_append[ai], rows.len() as u64);
                 let first = firsts[ai];
                 self.ends[shard as usize] = first + n;
-                let serve = match r.serve {
+                let serve = match &r.serve {
                     Some(view) if features.is_none() => {
                         let (tx, rx) = oneshot::channel();
                         features = Some(rx);
-                        Some((view, tx))
+                        Some((view.clone(), tx))
                     }
                     _ => None,
                 };

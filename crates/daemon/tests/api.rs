@@ -530,21 +530,154 @@ fn bad_pipeline_or_config_stops_startup_naming_the_key() {
     assert!(err.contains("`checkpoint_interval`"), "{err}");
 }
 
+/// The canonical table with a second view the canonical pipeline lacks.
+fn pipeline_with_new_view() -> String {
+    format!(
+        "{SQL}
+CREATE VIEW clicks_per_campaign AS
+SELECT event_id, user_id, event_time,
+  COUNT(*) FILTER (WHERE kind = 'click') OVER (
+    PARTITION BY user_id, campaign_id ORDER BY event_time
+    RANGE BETWEEN INTERVAL '30' MINUTE PRECEDING AND CURRENT ROW) AS clicks_30m
+FROM ad_events;"
+    )
+}
+
+/// The batch engine's rows of `view` of `sql` over `rows`, per shard.
+fn batch_view(
+    sql: &str,
+    view: &str,
+    rows: &[lockstep_core::value::Row],
+) -> Vec<lockstep_core::value::Row> {
+    let catalog = std::sync::Arc::new(lockstep_core::parse_pipeline(sql).unwrap());
+    let mut e = lockstep_core::Engine::new(catalog, &[view]).unwrap();
+    let mut emitted = Vec::new();
+    let mut per_shard = vec![Vec::new(); 16];
+    for r in rows {
+        e.push(r, &mut emitted).unwrap();
+        for em in emitted.drain(..) {
+            per_shard[em.shard as usize].push(em.row);
+        }
+    }
+    per_shard.into_iter().flatten().collect()
+}
+
+fn export_view(
+    c: &lockstep_daemon::client::Client,
+    dir: &std::path::Path,
+    sql: &str,
+    view: &str,
+) -> Vec<lockstep_core::value::Row> {
+    let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
+    lockstep_daemon::offline::export(c, view, &out).unwrap();
+    let catalog = lockstep_core::parse_pipeline(sql).unwrap();
+    lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
+}
+
 #[test]
-fn restarting_with_other_views_is_refused_with_a_clear_message() {
+fn views_apply_rebuilds_from_the_archive_while_the_node_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = daemon(dir.path());
-    d.client()
-        .post_json(
-            "/v1/tables/ad_events/events",
-            jsonl(&events(200, 10, 1)).as_bytes(),
+    let c = d.client();
+    let rows = events(5000, 80, 17);
+    let (a, b) = rows.split_at(3000);
+    c.post_json("/v1/tables/ad_events/events", jsonl(a).as_bytes())
+        .unwrap();
+    let new_sql = pipeline_with_new_view();
+    // bad SQL and another table are refused, nothing changes
+    let r = c
+        .request("POST", "/v1/views", Some(b"CREATE VIEW x AS SELEC"), &[])
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["line"].as_u64().is_some());
+    let r = c
+        .request(
+            "POST",
+            "/v1/views",
+            Some(new_sql.replace("shards = 16", "shards = 4").as_bytes()),
+            &[],
         )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .request("POST", "/v1/views", Some(SQL.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.json()["unchanged"], true);
+
+    let r = c
+        .request("POST", "/v1/views", Some(new_sql.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["added"],
+        serde_json::json!(["clicks_per_campaign"])
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("pipeline.sql")).unwrap(),
+        new_sql
+    );
+    c.post_json("/v1/tables/ad_events/events", jsonl(b).as_bytes())
+        .unwrap();
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let check = |c: &lockstep_daemon::client::Client, what: &str| {
+        assert_rows_eq(
+            &export_view(c, dir.path(), &new_sql, "clicks_per_campaign"),
+            &batch_view(&new_sql, "clicks_per_campaign", &rows),
+            &format!("new view, whole history ({what})"),
+        );
+        assert_rows_eq(
+            &export_view(c, dir.path(), &new_sql, VIEW),
+            &batch_view(&new_sql, VIEW, &rows),
+            &format!("unchanged view, nothing twice ({what})"),
+        );
+    };
+    check(&c, "after apply");
+    let rebuilds = |d: &Daemon| d.log().matches("rebuilt the shard's state").count();
+    let before = rebuilds(&d);
+    assert!(before > 0, "apply rebuilt no shard");
+    // the node restarts into the applied pipeline without rebuilding again
+    d.kill();
+    d.restart();
+    let c = d.client();
+    check(&c, "after a restart");
+    assert_eq!(
+        rebuilds(&d),
+        before,
+        "a restart under the applied pipeline rebuilds nothing"
+    );
+}
+
+#[test]
+fn restarting_with_changed_views_rebuilds_them_and_a_changed_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path());
+    let rows = events(3000, 60, 19);
+    d.client()
+        .post_json("/v1/tables/ad_events/events", jsonl(&rows).as_bytes())
         .unwrap();
     d.client().post_json("/v1/checkpoint", b"").unwrap();
     d.kill();
-    let other = SQL.replace("user_ad_features", "renamed_features");
-    let p = dir.path().join("other.sql");
-    std::fs::write(&p, other).unwrap();
+    // the same view under another name and with a 2-hour window
+    let changed = SQL
+        .replace("user_ad_features", "features_v2")
+        .replace("INTERVAL '1' HOUR PRECEDING", "INTERVAL '2' HOUR PRECEDING");
+    std::fs::write(dir.path().join("pipeline.sql"), &changed).unwrap();
+    d.restart();
+    let c = d.client();
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    assert_rows_eq(
+        &export_view(&c, dir.path(), &changed, "features_v2"),
+        &batch_view(&changed, "features_v2", &rows),
+        "rebuilt view",
+    );
+    d.kill();
+    // the table itself is fixed for the data directory
+    let p = dir.path().join("other-table.sql");
+    std::fs::write(
+        &p,
+        changed.replace("lateness = '30 seconds'", "lateness = '1 minute'"),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -558,9 +691,8 @@ fn restarting_with_other_views_is_refused_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("config key `pipeline`"), "{err}");
     assert!(
-        err.contains("renamed_features") && err.contains("user_ad_features"),
+        err.contains("config key `pipeline`") && err.contains("new data_dir"),
         "{err}"
     );
 }

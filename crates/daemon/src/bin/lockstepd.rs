@@ -128,7 +128,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         node.ctx.config.node_id,
         node.ctx.table.name,
         node.ctx.table.shards,
-        node.ctx.view_names.join(", ")
+        node.ctx.pipeline().view_names.join(", ")
     );
     let app = http::router(&node);
     axum::serve(listener, app)
