@@ -249,18 +249,7 @@ impl ShardWorker {
                 continue;
             }
             let view = self.pipe.view(v);
-            let tcol = view
-                .output
-                .index_of(&ctx.table.schema.columns[ctx.table.time].name);
-            let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            if let Some(c) = tcol {
-                for r in rs {
-                    if let Value::Timestamp(t) = r[c] {
-                        lo = lo.min(t);
-                        hi = hi.max(t);
-                    }
-                }
-            }
+            let (lo, hi) = view_time_range(&ctx.table, view, rs);
             let bytes = lockstep_io::rows_to_parquet(&view.name, rs, &view.output).map_err(err)?;
             added.push(
                 put_segment(
@@ -769,6 +758,25 @@ impl ShardWorker {
     }
 }
 
+/// Smallest and largest event time among rows of `view` (by the column named
+/// like the table's event time; `(i64::MAX, i64::MIN)` if none).
+fn view_time_range(
+    table: &lockstep_core::Table,
+    view: &lockstep_core::View,
+    rows: &[Row],
+) -> (i64, i64) {
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    if let Some(c) = view.output.index_of(&table.schema.columns[table.time].name) {
+        for r in rows {
+            if let Value::Timestamp(t) = r[c] {
+                lo = lo.min(t);
+                hi = hi.max(t);
+            }
+        }
+    }
+    (lo, hi)
+}
+
 /// One checkpoint's data, written off the actor.
 pub struct CheckpointJob {
     ctx: Arc<NodeCtx>,
@@ -850,16 +858,7 @@ async fn write_checkpoint(
             continue;
         }
         let view = job.pipe.view(v);
-        let tcol = view.output.index_of(&table.schema.columns[table.time].name);
-        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        if let Some(c) = tcol {
-            for r in rows {
-                if let Value::Timestamp(t) = r[c] {
-                    lo = lo.min(t);
-                    hi = hi.max(t);
-                }
-            }
-        }
+        let (lo, hi) = view_time_range(table, view, rows);
         let name = format!("training/{}/{}", view.name, job.shard);
         let bytes = lockstep_io::rows_to_parquet(&name, rows, &view.output).map_err(err)?;
         training_rows += rows.len() as u64;

@@ -166,8 +166,16 @@ pub fn create_row_writer(path: &Path, schema: &Schema) -> Result<Box<dyn RowSink
 /// columns by name. Anything the writers produce reads back bit-exactly; a
 /// record that does not fit the schema is an error here, not a dead letter.
 pub fn read_rows(path: &Path, schema: &Schema) -> Result<Vec<Row>, IoError> {
+    collect_rows(path, open_events(path, schema)?)
+}
+
+/// Every row of a record stream; a bad record is an error here.
+fn collect_rows(
+    path: &Path,
+    records: impl Iterator<Item = Result<Result<Row, BadRecord>, IoError>>,
+) -> Result<Vec<Row>, IoError> {
     let mut rows = Vec::new();
-    for record in open_events(path, schema)? {
+    for record in records {
         match record? {
             Ok(row) => rows.push(row),
             Err(bad) => {
@@ -223,18 +231,5 @@ pub fn rows_from_parquet(
 ) -> Result<Vec<Row>, IoError> {
     let path = Path::new(name);
     let mut r = parquet_in::ParquetEvents::open_from(path, bytes, schema, None)?;
-    let mut rows = Vec::new();
-    while let Some(record) = r.next_record()? {
-        match record {
-            Ok(row) => rows.push(row),
-            Err(bad) => {
-                return Err(IoError::InvalidRecord {
-                    path: path.to_path_buf(),
-                    location: bad.location,
-                    reason: bad.reason,
-                })
-            }
-        }
-    }
-    Ok(rows)
+    collect_rows(path, std::iter::from_fn(|| r.next_record().transpose()))
 }
