@@ -446,6 +446,40 @@ impl Engine {
         Ok(ShardDelta { meta, slots })
     }
 
+    /// Like [`Engine::checkpoint_delta`], but each changed slot is handed to
+    /// `encode` by reference and its result kept: the daemon serializes
+    /// slots straight to bytes instead of copying partitions first.
+    pub fn checkpoint_delta_encoded<T>(
+        &mut self,
+        shard: u32,
+        mut encode: impl FnMut(&Entry) -> T,
+    ) -> Result<(ShardMeta, Vec<(SlotKey, T)>), EngineError> {
+        let views = self.view_names();
+        let s = self
+            .shards
+            .get_mut(shard as usize)
+            .ok_or(EngineError::NoShard(shard))?;
+        let mut slots = Vec::new();
+        for (v, vs) in s.views.iter_mut().enumerate() {
+            vs.take_dirty_with(|g, i, e| {
+                let key = SlotKey {
+                    view: v as u32,
+                    group: g as u32,
+                    slot: i as u32,
+                };
+                slots.push((key, encode(e)));
+            });
+        }
+        let meta = ShardMeta {
+            views,
+            max_time: s.max_time,
+            next_pos: s.next_pos,
+            late: s.late,
+            view_meta: s.views.iter().map(ViewState::meta).collect(),
+        };
+        Ok((meta, slots))
+    }
+
     /// Makes the next [`Engine::checkpoint_delta`] of `shard` include every
     /// slot (a full checkpoint, e.g. into an empty store).
     pub fn mark_all_changed(&mut self, shard: u32) {

@@ -276,7 +276,7 @@ impl ShardWorker {
             .cloned()
             .collect();
         self.engine.mark_all_changed(shard);
-        let delta = self.engine.checkpoint_delta(shard).map_err(err)?;
+        let delta = crate::store::EncodedDelta::take(&mut self.engine, shard).map_err(err)?;
         let info = CheckpointInfo {
             seq,
             log_offset: at,
@@ -487,7 +487,7 @@ impl ShardWorker {
             }
             return;
         }
-        let delta = match self.engine.checkpoint_delta(self.shard) {
+        let delta = match crate::store::EncodedDelta::take(&mut self.engine, self.shard) {
             Ok(d) => d,
             Err(e) => {
                 for r in replies {
@@ -785,7 +785,7 @@ pub struct CheckpointJob {
     from: u64,
     to: u64,
     seq: u64,
-    delta: lockstep_core::ShardDelta,
+    delta: crate::store::EncodedDelta,
     training: Vec<Vec<Row>>,
     late: Vec<(u64, i64, Row)>,
 }

@@ -53,7 +53,8 @@ pub struct Loaded {
 /// One checkpoint to commit.
 pub struct Commit<'a> {
     pub meta: &'a ShardMeta,
-    pub slots: &'a [(SlotKey, Entry)],
+    /// Changed partition slots, already encoded ([`encode_slot`]).
+    pub slots: &'a [(SlotKey, Vec<u8>)],
     pub info: CheckpointInfo,
     pub add_segments: &'a [SegmentInfo],
     pub remove_segments: &'a [SegmentInfo],
@@ -80,6 +81,27 @@ fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Resul
             what,
             message: e.to_string(),
         })
+}
+
+/// A partition slot as the store keeps it.
+pub fn encode_slot(e: &Entry) -> Vec<u8> {
+    encode(e)
+}
+
+/// A shard's checkpoint delta with its slots encoded.
+pub struct EncodedDelta {
+    pub meta: ShardMeta,
+    pub slots: Vec<(SlotKey, Vec<u8>)>,
+}
+
+impl EncodedDelta {
+    pub fn take(
+        engine: &mut lockstep_core::Engine,
+        shard: u32,
+    ) -> Result<EncodedDelta, lockstep_core::EngineError> {
+        let (meta, slots) = engine.checkpoint_delta_encoded(shard, encode_slot)?;
+        Ok(EncodedDelta { meta, slots })
+    }
 }
 
 fn slot_key(k: &SlotKey) -> [u8; 13] {
@@ -203,10 +225,9 @@ impl StateStore {
         let meta = encode(c.meta);
         bytes += meta.len() as u64;
         batch.insert(META, meta);
-        for (k, e) in c.slots {
-            let v = encode(e);
+        for (k, v) in c.slots {
             bytes += v.len() as u64;
-            batch.insert(&slot_key(k), v);
+            batch.insert(&slot_key(k), v.as_slice());
         }
         let mut info = c.info;
         info.bytes_written = bytes;

@@ -89,14 +89,23 @@ impl Group {
     /// The slots changed since the last call (sorted), with their current
     /// contents, and forgets them: the incremental part of a checkpoint.
     pub fn take_dirty(&mut self) -> Vec<(usize, Entry)> {
+        let mut out = Vec::new();
+        self.take_dirty_with(|i, e| out.push((i, e.clone())));
+        out
+    }
+
+    /// Like [`Group::take_dirty`], handing each changed slot to `visit` by
+    /// reference (a checkpoint serializes it without copying it first).
+    pub fn take_dirty_with(&mut self, mut visit: impl FnMut(usize, &Entry)) {
         let mut d = std::mem::take(&mut self.dirty);
         d.sort_unstable();
-        d.into_iter()
-            .map(|i| {
-                self.marked[i] = false;
-                (i, self.slab[i].clone())
-            })
-            .collect()
+        for &i in &d {
+            self.marked[i] = false;
+            visit(i, &self.slab[i]);
+        }
+        d.clear();
+        // keep the list's allocation for the next interval
+        self.dirty = d;
     }
 
     /// Every slot, as a checkpoint taken from scratch would write them.

@@ -135,10 +135,15 @@ impl ViewState {
     /// Partition slots changed since the last call, as (group, slot, entry).
     pub fn take_dirty(&mut self) -> Vec<(usize, usize, Entry)> {
         let mut out = Vec::new();
-        for (g, group) in self.groups.iter_mut().enumerate() {
-            out.extend(group.take_dirty().into_iter().map(|(i, e)| (g, i, e)));
-        }
+        self.take_dirty_with(|g, i, e| out.push((g, i, e.clone())));
         out
+    }
+
+    /// Changed slots by reference, as (group, slot, entry).
+    pub fn take_dirty_with(&mut self, mut visit: impl FnMut(usize, usize, &Entry)) {
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            group.take_dirty_with(|i, e| visit(g, i, e));
+        }
     }
 
     /// Marks every partition slot changed.
