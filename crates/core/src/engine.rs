@@ -420,29 +420,7 @@ impl Engine {
     /// call; applying the deltas in order to a key-value store of slots and
     /// keeping the latest meta gives what [`Engine::restore_parts`] needs.
     pub fn checkpoint_delta(&mut self, shard: u32) -> Result<ShardDelta, EngineError> {
-        let views = self.view_names();
-        let s = self
-            .shards
-            .get_mut(shard as usize)
-            .ok_or(EngineError::NoShard(shard))?;
-        let mut slots = Vec::new();
-        for (v, vs) in s.views.iter_mut().enumerate() {
-            for (g, i, e) in vs.take_dirty() {
-                let key = SlotKey {
-                    view: v as u32,
-                    group: g as u32,
-                    slot: i as u32,
-                };
-                slots.push((key, e));
-            }
-        }
-        let meta = ShardMeta {
-            views,
-            max_time: s.max_time,
-            next_pos: s.next_pos,
-            late: s.late,
-            view_meta: s.views.iter().map(ViewState::meta).collect(),
-        };
+        let (meta, slots) = self.checkpoint_delta_encoded(shard, Entry::clone)?;
         Ok(ShardDelta { meta, slots })
     }
 
