@@ -170,7 +170,7 @@ pub fn backfill_with(
         }
         expect = Some((s.shard, s.to_offset));
         let bytes = fetch_segment(client, s)?;
-        for (_, row) in decode_raw(&s.path, bytes, &table.schema).map_err(other)? {
+        for (_, row) in decode_raw(&s.path, bytes).map_err(other)? {
             engine.push_to_shard(s.shard, &row, &mut emitted);
             report.events += 1;
             for e in emitted.drain(..) {

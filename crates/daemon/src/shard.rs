@@ -6,8 +6,8 @@
 
 use crate::node::{view_fingerprint, NodeCtx, Pipeline};
 use crate::segments::{
-    self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, raw_schema,
-    shard_prefix, SegmentInfo,
+    self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, shard_prefix,
+    SegmentInfo,
 };
 use crate::store::{CheckpointInfo, Commit};
 use lockstep_core::value::{Row, Value};
@@ -123,6 +123,8 @@ pub struct ShardWorker {
     training: Vec<Vec<Row>>,
     /// Late events since the last checkpoint: (offset, watermark, event).
     late: Vec<(u64, i64, Row)>,
+    /// Event-time range of the log since the last checkpoint.
+    times: (i64, i64),
     segments: Vec<SegmentInfo>,
     emitted: Vec<Emitted>,
     /// A checkpoint task is running; `again`: another was asked for
@@ -155,6 +157,7 @@ impl ShardWorker {
             next_offset: 0,
             ckpt: CheckpointInfo::default(),
             late: Vec::new(),
+            times: (i64::MAX, i64::MIN),
             segments: Vec::new(),
             emitted: Vec::new(),
             in_flight: false,
@@ -226,7 +229,7 @@ impl ShardWorker {
             }
             at = s.to_offset;
             let bytes = get_segment(ctx.objects.as_ref(), s).await.map_err(err)?;
-            for (_, row) in decode_raw(&s.path, bytes, &ctx.table.schema).map_err(err)? {
+            for (_, row) in decode_raw(&s.path, bytes).map_err(err)? {
                 self.engine.push_to_shard(shard, &row, &mut self.emitted);
                 events += 1;
                 for e in self.emitted.drain(..) {
@@ -369,6 +372,9 @@ impl ShardWorker {
 
     fn apply(&mut self, offset: u64, row: &[Value]) {
         debug_assert_eq!(offset, self.next_offset);
+        if let Value::Timestamp(t) = row[self.ctx.table.time] {
+            self.times = (self.times.0.min(t), self.times.1.max(t));
+        }
         let out = self
             .engine
             .push_to_shard(self.shard, row, &mut self.emitted);
@@ -517,6 +523,7 @@ impl ShardWorker {
         let job = CheckpointJob {
             ctx: self.ctx.clone(),
             pipe: self.pipe.clone(),
+            times: std::mem::replace(&mut self.times, (i64::MAX, i64::MIN)),
             shard: self.shard,
             from,
             to,
@@ -540,7 +547,13 @@ impl ShardWorker {
                 // actor runs one task at a time; write everything next time
                 self.in_flight = false;
                 self.engine.mark_all_changed(self.shard);
-                let CheckpointJob { training, late, .. } = job;
+                let CheckpointJob {
+                    training,
+                    late,
+                    times,
+                    ..
+                } = job;
+                self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
                 for (old, new) in self.training.iter_mut().zip(training) {
                     let mut new = new;
                     new.append(old);
@@ -560,7 +573,7 @@ impl ShardWorker {
             let result = write_checkpoint(&job).await;
             match result {
                 Ok((info, added, training_rows)) => Ok((info, added, training_rows)),
-                Err(e) => Err((e, job.training, job.late)),
+                Err(e) => Err((e, job.training, job.late, job.times)),
             }
         });
         // a panic in the task would lose its rows: fail the shard instead,
@@ -619,7 +632,8 @@ impl ShardWorker {
                     millis: secs * 1e3,
                 })
             }
-            Err((e, mut training, mut late)) => {
+            Err((e, mut training, mut late, times)) => {
+                self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
                 tracing::error!(shard = self.shard, "checkpoint failed: {e}");
                 // the delta's slots were taken: write everything next time;
                 // the rows go back in front of the ones since
@@ -692,26 +706,40 @@ impl ShardWorker {
         streams.sort_by(|a, b| a.0.cmp(&b.0));
         for ((kind, name), segs) in streams {
             let schema = if kind == "raw" {
-                raw_schema(&ctx.table.schema)
+                None
             } else {
                 match self.pipe.view_index(&name) {
-                    Some(v) => self.pipe.view(v).output.clone(),
+                    Some(v) => Some(self.pipe.view(v).output.clone()),
                     None => continue,
                 }
             };
             for group in plan_compaction(&segs, target_bytes) {
-                let mut rows = Vec::new();
-                for s in &group {
-                    let bytes = get_segment(store, s).await.map_err(err)?;
-                    rows.extend(
-                        lockstep_io::rows_from_parquet(&s.path, bytes, &schema).map_err(err)?,
-                    );
-                }
                 let (from, to) = (group[0].from_offset, group[group.len() - 1].to_offset);
                 let lo = group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
                 let hi = group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
-                let label = segments::segment_path(&kind, &name, self.shard, from, to, "parquet");
-                let bytes = lockstep_io::rows_to_parquet(&label, &rows, &schema).map_err(err)?;
+                let mut parts = Vec::new();
+                for s in &group {
+                    parts.push((s.path.clone(), get_segment(store, s).await.map_err(err)?));
+                }
+                let (bytes, n, ext) = match &schema {
+                    // raw log slices concatenate without decoding
+                    None => {
+                        let (b, n) = segments::merge_raw(&parts).map_err(err)?;
+                        (b, n, segments::RAW_EXT)
+                    }
+                    Some(schema) => {
+                        let mut rows = Vec::new();
+                        for (path, b) in parts {
+                            rows.extend(
+                                lockstep_io::rows_from_parquet(&path, b, schema).map_err(err)?,
+                            );
+                        }
+                        let label =
+                            segments::segment_path(&kind, &name, self.shard, from, to, "parquet");
+                        let b = lockstep_io::rows_to_parquet(&label, &rows, schema).map_err(err)?;
+                        (b, rows.len() as u64, "parquet")
+                    }
+                };
                 let merged = put_segment(
                     store,
                     &kind,
@@ -719,9 +747,9 @@ impl ShardWorker {
                     self.shard,
                     from,
                     to,
-                    &ctx.ext("parquet"),
+                    &ctx.ext(ext),
                     bytes,
-                    rows.len() as u64,
+                    n,
                     (lo, hi),
                 )
                 .await
@@ -746,15 +774,6 @@ impl ShardWorker {
             segments_before: before,
             segments_after: self.segments.len(),
         })
-    }
-
-    /// Replays a raw segment (tests and backfill share this decoding).
-    pub fn decode_raw(
-        &self,
-        s: &SegmentInfo,
-        bytes: bytes::Bytes,
-    ) -> Result<Vec<(u64, Row)>, String> {
-        decode_raw(&s.path, bytes, &self.ctx.table.schema).map_err(err)
     }
 }
 
@@ -781,6 +800,8 @@ fn view_time_range(
 pub struct CheckpointJob {
     ctx: Arc<NodeCtx>,
     pipe: Arc<Pipeline>,
+    /// Event-time range of the log slice.
+    times: (i64, i64),
     shard: u32,
     from: u64,
     to: u64,
@@ -794,8 +815,10 @@ type LateRow = (u64, i64, Row);
 
 /// A checkpoint's result: its info, new segments and training rows; or the
 /// error with the rows it could not commit.
-pub type CheckpointOutcome =
-    Result<(CheckpointInfo, Vec<SegmentInfo>, u64), (String, Vec<Vec<Row>>, Vec<LateRow>)>;
+pub type CheckpointOutcome = Result<
+    (CheckpointInfo, Vec<SegmentInfo>, u64),
+    (String, Vec<Vec<Row>>, Vec<LateRow>, (i64, i64)),
+>;
 
 /// Archives the log slice, writes the training and late rows, and commits
 /// them with the state delta in one atomic batch.
@@ -808,33 +831,20 @@ async fn write_checkpoint(
     let table = &ctx.table;
     let mut added = Vec::new();
     if to > from {
-        let recs = ctx
+        // the log slice as is: no decoding, no re-encoding
+        let mut framed = Vec::new();
+        let n = ctx
             .log
-            .read(job.shard, from, (to - from) as usize)
+            .read_framed(job.shard, from, to, &mut framed)
             .map_err(err)?;
-        if recs.len() as u64 != to - from {
+        if n != to - from {
             return Err(format!(
-                "shard {}: the log holds {} records of {from}..{to}",
-                job.shard,
-                recs.len()
+                "shard {}: the log holds {n} records of {from}..{to}",
+                job.shard
             ));
         }
-        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        let mut rows = Vec::with_capacity(recs.len());
-        for r in recs {
-            let mut row = crate::node::decode_event(&r.bytes)?;
-            if let Value::Timestamp(t) = row[table.time] {
-                lo = lo.min(t);
-                hi = hi.max(t);
-            }
-            row.push(Value::BigInt(r.offset as i64));
-            rows.push(row);
-        }
-        let name = format!("raw/{}/{}", table.name, job.shard);
-        let bytes =
-            lockstep_io::rows_to_parquet(&name, &rows, &raw_schema(&table.schema)).map_err(err)?;
-        let n = rows.len() as u64;
-        drop(rows);
+        let bytes = segments::raw_segment(from, n, &framed);
+        drop(framed);
         added.push(
             put_segment(
                 store,
@@ -843,10 +853,10 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                &ctx.ext("parquet"),
+                &ctx.ext(segments::RAW_EXT),
                 bytes,
                 n,
-                (lo, hi),
+                job.times,
             )
             .await
             .map_err(err)?,

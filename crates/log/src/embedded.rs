@@ -279,6 +279,56 @@ impl EmbeddedLog {
         Ok(())
     }
 
+    /// Appends the records `from..to` of `shard` to `out`, each as a
+    /// little-endian u32 length and its bytes (the archive's framing), with
+    /// no per-record allocation. Returns how many were written.
+    pub fn read_framed(
+        &self,
+        shard: u32,
+        from: u64,
+        to: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, LogError> {
+        let tree = self.tree(shard)?;
+        let start = self.start_offset(shard)?;
+        if from < start {
+            return Err(LogError::Truncated {
+                shard,
+                offset: from,
+                start,
+            });
+        }
+        let first_key = match tree.range(..=from.to_be_bytes()).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                if k.len() == 8 {
+                    decode_u64(&k)
+                } else {
+                    from
+                }
+            }
+            None => from,
+        };
+        let mut n = 0;
+        for item in tree.range(first_key.to_be_bytes()..to.to_be_bytes()) {
+            let (k, v) = item?;
+            if k.len() != 8 {
+                break;
+            }
+            let first = decode_u64(&k);
+            for (i, r) in decode_batch(&v).enumerate() {
+                let offset = first + i as u64;
+                if offset < from || offset >= to {
+                    continue;
+                }
+                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                out.extend_from_slice(r);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// A sidecar value.
     pub fn side_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LogError> {
         Ok(self.side.get(key)?.map(|v| v.to_vec()))
