@@ -804,3 +804,38 @@ fn nodes_sharing_an_object_store_leave_each_others_segments_alone() {
     );
     assert_rows_eq(&exported(&a.client(), &da), &want(&rows_a), "node a");
 }
+
+#[test]
+fn sigkill_during_views_apply_finishes_the_rebuild_at_restart() {
+    let new_sql = pipeline_with_new_view();
+    for delay_ms in [0u64, 15, 40] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = daemon(dir.path());
+        let rows = events(4000, 80, 23 + delay_ms);
+        d.client()
+            .post_json("/v1/tables/ad_events/events", jsonl(&rows).as_bytes())
+            .unwrap();
+        let c = d.client();
+        let body = new_sql.clone();
+        let apply =
+            std::thread::spawn(move || c.request("POST", "/v1/views", Some(body.as_bytes()), &[]));
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        d.kill();
+        let _ = apply.join().unwrap();
+        // whatever the apply had reached, the restart settles on one pipeline
+        d.restart();
+        let c = d.client();
+        c.post_json("/v1/checkpoint", b"").unwrap();
+        let running = c.get_json("/v1/pipeline").unwrap();
+        let sql = running["sql"].as_str().unwrap().to_string();
+        eprintln!("SIGKILL {delay_ms} ms into the apply: runs {}", running["views"]);
+        for view in running["views"].as_array().unwrap() {
+            let view = view.as_str().unwrap();
+            assert_rows_eq(
+                &export_view(&c, dir.path(), &sql, view),
+                &batch_view(&sql, view, &rows),
+                &format!("`{view}` after SIGKILL {delay_ms} ms into the apply"),
+            );
+        }
+    }
+}
