@@ -828,7 +828,10 @@ fn sigkill_during_views_apply_finishes_the_rebuild_at_restart() {
         c.post_json("/v1/checkpoint", b"").unwrap();
         let running = c.get_json("/v1/pipeline").unwrap();
         let sql = running["sql"].as_str().unwrap().to_string();
-        eprintln!("SIGKILL {delay_ms} ms into the apply: runs {}", running["views"]);
+        eprintln!(
+            "SIGKILL {delay_ms} ms into the apply: runs {}",
+            running["views"]
+        );
         for view in running["views"].as_array().unwrap() {
             let view = view.as_str().unwrap();
             assert_rows_eq(

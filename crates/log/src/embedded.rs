@@ -15,6 +15,22 @@ const START_KEY: [u8; 9] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe
 
 /// A batch value: record count, then each record's length and bytes
 /// (little-endian u32s); see [`RecordBatch`].
+/// The key of the batch that holds offset `from` (the last key at or
+/// before it), or `from` itself when none does.
+fn batch_holding(tree: &sled::Tree, from: u64) -> Result<u64, LogError> {
+    Ok(match tree.range(..=from.to_be_bytes()).next_back() {
+        Some(item) => {
+            let (k, _) = item?;
+            if k.len() == 8 {
+                decode_u64(&k)
+            } else {
+                from
+            }
+        }
+        None => from,
+    })
+}
+
 fn batch_count(v: &[u8]) -> u64 {
     u32::from_le_bytes([v[0], v[1], v[2], v[3]]) as u64
 }
@@ -298,17 +314,7 @@ impl EmbeddedLog {
                 start,
             });
         }
-        let first_key = match tree.range(..=from.to_be_bytes()).next_back() {
-            Some(item) => {
-                let (k, _) = item?;
-                if k.len() == 8 {
-                    decode_u64(&k)
-                } else {
-                    from
-                }
-            }
-            None => from,
-        };
+        let first_key = batch_holding(tree, from)?;
         let mut n = 0;
         for item in tree.range(first_key.to_be_bytes()..to.to_be_bytes()) {
             let (k, v) = item?;
@@ -405,17 +411,7 @@ impl Log for EmbeddedLog {
             });
         }
         // the batch holding `from` starts at or before it
-        let first_key = match tree.range(..=from.to_be_bytes()).next_back() {
-            Some(item) => {
-                let (k, _) = item?;
-                if k.len() == 8 {
-                    decode_u64(&k)
-                } else {
-                    from
-                }
-            }
-            None => from,
-        };
+        let first_key = batch_holding(tree, from)?;
         let mut out = Vec::new();
         for item in tree.range(first_key.to_be_bytes()..) {
             let (k, v) = item?;
