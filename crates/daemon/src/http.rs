@@ -698,6 +698,7 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
             let _ = a.send_message(ShardMsg::Stop);
         }
     }
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
     loop {
         let done = (0..ctx.table.shards).all(|s| {
             let now = ctx.shard(s).map(|a| a.get_id());
@@ -705,6 +706,13 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
         });
         if done {
             break;
+        }
+        if Instant::now() > deadline {
+            // the supervisor keeps retrying; the node's log says why
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "some shards have not finished rebuilding after 10 minutes; they keep retrying (see the node's log and /v1/status)",
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
