@@ -96,14 +96,6 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
-    /// False once the process has exited (e.g. killed from elsewhere).
-    pub fn alive(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().unwrap().is_none(),
-            None => false,
-        }
-    }
-
     /// SIGKILL: no shutdown code runs.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
