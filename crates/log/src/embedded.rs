@@ -305,6 +305,25 @@ impl EmbeddedLog {
         to: u64,
         out: &mut Vec<u8>,
     ) -> Result<u64, LogError> {
+        let mut n = 0;
+        self.visit(shard, from, to, usize::MAX, |_, r| {
+            out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            out.extend_from_slice(r);
+            n += 1;
+        })?;
+        Ok(n)
+    }
+
+    /// Calls `f` with each record of `shard` in `from..to`, in offset order,
+    /// at most `max` of them, straight from the stored batches.
+    fn visit(
+        &self,
+        shard: u32,
+        from: u64,
+        to: u64,
+        max: usize,
+        mut f: impl FnMut(u64, &[u8]),
+    ) -> Result<(), LogError> {
         let tree = self.tree(shard)?;
         let start = self.start_offset(shard)?;
         if from < start {
@@ -314,25 +333,31 @@ impl EmbeddedLog {
                 start,
             });
         }
+        // the batch holding `from` starts at or before it
         let first_key = batch_holding(tree, from)?;
-        let mut n = 0;
-        for item in tree.range(first_key.to_be_bytes()..to.to_be_bytes()) {
+        let mut seen = 0;
+        for item in tree.range(first_key.to_be_bytes()..) {
             let (k, v) = item?;
             if k.len() != 8 {
-                break;
+                break; // the metadata keys sort last
             }
             let first = decode_u64(&k);
+            if first >= to {
+                break;
+            }
             for (i, r) in decode_batch(&v).enumerate() {
                 let offset = first + i as u64;
-                if offset < from || offset >= to {
+                if offset < from {
                     continue;
                 }
-                out.extend_from_slice(&(r.len() as u32).to_le_bytes());
-                out.extend_from_slice(r);
-                n += 1;
+                if offset >= to || seen >= max {
+                    return Ok(());
+                }
+                f(offset, r);
+                seen += 1;
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// A sidecar value.
@@ -401,38 +426,13 @@ impl Log for EmbeddedLog {
     }
 
     fn read(&self, shard: u32, from: u64, max: usize) -> Result<Vec<Record>, LogError> {
-        let tree = self.tree(shard)?;
-        let start = self.start_offset(shard)?;
-        if from < start {
-            return Err(LogError::Truncated {
-                shard,
-                offset: from,
-                start,
-            });
-        }
-        // the batch holding `from` starts at or before it
-        let first_key = batch_holding(tree, from)?;
         let mut out = Vec::new();
-        for item in tree.range(first_key.to_be_bytes()..) {
-            let (k, v) = item?;
-            if k.len() != 8 || out.len() >= max {
-                break; // the metadata keys sort last
-            }
-            let first = decode_u64(&k);
-            for (i, r) in decode_batch(&v).enumerate() {
-                let offset = first + i as u64;
-                if offset < from {
-                    continue;
-                }
-                if out.len() >= max {
-                    break;
-                }
-                out.push(Record {
-                    offset,
-                    bytes: r.to_vec(),
-                });
-            }
-        }
+        self.visit(shard, from, u64::MAX, max, |offset, r| {
+            out.push(Record {
+                offset,
+                bytes: r.to_vec(),
+            })
+        })?;
         Ok(out)
     }
 
