@@ -489,18 +489,7 @@ fn bad_pipeline_or_config_stops_startup_naming_the_key() {
         "CREATE TABLE t (k TEXT, ts TIMESTAMP) WITH (key = 'k', event_time = 'ts');\nCREATE VIEW v AS SELECT k, MEDIAN(ts) OVER (PARTITION BY k ORDER BY ts) AS m FROM t;\n",
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--token")
-            .arg(TOKEN)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8(out.stderr).unwrap()
-    };
+    let run = |args: &[&str]| lockstepd_refuses(&dir.path().join("data"), args);
     let err = run(&[
         "--pipeline",
         bad.to_str().unwrap(),
@@ -678,19 +667,10 @@ fn restarting_with_changed_views_rebuilds_them_and_a_changed_table_is_refused() 
         changed.replace("lateness = '30 seconds'", "lateness = '1 minute'"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--pipeline")
-        .arg(&p)
-        .arg("--token")
-        .arg(TOKEN)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = lockstepd_refuses(
+        &dir.path().join("data"),
+        &["--pipeline", p.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
     assert!(
         err.contains("config key `pipeline`") && err.contains("new data_dir"),
         "{err}"

@@ -129,6 +129,21 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs lockstepd on `data_dir` with `args`, expects it to refuse to start,
+/// and returns what it printed.
+pub fn lockstepd_refuses(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--token")
+        .arg(TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "lockstepd started with {args:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
 /// Generated events as rows of `ad_events`.
 pub fn events(n: u64, users: u64, seed: u64) -> Vec<Row> {
     let gen = Generator::new(GenConfig {
