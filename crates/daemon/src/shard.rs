@@ -280,22 +280,16 @@ impl ShardWorker {
             .collect();
         self.engine.mark_all_changed(shard);
         let delta = crate::store::EncodedDelta::take(&mut self.engine, shard).map_err(err)?;
-        let info = CheckpointInfo {
-            seq,
-            log_offset: at,
-            at_ms: crate::node::now_ms(),
-            slots_written: delta.slots.len() as u64,
-            bytes_written: 0,
-            pipeline: self.pipe.fingerprint(),
-        };
-        let bytes = ctx
+        let info = ctx
             .state
             .commit(
                 shard,
                 Commit {
                     meta: &delta.meta,
                     slots: &delta.slots,
-                    info: info.clone(),
+                    seq,
+                    log_offset: at,
+                    pipeline: self.pipe.fingerprint(),
                     add_segments: &added,
                     remove_segments: &removed,
                     replace_slots: true,
@@ -308,10 +302,7 @@ impl ShardWorker {
         }
         self.segments.retain(|s| !removed.contains(s));
         self.segments.extend(added);
-        self.ckpt = CheckpointInfo {
-            bytes_written: bytes,
-            ..info
-        };
+        self.ckpt = info;
         tracing::info!(
             shard,
             events,
@@ -923,32 +914,22 @@ async fn write_checkpoint(
     // the log below `to` must be durable before a checkpoint says so
     // (with fsync every N ms it may not be yet)
     ctx.log.flush().map_err(err)?;
-    let info = CheckpointInfo {
-        seq: job.seq + 1,
-        log_offset: to,
-        at_ms: crate::node::now_ms(),
-        slots_written: delta.slots.len() as u64,
-        bytes_written: 0,
-        pipeline: job.pipe.fingerprint(),
-    };
-    let bytes = ctx
+    let info = ctx
         .state
         .commit(
             job.shard,
             Commit {
                 meta: &delta.meta,
                 slots: &delta.slots,
-                info: info.clone(),
+                seq: job.seq + 1,
+                log_offset: to,
+                pipeline: job.pipe.fingerprint(),
                 add_segments: &added,
                 remove_segments: &[],
                 replace_slots: false,
             },
         )
         .map_err(err)?;
-    let info = CheckpointInfo {
-        bytes_written: bytes,
-        ..info
-    };
     Ok((info, added, training_rows))
 }
 

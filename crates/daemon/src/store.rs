@@ -55,7 +55,11 @@ pub struct Commit<'a> {
     pub meta: &'a ShardMeta,
     /// Changed partition slots, already encoded ([`encode_slot`]).
     pub slots: &'a [(SlotKey, Vec<u8>)],
-    pub info: CheckpointInfo,
+    /// This checkpoint's sequence number, log offset and pipeline
+    /// fingerprint; the store fills in the rest of its [`CheckpointInfo`].
+    pub seq: u64,
+    pub log_offset: u64,
+    pub pipeline: String,
     pub add_segments: &'a [SegmentInfo],
     pub remove_segments: &'a [SegmentInfo],
     /// Drop every stored slot first (a rebuilt state, laid out anew).
@@ -212,8 +216,9 @@ impl StateStore {
         }
     }
 
-    /// Commits a checkpoint atomically and durably; returns bytes written.
-    pub fn commit(&self, shard: u32, c: Commit<'_>) -> Result<u64, StoreError> {
+    /// Commits a checkpoint atomically and durably; returns what it says of
+    /// itself.
+    pub fn commit(&self, shard: u32, c: Commit<'_>) -> Result<CheckpointInfo, StoreError> {
         let tree = self.tree(shard)?;
         let mut batch = sled::Batch::default();
         let mut bytes = 0u64;
@@ -229,8 +234,14 @@ impl StateStore {
             bytes += v.len() as u64;
             batch.insert(&slot_key(k), v.as_slice());
         }
-        let mut info = c.info;
-        info.bytes_written = bytes;
+        let info = CheckpointInfo {
+            seq: c.seq,
+            log_offset: c.log_offset,
+            at_ms: crate::node::now_ms(),
+            slots_written: c.slots.len() as u64,
+            bytes_written: bytes,
+            pipeline: c.pipeline,
+        };
         batch.insert(INFO, encode(&info));
         for s in c.remove_segments {
             batch.remove(segment_key(s));
@@ -240,7 +251,7 @@ impl StateStore {
         }
         tree.apply_batch(batch)?;
         self.db.flush()?;
-        Ok(bytes)
+        Ok(info)
     }
 
     /// Replaces segment manifest entries (compaction), atomically.
