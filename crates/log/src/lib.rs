@@ -1,11 +1,12 @@
 //! The shard log: an ordered, durable sequence of records per shard, read by
 //! offset. One trait, two implementations: [`embedded::EmbeddedLog`] on sled
-//! for a single node (the default), and Kafka for clusters (a later issue).
+//! for a single node (the default), and [`kafka::KafkaLog`] for clusters.
 //!
 //! Offsets are dense per shard (0, 1, 2, …), so a checkpoint can record "the
 //! next offset to read" and recovery replays exactly what follows it.
 
 pub mod embedded;
+pub mod kafka;
 
 pub use embedded::{EmbeddedLog, RecordBatch, SideWrite};
 

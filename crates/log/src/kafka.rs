@@ -1,0 +1,543 @@
+//! The Kafka log of a cluster: the table's topic, one partition per shard.
+//!
+//! Records are keyed by the table key and sent to the partition lockstep's
+//! shard function picks (murmur2 of the key bytes, as the Java client and
+//! librdkafka's `murmur2_random` do), so a Kafka producer keyed by the table
+//! key writes straight to the right shard, and lockstep's own ingest is an
+//! ordinary idempotent producer.
+//!
+//! Each shard is read by manual assignment of its partition, with no consumer
+//! group and no committed offsets: where a shard is in its partition is part
+//! of its checkpoint, kept by lockstep. Exactly once therefore needs neither
+//! Kafka transactions nor `read_committed` isolation.
+//!
+//! Unlike the embedded log this is not a [`crate::Log`]: Kafka offsets are
+//! assigned by the broker (an append is not one contiguous range when
+//! several producers write), and records are removed by retention, not by
+//! the reader.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// Header naming how a record's value is encoded: absent means a JSON
+/// event (what external producers write); `bincode` means a validated row
+/// in table column order (what lockstep's ingest writes).
+pub const ENCODING_HEADER: &str = "lockstep-encoding";
+/// Header carrying the ingest request's Idempotency-Key, and the record's
+/// index in that request (as `key/index`).
+pub const IDEMPOTENCY_HEADER: &str = "lockstep-idempotency";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaLogError {
+    #[error("kafka ({brokers}): {source}")]
+    Kafka { brokers: String, source: KafkaError },
+    #[error("topic `{topic}` has {found} partitions but the table has {expected} shards; create the table with shards = {found} or use another topic")]
+    Partitions {
+        topic: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("kafka ({brokers}): {message}")]
+    Other { brokers: String, message: String },
+}
+
+/// Where the log lives.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `host:port,…`
+    pub brokers: String,
+    pub topic: String,
+    /// Partitions = the table's shards.
+    pub partitions: u32,
+    /// Replication factor for a topic lockstep creates.
+    pub replication: i32,
+    /// Client id prefix (the node's id), visible in broker logs.
+    pub client_id: String,
+}
+
+/// A record read from a shard's partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaRecord {
+    pub offset: u64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// The value is a bincode row (lockstep's ingest), else JSON.
+    pub bincode: bool,
+    /// `(Idempotency-Key, index in its request)`.
+    pub idempotency: Option<(String, u32)>,
+    /// The record's timestamp (ms since the epoch), if the broker has one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One record to produce.
+pub struct OutRecord<'a> {
+    pub shard: u32,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub bincode: bool,
+    pub idempotency: Option<(&'a str, u32)>,
+}
+
+/// The producer side, shared by a node's ingest: cheap to clone.
+#[derive(Clone)]
+pub struct KafkaLog {
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+}
+
+fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", format!("{}-{role}", cfg.client_id))
+        // fail fast on a wrong address instead of retrying forever silently
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    c
+}
+
+impl KafkaLog {
+    /// Connects, creates the topic with one partition per shard if it does
+    /// not exist, and checks its partition count if it does.
+    pub async fn connect(cfg: KafkaConfig) -> Result<KafkaLog, KafkaLogError> {
+        let kafka = |source| KafkaLogError::Kafka {
+            brokers: cfg.brokers.clone(),
+            source,
+        };
+        let producer: FutureProducer = base_config(&cfg, "producer")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("batch.num.messages", "10000")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka)?;
+        let log = KafkaLog { cfg, producer };
+        log.ensure_topic().await?;
+        Ok(log)
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
+    fn partitions_now(&self) -> Result<Option<u32>, KafkaLogError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: self.cfg.brokers.clone(),
+                source,
+            })?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.cfg.topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as u32))
+    }
+
+    async fn ensure_topic(&self) -> Result<(), KafkaLogError> {
+        let cfg = &self.cfg;
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(cfg, "admin")
+                .create()
+                .map_err(|source| KafkaLogError::Kafka {
+                    brokers: cfg.brokers.clone(),
+                    source,
+                })?;
+        let topic = NewTopic::new(
+            &cfg.topic,
+            cfg.partitions as i32,
+            TopicReplication::Fixed(cfg.replication),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics([&topic], &opts)
+            .await
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(topic = %cfg.topic, partitions = cfg.partitions, "created the topic")
+                }
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(KafkaLogError::Other {
+                        brokers: cfg.brokers.clone(),
+                        message: format!("cannot create topic `{t}`: {code}"),
+                    })
+                }
+            }
+        }
+        // metadata can lag the creation for a moment
+        let mut found = None;
+        for _ in 0..50 {
+            found = self.partitions_now()?;
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match found {
+            Some(n) if n == cfg.partitions => Ok(()),
+            Some(n) => Err(KafkaLogError::Partitions {
+                topic: cfg.topic.clone(),
+                found: n,
+                expected: cfg.partitions,
+            }),
+            None => Err(KafkaLogError::Other {
+                brokers: cfg.brokers.clone(),
+                message: format!("topic `{}` did not appear after creation", cfg.topic),
+            }),
+        }
+    }
+
+    /// Produces records and waits until the broker acknowledged all of them
+    /// (acks=all); returns each record's offset, in input order. Records of
+    /// one shard keep their order. On error some records may have been
+    /// written: the caller retries with the same idempotency key.
+    pub async fn produce(&self, records: &[OutRecord<'_>]) -> Result<Vec<u64>, KafkaLogError> {
+        let mut waits = Vec::with_capacity(records.len());
+        for r in records {
+            let mut headers = OwnedHeaders::new_with_capacity(2);
+            if r.bincode {
+                headers = headers.insert(Header {
+                    key: ENCODING_HEADER,
+                    value: Some("bincode"),
+                });
+            }
+            let idem;
+            if let Some((k, i)) = r.idempotency {
+                idem = format!("{k}/{i}");
+                headers = headers.insert(Header {
+                    key: IDEMPOTENCY_HEADER,
+                    value: Some(idem.as_str()),
+                });
+            }
+            let mut rec = FutureRecord::to(&self.cfg.topic)
+                .partition(r.shard as i32)
+                .key(r.key)
+                .payload(r.value)
+                .headers(headers);
+            loop {
+                match self.producer.send_result(rec) {
+                    Ok(w) => {
+                        waits.push(w);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((source, _)) => {
+                        return Err(KafkaLogError::Kafka {
+                            brokers: self.cfg.brokers.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        let mut offsets = Vec::with_capacity(waits.len());
+        for w in waits {
+            match w.await {
+                Ok(Ok(d)) => offsets.push(d.offset as u64),
+                Ok(Err((source, _))) => {
+                    return Err(KafkaLogError::Kafka {
+                        brokers: self.cfg.brokers.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(KafkaLogError::Other {
+                        brokers: self.cfg.brokers.clone(),
+                        message: "the producer was dropped before delivery".into(),
+                    })
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// A reader of one shard's partition from `from` on.
+    pub fn reader(&self, shard: u32, from: u64) -> Result<ShardReader, KafkaLogError> {
+        ShardReader::open(&self.cfg, shard, from)
+    }
+}
+
+/// Reads one shard's partition in order, by manual assignment.
+pub struct ShardReader {
+    consumer: BaseConsumer,
+    topic: String,
+    brokers: String,
+    shard: u32,
+    /// The next offset to return.
+    next: u64,
+}
+
+impl ShardReader {
+    fn open(cfg: &KafkaConfig, shard: u32, from: u64) -> Result<ShardReader, KafkaLogError> {
+        let kafka = |source| KafkaLogError::Kafka {
+            brokers: cfg.brokers.clone(),
+            source,
+        };
+        let consumer: BaseConsumer = base_config(cfg, &format!("shard{shard}"))
+            // required by librdkafka even though no group is joined and no
+            // offset is committed: positions live in lockstep's checkpoints
+            .set("group.id", format!("lockstep-{}", cfg.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "20")
+            .set("fetch.min.bytes", "1")
+            .create()
+            .map_err(kafka)?;
+        let mut reader = ShardReader {
+            consumer,
+            topic: cfg.topic.clone(),
+            brokers: cfg.brokers.clone(),
+            shard,
+            next: from,
+        };
+        reader.seek(from)?;
+        Ok(reader)
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The next offset [`ShardReader::poll`] returns.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Restarts reading at `offset`.
+    pub fn seek(&mut self, offset: u64) -> Result<(), KafkaLogError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &self.topic,
+            self.shard as i32,
+            Offset::Offset(offset as i64),
+        )
+        .map_err(|source| KafkaLogError::Kafka {
+            brokers: self.brokers.clone(),
+            source,
+        })?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: self.brokers.clone(),
+                source,
+            })?;
+        self.next = offset;
+        Ok(())
+    }
+
+    /// The partition's high watermark as of the last fetch (the offset the
+    /// next record will get), without a request to the broker. (Asking the
+    /// broker with ListOffsets is not used: the test broker, tansu, answers
+    /// it with the last batch's base offset + 1.)
+    pub fn cached_end(&self) -> Option<u64> {
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut lo, mut hi) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid while `self.consumer` lives,
+        // the topic is a NUL-terminated string that outlives the call, and
+        // librdkafka only writes the two out-parameters (it reads its own
+        // cache: rdkafka has no safe wrapper for this call).
+        let rc = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                self.shard as i32,
+                &mut lo,
+                &mut hi,
+            )
+        };
+        (rc == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+            .then_some(hi as u64)
+    }
+
+    /// Up to `max` records, waiting at most `timeout` for the first; an
+    /// empty batch means nothing arrived in time.
+    pub fn poll(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<KafkaRecord>, KafkaLogError> {
+        let mut out = Vec::new();
+        let mut wait = timeout;
+        while out.len() < max {
+            let Some(m) = self.consumer.poll(wait) else {
+                break;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => break,
+                Err(source) => {
+                    return Err(KafkaLogError::Kafka {
+                        brokers: self.brokers.clone(),
+                        source,
+                    })
+                }
+            };
+            wait = Duration::ZERO;
+            let offset = m.offset() as u64;
+            if offset < self.next {
+                continue; // a duplicate delivery after a seek
+            }
+            let mut bincode = false;
+            let mut idempotency = None;
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    match (h.key, h.value) {
+                        (ENCODING_HEADER, Some(b"bincode")) => bincode = true,
+                        (IDEMPOTENCY_HEADER, Some(v)) => {
+                            idempotency = std::str::from_utf8(v)
+                                .ok()
+                                .and_then(|s| s.rsplit_once('/'))
+                                .and_then(|(k, i)| Some((k.to_string(), i.parse().ok()?)));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            out.push(KafkaRecord {
+                offset,
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                bincode,
+                idempotency,
+                timestamp_ms: m.timestamp().to_millis(),
+            });
+            self.next = offset + 1;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker `.ci/run` starts; the test is skipped without one unless
+    /// `LOCKSTEP_REQUIRE_KAFKA` is set.
+    fn brokers() -> Option<String> {
+        match std::env::var("LOCKSTEP_TEST_KAFKA") {
+            Ok(b) if !b.is_empty() => Some(b),
+            _ => {
+                assert!(
+                    std::env::var("LOCKSTEP_REQUIRE_KAFKA").is_err(),
+                    "LOCKSTEP_REQUIRE_KAFKA is set but LOCKSTEP_TEST_KAFKA is not"
+                );
+                eprintln!("skipped: no LOCKSTEP_TEST_KAFKA broker");
+                None
+            }
+        }
+    }
+
+    fn unique(name: &str) -> String {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("{name}-{}-{t}", std::process::id())
+    }
+
+    fn cfg(brokers: &str, topic: &str, partitions: u32) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            partitions,
+            replication: 1,
+            client_id: "test".into(),
+        }
+    }
+
+    fn read_all(r: &mut ShardReader, n: usize) -> Vec<KafkaRecord> {
+        let mut out = Vec::new();
+        let mut idle = 0;
+        while out.len() < n && idle < 200 {
+            let got = r.poll(n - out.len(), Duration::from_millis(100)).unwrap();
+            if got.is_empty() {
+                idle += 1;
+            }
+            out.extend(got);
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn produce_then_read_each_shard_in_order_with_headers() {
+        let Some(b) = brokers() else { return };
+        let topic = unique("log-roundtrip");
+        let log = KafkaLog::connect(cfg(&b, &topic, 3)).await.unwrap();
+        let keys: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+        let values: Vec<String> = (0..60).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let recs: Vec<OutRecord> = (0..60)
+            .map(|i| OutRecord {
+                shard: lockstep_core::shard::shard_of_bytes(keys[i].as_bytes(), 3),
+                key: keys[i].as_bytes(),
+                value: values[i].as_bytes(),
+                bincode: i % 2 == 0,
+                idempotency: (i < 10).then_some(("req-1", i as u32)),
+            })
+            .collect();
+        let offsets = log.produce(&recs).await.unwrap();
+        assert_eq!(offsets.len(), 60);
+        for shard in 0..3 {
+            let want: Vec<usize> = (0..60).filter(|&i| recs[i].shard == shard).collect();
+            let mut r = log.reader(shard, 0).unwrap();
+            let got = read_all(&mut r, want.len());
+            assert_eq!(got.len(), want.len(), "shard {shard}");
+            for (g, &i) in got.iter().zip(&want) {
+                assert_eq!(g.value, values[i].as_bytes(), "shard {shard}: log order");
+                assert_eq!(g.key.as_deref(), Some(keys[i].as_bytes()));
+                assert_eq!(g.offset, offsets[i]);
+                assert_eq!(g.bincode, i % 2 == 0);
+                assert_eq!(
+                    g.idempotency,
+                    (i < 10).then(|| ("req-1".to_string(), i as u32))
+                );
+            }
+            assert_eq!(r.cached_end(), got.last().map(|g| g.offset + 1));
+            // a reader that starts in the middle sees the suffix exactly
+            if got.len() > 2 {
+                let mut r = log.reader(shard, got[2].offset).unwrap();
+                let tail = read_all(&mut r, got.len() - 2);
+                assert_eq!(tail, got[2..].to_vec());
+                r.seek(got[1].offset).unwrap();
+                let again = read_all(&mut r, 1);
+                assert_eq!(again[0], got[1]);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_existing_topic_with_another_partition_count_is_refused() {
+        let Some(b) = brokers() else { return };
+        let topic = unique("log-partitions");
+        KafkaLog::connect(cfg(&b, &topic, 2)).await.unwrap();
+        KafkaLog::connect(cfg(&b, &topic, 2)).await.unwrap();
+        match KafkaLog::connect(cfg(&b, &topic, 4)).await {
+            Err(KafkaLogError::Partitions {
+                found: 2,
+                expected: 4,
+                ..
+            }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a 2-partition topic was accepted for 4 shards"),
+        }
+    }
+}
