@@ -1,0 +1,185 @@
+//! Raft RPCs between nodes, over the nodes' own HTTP API (internal routes
+//! that require the cluster secret). Bodies are bincode.
+
+use crate::TypeConfig;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+type NodeId = u64;
+
+/// The header that carries the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "x-lockstep-cluster-secret";
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("rpc encodes")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| format!("undecodable rpc body: {e}"))
+}
+
+/// A blocking HTTP client for internal calls, run off the async threads.
+#[derive(Clone)]
+pub struct Peer {
+    agent: ureq::Agent,
+    secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No answer: connection refused, reset or timed out.
+    #[error("{addr} unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    /// An answer that is not a success.
+    #[error("{addr}: HTTP {status}: {message}")]
+    Status {
+        addr: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl Peer {
+    pub fn new(secret: &str, timeout: Duration) -> Peer {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .max_idle_connections_per_host(8)
+            .build()
+            .into();
+        Peer {
+            agent,
+            secret: secret.to_string(),
+        }
+    }
+
+    /// POSTs `body` to `http://{addr}{path}`; returns the reply body of a
+    /// 2xx answer.
+    pub async fn post(&self, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let (agent, secret) = (self.agent.clone(), self.secret.clone());
+        let url = format!("http://{addr}{path}");
+        let addr = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            let unreachable = |e: ureq::Error| CallError::Unreachable {
+                addr: addr.clone(),
+                message: e.to_string(),
+            };
+            let mut resp = agent
+                .post(&url)
+                .header(SECRET_HEADER, &secret)
+                .header("content-type", "application/octet-stream")
+                .send(&body[..])
+                .map_err(unreachable)?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_vec()
+                .map_err(unreachable)?;
+            if (200..300).contains(&status) {
+                Ok(bytes)
+            } else {
+                Err(CallError::Status {
+                    addr,
+                    status,
+                    message: String::from_utf8_lossy(&bytes).into_owned(),
+                })
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(CallError::Unreachable {
+                addr: "?".into(),
+                message: format!("call task died: {e}"),
+            })
+        })
+    }
+}
+
+/// Makes a [`Conn`] per target node.
+pub struct Network {
+    pub(crate) peer: Peer,
+}
+
+pub struct Conn {
+    peer: Peer,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Conn {
+        Conn {
+            peer: self.peer.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl Conn {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let bytes = match self.peer.post(&self.addr, path, encode(req)).await {
+            Ok(b) => b,
+            Err(e @ CallError::Unreachable { .. }) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
+        let reply: Result<Resp, RaftError<NodeId, E>> = decode(&bytes)
+            .map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("/internal/raft/append", &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("/internal/raft/snapshot", &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("/internal/raft/vote", &rpc).await
+    }
+}

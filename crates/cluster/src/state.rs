@@ -1,0 +1,659 @@
+//! The replicated state machine: what the cluster agrees on, and the only
+//! way it changes ([`Command`]s applied in Raft log order).
+//!
+//! It is pure and deterministic (no clock, no I/O: times come inside the
+//! commands), so every member computes the same state from the same log.
+//! The rules that make the cluster exactly once live here:
+//! - each shard has one owner and an **owner epoch** that grows with every
+//!   change of owner;
+//! - a checkpoint (state, offset, segments) commits only with the current
+//!   owner's epoch and the next sequence number, so a zombie owner, cut off
+//!   and replaced, can neither commit a checkpoint nor publish training rows
+//!   (rows exist for readers only through committed segment manifests).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub type NodeId = u64;
+
+/// One object of a shard's archive or output, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// `raw`, `training` or `late`.
+    pub kind: String,
+    /// The table (raw, late) or view (training) it belongs to.
+    pub name: String,
+    pub shard: u32,
+    /// Object path, relative to the store's root.
+    pub path: String,
+    /// Log offsets covered: `from_offset..to_offset`.
+    pub from_offset: u64,
+    pub to_offset: u64,
+    /// Smallest and largest event time in it (ms; `i64::MIN`/`MAX` if empty).
+    pub min_time: i64,
+    pub max_time: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the object's bytes.
+    pub crc32: u32,
+}
+
+/// One object of a shard's state snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPart {
+    pub path: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// A committed checkpoint of one shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCheckpoint {
+    pub shard: u32,
+    /// The owner that took it, and its owner epoch.
+    pub owner: NodeId,
+    pub owner_epoch: u64,
+    /// The cluster checkpoint epoch it answers (0: taken on the owner's
+    /// own account, e.g. before a hand-off).
+    pub epoch: u64,
+    /// 1 for the shard's first checkpoint, then +1 each.
+    pub seq: u64,
+    /// The next source offset: the log below it is in the state.
+    pub offset: u64,
+    /// Fingerprint of the views the state was built for.
+    pub pipeline: String,
+    /// The objects to restore, in order: a full snapshot, then the deltas
+    /// taken since (each overrides what came before).
+    pub snapshot: Vec<SnapshotPart>,
+    /// Digest of the shard's state (for operators and restore checks).
+    pub digest: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Owns and receives shards.
+    Active,
+    /// Giving its shards away (`lockstepctl nodes drain`); receives none.
+    Draining,
+    /// Missed its heartbeats: its shards were reassigned.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's API address (`host:port`), where other nodes forward to.
+    pub addr: String,
+    pub state: NodeState,
+    pub joined_ms: i64,
+}
+
+/// Who owns a shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOwner {
+    pub node: Option<NodeId>,
+    /// Grows with every change of owner: commits must carry the current one.
+    pub epoch: u64,
+    /// A graceful move in progress: the owner checkpoints, then hands off.
+    pub moving_to: Option<NodeId>,
+}
+
+/// A change to the cluster. Proposed through the leader, applied by all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the table's shard count (once: the shard count is fixed).
+    Init {
+        table: String,
+        shards: u32,
+    },
+    /// A node joins, or comes back (then it is active again).
+    Join {
+        node: NodeId,
+        addr: String,
+        at_ms: i64,
+    },
+    Drain {
+        node: NodeId,
+    },
+    /// The coordinator saw no heartbeat from it.
+    MarkDown {
+        node: NodeId,
+    },
+    /// Gives a shard to a node outright (its owner is gone), with a new
+    /// owner epoch. `expect_epoch` guards against a stale plan.
+    Assign {
+        shard: u32,
+        node: NodeId,
+        expect_epoch: u64,
+    },
+    /// Starts a graceful move: the owner takes a last checkpoint and hands off.
+    StartMove {
+        shard: u32,
+        to: NodeId,
+        expect_epoch: u64,
+    },
+    /// The owner's hand-off: its last checkpoint is committed, the shard
+    /// goes to the move's target with a new owner epoch.
+    Handoff {
+        shard: u32,
+        from: NodeId,
+        owner_epoch: u64,
+    },
+    /// A checkpoint with the segments it adds.
+    Commit {
+        checkpoint: ShardCheckpoint,
+        add_segments: Vec<SegmentInfo>,
+    },
+    /// Replaces segments (compaction, rebuilds), by the current owner.
+    SwapSegments {
+        shard: u32,
+        owner: NodeId,
+        owner_epoch: u64,
+        remove: Vec<SegmentInfo>,
+        add: Vec<SegmentInfo>,
+    },
+    /// The coordinator opens a cluster checkpoint epoch.
+    OpenEpoch {
+        epoch: u64,
+        at_ms: i64,
+    },
+    /// A new pipeline (`views apply`): every shard rebuilds under it.
+    SetPipeline {
+        sql: String,
+        at_ms: i64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    /// Not applied, and why (a stale epoch, a sequence gap, …).
+    Rejected(String),
+}
+
+impl Response {
+    pub fn into_result(self) -> Result<(), String> {
+        match self {
+            Response::Done => Ok(()),
+            Response::Rejected(why) => Err(why),
+        }
+    }
+}
+
+/// The pipeline the cluster runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineVersion {
+    /// 0 until the first `SetPipeline`.
+    pub version: u64,
+    pub sql: String,
+    pub at_ms: i64,
+}
+
+/// Everything the cluster agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub table: String,
+    /// 0 until `Init`.
+    pub shards: u32,
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub owners: Vec<ShardOwner>,
+    /// The last committed checkpoint of each shard.
+    pub checkpoints: Vec<Option<ShardCheckpoint>>,
+    /// Each shard's segment manifest.
+    pub segments: Vec<Vec<SegmentInfo>>,
+    /// The last cluster checkpoint epoch opened, and when.
+    pub epoch: u64,
+    pub epoch_ms: i64,
+    pub pipeline: PipelineVersion,
+}
+
+impl ClusterState {
+    pub fn apply(&mut self, cmd: Command) -> Response {
+        match self.try_apply(cmd) {
+            Ok(()) => Response::Done,
+            Err(why) => Response::Rejected(why),
+        }
+    }
+
+    fn owner(&self, shard: u32) -> Result<&ShardOwner, String> {
+        self.owners.get(shard as usize).ok_or_else(|| {
+            format!(
+                "no shard {shard}: the table has {} shards",
+                self.owners.len()
+            )
+        })
+    }
+
+    /// The owner epoch check every write by an owner goes through.
+    fn check_owner(&self, shard: u32, node: NodeId, epoch: u64) -> Result<(), String> {
+        let o = self.owner(shard)?;
+        if o.node != Some(node) || o.epoch != epoch {
+            return Err(format!(
+                "shard {shard}: node {node} with owner epoch {epoch} is not its owner (owner {:?}, epoch {}): fenced",
+                o.node, o.epoch
+            ));
+        }
+        Ok(())
+    }
+
+    fn known_node(&self, node: NodeId) -> Result<&NodeInfo, String> {
+        self.nodes
+            .get(&node)
+            .ok_or_else(|| format!("node {node} is not a member"))
+    }
+
+    fn try_apply(&mut self, cmd: Command) -> Result<(), String> {
+        match cmd {
+            Command::Init { table, shards } => {
+                if self.shards == 0 {
+                    if shards == 0 {
+                        return Err("a table needs at least one shard".into());
+                    }
+                    self.table = table;
+                    self.shards = shards;
+                    self.owners = vec![ShardOwner::default(); shards as usize];
+                    self.checkpoints = vec![None; shards as usize];
+                    self.segments = vec![Vec::new(); shards as usize];
+                    Ok(())
+                } else if self.shards == shards && self.table == table {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the cluster runs table `{}` with {} shards, not `{table}` with {shards}: the shard count is fixed",
+                        self.table, self.shards
+                    ))
+                }
+            }
+            Command::Join { node, addr, at_ms } => {
+                let e = self.nodes.entry(node).or_insert(NodeInfo {
+                    addr: addr.clone(),
+                    state: NodeState::Active,
+                    joined_ms: at_ms,
+                });
+                e.addr = addr;
+                e.state = NodeState::Active;
+                Ok(())
+            }
+            Command::Drain { node } => {
+                self.known_node(node)?;
+                self.nodes.get_mut(&node).expect("known").state = NodeState::Draining;
+                Ok(())
+            }
+            Command::MarkDown { node } => {
+                self.known_node(node)?;
+                self.nodes.get_mut(&node).expect("known").state = NodeState::Down;
+                // moves towards it cannot finish
+                for o in &mut self.owners {
+                    if o.moving_to == Some(node) {
+                        o.moving_to = None;
+                    }
+                }
+                Ok(())
+            }
+            Command::Assign {
+                shard,
+                node,
+                expect_epoch,
+            } => {
+                if self.known_node(node)?.state != NodeState::Active {
+                    return Err(format!("node {node} is not active"));
+                }
+                let o = self.owner(shard)?;
+                if o.epoch != expect_epoch {
+                    return Err(format!(
+                        "shard {shard}: owner epoch is {}, not {expect_epoch}: the plan is stale",
+                        o.epoch
+                    ));
+                }
+                let o = &mut self.owners[shard as usize];
+                o.node = Some(node);
+                o.epoch += 1;
+                o.moving_to = None;
+                Ok(())
+            }
+            Command::StartMove {
+                shard,
+                to,
+                expect_epoch,
+            } => {
+                if self.known_node(to)?.state != NodeState::Active {
+                    return Err(format!("node {to} is not active"));
+                }
+                let o = self.owner(shard)?;
+                if o.epoch != expect_epoch {
+                    return Err(format!(
+                        "shard {shard}: owner epoch is {}, not {expect_epoch}: the plan is stale",
+                        o.epoch
+                    ));
+                }
+                if o.node == Some(to) {
+                    return Err(format!("shard {shard} is already on node {to}"));
+                }
+                if o.node.is_none() {
+                    return Err(format!("shard {shard} has no owner to hand it off"));
+                }
+                self.owners[shard as usize].moving_to = Some(to);
+                Ok(())
+            }
+            Command::Handoff {
+                shard,
+                from,
+                owner_epoch,
+            } => {
+                self.check_owner(shard, from, owner_epoch)?;
+                let o = &mut self.owners[shard as usize];
+                let Some(to) = o.moving_to.take() else {
+                    return Err(format!("shard {shard} is not moving"));
+                };
+                o.node = Some(to);
+                o.epoch += 1;
+                Ok(())
+            }
+            Command::Commit {
+                checkpoint: c,
+                add_segments,
+            } => {
+                self.check_owner(c.shard, c.owner, c.owner_epoch)?;
+                let s = c.shard as usize;
+                let (prev_seq, prev_offset) = self.checkpoints[s]
+                    .as_ref()
+                    .map_or((0, 0), |p| (p.seq, p.offset));
+                if c.seq != prev_seq + 1 {
+                    return Err(format!(
+                        "shard {}: checkpoint {} does not follow the committed {prev_seq}",
+                        c.shard, c.seq
+                    ));
+                }
+                if c.offset < prev_offset {
+                    return Err(format!(
+                        "shard {}: checkpoint offset {} is behind the committed {prev_offset}",
+                        c.shard, c.offset
+                    ));
+                }
+                if let Some(bad) = add_segments.iter().find(|g| g.shard != c.shard) {
+                    return Err(format!(
+                        "shard {}: segment {} belongs to shard {}",
+                        c.shard, bad.path, bad.shard
+                    ));
+                }
+                self.segments[s].extend(add_segments);
+                self.checkpoints[s] = Some(c);
+                Ok(())
+            }
+            Command::SwapSegments {
+                shard,
+                owner,
+                owner_epoch,
+                remove,
+                add,
+            } => {
+                self.check_owner(shard, owner, owner_epoch)?;
+                let segs = &mut self.segments[shard as usize];
+                if let Some(missing) = remove.iter().find(|r| !segs.contains(r)) {
+                    return Err(format!(
+                        "shard {shard}: segment {} is not in the manifest",
+                        missing.path
+                    ));
+                }
+                segs.retain(|g| !remove.contains(g));
+                segs.extend(add);
+                Ok(())
+            }
+            Command::OpenEpoch { epoch, at_ms } => {
+                if epoch <= self.epoch {
+                    return Err(format!("epoch {epoch} is not after {}", self.epoch));
+                }
+                self.epoch = epoch;
+                self.epoch_ms = at_ms;
+                Ok(())
+            }
+            Command::SetPipeline { sql, at_ms } => {
+                self.pipeline = PipelineVersion {
+                    version: self.pipeline.version + 1,
+                    sql,
+                    at_ms,
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// The shards a node owns.
+    pub fn owned_by(&self, node: NodeId) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|&s| self.owners[s as usize].node == Some(node))
+            .collect()
+    }
+
+    /// The lowest epoch every shard's last checkpoint has reached: the
+    /// cluster checkpoint that is complete.
+    pub fn completed_epoch(&self) -> u64 {
+        self.checkpoints
+            .iter()
+            .map(|c| c.as_ref().map_or(0, |c| c.epoch))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(nodes: u64, shards: u32) -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(Command::Init {
+            table: "t".into(),
+            shards,
+        })
+        .into_result()
+        .unwrap();
+        for n in 1..=nodes {
+            st.apply(Command::Join {
+                node: n,
+                addr: format!("127.0.0.1:{n}"),
+                at_ms: 0,
+            })
+            .into_result()
+            .unwrap();
+        }
+        st
+    }
+
+    fn ckpt(shard: u32, owner: NodeId, owner_epoch: u64, seq: u64, offset: u64) -> Command {
+        Command::Commit {
+            checkpoint: ShardCheckpoint {
+                shard,
+                owner,
+                owner_epoch,
+                epoch: 0,
+                seq,
+                offset,
+                pipeline: "p".into(),
+                snapshot: vec![],
+                digest: String::new(),
+                at_ms: 0,
+            },
+            add_segments: vec![SegmentInfo {
+                kind: "training".into(),
+                name: "v".into(),
+                shard,
+                path: format!("training/v/{shard}/{seq}"),
+                from_offset: 0,
+                to_offset: offset,
+                min_time: 0,
+                max_time: 0,
+                rows: 1,
+                bytes: 1,
+                crc32: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_replaced_owner_can_neither_commit_nor_publish() {
+        let mut st = cluster(2, 2);
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 0,
+        })
+        .into_result()
+        .unwrap();
+        assert_eq!(st.apply(ckpt(0, 1, 1, 1, 10)), Response::Done);
+        // node 1 is cut off; the coordinator gives its shard to node 2
+        st.apply(Command::MarkDown { node: 1 })
+            .into_result()
+            .unwrap();
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 2,
+            expect_epoch: 1,
+        })
+        .into_result()
+        .unwrap();
+        // the zombie's next checkpoint is fenced: no state, no rows
+        let before = st.clone();
+        assert!(
+            matches!(st.apply(ckpt(0, 1, 1, 2, 20)), Response::Rejected(w) if w.contains("fenced"))
+        );
+        assert_eq!(st, before);
+        // the new owner continues from the committed checkpoint
+        assert_eq!(st.apply(ckpt(0, 2, 2, 2, 20)), Response::Done);
+        assert_eq!(st.segments[0].len(), 2);
+        // and a stale plan cannot take the shard again
+        assert!(matches!(
+            st.apply(Command::Assign {
+                shard: 0,
+                node: 1,
+                expect_epoch: 1
+            }),
+            Response::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn checkpoints_follow_in_sequence_and_never_go_back() {
+        let mut st = cluster(1, 1);
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 0,
+        });
+        assert!(matches!(
+            st.apply(ckpt(0, 1, 1, 2, 5)),
+            Response::Rejected(_)
+        ));
+        assert_eq!(st.apply(ckpt(0, 1, 1, 1, 5)), Response::Done);
+        // a duplicate proposal (retried after a lost reply) is refused
+        assert!(matches!(
+            st.apply(ckpt(0, 1, 1, 1, 5)),
+            Response::Rejected(_)
+        ));
+        assert!(matches!(
+            st.apply(ckpt(0, 1, 1, 2, 4)),
+            Response::Rejected(_)
+        ));
+        assert_eq!(st.apply(ckpt(0, 1, 1, 2, 5)), Response::Done);
+        assert_eq!(st.segments[0].len(), 2);
+    }
+
+    #[test]
+    fn a_graceful_move_hands_off_with_a_new_epoch() {
+        let mut st = cluster(2, 1);
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 0,
+        });
+        st.apply(Command::StartMove {
+            shard: 0,
+            to: 2,
+            expect_epoch: 1,
+        })
+        .into_result()
+        .unwrap();
+        // the owner still commits its last checkpoint during the move
+        assert_eq!(st.apply(ckpt(0, 1, 1, 1, 7)), Response::Done);
+        // only the owner, with its epoch, hands off
+        assert!(matches!(
+            st.apply(Command::Handoff {
+                shard: 0,
+                from: 2,
+                owner_epoch: 1
+            }),
+            Response::Rejected(_)
+        ));
+        st.apply(Command::Handoff {
+            shard: 0,
+            from: 1,
+            owner_epoch: 1,
+        })
+        .into_result()
+        .unwrap();
+        assert_eq!(
+            st.owners[0],
+            ShardOwner {
+                node: Some(2),
+                epoch: 2,
+                moving_to: None
+            }
+        );
+        assert!(matches!(
+            st.apply(ckpt(0, 1, 1, 2, 9)),
+            Response::Rejected(_)
+        ));
+        assert_eq!(st.apply(ckpt(0, 2, 2, 2, 9)), Response::Done);
+        assert_eq!(st.owned_by(2), vec![0]);
+    }
+
+    #[test]
+    fn the_shard_count_is_fixed() {
+        let mut st = cluster(1, 4);
+        assert_eq!(
+            st.apply(Command::Init {
+                table: "t".into(),
+                shards: 4
+            }),
+            Response::Done
+        );
+        assert!(matches!(
+            st.apply(Command::Init {
+                table: "t".into(),
+                shards: 8
+            }),
+            Response::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn compaction_swaps_only_manifest_segments_by_the_owner() {
+        let mut st = cluster(2, 1);
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 0,
+        });
+        st.apply(ckpt(0, 1, 1, 1, 5));
+        st.apply(ckpt(0, 1, 1, 2, 9));
+        let old = st.segments[0].clone();
+        let mut merged = old[0].clone();
+        merged.path = "merged".into();
+        merged.to_offset = 9;
+        let swap = |owner, remove: Vec<SegmentInfo>| Command::SwapSegments {
+            shard: 0,
+            owner,
+            owner_epoch: 1,
+            remove,
+            add: vec![merged.clone()],
+        };
+        assert!(matches!(
+            st.apply(swap(2, old.clone())),
+            Response::Rejected(_)
+        ));
+        assert_eq!(st.apply(swap(1, old.clone())), Response::Done);
+        assert_eq!(st.segments[0], vec![merged.clone()]);
+        assert!(matches!(st.apply(swap(1, old)), Response::Rejected(_)));
+    }
+}
