@@ -159,7 +159,7 @@ impl ControlPlane {
         } else if fresh {
             cp.join(&cfg.seeds).await?;
         }
-        cp.clone().announce();
+        cp.clone().announce(cfg.seeds.clone());
         Ok(cp)
     }
 
@@ -209,23 +209,54 @@ impl ControlPlane {
     }
 
     /// Records this node in the cluster state as an active member (again,
-    /// after a restart), in the background until it is applied.
-    fn announce(self: Arc<Self>) {
+    /// after a restart, perhaps at a new address), in the background until
+    /// the leader has done it.
+    fn announce(self: Arc<Self>, seeds: Vec<String>) {
         tokio::spawn(async move {
+            let req = JoinRequest {
+                node: self.id,
+                addr: self.addr.clone(),
+            };
             // until applied, or until nothing else holds the member
             while Arc::strong_count(&self) > 1 {
-                let cmd = Command::Join {
-                    node: self.id,
-                    addr: self.addr.clone(),
-                    at_ms: now_ms(),
+                let done = match self.leader_addr() {
+                    Ok(None) => self
+                        .add_member(req.clone())
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Ok(Some(leader)) => self.ask_join(&leader, &req).await,
+                    Err(e) => Err(e.to_string()),
                 };
-                match self.propose(cmd).await {
-                    Ok(_) => return,
+                let done = match done {
+                    Ok(()) => Ok(()),
+                    // the leader may not know this node's new address yet
+                    Err(_) => {
+                        let mut r = Err(String::new());
+                        for s in &seeds {
+                            r = self.ask_join(s, &req).await;
+                            if r.is_ok() {
+                                break;
+                            }
+                        }
+                        r
+                    }
+                };
+                match done {
+                    Ok(()) => return,
                     Err(e) => tracing::debug!("announcing this node: {e}; retrying"),
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
+    }
+
+    async fn ask_join(&self, addr: &str, req: &JoinRequest) -> Result<(), String> {
+        let b = self
+            .peer
+            .post(addr, "/internal/cluster/join", encode(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        decode::<Result<(), String>>(&b).and_then(|r| r)
     }
 
     /// The replicated state as this member has applied it.
@@ -256,8 +287,13 @@ impl ControlPlane {
     /// Proposes a command: applied through the leader (forwarded to it if
     /// this member is not), returns what applying it did.
     pub async fn propose(&self, cmd: Command) -> Result<Response, ClusterError> {
+        self.propose_at(cmd).await.map(|(r, _)| r)
+    }
+
+    /// [`ControlPlane::propose`], also returning the entry's log index.
+    async fn propose_at(&self, cmd: Command) -> Result<(Response, u64), ClusterError> {
         match self.raft.client_write(cmd.clone()).await {
-            Ok(r) => Ok(r.data),
+            Ok(r) => Ok((r.data, r.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(node) = f.leader_node else {
                     return Err(ClusterError::NoLeader);
@@ -266,11 +302,35 @@ impl ControlPlane {
                     .peer
                     .post(&node.addr, "/internal/cluster/propose", encode(&cmd))
                     .await?;
-                decode::<Result<Response, String>>(&b)
+                decode::<Result<(Response, u64), String>>(&b)
                     .map_err(ClusterError::Remote)?
                     .map_err(ClusterError::Remote)
             }
             Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// A read barrier: returns once this member has applied everything the
+    /// cluster committed before the call, so the state it then shows is not
+    /// stale (a restarted member may not have re-applied its log's tail
+    /// yet; a partitioned one may have missed entries).
+    pub async fn barrier(&self, timeout: Duration) -> Result<Arc<ClusterState>, ClusterError> {
+        let (_, index) = self.propose_at(Command::Barrier).await?;
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let applied = rx.borrow_and_update().last_applied.map_or(0, |l| l.index);
+            if applied >= index {
+                return Ok(self.state());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(ClusterError::Raft(format!(
+                    "this member has applied up to {applied}, not {index}, after {timeout:?}"
+                )));
+            }
         }
     }
 
@@ -288,9 +348,16 @@ impl ControlPlane {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
             e => ClusterError::Raft(e.to_string()),
         };
-        if !is_member || membership.get_node(&req.node) != Some(&node) {
+        if !is_member {
             self.raft
                 .add_learner(req.node, node, true)
+                .await
+                .map_err(raft_err)?;
+        } else if membership.get_node(&req.node) != Some(&node) {
+            // a member back at a new address (its id is its identity)
+            let nodes = [(req.node, node)].into_iter().collect();
+            self.raft
+                .change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
                 .await
                 .map_err(raft_err)?;
         }
@@ -313,6 +380,14 @@ impl ControlPlane {
         .map_err(ClusterError::Remote)
     }
 
+    /// Asks a member whether it is alive (the coordinator's heartbeat).
+    pub async fn ping(&self, addr: &str) -> bool {
+        self.peer
+            .post(addr, "/internal/cluster/ping", Vec::new())
+            .await
+            .is_ok()
+    }
+
     /// Where a request for the leader goes: `None` if this member leads.
     fn leader_addr(&self) -> Result<Option<String>, ClusterError> {
         match self.leader() {
@@ -331,6 +406,7 @@ impl ControlPlane {
             .route("/internal/raft/snapshot", post(raft_snapshot))
             .route("/internal/cluster/join", post(cluster_join))
             .route("/internal/cluster/propose", post(cluster_propose))
+            .route("/internal/cluster/ping", post(cluster_ping))
             .with_state(self.clone())
     }
 
@@ -434,13 +510,21 @@ async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
     bin(&result)
 }
 
+/// The coordinator's liveness probe.
+async fn cluster_ping(State(cp): Cp, headers: HeaderMap) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    bin(&cp.id)
+}
+
 async fn cluster_propose(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
     if let Some(r) = refuse(&cp, &headers) {
         return r;
     }
     match decode::<Command>(&body) {
         // `propose` forwards if leadership moved meanwhile
-        Ok(cmd) => bin(&cp.propose(cmd).await.map_err(|e| e.to_string())),
+        Ok(cmd) => bin(&cp.propose_at(cmd).await.map_err(|e| e.to_string())),
         Err(e) => bad(e),
     }
 }

@@ -85,6 +85,7 @@ pub struct NodeInfo {
     /// The node's API address (`host:port`), where other nodes forward to.
     pub addr: String,
     pub state: NodeState,
+    /// When it last joined (or came back).
     pub joined_ms: i64,
 }
 
@@ -162,6 +163,9 @@ pub enum Command {
         sql: String,
         at_ms: i64,
     },
+    /// Changes nothing: a member that sees it applied has applied all that
+    /// was committed before (a read barrier).
+    Barrier,
 }
 
 /// What applying a command did.
@@ -273,6 +277,7 @@ impl ClusterState {
                 });
                 e.addr = addr;
                 e.state = NodeState::Active;
+                e.joined_ms = at_ms;
                 Ok(())
             }
             Command::Drain { node } => {
@@ -408,6 +413,7 @@ impl ClusterState {
                 self.epoch_ms = at_ms;
                 Ok(())
             }
+            Command::Barrier => Ok(()),
             Command::SetPipeline { sql, at_ms } => {
                 self.pipeline = PipelineVersion {
                     version: self.pipeline.version + 1,

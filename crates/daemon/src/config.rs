@@ -22,10 +22,43 @@ pub struct FileConfig {
     pub checkpoint_interval: Option<String>,
     pub fsync: Option<String>,
     pub idempotency_ttl: Option<String>,
+    /// The `[cluster]` table: present (or any of its flags given) means
+    /// this node is one of a cluster.
+    pub cluster: Option<FileCluster>,
+}
+
+/// `[cluster]` in the file; flags `--seeds`, `--cluster-secret`,
+/// `--kafka-brokers`, `--kafka-topic`, `--advertise`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    /// Other nodes' API addresses (`host:port`); none: start a new cluster.
+    pub seeds: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic: Option<String>,
+    /// The address other nodes reach this one at (default: `listen`).
+    pub advertise: Option<String>,
+    /// A node silent this long is declared down and its shards move.
+    pub failure_timeout: Option<String>,
 }
 
 /// Command-line flags, one per key; a flag given wins over the file.
 pub type Overrides = FileConfig;
+
+/// A cluster node's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The Raft member id: the number `node_id` ends with.
+    pub raft_id: u64,
+    pub seeds: Vec<String>,
+    pub secret: String,
+    pub kafka_brokers: String,
+    /// Default: the table's name.
+    pub kafka_topic: Option<String>,
+    pub advertise: String,
+    pub failure_timeout: Duration,
+}
 
 /// When an acknowledged ingest is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +90,7 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub fsync: Fsync,
     pub idempotency_ttl: Duration,
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +122,17 @@ pub fn load(
     flags: &Overrides,
     env_token: Option<String>,
 ) -> Result<Config, ConfigError> {
+    load_with_secret(path, flags, env_token, None)
+}
+
+/// [`load`], with `env_secret` (the value of `LOCKSTEP_CLUSTER_SECRET`)
+/// for the cluster secret unless a flag gave one.
+pub fn load_with_secret(
+    path: Option<&Path>,
+    flags: &Overrides,
+    env_token: Option<String>,
+    env_secret: Option<String>,
+) -> Result<Config, ConfigError> {
     let file = match path {
         Some(p) => parse_file(p)?,
         None => FileConfig::default(),
@@ -104,8 +149,107 @@ pub fn load(
         checkpoint_interval: pick(&flags.checkpoint_interval, &file.checkpoint_interval),
         fsync: pick(&flags.fsync, &file.fsync),
         idempotency_ttl: pick(&flags.idempotency_ttl, &file.idempotency_ttl),
+        cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
+}
+
+fn merge_cluster(
+    flags: Option<&FileCluster>,
+    file: Option<&FileCluster>,
+    env_secret: Option<String>,
+) -> Option<FileCluster> {
+    if flags.is_none() && file.is_none() {
+        return None;
+    }
+    let (f, c) = (
+        flags.cloned().unwrap_or_default(),
+        file.cloned().unwrap_or_default(),
+    );
+    Some(FileCluster {
+        seeds: f.seeds.or(c.seeds),
+        secret: f.secret.or(env_secret).or(c.secret),
+        kafka_brokers: f.kafka_brokers.or(c.kafka_brokers),
+        kafka_topic: f.kafka_topic.or(c.kafka_topic),
+        advertise: f.advertise.or(c.advertise),
+        failure_timeout: f.failure_timeout.or(c.failure_timeout),
+    })
+}
+
+fn validate_cluster(
+    c: FileCluster,
+    node_id: &str,
+    listen: SocketAddr,
+) -> Result<ClusterConfig, ConfigError> {
+    let digits: String = node_id
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let raft_id = digits
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            invalid(
+                "node_id",
+                format!("`{node_id}`: in a cluster, node_id must end in a number unique in the cluster and above 0, e.g. node-3"),
+            )
+        })?;
+    let secret = c.secret.ok_or_else(|| {
+        invalid(
+            "cluster.secret",
+            "is required in a cluster (or set LOCKSTEP_CLUSTER_SECRET): nodes join only with it",
+        )
+    })?;
+    if secret.len() < 8 {
+        return Err(invalid("cluster.secret", "must be at least 8 characters"));
+    }
+    let kafka_brokers = c.kafka_brokers.ok_or_else(|| {
+        invalid(
+            "cluster.kafka_brokers",
+            "is required in a cluster: the Kafka bootstrap servers, host:port,…",
+        )
+    })?;
+    let seeds: Vec<String> = c
+        .seeds
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for s in &seeds {
+        if s.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                "cluster.seeds",
+                format!("`{s}` is not host:port (another node's API address)"),
+            ));
+        }
+    }
+    let advertise = c.advertise.unwrap_or_else(|| listen.to_string());
+    if listen.ip().is_unspecified() && advertise == listen.to_string() {
+        return Err(invalid(
+            "cluster.advertise",
+            format!("listen is {listen}: give the address other nodes reach this one at"),
+        ));
+    }
+    let failure_timeout = duration("cluster.failure_timeout", c.failure_timeout, 3_000)?;
+    Ok(ClusterConfig {
+        raft_id,
+        seeds,
+        secret,
+        kafka_brokers,
+        kafka_topic: c.kafka_topic,
+        advertise,
+        failure_timeout,
+    })
 }
 
 /// Parses a config file without validating values (unknown keys refused).
@@ -187,6 +331,10 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         },
     };
     let idempotency_ttl = duration("idempotency_ttl", c.idempotency_ttl, 24 * 3_600_000)?;
+    let cluster = match c.cluster {
+        Some(cl) => Some(validate_cluster(cl, &node_id, listen)?),
+        None => None,
+    };
     Ok(Config {
         node_id,
         data_dir,
@@ -197,6 +345,7 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         checkpoint_interval,
         fsync,
         idempotency_ttl,
+        cluster,
     })
 }
 

@@ -6,7 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::node::{describe_store, now_ms, view_fingerprint, Node, NodeCtx, Pipeline};
-use crate::shard::{Reply, ShardMsg, ShardStatus};
+use crate::shard::{Reply, ShardMsg, ShardStatus, UNAVAILABLE};
 use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -33,6 +33,117 @@ pub struct App {
     pub ctx: Arc<NodeCtx>,
     pub writer: mpsc::Sender<WriteReq>,
     parser: Arc<JsonEventParser>,
+}
+
+/// 503 with `Retry-After: 1`: the shard is moving or restarting.
+pub fn unavailable(msg: impl Into<String>) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Set on a request one node forwards to another (which never forwards
+/// it again).
+const FORWARDED: &str = "x-lockstep-forwarded";
+
+/// Where a request for a shard is answered (cluster mode).
+enum Route {
+    Local,
+    Forward(String),
+    Unavailable(String),
+}
+
+fn route(ctx: &NodeCtx, shard: u32, headers: &HeaderMap) -> Route {
+    let Some(cl) = &ctx.cluster else {
+        return Route::Local;
+    };
+    if ctx.shard(shard).is_some() {
+        return Route::Local;
+    }
+    let st = cl.state();
+    match st.owners.get(shard as usize).and_then(|o| o.node) {
+        Some(n) if n == cl.id => {
+            Route::Unavailable(format!("shard {shard} is starting on this node; retry"))
+        }
+        Some(n) if !headers.contains_key(FORWARDED) => match st.nodes.get(&n) {
+            Some(i) => Route::Forward(i.addr.clone()),
+            None => Route::Unavailable(format!("shard {shard}'s owner is unknown; retry")),
+        },
+        _ => Route::Unavailable(format!("shard {shard} is moving between nodes; retry")),
+    }
+}
+
+/// Sends the request on to the node at `addr` and relays its answer.
+async fn forward(
+    ctx: &NodeCtx,
+    addr: String,
+    post_body: Option<Bytes>,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(cl) = &ctx.cluster else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "not in a cluster");
+    };
+    let agent = cl.agent.clone();
+    let url = format!(
+        "http://{addr}{}",
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let auth = format!("Bearer {}", ctx.config.token);
+    let idem = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let sent = tokio::task::spawn_blocking(move || {
+        let resp = match post_body {
+            Some(body) => {
+                let mut r = agent
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header(FORWARDED, "1")
+                    .header("content-type", "application/json");
+                if let Some(k) = &idem {
+                    r = r.header("idempotency-key", k);
+                }
+                r.send(&body[..])
+            }
+            None => agent
+                .get(&url)
+                .header("authorization", &auth)
+                .header(FORWARDED, "1")
+                .call(),
+        };
+        let mut resp = resp.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY_BYTES as u64)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, retry, body))
+    })
+    .await;
+    match sent {
+        Ok(Ok((status, retry, body))) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut r = json_response(code, String::from_utf8_lossy(&body).into_owned());
+            if let Some(v) = retry.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        Ok(Err(e)) => unavailable(format!(
+            "the shard's owner at {addr} did not answer ({e}); retry"
+        )),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -75,7 +186,10 @@ pub fn router(node: &Node) -> Router {
         .route("/v1/checkpoint", post(checkpoint))
         .route("/v1/segments", get(segments))
         .route("/v1/segments/compact", post(compact))
-        .route("/v1/objects/{*path}", get(object));
+        .route("/v1/objects/{*path}", get(object))
+        .route("/v1/cluster", get(cluster_status))
+        .route("/v1/cluster/nodes/{node}/drain", post(cluster_drain))
+        .route("/v1/cluster/rebalance", post(cluster_rebalance));
     if std::env::var("LOCKSTEP_DEBUG_HOOKS").as_deref() == Ok("1") {
         r = r.route("/v1/debug/shards/{shard}/fail", post(fail_shard));
     }
@@ -256,6 +370,20 @@ async fn ingest(
         }
     }
     let _gate = ctx.ingest_gate.read().await;
+    let (mut events, mut key) = (events, key);
+    if let Some(cl) = &ctx.cluster {
+        // the events go to the Kafka log; retries are deduplicated by the
+        // shards (the key travels with each record); dead letters stay here
+        if !events.is_empty() {
+            if let Err(e) = crate::cluster::produce(ctx, cl, key.as_deref(), &events).await {
+                return unavailable(format!(
+                    "the log did not acknowledge the events ({e}); retry with the same Idempotency-Key"
+                ));
+            }
+        }
+        events = Vec::new();
+        key = None;
+    }
     let (done, rx) = oneshot::channel();
     let req = WriteReq {
         idempotency_key: key,
@@ -314,18 +442,16 @@ async fn ask<T>(
     shard: u32,
     make: impl FnOnce(Reply<T>) -> ShardMsg,
 ) -> Result<T, Response> {
-    let unavailable = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("shard {shard} is restarting; retry"),
-        )
-    };
+    let unavailable = || self::unavailable(format!("shard {shard} is restarting; retry"));
     let actor = ctx.shard(shard).ok_or_else(unavailable)?;
     let (tx, rx) = oneshot::channel();
     actor.send_message(make(tx)).map_err(|_| unavailable())?;
     match rx.await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(Err(e)) => match e.strip_prefix(UNAVAILABLE) {
+            Some(why) => Err(self::unavailable(why)),
+            None => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        },
         Err(_) => Err(unavailable()),
     }
 }
@@ -351,6 +477,7 @@ async fn features(
     State(app): State<App>,
     Path(view): Path<String>,
     Query(q): Query<FeatureQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -378,11 +505,19 @@ async fn features(
         return error(StatusCode::BAD_REQUEST, format!("bad event: {e}"));
     }
     let shard = ctx.table.shard_of(&row);
+    match route(ctx, shard, &headers) {
+        Route::Local => {}
+        Route::Forward(addr) => return forward(ctx, addr, Some(body), &uri, &headers).await,
+        Route::Unavailable(why) => return unavailable(why),
+    }
     let result = if q.ingest == Some(true) {
         let key = match idempotency_key(&headers) {
             Ok(k) => k,
             Err(r) => return r,
         };
+        if ctx.cluster.is_some() {
+            return serve_and_ingest_cluster(ctx, shard, &view, row, key, started).await;
+        }
         let _gate = ctx.ingest_gate.read().await;
         let (done, rx) = oneshot::channel();
         let req = WriteReq {
@@ -453,9 +588,84 @@ async fn features(
     }
 }
 
+/// Serve-and-ingest on the shard's owner: the actor is told to answer
+/// when the record carrying this request's key arrives, then the event is
+/// produced; the features are computed just before it enters the state.
+async fn serve_and_ingest_cluster(
+    ctx: &NodeCtx,
+    shard: u32,
+    view: &str,
+    row: Row,
+    key: Option<String>,
+    started: Instant,
+) -> Response {
+    let Some(cl) = &ctx.cluster else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "not in a cluster");
+    };
+    let key = key.unwrap_or_else(|| format!("serve-{}-{}", cl.id, unique_suffix()));
+    let Some(actor) = ctx.shard(shard) else {
+        return unavailable(format!("shard {shard} is restarting; retry"));
+    };
+    let (tx, rx) = oneshot::channel();
+    let msg = ShardMsg::ServeWhenSeen {
+        key: key.clone(),
+        view: view.to_string(),
+        reply: tx,
+    };
+    if actor.send_message(msg).is_err() {
+        return unavailable(format!("shard {shard} is restarting; retry"));
+    }
+    if let Err(e) = crate::cluster::produce(ctx, cl, Some(&key), &[(shard, row)]).await {
+        return unavailable(format!(
+            "the log did not acknowledge the event ({e}); retry with the same Idempotency-Key"
+        ));
+    }
+    match rx.await {
+        Ok(Ok(r)) => {
+            ctx.metrics
+                .serve_seconds
+                .observe(started.elapsed().as_secs_f64());
+            json_response(StatusCode::OK, r)
+        }
+        Ok(Err(e)) if e.contains("already ingested") => error(StatusCode::CONFLICT, e),
+        // the event is durably in: a retry would ingest it twice
+        Ok(Err(e)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "ingested": true,
+                "features": null,
+                "error": format!("the event was ingested, but {}; its features will be in its training row (do not retry)", e.trim_start_matches(UNAVAILABLE)),
+            })),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "ingested": true,
+                "features": null,
+                "error": "the event was ingested, but its shard restarted; its features will be in its training row (do not retry)",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// A process-unique suffix for generated keys.
+fn unique_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 async fn features_for_key(
     State(app): State<App>,
     Path((view, key)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
     let ctx = &app.ctx;
@@ -484,6 +694,11 @@ async fn features_for_key(
     };
     row[t.time] = Value::Timestamp(now_ms());
     let shard = t.shard_of(&row);
+    match route(ctx, shard, &headers) {
+        Route::Local => {}
+        Route::Forward(addr) => return forward(ctx, addr, None, &uri, &headers).await,
+        Route::Unavailable(why) => return unavailable(why),
+    }
     match ask(ctx, shard, |reply| ShardMsg::Serve {
         view: view.clone(),
         event: row,
@@ -536,9 +751,22 @@ async fn all_shards<T>(
 
 async fn status(State(app): State<App>) -> Response {
     let ctx = &app.ctx;
-    let shards: Vec<ShardStatus> = match all_shards(ctx, |reply| ShardMsg::Status { reply }).await {
-        Ok(s) => s,
-        Err(r) => return r,
+    let shards: Vec<ShardStatus> = if ctx.cluster.is_some() {
+        // a cluster node reports the shards it runs
+        let mut out = Vec::new();
+        for s in 0..ctx.table.shards {
+            if ctx.shard(s).is_some() {
+                if let Ok(st) = ask(ctx, s, |reply| ShardMsg::Status { reply }).await {
+                    out.push(st);
+                }
+            }
+        }
+        out
+    } else {
+        match all_shards(ctx, |reply| ShardMsg::Status { reply }).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
     };
     let last_ckpt = shards
         .iter()
@@ -731,6 +959,9 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
 }
 
 async fn checkpoint(State(app): State<App>) -> Response {
+    if let Some(cl) = &app.ctx.cluster {
+        return cluster_checkpoint(cl).await;
+    }
     let results = Node::checkpoint_all(&app.ctx).await;
     let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
@@ -750,6 +981,48 @@ async fn checkpoint(State(app): State<App>) -> Response {
     axum::Json(json!({ "checkpoints": reports })).into_response()
 }
 
+/// Opens a cluster checkpoint epoch and waits until every shard's owner
+/// has committed a checkpoint for it.
+async fn cluster_checkpoint(cl: &crate::cluster::ClusterCtx) -> Response {
+    use lockstep_cluster::state::{Command, Response as R};
+    let epoch = cl.state().epoch + 1;
+    match cl
+        .cp
+        .propose(Command::OpenEpoch {
+            epoch,
+            at_ms: now_ms(),
+        })
+        .await
+    {
+        // another node opened it first: wait for that one
+        Ok(R::Done) | Ok(R::Rejected(_)) => {}
+        Err(e) => return unavailable(e.to_string()),
+    }
+    let mut rx = cl.cp.subscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = rx.borrow_and_update().clone();
+        if st.completed_epoch() >= epoch {
+            let shards: Vec<_> = st
+                .checkpoints
+                .iter()
+                .flatten()
+                .map(|c| json!({"shard": c.shard, "seq": c.seq, "offset": c.offset, "epoch": c.epoch, "owner": c.owner}))
+                .collect();
+            return axum::Json(json!({ "epoch": epoch, "checkpoints": shards })).into_response();
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return unavailable(format!(
+                "epoch {epoch} is not complete after 60 s (completed: {}); some shard is moving or down",
+                st.completed_epoch()
+            ));
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct SegmentQuery {
     kind: Option<String>,
@@ -758,9 +1031,13 @@ struct SegmentQuery {
 }
 
 async fn segments(State(app): State<App>, Query(q): Query<SegmentQuery>) -> Response {
-    let all = match all_shards(&app.ctx, |reply| ShardMsg::Segments { reply }).await {
-        Ok(s) => s,
-        Err(r) => return r,
+    let all = match &app.ctx.cluster {
+        // the replicated manifest: every shard's, wherever it runs
+        Some(cl) => cl.state().segments.clone(),
+        None => match all_shards(&app.ctx, |reply| ShardMsg::Segments { reply }).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        },
     };
     let list: Vec<_> = all
         .into_iter()
@@ -813,6 +1090,123 @@ async fn object(State(app): State<App>, Path(path): Path<String>) -> Response {
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+fn cluster_of(ctx: &NodeCtx) -> Result<&Arc<crate::cluster::ClusterCtx>, Response> {
+    ctx.cluster.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "this node runs alone (no [cluster] in its config)",
+        )
+    })
+}
+
+/// The cluster as the control plane holds it: nodes, the shard map with
+/// owner epochs, each shard's last committed checkpoint.
+async fn cluster_status(State(app): State<App>) -> Response {
+    let ctx = &app.ctx;
+    let cl = match cluster_of(ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let st = cl.state();
+    let metrics = cl.cp.raft.metrics().borrow().clone();
+    let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+    let nodes: Vec<_> = st
+        .nodes
+        .iter()
+        .map(|(id, n)| {
+            json!({
+                "id": id,
+                "addr": n.addr,
+                "state": format!("{:?}", n.state).to_lowercase(),
+                "voter": voters.contains(id),
+                "shards": st.owned_by(*id).len(),
+            })
+        })
+        .collect();
+    let shards: Vec<_> = (0..st.shards as usize)
+        .map(|s| {
+            let o = &st.owners[s];
+            let local = ctx.shard(s as u32).is_some();
+            json!({
+                "shard": s,
+                "owner": o.node,
+                "owner_epoch": o.epoch,
+                "moving_to": o.moving_to,
+                "checkpoint": st.checkpoints[s].as_ref().map(|c| json!({
+                    "seq": c.seq,
+                    "offset": c.offset,
+                    "epoch": c.epoch,
+                    "owner": c.owner,
+                    "owner_epoch": c.owner_epoch,
+                    "digest": c.digest,
+                    "snapshot_objects": c.snapshot.len(),
+                    "at": lockstep_core::time::format_rfc3339_ms(c.at_ms),
+                })),
+                "segments": st.segments[s].len(),
+                "processed": local.then(|| ctx.processed[s].load(std::sync::atomic::Ordering::Relaxed)),
+                "end": local.then(|| cl.ends[s].load(std::sync::atomic::Ordering::Relaxed)),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "node": cl.id,
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "table": st.table,
+        "shard_count": st.shards,
+        "epoch": st.epoch,
+        "completed_epoch": st.completed_epoch(),
+        "pipeline_version": st.pipeline.version,
+        "nodes": nodes,
+        "shards": shards,
+    }))
+    .into_response()
+}
+
+async fn cluster_drain(State(app): State<App>, Path(node): Path<String>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let id = node
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|id| cl.state().nodes.contains_key(id));
+    let Some(id) = id else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no node `{node}` in the cluster; see GET /v1/cluster"),
+        );
+    };
+    match cl
+        .cp
+        .propose(lockstep_cluster::state::Command::Drain { node: id })
+        .await
+    {
+        Ok(lockstep_cluster::state::Response::Done) => axum::Json(json!({
+            "node": id,
+            "state": "draining",
+            "shards_to_move": cl.state().owned_by(id).len(),
+        }))
+        .into_response(),
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => error(StatusCode::CONFLICT, w),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+/// The moves the coordinator makes now to balance the shards (it makes
+/// them anyway, every few hundred milliseconds; this shows them).
+async fn cluster_rebalance(State(app): State<App>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let plan = crate::cluster::plan(&cl.state(), 2);
+    let moves: Vec<String> = plan.iter().map(|c| format!("{c:?}")).collect();
+    axum::Json(json!({ "planned": moves })).into_response()
 }
 
 async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {

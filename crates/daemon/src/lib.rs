@@ -9,8 +9,10 @@
 //! - [`segments`]: archive and training segments in the object store.
 //! - [`http`]: the HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -95,6 +95,11 @@ pub struct NodeCtx {
     /// Held by a shard's running checkpoint task; recovery takes it first,
     /// so a restarted actor never loads under a predecessor's commit.
     pub checkpoint_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// Cluster: the owner epoch this node holds each shard under (0: not
+    /// held here).
+    pub held: Vec<AtomicU64>,
+    /// Cluster mode: the control plane and the Kafka log.
+    pub cluster: Option<Arc<crate::cluster::ClusterCtx>>,
     pub metrics: Metrics,
     pub stopping: AtomicBool,
     pub started_ms: i64,
@@ -149,6 +154,8 @@ pub enum StartError {
     ObjectStore(String),
     #[error("starting the shard actors: {0}")]
     Actors(String),
+    #[error("config key `{key}`: {message}")]
+    Cluster { key: &'static str, message: String },
 }
 
 pub fn now_ms() -> i64 {
@@ -184,7 +191,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Row, String> {
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     pub writer: tokio::sync::mpsc::Sender<WriteReq>,
-    supervisor: ActorRef<u32>,
+    supervisor: ActorRef<crate::shard::SupMsg>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -218,6 +225,16 @@ pub fn load_pipeline(path: &std::path::Path) -> Result<(String, Catalog), StartE
 
 impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
+        Node::start_with(config, |_| {}).await
+    }
+
+    /// Like [`Node::start`]; in a cluster, `serving` gets the control-plane
+    /// member before it joins, to serve its internal routes (the leader
+    /// calls back while adding it).
+    pub async fn start_with(
+        config: Config,
+        serving: impl FnOnce(&Arc<lockstep_cluster::ControlPlane>),
+    ) -> Result<Node, StartError> {
         let (sql, catalog) = load_pipeline(&config.pipeline)?;
         let table = catalog.tables[0].clone();
         std::fs::create_dir_all(&config.data_dir)
@@ -265,6 +282,10 @@ impl Node {
             .store_id()
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let n = table.shards as usize;
+        let cluster = match &config.cluster {
+            Some(c) => Some(start_cluster(&config, c, &table, serving).await?),
+            None => None,
+        };
         let ctx = Arc::new(NodeCtx {
             table,
             pipeline: RwLock::new(Arc::new(Pipeline::new(sql, catalog))),
@@ -279,6 +300,8 @@ impl Node {
             checkpoint_locks: (0..n)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
+            held: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            cluster: cluster.clone(),
             metrics: Metrics::new(),
             stopping: AtomicBool::new(false),
             started_ms: now_ms(),
@@ -294,6 +317,9 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let (writer, writer_thread) =
             writer::start(ctx.clone()).map_err(|e| StartError::DataDir(e.to_string()))?;
+        if let Some(cl) = cluster {
+            crate::cluster::start_tasks(ctx.clone(), cl, supervisor.clone());
+        }
         Ok(Node {
             ctx,
             writer,
@@ -350,7 +376,77 @@ impl Node {
         }
         self.supervisor.stop(None);
         let _ = self.ctx.log.flush();
+        if let Some(cl) = &self.ctx.cluster {
+            cl.cp.shutdown().await;
+        }
     }
+}
+
+/// Connects to Kafka (creating the topic), starts the control-plane member
+/// and checks that the cluster runs this table.
+async fn start_cluster(
+    config: &Config,
+    c: &crate::config::ClusterConfig,
+    table: &Table,
+    serving: impl FnOnce(&Arc<lockstep_cluster::ControlPlane>),
+) -> Result<Arc<crate::cluster::ClusterCtx>, StartError> {
+    let kafka = lockstep_log::kafka::KafkaLog::connect(lockstep_log::kafka::KafkaConfig {
+        brokers: c.kafka_brokers.clone(),
+        topic: c.kafka_topic.clone().unwrap_or_else(|| table.name.clone()),
+        partitions: table.shards,
+        replication: 1,
+        client_id: config.node_id.clone(),
+    })
+    .await
+    .map_err(|e| StartError::Cluster {
+        key: "cluster.kafka_brokers",
+        message: e.to_string(),
+    })?;
+    let cp = lockstep_cluster::ControlPlane::start_with(
+        lockstep_cluster::CpConfig {
+            node: c.raft_id,
+            addr: c.advertise.clone(),
+            seeds: c.seeds.clone(),
+            secret: c.secret.clone(),
+            dir: config.data_dir.join("raft"),
+            heartbeat: std::time::Duration::from_millis(200),
+            election_timeout: (
+                std::time::Duration::from_millis(800),
+                std::time::Duration::from_millis(1600),
+            ),
+        },
+        serving,
+    )
+    .await
+    .map_err(|e| StartError::Cluster {
+        key: if c.seeds.is_empty() {
+            "data_dir"
+        } else {
+            "cluster.seeds"
+        },
+        message: e.to_string(),
+    })?;
+    let st = cp.state();
+    if st.shards != 0 && (st.shards != table.shards || st.table != table.name) {
+        return Err(StartError::Pipeline(format!(
+            "the cluster runs table `{}` with {} shards; this node's pipeline declares `{}` with {} (every node runs the cluster's pipeline)",
+            st.table, st.shards, table.name, table.shards
+        )));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .max_idle_connections_per_host(32)
+        .build()
+        .into();
+    Ok(Arc::new(crate::cluster::ClusterCtx {
+        cp,
+        kafka,
+        id: c.raft_id,
+        ends: (0..table.shards).map(|_| AtomicU64::new(0)).collect(),
+        failure_timeout: c.failure_timeout,
+        agent,
+    }))
 }
 
 /// Object store root as configured, for status output.

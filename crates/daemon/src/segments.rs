@@ -12,30 +12,10 @@ use futures::TryStreamExt;
 use lockstep_core::value::Row;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// One committed segment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentInfo {
-    /// `raw`, `training` or `late`.
-    pub kind: String,
-    /// The table (raw, late) or view (training) it belongs to.
-    pub name: String,
-    pub shard: u32,
-    /// Object path, relative to the store's root.
-    pub path: String,
-    /// Log offsets covered: `from_offset..to_offset`.
-    pub from_offset: u64,
-    pub to_offset: u64,
-    /// Smallest and largest event time in it (ms; `i64::MIN`/`MAX` if empty).
-    pub min_time: i64,
-    pub max_time: i64,
-    pub rows: u64,
-    pub bytes: u64,
-    /// CRC-32 (IEEE) of the object's bytes.
-    pub crc32: u32,
-}
+/// One committed segment (the control plane replicates the same type).
+pub use lockstep_cluster::state::SegmentInfo;
 
 /// `ext` is `<store id>.<format>` (see `NodeCtx::ext`): names are unique per
 /// data directory, so nodes can share an object store prefix.

@@ -4,12 +4,14 @@
 //! acknowledged before them. A supervisor restarts a failed actor, which
 //! recovers from its last checkpoint and replays the log from there.
 
+use crate::cluster::{ClusterCtx, IdemEntry};
 use crate::node::{view_fingerprint, NodeCtx, Pipeline};
 use crate::segments::{
     self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, shard_prefix,
     SegmentInfo,
 };
 use crate::store::{CheckpointInfo, Commit};
+use lockstep_cluster::state::SnapshotPart;
 use lockstep_core::value::{Row, Value};
 use lockstep_core::{Emitted, Engine, Outcome};
 use lockstep_log::Log;
@@ -20,6 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+mod cluster_mode;
+pub use cluster_mode::ClusterShard;
 
 pub type Reply<T> = oneshot::Sender<Result<T, String>>;
 
@@ -67,7 +72,24 @@ pub enum ShardMsg {
     Stop,
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
+    /// Cluster: records of the shard's partition, in offset order.
+    Records(Vec<lockstep_log::kafka::KafkaRecord>),
+    /// Cluster: answer the features of the record carrying this
+    /// Idempotency-Key (index 0) when it arrives, computed just before it
+    /// enters the state (serve-and-ingest on the owner).
+    ServeWhenSeen {
+        key: String,
+        view: String,
+        reply: Reply<String>,
+    },
+    /// Cluster: the shard moves away: stop reading, take a last
+    /// checkpoint, hand the shard off and stop.
+    Handoff,
 }
+
+/// Errors of a shard that cannot answer now but will shortly (it is moving
+/// or restarting) start with this: the API answers 503 with Retry-After.
+pub const UNAVAILABLE: &str = "unavailable: ";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointReport {
@@ -132,6 +154,8 @@ pub struct ShardWorker {
     in_flight: bool,
     again: bool,
     replies: Vec<Reply<CheckpointReport>>,
+    /// Cluster mode only.
+    cl: Option<ClusterShard>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -148,6 +172,7 @@ impl ShardWorker {
         let lock = ctx.checkpoint_locks[shard as usize].clone();
         let _guard = lock.lock().await;
         let loaded = ctx.state.load(shard).map_err(err)?;
+        let cluster = ctx.cluster.clone();
         let mut w = ShardWorker {
             training: vec![Vec::new(); pipe.view_names.len()],
             pipe,
@@ -163,7 +188,13 @@ impl ShardWorker {
             in_flight: false,
             again: false,
             replies: Vec::new(),
+            cl: None,
         };
+        if let Some(cl) = cluster {
+            w.recover_cluster(cl, loaded).await?;
+            w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
+            return Ok(w);
+        }
         if let Some(l) = loaded {
             w.segments = l.segments.clone();
             w.delete_orphans().await?;
@@ -293,6 +324,7 @@ impl ShardWorker {
                     add_segments: &added,
                     remove_segments: &removed,
                     replace_slots: true,
+                    extra: None,
                 },
             )
             .map_err(err)?;
@@ -362,7 +394,8 @@ impl ShardWorker {
     }
 
     fn apply(&mut self, offset: u64, row: &[Value]) {
-        debug_assert_eq!(offset, self.next_offset);
+        // Kafka offsets may skip (transaction markers), never go back
+        debug_assert!(offset >= self.next_offset);
         if let Value::Timestamp(t) = row[self.ctx.table.time] {
             self.times = (self.times.0.min(t), self.times.1.max(t));
         }
@@ -435,6 +468,12 @@ impl ShardWorker {
     /// here, by the pipeline whose engine computed them: a request may have
     /// been routed under one that `views apply` has since replaced).
     pub fn serve(&mut self, view: &str, event: &[Value]) -> Result<String, String> {
+        if self.cl.as_ref().is_some_and(|c| c.handing_off) {
+            return Err(format!(
+                "{UNAVAILABLE}shard {} is moving to another node; retry",
+                self.shard
+            ));
+        }
         let v = self
             .pipe
             .view_index(view)
@@ -466,23 +505,24 @@ impl ShardWorker {
         self.again = false;
         let started = Instant::now();
         let (from, to) = (self.ckpt.log_offset, self.next_offset);
-        if from == to && self.ckpt.seq > 0 && self.late.is_empty() {
+        let unchanged = |w: &ShardWorker| {
+            w.ckpt.seq > 0
+                && w.late.is_empty()
+                && w.cl
+                    .as_ref()
+                    .is_none_or(|c| c.dead.is_empty() && !c.epoch_pending())
+        };
+        if from == to && unchanged(self) {
             // no event since the last checkpoint, so no state change
-            let report = CheckpointReport {
-                shard: self.shard,
-                seq: self.ckpt.seq,
-                log_offset: to,
-                wrote: false,
-                slots_written: 0,
-                bytes_written: 0,
-                training_rows: 0,
-                segments: 0,
-                millis: 0.0,
-            };
-            for r in replies {
-                let _ = r.send(Ok(report.clone()));
-            }
+            self.report_unchanged(replies, 0.0);
             return;
+        }
+        let full = self
+            .cl
+            .as_ref()
+            .is_some_and(ClusterShard::wants_full_snapshot);
+        if full {
+            self.engine.mark_all_changed(self.shard);
         }
         let delta = match crate::store::EncodedDelta::take(&mut self.engine, self.shard) {
             Ok(d) => d,
@@ -493,35 +533,30 @@ impl ShardWorker {
                 return;
             }
         };
-        if from == to && delta.slots.is_empty() && self.ckpt.seq > 0 {
-            let report = CheckpointReport {
-                shard: self.shard,
-                seq: self.ckpt.seq,
-                log_offset: to,
-                wrote: false,
-                slots_written: 0,
-                bytes_written: 0,
-                training_rows: 0,
-                segments: 0,
-                millis: started.elapsed().as_secs_f64() * 1e3,
-            };
-            for r in replies {
-                let _ = r.send(Ok(report.clone()));
-            }
+        if from == to && delta.slots.is_empty() && unchanged(self) {
+            self.report_unchanged(replies, started.elapsed().as_secs_f64() * 1e3);
             return;
         }
         let n_views = self.training.len();
+        let unsaved = Unsaved {
+            training: std::mem::replace(&mut self.training, vec![Vec::new(); n_views]),
+            late: std::mem::take(&mut self.late),
+            times: std::mem::replace(&mut self.times, (i64::MAX, i64::MIN)),
+            cluster: {
+                let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
+                self.cl.as_mut().map(|c| c.take_unsaved(ttl))
+            },
+        };
         let job = CheckpointJob {
             ctx: self.ctx.clone(),
             pipe: self.pipe.clone(),
-            times: std::mem::replace(&mut self.times, (i64::MAX, i64::MIN)),
             shard: self.shard,
             from,
             to,
             seq: self.ckpt.seq,
             delta,
-            training: std::mem::replace(&mut self.training, vec![Vec::new(); n_views]),
-            late: std::mem::take(&mut self.late),
+            cluster: self.cl.as_ref().map(|c| c.job(full)),
+            unsaved,
         };
         self.in_flight = true;
         let me = me.clone();
@@ -538,21 +573,7 @@ impl ShardWorker {
                 // actor runs one task at a time; write everything next time
                 self.in_flight = false;
                 self.engine.mark_all_changed(self.shard);
-                let CheckpointJob {
-                    training,
-                    late,
-                    times,
-                    ..
-                } = job;
-                self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
-                for (old, new) in self.training.iter_mut().zip(training) {
-                    let mut new = new;
-                    new.append(old);
-                    *old = new;
-                }
-                let mut late = late;
-                late.append(&mut self.late);
-                self.late = late;
+                self.put_back(job.unsaved);
                 for r in replies {
                     let _ = r.send(Err("a previous checkpoint is still running".into()));
                 }
@@ -561,10 +582,9 @@ impl ShardWorker {
         };
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let result = write_checkpoint(&job).await;
-            match result {
-                Ok((info, added, training_rows)) => Ok((info, added, training_rows)),
-                Err(e) => Err((e, job.training, job.late, job.times)),
+            match write_checkpoint(&job).await {
+                Ok(saved) => Ok(saved),
+                Err(e) => Err((e, Box::new(job.unsaved))),
             }
         });
         // a panic in the task would lose its rows: fail the shard instead,
@@ -589,6 +609,44 @@ impl ShardWorker {
         });
     }
 
+    fn report_unchanged(&self, replies: Vec<Reply<CheckpointReport>>, millis: f64) {
+        let report = CheckpointReport {
+            shard: self.shard,
+            seq: self.ckpt.seq,
+            log_offset: self.next_offset,
+            wrote: false,
+            slots_written: 0,
+            bytes_written: 0,
+            training_rows: 0,
+            segments: 0,
+            millis,
+        };
+        for r in replies {
+            let _ = r.send(Ok(report.clone()));
+        }
+    }
+
+    /// Puts the rows of a checkpoint that failed back in front of the ones
+    /// that arrived since.
+    fn put_back(&mut self, u: Unsaved) {
+        let Unsaved {
+            mut training,
+            mut late,
+            times,
+            cluster,
+        } = u;
+        self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
+        for (old, new) in training.iter_mut().zip(&mut self.training) {
+            old.append(new);
+            std::mem::swap(old, new);
+        }
+        late.append(&mut self.late);
+        self.late = late;
+        if let (Some(c), Some(u)) = (self.cl.as_mut(), cluster) {
+            c.put_back(u);
+        }
+    }
+
     /// Applies a finished checkpoint to the actor's view of its manifest.
     pub fn finish_checkpoint(
         &mut self,
@@ -599,14 +657,21 @@ impl ShardWorker {
     ) {
         self.in_flight = false;
         let result = match done {
-            Ok((info, added, training_rows)) => {
+            Ok(saved) => {
+                let info = saved.info;
                 let to = info.log_offset;
-                // everything below `to` is archived and reflected in the state
-                if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
+                if let Some(c) = self.cl.as_mut() {
+                    c.committed(
+                        saved.chain.unwrap_or_default(),
+                        saved.epoch,
+                        self.ctx.objects.clone(),
+                    );
+                } else if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
+                    // everything below `to` is archived and in the state
                     tracing::warn!(shard = self.shard, "log truncation failed: {e}");
                 }
-                let n_added = added.len();
-                self.segments.extend(added);
+                let n_added = saved.added.len();
+                self.segments.extend(saved.added);
                 self.ckpt = info.clone();
                 let secs = started.elapsed().as_secs_f64();
                 self.ctx.metrics.checkpoint_seconds.observe(secs);
@@ -618,24 +683,25 @@ impl ShardWorker {
                     wrote: true,
                     slots_written: info.slots_written,
                     bytes_written: info.bytes_written,
-                    training_rows,
+                    training_rows: saved.training_rows,
                     segments: n_added,
                     millis: secs * 1e3,
                 })
             }
-            Err((e, mut training, mut late, times)) => {
-                self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
+            Err((e, unsaved)) => {
                 tracing::error!(shard = self.shard, "checkpoint failed: {e}");
                 // the delta's slots were taken: write everything next time;
                 // the rows go back in front of the ones since
                 self.engine.mark_all_changed(self.shard);
                 self.ctx.metrics.checkpoint_failures.inc();
-                for (old, new) in training.iter_mut().zip(&mut self.training) {
-                    old.append(new);
-                    std::mem::swap(old, new);
+                self.put_back(*unsaved);
+                if e.starts_with(FENCED) {
+                    // the shard is another node's now: stop, restart nothing
+                    me.stop(Some(FENCED.into()));
+                } else if e.starts_with(cluster_mode::UNCERTAIN) {
+                    // restart from what the control plane holds
+                    let _ = me.send_message(ShardMsg::Fail);
                 }
-                late.append(&mut self.late);
-                self.late = late;
                 Err(e)
             }
         };
@@ -644,15 +710,20 @@ impl ShardWorker {
         }
         if self.again {
             self.start_checkpoint(me, None);
+        } else if self.cl.as_ref().is_some_and(|c| c.handing_off) {
+            self.hand_off(me);
         }
     }
 
     pub fn status(&mut self, restarts: u64) -> ShardStatus {
-        let log_end = self
-            .ctx
-            .log
-            .end_offset(self.shard)
-            .unwrap_or(self.next_offset);
+        let log_end = match &self.cl {
+            Some(c) => c.log_end(self.shard).max(self.next_offset),
+            None => self
+                .ctx
+                .log
+                .end_offset(self.shard)
+                .unwrap_or(self.next_offset),
+        };
         let st = self.engine.stats().swap_remove(self.shard as usize);
         let wm = st.watermark;
         ShardStatus {
@@ -791,37 +862,71 @@ fn view_time_range(
 pub struct CheckpointJob {
     ctx: Arc<NodeCtx>,
     pipe: Arc<Pipeline>,
-    /// Event-time range of the log slice.
-    times: (i64, i64),
     shard: u32,
     from: u64,
     to: u64,
     seq: u64,
     delta: crate::store::EncodedDelta,
-    training: Vec<Vec<Row>>,
-    late: Vec<(u64, i64, Row)>,
+    cluster: Option<cluster_mode::ClusterJob>,
+    /// The rows it commits; they go back to the actor if it fails.
+    unsaved: Unsaved,
+}
+
+impl CheckpointJob {
+    /// The end of this checkpoint's object names: the data directory's id,
+    /// then (cluster) the owner epoch and a nonce, so no attempt ever
+    /// overwrites another's objects, then the format.
+    fn ext(&self, format: &str) -> String {
+        match &self.cluster {
+            Some(c) => self.ctx.ext(&format!("{}.{format}", c.tag())),
+            None => self.ctx.ext(format),
+        }
+    }
 }
 
 type LateRow = (u64, i64, Row);
 
-/// A checkpoint's result: its info, new segments and training rows; or the
-/// error with the rows it could not commit.
-pub type CheckpointOutcome = Result<
-    (CheckpointInfo, Vec<SegmentInfo>, u64),
-    (String, Vec<Vec<Row>>, Vec<LateRow>, (i64, i64)),
->;
+/// Rows taken for a checkpoint, not yet committed.
+pub struct Unsaved {
+    training: Vec<Vec<Row>>,
+    late: Vec<LateRow>,
+    /// Event-time range of the log slice.
+    times: (i64, i64),
+    cluster: Option<cluster_mode::ClusterUnsaved>,
+}
+
+/// A committed checkpoint: its info, new segments and training rows, and
+/// (cluster) its snapshot objects.
+pub struct Saved {
+    info: CheckpointInfo,
+    added: Vec<SegmentInfo>,
+    training_rows: u64,
+    chain: Option<Vec<SnapshotPart>>,
+    /// The cluster epoch it answers (0 on one node).
+    epoch: u64,
+}
+
+/// A checkpoint's result; or the error with the rows it could not commit.
+pub type CheckpointOutcome = Result<Saved, (String, Box<Unsaved>)>;
+
+/// The error of a checkpoint the control plane refused because this node
+/// no longer owns the shard.
+pub const FENCED: &str = "fenced";
 
 /// Archives the log slice, writes the training and late rows, and commits
-/// them with the state delta in one atomic batch.
-async fn write_checkpoint(
-    job: &CheckpointJob,
-) -> Result<(CheckpointInfo, Vec<SegmentInfo>, u64), String> {
+/// them with the state delta in one atomic batch (cluster: through the
+/// control plane, with a snapshot object).
+async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, String> {
     let ctx = job.ctx.clone();
     let (from, to, delta) = (job.from, job.to, &job.delta);
     let store = ctx.objects.as_ref();
     let table = &ctx.table;
     let mut added = Vec::new();
-    if to > from {
+    if let Some(c) = &job.cluster {
+        if let Some(raw) = c.raw_segment(job, from, to).await? {
+            added.push(raw);
+        }
+    } else if to > from {
         // the log slice as is: no decoding, no re-encoding
         let mut framed = Vec::new();
         let n = ctx
@@ -844,17 +949,17 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                &ctx.ext(segments::RAW_EXT),
+                &job.ext(segments::RAW_EXT),
                 bytes,
                 n,
-                job.times,
+                job.unsaved.times,
             )
             .await
             .map_err(err)?,
         );
     }
     let mut training_rows = 0;
-    for (v, rows) in job.training.iter().enumerate() {
+    for (v, rows) in job.unsaved.training.iter().enumerate() {
         if rows.is_empty() {
             continue;
         }
@@ -871,7 +976,7 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                &ctx.ext("parquet"),
+                &job.ext("parquet"),
                 bytes,
                 rows.len() as u64,
                 (lo, hi),
@@ -880,10 +985,10 @@ async fn write_checkpoint(
             .map_err(err)?,
         );
     }
-    if !job.late.is_empty() {
+    if !job.unsaved.late.is_empty() {
         let mut text = String::new();
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        for (off, wm, row) in &job.late {
+        for (off, wm, row) in &job.unsaved.late {
             if let Value::Timestamp(t) = row[table.time] {
                 lo = lo.min(t);
                 hi = hi.max(t);
@@ -902,14 +1007,17 @@ async fn write_checkpoint(
                 job.shard,
                 from,
                 to,
-                &ctx.ext("jsonl"),
+                &job.ext("jsonl"),
                 text.into_bytes(),
-                job.late.len() as u64,
+                job.unsaved.late.len() as u64,
                 (lo, hi),
             )
             .await
             .map_err(err)?,
         );
+    }
+    if let Some(c) = &job.cluster {
+        return c.commit(job, added, training_rows).await;
     }
     // the log below `to` must be durable before a checkpoint says so
     // (with fsync every N ms it may not be yet)
@@ -927,10 +1035,17 @@ async fn write_checkpoint(
                 add_segments: &added,
                 remove_segments: &[],
                 replace_slots: false,
+                extra: None,
             },
         )
         .map_err(err)?;
-    Ok((info, added, training_rows))
+    Ok(Saved {
+        info,
+        added,
+        training_rows,
+        chain: None,
+        epoch: 0,
+    })
 }
 
 pub struct ShardActor;
@@ -951,6 +1066,24 @@ impl Actor for ShardActor {
         args: ShardArgs,
     ) -> Result<ShardWorker, ActorProcessingErr> {
         Ok(ShardWorker::recover(args.ctx, args.shard).await?)
+    }
+
+    async fn post_start(
+        &self,
+        me: ActorRef<ShardMsg>,
+        w: &mut ShardWorker,
+    ) -> Result<(), ActorProcessingErr> {
+        w.start_reading(&me);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ShardMsg>,
+        w: &mut ShardWorker,
+    ) -> Result<(), ActorProcessingErr> {
+        w.stop_reading();
+        Ok(())
     }
 
     async fn handle(
@@ -989,6 +1122,9 @@ impl Actor for ShardActor {
                 w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
             }
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
+            ShardMsg::Records(recs) => w.on_records(recs)?,
+            ShardMsg::ServeWhenSeen { key, view, reply } => w.serve_when_seen(key, view, reply),
+            ShardMsg::Handoff => w.begin_handoff(&me),
         }
         Ok(())
     }
@@ -996,6 +1132,25 @@ impl Actor for ShardActor {
 
 /// Starts the shard actors and restarts any that fails.
 pub struct Supervisor;
+
+/// What the supervisor is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub enum SupMsg {
+    /// Start the shard's actor (replacing one that runs under an older
+    /// owner epoch).
+    Start(u32),
+    /// (Re)start after a failure; retried with backoff while recovery
+    /// fails. In a cluster, only while the shard is still this node's.
+    Restart(u32),
+    /// The shard is no longer this node's: stop its actor.
+    Release(u32),
+}
+
+/// Stop reasons after which the supervisor starts nothing.
+const FINAL_STOPS: [&str; 4] = [FENCED, HANDED_OFF, RELEASED, SUPERSEDED];
+pub const HANDED_OFF: &str = "handed off";
+const RELEASED: &str = "released";
+const SUPERSEDED: &str = "superseded";
 
 pub struct SupervisorState {
     ctx: Arc<NodeCtx>,
@@ -1007,7 +1162,7 @@ pub struct SupervisorState {
 
 impl Supervisor {
     async fn start_shard(
-        me: &ActorRef<u32>,
+        me: &ActorRef<SupMsg>,
         st: &mut SupervisorState,
         shard: u32,
     ) -> Result<(), ActorProcessingErr> {
@@ -1022,18 +1177,45 @@ impl Supervisor {
         let _ = actor.send_message(ShardMsg::CatchUp);
         Ok(())
     }
+
+    /// Stops the shard's actor, if any, for good.
+    fn stop_shard(st: &SupervisorState, shard: u32, why: &str) {
+        let old = st.ctx.shards.write().expect("shard registry")[shard as usize].take();
+        if let Some(a) = old {
+            a.stop(Some(why.into()));
+        }
+    }
+
+    fn retry(me: &ActorRef<SupMsg>, st: &mut SupervisorState, shard: u32, e: &str) {
+        let delay = st
+            .backoff
+            .entry(shard)
+            .or_insert(std::time::Duration::from_millis(50));
+        // a shard waiting for the control plane (an election) retries
+        // often: its downtime is the cluster's recovery time
+        let cap = if e.contains(UNAVAILABLE) { 500 } else { 5_000 };
+        *delay = (*delay * 2).min(std::time::Duration::from_millis(cap));
+        if e.contains(UNAVAILABLE) {
+            tracing::info!(shard, "not started: {e}; retrying in {:?}", delay);
+        } else {
+            tracing::error!(shard, "restart failed: {e}; retrying in {:?}", delay);
+        }
+        let (me, delay) = (me.clone(), *delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = me.send_message(SupMsg::Restart(shard));
+        });
+    }
 }
 
 impl Actor for Supervisor {
-    /// A shard to (re)start: sent to itself to retry a failed recovery
-    /// without blocking the handling of other shards.
-    type Msg = u32;
+    type Msg = SupMsg;
     type State = SupervisorState;
     type Arguments = Arc<NodeCtx>;
 
     async fn pre_start(
         &self,
-        me: ActorRef<u32>,
+        me: ActorRef<SupMsg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut st = SupervisorState {
@@ -1041,42 +1223,53 @@ impl Actor for Supervisor {
             owners: HashMap::new(),
             backoff: HashMap::new(),
         };
-        for s in 0..ctx.table.shards {
-            Supervisor::start_shard(&me, &mut st, s).await?;
+        // in a cluster, shards start as the shard map gives them to this node
+        if ctx.cluster.is_none() {
+            for s in 0..ctx.table.shards {
+                Supervisor::start_shard(&me, &mut st, s).await?;
+            }
         }
         Ok(st)
     }
 
     async fn handle(
         &self,
-        me: ActorRef<u32>,
-        shard: u32,
+        me: ActorRef<SupMsg>,
+        msg: SupMsg,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         if st.ctx.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if let Err(e) = Supervisor::start_shard(&me, st, shard).await {
-            let delay = st
-                .backoff
-                .entry(shard)
-                .or_insert(std::time::Duration::from_millis(50));
-            *delay = (*delay * 2).min(std::time::Duration::from_secs(5));
-            tracing::error!(shard, "restart failed: {e}; retrying in {:?}", delay);
-            let (me, delay) = (me.clone(), *delay);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = me.send_message(shard);
-            });
-        } else {
-            st.backoff.remove(&shard);
+        match msg {
+            SupMsg::Release(shard) => {
+                tracing::info!(shard, "the shard is another node's now: stopping it here");
+                Supervisor::stop_shard(st, shard, RELEASED);
+            }
+            SupMsg::Start(shard) | SupMsg::Restart(shard) => {
+                if matches!(msg, SupMsg::Restart(_))
+                    && st.ctx.cluster.is_some()
+                    && st.ctx.held[shard as usize].load(Ordering::Relaxed) == 0
+                {
+                    return Ok(()); // no longer ours
+                }
+                if matches!(msg, SupMsg::Start(_)) {
+                    Supervisor::stop_shard(st, shard, SUPERSEDED);
+                }
+                match Supervisor::start_shard(&me, st, shard).await {
+                    Ok(()) => {
+                        st.backoff.remove(&shard);
+                    }
+                    Err(e) => Supervisor::retry(&me, st, shard, &e.to_string()),
+                }
+            }
         }
         Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        me: ActorRef<u32>,
+        me: ActorRef<SupMsg>,
         evt: SupervisionEvent,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
@@ -1093,6 +1286,19 @@ impl Actor for Supervisor {
         if st.ctx.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
+        if FINAL_STOPS.contains(&why.as_str()) {
+            let mut reg = st.ctx.shards.write().expect("shard registry");
+            if reg[shard as usize]
+                .as_ref()
+                .is_some_and(|a| a.get_id() == cell.get_id())
+            {
+                reg[shard as usize] = None;
+            }
+            if why == FENCED || why == HANDED_OFF {
+                tracing::info!(shard, "the shard left this node ({why})");
+            }
+            return Ok(());
+        }
         if why == "pipeline change" {
             tracing::info!(shard, "restarting the shard under the new pipeline");
         } else {
@@ -1105,7 +1311,7 @@ impl Actor for Supervisor {
         }
         // recovery can fail transiently (object store down): retried with
         // backoff through messages, so other shards are handled meanwhile
-        let _ = me.send_message(shard);
+        let _ = me.send_message(SupMsg::Restart(shard));
         Ok(())
     }
 }

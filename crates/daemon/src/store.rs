@@ -12,6 +12,7 @@ use std::path::Path;
 
 const META: &[u8] = b"m";
 const INFO: &[u8] = b"i";
+const EXTRA: &[u8] = b"x";
 const SLOT: u8 = b's';
 const SEGMENT: u8 = b'g';
 
@@ -48,6 +49,7 @@ pub struct Loaded {
     pub slots: Vec<(SlotKey, Entry)>,
     pub info: CheckpointInfo,
     pub segments: Vec<SegmentInfo>,
+    pub extra: Option<Vec<u8>>,
 }
 
 /// One checkpoint to commit.
@@ -64,6 +66,9 @@ pub struct Commit<'a> {
     pub remove_segments: &'a [SegmentInfo],
     /// Drop every stored slot first (a rebuilt state, laid out anew).
     pub replace_slots: bool,
+    /// Extra shard data kept with the state (cluster mode: the seen
+    /// Idempotency-Keys); `None` leaves what is stored.
+    pub extra: Option<Vec<u8>>,
 }
 
 pub struct StateStore {
@@ -90,6 +95,11 @@ fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Resul
 /// A partition slot as the store keeps it.
 pub fn encode_slot(e: &Entry) -> Vec<u8> {
     encode(e)
+}
+
+/// The inverse of [`encode_slot`].
+pub fn decode_slot(b: &[u8]) -> Result<Entry, StoreError> {
+    decode("partition slot", b)
 }
 
 /// A shard's checkpoint delta with its slots encoded.
@@ -168,11 +178,13 @@ impl StateStore {
             let (_, v) = item?;
             segments.push(decode("segment manifest entry", &v)?);
         }
+        let extra = tree.get(EXTRA)?.map(|v| v.to_vec());
         Ok(Some(Loaded {
             meta,
             slots,
             info,
             segments,
+            extra,
         }))
     }
 
@@ -243,6 +255,9 @@ impl StateStore {
             pipeline: c.pipeline,
         };
         batch.insert(INFO, encode(&info));
+        if let Some(x) = c.extra {
+            batch.insert(EXTRA, x);
+        }
         for s in c.remove_segments {
             batch.remove(segment_key(s));
         }

@@ -1,12 +1,17 @@
 //! lockstepd: the lockstep node daemon.
 
+use axum::extract::Request;
+use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
+use axum::Router;
 use clap::Parser;
 use lockstep_daemon::config::{self, Overrides};
 use lockstep_daemon::http;
 use lockstep_daemon::node::Node;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use tower::ServiceExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,6 +47,22 @@ struct Args {
     fsync: Option<String>,
     #[arg(long)]
     idempotency_ttl: Option<String>,
+    /// Cluster: other nodes' API addresses, host:port,… (none: start a new
+    /// cluster).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// Cluster: the secret every node presents (or LOCKSTEP_CLUSTER_SECRET).
+    #[arg(long)]
+    cluster_secret: Option<String>,
+    /// Cluster: Kafka bootstrap servers, host:port,…
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Cluster: the table's topic (default: the table's name).
+    #[arg(long)]
+    kafka_topic: Option<String>,
+    /// Cluster: the address other nodes reach this one at (default: listen).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e`.
@@ -73,11 +94,25 @@ fn main() -> ExitCode {
         checkpoint_interval: a.checkpoint_interval,
         fsync: a.fsync,
         idempotency_ttl: a.idempotency_ttl,
+        cluster: (a.seeds.is_some()
+            || a.cluster_secret.is_some()
+            || a.kafka_brokers.is_some()
+            || a.kafka_topic.is_some()
+            || a.advertise.is_some())
+        .then_some(config::FileCluster {
+            seeds: a.seeds,
+            secret: a.cluster_secret,
+            kafka_brokers: a.kafka_brokers,
+            kafka_topic: a.kafka_topic,
+            advertise: a.advertise,
+            failure_timeout: None,
+        }),
     };
-    let cfg = match config::load(
+    let cfg = match config::load_with_secret(
         a.config.as_deref(),
         &flags,
         std::env::var("LOCKSTEP_TOKEN").ok(),
+        std::env::var("LOCKSTEP_CLUSTER_SECRET").ok(),
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -101,7 +136,10 @@ fn main() -> ExitCode {
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let listen = cfg.listen;
     let interval = cfg.checkpoint_interval;
-    let node = Node::start(cfg).await?;
+    let clustered = cfg.cluster.is_some();
+    // Listening comes first: a cluster member must answer the leader's
+    // calls while it joins, before the rest of the node is up. Until then
+    // the API answers 503.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?
@@ -109,36 +147,82 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         .tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-    let ctx = node.ctx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
+    let routes = Routes::default();
+    let app = routes.dispatcher();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    let internal = routes.internal.clone();
+    let node = Node::start_with(cfg, move |cp| {
+        let _ = internal.set(cp.router());
+    })
+    .await?;
+    let _ = routes.api.set(http::router(&node));
+    if !clustered {
+        // in a cluster the coordinator opens checkpoint epochs instead
+        let ctx = node.ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
             tick.tick().await;
-            if ctx.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            for r in Node::checkpoint_all(&ctx).await {
-                if let Err(e) = r {
-                    tracing::warn!("checkpoint: {e}");
+            loop {
+                tick.tick().await;
+                if ctx.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for r in Node::checkpoint_all(&ctx).await {
+                    if let Err(e) = r {
+                        tracing::warn!("checkpoint: {e}");
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     tracing::info!(
-        "lockstepd {} listening on http://{listen} (table `{}`, {} shards, views: {})",
+        "lockstepd {} listening on http://{listen} (table `{}`, {} shards, views: {}{})",
         node.ctx.config.node_id,
         node.ctx.table.name,
         node.ctx.table.shards,
-        node.ctx.pipeline().view_names.join(", ")
+        node.ctx.pipeline().view_names.join(", "),
+        if clustered { ", cluster member" } else { "" }
     );
-    let app = http::router(&node);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    server.await??;
+    // the API router holds the ingest writer's queue: dropping it lets the
+    // writer finish what it has and exit
+    drop(routes);
     tracing::info!("shutting down: final checkpoint");
     node.stop().await;
     Ok(())
+}
+
+/// The routers behind the listener, set as the node comes up.
+#[derive(Clone, Default)]
+struct Routes {
+    /// The control plane's internal routes (cluster members only).
+    internal: Arc<OnceLock<Router>>,
+    /// The public API.
+    api: Arc<OnceLock<Router>>,
+}
+
+impl Routes {
+    fn dispatcher(&self) -> Router {
+        let routes = self.clone();
+        Router::new().fallback(move |req: Request| {
+            let routes = routes.clone();
+            async move {
+                let router = if req.uri().path().starts_with("/internal/") {
+                    routes.internal.get().cloned()
+                } else {
+                    routes.api.get().cloned()
+                };
+                match router {
+                    Some(r) => r.oneshot(req).await.into_response(),
+                    None => http::unavailable("the node is starting"),
+                }
+            }
+        })
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,733 @@
+//! Cluster mode: many lockstepd processes over one Kafka topic, agreeing
+//! through the control plane (`lockstep-cluster`, openraft).
+//!
+//! - **Ingest** on any node produces to the table's topic (partition = shard)
+//!   and answers once the broker acknowledged.
+//! - **Shards** run on their owners only: an owner restores the shard's last
+//!   committed checkpoint (from its local cache when it took that checkpoint
+//!   itself, else from the snapshot objects) and reads its partition from
+//!   the checkpoint's offset with a [`fetcher`](spawn_fetcher).
+//! - **Checkpoints**: when the coordinator opens an epoch every owner writes
+//!   its segments and a snapshot part to the object store and commits the
+//!   manifest through Raft with its owner epoch; a stale epoch is refused.
+//! - **The coordinator** (the Raft leader) pings the nodes, declares silent
+//!   ones down, reassigns their shards, drains, balances and opens epochs.
+
+use crate::node::{now_ms, NodeCtx};
+use crate::shard::ShardMsg;
+use crate::store::{decode_slot, StoreError};
+use lockstep_cluster::state::{
+    ClusterState, Command, NodeId, NodeState, Response, ShardCheckpoint, SnapshotPart,
+};
+use lockstep_cluster::ControlPlane;
+use lockstep_core::window::Entry;
+use lockstep_core::{ShardMeta, SlotKey};
+use lockstep_log::kafka::{KafkaLog, OutRecord};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a cluster node shares beyond [`NodeCtx`].
+pub struct ClusterCtx {
+    pub cp: Arc<ControlPlane>,
+    pub kafka: KafkaLog,
+    pub id: NodeId,
+    /// Each owned shard's partition end, as its reader last saw it.
+    pub ends: Vec<AtomicU64>,
+    pub failure_timeout: Duration,
+    /// Forwarding client (other nodes' public API).
+    pub agent: ureq::Agent,
+}
+
+impl ClusterCtx {
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.cp.state()
+    }
+
+    /// The API address of a member.
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.state().nodes.get(&node).map(|n| n.addr.clone())
+    }
+}
+
+/// Seen Idempotency-Keys of one shard: which indices of the request were
+/// applied (a retry may carry the part that was lost).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdemEntry {
+    /// Record timestamp of the first sighting (for expiry).
+    pub at_ms: i64,
+    /// Sorted, disjoint `[lo, hi)` ranges of request indices seen.
+    pub ranges: Vec<(u32, u32)>,
+}
+
+impl IdemEntry {
+    pub fn contains(&self, i: u32) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= i && i < hi)
+    }
+
+    /// Records `i`; false if it was there.
+    pub fn insert(&mut self, i: u32) -> bool {
+        if self.contains(i) {
+            return false;
+        }
+        self.ranges.push((i, i + 1));
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.ranges.len());
+        for &(lo, hi) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if last.1 >= lo => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        self.ranges = merged;
+        true
+    }
+}
+
+/// One snapshot object: a checkpoint's state delta (or the whole state,
+/// `replace`), and the shard's seen idempotency keys.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub replace: bool,
+    pub meta: ShardMeta,
+    /// `((view, group, slot), encoded slot)`.
+    pub slots: Vec<((u32, u32, u32), Vec<u8>)>,
+    pub idem: Vec<(String, IdemEntry)>,
+}
+
+/// A shard's state as restored from its snapshot objects.
+pub struct Restored {
+    pub meta: ShardMeta,
+    pub slots: Vec<(SlotKey, Entry)>,
+    /// The encoded slots, for the local cache.
+    pub encoded: Vec<(SlotKey, Vec<u8>)>,
+    pub idem: HashMap<String, IdemEntry>,
+}
+
+fn bincode_cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// `ext` carries the data directory's id, the owner epoch and a nonce.
+pub fn snapshot_path(table: &str, shard: u32, seq: u64, ext: &str) -> String {
+    format!("snapshots/{table}/shard={shard:03}/{seq:020}.{ext}")
+}
+
+/// Writes one snapshot object.
+pub async fn put_snapshot(
+    store: &dyn ObjectStore,
+    path: String,
+    data: &SnapshotData,
+) -> Result<SnapshotPart, String> {
+    let bytes = bincode::serde::encode_to_vec(data, bincode_cfg()).map_err(|e| e.to_string())?;
+    let part = SnapshotPart {
+        crc32: crc32fast::hash(&bytes),
+        bytes: bytes.len() as u64,
+        path,
+    };
+    store
+        .put(
+            &ObjPath::from(part.path.as_str()),
+            PutPayload::from(bytes::Bytes::from(bytes)),
+        )
+        .await
+        .map_err(|e| format!("writing snapshot {}: {e}", part.path))?;
+    Ok(part)
+}
+
+/// Reads a checkpoint's snapshot objects in order and folds them into the
+/// state they describe.
+pub async fn restore_snapshot(
+    store: &dyn ObjectStore,
+    parts: &[SnapshotPart],
+) -> Result<Option<Restored>, String> {
+    let mut slots: BTreeMap<(u32, u32, u32), Vec<u8>> = BTreeMap::new();
+    let mut meta = None;
+    let mut idem = HashMap::new();
+    for p in parts {
+        let bytes = store
+            .get(&ObjPath::from(p.path.as_str()))
+            .await
+            .map_err(|e| format!("reading snapshot {}: {e}", p.path))?
+            .bytes()
+            .await
+            .map_err(|e| format!("reading snapshot {}: {e}", p.path))?;
+        let crc = crc32fast::hash(&bytes);
+        if crc != p.crc32 {
+            return Err(format!(
+                "snapshot {} is damaged: CRC-32 {crc:08x}, the manifest says {:08x}",
+                p.path, p.crc32
+            ));
+        }
+        let (d, _): (SnapshotData, _) = bincode::serde::decode_from_slice(&bytes, bincode_cfg())
+            .map_err(|e| format!("snapshot {}: {e}", p.path))?;
+        if d.replace {
+            slots.clear();
+        }
+        slots.extend(d.slots);
+        meta = Some(d.meta);
+        idem = d.idem.into_iter().collect();
+    }
+    let Some(meta) = meta else {
+        return Ok(None);
+    };
+    let mut decoded = Vec::with_capacity(slots.len());
+    let mut encoded = Vec::with_capacity(slots.len());
+    for ((view, group, slot), b) in slots {
+        let key = SlotKey { view, group, slot };
+        decoded.push((key, decode_slot(&b).map_err(|e: StoreError| e.to_string())?));
+        encoded.push((key, b));
+    }
+    Ok(Some(Restored {
+        meta,
+        slots: decoded,
+        encoded,
+        idem,
+    }))
+}
+
+/// A digest of a checkpoint's state: CRC-32 over its snapshot parts' CRCs
+/// and the offset.
+pub fn digest(parts: &[SnapshotPart], offset: u64) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for p in parts {
+        h.update(&p.crc32.to_le_bytes());
+    }
+    h.update(&offset.to_le_bytes());
+    format!("{:08x}", h.finalize())
+}
+
+/// Commits a checkpoint through the control plane. `Err(Fenced)` means the
+/// shard is no longer this node's.
+pub async fn commit_checkpoint(
+    cl: &ClusterCtx,
+    checkpoint: ShardCheckpoint,
+    add_segments: Vec<crate::segments::SegmentInfo>,
+) -> Result<(), CommitError> {
+    match cl
+        .cp
+        .propose(Command::Commit {
+            checkpoint,
+            add_segments,
+        })
+        .await
+    {
+        Ok(Response::Done) => Ok(()),
+        Ok(Response::Rejected(why)) if why.contains("fenced") => Err(CommitError::Fenced(why)),
+        Ok(Response::Rejected(why)) => Err(CommitError::Other(why)),
+        Err(e) => Err(CommitError::Other(e.to_string())),
+    }
+}
+
+#[derive(Debug)]
+pub enum CommitError {
+    Fenced(String),
+    Other(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Fenced(w) => write!(f, "{w}"),
+            CommitError::Other(w) => write!(f, "{w}"),
+        }
+    }
+}
+
+/// Reads a shard's partition from `from` and hands the records to its
+/// actor in order, at most `MAX_IN_FLIGHT` ahead of what it processed.
+/// Stops when `stop` is set or the actor is gone.
+pub fn spawn_fetcher(
+    ctx: Arc<NodeCtx>,
+    cl: Arc<ClusterCtx>,
+    shard: u32,
+    from: u64,
+    actor: ActorRef<ShardMsg>,
+) -> Arc<AtomicBool> {
+    const MAX_IN_FLIGHT: u64 = 50_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let me = actor.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("fetch-{shard}"))
+        .spawn(move || {
+            let mut reader = None;
+            let mut position = from;
+            while !flag.load(Ordering::Relaxed) {
+                let processed = ctx.processed[shard as usize].load(Ordering::Relaxed);
+                if position.saturating_sub(processed) > MAX_IN_FLIGHT {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                let r = match reader.as_mut() {
+                    Some(r) => r,
+                    None => match cl.kafka.reader(shard, position) {
+                        Ok(r) => reader.insert(r),
+                        Err(e) => {
+                            tracing::warn!(shard, "opening the partition reader: {e}; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                            continue;
+                        }
+                    },
+                };
+                match r.poll(10_000, Duration::from_millis(100)) {
+                    Ok(recs) => {
+                        if let Some(end) = r.cached_end() {
+                            cl.ends[shard as usize].store(end, Ordering::Relaxed);
+                        }
+                        if let Some(last) = recs.last() {
+                            position = last.offset + 1;
+                            if actor.send_message(ShardMsg::Records(recs)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, "reading the partition: {e}; reopening");
+                        reader = None;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(shard, "cannot start the partition reader: {e}");
+        let _ = me.send_message(ShardMsg::Fail);
+    }
+    stop
+}
+
+/// Produces validated events to the topic (bincode rows, keyed by the
+/// table key); returns once all are acknowledged.
+pub async fn produce(
+    ctx: &NodeCtx,
+    cl: &ClusterCtx,
+    idempotency_key: Option<&str>,
+    events: &[(u32, lockstep_core::value::Row)],
+) -> Result<Vec<u64>, String> {
+    let mut keys = Vec::with_capacity(events.len());
+    let mut values = Vec::with_capacity(events.len());
+    for (_, row) in events {
+        keys.push(row[ctx.table.key].to_string());
+        values.push(crate::node::encode_event(row));
+    }
+    let recs: Vec<OutRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (shard, _))| OutRecord {
+            shard: *shard,
+            key: keys[i].as_bytes(),
+            value: &values[i],
+            bincode: true,
+            idempotency: idempotency_key.map(|k| (k, i as u32)),
+        })
+        .collect();
+    cl.kafka.produce(&recs).await.map_err(|e| e.to_string())
+}
+
+/// Starts the tasks of a cluster node: the ownership watcher (starts and
+/// stops shard actors as the shard map changes, hands shards off, takes
+/// checkpoints when epochs open) and the coordinator (acts while this node
+/// leads).
+pub fn start_tasks(
+    ctx: Arc<NodeCtx>,
+    cl: Arc<ClusterCtx>,
+    supervisor: ActorRef<crate::shard::SupMsg>,
+) {
+    tokio::spawn(ownership(ctx.clone(), cl.clone(), supervisor));
+    tokio::spawn(coordinator(ctx, cl));
+}
+
+/// Keeps the local shard actors in line with the replicated shard map.
+async fn ownership(
+    ctx: Arc<NodeCtx>,
+    cl: Arc<ClusterCtx>,
+    supervisor: ActorRef<crate::shard::SupMsg>,
+) {
+    use crate::shard::SupMsg;
+    let mut rx = cl.cp.subscribe();
+    let mut epoch_seen = rx.borrow().epoch;
+    let mut handing_off: Vec<Option<u64>> = vec![None; ctx.table.shards as usize];
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {},
+        }
+        if ctx.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let st = rx.borrow_and_update().clone();
+        if st.shards != ctx.table.shards {
+            continue; // not initialized yet
+        }
+        for s in 0..st.shards {
+            let o = &st.owners[s as usize];
+            let mine = o.node == Some(cl.id);
+            let held = ctx.held[s as usize].load(Ordering::Relaxed);
+            if mine && held != o.epoch {
+                // ours (again): (re)start under the current epoch
+                ctx.held[s as usize].store(o.epoch, Ordering::Relaxed);
+                handing_off[s as usize] = None;
+                let _ = supervisor.send_message(SupMsg::Start(s));
+            } else if !mine && held != 0 {
+                ctx.held[s as usize].store(0, Ordering::Relaxed);
+                let _ = supervisor.send_message(SupMsg::Release(s));
+            } else if mine && o.moving_to.is_some() && handing_off[s as usize] != Some(o.epoch) {
+                if let Some(actor) = ctx.shard(s) {
+                    handing_off[s as usize] = Some(o.epoch);
+                    let _ = actor.send_message(ShardMsg::Handoff);
+                }
+            }
+        }
+        if st.epoch != epoch_seen {
+            epoch_seen = st.epoch;
+            for s in st.owned_by(cl.id) {
+                if let Some(a) = ctx.shard(s) {
+                    let _ = a.send_message(ShardMsg::Checkpoint { reply: None });
+                }
+            }
+        }
+    }
+}
+
+/// The coordinator's loop; it acts only while this node is the leader.
+async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
+    // when each node was last heard from (pings), the join time we last
+    // saw of each, and when we marked nodes down
+    let seen: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
+    let mut joins: HashMap<NodeId, i64> = HashMap::new();
+    let mut down_at: HashMap<NodeId, Instant> = HashMap::new();
+    let mut was_leader = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_ping = Instant::now() - Duration::from_secs(10);
+    loop {
+        tick.tick().await;
+        if ctx.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if !cl.cp.is_leader() {
+            was_leader = false;
+            continue;
+        }
+        let st = cl.state();
+        if st.shards == 0 {
+            let _ = cl
+                .cp
+                .propose(Command::Init {
+                    table: ctx.table.name.clone(),
+                    shards: ctx.table.shards,
+                })
+                .await;
+            continue;
+        }
+        let now = Instant::now();
+        {
+            let mut seen = seen.lock().expect("seen");
+            if !was_leader {
+                // a new leader gives everyone a full timeout before judging
+                seen.clear();
+                joins.clear();
+                was_leader = true;
+            }
+            for (&n, info) in &st.nodes {
+                // a node that (re)joined since counts as just heard from
+                if joins.insert(n, info.joined_ms) != Some(info.joined_ms)
+                    && info.state != NodeState::Down
+                {
+                    seen.insert(n, now);
+                }
+            }
+            seen.insert(cl.id, now);
+        }
+        if now.duration_since(last_ping) >= Duration::from_millis(500) {
+            last_ping = now;
+            for (&n, info) in &st.nodes {
+                if n == cl.id {
+                    continue;
+                }
+                let (cp, seen, addr) = (cl.cp.clone(), seen.clone(), info.addr.clone());
+                tokio::spawn(async move {
+                    if cp.ping(&addr).await {
+                        seen.lock().expect("seen").insert(n, Instant::now());
+                    }
+                });
+            }
+        }
+        let heard = |n: &NodeId| seen.lock().expect("seen").get(n).copied();
+        for (&n, info) in &st.nodes {
+            let last = heard(&n);
+            let silent = last.is_none_or(|t| now.duration_since(t) > cl.failure_timeout);
+            if info.state != NodeState::Down && silent {
+                tracing::warn!(
+                    node = n,
+                    "no heartbeat within {:?}: marking it down",
+                    cl.failure_timeout
+                );
+                if let Ok(Response::Done) = cl.cp.propose(Command::MarkDown { node: n }).await {
+                    down_at.insert(n, now);
+                }
+            } else if info.state == NodeState::Down
+                && last.is_some_and(|t| down_at.get(&n).is_none_or(|d| t > *d))
+            {
+                // it answers again: active again (it gets shards back by
+                // rebalancing)
+                tracing::info!(node = n, "answers again: marking it active");
+                let _ = cl
+                    .cp
+                    .propose(Command::Join {
+                        node: n,
+                        addr: info.addr.clone(),
+                        at_ms: now_ms(),
+                    })
+                    .await;
+            }
+        }
+        let st = cl.state();
+        for cmd in plan(&st, 2) {
+            match cl.cp.propose(cmd.clone()).await {
+                Ok(Response::Done) => tracing::info!(?cmd, "rebalance"),
+                Ok(Response::Rejected(w)) => tracing::debug!(?cmd, "rebalance step refused: {w}"),
+                Err(e) => tracing::debug!(?cmd, "rebalance step failed: {e}"),
+            }
+        }
+        let interval = ctx.config.checkpoint_interval.as_millis() as i64;
+        if now_ms() - st.epoch_ms >= interval {
+            let _ = cl
+                .cp
+                .propose(Command::OpenEpoch {
+                    epoch: st.epoch + 1,
+                    at_ms: now_ms(),
+                })
+                .await;
+        }
+    }
+}
+
+/// The next shard-map changes: orphaned shards (no owner, or a down one) go
+/// to the least-loaded active node at once; draining nodes' shards and then
+/// imbalance move gracefully, at most `max_moves` at a time. Sticky: a
+/// balanced map yields nothing.
+pub fn plan(st: &ClusterState, max_moves: usize) -> Vec<Command> {
+    let active: Vec<NodeId> = st
+        .nodes
+        .iter()
+        .filter(|(_, i)| i.state == NodeState::Active)
+        .map(|(n, _)| *n)
+        .collect();
+    if active.is_empty() {
+        return Vec::new();
+    }
+    // load = shards owned, plus shards moving in
+    let mut load: BTreeMap<NodeId, usize> = active.iter().map(|&n| (n, 0)).collect();
+    for o in &st.owners {
+        if let Some(n) = o.moving_to.or(o.node) {
+            if let Some(l) = load.get_mut(&n) {
+                *l += 1;
+            }
+        }
+    }
+    let least = |load: &BTreeMap<NodeId, usize>| {
+        load.iter()
+            .min_by_key(|(n, l)| (**l, **n))
+            .map(|(n, _)| *n)
+            .expect("active nodes")
+    };
+    let mut out = Vec::new();
+    let alive = |n: Option<NodeId>| {
+        n.and_then(|n| st.nodes.get(&n))
+            .is_some_and(|i| i.state != NodeState::Down)
+    };
+    for (s, o) in st.owners.iter().enumerate() {
+        if !alive(o.node) {
+            let to = least(&load);
+            *load.get_mut(&to).expect("active") += 1;
+            out.push(Command::Assign {
+                shard: s as u32,
+                node: to,
+                expect_epoch: o.epoch,
+            });
+        }
+    }
+    let mut moving = st.owners.iter().filter(|o| o.moving_to.is_some()).count();
+    for (s, o) in st.owners.iter().enumerate() {
+        if moving >= max_moves {
+            break;
+        }
+        let draining = o
+            .node
+            .and_then(|n| st.nodes.get(&n))
+            .is_some_and(|i| i.state == NodeState::Draining);
+        if draining && o.moving_to.is_none() {
+            let to = least(&load);
+            *load.get_mut(&to).expect("active") += 1;
+            out.push(Command::StartMove {
+                shard: s as u32,
+                to,
+                expect_epoch: o.epoch,
+            });
+            moving += 1;
+        }
+    }
+    if moving == 0 && out.is_empty() {
+        let (max_n, max_l) = load
+            .iter()
+            .max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n)))
+            .map(|(n, l)| (*n, *l))
+            .expect("active nodes");
+        let min_n = least(&load);
+        if max_l >= load[&min_n] + 2 {
+            if let Some((s, o)) = st
+                .owners
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, o)| o.node == Some(max_n))
+            {
+                out.push(Command::StartMove {
+                    shard: s as u32,
+                    to: min_n,
+                    expect_epoch: o.epoch,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(nodes: &[(NodeId, NodeState)], owners: &[Option<NodeId>]) -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(Command::Init {
+            table: "t".into(),
+            shards: owners.len() as u32,
+        });
+        for &(n, s) in nodes {
+            st.apply(Command::Join {
+                node: n,
+                addr: format!("n{n}"),
+                at_ms: 0,
+            });
+            match s {
+                NodeState::Draining => drop(st.apply(Command::Drain { node: n })),
+                NodeState::Down => drop(st.apply(Command::MarkDown { node: n })),
+                NodeState::Active => {}
+            }
+        }
+        for (s, o) in owners.iter().enumerate() {
+            st.owners[s].node = *o;
+        }
+        st
+    }
+
+    fn apply_all(st: &mut ClusterState, cmds: Vec<Command>) {
+        for c in cmds {
+            assert_eq!(st.apply(c), Response::Done);
+        }
+    }
+
+    #[test]
+    fn a_down_nodes_shards_are_spread_over_the_rest_at_once() {
+        use NodeState::*;
+        let mut st = state(
+            &[(1, Active), (2, Active), (3, Down)],
+            &[Some(1), Some(2), Some(3), Some(3), Some(1), Some(2)],
+        );
+        let cmds = plan(&st, 2);
+        assert_eq!(cmds.len(), 2);
+        assert!(cmds.iter().all(|c| matches!(c, Command::Assign { .. })));
+        apply_all(&mut st, cmds);
+        assert_eq!(st.owned_by(1).len(), 3);
+        assert_eq!(st.owned_by(2).len(), 3);
+        assert!(plan(&st, 2).is_empty(), "balanced: no more moves");
+    }
+
+    #[test]
+    fn a_new_node_gets_shards_a_few_at_a_time_and_then_it_stops() {
+        use NodeState::*;
+        let mut st = state(
+            &[(1, Active), (2, Active), (3, Active)],
+            &[Some(1); 4]
+                .iter()
+                .chain(&[Some(2); 4])
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let mut rounds = 0;
+        loop {
+            let cmds = plan(&st, 2);
+            if cmds.is_empty() {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 20, "does not converge");
+            for c in cmds {
+                let Command::StartMove { shard, .. } = c else {
+                    panic!("graceful moves only, got {c:?}")
+                };
+                assert_eq!(st.apply(c), Response::Done);
+                // the owner hands off
+                let o = st.owners[shard as usize].clone();
+                apply_all(
+                    &mut st,
+                    vec![Command::Handoff {
+                        shard,
+                        from: o.node.unwrap(),
+                        owner_epoch: o.epoch,
+                    }],
+                );
+            }
+        }
+        let counts: Vec<usize> = (1..=3).map(|n| st.owned_by(n).len()).collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
+        assert_eq!(counts.iter().sum::<usize>(), 8);
+    }
+
+    #[test]
+    fn a_draining_node_gives_everything_away() {
+        use NodeState::*;
+        let mut st = state(&[(1, Draining), (2, Active)], &[Some(1), Some(1), Some(1)]);
+        for _ in 0..10 {
+            for c in plan(&st, 2) {
+                let shard = match &c {
+                    Command::StartMove { shard, .. } => *shard,
+                    other => panic!("unexpected {other:?}"),
+                };
+                apply_all(&mut st, vec![c]);
+                let o = st.owners[shard as usize].clone();
+                apply_all(
+                    &mut st,
+                    vec![Command::Handoff {
+                        shard,
+                        from: 1,
+                        owner_epoch: o.epoch,
+                    }],
+                );
+            }
+        }
+        assert!(st.owned_by(1).is_empty());
+        assert_eq!(st.owned_by(2).len(), 3);
+    }
+
+    #[test]
+    fn idempotency_ranges_merge_and_find() {
+        let mut e = IdemEntry::default();
+        for i in [0, 1, 2, 5, 4, 3, 9] {
+            assert!(e.insert(i));
+        }
+        assert!(!e.insert(4));
+        assert_eq!(e.ranges, vec![(0, 6), (9, 10)]);
+        assert!(e.contains(9) && !e.contains(7));
+    }
+}

@@ -1,0 +1,612 @@
+//! The shard worker in a cluster: it restores from the checkpoint the
+//! control plane committed, reads its Kafka partition, deduplicates retried
+//! ingest by Idempotency-Key in its checkpointed state, and commits each
+//! checkpoint through the control plane under its owner epoch.
+//!
+//! A commit whose outcome is unknown (the proposal's answer was lost) is
+//! settled by restarting the shard from whatever the control plane holds:
+//! the committed manifest is the truth, and the rows of an uncommitted
+//! checkpoint are made again by replaying the partition from its offset.
+
+use super::*;
+use crate::cluster::{
+    commit_checkpoint, digest, put_snapshot, restore_snapshot, snapshot_path, spawn_fetcher,
+    CommitError, SnapshotData,
+};
+use crate::node::now_ms;
+use crate::store::Loaded;
+use lockstep_cluster::state::{Command, Response, ShardCheckpoint};
+use lockstep_log::kafka::KafkaRecord;
+use std::sync::atomic::AtomicBool;
+
+/// The error of a checkpoint whose commit may or may not have happened.
+pub const UNCERTAIN: &str = "uncertain";
+
+/// A snapshot chain this long is replaced by a full snapshot.
+const MAX_CHAIN: usize = 8;
+
+/// What a shard keeps in cluster mode.
+pub struct ClusterShard {
+    pub(super) ctx: Arc<ClusterCtx>,
+    /// The owner epoch this actor holds the shard under.
+    owner_epoch: u64,
+    /// Seen Idempotency-Keys (checkpointed with the state).
+    idem: HashMap<String, IdemEntry>,
+    /// The partition's records since the last checkpoint, framed as the
+    /// archive stores them, and how many.
+    raw: Vec<u8>,
+    raw_n: u64,
+    /// Malformed records since the last checkpoint: (offset, reason, text).
+    pub(super) dead: Vec<(u64, String, String)>,
+    /// The committed checkpoint's snapshot objects.
+    chain: Vec<SnapshotPart>,
+    waiters: HashMap<String, (String, Reply<String>)>,
+    parser: lockstep_io::JsonEventParser,
+    fetch_stop: Option<Arc<AtomicBool>>,
+    pub(super) handing_off: bool,
+    /// Latest record timestamp seen (expires idempotency keys).
+    clock_ms: i64,
+    /// The cluster epoch of the last committed checkpoint.
+    pub(super) last_epoch: u64,
+}
+
+/// A checkpoint's cluster part, computed on the actor.
+pub struct ClusterJob {
+    ctx: Arc<ClusterCtx>,
+    /// Unique per attempt, in its object names.
+    nonce: u32,
+    owner_epoch: u64,
+    epoch: u64,
+    full: bool,
+    chain: Vec<SnapshotPart>,
+    idem: Vec<(String, IdemEntry)>,
+}
+
+/// A checkpoint's cluster rows, not yet committed.
+pub struct ClusterUnsaved {
+    raw: Vec<u8>,
+    raw_n: u64,
+    dead: Vec<(u64, String, String)>,
+}
+
+fn encode_idem(idem: &[(String, IdemEntry)]) -> Vec<u8> {
+    bincode::serde::encode_to_vec(idem, bincode::config::standard()).expect("keys encode")
+}
+
+fn decode_idem(b: &[u8]) -> Result<HashMap<String, IdemEntry>, String> {
+    let (v, _): (Vec<(String, IdemEntry)>, _) =
+        bincode::serde::decode_from_slice(b, bincode::config::standard())
+            .map_err(|e| format!("stored idempotency keys: {e}"))?;
+    Ok(v.into_iter().collect())
+}
+
+impl ClusterShard {
+    fn new(ctx: Arc<ClusterCtx>, owner_epoch: u64, table: &lockstep_core::Table) -> ClusterShard {
+        ClusterShard {
+            ctx,
+            owner_epoch,
+            idem: HashMap::new(),
+            raw: Vec::new(),
+            raw_n: 0,
+            dead: Vec::new(),
+            chain: Vec::new(),
+            waiters: HashMap::new(),
+            parser: lockstep_io::JsonEventParser::new(&table.schema),
+            fetch_stop: None,
+            handing_off: false,
+            clock_ms: i64::MIN,
+            last_epoch: 0,
+        }
+    }
+
+    pub(super) fn wants_full_snapshot(&self) -> bool {
+        self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
+    }
+
+    pub(super) fn log_end(&self, shard: u32) -> u64 {
+        self.ctx.ends[shard as usize].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn take_unsaved(&mut self, ttl_ms: i64) -> ClusterUnsaved {
+        let horizon = self.clock_ms.saturating_sub(ttl_ms);
+        self.idem.retain(|_, e| e.at_ms >= horizon);
+        self.waiters.retain(|_, (_, r)| !r.is_closed());
+        ClusterUnsaved {
+            raw: std::mem::take(&mut self.raw),
+            raw_n: std::mem::take(&mut self.raw_n),
+            dead: std::mem::take(&mut self.dead),
+        }
+    }
+
+    pub(super) fn put_back(&mut self, mut u: ClusterUnsaved) {
+        u.raw.append(&mut self.raw);
+        self.raw = u.raw;
+        self.raw_n += u.raw_n;
+        u.dead.append(&mut self.dead);
+        self.dead = u.dead;
+    }
+
+    pub(super) fn job(&self, full: bool) -> ClusterJob {
+        use std::hash::BuildHasher;
+        // RandomState is seeded from the OS's randomness
+        let nonce = std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), self.owner_epoch)) as u32;
+        ClusterJob {
+            nonce,
+            ctx: self.ctx.clone(),
+            owner_epoch: self.owner_epoch,
+            epoch: self.ctx.state().epoch,
+            full,
+            chain: self.chain.clone(),
+            idem: self
+                .idem
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// A checkpoint committed with `chain`: snapshot objects it no longer
+    /// lists (replaced by a full snapshot) are deleted.
+    /// Whether a cluster epoch was opened since the last commit (then even
+    /// an unchanged shard commits, so the epoch completes).
+    pub(super) fn epoch_pending(&self) -> bool {
+        self.ctx.state().epoch > self.last_epoch
+    }
+
+    pub(super) fn committed(
+        &mut self,
+        chain: Vec<SnapshotPart>,
+        epoch: u64,
+        objects: Arc<dyn ObjectStore>,
+    ) {
+        self.last_epoch = self.last_epoch.max(epoch);
+        let dropped: Vec<SnapshotPart> = self
+            .chain
+            .iter()
+            .filter(|p| !chain.contains(p))
+            .cloned()
+            .collect();
+        self.chain = chain;
+        if !dropped.is_empty() {
+            tokio::spawn(async move {
+                for p in dropped {
+                    let path = object_store::path::Path::from(p.path.as_str());
+                    let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &path).await;
+                }
+            });
+        }
+    }
+}
+
+use object_store::ObjectStore;
+
+impl ClusterJob {
+    pub(super) fn tag(&self) -> String {
+        format!("e{}-{:08x}", self.owner_epoch, self.nonce)
+    }
+
+    /// The archive segment of the records since the last checkpoint.
+    pub(super) async fn raw_segment(
+        &self,
+        job: &CheckpointJob,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<SegmentInfo>, String> {
+        let u = job.unsaved.cluster.as_ref().expect("cluster rows");
+        if u.raw_n == 0 {
+            return Ok(None);
+        }
+        let ctx = &job.ctx;
+        let bytes = segments::raw_segment(from, u.raw_n, &u.raw);
+        Ok(Some(
+            put_segment(
+                ctx.objects.as_ref(),
+                "raw",
+                &ctx.table.name,
+                job.shard,
+                from,
+                to,
+                &job.ext(segments::RAW_EXT),
+                bytes,
+                u.raw_n,
+                job.unsaved.times,
+            )
+            .await
+            .map_err(err)?,
+        ))
+    }
+
+    /// Writes the dead letters and the snapshot object, commits the
+    /// manifest through the control plane, then the local cache.
+    pub(super) async fn commit(
+        &self,
+        job: &CheckpointJob,
+        mut added: Vec<SegmentInfo>,
+        training_rows: u64,
+    ) -> Result<Saved, String> {
+        let ctx = &job.ctx;
+        let store = ctx.objects.as_ref();
+        let table = &ctx.table;
+        let u = job.unsaved.cluster.as_ref().expect("cluster rows");
+        if !u.dead.is_empty() {
+            let mut text = String::new();
+            for (off, reason, raw) in &u.dead {
+                text.push_str(
+                    &serde_json::json!({"offset": off, "reason": reason, "raw": raw}).to_string(),
+                );
+                text.push('\n');
+            }
+            added.push(
+                put_segment(
+                    store,
+                    "dead",
+                    &table.name,
+                    job.shard,
+                    job.from,
+                    job.to,
+                    &job.ext("jsonl"),
+                    text.into_bytes(),
+                    u.dead.len() as u64,
+                    (i64::MAX, i64::MIN),
+                )
+                .await
+                .map_err(err)?,
+            );
+        }
+        let seq = job.seq + 1;
+        let data = SnapshotData {
+            replace: self.full,
+            meta: job.delta.meta.clone(),
+            slots: job
+                .delta
+                .slots
+                .iter()
+                .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
+                .collect(),
+            idem: self.idem.clone(),
+        };
+        let path = snapshot_path(&table.name, job.shard, seq, &job.ext("snap"));
+        // an idle epoch (nothing read, nothing changed) commits the same
+        // snapshot objects again
+        let idle = job.from == job.to && job.delta.slots.is_empty() && u.dead.is_empty();
+        let chain = if idle && !self.full {
+            self.chain.clone()
+        } else {
+            let part = put_snapshot(store, path, &data).await?;
+            if self.full {
+                vec![part]
+            } else {
+                let mut c = self.chain.clone();
+                c.push(part);
+                c
+            }
+        };
+        let pipeline = job.pipe.fingerprint();
+        let checkpoint = ShardCheckpoint {
+            shard: job.shard,
+            owner: self.ctx.id,
+            owner_epoch: self.owner_epoch,
+            epoch: self.epoch,
+            seq,
+            offset: job.to,
+            pipeline: pipeline.clone(),
+            digest: digest(&chain, job.to),
+            snapshot: chain.clone(),
+            at_ms: now_ms(),
+        };
+        match commit_checkpoint(&self.ctx, checkpoint, added.clone()).await {
+            Ok(()) => {}
+            Err(CommitError::Fenced(w)) => return Err(format!("{FENCED}: {w}")),
+            Err(CommitError::Other(w)) => return Err(format!("{UNCERTAIN}: {w}")),
+        }
+        let local = ctx.state.commit(
+            job.shard,
+            Commit {
+                meta: &job.delta.meta,
+                slots: &job.delta.slots,
+                seq,
+                log_offset: job.to,
+                pipeline: pipeline.clone(),
+                add_segments: &[],
+                remove_segments: &[],
+                replace_slots: self.full,
+                extra: Some(encode_idem(&self.idem)),
+            },
+        );
+        let info = local.unwrap_or_else(|e| {
+            // the manifest is committed; a stale cache is not used
+            tracing::warn!(shard = job.shard, "local state cache: {e}");
+            CheckpointInfo {
+                seq,
+                log_offset: job.to,
+                at_ms: now_ms(),
+                slots_written: job.delta.slots.len() as u64,
+                bytes_written: 0,
+                pipeline,
+            }
+        });
+        Ok(Saved {
+            info,
+            added,
+            training_rows,
+            chain: Some(chain),
+            epoch: self.epoch,
+        })
+    }
+}
+
+impl ShardWorker {
+    /// Restores the shard's committed checkpoint: from the local cache when
+    /// this node took exactly that checkpoint, else from its snapshot
+    /// objects. A shard with no checkpoint starts at offset 0.
+    pub(super) async fn recover_cluster(
+        &mut self,
+        cl: Arc<ClusterCtx>,
+        loaded: Option<Loaded>,
+    ) -> Result<(), String> {
+        let shard = self.shard;
+        // not the state as this member last applied it (after a restart it
+        // may lag): everything committed so far
+        let st = cl
+            .cp
+            .barrier(std::time::Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("{UNAVAILABLE}shard {shard}: the control plane: {e}"))?;
+        let owner_epoch = self.ctx.held[shard as usize].load(Ordering::Relaxed);
+        let o = st
+            .owners
+            .get(shard as usize)
+            .ok_or_else(|| format!("{UNAVAILABLE}the cluster is not initialized yet"))?;
+        if o.node != Some(cl.id) || o.epoch != owner_epoch {
+            return Err(format!(
+                "{UNAVAILABLE}shard {shard} is not this node's under owner epoch {owner_epoch}"
+            ));
+        }
+        self.segments = st.segments[shard as usize].clone();
+        let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &self.ctx.table);
+        if let Some(m) = st.checkpoints[shard as usize].clone() {
+            if m.pipeline != self.pipe.fingerprint() {
+                return Err(format!(
+                    "shard {shard}: its checkpoint was built for other views ({}); every node of a cluster must run the pipeline the cluster runs",
+                    m.pipeline
+                ));
+            }
+            let local = loaded.filter(|l| {
+                l.info.seq == m.seq
+                    && l.info.log_offset == m.offset
+                    && l.info.pipeline == m.pipeline
+            });
+            if let Some(l) = local {
+                cs.idem = match &l.extra {
+                    Some(b) => decode_idem(b)?,
+                    None => HashMap::new(),
+                };
+                self.engine
+                    .restore_parts(shard, l.meta, l.slots)
+                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+            } else {
+                let r = restore_snapshot(self.ctx.objects.as_ref(), &m.snapshot)
+                    .await?
+                    .ok_or_else(|| {
+                        format!("shard {shard}: checkpoint {} lists no snapshot", m.seq)
+                    })?;
+                let idem: Vec<(String, IdemEntry)> =
+                    r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                self.ctx
+                    .state
+                    .commit(
+                        shard,
+                        Commit {
+                            meta: &r.meta,
+                            slots: &r.encoded,
+                            seq: m.seq,
+                            log_offset: m.offset,
+                            pipeline: m.pipeline.clone(),
+                            add_segments: &[],
+                            remove_segments: &[],
+                            replace_slots: true,
+                            extra: Some(encode_idem(&idem)),
+                        },
+                    )
+                    .map_err(err)?;
+                self.engine
+                    .restore_parts(shard, r.meta, r.slots)
+                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+                cs.idem = r.idem;
+            }
+            cs.chain = m.snapshot.clone();
+            cs.last_epoch = m.epoch;
+            self.ckpt = CheckpointInfo {
+                seq: m.seq,
+                log_offset: m.offset,
+                at_ms: m.at_ms,
+                slots_written: 0,
+                bytes_written: 0,
+                pipeline: m.pipeline,
+            };
+        }
+        self.next_offset = self.ckpt.log_offset;
+        self.cl = Some(cs);
+        Ok(())
+    }
+
+    /// Starts reading the partition (cluster mode).
+    pub(super) fn start_reading(&mut self, me: &ActorRef<ShardMsg>) {
+        let Some(c) = self.cl.as_mut() else { return };
+        c.fetch_stop = Some(spawn_fetcher(
+            self.ctx.clone(),
+            c.ctx.clone(),
+            self.shard,
+            self.next_offset,
+            me.clone(),
+        ));
+    }
+
+    pub(super) fn stop_reading(&mut self) {
+        if let Some(stop) = self.cl.as_mut().and_then(|c| c.fetch_stop.take()) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies records of the partition: deduplicated by Idempotency-Key,
+    /// decoded (lockstep's bincode rows, or JSON from other producers) and
+    /// checked; malformed ones become dead letters of this checkpoint.
+    pub(super) fn on_records(&mut self, recs: Vec<KafkaRecord>) -> Result<(), String> {
+        let Some(mut c) = self.cl.take() else {
+            return Err("records reached a shard that is not in cluster mode".into());
+        };
+        if c.handing_off {
+            self.cl = Some(c);
+            return Ok(()); // the next owner reads them from the last checkpoint
+        }
+        let table = self.ctx.table.clone();
+        for r in recs {
+            if r.offset < self.next_offset {
+                continue;
+            }
+            if let Some(t) = r.timestamp_ms {
+                c.clock_ms = c.clock_ms.max(t);
+            }
+            if let Some((key, i)) = &r.idempotency {
+                let at = r.timestamp_ms.unwrap_or(c.clock_ms);
+                let e = c.idem.entry(key.clone()).or_insert_with(|| IdemEntry {
+                    at_ms: at,
+                    ranges: Vec::new(),
+                });
+                if !e.insert(*i) {
+                    // a retry of a request already applied: skip it
+                    if let Some((_, reply)) = c.waiters.remove(key) {
+                        let _ = reply.send(Err(
+                            "this Idempotency-Key was already ingested; its features are in its training row".into(),
+                        ));
+                    }
+                    self.next_offset = r.offset + 1;
+                    continue;
+                }
+            }
+            let row = if r.bincode {
+                crate::node::decode_event(&r.value)
+            } else {
+                std::str::from_utf8(&r.value)
+                    .map_err(|e| format!("not UTF-8: {e}"))
+                    .and_then(|t| c.parser.parse(t.trim()))
+                    .and_then(|row| table.validate(&row).map(|()| row).map_err(|e| e.to_string()))
+            }
+            .and_then(|row| match table.shard_of(&row) {
+                s if s == self.shard => Ok(row),
+                s => Err(format!(
+                    "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
+                    self.shard
+                )),
+            });
+            match row {
+                Ok(row) => {
+                    if r.bincode {
+                        c.raw
+                            .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+                        c.raw.extend_from_slice(&r.value);
+                    } else {
+                        let b = crate::node::encode_event(&row);
+                        c.raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        c.raw.extend_from_slice(&b);
+                    }
+                    c.raw_n += 1;
+                    if let Some((key, 0)) = &r.idempotency {
+                        if let Some((view, reply)) = c.waiters.remove(key) {
+                            self.cl = Some(c);
+                            let _ = reply.send(self.serve(&view, &row));
+                            c = self.cl.take().expect("just put back");
+                        }
+                    }
+                    self.apply(r.offset, &row);
+                }
+                Err(reason) => {
+                    self.ctx.metrics.dead_letters.inc();
+                    c.dead.push((
+                        r.offset,
+                        reason,
+                        String::from_utf8_lossy(&r.value).into_owned(),
+                    ));
+                    self.next_offset = r.offset + 1;
+                }
+            }
+        }
+        self.cl = Some(c);
+        self.ctx.processed[self.shard as usize].store(self.next_offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(super) fn serve_when_seen(&mut self, key: String, view: String, reply: Reply<String>) {
+        match self.cl.as_mut() {
+            Some(c) if !c.handing_off => {
+                c.waiters.insert(key, (view, reply));
+            }
+            _ => {
+                let _ = reply.send(Err(format!(
+                    "{UNAVAILABLE}shard {} is moving to another node; retry",
+                    self.shard
+                )));
+            }
+        }
+    }
+
+    /// The shard moves away: stop reading, take a last checkpoint; the
+    /// hand-off follows when it is committed.
+    pub(super) fn begin_handoff(&mut self, me: &ActorRef<ShardMsg>) {
+        let Some(c) = self.cl.as_mut() else { return };
+        if c.handing_off {
+            return;
+        }
+        c.handing_off = true;
+        for (_, (_, reply)) in c.waiters.drain() {
+            let _ = reply.send(Err(format!(
+                "{UNAVAILABLE}the shard is moving to another node; the event was ingested, its features will be in its training row"
+            )));
+        }
+        self.stop_reading();
+        tracing::info!(shard = self.shard, "handing off: last checkpoint");
+        self.start_checkpoint(me, None);
+        if !self.in_flight {
+            self.hand_off(me); // nothing to write
+        }
+    }
+
+    /// Gives the shard to the move's target once the last checkpoint is
+    /// committed; then this actor stops.
+    pub(super) fn hand_off(&mut self, me: &ActorRef<ShardMsg>) {
+        let Some(c) = self.cl.as_ref() else { return };
+        let (cl, shard, owner_epoch, me) = (c.ctx.clone(), self.shard, c.owner_epoch, me.clone());
+        let held = self.ctx.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let cmd = Command::Handoff {
+                    shard,
+                    from: cl.id,
+                    owner_epoch,
+                };
+                match cl.cp.propose(cmd).await {
+                    Ok(Response::Done) => {
+                        tracing::info!(shard, "handed off");
+                        me.stop(Some(HANDED_OFF.into()));
+                        return;
+                    }
+                    Ok(Response::Rejected(why)) => {
+                        // the move was called off, or the shard is gone
+                        // already: let the shard map decide what runs here
+                        tracing::warn!(shard, "hand-off refused: {why}");
+                        held.held[shard as usize].store(0, Ordering::Relaxed);
+                        me.stop(Some(FENCED.into()));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard, "hand-off: {e}; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            held.held[shard as usize].store(0, Ordering::Relaxed);
+            me.stop(Some(FENCED.into()));
+        });
+    }
+}

@@ -1,0 +1,417 @@
+//! A 3-node cluster of real lockstepd processes on the real broker (tansu)
+//! and the real S3 API (moto), both started by `.ci/run`, under continuous
+//! ingest with faults. After each, the committed training rows and the
+//! served features must equal the batch engine (`lockstep run`) over the
+//! topic's contents: nothing lost, nothing twice.
+//!
+//! Needs LOCKSTEP_TEST_KAFKA and LOCKSTEP_TEST_S3_ENDPOINT/BUCKET; skipped
+//! without them unless LOCKSTEP_REQUIRE_KAFKA is set. Seeded by
+//! LOCKSTEP_CLUSTER_SEED (printed on failure).
+
+mod support;
+
+use lockstep_core::value::{Row, Value};
+use lockstep_daemon::client::Client;
+use lockstep_log::kafka::{KafkaConfig, KafkaLog};
+use rand::{RngExt, SeedableRng};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+
+const SECRET: &str = "cluster-secret-for-tests";
+
+struct Env {
+    kafka: String,
+    s3: String,
+    bucket: String,
+}
+
+fn env() -> Option<Env> {
+    let kafka = std::env::var("LOCKSTEP_TEST_KAFKA").ok();
+    let s3 = std::env::var("LOCKSTEP_TEST_S3_ENDPOINT").ok();
+    let bucket = std::env::var("LOCKSTEP_TEST_S3_BUCKET").ok();
+    match (kafka, s3, bucket) {
+        (Some(kafka), Some(s3), Some(bucket)) => Some(Env { kafka, s3, bucket }),
+        _ => {
+            assert!(
+                std::env::var("LOCKSTEP_REQUIRE_KAFKA").is_err(),
+                "LOCKSTEP_REQUIRE_KAFKA is set but the broker or S3 server is missing"
+            );
+            eprintln!("skipped: no broker/S3 (LOCKSTEP_TEST_KAFKA, LOCKSTEP_TEST_S3_ENDPOINT); `bash .ci/run` starts both");
+            None
+        }
+    }
+}
+
+/// A cluster under test: its nodes, topic and store.
+struct Cluster {
+    env: Env,
+    topic: String,
+    store: String,
+    root: tempfile::TempDir,
+    nodes: Vec<Daemon>,
+    down: Vec<bool>,
+}
+
+impl Cluster {
+    fn start(env: Env, n: usize) -> Cluster {
+        let tag = format!("{}-{}", std::process::id(), rand_suffix());
+        let mut c = Cluster {
+            topic: format!("ad_events-{tag}"),
+            store: format!("s3://{}/cluster-{tag}", env.bucket),
+            env,
+            root: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+            down: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c
+    }
+
+    fn dir(&self, i: usize) -> std::path::PathBuf {
+        let d = self.root.path().join(format!("node-{}", i + 1));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .zip(&self.down)
+            .filter(|(_, down)| !**down)
+            .map(|(d, _)| d.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts node `len + 1`, joining through the running ones.
+    fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let seeds = self.seeds();
+        let d = self.spawn(i, &seeds);
+        self.nodes.push(d);
+        self.down.push(false);
+        i
+    }
+
+    fn spawn(&self, i: usize, seeds: &str) -> Daemon {
+        let id = format!("node-{}", i + 1);
+        let mut flags = vec![
+            ("node-id", id.as_str()),
+            ("cluster-secret", SECRET),
+            ("kafka-brokers", self.env.kafka.as_str()),
+            ("kafka-topic", self.topic.as_str()),
+            ("object-store", self.store.as_str()),
+            ("checkpoint-interval", "1 second"),
+        ];
+        if !seeds.is_empty() {
+            flags.push(("seeds", seeds));
+        }
+        Daemon::start(
+            &self.dir(i),
+            &flags,
+            &[
+                ("AWS_ENDPOINT_URL", self.env.s3.as_str()),
+                ("AWS_ACCESS_KEY_ID", "lockstep"),
+                ("AWS_SECRET_ACCESS_KEY", "lockstep-secret"),
+                ("AWS_REGION", "us-east-1"),
+            ],
+        )
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.down[i] = true;
+    }
+
+    /// Restarts a killed node on its data directory and address.
+    fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.down[i] = false;
+    }
+
+    fn live(&self) -> Vec<Client> {
+        self.nodes
+            .iter()
+            .zip(&self.down)
+            .filter(|(_, down)| !**down)
+            .map(|(d, _)| d.client())
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, down) in self.down.iter().enumerate() {
+            let log =
+                std::fs::read_to_string(self.dir(i).join("lockstepd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            s.push_str(&format!(
+                "--- node-{} ({}) ---\n{}\n",
+                i + 1,
+                if *down { "down" } else { "up" },
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        s
+    }
+
+    /// Waits until `f` holds for the cluster state as a live node sees it.
+    fn wait_state(&self, what: &str, timeout: Duration, f: impl Fn(&serde_json::Value) -> bool) {
+        let start = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while start.elapsed() < timeout {
+            for c in self.live() {
+                if let Ok(st) = c.get_json("/v1/cluster") {
+                    if f(&st) {
+                        return;
+                    }
+                    last = st;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "gave up waiting for {what}; last state {last:#}\n{}",
+            self.logs()
+        );
+    }
+}
+
+/// Ingests a batch through some live node, retrying (with the same
+/// Idempotency-Key, on other nodes) until one acknowledges it.
+fn ingest(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::StdRng) {
+    let start = Instant::now();
+    loop {
+        let live = cluster.live();
+        let c = &live[rng.random_range(0..live.len())];
+        match c.request(
+            "POST",
+            "/v1/tables/ad_events/events",
+            Some(body),
+            &[("Idempotency-Key", key)],
+        ) {
+            Ok(r) if r.status == 200 => return,
+            Ok(r) if r.status == 503 => {}
+            Ok(r) => panic!(
+                "ingest: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            ),
+            Err(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no node took batch {key}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The topic's contents, per partition in offset order, with retried
+/// duplicates (same Idempotency-Key and index) dropped, as the shards do.
+fn topic_rows(env: &Env, topic: &str, shards: u32) -> (Vec<Vec<Row>>, Vec<u64>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = rt
+        .block_on(KafkaLog::connect(KafkaConfig {
+            brokers: env.kafka.clone(),
+            topic: topic.to_string(),
+            partitions: shards,
+            replication: 1,
+            client_id: "test-oracle".into(),
+        }))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut ends = Vec::new();
+    for s in 0..shards {
+        let mut r = log.reader(s, 0).unwrap();
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut idle = 0;
+        while idle < 10 {
+            let recs = r.poll(10_000, Duration::from_millis(100)).unwrap();
+            if recs.is_empty() {
+                idle += 1;
+                continue;
+            }
+            idle = 0;
+            for rec in recs {
+                if let Some(k) = &rec.idempotency {
+                    if !seen.insert(k.clone()) {
+                        continue;
+                    }
+                }
+                rows.push(lockstep_daemon::node::decode_event(&rec.value).unwrap());
+            }
+        }
+        out.push(rows);
+        ends.push(r.position());
+    }
+    (out, ends)
+}
+
+fn event_ids(rows: &[Row]) -> Vec<i64> {
+    rows.iter()
+        .map(|r| match r[0] {
+            Value::BigInt(id) => id,
+            _ => panic!("event_id"),
+        })
+        .collect()
+}
+
+/// Compares the cluster's committed training rows and served features with
+/// the batch engine over the topic's contents, once every shard has
+/// checkpointed all of its partition.
+fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) {
+    let shards = catalog().tables[0].shards;
+    let (per_shard, ends) = topic_rows(&cluster.env, &cluster.topic, shards);
+    // nothing lost, nothing twice in what the log holds
+    let mut got_ids: Vec<i64> = per_shard.iter().flat_map(|r| event_ids(r)).collect();
+    let mut want_ids = event_ids(sent);
+    got_ids.sort_unstable();
+    want_ids.sort_unstable();
+    assert_eq!(got_ids, want_ids, "the topic holds each sent event once");
+    // every shard's committed checkpoint covers its whole partition
+    cluster.wait_state(
+        "checkpoints covering the topic",
+        Duration::from_secs(120),
+        |st| {
+            st["shards"].as_array().is_some_and(|s| {
+                s.len() == ends.len()
+                    && s.iter()
+                        .zip(&ends)
+                        .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
+            })
+        },
+    );
+    // the oracle: the batch engine per shard over the partition contents
+    let all: Vec<Row> = per_shard.iter().flatten().cloned().collect();
+    let mut want_by_shard = vec![Vec::new(); shards as usize];
+    let catalog = catalog();
+    let mut engine = lockstep_core::Engine::new(catalog.clone(), &[VIEW]).unwrap();
+    let mut out = Vec::new();
+    for rows in &per_shard {
+        for r in rows {
+            engine.push(r, &mut out).unwrap();
+            for em in out.drain(..) {
+                want_by_shard[em.shard as usize].push(em.row);
+            }
+        }
+    }
+    let want: Vec<Row> = want_by_shard.into_iter().flatten().collect();
+    let c = &cluster.live()[0];
+    let got = exported(c, dir);
+    assert_rows_eq(&got, &want, "cluster training rows vs the batch engine");
+    // served features, through every live node (forwarded to the owners)
+    let table = &catalog.tables[0];
+    for (i, probe) in all.iter().step_by(all.len() / 7 + 1).enumerate() {
+        let mut ev = probe.clone();
+        ev[table.time] = match ev[table.time] {
+            Value::Timestamp(t) => Value::Timestamp(t + 3_600_000 + i as i64),
+            _ => unreachable!(),
+        };
+        let body = lockstep_io::render_json(&ev, &table.schema);
+        let expect = engine.serve(0, &ev).unwrap();
+        let view = &catalog.view(VIEW).unwrap().1.output;
+        let expect: serde_json::Value =
+            serde_json::from_str(&lockstep_io::render_json(&expect, view)).unwrap();
+        for node in cluster.live() {
+            let got = node
+                .post_json("/v1/views/user_ad_features/features", body.as_bytes())
+                .unwrap_or_else(|e| panic!("serving: {e}\n{}", cluster.logs()));
+            assert_eq!(got["features"], expect, "served features for {ev:?}");
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("LOCKSTEP_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        })
+}
+
+/// Prints the seed if the test fails.
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("cluster test failed with LOCKSTEP_CLUSTER_SEED={}", self.0);
+        }
+    }
+}
+
+#[test]
+fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
+    let Some(env) = env() else { return };
+    let seed = seed();
+    let _guard = SeedGuard(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(env, 3);
+    cluster.wait_state(
+        "every shard owned by a live node",
+        Duration::from_secs(60),
+        |st| {
+            st["nodes"].as_array().is_some_and(|n| n.len() == 3)
+                && st["shards"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
+        },
+    );
+    let rows = events(6000, 120, seed);
+    let batches: Vec<&[Row]> = rows.chunks(150).collect();
+    let victim = rng.random_range(0..3);
+    let (kill_at, back_at) = (batches.len() / 3, 2 * batches.len() / 3);
+    let victim_id = victim as u64 + 1;
+    for (i, b) in batches.iter().enumerate() {
+        if i == kill_at {
+            cluster.kill(victim);
+        }
+        if i == (kill_at + back_at) / 2 {
+            // the failure is detected and the victim's shards run elsewhere
+            cluster.wait_state(
+                "the victim's shards reassigned",
+                Duration::from_secs(60),
+                |st| {
+                    let down = st["nodes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n["id"] == victim_id && n["state"] == "down")
+                    });
+                    let moved = st["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["owner"] != victim_id));
+                    down && moved
+                },
+            );
+        }
+        if i == back_at {
+            cluster.restart(victim);
+        }
+        ingest(
+            &cluster,
+            jsonl(b).as_bytes(),
+            &format!("batch-{i}"),
+            &mut rng,
+        );
+    }
+    cluster.wait_state("the victim back", Duration::from_secs(60), |st| {
+        st["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] == "active"))
+    });
+    check_exactly_once(&cluster, &rows, cluster.root.path());
+    if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
+        eprintln!("victim {victim}\n{}", cluster.logs());
+    }
+}
