@@ -352,6 +352,11 @@ async fn ownership(
     use crate::shard::SupMsg;
     let mut rx = cl.cp.subscribe();
     let mut epoch_seen = rx.borrow().epoch;
+    // cut off from the coordinator (no epochs arrive), a node still
+    // checkpoints on its own: a partitioned owner that was replaced then
+    // finds out it is fenced, and stops
+    let mut epoch_at = Instant::now();
+    let own_account = ctx.config.checkpoint_interval * 3;
     let mut handing_off: Vec<Option<u64>> = vec![None; ctx.table.shards as usize];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -385,9 +390,11 @@ async fn ownership(
                 }
             }
         }
-        if st.epoch != epoch_seen {
+        let stale = epoch_at.elapsed() >= own_account;
+        if st.epoch != epoch_seen || stale {
             epoch_seen = st.epoch;
-            for s in st.owned_by(cl.id) {
+            epoch_at = Instant::now();
+            for s in 0..st.shards {
                 if let Some(a) = ctx.shard(s) {
                     let _ = a.send_message(ShardMsg::Checkpoint { reply: None });
                 }

@@ -15,7 +15,10 @@ use lockstep_daemon::client::Client;
 use lockstep_log::kafka::{KafkaConfig, KafkaLog};
 use rand::{RngExt, SeedableRng};
 use std::collections::HashSet;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -44,6 +47,70 @@ fn env() -> Option<Env> {
     }
 }
 
+/// A TCP proxy in front of a node: the other nodes reach it only through
+/// this, so cutting it cuts the node off from them (its own calls out still
+/// go through: a one-way cut, enough to make a partitioned zombie).
+struct Proxy {
+    addr: String,
+    target: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: String) -> Proxy {
+        let target_addr = target.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Default::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(inbound) = conn else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut open = o.lock().unwrap();
+                open.push(inbound.try_clone().unwrap());
+                open.push(outbound.try_clone().unwrap());
+                drop(open);
+                for (mut from, mut to) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            addr,
+            target: target_addr,
+            cut,
+            open,
+        }
+    }
+
+    /// Refuses new connections and breaks the open ones.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
 /// A cluster under test: its nodes, topic and store.
 struct Cluster {
     env: Env,
@@ -52,6 +119,8 @@ struct Cluster {
     root: tempfile::TempDir,
     nodes: Vec<Daemon>,
     down: Vec<bool>,
+    /// Per node: the proxy the others reach it through.
+    proxies: Vec<Proxy>,
 }
 
 impl Cluster {
@@ -64,6 +133,7 @@ impl Cluster {
             root: tempfile::tempdir().unwrap(),
             nodes: Vec::new(),
             down: Vec::new(),
+            proxies: Vec::new(),
         };
         for _ in 0..n {
             c.add_node();
@@ -97,9 +167,16 @@ impl Cluster {
         i
     }
 
-    fn spawn(&self, i: usize, seeds: &str) -> Daemon {
+    fn spawn(&mut self, i: usize, seeds: &str) -> Daemon {
+        if self.proxies.len() <= i {
+            let listen = free_addr();
+            self.proxies.push(Proxy::start(listen));
+        }
+        let listen = self.proxy_target(i);
         let id = format!("node-{}", i + 1);
+        let advertise = self.proxies[i].addr.clone();
         let mut flags = vec![
+            ("advertise", advertise.as_str()),
             ("node-id", id.as_str()),
             ("cluster-secret", SECRET),
             ("kafka-brokers", self.env.kafka.as_str()),
@@ -110,8 +187,9 @@ impl Cluster {
         if !seeds.is_empty() {
             flags.push(("seeds", seeds));
         }
-        Daemon::start(
+        Daemon::start_at(
             &self.dir(i),
+            listen,
             &flags,
             &[
                 ("AWS_ENDPOINT_URL", self.env.s3.as_str()),
@@ -120,6 +198,10 @@ impl Cluster {
                 ("AWS_REGION", "us-east-1"),
             ],
         )
+    }
+
+    fn proxy_target(&self, i: usize) -> String {
+        self.proxies[i].target.clone()
     }
 
     /// SIGKILL.
@@ -184,6 +266,15 @@ impl Cluster {
 /// Ingests a batch through some live node, retrying (with the same
 /// Idempotency-Key, on other nodes) until one acknowledges it.
 fn ingest(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::StdRng) {
+    ingest_once(cluster, body, key, rng);
+    // now and then the client retries a request that did succeed (its
+    // answer was lost): the shards must apply it once
+    if rng.random_range(0..5) == 0 {
+        ingest_once(cluster, body, key, rng);
+    }
+}
+
+fn ingest_once(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::StdRng) {
     let start = Instant::now();
     loop {
         let live = cluster.live();
@@ -352,8 +443,10 @@ impl Drop for SeedGuard {
     }
 }
 
-#[test]
-fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
+/// Starts a 3-node cluster, streams `n` events in batches through random
+/// live nodes, calling `fault(batch index, cluster)` before each batch, and
+/// checks exactly-once at the end.
+fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand::rngs::StdRng)) {
     let Some(env) = env() else { return };
     let seed = seed();
     let _guard = SeedGuard(seed);
@@ -369,35 +462,10 @@ fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
                     .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
         },
     );
-    let rows = events(6000, 120, seed);
+    let rows = events(n, 120, seed);
     let batches: Vec<&[Row]> = rows.chunks(150).collect();
-    let victim = rng.random_range(0..3);
-    let (kill_at, back_at) = (batches.len() / 3, 2 * batches.len() / 3);
-    let victim_id = victim as u64 + 1;
     for (i, b) in batches.iter().enumerate() {
-        if i == kill_at {
-            cluster.kill(victim);
-        }
-        if i == (kill_at + back_at) / 2 {
-            // the failure is detected and the victim's shards run elsewhere
-            cluster.wait_state(
-                "the victim's shards reassigned",
-                Duration::from_secs(60),
-                |st| {
-                    let down = st["nodes"].as_array().is_some_and(|n| {
-                        n.iter()
-                            .any(|n| n["id"] == victim_id && n["state"] == "down")
-                    });
-                    let moved = st["shards"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().all(|s| s["owner"] != victim_id));
-                    down && moved
-                },
-            );
-        }
-        if i == back_at {
-            cluster.restart(victim);
-        }
+        fault(i, batches.len(), &mut cluster, &mut rng);
         ingest(
             &cluster,
             jsonl(b).as_bytes(),
@@ -405,13 +473,153 @@ fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
             &mut rng,
         );
     }
-    cluster.wait_state("the victim back", Duration::from_secs(60), |st| {
-        st["nodes"]
-            .as_array()
-            .is_some_and(|n| n.iter().all(|n| n["state"] == "active"))
+    cluster.wait_state("every node active", Duration::from_secs(60), |st| {
+        st["nodes"].as_array().is_some_and(|n| {
+            n.iter()
+                .all(|n| n["state"] == "active" || n["state"] == "draining")
+        })
     });
     check_exactly_once(&cluster, &rows, cluster.root.path());
     if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
-        eprintln!("victim {victim}\n{}", cluster.logs());
+        eprintln!("{}", cluster.logs());
     }
+}
+
+fn node_state(st: &serde_json::Value, id: u64) -> String {
+    st["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["id"] == id))
+        .and_then(|n| n["state"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn owns_none(st: &serde_json::Value, id: u64) -> bool {
+    st["shards"]
+        .as_array()
+        .is_some_and(|s| s.iter().all(|s| s["owner"] != id && s["moving_to"] != id))
+}
+
+fn leader(cluster: &Cluster) -> usize {
+    for c in cluster.live() {
+        if let Ok(st) = c.get_json("/v1/cluster") {
+            if let Some(l) = st["leader"].as_u64() {
+                return l as usize - 1;
+            }
+        }
+    }
+    panic!("no leader known\n{}", cluster.logs());
+}
+
+#[test]
+fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
+    let mut victim = 0;
+    scenario(6000, |i, n, cluster, rng| {
+        let (kill_at, back_at) = (n / 3, 2 * n / 3);
+        if i == kill_at {
+            victim = rng.random_range(0..3);
+            cluster.kill(victim);
+        }
+        if i == (kill_at + back_at) / 2 {
+            // the failure is detected and the victim's shards run elsewhere
+            let id = victim as u64 + 1;
+            cluster.wait_state(
+                "the victim's shards reassigned",
+                Duration::from_secs(60),
+                |st| node_state(st, id) == "down" && owns_none(st, id),
+            );
+        }
+        if i == back_at {
+            cluster.restart(victim);
+        }
+    });
+}
+
+#[test]
+fn drain_a_node_add_a_fourth_and_kill_the_leader() {
+    scenario(6000, |i, n, cluster, rng| {
+        if i == n / 4 {
+            // graceful leave: its shards move with a last checkpoint each
+            let drained = rng.random_range(0..3);
+            let id = drained as u64 + 1;
+            let r = cluster.live()[0]
+                .post_json(&format!("/v1/cluster/nodes/node-{id}/drain"), b"")
+                .unwrap();
+            assert_eq!(r["state"], "draining");
+            cluster.wait_state("the drained node empty", Duration::from_secs(60), |st| {
+                node_state(st, id) == "draining" && owns_none(st, id)
+            });
+        }
+        if i == n / 2 {
+            let added = cluster.add_node();
+            let id = added as u64 + 1;
+            cluster.wait_state(
+                "the new node owning shards",
+                Duration::from_secs(60),
+                |st| {
+                    st["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
+                },
+            );
+        }
+        if i == 3 * n / 4 {
+            let l = leader(cluster);
+            cluster.kill(l);
+            let id = l as u64 + 1;
+            cluster.wait_state(
+                "a new leader, the old one's shards moved",
+                Duration::from_secs(60),
+                |st| {
+                    st["leader"].as_u64().is_some_and(|x| x != id)
+                        && node_state(st, id) == "down"
+                        && owns_none(st, id)
+                },
+            );
+            cluster.restart(l);
+        }
+    });
+}
+
+#[test]
+fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
+    let mut cut = None;
+    scenario(6000, |i, n, cluster, rng| {
+        if i == n / 3 {
+            // a follower: cut off, it keeps running as a zombie
+            let l = leader(cluster);
+            let x = (l + 1 + rng.random_range(0..2)) % 3;
+            cluster.proxies[x].cut();
+            cut = Some(x);
+            let id = x as u64 + 1;
+            cluster.wait_state(
+                "the cut-off node's shards moved",
+                Duration::from_secs(60),
+                |st| {
+                    st["leader"].as_u64() != Some(id)
+                        && node_state(st, id) == "down"
+                        && owns_none(st, id)
+                },
+            );
+        }
+        if i == 2 * n / 3 {
+            let x = cut.take().unwrap();
+            // the zombie checkpoints on its own and cannot commit: fenced by
+            // the leader, or (cut off from it) unable to reach one
+            let log = cluster.dir(x).join("lockstepd.log");
+            let start = Instant::now();
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("checkpoint failed")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the cut-off node never tried to checkpoint\n{}",
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            cluster.proxies[x].heal();
+        }
+    });
 }

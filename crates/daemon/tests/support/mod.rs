@@ -36,12 +36,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 impl Daemon {
     pub fn start(dir: &Path, flags: &[(&str, &str)], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_at(dir, free_addr(), flags, env)
+    }
+
+    /// Like [`Daemon::start`], listening on `addr`.
+    pub fn start_at(
+        dir: &Path,
+        addr: String,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         std::fs::write(dir.join("pipeline.sql"), SQL).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr,
             child: None,
             extra: flags
                 .iter()
