@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep_daemon::client::Client;
 use lockstep_daemon::offline;
+use serde_json::json;
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,8 +35,23 @@ struct Cli {
 enum Cmd {
     /// Node summary: table, views, events, lag, last checkpoint.
     Status,
-    /// Per-shard offsets, lag, watermark and last checkpoint.
+    /// Per-shard offsets, lag, watermark and last checkpoint (in a cluster:
+    /// owner, owner epoch, lag and last committed checkpoint).
     Shards,
+    /// The cluster: leader, epochs, nodes.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Cluster members.
+    Nodes {
+        #[command(subcommand)]
+        cmd: NodesCmd,
+    },
+    /// The shard moves the coordinator makes now to balance the cluster.
+    Rebalance,
+    /// The committed checkpoint of every shard (cluster).
+    Checkpoints,
     /// The views the node runs.
     Views {
         #[command(subcommand)]
@@ -83,6 +99,23 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term, checkpoint epochs and the members.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    List,
+    /// Graceful leave: the node's shards move away (each with a last
+    /// checkpoint); it then owns none and can be stopped.
+    Drain {
+        /// The node's id (`node-3` or `3`).
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ViewsCmd {
     List,
     /// Replaces the node's pipeline (same table): shards rebuild from the
@@ -119,6 +152,78 @@ enum SegmentsCmd {
         #[arg(long, default_value_t = 64 << 20)]
         target_bytes: u64,
     },
+}
+
+fn print_nodes(v: &Json) {
+    let rows = v["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let leader = if n["id"] == v["leader"] {
+                " (leader)"
+            } else {
+                ""
+            };
+            vec![
+                format!("{}{leader}", s(&n["id"])),
+                s(&n["addr"]),
+                s(&n["state"]),
+                if n["voter"] == true {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                s(&n["shards"]),
+            ]
+        })
+        .collect();
+    print_table(&["node", "addr", "state", "role", "shards"], rows);
+}
+
+/// `/v1/cluster` of the node, or `None` for a node running alone.
+fn cluster_view(c: &Client) -> Result<Option<Json>> {
+    let r = c.request("GET", "/v1/cluster", None, &[])?;
+    match r.status {
+        200 => Ok(Some(r.json())),
+        404 => Ok(None),
+        code => bail!(
+            "GET /v1/cluster: HTTP {code}: {}",
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
+}
+
+/// Every shard with its owner's offset, partition end and lag (asked of
+/// each owner; `-` where an owner does not answer).
+fn cluster_shards(token: &str, v: &Json) -> Vec<Json> {
+    let mut shards = v["shards"].as_array().cloned().unwrap_or_default();
+    let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+    for n in nodes {
+        let Some(addr) = n["addr"].as_str() else {
+            continue;
+        };
+        let local = if n["id"] == v["node"] {
+            Some(v.clone())
+        } else {
+            Client::new(addr, token).get_json("/v1/cluster").ok()
+        };
+        let Some(local) = local else { continue };
+        for (i, sh) in local["shards"].as_array().into_iter().flatten().enumerate() {
+            if sh["processed"].is_null() || i >= shards.len() {
+                continue;
+            }
+            let (p, e) = (sh["processed"].as_u64(), sh["end"].as_u64());
+            shards[i]["processed"] = sh["processed"].clone();
+            shards[i]["end"] = sh["end"].clone();
+            if let (Some(p), Some(e)) = (p, e) {
+                shards[i]["lag"] = json!(e.saturating_sub(p));
+            }
+        }
+    }
+    shards
 }
 
 fn main() -> ExitCode {
@@ -206,6 +311,148 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     println!("{k:<16} {val}");
                 }
+            }
+        }
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status,
+        } => {
+            let v = c.get_json("/v1/cluster")?;
+            if json {
+                show(&v);
+            } else {
+                for k in [
+                    "table",
+                    "shard_count",
+                    "leader",
+                    "term",
+                    "epoch",
+                    "completed_epoch",
+                ] {
+                    println!("{k:<16} {}", s(&v[k]));
+                }
+                println!();
+                print_nodes(&v);
+            }
+        }
+        Cmd::Nodes {
+            cmd: NodesCmd::List,
+        } => {
+            let v = c.get_json("/v1/cluster")?;
+            if json {
+                show(&v["nodes"]);
+            } else {
+                print_nodes(&v);
+            }
+        }
+        Cmd::Nodes {
+            cmd: NodesCmd::Drain { node },
+        } => {
+            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/drain"), b"")?;
+            if json {
+                show(&v);
+            } else {
+                println!(
+                    "node {} is draining: {} shards move away, one last checkpoint each; watch `lockstepctl shards`",
+                    s(&v["node"]),
+                    s(&v["shards_to_move"])
+                );
+            }
+        }
+        Cmd::Rebalance => {
+            let v = c.post_json("/v1/cluster/rebalance", b"")?;
+            if json {
+                show(&v);
+            } else {
+                let moves = v["planned"].as_array().cloned().unwrap_or_default();
+                if moves.is_empty() {
+                    println!("balanced: no moves");
+                }
+                for m in moves {
+                    println!("{}", s(&m));
+                }
+            }
+        }
+        Cmd::Checkpoints => {
+            let v = c.get_json("/v1/cluster")?;
+            if json {
+                show(&json!({
+                    "epoch": v["epoch"],
+                    "completed_epoch": v["completed_epoch"],
+                    "checkpoints": v["shards"].as_array().cloned().unwrap_or_default().iter().map(|s| json!({"shard": s["shard"], "checkpoint": s["checkpoint"]})).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!(
+                    "epoch {} opened; epoch {} complete on every shard\n",
+                    s(&v["epoch"]),
+                    s(&v["completed_epoch"])
+                );
+                let rows = v["shards"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|sh| {
+                        let c = &sh["checkpoint"];
+                        vec![
+                            s(&sh["shard"]),
+                            s(&c["seq"]),
+                            s(&c["epoch"]),
+                            s(&c["offset"]),
+                            s(&c["owner"]),
+                            s(&c["owner_epoch"]),
+                            s(&c["snapshot_objects"]),
+                            s(&c["digest"]),
+                            s(&c["at"]),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "shard", "seq", "epoch", "offset", "owner", "owner_ep", "objects",
+                        "digest", "at",
+                    ],
+                    rows,
+                );
+            }
+        }
+        Cmd::Shards if cluster_view(&c)?.is_some() => {
+            let v = cluster_view(&c)?.expect("checked");
+            let shards = cluster_shards(&token, &v);
+            if json {
+                show(&Json::Array(shards));
+            } else {
+                let rows = shards
+                    .iter()
+                    .map(|sh| {
+                        vec![
+                            s(&sh["shard"]),
+                            s(&sh["owner"]),
+                            s(&sh["owner_epoch"]),
+                            s(&sh["moving_to"]),
+                            s(&sh["processed"]),
+                            s(&sh["end"]),
+                            s(&sh["lag"]),
+                            s(&sh["checkpoint"]["seq"]),
+                            s(&sh["checkpoint"]["offset"]),
+                            s(&sh["checkpoint"]["at"]),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "shard",
+                        "owner",
+                        "epoch",
+                        "moving_to",
+                        "offset",
+                        "end",
+                        "lag",
+                        "ckpt",
+                        "ckpt_offset",
+                        "ckpt_at",
+                    ],
+                    rows,
+                );
             }
         }
         Cmd::Shards => {

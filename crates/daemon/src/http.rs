@@ -25,6 +25,40 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// The routers behind a node's listener, set as the node comes up: a
+/// cluster member must answer the leader's internal calls while it joins,
+/// before the rest of the node is up. Until a router is set its routes
+/// answer 503.
+#[derive(Clone, Default)]
+pub struct Routes {
+    /// The control plane's internal routes (`/internal/…`; cluster only).
+    pub internal: Arc<std::sync::OnceLock<Router>>,
+    /// The public API.
+    pub api: Arc<std::sync::OnceLock<Router>>,
+}
+
+impl Routes {
+    /// One router for the listener that hands each request to the right one.
+    pub fn dispatcher(&self) -> Router {
+        let routes = self.clone();
+        Router::new().fallback(move |req: Request| {
+            let routes = routes.clone();
+            async move {
+                use tower::ServiceExt;
+                let router = if req.uri().path().starts_with("/internal/") {
+                    routes.internal.get().cloned()
+                } else {
+                    routes.api.get().cloned()
+                };
+                match router {
+                    Some(r) => r.oneshot(req).await.into_response(),
+                    None => unavailable("the node is starting"),
+                }
+            }
+        })
+    }
+}
+
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 

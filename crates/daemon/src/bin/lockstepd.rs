@@ -1,17 +1,12 @@
 //! lockstepd: the lockstep node daemon.
 
-use axum::extract::Request;
-use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
-use axum::Router;
 use clap::Parser;
 use lockstep_daemon::config::{self, Overrides};
 use lockstep_daemon::http;
 use lockstep_daemon::node::Node;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
-use tower::ServiceExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -147,7 +142,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         .tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-    let routes = Routes::default();
+    let routes = http::Routes::default();
     let app = routes.dispatcher();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -194,35 +189,6 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: final checkpoint");
     node.stop().await;
     Ok(())
-}
-
-/// The routers behind the listener, set as the node comes up.
-#[derive(Clone, Default)]
-struct Routes {
-    /// The control plane's internal routes (cluster members only).
-    internal: Arc<OnceLock<Router>>,
-    /// The public API.
-    api: Arc<OnceLock<Router>>,
-}
-
-impl Routes {
-    fn dispatcher(&self) -> Router {
-        let routes = self.clone();
-        Router::new().fallback(move |req: Request| {
-            let routes = routes.clone();
-            async move {
-                let router = if req.uri().path().starts_with("/internal/") {
-                    routes.internal.get().cloned()
-                } else {
-                    routes.api.get().cloned()
-                };
-                match router {
-                    Some(r) => r.oneshot(req).await.into_response(),
-                    None => http::unavailable("the node is starting"),
-                }
-            }
-        })
-    }
 }
 
 async fn shutdown_signal() {

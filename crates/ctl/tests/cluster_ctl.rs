@@ -1,0 +1,121 @@
+//! lockstepctl's cluster commands against a one-node cluster run in this
+//! process (the real node code, on the real broker `.ci/run` starts).
+//! Skipped without LOCKSTEP_TEST_KAFKA unless LOCKSTEP_REQUIRE_KAFKA is set.
+
+use lockstep_daemon::config::{self, FileCluster, Overrides};
+use lockstep_daemon::node::Node;
+use std::process::Command;
+
+const TOKEN: &str = "ctl-test-token";
+
+fn ctl(addr: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstepctl"))
+        .args(["--addr", addr, "--token", TOKEN])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn json(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (ok, out) = ctl(addr, &a);
+    assert!(ok, "lockstepctl {args:?}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("lockstepctl {args:?}: {e}: {out}"))
+}
+
+#[test]
+fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
+    let Ok(brokers) = std::env::var("LOCKSTEP_TEST_KAFKA") else {
+        assert!(
+            std::env::var("LOCKSTEP_REQUIRE_KAFKA").is_err(),
+            "LOCKSTEP_REQUIRE_KAFKA is set but LOCKSTEP_TEST_KAFKA is not"
+        );
+        eprintln!("skipped: no LOCKSTEP_TEST_KAFKA broker");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("pipeline.sql");
+    std::fs::write(
+        &sql,
+        include_str!("../../../config/ad_features.sql").replace("shards = 16", "shards = 4"),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let flags = Overrides {
+        node_id: Some("node-1".into()),
+        data_dir: Some(dir.path().join("data")),
+        listen: Some(addr.clone()),
+        token: Some(TOKEN.into()),
+        pipeline: Some(sql),
+        checkpoint_interval: Some("300 ms".into()),
+        cluster: Some(FileCluster {
+            secret: Some("ctl-cluster-secret".into()),
+            kafka_brokers: Some(brokers),
+            kafka_topic: Some(format!("ctl-test-{}", std::process::id())),
+            ..FileCluster::default()
+        }),
+        ..Overrides::default()
+    };
+    let cfg = config::load(None, &flags, None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _node = rt.block_on(async {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let routes = lockstep_daemon::http::Routes::default();
+        let app = routes.dispatcher();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let internal = routes.internal.clone();
+        let node = Node::start_with(cfg, move |cp| {
+            let _ = internal.set(cp.router());
+        })
+        .await
+        .unwrap();
+        let _ = routes.api.set(lockstep_daemon::http::router(&node));
+        node
+    });
+    // the coordinator assigns every shard and completes an epoch
+    let mut st = serde_json::Value::Null;
+    for _ in 0..200 {
+        st = json(&addr, &["cluster", "status"]);
+        let owned = st["shards"]
+            .as_array()
+            .is_some_and(|s| s.len() == 4 && s.iter().all(|s| s["owner"] == 1));
+        if owned && st["completed_epoch"].as_u64() > Some(0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(st["leader"], 1, "{st:#}");
+    assert!(st["completed_epoch"].as_u64() > Some(0), "{st:#}");
+    let (ok, table) = ctl(&addr, &["nodes", "list"]);
+    assert!(
+        ok && table.contains("1 (leader)") && table.contains("active"),
+        "{table}"
+    );
+    let shards = json(&addr, &["shards"]);
+    let shards = shards.as_array().unwrap();
+    assert_eq!(shards.len(), 4);
+    assert!(
+        shards.iter().all(|s| s["owner"] == 1 && s["lag"] == 0),
+        "{shards:?}"
+    );
+    let ck = json(&addr, &["checkpoints"]);
+    assert!(ck["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["checkpoint"]["seq"].as_u64() >= Some(1)));
+    let (ok, plan) = ctl(&addr, &["rebalance"]);
+    assert!(ok && plan.contains("balanced"), "{plan}");
+    let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1"]);
+    assert!(ok && out.contains("draining"), "{out}");
+    let (ok, out) = ctl(&addr, &["nodes", "drain", "node-7"]);
+    assert!(!ok && out.contains("no node"), "{out}");
+    let nodes = json(&addr, &["nodes", "list"]);
+    assert_eq!(nodes[0]["state"], "draining");
+}
