@@ -132,3 +132,76 @@ fn object_store_urls() {
     assert_eq!(c.object_store, ObjectStoreUrl::Local("/tmp/objs".into()));
     assert_eq!(c.fsync, Fsync::Every(Duration::from_millis(100)));
 }
+
+fn cluster_example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/cluster-node.toml")
+}
+
+#[test]
+fn the_documented_cluster_example_loads_and_flags_override_it() {
+    let c = load(Some(&cluster_example()), &Overrides::default(), None).unwrap();
+    let cl = c.cluster.expect("a cluster node");
+    assert_eq!(cl.raft_id, 1);
+    assert!(cl.seeds.is_empty());
+    assert_eq!(cl.kafka_brokers, "127.0.0.1:9092");
+    assert_eq!(cl.advertise, "127.0.0.1:7701");
+    assert_eq!(cl.failure_timeout, Duration::from_secs(3));
+    assert_eq!(
+        c.object_store,
+        ObjectStoreUrl::S3 {
+            bucket: "lockstep".into(),
+            prefix: "cluster-a".into()
+        }
+    );
+    let flags = Overrides {
+        node_id: Some("node-3".into()),
+        cluster: Some(lockstep_daemon::config::FileCluster {
+            seeds: Some(vec!["10.0.0.1:7701,10.0.0.2:7701".into()]),
+            kafka_brokers: Some("k1:9092,k2:9092".into()),
+            ..Default::default()
+        }),
+        ..Overrides::default()
+    };
+    let c = load(Some(&cluster_example()), &flags, None).unwrap();
+    let cl = c.cluster.unwrap();
+    assert_eq!(cl.raft_id, 3);
+    assert_eq!(cl.seeds, vec!["10.0.0.1:7701", "10.0.0.2:7701"]);
+    assert_eq!(cl.kafka_brokers, "k1:9092,k2:9092");
+    assert_eq!(cl.secret, "change-this-cluster-secret", "the file's, not a flag's");
+}
+
+#[test]
+fn bad_cluster_settings_name_their_key() {
+    let base = format!("{MINIMAL}node_id = \"node-2\"\n");
+    for (extra, want) in [
+        ("[cluster]\nkafka_brokers = \"k:9092\"\n", "cluster.secret"),
+        ("[cluster]\nsecret = \"short\"\nkafka_brokers = \"k:9092\"\n", "cluster.secret"),
+        ("[cluster]\nsecret = \"long-enough-secret\"\n", "cluster.kafka_brokers"),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nseeds = [\"nohost\"]\n",
+            "cluster.seeds",
+        ),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nfailure_timeout = \"soon\"\n",
+            "cluster.failure_timeout",
+        ),
+        ("[cluster]\ncolour = \"blue\"\n", "colour"),
+    ] {
+        let e = load_text(&format!("{base}{extra}"), &Overrides::default()).unwrap_err();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    // a cluster node's id must end in its number
+    let e = load_text(
+        &format!("{MINIMAL}node_id = \"alpha\"\n[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.contains("node_id"), "{e}");
+    // listening on all interfaces needs an address the others can reach
+    let e = load_text(
+        &format!("{base}listen = \"0.0.0.0:7700\"\n[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(e.contains("cluster.advertise"), "{e}");
+}
