@@ -2,6 +2,7 @@
 //! binary runs: `run` a view over a file, `gen` data, `quickstart`, `bench`.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod gen;
 pub mod node;
 pub mod pipeline;

@@ -75,9 +75,11 @@ enum Cmd {
     /// `memory`: bytes of state per in-window event and per key;
     /// `ingest`: events/s into a node over HTTP; `serve`: serving latency
     /// at a fixed request rate. `ingest` and `serve` use the node at
-    /// --addr, or start a local one.
+    /// --addr, or start a local one. `cluster`: three local nodes on the
+    /// broker at --kafka-brokers: ingest through the broker next to a bare
+    /// consumer, failover after SIGKILL, unavailability during a drain.
     Bench {
-        #[arg(value_parser = ["batch", "memory", "ingest", "serve"])]
+        #[arg(value_parser = ["batch", "memory", "ingest", "serve", "cluster"])]
         what: String,
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -108,6 +110,9 @@ enum Cmd {
         /// serve: how long to run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// cluster: the Kafka bootstrap servers.
+        #[arg(long, env = "LOCKSTEP_KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
     },
 }
 
@@ -187,8 +192,22 @@ fn main() -> ExitCode {
             threads,
             rate,
             seconds,
+            kafka_brokers,
         } => match what.as_str() {
             "memory" => bench::bench_memory(events),
+            "cluster" => match kafka_brokers {
+                Some(brokers) => lockstep_cli::bench_cluster::bench_cluster(
+                    &lockstep_cli::bench_cluster::ClusterBenchArgs {
+                        brokers,
+                        events,
+                        users,
+                        dir,
+                    },
+                ),
+                None => Err(anyhow::anyhow!(
+                    "bench cluster needs --kafka-brokers host:port (a Kafka-protocol broker)"
+                )),
+            },
             "ingest" | "serve" => {
                 let a = bench::NodeBenchArgs {
                     addr,

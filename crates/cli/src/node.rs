@@ -45,6 +45,16 @@ impl LocalNode {
         pipeline: &Path,
         checkpoint_interval: &str,
     ) -> anyhow::Result<LocalNode> {
+        LocalNode::start_with(dir, pipeline, checkpoint_interval, &[])
+    }
+
+    /// [`LocalNode::start`] with more flags (`--name value`).
+    pub fn start_with(
+        dir: &Path,
+        pipeline: &Path,
+        checkpoint_interval: &str,
+        flags: &[(&str, &str)],
+    ) -> anyhow::Result<LocalNode> {
         let bin = lockstepd_path()?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let token = format!("quickstart-{}", std::process::id());
@@ -52,8 +62,8 @@ impl LocalNode {
         let log = dir.join("lockstepd.log");
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let child = Command::new(&bin)
-            .arg("--data-dir")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--data-dir")
             .arg(&data_dir)
             .arg("--pipeline")
             .arg(pipeline)
@@ -62,7 +72,11 @@ impl LocalNode {
             .arg("--token")
             .arg(&token)
             .arg("--checkpoint-interval")
-            .arg(checkpoint_interval)
+            .arg(checkpoint_interval);
+        for (k, v) in flags {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -82,6 +96,25 @@ impl LocalNode {
 
     pub fn client(&self) -> Client {
         Client::new(&self.addr, &self.token)
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Graceful stop (SIGTERM: a final checkpoint), waiting for the exit.

@@ -357,7 +357,6 @@ async fn ownership(
     // finds out it is fenced, and stops
     let mut epoch_at = Instant::now();
     let own_account = ctx.config.checkpoint_interval * 3;
-    let mut handing_off: Vec<Option<u64>> = vec![None; ctx.table.shards as usize];
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -378,14 +377,14 @@ async fn ownership(
             if mine && held != o.epoch {
                 // ours (again): (re)start under the current epoch
                 ctx.held[s as usize].store(o.epoch, Ordering::Relaxed);
-                handing_off[s as usize] = None;
                 let _ = supervisor.send_message(SupMsg::Start(s));
             } else if !mine && held != 0 {
                 ctx.held[s as usize].store(0, Ordering::Relaxed);
                 let _ = supervisor.send_message(SupMsg::Release(s));
-            } else if mine && o.moving_to.is_some() && handing_off[s as usize] != Some(o.epoch) {
+            } else if mine && o.moving_to.is_some() {
+                // repeated each round: a shard restarted mid-move hands off
+                // too (the actor ignores it while it is handing off)
                 if let Some(actor) = ctx.shard(s) {
-                    handing_off[s as usize] = Some(o.epoch);
                     let _ = actor.send_message(ShardMsg::Handoff);
                 }
             }
@@ -413,6 +412,7 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     let mut was_leader = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_ping = Instant::now() - Duration::from_secs(10);
+    let mut last_tick = Instant::now();
     loop {
         tick.tick().await;
         if ctx.stopping.load(Ordering::Relaxed) {
@@ -434,8 +434,19 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             continue;
         }
         let now = Instant::now();
+        // a coordinator that was itself stalled (paused process, VM hiccup)
+        // has not been listening: it gives everyone a fresh timeout
+        let stalled = now.duration_since(last_tick) > cl.failure_timeout / 2;
+        last_tick = now;
         {
             let mut seen = seen.lock().expect("seen");
+            if stalled {
+                for (n, info) in &st.nodes {
+                    if info.state != NodeState::Down {
+                        seen.insert(*n, now);
+                    }
+                }
+            }
             if !was_leader {
                 // a new leader gives everyone a full timeout before judging
                 seen.clear();

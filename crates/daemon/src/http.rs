@@ -863,9 +863,22 @@ async fn views_list(State(app): State<App>) -> Response {
 /// checkpoints, and each shard restarts under the new pipeline: its state is
 /// rebuilt from its archive, and views that are new or changed get their
 /// whole training history written. Serving answers 503 meanwhile.
+/// What a cluster cannot do yet, said plainly.
+fn not_in_cluster(ctx: &NodeCtx, what: &str) -> Option<Response> {
+    ctx.cluster.as_ref().map(|_| {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            format!("{what} is not supported in a cluster yet (see docs/operations.md, \"Limits today\")"),
+        )
+    })
+}
+
 async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let ctx = &app.ctx;
+    if let Some(r) = not_in_cluster(ctx, "views apply") {
+        return r;
+    }
     let body = match body_bytes(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -1086,10 +1099,57 @@ async fn segments(State(app): State<App>, Query(q): Query<SegmentQuery>) -> Resp
 #[derive(Deserialize)]
 struct CompactQuery {
     target_bytes: Option<u64>,
+    /// Cluster: only the shards this node runs (what a node asks the
+    /// others for).
+    local: Option<bool>,
 }
 
-async fn compact(State(app): State<App>, Query(q): Query<CompactQuery>) -> Response {
+async fn compact(
+    State(app): State<App>,
+    Query(q): Query<CompactQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let target = q.target_bytes.unwrap_or(64 << 20);
+    if let Some(cl) = &app.ctx.cluster {
+        // each owner compacts its shards, through the replicated manifest
+        let ctx = &app.ctx;
+        let mut out = Vec::new();
+        for s in 0..ctx.table.shards {
+            if ctx.shard(s).is_some() {
+                match ask(ctx, s, |reply| ShardMsg::Compact {
+                    target_bytes: target,
+                    reply,
+                })
+                .await
+                {
+                    Ok(r) => out.push(serde_json::to_value(r).expect("reports encode")),
+                    Err(r) => return r,
+                }
+            }
+        }
+        if q.local != Some(true) {
+            let st = cl.state();
+            for (&n, info) in &st.nodes {
+                if n == cl.id || info.state == lockstep_cluster::state::NodeState::Down {
+                    continue;
+                }
+                let path = format!("/v1/segments/compact?target_bytes={target}&local=true");
+                let uri: axum::http::Uri = path.parse().unwrap_or(uri.clone());
+                let r = forward(ctx, info.addr.clone(), Some(Bytes::new()), &uri, &headers).await;
+                if r.status() != StatusCode::OK {
+                    return r;
+                }
+                let body = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+                };
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                out.extend(v["compactions"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        return axum::Json(json!({ "compactions": out })).into_response();
+    }
     match all_shards(&app.ctx, |reply| ShardMsg::Compact {
         target_bytes: target,
         reply,

@@ -390,13 +390,13 @@ async fn start_cluster(
     table: &Table,
     serving: impl FnOnce(&Arc<lockstep_cluster::ControlPlane>),
 ) -> Result<Arc<crate::cluster::ClusterCtx>, StartError> {
-    let kafka = lockstep_log::kafka::KafkaLog::connect(lockstep_log::kafka::KafkaConfig {
-        brokers: c.kafka_brokers.clone(),
-        topic: c.kafka_topic.clone().unwrap_or_else(|| table.name.clone()),
-        partitions: table.shards,
-        replication: 1,
-        client_id: config.node_id.clone(),
-    })
+    let topic = c.kafka_topic.clone().unwrap_or_else(|| table.name.clone());
+    let kafka = lockstep_log::kafka::KafkaLog::connect(lockstep_log::kafka::KafkaConfig::new(
+        &c.kafka_brokers,
+        &topic,
+        table.shards,
+        &config.node_id,
+    ))
     .await
     .map_err(|e| StartError::Cluster {
         key: "cluster.kafka_brokers",

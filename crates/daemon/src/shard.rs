@@ -802,6 +802,12 @@ impl ShardWorker {
                         (b, rows.len() as u64, "parquet")
                     }
                 };
+                // in a cluster, a name unique to this attempt (a fenced
+                // attempt must not overwrite what the manifest lists)
+                let ext = match &self.cl {
+                    Some(c) => ctx.ext(&format!("{}.{ext}", c.compaction_tag())),
+                    None => ctx.ext(ext),
+                };
                 let merged = put_segment(
                     store,
                     &kind,
@@ -809,16 +815,20 @@ impl ShardWorker {
                     self.shard,
                     from,
                     to,
-                    &ctx.ext(ext),
+                    &ext,
                     bytes,
                     n,
                     (lo, hi),
                 )
                 .await
                 .map_err(err)?;
-                ctx.state
-                    .swap_segments(self.shard, &group, std::slice::from_ref(&merged))
-                    .map_err(err)?;
+                match &self.cl {
+                    Some(c) => c.swap_segments(self.shard, &group, &merged).await?,
+                    None => ctx
+                        .state
+                        .swap_segments(self.shard, &group, std::slice::from_ref(&merged))
+                        .map_err(err)?,
+                }
                 self.segments.retain(|s| !group.contains(s));
                 self.segments.push(merged);
                 for s in &group {

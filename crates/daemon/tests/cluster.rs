@@ -308,13 +308,12 @@ fn ingest_once(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::
 fn topic_rows(env: &Env, topic: &str, shards: u32) -> (Vec<Vec<Row>>, Vec<u64>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let log = rt
-        .block_on(KafkaLog::connect(KafkaConfig {
-            brokers: env.kafka.clone(),
-            topic: topic.to_string(),
-            partitions: shards,
-            replication: 1,
-            client_id: "test-oracle".into(),
-        }))
+        .block_on(KafkaLog::connect(KafkaConfig::new(
+            &env.kafka,
+            topic,
+            shards,
+            "test-oracle",
+        )))
         .unwrap();
     let mut out = Vec::new();
     let mut ends = Vec::new();
@@ -357,7 +356,7 @@ fn event_ids(rows: &[Row]) -> Vec<i64> {
 /// Compares the cluster's committed training rows and served features with
 /// the batch engine over the topic's contents, once every shard has
 /// checkpointed all of its partition.
-fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) {
+fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) -> Vec<Row> {
     let shards = catalog().tables[0].shards;
     let (per_shard, ends) = topic_rows(&cluster.env, &cluster.topic, shards);
     // nothing lost, nothing twice in what the log holds
@@ -417,6 +416,7 @@ fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) {
             assert_eq!(got["features"], expect, "served features for {ev:?}");
         }
     }
+    want
 }
 
 fn seed() -> u64 {
@@ -479,7 +479,29 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
                 .all(|n| n["state"] == "active" || n["state"] == "draining")
         })
     });
-    check_exactly_once(&cluster, &rows, cluster.root.path());
+    let want = check_exactly_once(&cluster, &rows, cluster.root.path());
+    // compaction on every owner, through the replicated manifest, keeps
+    // the rows and their order
+    let c = &cluster.live()[0];
+    let before = c.get_json("/v1/segments?kind=training").unwrap()["segments"]
+        .as_array()
+        .unwrap()
+        .len();
+    let r = c.post_json("/v1/segments/compact", b"").unwrap();
+    assert!(!r["compactions"].as_array().unwrap().is_empty(), "{r}");
+    let after = c.get_json("/v1/segments?kind=training").unwrap()["segments"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        after < before,
+        "compaction merged nothing: {before} → {after}"
+    );
+    assert_rows_eq(
+        &exported(c, cluster.root.path()),
+        &want,
+        "training rows after compaction",
+    );
     if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
         eprintln!("{}", cluster.logs());
     }

@@ -167,7 +167,10 @@ fn the_documented_cluster_example_loads_and_flags_override_it() {
     assert_eq!(cl.raft_id, 3);
     assert_eq!(cl.seeds, vec!["10.0.0.1:7701", "10.0.0.2:7701"]);
     assert_eq!(cl.kafka_brokers, "k1:9092,k2:9092");
-    assert_eq!(cl.secret, "change-this-cluster-secret", "the file's, not a flag's");
+    assert_eq!(
+        cl.secret, "change-this-cluster-secret",
+        "the file's, not a flag's"
+    );
 }
 
 #[test]

@@ -62,6 +62,20 @@ pub struct KafkaConfig {
     pub client_id: String,
 }
 
+impl KafkaConfig {
+    /// A topic of `partitions` partitions, created with replication 1 if
+    /// missing.
+    pub fn new(brokers: &str, topic: &str, partitions: u32, client_id: &str) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            partitions,
+            replication: 1,
+            client_id: client_id.to_string(),
+        }
+    }
+}
+
 /// A record read from a shard's partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaRecord {
@@ -456,13 +470,7 @@ mod tests {
     }
 
     fn cfg(brokers: &str, topic: &str, partitions: u32) -> KafkaConfig {
-        KafkaConfig {
-            brokers: brokers.into(),
-            topic: topic.into(),
-            partitions,
-            replication: 1,
-            client_id: "test".into(),
-        }
+        KafkaConfig::new(brokers, topic, partitions, "test")
     }
 
     fn read_all(r: &mut ShardReader, n: usize) -> Vec<KafkaRecord> {

@@ -99,6 +99,38 @@ impl ClusterShard {
         }
     }
 
+    /// Names a compaction's merged object: the owner epoch and a nonce.
+    pub(super) fn compaction_tag(&self) -> String {
+        use std::hash::BuildHasher;
+        let nonce = std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), self.owner_epoch)) as u32;
+        format!("e{}-c{nonce:08x}", self.owner_epoch)
+    }
+
+    /// Swaps compacted segments in the replicated manifest, under this
+    /// owner's epoch.
+    pub(super) async fn swap_segments(
+        &self,
+        shard: u32,
+        remove: &[SegmentInfo],
+        merged: &SegmentInfo,
+    ) -> Result<(), String> {
+        let cmd = Command::SwapSegments {
+            shard,
+            owner: self.ctx.id,
+            owner_epoch: self.owner_epoch,
+            remove: remove.to_vec(),
+            add: vec![merged.clone()],
+        };
+        match self.ctx.cp.propose(cmd).await {
+            Ok(Response::Done) => Ok(()),
+            Ok(Response::Rejected(why)) => Err(format!("compaction of shard {shard} refused: {why}")),
+            Err(e) => Err(format!(
+                "compaction of shard {shard}: the control plane did not answer ({e}); the old segments stay"
+            )),
+        }
+    }
+
     pub(super) fn wants_full_snapshot(&self) -> bool {
         self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
     }
