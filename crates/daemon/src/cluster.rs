@@ -330,6 +330,91 @@ pub async fn produce(
     cl.kafka.produce(&recs).await.map_err(|e| e.to_string())
 }
 
+/// This node's part of a cluster backfill: the shards it owns, replayed
+/// from their archives in parallel (one per core), each written as one
+/// Parquet object under `backfill/<job>/<view>/`.
+pub async fn backfill_local(
+    ctx: &NodeCtx,
+    cl: &ClusterCtx,
+    req: &crate::offline::BackfillRequest,
+    job: &str,
+) -> Result<Vec<crate::offline::ShardBackfill>, String> {
+    use futures::StreamExt;
+    let node_catalog = (*ctx.pipeline().catalog).clone();
+    let catalog = crate::offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)
+        .map_err(|e| e.to_string())?;
+    let st = cl.state();
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shards = st.owned_by(cl.id);
+    let results: Vec<Result<crate::offline::ShardBackfill, String>> =
+        futures::stream::iter(shards.into_iter().map(|shard| {
+            let catalog = catalog.clone();
+            let st = st.clone();
+            async move {
+                let started = Instant::now();
+                let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
+                    .iter()
+                    .filter(|s| s.kind == "raw" && s.name == ctx.table.name)
+                    .cloned()
+                    .collect();
+                segs.sort_by_key(|s| s.from_offset);
+                let mut fetched = HashMap::new();
+                for s in &segs {
+                    let b = crate::segments::get_segment(ctx.objects.as_ref(), s)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    fetched.insert(s.path.clone(), b);
+                }
+                let (view, from, to) = (req.view.clone(), req.from, req.to);
+                let cat = catalog.clone();
+                let (rows, report) = tokio::task::spawn_blocking(move || {
+                    let mut rows = Vec::new();
+                    let report = crate::offline::replay(
+                        &cat,
+                        &view,
+                        &segs,
+                        from,
+                        to,
+                        &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
+                        &mut |r| {
+                            rows.push(r);
+                            Ok(())
+                        },
+                        &mut |_| {},
+                    );
+                    report.map(|r| (rows, r)).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                let (_, v) = catalog.view(&req.view).expect("checked");
+                let path = format!("backfill/{job}/{}/shard={shard:03}.parquet", req.view);
+                let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)
+                    .map_err(|e| e.to_string())?;
+                let crc32 = crc32fast::hash(&bytes);
+                ctx.objects
+                    .put(
+                        &ObjPath::from(path.as_str()),
+                        PutPayload::from(bytes::Bytes::from(bytes)),
+                    )
+                    .await
+                    .map_err(|e| format!("writing {path}: {e}"))?;
+                Ok(crate::offline::ShardBackfill {
+                    shard,
+                    node: cl.id,
+                    path,
+                    crc32,
+                    rows: report.rows,
+                    events: report.events,
+                    millis: started.elapsed().as_secs_f64() * 1e3,
+                })
+            }
+        }))
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 /// Starts the tasks of a cluster node: the ownership watcher (starts and
 /// stops shard actors as the shard map changes, hands shards off, takes
 /// checkpoints when epochs open) and the coordinator (acts while this node

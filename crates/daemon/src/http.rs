@@ -223,7 +223,8 @@ pub fn router(node: &Node) -> Router {
         .route("/v1/objects/{*path}", get(object))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/nodes/{node}/drain", post(cluster_drain))
-        .route("/v1/cluster/rebalance", post(cluster_rebalance));
+        .route("/v1/cluster/rebalance", post(cluster_rebalance))
+        .route("/v1/backfill", post(backfill));
     if std::env::var("LOCKSTEP_DEBUG_HOOKS").as_deref() == Ok("1") {
         r = r.route("/v1/debug/shards/{shard}/fail", post(fail_shard));
     }
@@ -1079,8 +1080,13 @@ struct SegmentQuery {
 
 async fn segments(State(app): State<App>, Query(q): Query<SegmentQuery>) -> Response {
     let all = match &app.ctx.cluster {
-        // the replicated manifest: every shard's, wherever it runs
-        Some(cl) => cl.state().segments.clone(),
+        // the replicated manifest: every shard's, wherever it runs, with
+        // everything committed so far (a read barrier: not this member's
+        // possibly lagging copy)
+        Some(cl) => match cl.cp.barrier(std::time::Duration::from_secs(10)).await {
+            Ok(st) => st.segments.clone(),
+            Err(e) => return unavailable(format!("the control plane: {e}")),
+        },
         None => match all_shards(&app.ctx, |reply| ShardMsg::Segments { reply }).await {
             Ok(s) => s,
             Err(r) => return r,
@@ -1301,6 +1307,101 @@ async fn cluster_rebalance(State(app): State<App>) -> Response {
     let plan = crate::cluster::plan(&cl.state(), 2);
     let moves: Vec<String> = plan.iter().map(|c| format!("{c:?}")).collect();
     axum::Json(json!({ "planned": moves })).into_response()
+}
+
+#[derive(Deserialize)]
+struct BackfillQuery {
+    /// Only this node's shards, as part of job `job` (a node asks the
+    /// others this way).
+    local: Option<bool>,
+    job: Option<String>,
+}
+
+/// A cluster backfill: every node replays the shards it owns in parallel
+/// and writes their rows to the object store; the reply lists the objects
+/// by shard (`lockstepctl backfill` collects them).
+async fn backfill(
+    State(app): State<App>,
+    Query(q): Query<BackfillQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ctx = &app.ctx;
+    let cl = match cluster_of(ctx) {
+        Ok(c) => c,
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "POST /v1/backfill runs on a cluster; on one node `lockstepctl backfill` replays the archive itself",
+            )
+        }
+    };
+    let body = match body_bytes(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: crate::offline::BackfillRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body: {e}; send {{\"view\": NAME, \"from\": MS?, \"to\": MS?, \"sql\": PIPELINE?}}"),
+            )
+        }
+    };
+    if q.local == Some(true) {
+        let job = q.job.unwrap_or_else(|| "local".into());
+        return match crate::cluster::backfill_local(ctx, cl, &req, &job).await {
+            Ok(parts) => axum::Json(json!({ "shards": parts })).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        };
+    }
+    let job = format!("{}-{}", now_ms(), cl.id);
+    let st = cl.state();
+    let mut asks = Vec::new();
+    for (&n, info) in &st.nodes {
+        if n == cl.id || info.state == lockstep_cluster::state::NodeState::Down {
+            continue;
+        }
+        let uri: axum::http::Uri = match format!("/v1/backfill?local=true&job={job}").parse() {
+            Ok(u) => u,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let (addr, body, headers) = (info.addr.clone(), body.clone(), headers.clone());
+        asks.push(async move { forward(ctx, addr, Some(body), &uri, &headers).await });
+    }
+    let (mine, theirs) = tokio::join!(
+        crate::cluster::backfill_local(ctx, cl, &req, &job),
+        futures::future::join_all(asks)
+    );
+    let mut parts = match mine {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    for r in theirs {
+        if r.status() != StatusCode::OK {
+            return r;
+        }
+        let b = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+        match serde_json::from_value::<Vec<crate::offline::ShardBackfill>>(v["shards"].clone()) {
+            Ok(p) => parts.extend(p),
+            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    }
+    // every shard exactly once: a shard that moved meanwhile may be missing
+    // or twice
+    parts.sort_by_key(|p| p.shard);
+    let covered: Vec<u32> = parts.iter().map(|p| p.shard).collect();
+    if covered != (0..ctx.table.shards).collect::<Vec<_>>() {
+        return unavailable(format!(
+            "shards moved during the backfill (got shards {covered:?}); retry"
+        ));
+    }
+    axum::Json(json!({ "job": job, "shards": parts })).into_response()
 }
 
 async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {

@@ -102,19 +102,14 @@ pub fn backfill(
     backfill_with(client, None, view, from, to, out, progress)
 }
 
-/// Like [`backfill`], with the view taken from `pipeline` (SQL) instead of
-/// the node's: a new or changed view of the same table, over the node's
-/// archive. The table must match the node's (name, columns, key, shards).
-pub fn backfill_with(
-    client: &Client,
+/// The catalog a backfill runs: the node's, or (with `pipeline`) a new or
+/// changed view of the node's table. The table must match the node's
+/// (name, columns, key, event time, lateness, shards).
+pub fn backfill_catalog(
+    node: Catalog,
     pipeline: Option<&str>,
     view: &str,
-    from: Option<i64>,
-    to: Option<i64>,
-    out: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<OfflineReport, OfflineError> {
-    let node = fetch_pipeline(client)?;
+) -> Result<Arc<Catalog>, OfflineError> {
     let catalog = match pipeline {
         None => node,
         Some(sql) => {
@@ -139,11 +134,31 @@ pub fn backfill_with(
             c
         }
     };
-    let catalog = Arc::new(catalog);
+    if catalog.view(view).is_none() {
+        return Err(other(format!("unknown view `{view}`")));
+    }
+    Ok(Arc::new(catalog))
+}
+
+/// Replays archived raw segments through `view`: `segs` in log order
+/// (shard by shard, each from offset 0 without gaps), calling `emit` with
+/// each row whose event time is in `[from, to)` and `progress` after each
+/// segment with the events replayed so far. `fetch` gets a segment's bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn replay(
+    catalog: &Arc<Catalog>,
+    view: &str,
+    segs: &[SegmentInfo],
+    from: Option<i64>,
+    to: Option<i64>,
+    fetch: &mut dyn FnMut(&SegmentInfo) -> Result<bytes::Bytes, OfflineError>,
+    emit: &mut dyn FnMut(lockstep_core::value::Row) -> Result<(), OfflineError>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<OfflineReport, OfflineError> {
     let (_, v) = catalog
         .view(view)
         .ok_or_else(|| other(format!("unknown view `{view}`")))?;
-    let table = catalog.tables[v.table].clone();
+    let table = &catalog.tables[v.table];
     let time_col = v.output.index_of(&table.schema.columns[table.time].name);
     if (from.is_some() || to.is_some()) && time_col.is_none() {
         return Err(other(format!(
@@ -152,13 +167,10 @@ pub fn backfill_with(
         )));
     }
     let mut engine = Engine::new(catalog.clone(), &[view]).map_err(other)?;
-    let segs = list_segments(client, "raw", &table.name)?;
-    let total: u64 = segs.iter().map(|s| s.rows).sum();
-    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
     let mut report = OfflineReport::default();
     let mut emitted = Vec::new();
     let mut expect: Option<(u32, u64)> = None;
-    for s in &segs {
+    for s in segs {
         match expect {
             Some((shard, off)) if shard == s.shard && off != s.from_offset => {
                 return Err(other(format!(
@@ -169,7 +181,7 @@ pub fn backfill_with(
             _ => {}
         }
         expect = Some((s.shard, s.to_offset));
-        let bytes = fetch_segment(client, s)?;
+        let bytes = fetch(s)?;
         for (_, row) in decode_raw(&s.path, bytes).map_err(other)? {
             engine.push_to_shard(s.shard, &row, &mut emitted);
             report.events += 1;
@@ -181,11 +193,123 @@ pub fn backfill_with(
                     _ => true,
                 };
                 if keep {
-                    w.write(&e.row).map_err(other)?;
+                    emit(e.row)?;
                     report.rows += 1;
                 }
             }
         }
+        report.segments += 1;
+        progress(report.events);
+    }
+    Ok(report)
+}
+
+/// Like [`backfill`], with the view taken from `pipeline` (SQL) instead of
+/// the node's: a new or changed view of the same table, over the node's
+/// archive. The table must match the node's (name, columns, key, shards).
+/// In a cluster the shards replay on their owners, in parallel
+/// ([`backfill_on_cluster`]).
+pub fn backfill_with(
+    client: &Client,
+    pipeline: Option<&str>,
+    view: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<OfflineReport, OfflineError> {
+    let node = fetch_pipeline(client)?;
+    let clustered = client
+        .request("GET", "/v1/cluster", None, &[])
+        .is_ok_and(|r| r.status == 200);
+    if clustered {
+        return backfill_on_cluster(client, pipeline, view, from, to, out, progress);
+    }
+    let catalog = backfill_catalog(node, pipeline, view)?;
+    let (_, v) = catalog.view(view).expect("checked");
+    let table = catalog.tables[v.table].clone();
+    let segs = list_segments(client, "raw", &table.name)?;
+    let total: u64 = segs.iter().map(|s| s.rows).sum();
+    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
+    let report = replay(
+        &catalog,
+        view,
+        &segs,
+        from,
+        to,
+        &mut |s| fetch_segment(client, s),
+        &mut |row| w.write(&row).map_err(other),
+        &mut |n| progress(n, total),
+    )?;
+    w.finish().map_err(other)?;
+    Ok(report)
+}
+
+/// What a backfill asks of a cluster (`POST /v1/backfill`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BackfillRequest {
+    pub view: String,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// A pipeline with a new or changed view of the cluster's table.
+    pub sql: Option<String>,
+}
+
+/// One shard's part of a cluster backfill: its rows as a Parquet object.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardBackfill {
+    pub shard: u32,
+    pub node: u64,
+    pub path: String,
+    pub crc32: u32,
+    pub rows: u64,
+    pub events: u64,
+    pub millis: f64,
+}
+
+/// A cluster backfill: every node replays the shards it owns, in parallel,
+/// and writes their rows to the object store; this collects them in shard
+/// order into `out`.
+pub fn backfill_on_cluster(
+    client: &Client,
+    pipeline: Option<&str>,
+    view: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<OfflineReport, OfflineError> {
+    let catalog = backfill_catalog(fetch_pipeline(client)?, pipeline, view)?;
+    let (_, v) = catalog.view(view).expect("checked");
+    let total: u64 = list_segments(client, "raw", &catalog.tables[v.table].name)?
+        .iter()
+        .map(|s| s.rows)
+        .sum();
+    let req = BackfillRequest {
+        view: view.to_string(),
+        from,
+        to,
+        sql: pipeline.map(str::to_string),
+    };
+    let body = serde_json::to_vec(&req).map_err(other)?;
+    let reply = client.post_json("/v1/backfill", &body)?;
+    let mut parts: Vec<ShardBackfill> =
+        serde_json::from_value(reply["shards"].clone()).map_err(other)?;
+    parts.sort_by_key(|p| p.shard);
+    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
+    let mut report = OfflineReport::default();
+    for p in &parts {
+        let b = client.get_bytes(&format!("/v1/objects/{}", p.path))?;
+        if crc32fast::hash(&b) != p.crc32 {
+            return Err(other(format!("backfill object {} is damaged", p.path)));
+        }
+        for r in lockstep_io::rows_from_parquet(&p.path, bytes::Bytes::from(b), &v.output)
+            .map_err(other)?
+        {
+            w.write(&r).map_err(other)?;
+            report.rows += 1;
+        }
+        report.events += p.events;
         report.segments += 1;
         progress(report.events, total);
     }

@@ -831,11 +831,16 @@ impl ShardWorker {
                 }
                 self.segments.retain(|s| !group.contains(s));
                 self.segments.push(merged);
-                for s in &group {
-                    let p = object_store::path::Path::from(s.path.as_str());
-                    if let Err(e) = object_store::ObjectStoreExt::delete(store, &p).await {
-                        tracing::warn!(object = %s.path, "could not delete a compacted segment: {e}");
-                    }
+                if self.cl.is_some() {
+                    // other nodes may be reading them under the manifest
+                    // they listed a moment ago (export, backfill): later
+                    let (objects, group) = (ctx.objects.clone(), group.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                        delete_segments(objects.as_ref(), &group).await;
+                    });
+                } else {
+                    delete_segments(store, &group).await;
                 }
                 merged_groups += 1;
             }
@@ -846,6 +851,15 @@ impl ShardWorker {
             segments_before: before,
             segments_after: self.segments.len(),
         })
+    }
+}
+
+async fn delete_segments(store: &dyn object_store::ObjectStore, segs: &[SegmentInfo]) {
+    for s in segs {
+        let p = object_store::path::Path::from(s.path.as_str());
+        if let Err(e) = object_store::ObjectStoreExt::delete(store, &p).await {
+            tracing::warn!(object = %s.path, "could not delete a compacted segment: {e}");
+        }
     }
 }
 

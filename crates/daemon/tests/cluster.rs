@@ -48,17 +48,18 @@ fn env() -> Option<Env> {
 }
 
 /// A TCP proxy in front of a node: the other nodes reach it only through
-/// this, so cutting it cuts the node off from them (its own calls out still
-/// go through: a one-way cut, enough to make a partitioned zombie).
+/// this (it advertises this address), so cutting it cuts the way in; its
+/// [`Egress`] cuts the way out.
 struct Proxy {
     addr: String,
-    target: String,
+    target: Arc<Mutex<String>>,
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
     fn start(target: String) -> Proxy {
+        let target = Arc::new(Mutex::new(target));
         let target_addr = target.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -72,7 +73,8 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                let Ok(outbound) = TcpStream::connect(&target) else {
+                let to = target.lock().unwrap().clone();
+                let Ok(outbound) = TcpStream::connect(&to) else {
                     continue;
                 };
                 let mut open = o.lock().unwrap();
@@ -111,6 +113,112 @@ impl Proxy {
     }
 }
 
+/// The way out of a node: its HTTP clients (Raft RPCs, pings, forwards,
+/// S3) reach everything through this proxy (`ALL_PROXY`), which can refuse
+/// the other nodes' addresses: with [`Proxy`], a two-way cut. (Kafka's
+/// client ignores the variable: the broker stays reachable, as it would
+/// for a node cut off from its peers only.) Speaks CONNECT (ureq) and
+/// absolute-form requests (reqwest, for plain http).
+struct Egress {
+    addr: String,
+    /// Targets refused while cut.
+    blocked: Arc<Mutex<HashSet<String>>>,
+    open: Arc<Mutex<Vec<(String, TcpStream)>>>,
+}
+
+impl Egress {
+    fn start() -> Egress {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let blocked: Arc<Mutex<HashSet<String>>> = Default::default();
+        let open: Arc<Mutex<Vec<(String, TcpStream)>>> = Default::default();
+        let (b, o) = (blocked.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let (b, o) = (b.clone(), o.clone());
+                std::thread::spawn(move || egress_conn(client, &b, &o));
+            }
+        });
+        Egress {
+            addr,
+            blocked,
+            open,
+        }
+    }
+
+    fn cut(&self, targets: Vec<String>) {
+        let mut b = self.blocked.lock().unwrap();
+        b.extend(targets);
+        for (t, s) in self.open.lock().unwrap().iter() {
+            if b.contains(t) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    fn heal(&self) {
+        self.blocked.lock().unwrap().clear();
+    }
+}
+
+fn egress_conn(
+    mut client: TcpStream,
+    blocked: &Mutex<HashSet<String>>,
+    open: &Mutex<Vec<(String, TcpStream)>>,
+) {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let first = text.lines().next().unwrap_or_default().to_string();
+    let mut parts = first.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let connect = method == "CONNECT";
+    let host = if connect {
+        target.to_string()
+    } else {
+        target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    if blocked.lock().unwrap().contains(&host) {
+        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(&host) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        return;
+    };
+    if connect {
+        let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+    } else if server.write_all(&head).is_err() {
+        return;
+    }
+    {
+        let mut open = open.lock().unwrap();
+        open.retain(|(_, s)| s.peer_addr().is_ok());
+        open.push((host.clone(), client.try_clone().unwrap()));
+        open.push((host, server.try_clone().unwrap()));
+    }
+    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s2, &mut c2);
+        let _ = c2.shutdown(Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut client, &mut server);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
 /// A cluster under test: its nodes, topic and store.
 struct Cluster {
     env: Env,
@@ -119,8 +227,10 @@ struct Cluster {
     root: tempfile::TempDir,
     nodes: Vec<Daemon>,
     down: Vec<bool>,
-    /// Per node: the proxy the others reach it through.
+    /// Per node: the proxy the others reach it through, and the one it
+    /// reaches them through.
     proxies: Vec<Proxy>,
+    egress: Vec<Egress>,
 }
 
 impl Cluster {
@@ -134,6 +244,7 @@ impl Cluster {
             nodes: Vec::new(),
             down: Vec::new(),
             proxies: Vec::new(),
+            egress: Vec::new(),
         };
         for _ in 0..n {
             c.add_node();
@@ -171,7 +282,9 @@ impl Cluster {
         if self.proxies.len() <= i {
             let listen = free_addr();
             self.proxies.push(Proxy::start(listen));
+            self.egress.push(Egress::start());
         }
+        let egress = format!("http://{}", self.egress[i].addr);
         let listen = self.proxy_target(i);
         let id = format!("node-{}", i + 1);
         let advertise = self.proxies[i].addr.clone();
@@ -196,12 +309,28 @@ impl Cluster {
                 ("AWS_ACCESS_KEY_ID", "lockstep"),
                 ("AWS_SECRET_ACCESS_KEY", "lockstep-secret"),
                 ("AWS_REGION", "us-east-1"),
+                ("ALL_PROXY", egress.as_str()),
             ],
         )
     }
 
+    /// Cuts node `x` off from the other nodes, both ways.
+    fn cut(&self, x: usize) {
+        self.proxies[x].cut();
+        let others = (0..self.proxies.len())
+            .filter(|&j| j != x)
+            .flat_map(|j| [self.proxies[j].addr.clone(), self.proxy_target(j)])
+            .collect();
+        self.egress[x].cut(others);
+    }
+
+    fn heal(&self, x: usize) {
+        self.proxies[x].heal();
+        self.egress[x].heal();
+    }
+
     fn proxy_target(&self, i: usize) -> String {
-        self.proxies[i].target.clone()
+        self.proxies[i].target.lock().unwrap().clone()
     }
 
     /// SIGKILL.
@@ -210,9 +339,12 @@ impl Cluster {
         self.down[i] = true;
     }
 
-    /// Restarts a killed node on its data directory and address.
+    /// Restarts a killed node on its data directory (listening on a new
+    /// port behind the same advertised proxy).
     fn restart(&mut self, i: usize) {
-        self.nodes[i].restart();
+        let listen = free_addr();
+        *self.proxies[i].target.lock().unwrap() = listen.clone();
+        self.nodes[i].restart_at(listen);
         self.down[i] = false;
     }
 
@@ -502,6 +634,26 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
         &want,
         "training rows after compaction",
     );
+    // a backfill runs each shard on its owner, and its rows are the
+    // committed training rows
+    let job = c
+        .post_json("/v1/backfill", br#"{"view": "user_ad_features"}"#)
+        .unwrap();
+    let owners: HashSet<u64> = job["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_u64().unwrap())
+        .collect();
+    assert!(owners.len() >= 2, "the shards replayed on one node: {job}");
+    let out = cluster.root.path().join("backfill.parquet");
+    lockstep_daemon::offline::backfill(c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
+    let schema = catalog().view(VIEW).unwrap().1.output.clone();
+    assert_rows_eq(
+        &lockstep_io::read_rows(&out, &schema).unwrap(),
+        &want,
+        "cluster backfill vs training rows",
+    );
     if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
         eprintln!("{}", cluster.logs());
     }
@@ -605,14 +757,18 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
 
 #[test]
 fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
-    let mut cut = None;
+    // the node cut off, and how long its log was then
+    let mut cut: Option<(usize, usize)> = None;
     scenario(6000, |i, n, cluster, rng| {
         if i == n / 3 {
             // a follower: cut off, it keeps running as a zombie
             let l = leader(cluster);
             let x = (l + 1 + rng.random_range(0..2)) % 3;
-            cluster.proxies[x].cut();
-            cut = Some(x);
+            let logged = std::fs::read_to_string(cluster.dir(x).join("lockstepd.log"))
+                .unwrap_or_default()
+                .len();
+            cluster.cut(x);
+            cut = Some((x, logged));
             let id = x as u64 + 1;
             cluster.wait_state(
                 "the cut-off node's shards moved",
@@ -625,23 +781,31 @@ fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
             );
         }
         if i == 2 * n / 3 {
-            let x = cut.take().unwrap();
-            // the zombie checkpoints on its own and cannot commit: fenced by
-            // the leader, or (cut off from it) unable to reach one
+            let (x, logged) = cut.take().unwrap();
+            // the zombie cannot act on its shards: its checkpoints cannot
+            // commit (no leader reachable, or fenced), or a shard it was
+            // given just before the cut cannot even start
             let log = cluster.dir(x).join("lockstepd.log");
             let start = Instant::now();
-            while !std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("checkpoint failed")
+            while !std::fs::read_to_string(&log).unwrap_or_default()[logged..]
+                .lines()
+                .any(|l| l.contains("checkpoint failed") || l.contains("not started"))
             {
-                assert!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "the cut-off node never tried to checkpoint\n{}",
-                    cluster.logs()
-                );
+                if start.elapsed() > Duration::from_secs(60) {
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    let notable: Vec<&str> = log
+                        .lines()
+                        .filter(|l| l.contains("lockstep") && !l.contains(" DEBUG "))
+                        .collect();
+                    panic!(
+                        "the cut-off node-{} never tried to act on its shards; its log:\n{}",
+                        x + 1,
+                        notable.join("\n")
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            cluster.proxies[x].heal();
+            cluster.heal(x);
         }
     });
 }

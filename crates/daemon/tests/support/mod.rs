@@ -123,6 +123,14 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts on another address (the old port may have been taken by
+    /// another socket meanwhile).
+    pub fn restart_at(&mut self, addr: String) {
+        self.kill();
+        self.addr = addr;
+        self.spawn();
+    }
+
     /// SIGTERM and wait (graceful stop).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let c = self.child.as_mut().unwrap();
