@@ -205,6 +205,9 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
     }
     flush(&mut batch)?;
     let produce_secs = started.elapsed().as_secs_f64();
+    let node_pids: Vec<u32> = nodes.nodes.iter().filter_map(LocalNode::pid).collect();
+    let broker_pids = pids_named("tansu");
+    let cpu0 = (cpu_seconds(&node_pids), cpu_seconds(&broker_pids));
     let started = Instant::now();
     for n in &nodes.nodes {
         n.signal("CONT")?;
@@ -216,6 +219,14 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
     )?;
     let cluster_secs = started.elapsed().as_secs_f64();
     let cluster_rate = a.events as f64 / cluster_secs;
+    let cpu = (
+        cpu_seconds(&node_pids) - cpu0.0,
+        cpu_seconds(&broker_pids) - cpu0.1,
+    );
+    println!(
+        "  CPU while the cluster consumed: the three nodes {:.1} s, the broker on this machine {:.1} s (of {:.1} s × 2 cores)",
+        cpu.0, cpu.1, cluster_secs
+    );
     let st = nodes.cluster(0)?;
     let still_balanced = (1..=3).all(|n| owners(&st).contains(&Some(n)));
 
@@ -370,6 +381,8 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
         "bare_consumer_events_per_s": bare_rate,
         "cluster_events_per_s": cluster_rate,
         "cluster_vs_bare": cluster_rate / bare_rate,
+        "cpu_seconds_nodes": cpu.0,
+        "cpu_seconds_broker": cpu.1,
         "failover_detect_s": detect_s,
         "failover_recover_after_detect_s": recover,
         "drain_unavailable_s": unavailable,
@@ -383,6 +396,33 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
         n.kill();
     }
     Ok(())
+}
+
+/// User + system CPU seconds of processes, from /proc (0 elsewhere).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|st| {
+            // fields after the parenthesised command name
+            let rest = st.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / 100.0
+}
+
+/// Processes whose command name is `name` (the local broker, if any).
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
 }
 
 /// Waits until every node owns its share and no shard is moving.

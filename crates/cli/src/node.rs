@@ -98,6 +98,10 @@ impl LocalNode {
         Client::new(&self.addr, &self.token)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Sends a signal by name (`STOP`, `CONT`, ...).
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
         if let Some(c) = &self.child {
