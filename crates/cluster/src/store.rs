@@ -242,6 +242,9 @@ pub struct StateMachine {
     meta: sled::Tree,
     watch: Arc<watch::Sender<Arc<ClusterState>>>,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
+    /// Orders snapshot writes: openraft builds snapshots in a task that may
+    /// race an install, and an older snapshot must never replace a newer one.
+    snapshot_write: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -262,6 +265,7 @@ impl StateMachine {
             meta,
             watch: Arc::new(tx),
             snapshots_built: Arc::new(Default::default()),
+            snapshot_write: Default::default(),
         })
     }
 
@@ -280,6 +284,32 @@ impl StateMachine {
 
     fn publish(&self, state: &ClusterState) {
         self.watch.send_replace(Arc::new(state.clone()));
+    }
+
+    /// Stores `s` as the current snapshot unless the stored one is newer;
+    /// returns whether it was stored.
+    async fn store_snapshot(&self, s: &StoredSnapshot) -> Result<bool, SErr> {
+        let _order = self.snapshot_write.lock().await;
+        let sig = Some(s.meta.signature());
+        if let Some(b) = self
+            .meta
+            .get(SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), io(e)))?
+        {
+            let old: StoredSnapshot =
+                dec(&b).map_err(|e| StorageIOError::read_snapshot(sig.clone(), e))?;
+            if old.meta.last_log_id > s.meta.last_log_id {
+                return Ok(false);
+            }
+        }
+        self.meta
+            .insert(SNAPSHOT, enc(s))
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), io(e)))?;
+        self.meta
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(sig, io(e)))?;
+        Ok(true)
     }
 }
 
@@ -305,13 +335,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: bytes.clone(),
         };
-        self.meta
-            .insert(SNAPSHOT, enc(&stored))
-            .map_err(|e| StorageIOError::write_snapshot(None, io(e)))?;
-        self.meta
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, io(e)))?;
+        self.store_snapshot(&stored).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -376,13 +400,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: enc(&data),
         };
-        self.meta
-            .insert(SNAPSHOT, enc(&stored))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io(e)))?;
-        self.meta
-            .flush_async()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io(e)))?;
+        self.store_snapshot(&stored).await?;
         let state = data.state.clone();
         *self.lock() = data;
         self.publish(&state);

@@ -710,7 +710,10 @@ impl ShardWorker {
         }
         if self.again {
             self.start_checkpoint(me, None);
-        } else if self.cl.as_ref().is_some_and(|c| c.handing_off) {
+        }
+        // the last checkpoint of a move is committed (or there was nothing
+        // left to write): hand off
+        if !self.in_flight && self.cl.as_ref().is_some_and(|c| c.handing_off) {
             self.hand_off(me);
         }
     }
@@ -1277,9 +1280,10 @@ impl Actor for Supervisor {
                 {
                     return Ok(()); // no longer ours
                 }
-                if matches!(msg, SupMsg::Start(_)) {
-                    Supervisor::stop_shard(st, shard, SUPERSEDED);
-                }
+                // never two actors for one shard: whatever is registered
+                // (a failed actor, or one started by an earlier message)
+                // stops first
+                Supervisor::stop_shard(st, shard, SUPERSEDED);
                 match Supervisor::start_shard(&me, st, shard).await {
                     Ok(()) => {
                         st.backoff.remove(&shard);

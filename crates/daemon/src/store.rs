@@ -269,6 +269,14 @@ impl StateStore {
         Ok(info)
     }
 
+    /// Forgets the shard's checkpoint info, so the cache is not restored
+    /// (cluster mode: the snapshot objects are the truth).
+    pub fn invalidate(&self, shard: u32) -> Result<(), StoreError> {
+        self.tree(shard)?.remove(INFO)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Replaces segment manifest entries (compaction), atomically.
     pub fn swap_segments(
         &self,

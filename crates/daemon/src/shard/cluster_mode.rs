@@ -48,6 +48,18 @@ pub struct ClusterShard {
     clock_ms: i64,
     /// The cluster epoch of the last committed checkpoint.
     pub(super) last_epoch: u64,
+    /// The hand-off proposal is running (at most one).
+    handoff_sent: bool,
+}
+
+impl Drop for ClusterShard {
+    /// The fetcher stops with the shard's state, however the actor ended
+    /// (ractor skips `post_stop` when a handler fails).
+    fn drop(&mut self) {
+        if let Some(stop) = self.fetch_stop.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A checkpoint's cluster part, computed on the actor.
@@ -96,6 +108,7 @@ impl ClusterShard {
             handing_off: false,
             clock_ms: i64::MIN,
             last_epoch: 0,
+            handoff_sent: false,
         }
     }
 
@@ -332,23 +345,41 @@ impl ClusterJob {
             Err(CommitError::Fenced(w)) => return Err(format!("{FENCED}: {w}")),
             Err(CommitError::Other(w)) => return Err(format!("{UNCERTAIN}: {w}")),
         }
-        let local = ctx.state.commit(
-            job.shard,
-            Commit {
-                meta: &job.delta.meta,
-                slots: &job.delta.slots,
-                seq,
-                log_offset: job.to,
-                pipeline: pipeline.clone(),
-                add_segments: &[],
-                remove_segments: &[],
-                replace_slots: self.full,
-                extra: Some(encode_idem(&self.idem)),
-            },
-        );
+        // the local cache takes the delta only on top of the checkpoint it
+        // follows; otherwise (a failed earlier write) it is dropped, and a
+        // restore reads the snapshot objects
+        let cache_ok = self.full
+            || ctx
+                .state
+                .info(job.shard)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.seq == job.seq);
+        let local = if !cache_ok {
+            Err(crate::store::StoreError::Decode {
+                what: "local cache",
+                message: format!("not at checkpoint {}: dropped", job.seq),
+            })
+        } else {
+            ctx.state.commit(
+                job.shard,
+                Commit {
+                    meta: &job.delta.meta,
+                    slots: &job.delta.slots,
+                    seq,
+                    log_offset: job.to,
+                    pipeline: pipeline.clone(),
+                    add_segments: &[],
+                    remove_segments: &[],
+                    replace_slots: self.full,
+                    extra: Some(encode_idem(&self.idem)),
+                },
+            )
+        };
         let info = local.unwrap_or_else(|e| {
-            // the manifest is committed; a stale cache is not used
+            // the manifest is committed; the cache must not be used
             tracing::warn!(shard = job.shard, "local state cache: {e}");
+            let _ = ctx.state.invalidate(job.shard);
             CheckpointInfo {
                 seq,
                 log_offset: job.to,
@@ -607,8 +638,22 @@ impl ShardWorker {
     /// Gives the shard to the move's target once the last checkpoint is
     /// committed; then this actor stops.
     pub(super) fn hand_off(&mut self, me: &ActorRef<ShardMsg>) {
-        let Some(c) = self.cl.as_ref() else { return };
+        let Some(c) = self.cl.as_mut() else { return };
+        if c.handoff_sent {
+            return;
+        }
+        c.handoff_sent = true;
         let (cl, shard, owner_epoch, me) = (c.ctx.clone(), self.shard, c.owner_epoch, me.clone());
+        // gives the shard back to the shard map only if this node still
+        // holds it under this actor's epoch (not a newer one)
+        let release = move |held: &NodeCtx| {
+            let _ = held.held[shard as usize].compare_exchange(
+                owner_epoch,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        };
         let held = self.ctx.clone();
         tokio::spawn(async move {
             for _ in 0..100 {
@@ -627,7 +672,7 @@ impl ShardWorker {
                         // the move was called off, or the shard is gone
                         // already: let the shard map decide what runs here
                         tracing::warn!(shard, "hand-off refused: {why}");
-                        held.held[shard as usize].store(0, Ordering::Relaxed);
+                        release(&held);
                         me.stop(Some(FENCED.into()));
                         return;
                     }
@@ -637,7 +682,7 @@ impl ShardWorker {
                     }
                 }
             }
-            held.held[shard as usize].store(0, Ordering::Relaxed);
+            release(&held);
             me.stop(Some(FENCED.into()));
         });
     }
