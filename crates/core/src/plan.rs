@@ -17,6 +17,9 @@ pub struct Table {
     pub lateness_ms: i64,
     /// Number of shards S, fixed at creation.
     pub shards: u32,
+    /// A column producers fill with a unique id per event
+    /// (`WITH (event_id = …)`): a cluster applies each id once.
+    pub event_id: Option<usize>,
 }
 
 /// Which aggregate or navigation function a window call computes.

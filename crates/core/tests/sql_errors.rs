@@ -124,6 +124,38 @@ fn type_errors_are_pointed() {
 }
 
 #[test]
+fn the_event_id_option_names_a_text_or_bigint_column() {
+    let c = parse_pipeline(
+        "CREATE TABLE t (a TEXT, id BIGINT, ts TIMESTAMP) WITH (key = 'a', event_time = 'ts', event_id = 'id');",
+    )
+    .unwrap();
+    assert_eq!(c.tables[0].event_id, Some(1));
+    let c = parse_pipeline(
+        "CREATE TABLE t (a TEXT, ts TIMESTAMP) WITH (key = 'a', event_time = 'ts');",
+    )
+    .unwrap();
+    assert_eq!(c.tables[0].event_id, None);
+    let e = parse_pipeline(
+        "CREATE TABLE t (a TEXT, ts TIMESTAMP) WITH (key = 'a', event_time = 'ts', event_id = 'nope');",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("event_id `nope` is not a column"),
+        "{}",
+        e.message
+    );
+    let e = parse_pipeline(
+        "CREATE TABLE t (a TEXT, x DOUBLE, ts TIMESTAMP) WITH (key = 'a', event_time = 'ts', event_id = 'x');",
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("must be TEXT or BIGINT"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn table_options_are_checked() {
     let e = parse_pipeline(
         "CREATE TABLE t (a TEXT, ts TIMESTAMP) WITH (key = 'b', event_time = 'ts');",

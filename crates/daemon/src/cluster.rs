@@ -98,6 +98,8 @@ pub struct SnapshotData {
     /// `((view, group, slot), encoded slot)`.
     pub slots: Vec<((u32, u32, u32), Vec<u8>)>,
     pub idem: Vec<(String, IdemEntry)>,
+    /// Seen producer-supplied event ids (hashed) and when first seen.
+    pub event_ids: Vec<(u128, i64)>,
 }
 
 /// A shard's state as restored from its snapshot objects.
@@ -107,6 +109,7 @@ pub struct Restored {
     /// The encoded slots, for the local cache.
     pub encoded: Vec<(SlotKey, Vec<u8>)>,
     pub idem: HashMap<String, IdemEntry>,
+    pub event_ids: HashMap<u128, i64>,
 }
 
 fn bincode_cfg() -> bincode::config::Configuration {
@@ -149,6 +152,7 @@ pub async fn restore_snapshot(
     let mut slots: BTreeMap<(u32, u32, u32), Vec<u8>> = BTreeMap::new();
     let mut meta = None;
     let mut idem = HashMap::new();
+    let mut event_ids = HashMap::new();
     for p in parts {
         let bytes = store
             .get(&ObjPath::from(p.path.as_str()))
@@ -172,6 +176,7 @@ pub async fn restore_snapshot(
         slots.extend(d.slots);
         meta = Some(d.meta);
         idem = d.idem.into_iter().collect();
+        event_ids = d.event_ids.into_iter().collect();
     }
     let Some(meta) = meta else {
         return Ok(None);
@@ -188,7 +193,22 @@ pub async fn restore_snapshot(
         slots: decoded,
         encoded,
         idem,
+        event_ids,
     }))
+}
+
+/// A stable 128-bit hash (FNV-1a) of an event id's text: what a shard
+/// remembers of each producer-supplied id (stable across versions, unlike
+/// the standard library's hasher, because it is checkpointed).
+pub fn event_id_hash(id: &lockstep_core::value::Value) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    for b in id.to_string().bytes() {
+        h ^= b as u128;
+        h = h.wrapping_mul(PRIME);
+    }
+    h
 }
 
 /// A digest of a checkpoint's state: CRC-32 over its snapshot parts' CRCs

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub ingested: Counter,
     pub rejected: Counter,
     pub dead_letters: Counter,
+    /// Records skipped as repeats of an event id already applied.
+    pub duplicates: Counter,
     pub late: Counter,
     pub idempotent_replays: Counter,
     pub checkpoints: Counter,
@@ -36,6 +38,7 @@ impl Metrics {
             ingested: Counter::default(),
             rejected: Counter::default(),
             dead_letters: Counter::default(),
+            duplicates: Counter::default(),
             late: Counter::default(),
             idempotent_replays: Counter::default(),
             checkpoints: Counter::default(),
@@ -63,6 +66,11 @@ impl Metrics {
                 "dead_letters",
                 "Records in the dead-letter store",
                 m.dead_letters.clone(),
+            );
+            r.register(
+                "duplicate_events",
+                "Records skipped as repeats of an event id already applied (cluster, tables with event_id)",
+                m.duplicates.clone(),
             );
             r.register(
                 "late_events",

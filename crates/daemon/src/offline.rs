@@ -255,6 +255,33 @@ pub struct BackfillRequest {
     pub sql: Option<String>,
 }
 
+/// `POST /v1/backfill`, retried while shards are moving (503).
+pub fn run_cluster_backfill(
+    client: &Client,
+    body: &[u8],
+) -> Result<serde_json::Value, OfflineError> {
+    let mut last = None;
+    for _ in 0..30 {
+        let r = client.request("POST", "/v1/backfill", Some(body), &[])?;
+        if r.status == 200 {
+            return Ok(r.json());
+        }
+        if r.status != 503 {
+            return Err(other(format!(
+                "POST /v1/backfill: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            )));
+        }
+        last = Some(String::from_utf8_lossy(&r.body).into_owned());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    Err(other(format!(
+        "POST /v1/backfill: still unavailable after 30 tries: {}",
+        last.unwrap_or_default()
+    )))
+}
+
 /// One shard's part of a cluster backfill: its rows as a Parquet object.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ShardBackfill {
@@ -292,7 +319,7 @@ pub fn backfill_on_cluster(
         sql: pipeline.map(str::to_string),
     };
     let body = serde_json::to_vec(&req).map_err(other)?;
-    let reply = client.post_json("/v1/backfill", &body)?;
+    let reply = run_cluster_backfill(client, &body)?;
     let mut parts: Vec<ShardBackfill> =
         serde_json::from_value(reply["shards"].clone()).map_err(other)?;
     parts.sort_by_key(|p| p.shard);

@@ -227,6 +227,8 @@ struct Cluster {
     root: tempfile::TempDir,
     nodes: Vec<Daemon>,
     down: Vec<bool>,
+    /// The pipeline every node runs.
+    sql: String,
     /// Per node: the proxy the others reach it through, and the one it
     /// reaches them through.
     proxies: Vec<Proxy>,
@@ -235,6 +237,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(env: Env, n: usize) -> Cluster {
+        Cluster::start_sql(env, n, SQL)
+    }
+
+    fn start_sql(env: Env, n: usize, sql: &str) -> Cluster {
         let tag = format!("{}-{}", std::process::id(), rand_suffix());
         let mut c = Cluster {
             topic: format!("ad_events-{tag}"),
@@ -243,6 +249,7 @@ impl Cluster {
             root: tempfile::tempdir().unwrap(),
             nodes: Vec::new(),
             down: Vec::new(),
+            sql: sql.to_string(),
             proxies: Vec::new(),
             egress: Vec::new(),
         };
@@ -300,9 +307,10 @@ impl Cluster {
         if !seeds.is_empty() {
             flags.push(("seeds", seeds));
         }
-        Daemon::start_at(
+        Daemon::start_sql(
             &self.dir(i),
             listen,
+            &self.sql,
             &flags,
             &[
                 ("AWS_ENDPOINT_URL", self.env.s3.as_str()),
@@ -636,8 +644,7 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
     );
     // a backfill runs each shard on its owner, and its rows are the
     // committed training rows
-    let job = c
-        .post_json("/v1/backfill", br#"{"view": "user_ad_features"}"#)
+    let job = lockstep_daemon::offline::run_cluster_backfill(c, br#"{"view": "user_ad_features"}"#)
         .unwrap();
     let owners: HashSet<u64> = job["shards"]
         .as_array()
@@ -808,4 +815,129 @@ fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
             cluster.heal(x);
         }
     });
+}
+
+#[test]
+fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_lettered() {
+    let Some(env) = env() else { return };
+    let seed = seed();
+    let _guard = SeedGuard(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let sql = SQL.replace("shards = 16)", "shards = 16, event_id = 'event_id')");
+    assert_ne!(sql, SQL, "the canonical table's WITH clause changed");
+    let cluster = Cluster::start_sql(env, 1, &sql);
+    cluster.wait_state("every shard owned", Duration::from_secs(60), |st| {
+        st["shards"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
+    });
+    // an external producer: JSON values keyed by user_id, no Idempotency-Key;
+    // a fifth of the events delivered twice, some much later
+    let catalog = catalog();
+    let table = &catalog.tables[0];
+    let rows = events(3000, 80, seed);
+    let mut dup_at: Vec<Vec<&Row>> = vec![Vec::new(); rows.len() + 1];
+    for (i, r) in rows.iter().enumerate() {
+        if rng.random_range(0..5) == 0 {
+            dup_at[rng.random_range(i + 1..=rows.len())].push(r);
+        }
+    }
+    let mut sends: Vec<&Row> = Vec::new();
+    for (i, dups) in dup_at.iter().enumerate() {
+        sends.extend(dups.iter().copied());
+        if i < rows.len() {
+            sends.push(&rows[i]);
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let log = rt
+        .block_on(KafkaLog::connect(KafkaConfig::new(
+            &cluster.env.kafka,
+            &cluster.topic,
+            table.shards,
+            "external",
+        )))
+        .unwrap();
+    let keys: Vec<String> = sends.iter().map(|r| r[table.key].to_string()).collect();
+    let values: Vec<String> = sends
+        .iter()
+        .map(|r| lockstep_io::render_json(r, &table.schema))
+        .collect();
+    let mut recs: Vec<lockstep_log::kafka::OutRecord> = (0..sends.len())
+        .map(|i| lockstep_log::kafka::OutRecord {
+            shard: table.shard_of(sends[i]),
+            key: keys[i].as_bytes(),
+            value: values[i].as_bytes(),
+            bincode: false,
+            idempotency: None,
+        })
+        .collect();
+    // and one record that is not an event at all
+    recs.push(lockstep_log::kafka::OutRecord {
+        shard: 3,
+        key: b"nobody",
+        value: b"{not json",
+        bincode: false,
+        idempotency: None,
+    });
+    rt.block_on(log.produce(&recs)).unwrap();
+    // the oracle: each partition's events in order, first delivery only
+    let mut per_shard: Vec<Vec<Row>> = vec![Vec::new(); table.shards as usize];
+    let mut seen = HashSet::new();
+    for r in &sends {
+        if seen.insert(r[0].to_string()) {
+            per_shard[table.shard_of(r) as usize].push((*r).clone());
+        }
+    }
+    let mut ends = vec![0u64; table.shards as usize];
+    for r in &recs {
+        ends[r.shard as usize] += 1;
+    }
+    cluster.wait_state(
+        "checkpoints covering the topic",
+        Duration::from_secs(120),
+        |st| {
+            st["shards"].as_array().is_some_and(|s| {
+                s.iter()
+                    .zip(&ends)
+                    .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
+            })
+        },
+    );
+    let mut engine = lockstep_core::Engine::new(catalog.clone(), &[VIEW]).unwrap();
+    let mut want_by_shard = vec![Vec::new(); table.shards as usize];
+    let mut out = Vec::new();
+    for rows in &per_shard {
+        for r in rows {
+            engine.push(r, &mut out).unwrap();
+            for em in out.drain(..) {
+                want_by_shard[em.shard as usize].push(em.row);
+            }
+        }
+    }
+    let want: Vec<Row> = want_by_shard.into_iter().flatten().collect();
+    let c = &cluster.live()[0];
+    assert_rows_eq(
+        &exported(c, cluster.root.path()),
+        &want,
+        "rows with duplicate deliveries",
+    );
+    let dead = c.get_json("/v1/segments?kind=dead").unwrap();
+    let dead: u64 = dead["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        dead, 1,
+        "the malformed record is a dead letter of its shard"
+    );
+    let metrics = c.request("GET", "/metrics", None, &[]).unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    let dups = sends.len() - seen.len();
+    assert!(
+        text.contains(&format!("duplicate_events_total {dups}")),
+        "{dups} duplicates counted: {text}"
+    );
 }

@@ -1,4 +1,4 @@
-//! `CREATE TABLE name (cols…) WITH (key = …, event_time = …, lateness = …, shards = …)`.
+//! `CREATE TABLE name (cols…) WITH (key = …, event_time = …, lateness = …, shards = …, event_id = …)`.
 
 use super::SqlError;
 use crate::plan::Table;
@@ -38,6 +38,7 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         )),
     };
     let (mut key, mut time, mut lateness_ms, mut shards) = (None, None, 0i64, 16u32);
+    let mut event_id = None;
     for o in options {
         let SqlOption::KeyValue { key: k, value } = o else {
             return Err(SqlError::at(
@@ -59,6 +60,22 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         match kname.as_str() {
             "key" => key = Some(column("key")?),
             "event_time" => time = Some(column("event_time")?),
+            "event_id" => {
+                let c = column("event_id")?;
+                if !matches!(
+                    schema.columns[c].data_type,
+                    DataType::Text | DataType::BigInt
+                ) {
+                    return Err(SqlError::at(
+                        value.span(),
+                        format!(
+                            "event_id column `{}` must be TEXT or BIGINT",
+                            schema.columns[c].name
+                        ),
+                    ));
+                }
+                event_id = Some(c);
+            }
             "lateness" => {
                 lateness_ms = text
                     .as_deref()
@@ -87,7 +104,7 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
                 return Err(SqlError::at(
                     k.span(),
                     format!(
-                    "unknown table option `{other}`; supported: key, event_time, lateness, shards"
+                    "unknown table option `{other}`; supported: key, event_time, lateness, shards, event_id"
                 ),
                 ))
             }
@@ -130,6 +147,7 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         time,
         lateness_ms,
         shards,
+        event_id,
     })
 }
 

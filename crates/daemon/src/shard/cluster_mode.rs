@@ -32,6 +32,9 @@ pub struct ClusterShard {
     owner_epoch: u64,
     /// Seen Idempotency-Keys (checkpointed with the state).
     idem: HashMap<String, IdemEntry>,
+    /// Seen producer-supplied event ids (tables with `event_id`), hashed,
+    /// with the record time they were first seen (checkpointed).
+    event_ids: HashMap<u128, i64>,
     /// The partition's records since the last checkpoint, framed as the
     /// archive stores them, and how many.
     raw: Vec<u8>,
@@ -72,6 +75,7 @@ pub struct ClusterJob {
     full: bool,
     chain: Vec<SnapshotPart>,
     idem: Vec<(String, IdemEntry)>,
+    event_ids: Vec<(u128, i64)>,
 }
 
 /// A checkpoint's cluster rows, not yet committed.
@@ -81,15 +85,22 @@ pub struct ClusterUnsaved {
     dead: Vec<(u64, String, String)>,
 }
 
-fn encode_idem(idem: &[(String, IdemEntry)]) -> Vec<u8> {
-    bincode::serde::encode_to_vec(idem, bincode::config::standard()).expect("keys encode")
+/// What the local cache keeps beside the state: seen Idempotency-Keys and
+/// event ids.
+type Dedup = (Vec<(String, IdemEntry)>, Vec<(u128, i64)>);
+
+fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
+    bincode::serde::encode_to_vec((idem, ids), bincode::config::standard()).expect("keys encode")
 }
 
-fn decode_idem(b: &[u8]) -> Result<HashMap<String, IdemEntry>, String> {
-    let (v, _): (Vec<(String, IdemEntry)>, _) =
+/// Seen Idempotency-Keys and event ids, as a shard holds them.
+type Seen = (HashMap<String, IdemEntry>, HashMap<u128, i64>);
+
+fn decode_dedup(b: &[u8]) -> Result<Seen, String> {
+    let ((idem, ids), _): (Dedup, _) =
         bincode::serde::decode_from_slice(b, bincode::config::standard())
             .map_err(|e| format!("stored idempotency keys: {e}"))?;
-    Ok(v.into_iter().collect())
+    Ok((idem.into_iter().collect(), ids.into_iter().collect()))
 }
 
 impl ClusterShard {
@@ -98,6 +109,7 @@ impl ClusterShard {
             ctx,
             owner_epoch,
             idem: HashMap::new(),
+            event_ids: HashMap::new(),
             raw: Vec::new(),
             raw_n: 0,
             dead: Vec::new(),
@@ -155,6 +167,7 @@ impl ClusterShard {
     pub(super) fn take_unsaved(&mut self, ttl_ms: i64) -> ClusterUnsaved {
         let horizon = self.clock_ms.saturating_sub(ttl_ms);
         self.idem.retain(|_, e| e.at_ms >= horizon);
+        self.event_ids.retain(|_, at| *at >= horizon);
         self.waiters.retain(|_, (_, r)| !r.is_closed());
         ClusterUnsaved {
             raw: std::mem::take(&mut self.raw),
@@ -188,6 +201,7 @@ impl ClusterShard {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            event_ids: self.event_ids.iter().map(|(k, v)| (*k, *v)).collect(),
         }
     }
 
@@ -239,7 +253,10 @@ impl ClusterJob {
         to: u64,
     ) -> Result<Option<SegmentInfo>, String> {
         let u = job.unsaved.cluster.as_ref().expect("cluster rows");
-        if u.raw_n == 0 {
+        // a slice whose records were all duplicates or dead letters is
+        // archived too, empty: the archive covers every offset, so a replay
+        // can check it has no gap
+        if to == from {
             return Ok(None);
         }
         let ctx = &job.ctx;
@@ -310,6 +327,7 @@ impl ClusterJob {
                 .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
                 .collect(),
             idem: self.idem.clone(),
+            event_ids: self.event_ids.clone(),
         };
         let path = snapshot_path(&table.name, job.shard, seq, &job.ext("snap"));
         // an idle epoch (nothing read, nothing changed) commits the same
@@ -372,7 +390,7 @@ impl ClusterJob {
                     add_segments: &[],
                     remove_segments: &[],
                     replace_slots: self.full,
-                    extra: Some(encode_idem(&self.idem)),
+                    extra: Some(encode_dedup(&self.idem, &self.event_ids)),
                 },
             )
         };
@@ -441,10 +459,9 @@ impl ShardWorker {
                     && l.info.pipeline == m.pipeline
             });
             if let Some(l) = local {
-                cs.idem = match &l.extra {
-                    Some(b) => decode_idem(b)?,
-                    None => HashMap::new(),
-                };
+                if let Some(b) = &l.extra {
+                    (cs.idem, cs.event_ids) = decode_dedup(b)?;
+                }
                 self.engine
                     .restore_parts(shard, l.meta, l.slots)
                     .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
@@ -456,6 +473,7 @@ impl ShardWorker {
                     })?;
                 let idem: Vec<(String, IdemEntry)> =
                     r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let ids: Vec<(u128, i64)> = r.event_ids.iter().map(|(k, v)| (*k, *v)).collect();
                 self.ctx
                     .state
                     .commit(
@@ -469,7 +487,7 @@ impl ShardWorker {
                             add_segments: &[],
                             remove_segments: &[],
                             replace_slots: true,
-                            extra: Some(encode_idem(&idem)),
+                            extra: Some(encode_dedup(&idem, &ids)),
                         },
                     )
                     .map_err(err)?;
@@ -477,6 +495,7 @@ impl ShardWorker {
                     .restore_parts(shard, r.meta, r.slots)
                     .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
                 cs.idem = r.idem;
+                cs.event_ids = r.event_ids;
             }
             cs.chain = m.snapshot.clone();
             cs.last_epoch = m.epoch;
@@ -563,8 +582,26 @@ impl ShardWorker {
                     self.shard
                 )),
             });
+            // a producer-supplied event id seen before: a duplicate delivery
+            let row = row.map(|row| {
+                let dup = table.event_id.is_some_and(|col| {
+                    let at = r.timestamp_ms.unwrap_or(c.clock_ms);
+                    match c.event_ids.entry(crate::cluster::event_id_hash(&row[col])) {
+                        std::collections::hash_map::Entry::Occupied(_) => true,
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(at);
+                            false
+                        }
+                    }
+                });
+                (row, dup)
+            });
             match row {
-                Ok(row) => {
+                Ok((_, true)) => {
+                    self.ctx.metrics.duplicates.inc();
+                    self.next_offset = r.offset + 1;
+                }
+                Ok((row, false)) => {
                     if r.bincode {
                         c.raw
                             .extend_from_slice(&(r.value.len() as u32).to_le_bytes());

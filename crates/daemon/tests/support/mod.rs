@@ -52,7 +52,18 @@ impl Daemon {
         flags: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Daemon {
-        std::fs::write(dir.join("pipeline.sql"), SQL).unwrap();
+        Daemon::start_sql(dir, addr, SQL, flags, env)
+    }
+
+    /// Like [`Daemon::start_at`], running the pipeline `sql`.
+    pub fn start_sql(
+        dir: &Path,
+        addr: String,
+        sql: &str,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        std::fs::write(dir.join("pipeline.sql"), sql).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             addr,
