@@ -458,14 +458,32 @@ impl ShardWorker {
                     && l.info.log_offset == m.offset
                     && l.info.pipeline == m.pipeline
             });
+            // the local cache if it restores; the snapshot objects (the
+            // truth) otherwise
+            let mut cached = false;
             if let Some(l) = local {
-                if let Some(b) = &l.extra {
-                    (cs.idem, cs.event_ids) = decode_dedup(b)?;
+                let seen = l
+                    .extra
+                    .as_deref()
+                    .map_or(Ok(Default::default()), decode_dedup);
+                let restored = seen.and_then(|seen| {
+                    self.engine
+                        .restore_parts(shard, l.meta, l.slots)
+                        .map(|()| seen)
+                        .map_err(|e| e.to_string())
+                });
+                match restored {
+                    Ok((idem, ids)) => {
+                        (cs.idem, cs.event_ids) = (idem, ids);
+                        cached = true;
+                    }
+                    Err(e) => tracing::warn!(
+                        shard,
+                        "the local state cache does not restore ({e}); reading the snapshot objects"
+                    ),
                 }
-                self.engine
-                    .restore_parts(shard, l.meta, l.slots)
-                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
-            } else {
+            }
+            if !cached {
                 let r = restore_snapshot(self.ctx.objects.as_ref(), &m.snapshot)
                     .await?
                     .ok_or_else(|| {
