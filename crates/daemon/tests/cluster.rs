@@ -14,7 +14,7 @@ use lockstep_core::value::{Row, Value};
 use lockstep_daemon::client::Client;
 use lockstep_log::kafka::{KafkaConfig, KafkaLog};
 use rand::{RngExt, SeedableRng};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +54,46 @@ struct Proxy {
     addr: String,
     target: Arc<Mutex<String>>,
     cut: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<TcpStream>>>,
+    open: Open,
+}
+
+/// A proxy's open connections, by id; a connection leaves when it closes
+/// (so a long test does not run out of file descriptors).
+#[derive(Clone, Default)]
+struct Open {
+    conns: Arc<Mutex<HashMap<u64, (String, TcpStream)>>>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Open {
+    /// Copies bytes both ways between `a` and `b` until either side closes.
+    fn relay(&self, target: String, a: TcpStream, b: TcpStream) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (Ok(a2), Ok(b2), Ok(held)) = (a.try_clone(), b.try_clone(), a.try_clone()) else {
+            return;
+        };
+        self.conns.lock().unwrap().insert(id, (target, held));
+        let (mut a, mut b, mut a2, mut b2) = (a, b, a2, b2);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+            let _ = a2.shutdown(Shutdown::Both);
+        });
+        let conns = self.conns.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut a, &mut b);
+            let _ = b.shutdown(Shutdown::Both);
+            conns.lock().unwrap().remove(&id);
+        });
+    }
+
+    /// Breaks the open connections `which` selects by target.
+    fn break_where(&self, which: impl Fn(&str) -> bool) {
+        for (t, s) in self.conns.lock().unwrap().values() {
+            if which(t) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
 }
 
 impl Proxy {
@@ -64,7 +103,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let cut = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<TcpStream>>> = Default::default();
+        let open = Open::default();
         let (c, o) = (cut.clone(), open.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -77,19 +116,7 @@ impl Proxy {
                 let Ok(outbound) = TcpStream::connect(&to) else {
                     continue;
                 };
-                let mut open = o.lock().unwrap();
-                open.push(inbound.try_clone().unwrap());
-                open.push(outbound.try_clone().unwrap());
-                drop(open);
-                for (mut from, mut to) in [
-                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
-                    (outbound, inbound),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
+                o.relay(to, inbound, outbound);
             }
         });
         Proxy {
@@ -103,9 +130,7 @@ impl Proxy {
     /// Refuses new connections and breaks the open ones.
     fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        self.open.break_where(|_| true);
     }
 
     fn heal(&self) {
@@ -123,7 +148,7 @@ struct Egress {
     addr: String,
     /// Targets refused while cut.
     blocked: Arc<Mutex<HashSet<String>>>,
-    open: Arc<Mutex<Vec<(String, TcpStream)>>>,
+    open: Open,
 }
 
 impl Egress {
@@ -131,7 +156,7 @@ impl Egress {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let blocked: Arc<Mutex<HashSet<String>>> = Default::default();
-        let open: Arc<Mutex<Vec<(String, TcpStream)>>> = Default::default();
+        let open = Open::default();
         let (b, o) = (blocked.clone(), open.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -150,11 +175,7 @@ impl Egress {
     fn cut(&self, targets: Vec<String>) {
         let mut b = self.blocked.lock().unwrap();
         b.extend(targets);
-        for (t, s) in self.open.lock().unwrap().iter() {
-            if b.contains(t) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
+        self.open.break_where(|t| b.contains(t));
     }
 
     fn heal(&self) {
@@ -162,11 +183,7 @@ impl Egress {
     }
 }
 
-fn egress_conn(
-    mut client: TcpStream,
-    blocked: &Mutex<HashSet<String>>,
-    open: &Mutex<Vec<(String, TcpStream)>>,
-) {
+fn egress_conn(mut client: TcpStream, blocked: &Mutex<HashSet<String>>, open: &Open) {
     use std::io::{Read, Write};
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -204,19 +221,7 @@ fn egress_conn(
     } else if server.write_all(&head).is_err() {
         return;
     }
-    {
-        let mut open = open.lock().unwrap();
-        open.retain(|(_, s)| s.peer_addr().is_ok());
-        open.push((host.clone(), client.try_clone().unwrap()));
-        open.push((host, server.try_clone().unwrap()));
-    }
-    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut s2, &mut c2);
-        let _ = c2.shutdown(Shutdown::Both);
-    });
-    let _ = std::io::copy(&mut client, &mut server);
-    let _ = server.shutdown(Shutdown::Both);
+    open.relay(host, client, server);
 }
 
 /// A cluster under test: its nodes, topic and store.
@@ -484,6 +489,23 @@ fn topic_rows(env: &Env, topic: &str, shards: u32) -> (Vec<Vec<Row>>, Vec<u64>) 
     (out, ends)
 }
 
+/// The batch engine (what `lockstep run` does) over each partition's
+/// events in order: the committed rows grouped per shard, and the engine.
+fn batch_per_shard(per_shard: &[Vec<Row>]) -> (Vec<Row>, lockstep_core::Engine) {
+    let mut engine = lockstep_core::Engine::new(catalog(), &[VIEW]).unwrap();
+    let mut by_shard = vec![Vec::new(); per_shard.len()];
+    let mut out = Vec::new();
+    for rows in per_shard {
+        for r in rows {
+            engine.push(r, &mut out).unwrap();
+            for em in out.drain(..) {
+                by_shard[em.shard as usize].push(em.row);
+            }
+        }
+    }
+    (by_shard.into_iter().flatten().collect(), engine)
+}
+
 fn event_ids(rows: &[Row]) -> Vec<i64> {
     rows.iter()
         .map(|r| match r[0] {
@@ -520,19 +542,8 @@ fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) -> Vec<Row> {
     );
     // the oracle: the batch engine per shard over the partition contents
     let all: Vec<Row> = per_shard.iter().flatten().cloned().collect();
-    let mut want_by_shard = vec![Vec::new(); shards as usize];
     let catalog = catalog();
-    let mut engine = lockstep_core::Engine::new(catalog.clone(), &[VIEW]).unwrap();
-    let mut out = Vec::new();
-    for rows in &per_shard {
-        for r in rows {
-            engine.push(r, &mut out).unwrap();
-            for em in out.drain(..) {
-                want_by_shard[em.shard as usize].push(em.row);
-            }
-        }
-    }
-    let want: Vec<Row> = want_by_shard.into_iter().flatten().collect();
+    let (want, mut engine) = batch_per_shard(&per_shard);
     let c = &cluster.live()[0];
     let got = exported(c, dir);
     assert_rows_eq(&got, &want, "cluster training rows vs the batch engine");
@@ -768,7 +779,15 @@ fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
     let mut cut: Option<(usize, usize)> = None;
     scenario(6000, |i, n, cluster, rng| {
         if i == n / 3 {
-            // a follower: cut off, it keeps running as a zombie
+            // a follower that owns shards: cut off, it keeps running as a
+            // zombie
+            cluster.wait_state("every node owning shards", Duration::from_secs(60), |st| {
+                (1..=3u64).all(|id| {
+                    st["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
+                })
+            });
             let l = leader(cluster);
             let x = (l + 1 + rng.random_range(0..2)) % 3;
             let logged = std::fs::read_to_string(cluster.dir(x).join("lockstepd.log"))
@@ -904,18 +923,7 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
             })
         },
     );
-    let mut engine = lockstep_core::Engine::new(catalog.clone(), &[VIEW]).unwrap();
-    let mut want_by_shard = vec![Vec::new(); table.shards as usize];
-    let mut out = Vec::new();
-    for rows in &per_shard {
-        for r in rows {
-            engine.push(r, &mut out).unwrap();
-            for em in out.drain(..) {
-                want_by_shard[em.shard as usize].push(em.row);
-            }
-        }
-    }
-    let want: Vec<Row> = want_by_shard.into_iter().flatten().collect();
+    let (want, _) = batch_per_shard(&per_shard);
     let c = &cluster.live()[0];
     assert_rows_eq(
         &exported(c, cluster.root.path()),
