@@ -50,6 +50,12 @@ impl Client {
             .max_idle_connections_per_host(64)
             .build()
             .into();
+        Client::with_agent(agent, addr, token)
+    }
+
+    /// A client on an existing agent (sharing its connection pool; the
+    /// agent must not turn HTTP error statuses into errors).
+    pub fn with_agent(agent: ureq::Agent, addr: &str, token: &str) -> Client {
         let base = if addr.starts_with("http://") {
             addr.trim_end_matches('/').to_string()
         } else {

@@ -119,56 +119,32 @@ async fn forward(
     let Some(cl) = &ctx.cluster else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "not in a cluster");
     };
-    let agent = cl.agent.clone();
-    let url = format!(
-        "http://{addr}{}",
-        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
-    );
-    let auth = format!("Bearer {}", ctx.config.token);
+    let client = crate::client::Client::with_agent(cl.agent.clone(), &addr, &ctx.config.token);
+    let path = uri
+        .path_and_query()
+        .map_or(uri.path(), |p| p.as_str())
+        .to_string();
     let idem = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let method = if post_body.is_some() { "POST" } else { "GET" };
     let sent = tokio::task::spawn_blocking(move || {
-        let resp = match post_body {
-            Some(body) => {
-                let mut r = agent
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .header(FORWARDED, "1")
-                    .header("content-type", "application/json");
-                if let Some(k) = &idem {
-                    r = r.header("idempotency-key", k);
-                }
-                r.send(&body[..])
-            }
-            None => agent
-                .get(&url)
-                .header("authorization", &auth)
-                .header(FORWARDED, "1")
-                .call(),
-        };
-        let mut resp = resp.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let retry = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES as u64)
-            .read_to_vec()
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, retry, body))
+        let mut h = vec![(FORWARDED, "1")];
+        if let Some(k) = &idem {
+            h.push(("idempotency-key", k.as_str()));
+        }
+        client.request(method, &path, post_body.as_deref(), &h)
     })
     .await;
     match sent {
-        Ok(Ok((status, retry, body))) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut r = json_response(code, String::from_utf8_lossy(&body).into_owned());
-            if let Some(v) = retry.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        Ok(Ok(reply)) => {
+            let code = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut r = json_response(code, String::from_utf8_lossy(&reply.body).into_owned());
+            if let Some(v) = reply
+                .retry_after
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+            {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
             r

@@ -571,16 +571,7 @@ fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) -> Vec<Row> {
 }
 
 fn seed() -> u64 {
-    std::env::var("LOCKSTEP_CLUSTER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000
-        })
+    seed_from("LOCKSTEP_CLUSTER_SEED")
 }
 
 /// Prints the seed if the test fails.

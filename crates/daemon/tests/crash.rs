@@ -150,16 +150,7 @@ fn one_run(seed: u64) {
 
 #[test]
 fn sigkill_during_ingest_loses_nothing_and_duplicates_nothing() {
-    let seed: u64 = std::env::var("LOCKSTEP_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                % 1_000_000
-        });
+    let seed: u64 = seed_from("LOCKSTEP_CRASH_SEED");
     let runs: u64 = std::env::var("LOCKSTEP_CRASH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -256,3 +256,17 @@ pub fn assert_rows_eq(got: &[Row], want: &[Row], what: &str) {
     }
     assert_eq!(got.len(), want.len(), "{what}: row counts differ");
 }
+
+/// The seed in `var`, or a fresh one (tests print it on failure).
+pub fn seed_from(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        })
+}
