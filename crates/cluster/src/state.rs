@@ -102,10 +102,13 @@ pub struct ShardOwner {
 /// A change to the cluster. Proposed through the leader, applied by all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// Sets the table's shard count (once: the shard count is fixed).
+    /// Sets the table's shard count (once: the shard count is fixed) and
+    /// the first pipeline (the initializing node's SQL).
     Init {
         table: String,
         shards: u32,
+        sql: String,
+        at_ms: i64,
     },
     /// A node joins, or comes back (then it is active again).
     Join {
@@ -140,10 +143,12 @@ pub enum Command {
         from: NodeId,
         owner_epoch: u64,
     },
-    /// A checkpoint with the segments it adds.
+    /// A checkpoint with the segments it adds, and those it replaces (a
+    /// rebuild under a new pipeline rewrites changed views' history).
     Commit {
         checkpoint: ShardCheckpoint,
         add_segments: Vec<SegmentInfo>,
+        remove_segments: Vec<SegmentInfo>,
     },
     /// Replaces segments (compaction, rebuilds), by the current owner.
     SwapSegments {
@@ -159,8 +164,11 @@ pub enum Command {
         at_ms: i64,
     },
     /// A new pipeline (`views apply`): every shard rebuilds under it.
+    /// `expect_version` is the version it replaces (two applies at once:
+    /// the second is refused).
     SetPipeline {
         sql: String,
+        expect_version: u64,
         at_ms: i64,
     },
     /// Changes nothing: a member that sees it applied has applied all that
@@ -188,7 +196,7 @@ impl Response {
 /// The pipeline the cluster runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineVersion {
-    /// 0 until the first `SetPipeline`.
+    /// 0 until `Init`; each `SetPipeline` adds one.
     pub version: u64,
     pub sql: String,
     pub at_ms: i64,
@@ -249,10 +257,22 @@ impl ClusterState {
 
     fn try_apply(&mut self, cmd: Command) -> Result<(), String> {
         match cmd {
-            Command::Init { table, shards } => {
+            Command::Init {
+                table,
+                shards,
+                sql,
+                at_ms,
+            } => {
                 if self.shards == 0 {
                     if shards == 0 {
                         return Err("a table needs at least one shard".into());
+                    }
+                    if self.pipeline.version == 0 {
+                        self.pipeline = PipelineVersion {
+                            version: 1,
+                            sql,
+                            at_ms,
+                        };
                     }
                     self.table = table;
                     self.shards = shards;
@@ -358,6 +378,7 @@ impl ClusterState {
             Command::Commit {
                 checkpoint: c,
                 add_segments,
+                remove_segments,
             } => {
                 self.check_owner(c.shard, c.owner, c.owner_epoch)?;
                 let s = c.shard as usize;
@@ -382,7 +403,15 @@ impl ClusterState {
                         c.shard, bad.path, bad.shard
                     ));
                 }
-                self.segments[s].extend(add_segments);
+                let segs = &mut self.segments[s];
+                if let Some(missing) = remove_segments.iter().find(|r| !segs.contains(r)) {
+                    return Err(format!(
+                        "shard {}: segment {} is not in the manifest",
+                        c.shard, missing.path
+                    ));
+                }
+                segs.retain(|g| !remove_segments.contains(g));
+                segs.extend(add_segments);
                 self.checkpoints[s] = Some(c);
                 Ok(())
             }
@@ -414,7 +443,17 @@ impl ClusterState {
                 Ok(())
             }
             Command::Barrier => Ok(()),
-            Command::SetPipeline { sql, at_ms } => {
+            Command::SetPipeline {
+                sql,
+                expect_version,
+                at_ms,
+            } => {
+                if expect_version != self.pipeline.version {
+                    return Err(format!(
+                        "the cluster's pipeline is at version {}, not {expect_version}: another `views apply` came first; look at the views and apply again",
+                        self.pipeline.version
+                    ));
+                }
                 self.pipeline = PipelineVersion {
                     version: self.pipeline.version + 1,
                     sql,
@@ -452,6 +491,8 @@ mod tests {
         st.apply(Command::Init {
             table: "t".into(),
             shards,
+            sql: String::new(),
+            at_ms: 0,
         })
         .into_result()
         .unwrap();
@@ -494,7 +535,80 @@ mod tests {
                 bytes: 1,
                 crc32: 0,
             }],
+            remove_segments: vec![],
         }
+    }
+
+    #[test]
+    fn init_sets_the_first_pipeline_and_applies_follow_its_version() {
+        let mut st = ClusterState::default();
+        let init = |sql: &str| Command::Init {
+            table: "t".into(),
+            shards: 2,
+            sql: sql.into(),
+            at_ms: 5,
+        };
+        assert_eq!(st.apply(init("first")), Response::Done);
+        assert_eq!(st.pipeline.version, 1);
+        assert_eq!(st.pipeline.sql, "first");
+        // a second Init (another node's) keeps the cluster's pipeline
+        assert_eq!(st.apply(init("other")), Response::Done);
+        assert_eq!(st.pipeline.sql, "first");
+        let set = |sql: &str, expect_version| Command::SetPipeline {
+            sql: sql.into(),
+            expect_version,
+            at_ms: 6,
+        };
+        assert_eq!(st.apply(set("second", 1)), Response::Done);
+        assert_eq!(
+            (st.pipeline.version, st.pipeline.sql.as_str()),
+            (2, "second")
+        );
+        // an apply based on version 1 came too late
+        assert!(
+            matches!(st.apply(set("third", 1)), Response::Rejected(w) if w.contains("version 2"))
+        );
+        assert_eq!(st.pipeline.sql, "second");
+    }
+
+    #[test]
+    fn a_commit_replaces_segments_only_if_the_manifest_has_them() {
+        let mut st = cluster(1, 1);
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 0,
+        })
+        .into_result()
+        .unwrap();
+        let e = st.owners[0].epoch;
+        st.apply(ckpt(0, 1, e, 1, 10)).into_result().unwrap();
+        let old = st.segments[0][0].clone();
+        let mut next = ckpt(0, 1, e, 2, 10);
+        let Command::Commit {
+            remove_segments,
+            add_segments,
+            ..
+        } = &mut next
+        else {
+            unreachable!()
+        };
+        remove_segments.push(old.clone());
+        add_segments[0].path = "training/v/0/rebuilt".into();
+        let mut missing = next.clone();
+        if let Command::Commit {
+            remove_segments, ..
+        } = &mut missing
+        {
+            remove_segments[0].path = "not/there".into();
+        }
+        assert!(
+            matches!(st.apply(missing), Response::Rejected(w) if w.contains("not in the manifest"))
+        );
+        assert_eq!(st.checkpoints[0].as_ref().unwrap().seq, 1);
+        assert_eq!(st.apply(next), Response::Done);
+        let paths: Vec<&str> = st.segments[0].iter().map(|g| g.path.as_str()).collect();
+        assert_eq!(paths, ["training/v/0/rebuilt"]);
     }
 
     #[test]
@@ -620,14 +734,18 @@ mod tests {
         assert_eq!(
             st.apply(Command::Init {
                 table: "t".into(),
-                shards: 4
+                shards: 4,
+                sql: String::new(),
+                at_ms: 0,
             }),
             Response::Done
         );
         assert!(matches!(
             st.apply(Command::Init {
                 table: "t".into(),
-                shards: 8
+                shards: 8,
+                sql: String::new(),
+                at_ms: 0,
             }),
             Response::Rejected(_)
         ));

@@ -458,6 +458,8 @@ mod tests {
         let init = crate::state::Command::Init {
             table: "t".into(),
             shards: 3,
+            sql: String::new(),
+            at_ms: 0,
         };
         let mut rx = sm.subscribe();
         sm.apply([entry(1, init)]).await.unwrap();

@@ -96,6 +96,8 @@ async fn three_members_agree_and_survive_the_leader() {
         c.cp.propose(Command::Init {
             table: "t".into(),
             shards: 4,
+            sql: String::new(),
+            at_ms: 0,
         })
         .await
         .unwrap();

@@ -228,12 +228,14 @@ pub async fn commit_checkpoint(
     cl: &ClusterCtx,
     checkpoint: ShardCheckpoint,
     add_segments: Vec<crate::segments::SegmentInfo>,
+    remove_segments: Vec<crate::segments::SegmentInfo>,
 ) -> Result<(), CommitError> {
     match cl
         .cp
         .propose(Command::Commit {
             checkpoint,
             add_segments,
+            remove_segments,
         })
         .await
     {
@@ -462,6 +464,8 @@ async fn ownership(
     // finds out it is fenced, and stops
     let mut epoch_at = Instant::now();
     let own_account = ctx.config.checkpoint_interval * 3;
+    // a pipeline version this node cannot run (logged once)
+    let mut refused = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -474,6 +478,12 @@ async fn ownership(
         let st = rx.borrow_and_update().clone();
         if st.shards != ctx.table.shards {
             continue; // not initialized yet
+        }
+        if st.pipeline.version > ctx.pipeline().version && st.pipeline.version != refused {
+            if let Err(e) = follow_pipeline(&ctx, &st) {
+                tracing::error!("{e}; this node's shards wait for a pipeline it can run");
+                refused = st.pipeline.version;
+            }
         }
         for s in 0..st.shards {
             let o = &st.owners[s as usize];
@@ -507,6 +517,32 @@ async fn ownership(
     }
 }
 
+/// Switches the node to the cluster's pipeline (`views apply` on any
+/// node): the shards it holds restart, and each rebuilds its state for the
+/// new views from its archive as it recovers.
+fn follow_pipeline(ctx: &NodeCtx, st: &ClusterState) -> Result<(), String> {
+    let Some(new) = crate::node::cluster_pipeline(&st.pipeline, &ctx.table)? else {
+        return Ok(());
+    };
+    let old = ctx.pipeline();
+    let changed = new.fingerprint() != old.fingerprint();
+    tracing::info!(
+        version = new.version,
+        views = ?new.view_names,
+        changed,
+        "the cluster's pipeline changed"
+    );
+    ctx.set_pipeline(Arc::new(new));
+    if changed {
+        for s in 0..ctx.table.shards {
+            if let Some(a) = ctx.shard(s) {
+                let _ = a.send_message(ShardMsg::Stop);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The coordinator's loop; it acts only while this node is the leader.
 async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // when each node was last heard from (pings), the join time we last
@@ -534,6 +570,8 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                 .propose(Command::Init {
                     table: ctx.table.name.clone(),
                     shards: ctx.table.shards,
+                    sql: ctx.pipeline().sql.clone(),
+                    at_ms: now_ms(),
                 })
                 .await;
             continue;
@@ -732,6 +770,8 @@ mod tests {
         st.apply(Command::Init {
             table: "t".into(),
             shards: owners.len() as u32,
+            sql: String::new(),
+            at_ms: 0,
         });
         for &(n, s) in nodes {
             st.apply(Command::Join {

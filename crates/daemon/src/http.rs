@@ -840,22 +840,14 @@ async fn views_list(State(app): State<App>) -> Response {
 /// checkpoints, and each shard restarts under the new pipeline: its state is
 /// rebuilt from its archive, and views that are new or changed get their
 /// whole training history written. Serving answers 503 meanwhile.
-/// What a cluster cannot do yet, said plainly.
-fn not_in_cluster(ctx: &NodeCtx, what: &str) -> Option<Response> {
-    ctx.cluster.as_ref().map(|_| {
-        error(
-            StatusCode::NOT_IMPLEMENTED,
-            format!("{what} is not supported in a cluster yet (see docs/operations.md, \"Limits today\")"),
-        )
-    })
-}
-
+///
+/// In a cluster, any node takes it: the pipeline goes into the replicated
+/// view registry (refused if another apply came first), every node
+/// switches to it, and each owner rebuilds its shards from the archive in
+/// the object store ([`cluster_apply`]). Ingest goes on into the log.
 async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let ctx = &app.ctx;
-    if let Some(r) = not_in_cluster(ctx, "views apply") {
-        return r;
-    }
     let body = match body_bytes(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -889,8 +881,24 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
         );
     }
     let _one = ctx.apply_lock.lock().await;
-    let old = ctx.pipeline();
-    let new = Arc::new(Pipeline::new(sql.to_string(), catalog));
+    let mut new = Pipeline::new(sql.to_string(), catalog);
+    let old = match &ctx.cluster {
+        Some(cl) => {
+            // the cluster's view registry, as committed so far
+            let st = match cl.cp.barrier(std::time::Duration::from_secs(10)).await {
+                Ok(st) => st,
+                Err(e) => return unavailable(format!("the control plane: {e}")),
+            };
+            match crate::node::cluster_pipeline(&st.pipeline, &ctx.table) {
+                Ok(Some(p)) => Arc::new(p),
+                Ok(None) => return unavailable("the cluster is not initialized yet"),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        None => ctx.pipeline(),
+    };
+    new.version = old.version + u64::from(ctx.cluster.is_some());
+    let new = Arc::new(new);
     let fps = |p: &Pipeline| -> Vec<(String, String)> {
         p.catalog
             .views
@@ -917,6 +925,21 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
     if new.fingerprint() == old.fingerprint() {
         return axum::Json(json!({"applied": true, "unchanged": true, "views": new.view_names}))
             .into_response();
+    }
+    if let Some(cl) = &ctx.cluster {
+        if let Err(r) = cluster_apply(cl, &old, &new).await {
+            return r;
+        }
+        return axum::Json(json!({
+            "applied": true,
+            "version": new.version,
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "views": new.view_names,
+            "millis": started.elapsed().as_millis() as u64,
+        }))
+        .into_response();
     }
     // 1. the new pipeline becomes the node's configuration
     let path = &ctx.config.pipeline;
@@ -980,6 +1003,63 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
         "millis": started.elapsed().as_millis() as u64,
     }))
     .into_response()
+}
+
+/// `views apply` in a cluster: the new pipeline goes into the replicated
+/// view registry; every node switches to it, each owner rebuilds its shards
+/// from the archive in the object store and commits the rebuild. Returns
+/// once every shard's committed checkpoint is built for the new views.
+async fn cluster_apply(
+    cl: &crate::cluster::ClusterCtx,
+    old: &Pipeline,
+    new: &Pipeline,
+) -> Result<(), Response> {
+    let cmd = lockstep_cluster::state::Command::SetPipeline {
+        sql: new.sql.clone(),
+        expect_version: old.version,
+        at_ms: crate::node::now_ms(),
+    };
+    match cl.cp.propose(cmd).await {
+        Ok(lockstep_cluster::state::Response::Done) => {}
+        Ok(lockstep_cluster::state::Response::Rejected(why)) => {
+            return Err(error(StatusCode::CONFLICT, why))
+        }
+        Err(e) => {
+            return Err(unavailable(format!(
+                "the control plane did not take the new pipeline ({e}); it may or may not be applied: see `lockstepctl cluster status`"
+            )))
+        }
+    }
+    let fp = new.fingerprint();
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let st = cl.state();
+        // (this member may apply the change after the leader answered)
+        if st.pipeline.version > new.version {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!(
+                    "another `views apply` replaced this pipeline (the cluster is at version {})",
+                    st.pipeline.version
+                ),
+            ));
+        }
+        let waiting = st
+            .checkpoints
+            .iter()
+            .filter(|c| c.as_ref().is_some_and(|c| c.pipeline != fp))
+            .count();
+        if waiting == 0 && st.pipeline.version == new.version {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the new pipeline is applied, but {waiting} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)"),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn checkpoint(State(app): State<App>) -> Response {

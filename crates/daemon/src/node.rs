@@ -22,6 +22,9 @@ pub struct Pipeline {
     pub catalog: Arc<Catalog>,
     /// The views the node runs, in engine order.
     pub view_names: Vec<String>,
+    /// In a cluster, the version of the cluster's pipeline this is (0 on
+    /// one node).
+    pub version: u64,
 }
 
 /// A stable fingerprint of a view's plan (its compiled form, so formatting
@@ -42,7 +45,13 @@ impl Pipeline {
             sql,
             catalog: Arc::new(catalog),
             view_names,
+            version: 0,
         }
+    }
+
+    pub fn with_version(mut self, version: u64) -> Pipeline {
+        self.version = version;
+        self
     }
 
     pub fn view_name_refs(&self) -> Vec<&str> {
@@ -286,9 +295,22 @@ impl Node {
             Some(c) => Some(start_cluster(&config, c, &table, serving).await?),
             None => None,
         };
+        let pipeline = match &cluster {
+            Some(cl) => cluster_pipeline(&cl.state().pipeline, &table)
+                .map_err(StartError::Pipeline)?
+                .unwrap_or_else(|| Pipeline::new(sql, catalog)),
+            None => Pipeline::new(sql, catalog),
+        };
+        if pipeline.version > 0 {
+            tracing::info!(
+                version = pipeline.version,
+                views = ?pipeline.view_names,
+                "running the cluster's pipeline (`views apply` changes it; the local pipeline file is not used)"
+            );
+        }
         let ctx = Arc::new(NodeCtx {
             table,
-            pipeline: RwLock::new(Arc::new(Pipeline::new(sql, catalog))),
+            pipeline: RwLock::new(Arc::new(pipeline)),
             ingest_gate: tokio::sync::RwLock::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
             log: Arc::new(log),
@@ -380,6 +402,35 @@ impl Node {
             cl.cp.shutdown().await;
         }
     }
+}
+
+/// The pipeline the cluster runs (its view registry), if it has one, checked
+/// against this node's table: every node runs the cluster's views.
+pub fn cluster_pipeline(
+    p: &lockstep_cluster::state::PipelineVersion,
+    table: &Table,
+) -> Result<Option<Pipeline>, String> {
+    if p.version == 0 {
+        return Ok(None);
+    }
+    let catalog = lockstep_core::parse_pipeline(&p.sql).map_err(|e| {
+        format!(
+            "the cluster's pipeline (version {}) does not parse on this node: {}:{}: {}",
+            p.version, e.line, e.column, e.message
+        )
+    })?;
+    match catalog.tables.first() {
+        Some(t) if format!("{t:?}") == format!("{table:?}") => {}
+        _ => {
+            return Err(format!(
+                "the cluster's pipeline (version {}) declares table `{}` differently from this node's pipeline file; every node runs the cluster's table",
+                p.version, table.name
+            ))
+        }
+    }
+    Ok(Some(
+        Pipeline::new(p.sql.clone(), catalog).with_version(p.version),
+    ))
 }
 
 /// Connects to Kafka (creating the topic), starts the control-plane member

@@ -215,36 +215,35 @@ impl ShardWorker {
         Ok(w)
     }
 
-    /// The checkpoint was taken for other views: rebuild the state of the
-    /// current ones by replaying the shard's archive (which holds its whole
-    /// log up to the checkpoint), write the full training history of views
-    /// that are new or changed, and commit it all as a fresh checkpoint.
-    async fn rebuild(&mut self, l: crate::store::Loaded) -> Result<(), String> {
-        let started = Instant::now();
-        let ctx = self.ctx.clone();
-        let shard = self.shard;
-        let built_for = ctx
-            .state
-            .get_node_key("views")
-            .map_err(err)?
-            .unwrap_or_default();
-        let old: HashMap<&str, &str> = built_for
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        let emit: Vec<bool> = self
-            .pipe
+    /// Which views a state built for the pipeline `built_for` (a
+    /// fingerprint: `name=fp,…`) lacks: new or changed ones, whose whole
+    /// training history a rebuild writes.
+    fn views_to_emit(&self, built_for: &str) -> Vec<bool> {
+        let old: std::collections::HashSet<&str> = built_for.split(',').collect();
+        self.pipe
             .view_names
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                old.get(name.as_str()) != Some(&view_fingerprint(self.pipe.view(i)).as_str())
+                !old.contains(format!("{name}={}", view_fingerprint(self.pipe.view(i))).as_str())
             })
-            .collect();
-        let mut raw: Vec<&SegmentInfo> = l.segments.iter().filter(|s| s.kind == "raw").collect();
+            .collect()
+    }
+
+    /// Replays the shard's archive (its raw segments, gap-free from the
+    /// start up to offset `to`) through the engine, keeping the training
+    /// rows of the views in `emit`. Returns them and the events replayed.
+    async fn replay_archive(
+        &mut self,
+        segments: &[SegmentInfo],
+        to: u64,
+        emit: &[bool],
+    ) -> Result<(Vec<Vec<Row>>, u64), String> {
+        let shard = self.shard;
+        let mut raw: Vec<&SegmentInfo> = segments.iter().filter(|s| s.kind == "raw").collect();
         raw.sort_by_key(|s| s.from_offset);
         let mut at = raw.first().map_or(0, |s| s.from_offset);
-        if at != 0 && l.info.log_offset > 0 {
+        if at != 0 && to > 0 {
             return Err(format!(
                 "shard {shard}: the archive starts at offset {at}, not 0; cannot rebuild"
             ));
@@ -259,7 +258,9 @@ impl ShardWorker {
                 ));
             }
             at = s.to_offset;
-            let bytes = get_segment(ctx.objects.as_ref(), s).await.map_err(err)?;
+            let bytes = get_segment(self.ctx.objects.as_ref(), s)
+                .await
+                .map_err(err)?;
             for (_, row) in decode_raw(&s.path, bytes).map_err(err)? {
                 self.engine.push_to_shard(shard, &row, &mut self.emitted);
                 events += 1;
@@ -270,13 +271,24 @@ impl ShardWorker {
                 }
             }
         }
-        if at != l.info.log_offset {
+        if at != to {
             return Err(format!(
-                "shard {shard}: the archive ends at {at} but the checkpoint is at {}",
-                l.info.log_offset
+                "shard {shard}: the archive ends at {at} but the checkpoint is at {to}"
             ));
         }
-        let seq = l.info.seq + 1;
+        Ok((rows, events))
+    }
+
+    /// Writes a rebuild's training rows as one segment per view, covering
+    /// offsets `0..to`, named with `ext`.
+    async fn put_rebuilt(
+        &self,
+        rows: &[Vec<Row>],
+        emit: &[bool],
+        to: u64,
+        ext: &str,
+    ) -> Result<Vec<SegmentInfo>, String> {
+        let ctx = &self.ctx;
         let mut added = Vec::new();
         for (v, rs) in rows.iter().enumerate() {
             if !emit[v] || rs.is_empty() {
@@ -290,10 +302,10 @@ impl ShardWorker {
                     ctx.objects.as_ref(),
                     "training",
                     &view.name,
-                    shard,
+                    self.shard,
                     0,
-                    at,
-                    &ctx.ext(&format!("rebuild{seq}.parquet")),
+                    to,
+                    ext,
                     bytes,
                     rs.len() as u64,
                     (lo, hi),
@@ -302,13 +314,41 @@ impl ShardWorker {
                 .map_err(err)?,
             );
         }
-        let removed: Vec<SegmentInfo> = l
-            .segments
+        Ok(added)
+    }
+
+    /// The training segments a rebuild replaces: those of the views it
+    /// writes again.
+    fn replaced_by_rebuild(&self, segments: &[SegmentInfo], emit: &[bool]) -> Vec<SegmentInfo> {
+        segments
             .iter()
             .filter(|s| s.kind == "training")
             .filter(|s| self.pipe.view_index(&s.name).is_some_and(|v| emit[v]))
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// The checkpoint was taken for other views: rebuild the state of the
+    /// current ones by replaying the shard's archive (which holds its whole
+    /// log up to the checkpoint), write the full training history of views
+    /// that are new or changed, and commit it all as a fresh checkpoint.
+    async fn rebuild(&mut self, l: crate::store::Loaded) -> Result<(), String> {
+        let started = Instant::now();
+        let ctx = self.ctx.clone();
+        let shard = self.shard;
+        let built_for = ctx
+            .state
+            .get_node_key("views")
+            .map_err(err)?
+            .unwrap_or_default();
+        let emit = self.views_to_emit(&built_for);
+        let at = l.info.log_offset;
+        let (rows, events) = self.replay_archive(&l.segments, at, &emit).await?;
+        let seq = l.info.seq + 1;
+        let added = self
+            .put_rebuilt(&rows, &emit, at, &ctx.ext(&format!("rebuild{seq}.parquet")))
+            .await?;
+        let removed = self.replaced_by_rebuild(&l.segments, &emit);
         self.engine.mark_all_changed(shard);
         let delta = crate::store::EncodedDelta::take(&mut self.engine, shard).map_err(err)?;
         let info = ctx
@@ -495,6 +535,12 @@ impl ShardWorker {
         me: &ActorRef<ShardMsg>,
         reply: Option<Reply<CheckpointReport>>,
     ) {
+        if self.cl.is_some() && self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
+            // `views apply` switched the node while this actor was starting
+            // (too late for the stop it sends): restart under the new views
+            me.stop(Some("pipeline change".into()));
+            return;
+        }
         if self.in_flight {
             self.again = true;
             self.replies.extend(reply);

@@ -370,11 +370,18 @@ impl Cluster {
             .collect()
     }
 
+    /// The last lines of each node's log (whole logs are copied to
+    /// LOCKSTEP_KEEP_LOGS, a directory, when it is set).
     fn logs(&self) -> String {
         let mut s = String::new();
+        let keep = std::env::var("LOCKSTEP_KEEP_LOGS").ok();
         for (i, down) in self.down.iter().enumerate() {
             let log =
                 std::fs::read_to_string(self.dir(i).join("lockstepd.log")).unwrap_or_default();
+            if let Some(k) = &keep {
+                let _ = std::fs::create_dir_all(k);
+                let _ = std::fs::write(Path::new(k).join(format!("node-{}.log", i + 1)), &log);
+            }
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             s.push_str(&format!(
                 "--- node-{} ({}) ---\n{}\n",
@@ -939,4 +946,149 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
         text.contains(&format!("duplicate_events_total {dups}")),
         "{dups} duplicates counted: {text}"
     );
+}
+
+/// The batch engine's rows of `view` of `sql` over each partition's events
+/// in order, grouped per shard.
+fn batch_view(sql: &str, view: &str, per_shard: &[Vec<Row>]) -> Vec<Row> {
+    let catalog = Arc::new(lockstep_core::parse_pipeline(sql).unwrap());
+    let mut engine = lockstep_core::Engine::new(catalog, &[view]).unwrap();
+    let mut by_shard = vec![Vec::new(); per_shard.len()];
+    let mut out = Vec::new();
+    for r in per_shard.iter().flatten() {
+        engine.push(r, &mut out).unwrap();
+        for em in out.drain(..) {
+            by_shard[em.shard as usize].push(em.row);
+        }
+    }
+    by_shard.into_iter().flatten().collect()
+}
+
+fn export_view(c: &Client, dir: &Path, sql: &str, view: &str) -> Vec<Row> {
+    let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
+    lockstep_daemon::offline::export(c, view, &out).unwrap();
+    let catalog = lockstep_core::parse_pipeline(sql).unwrap();
+    lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
+}
+
+#[test]
+fn views_apply_on_any_node_rebuilds_every_shard_from_the_s3_archive() {
+    let Some(env) = env() else { return };
+    let seed = seed();
+    let _guard = SeedGuard(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut cluster = Cluster::start(env, 3);
+    cluster.wait_state("every shard owned", Duration::from_secs(60), |st| {
+        st["shards"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
+    });
+    let rows = events(4000, 100, seed);
+    let (a, b) = rows.split_at(2400);
+    for (i, batch) in a.chunks(200).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(batch).as_bytes(),
+            &format!("a-{i}"),
+            &mut rng,
+        );
+    }
+    // the existing view changes (a 2-hour window) and a view is added
+    let new_sql = format!(
+        "{}
+CREATE VIEW clicks_per_campaign AS
+SELECT event_id, user_id, event_time,
+  COUNT(*) FILTER (WHERE kind = 'click') OVER (
+    PARTITION BY user_id, campaign_id ORDER BY event_time
+    RANGE BETWEEN INTERVAL '30' MINUTE PRECEDING AND CURRENT ROW) AS clicks_30m
+FROM ad_events;",
+        SQL.replace("INTERVAL '1' HOUR PRECEDING", "INTERVAL '2' HOUR PRECEDING")
+    );
+    let via = rng.random_range(0..3);
+    let c = &cluster.live()[via];
+    // another table is refused, and nothing changes
+    let r = c
+        .request(
+            "POST",
+            "/v1/views",
+            Some(new_sql.replace("shards = 16", "shards = 4").as_bytes()),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let r = c
+        .request("POST", "/v1/views", Some(SQL.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.json()["unchanged"], true, "{}", r.json());
+    let r = c
+        .request("POST", "/v1/views", Some(new_sql.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&r.body),
+        cluster.logs()
+    );
+    let j = r.json();
+    assert_eq!(
+        j["added"],
+        serde_json::json!(["clicks_per_campaign"]),
+        "{j}"
+    );
+    assert_eq!(j["changed"], serde_json::json!([VIEW]), "{j}");
+    assert_eq!(j["version"], 2, "{j}");
+    // every node runs the new views
+    for node in cluster.live() {
+        let v = node.get_json("/v1/views").unwrap();
+        assert!(
+            v["views"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "clicks_per_campaign"),
+            "{v}"
+        );
+    }
+    for (i, batch) in b.chunks(200).enumerate() {
+        if i == 2 {
+            // a node restarted with the old pipeline file runs the
+            // cluster's pipeline
+            let victim = rng.random_range(0..3);
+            cluster.kill(victim);
+            cluster.restart(victim);
+        }
+        ingest(
+            &cluster,
+            jsonl(batch).as_bytes(),
+            &format!("b-{i}"),
+            &mut rng,
+        );
+    }
+    let shards = catalog().tables[0].shards;
+    let (per_shard, ends) = topic_rows(&cluster.env, &cluster.topic, shards);
+    cluster.wait_state(
+        "checkpoints covering the topic",
+        Duration::from_secs(120),
+        |st| {
+            st["shards"].as_array().is_some_and(|s| {
+                s.iter()
+                    .zip(&ends)
+                    .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
+            })
+        },
+    );
+    let dir = cluster.root.path().to_path_buf();
+    for node in cluster.live() {
+        for view in [VIEW, "clicks_per_campaign"] {
+            assert_rows_eq(
+                &export_view(&node, &dir, &new_sql, view),
+                &batch_view(&new_sql, view, &per_shard),
+                &format!("{view} after views apply on a cluster"),
+            );
+        }
+    }
+    if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
+        eprintln!("{}", cluster.logs());
+    }
 }

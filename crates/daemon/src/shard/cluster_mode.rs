@@ -358,7 +358,7 @@ impl ClusterJob {
             snapshot: chain.clone(),
             at_ms: now_ms(),
         };
-        match commit_checkpoint(&self.ctx, checkpoint, added.clone()).await {
+        match commit_checkpoint(&self.ctx, checkpoint, added.clone(), Vec::new()).await {
             Ok(()) => {}
             Err(CommitError::Fenced(w)) => return Err(format!("{FENCED}: {w}")),
             Err(CommitError::Other(w)) => return Err(format!("{UNCERTAIN}: {w}")),
@@ -446,12 +446,20 @@ impl ShardWorker {
         }
         self.segments = st.segments[shard as usize].clone();
         let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &self.ctx.table);
+        if st.pipeline.version != self.pipe.version {
+            // `views apply` changed the pipeline and this node has not
+            // switched yet (it does as it applies the change)
+            return Err(format!(
+                "{UNAVAILABLE}shard {shard}: the cluster runs pipeline version {}, this node still version {}",
+                st.pipeline.version, self.pipe.version
+            ));
+        }
         if let Some(m) = st.checkpoints[shard as usize].clone() {
             if m.pipeline != self.pipe.fingerprint() {
-                return Err(format!(
-                    "shard {shard}: its checkpoint was built for other views ({}); every node of a cluster must run the pipeline the cluster runs",
-                    m.pipeline
-                ));
+                self.rebuild_cluster(&mut cs, &st, &m).await?;
+                self.next_offset = self.ckpt.log_offset;
+                self.cl = Some(cs);
+                return Ok(());
             }
             let local = loaded.filter(|l| {
                 l.info.seq == m.seq
@@ -528,6 +536,137 @@ impl ShardWorker {
         }
         self.next_offset = self.ckpt.log_offset;
         self.cl = Some(cs);
+        Ok(())
+    }
+
+    /// The committed checkpoint was built for another pipeline (`views
+    /// apply`): rebuilds the state of the current views by replaying the
+    /// shard's archive up to the checkpoint's offset, writes the whole
+    /// training history of new and changed views, and commits it all, with
+    /// a full snapshot, as the shard's next checkpoint under this owner's
+    /// epoch. The deduplication state carries over from the checkpoint.
+    async fn rebuild_cluster(
+        &mut self,
+        cs: &mut ClusterShard,
+        st: &lockstep_cluster::state::ClusterState,
+        m: &ShardCheckpoint,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let shard = self.shard;
+        let ctx = self.ctx.clone();
+        let cl = cs.ctx.clone();
+        let emit = self.views_to_emit(&m.pipeline);
+        if let Some(r) = restore_snapshot(ctx.objects.as_ref(), &m.snapshot).await? {
+            cs.idem = r.idem;
+            cs.event_ids = r.event_ids;
+        }
+        let segments = st.segments[shard as usize].clone();
+        let (rows, events) = self.replay_archive(&segments, m.offset, &emit).await?;
+        let seq = m.seq + 1;
+        let job = cs.job(true);
+        let tag = job.tag();
+        let added = self
+            .put_rebuilt(
+                &rows,
+                &emit,
+                m.offset,
+                &ctx.ext(&format!("{tag}.rebuild{seq}.parquet")),
+            )
+            .await?;
+        let removed = self.replaced_by_rebuild(&segments, &emit);
+        self.engine.mark_all_changed(shard);
+        let delta = crate::store::EncodedDelta::take(&mut self.engine, shard).map_err(err)?;
+        let data = SnapshotData {
+            replace: true,
+            meta: delta.meta.clone(),
+            slots: delta
+                .slots
+                .iter()
+                .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
+                .collect(),
+            idem: cs
+                .idem
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            event_ids: cs.event_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        let path = snapshot_path(
+            &ctx.table.name,
+            shard,
+            seq,
+            &ctx.ext(&format!("{tag}.snap")),
+        );
+        let chain = vec![put_snapshot(ctx.objects.as_ref(), path, &data).await?];
+        let pipeline = self.pipe.fingerprint();
+        let checkpoint = ShardCheckpoint {
+            shard,
+            owner: cl.id,
+            owner_epoch: cs.owner_epoch,
+            epoch: st.epoch,
+            seq,
+            offset: m.offset,
+            pipeline: pipeline.clone(),
+            digest: digest(&chain, m.offset),
+            snapshot: chain.clone(),
+            at_ms: now_ms(),
+        };
+        commit_checkpoint(&cl, checkpoint, added.clone(), removed.clone())
+            .await
+            .map_err(|e| match e {
+                CommitError::Fenced(w) => format!("{UNAVAILABLE}shard {shard}: {w}"),
+                CommitError::Other(w) => {
+                    format!("shard {shard}: committing its rebuild for the new pipeline: {w}")
+                }
+            })?;
+        // what the committed manifest no longer lists
+        let mut gone: Vec<String> = removed.iter().map(|s| s.path.clone()).collect();
+        gone.extend(m.snapshot.iter().map(|p| p.path.clone()));
+        let objects = ctx.objects.clone();
+        tokio::spawn(async move {
+            for p in gone {
+                let p = object_store::path::Path::from(p.as_str());
+                let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &p).await;
+            }
+        });
+        let local = ctx.state.commit(
+            shard,
+            Commit {
+                meta: &delta.meta,
+                slots: &delta.slots,
+                seq,
+                log_offset: m.offset,
+                pipeline: pipeline.clone(),
+                add_segments: &[],
+                remove_segments: &[],
+                replace_slots: true,
+                extra: Some(encode_dedup(&data.idem, &data.event_ids)),
+            },
+        );
+        if let Err(e) = local {
+            tracing::warn!(shard, "local state cache: {e}");
+            let _ = ctx.state.invalidate(shard);
+        }
+        self.segments = segments;
+        self.segments.retain(|s| !removed.contains(s));
+        self.segments.extend(added);
+        cs.chain = chain;
+        cs.last_epoch = st.epoch;
+        self.ckpt = CheckpointInfo {
+            seq,
+            log_offset: m.offset,
+            at_ms: now_ms(),
+            slots_written: delta.slots.len() as u64,
+            bytes_written: 0,
+            pipeline,
+        };
+        tracing::info!(
+            shard,
+            events,
+            rebuilt_views = ?self.pipe.view_names.iter().zip(&emit).filter(|(_, e)| **e).map(|(n, _)| n).collect::<Vec<_>>(),
+            millis = started.elapsed().as_millis() as u64,
+            "rebuilt the shard's state for a new pipeline from its archive"
+        );
         Ok(())
     }
 
