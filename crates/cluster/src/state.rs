@@ -174,7 +174,55 @@ pub enum Command {
     /// Changes nothing: a member that sees it applied has applied all that
     /// was committed before (a read barrier).
     Barrier,
+    /// A backfill job: every shard's owner replays it (`request` is the
+    /// job's JSON; the state machine keeps it for the nodes).
+    BackfillStart {
+        id: String,
+        request: String,
+        at_ms: i64,
+    },
+    /// One shard of a backfill job is done (the first part per shard wins).
+    BackfillPart {
+        id: String,
+        part: BackfillPart,
+        at_ms: i64,
+    },
+    /// A backfill job failed (a shard could not be replayed).
+    BackfillFail {
+        id: String,
+        error: String,
+        at_ms: i64,
+    },
 }
+
+/// One shard's rows of a backfill job: a Parquet object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillPart {
+    pub shard: u32,
+    /// The node that replayed it.
+    pub node: NodeId,
+    pub path: String,
+    pub crc32: u32,
+    pub rows: u64,
+    pub events: u64,
+    pub millis: f64,
+}
+
+/// A backfill job as the cluster keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillJob {
+    pub id: String,
+    pub request: String,
+    pub started_ms: i64,
+    /// Done shards.
+    pub parts: BTreeMap<u32, BackfillPart>,
+    pub error: Option<String>,
+    /// Set when every shard is done, or the job failed.
+    pub finished_ms: Option<i64>,
+}
+
+/// Finished backfill jobs kept in the state (the oldest go first).
+pub const KEEP_FINISHED_BACKFILLS: usize = 16;
 
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,9 +266,27 @@ pub struct ClusterState {
     pub epoch: u64,
     pub epoch_ms: i64,
     pub pipeline: PipelineVersion,
+    /// Backfill jobs, oldest first: running ones and the last finished.
+    pub backfills: Vec<BackfillJob>,
 }
 
 impl ClusterState {
+    pub fn backfill(&self, id: &str) -> Option<&BackfillJob> {
+        self.backfills.iter().find(|j| j.id == id)
+    }
+
+    fn running_backfill(&mut self, id: &str) -> Result<&mut BackfillJob, String> {
+        let j = self
+            .backfills
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or_else(|| format!("no backfill job {id}"))?;
+        if j.finished_ms.is_some() {
+            return Err(format!("backfill job {id} has finished"));
+        }
+        Ok(j)
+    }
+
     pub fn apply(&mut self, cmd: Command) -> Response {
         match self.try_apply(cmd) {
             Ok(()) => Response::Done,
@@ -443,6 +509,60 @@ impl ClusterState {
                 Ok(())
             }
             Command::Barrier => Ok(()),
+            Command::BackfillStart { id, request, at_ms } => {
+                if self.shards == 0 {
+                    return Err("the cluster is not initialized yet".into());
+                }
+                if self.backfill(&id).is_some() {
+                    return Err(format!("backfill job {id} exists"));
+                }
+                self.backfills.push(BackfillJob {
+                    id,
+                    request,
+                    started_ms: at_ms,
+                    parts: BTreeMap::new(),
+                    error: None,
+                    finished_ms: None,
+                });
+                let finished = self
+                    .backfills
+                    .iter()
+                    .filter(|j| j.finished_ms.is_some())
+                    .count();
+                if let Some(extra) = finished.checked_sub(KEEP_FINISHED_BACKFILLS) {
+                    let mut drop = extra;
+                    self.backfills.retain(|j| {
+                        let old = drop > 0 && j.finished_ms.is_some();
+                        drop -= usize::from(old);
+                        !old
+                    });
+                }
+                Ok(())
+            }
+            Command::BackfillPart { id, part, at_ms } => {
+                let shards = self.shards;
+                let j = self.running_backfill(&id)?;
+                if part.shard >= shards {
+                    return Err(format!("no shard {}", part.shard));
+                }
+                if j.parts.contains_key(&part.shard) {
+                    return Err(format!(
+                        "shard {} of backfill job {id} is done already",
+                        part.shard
+                    ));
+                }
+                j.parts.insert(part.shard, part);
+                if j.parts.len() == shards as usize {
+                    j.finished_ms = Some(at_ms);
+                }
+                Ok(())
+            }
+            Command::BackfillFail { id, error, at_ms } => {
+                let j = self.running_backfill(&id)?;
+                j.error = Some(error);
+                j.finished_ms = Some(at_ms);
+                Ok(())
+            }
             Command::SetPipeline {
                 sql,
                 expect_version,
@@ -537,6 +657,75 @@ mod tests {
             }],
             remove_segments: vec![],
         }
+    }
+
+    #[test]
+    fn a_backfill_job_finishes_when_every_shard_is_done_once() {
+        let mut st = cluster(2, 2);
+        let start = |id: &str| Command::BackfillStart {
+            id: id.into(),
+            request: "{}".into(),
+            at_ms: 1,
+        };
+        let part = |id: &str, shard, node| Command::BackfillPart {
+            id: id.into(),
+            part: BackfillPart {
+                shard,
+                node,
+                path: format!("backfill/{id}/{shard}-{node}"),
+                crc32: 0,
+                rows: 1,
+                events: 1,
+                millis: 0.0,
+            },
+            at_ms: 9,
+        };
+        assert_eq!(st.apply(start("a")), Response::Done);
+        assert!(matches!(st.apply(start("a")), Response::Rejected(_)));
+        assert_eq!(st.apply(part("a", 0, 1)), Response::Done);
+        // the shard's next owner finished it too: the first part stays
+        assert!(
+            matches!(st.apply(part("a", 0, 2)), Response::Rejected(w) if w.contains("done already"))
+        );
+        assert_eq!(st.backfill("a").unwrap().parts[&0].node, 1);
+        assert_eq!(st.backfill("a").unwrap().finished_ms, None);
+        assert!(matches!(st.apply(part("a", 5, 1)), Response::Rejected(_)));
+        assert_eq!(st.apply(part("a", 1, 2)), Response::Done);
+        assert_eq!(st.backfill("a").unwrap().finished_ms, Some(9));
+        assert!(
+            matches!(st.apply(part("a", 1, 1)), Response::Rejected(w) if w.contains("finished"))
+        );
+        // a failed job ends too
+        st.apply(start("b")).into_result().unwrap();
+        st.apply(Command::BackfillFail {
+            id: "b".into(),
+            error: "boom".into(),
+            at_ms: 3,
+        })
+        .into_result()
+        .unwrap();
+        assert_eq!(st.backfill("b").unwrap().error.as_deref(), Some("boom"));
+        // only the last finished jobs are kept; running ones always
+        st.apply(start("running")).into_result().unwrap();
+        for i in 0..KEEP_FINISHED_BACKFILLS + 3 {
+            let id = format!("j{i}");
+            st.apply(start(&id)).into_result().unwrap();
+            st.apply(Command::BackfillFail {
+                id,
+                error: "x".into(),
+                at_ms: 4,
+            })
+            .into_result()
+            .unwrap();
+        }
+        assert!(st.backfill("running").is_some());
+        assert!(st.backfill("a").is_none());
+        let finished = st
+            .backfills
+            .iter()
+            .filter(|j| j.finished_ms.is_some())
+            .count();
+        assert!(finished <= KEEP_FINISHED_BACKFILLS + 1, "{finished}");
     }
 
     #[test]

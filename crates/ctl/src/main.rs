@@ -102,6 +102,8 @@ enum Cmd {
 enum ClusterCmd {
     /// Leader, term, checkpoint epochs and the members.
     Status,
+    /// Backfill jobs (running and recently finished), or one job's shards.
+    Backfills { job: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -332,6 +334,52 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!();
                 print_nodes(&v);
+            }
+        }
+        Cmd::Cluster {
+            cmd: ClusterCmd::Backfills { job },
+        } => {
+            let v = match &job {
+                Some(j) => c.get_json(&format!("/v1/backfill/{j}"))?,
+                None => c.get_json("/v1/backfill")?,
+            };
+            if json {
+                show(&v);
+            } else if job.is_some() {
+                for k in ["job", "view", "state", "done", "total", "error"] {
+                    println!("{k:<12} {}", s(&v[k]));
+                }
+                println!();
+                println!(
+                    "{:>5}  {:>5}  {:>10}  {:>10}  {:>9}  object",
+                    "shard", "node", "events", "rows", "millis"
+                );
+                for p in v["shards"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>5}  {:>5}  {:>10}  {:>10}  {:>9.1}  {}",
+                        s(&p["shard"]),
+                        s(&p["node"]),
+                        s(&p["events"]),
+                        s(&p["rows"]),
+                        p["millis"].as_f64().unwrap_or(0.0),
+                        s(&p["path"])
+                    );
+                }
+            } else {
+                println!(
+                    "{:<24}  {:<20}  {:<8}  {:>9}",
+                    "job", "view", "state", "shards"
+                );
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24}  {:<20}  {:<8}  {:>4}/{:<4}",
+                        s(&j["job"]),
+                        s(&j["view"]),
+                        s(&j["state"]),
+                        s(&j["done"]),
+                        s(&j["total"])
+                    );
+                }
             }
         }
         Cmd::Nodes {

@@ -110,6 +110,31 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
         .unwrap()
         .iter()
         .all(|c| c["checkpoint"]["seq"].as_u64() >= Some(1)));
+    // a backfill job, kept in the control plane, listed and shown
+    let job = lockstep_daemon::offline::run_cluster_backfill(
+        &lockstep_daemon::client::Client::new(&addr, TOKEN),
+        br#"{"view": "user_ad_features"}"#,
+    )
+    .unwrap();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["shards"].as_array().unwrap().len(), 4, "{job}");
+    let id = job["job"].as_str().unwrap();
+    let jobs = json(&addr, &["cluster", "backfills"]);
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job"] == id && j["done"] == 4),
+        "{jobs}"
+    );
+    let (ok, out) = ctl(&addr, &["cluster", "backfills", id]);
+    assert!(
+        ok && out.contains("done") && out.contains("backfill/"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&addr, &["cluster", "backfills", "no-such-job"]);
+    assert!(!ok && out.contains("no backfill job"), "{out}");
     let (ok, plan) = ctl(&addr, &["rebalance"]);
     assert!(ok && plan.contains("balanced"), "{plan}");
     let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1"]);

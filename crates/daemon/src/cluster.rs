@@ -17,7 +17,7 @@ use crate::node::{now_ms, NodeCtx};
 use crate::shard::ShardMsg;
 use crate::store::{decode_slot, StoreError};
 use lockstep_cluster::state::{
-    ClusterState, Command, NodeId, NodeState, Response, ShardCheckpoint, SnapshotPart,
+    BackfillPart, ClusterState, Command, NodeId, NodeState, Response, ShardCheckpoint, SnapshotPart,
 };
 use lockstep_cluster::ControlPlane;
 use lockstep_core::window::Entry;
@@ -352,89 +352,162 @@ pub async fn produce(
     cl.kafka.produce(&recs).await.map_err(|e| e.to_string())
 }
 
-/// This node's part of a cluster backfill: the shards it owns, replayed
-/// from their archives in parallel (one per core), each written as one
-/// Parquet object under `backfill/<job>/<view>/`.
-pub async fn backfill_local(
+/// Replays one shard of a backfill job from the archive in the object
+/// store (its raw segments as the replicated manifest lists them) and
+/// writes its rows as one Parquet object under `backfill/<job>/<view>/`,
+/// named by this node and a nonce (the shard's next owner may run it too;
+/// the first part committed wins).
+pub async fn backfill_shard(
     ctx: &NodeCtx,
     cl: &ClusterCtx,
     req: &crate::offline::BackfillRequest,
     job: &str,
-) -> Result<Vec<crate::offline::ShardBackfill>, String> {
-    use futures::StreamExt;
+    shard: u32,
+) -> Result<BackfillPart, String> {
+    let started = Instant::now();
     let node_catalog = (*ctx.pipeline().catalog).clone();
     let catalog = crate::offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)
         .map_err(|e| e.to_string())?;
     let st = cl.state();
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let shards = st.owned_by(cl.id);
-    let results: Vec<Result<crate::offline::ShardBackfill, String>> =
-        futures::stream::iter(shards.into_iter().map(|shard| {
-            let catalog = catalog.clone();
-            let st = st.clone();
-            async move {
-                let started = Instant::now();
-                let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
-                    .iter()
-                    .filter(|s| s.kind == "raw" && s.name == ctx.table.name)
-                    .cloned()
-                    .collect();
-                segs.sort_by_key(|s| s.from_offset);
-                let mut fetched = HashMap::new();
-                for s in &segs {
-                    let b = crate::segments::get_segment(ctx.objects.as_ref(), s)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    fetched.insert(s.path.clone(), b);
-                }
-                let (view, from, to) = (req.view.clone(), req.from, req.to);
-                let cat = catalog.clone();
-                let (rows, report) = tokio::task::spawn_blocking(move || {
-                    let mut rows = Vec::new();
-                    let report = crate::offline::replay(
-                        &cat,
-                        &view,
-                        &segs,
-                        from,
-                        to,
-                        &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
-                        &mut |r| {
-                            rows.push(r);
-                            Ok(())
-                        },
-                        &mut |_| {},
-                    );
-                    report.map(|r| (rows, r)).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())??;
-                let (_, v) = catalog.view(&req.view).expect("checked");
-                let path = format!("backfill/{job}/{}/shard={shard:03}.parquet", req.view);
-                let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)
-                    .map_err(|e| e.to_string())?;
-                let crc32 = crc32fast::hash(&bytes);
-                ctx.objects
-                    .put(
-                        &ObjPath::from(path.as_str()),
-                        PutPayload::from(bytes::Bytes::from(bytes)),
-                    )
-                    .await
-                    .map_err(|e| format!("writing {path}: {e}"))?;
-                Ok(crate::offline::ShardBackfill {
-                    shard,
-                    node: cl.id,
-                    path,
-                    crc32,
-                    rows: report.rows,
-                    events: report.events,
-                    millis: started.elapsed().as_secs_f64() * 1e3,
-                })
+    let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
+        .iter()
+        .filter(|s| s.kind == "raw" && s.name == ctx.table.name)
+        .cloned()
+        .collect();
+    segs.sort_by_key(|s| s.from_offset);
+    let mut fetched = HashMap::new();
+    for s in &segs {
+        let b = crate::segments::get_segment(ctx.objects.as_ref(), s)
+            .await
+            .map_err(|e| e.to_string())?;
+        fetched.insert(s.path.clone(), b);
+    }
+    let (view, from, to) = (req.view.clone(), req.from, req.to);
+    let cat = catalog.clone();
+    let (rows, report) = tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        let report = crate::offline::replay(
+            &cat,
+            &view,
+            &segs,
+            from,
+            to,
+            &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
+            &mut |r| {
+                rows.push(r);
+                Ok(())
+            },
+            &mut |_| {},
+        );
+        report.map(|r| (rows, r)).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let (_, v) = catalog.view(&req.view).expect("checked");
+    let nonce = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(Instant::now()) as u32
+    };
+    let path = format!(
+        "backfill/{job}/{}/shard={shard:03}.n{}-{nonce:08x}.parquet",
+        req.view, cl.id
+    );
+    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output).map_err(|e| e.to_string())?;
+    let crc32 = crc32fast::hash(&bytes);
+    ctx.objects
+        .put(
+            &ObjPath::from(path.as_str()),
+            PutPayload::from(bytes::Bytes::from(bytes)),
+        )
+        .await
+        .map_err(|e| format!("writing {path}: {e}"))?;
+    Ok(BackfillPart {
+        shard,
+        node: cl.id,
+        path,
+        crc32,
+        rows: report.rows,
+        events: report.events,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// How many times a node tries a backfill shard before failing the job.
+const BACKFILL_TRIES: u32 = 3;
+
+/// Runs the shards this node owns of every running backfill job (called
+/// as the replicated state changes): at most one task per core, each shard
+/// once per node. A shard whose owner died is run by its next owner, so a
+/// job outlives its nodes.
+fn run_backfills(
+    ctx: &Arc<NodeCtx>,
+    cl: &Arc<ClusterCtx>,
+    st: &ClusterState,
+    running: &Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) {
+    let mine = st.owned_by(cl.id);
+    for job in st.backfills.iter().filter(|j| j.finished_ms.is_none()) {
+        for &shard in mine.iter().filter(|s| !job.parts.contains_key(s)) {
+            if !running
+                .lock()
+                .expect("backfills")
+                .insert((job.id.clone(), shard))
+            {
+                continue;
             }
-        }))
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-    results.into_iter().collect()
+            let (ctx, cl, running, slots) =
+                (ctx.clone(), cl.clone(), running.clone(), slots.clone());
+            let (id, request) = (job.id.clone(), job.request.clone());
+            tokio::spawn(async move {
+                let _slot = slots.acquire().await;
+                let outcome = match serde_json::from_str(&request) {
+                    Ok(req) => {
+                        let mut tries = 0;
+                        loop {
+                            tries += 1;
+                            match backfill_shard(&ctx, &cl, &req, &id, shard).await {
+                                Ok(p) => break Ok(p),
+                                Err(e) if tries < BACKFILL_TRIES => {
+                                    tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                }
+                                Err(e) => break Err(format!("shard {shard}: {e}")),
+                            }
+                        }
+                    }
+                    Err(e) => Err(format!("the job's request: {e}")),
+                };
+                let cmd = match &outcome {
+                    Ok(part) => Command::BackfillPart {
+                        id: id.clone(),
+                        part: part.clone(),
+                        at_ms: now_ms(),
+                    },
+                    Err(e) => {
+                        tracing::error!(job = %id, "backfill failed: {e}");
+                        Command::BackfillFail {
+                            id: id.clone(),
+                            error: e.clone(),
+                            at_ms: now_ms(),
+                        }
+                    }
+                };
+                let done = matches!(cl.cp.propose(cmd).await, Ok(Response::Done));
+                if let (Ok(part), false) = (&outcome, done) {
+                    // another node's part came first (or the job ended)
+                    let p = ObjPath::from(part.path.as_str());
+                    let _ = ctx.objects.delete(&p).await;
+                }
+                if !done {
+                    // the shard may come back to this node: allow a rerun
+                    // while the job still needs it
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                running.lock().expect("backfills").remove(&(id, shard));
+            });
+        }
+    }
 }
 
 /// Starts the tasks of a cluster node: the ownership watcher (starts and
@@ -466,6 +539,10 @@ async fn ownership(
     let own_account = ctx.config.checkpoint_interval * 3;
     // a pipeline version this node cannot run (logged once)
     let mut refused = 0;
+    let backfills = Default::default();
+    let backfill_slots = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -504,6 +581,7 @@ async fn ownership(
                 }
             }
         }
+        run_backfills(&ctx, &cl, &st, &backfills, &backfill_slots);
         let stale = epoch_at.elapsed() >= own_account;
         if st.epoch != epoch_seen || stale {
             epoch_seen = st.epoch;

@@ -200,7 +200,8 @@ pub fn router(node: &Node) -> Router {
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/nodes/{node}/drain", post(cluster_drain))
         .route("/v1/cluster/rebalance", post(cluster_rebalance))
-        .route("/v1/backfill", post(backfill));
+        .route("/v1/backfill", post(backfill).get(backfill_jobs))
+        .route("/v1/backfill/{job}", get(backfill_job));
     if std::env::var("LOCKSTEP_DEBUG_HOOKS").as_deref() == Ok("1") {
         r = r.route("/v1/debug/shards/{shard}/fail", post(fail_shard));
     }
@@ -1367,19 +1368,39 @@ async fn cluster_rebalance(State(app): State<App>) -> Response {
 
 #[derive(Deserialize)]
 struct BackfillQuery {
-    /// Only this node's shards, as part of job `job` (a node asks the
-    /// others this way).
-    local: Option<bool>,
-    job: Option<String>,
+    /// `false`: answer at once with the job's id (`202`).
+    wait: Option<bool>,
 }
 
-/// A cluster backfill: every node replays the shards it owns in parallel
-/// and writes their rows to the object store; the reply lists the objects
-/// by shard (`lockstepctl backfill` collects them).
+fn backfill_json(j: &lockstep_cluster::state::BackfillJob, shards: u32) -> serde_json::Value {
+    let req: serde_json::Value = serde_json::from_str(&j.request).unwrap_or_default();
+    json!({
+        "job": j.id,
+        "view": req["view"],
+        "from": req["from"],
+        "to": req["to"],
+        "started_ms": j.started_ms,
+        "finished_ms": j.finished_ms,
+        "state": match (&j.error, j.finished_ms) {
+            (Some(_), _) => "failed",
+            (None, Some(_)) => "done",
+            (None, None) => "running",
+        },
+        "error": j.error,
+        "done": j.parts.len(),
+        "total": shards,
+        "shards": j.parts.values().collect::<Vec<_>>(),
+    })
+}
+
+/// A cluster backfill job: kept in the control plane's state; every shard's
+/// owner replays it from the archive and records its part, and the shards
+/// of a node that dies are replayed by their next owners. Answers when
+/// every shard is done (or at once with `?wait=false`); the reply lists,
+/// by shard, the Parquet objects (`lockstepctl backfill` collects them).
 async fn backfill(
     State(app): State<App>,
     Query(q): Query<BackfillQuery>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let ctx = &app.ctx;
@@ -1396,7 +1417,7 @@ async fn backfill(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let req: crate::offline::BackfillRequest = match serde_json::from_slice(&body) {
+    let mut req: crate::offline::BackfillRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -1405,59 +1426,79 @@ async fn backfill(
             )
         }
     };
-    if q.local == Some(true) {
-        let job = q.job.unwrap_or_else(|| "local".into());
-        return match crate::cluster::backfill_local(ctx, cl, &req, &job).await {
-            Ok(parts) => axum::Json(json!({ "shards": parts })).into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        };
+    // every node replays the same definition: the pipeline now running,
+    // unless the job brings its own
+    let pipe = ctx.pipeline();
+    if let Err(e) =
+        crate::offline::backfill_catalog((*pipe.catalog).clone(), req.sql.as_deref(), &req.view)
+    {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
-    let job = format!("{}-{}", now_ms(), cl.id);
-    let st = cl.state();
-    let mut asks = Vec::new();
-    for (&n, info) in &st.nodes {
-        if n == cl.id || info.state == lockstep_cluster::state::NodeState::Down {
-            continue;
-        }
-        let uri: axum::http::Uri = match format!("/v1/backfill?local=true&job={job}").parse() {
-            Ok(u) => u,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        let (addr, body, headers) = (info.addr.clone(), body.clone(), headers.clone());
-        asks.push(async move { forward(ctx, addr, Some(body), &uri, &headers).await });
-    }
-    let (mine, theirs) = tokio::join!(
-        crate::cluster::backfill_local(ctx, cl, &req, &job),
-        futures::future::join_all(asks)
-    );
-    let mut parts = match mine {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    req.sql.get_or_insert_with(|| pipe.sql.clone());
+    let id = format!("{}-n{}", now_ms(), cl.id);
+    let request = match serde_json::to_string(&req) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    for r in theirs {
-        if r.status() != StatusCode::OK {
-            return r;
-        }
-        let b = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
-            Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
-        };
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
-        match serde_json::from_value::<Vec<crate::offline::ShardBackfill>>(v["shards"].clone()) {
-            Ok(p) => parts.extend(p),
-            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
-        }
+    let cmd = lockstep_cluster::state::Command::BackfillStart {
+        id: id.clone(),
+        request,
+        at_ms: now_ms(),
+    };
+    match cl.cp.propose(cmd).await {
+        Ok(lockstep_cluster::state::Response::Done) => {}
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => return unavailable(w),
+        Err(e) => return unavailable(format!("the control plane: {e}")),
     }
-    // every shard exactly once: a shard that moved meanwhile may be missing
-    // or twice
-    parts.sort_by_key(|p| p.shard);
-    let covered: Vec<u32> = parts.iter().map(|p| p.shard).collect();
-    if covered != (0..ctx.table.shards).collect::<Vec<_>>() {
-        return unavailable(format!(
-            "shards moved during the backfill (got shards {covered:?}); retry"
-        ));
+    if q.wait == Some(false) {
+        return (StatusCode::ACCEPTED, axum::Json(json!({ "job": id }))).into_response();
     }
-    axum::Json(json!({ "job": job, "shards": parts })).into_response()
+    loop {
+        let st = cl.state();
+        if let Some(j) = st.backfill(&id).filter(|j| j.finished_ms.is_some()) {
+            let body = backfill_json(j, st.shards);
+            return match &j.error {
+                Some(_) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
+                None => axum::Json(body).into_response(),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /v1/backfill`: the running and recently finished backfill jobs.
+async fn backfill_jobs(State(app): State<App>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let st = cl.state();
+    let jobs: Vec<_> = st
+        .backfills
+        .iter()
+        .map(|j| {
+            let mut v = backfill_json(j, st.shards);
+            v.as_object_mut().map(|o| o.remove("shards"));
+            v
+        })
+        .collect();
+    axum::Json(json!({ "jobs": jobs })).into_response()
+}
+
+/// `GET /v1/backfill/{job}`: one job with its done shards.
+async fn backfill_job(State(app): State<App>, Path(job): Path<String>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let st = cl.state();
+    match st.backfill(&job) {
+        Some(j) => axum::Json(backfill_json(j, st.shards)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no backfill job {job} (finished jobs are kept a while)"),
+        ),
+    }
 }
 
 async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {

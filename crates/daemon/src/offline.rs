@@ -283,16 +283,7 @@ pub fn run_cluster_backfill(
 }
 
 /// One shard's part of a cluster backfill: its rows as a Parquet object.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ShardBackfill {
-    pub shard: u32,
-    pub node: u64,
-    pub path: String,
-    pub crc32: u32,
-    pub rows: u64,
-    pub events: u64,
-    pub millis: f64,
-}
+pub use lockstep_cluster::state::BackfillPart as ShardBackfill;
 
 /// A cluster backfill: every node replays the shards it owns, in parallel,
 /// and writes their rows to the object store; this collects them in shard

@@ -972,7 +972,7 @@ fn export_view(c: &Client, dir: &Path, sql: &str, view: &str) -> Vec<Row> {
 }
 
 #[test]
-fn views_apply_on_any_node_rebuilds_every_shard_from_the_s3_archive() {
+fn views_apply_rebuilds_every_shard_and_a_backfill_job_outlives_a_dead_node() {
     let Some(env) = env() else { return };
     let seed = seed();
     let _guard = SeedGuard(seed);
@@ -1088,6 +1088,62 @@ FROM ad_events;",
             );
         }
     }
+    // a backfill job started just after a node died: the control plane
+    // keeps it, and the dead node's shards are replayed by their next owners
+    let dead = rng.random_range(0..3);
+    cluster.kill(dead);
+    let c = cluster.live()[0].clone();
+    // (503 while a new leader is elected, if the dead node led)
+    let started = Instant::now();
+    let r = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/backfill?wait=false",
+                Some(br#"{"view": "clicks_per_campaign"}"#),
+                &[],
+            )
+            .unwrap();
+        if r.status != 503 || started.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["job"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let job = loop {
+        let j = c.get_json(&format!("/v1/backfill/{id}")).unwrap();
+        if j["state"] != "running" {
+            break j;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the backfill job never finished: {j}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["state"], "done", "{job}");
+    let parts = job["shards"].as_array().unwrap();
+    assert_eq!(parts.len(), shards as usize, "{job}");
+    assert!(
+        parts.iter().all(|p| p["node"] != dead as u64 + 1),
+        "the dead node replayed shards: {job}"
+    );
+    let catalog = lockstep_core::parse_pipeline(&new_sql).unwrap();
+    let schema = &catalog.view("clicks_per_campaign").unwrap().1.output;
+    let mut got = Vec::new();
+    for p in parts {
+        let path = p["path"].as_str().unwrap();
+        let b = c.get_bytes(&format!("/v1/objects/{path}")).unwrap();
+        got.extend(lockstep_io::rows_from_parquet(path, bytes::Bytes::from(b), schema).unwrap());
+    }
+    assert_rows_eq(
+        &got,
+        &batch_view(&new_sql, "clicks_per_campaign", &per_shard),
+        "backfill job rows after a node died",
+    );
     if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
         eprintln!("{}", cluster.logs());
     }
