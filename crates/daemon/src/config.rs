@@ -240,7 +240,7 @@ fn validate_cluster(
             format!("listen is {listen}: give the address other nodes reach this one at"),
         ));
     }
-    let failure_timeout = duration("cluster.failure_timeout", c.failure_timeout, 3_000)?;
+    let failure_timeout = duration("cluster.failure_timeout", c.failure_timeout, 2_500)?;
     Ok(ClusterConfig {
         raft_id,
         seeds,

@@ -145,7 +145,7 @@ fn the_documented_cluster_example_loads_and_flags_override_it() {
     assert!(cl.seeds.is_empty());
     assert_eq!(cl.kafka_brokers, "127.0.0.1:9092");
     assert_eq!(cl.advertise, "127.0.0.1:7701");
-    assert_eq!(cl.failure_timeout, Duration::from_secs(3));
+    assert_eq!(cl.failure_timeout, Duration::from_millis(2500));
     assert_eq!(
         c.object_store,
         ObjectStoreUrl::S3 {
