@@ -69,16 +69,7 @@ fn main() -> ExitCode {
     // pages cost a seventh of its CPU under ingest.
     // SAFETY: sets one integer option; no memory is touched.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    // No transparent huge pages for this process: with THP `always`, the
-    // kernel zeroes a whole 2 MiB page at the first touch of each of the
-    // allocator's regions; under ingest that was a fifth of the node's CPU
-    // (`perf`: clear_page_erms). The flag covers every later page fault.
-    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag on this
-    // process's memory map.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0)
-    };
+    lockstep_daemon::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
