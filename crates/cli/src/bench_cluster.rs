@@ -266,76 +266,23 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
 
     let keys = probe_keys(shards);
 
-    // 4. failover: SIGKILL a follower
+    // 4. failover: SIGKILL a follower, restart it; then the leader
     let st = nodes.cluster(0)?;
     let leader = st["leader"].as_u64().unwrap_or(1);
     let victim = (1..=3u64).find(|n| *n != leader).expect("a follower") as usize - 1;
     let survivor = (0..3)
         .find(|i| *i != victim && (*i as u64 + 1) != leader)
         .unwrap_or(0);
-    let victim_id = victim as u64 + 1;
-    let lost = owned_by(&st, victim_id);
-    let probe = nodes.nodes[survivor].client();
-    let killed = Instant::now();
-    nodes.nodes[victim].kill();
-    let mut detected = None;
-    let mut back: Vec<Option<Instant>> = vec![None; lost.len()];
-    wait(
-        "the killed node's shards to serve again",
-        Duration::from_secs(60),
-        || {
-            if detected.is_none() {
-                if let Ok(st) = nodes.cluster(survivor) {
-                    let down = st["nodes"].as_array().is_some_and(|n| {
-                        n.iter()
-                            .any(|n| n["id"] == victim_id && n["state"] == "down")
-                    });
-                    if down {
-                        detected = Some(Instant::now());
-                    }
-                }
-            }
-            for (i, &s) in lost.iter().enumerate() {
-                if back[i].is_none() && detected.is_some() && serves(&probe, &keys[s]) {
-                    back[i] = Some(Instant::now());
-                }
-            }
-            back.iter().all(Option::is_some)
-        },
-    )?;
-    let detected = detected.expect("detected");
-    let detect_s = detected.duration_since(killed).as_secs_f64();
-    let recover: Vec<f64> = back
-        .iter()
-        .map(|b| b.expect("back").duration_since(detected).as_secs_f64())
-        .collect();
-    let max_recover = recover.iter().cloned().fold(0.0, f64::max);
-    println!(
-        "failover after SIGKILL of node-{victim_id} ({} shards): detected in {detect_s:.2} s; its shards served again {:.2}–{:.2} s after detection",
-        lost.len(),
-        recover.iter().cloned().fold(f64::INFINITY, f64::min),
-        max_recover
-    );
+    let (detect_s, recover) = failover(&mut nodes, victim, survivor, &keys, "follower")?;
+    restart(&mut nodes, a, victim, survivor, &topic, &sql, shards)?;
+    let st = nodes.cluster(survivor)?;
+    let leader = st["leader"].as_u64().unwrap_or(1) as usize - 1;
+    let survivor = (0..3).find(|i| *i != leader).expect("a follower");
+    let (leader_detect_s, leader_recover) =
+        failover(&mut nodes, leader, survivor, &keys, "leader")?;
+    restart(&mut nodes, a, leader, survivor, &topic, &sql, shards)?;
 
-    // 5. restart it, let it take shards back, then drain another node
-    // on its data directory, at a new address
-    nodes.nodes[victim] = start_node(a, victim, &seeds_of(&nodes, victim), &topic, &sql)?;
-    wait(
-        "the restarted node active with shards",
-        Duration::from_secs(120),
-        || {
-            nodes.cluster(survivor).is_ok_and(|st| {
-                owners(&st)
-                    .iter()
-                    .filter(|o| **o == Some(victim_id))
-                    .count()
-                    >= shards as usize / 3
-                    && st["shards"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().all(|s| s["moving_to"].is_null()))
-            })
-        },
-    )?;
+    // 5. drain a node
     let drained = (0..3).find(|i| *i != survivor).expect("another node");
     let drained_id = drained as u64 + 1;
     let st = nodes.cluster(survivor)?;
@@ -385,6 +332,8 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
         "cpu_seconds_broker": cpu.1,
         "failover_detect_s": detect_s,
         "failover_recover_after_detect_s": recover,
+        "leader_failover_detect_s": leader_detect_s,
+        "leader_failover_recover_after_detect_s": leader_recover,
         "drain_unavailable_s": unavailable,
     });
     std::fs::write(
@@ -399,6 +348,90 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
 }
 
 /// User + system CPU seconds of processes, from /proc (0 elsewhere).
+/// SIGKILLs node `victim` and measures, through node `survivor`: the time
+/// until the cluster marks it down (detection), and for each shard it
+/// owned, the time from detection until a feature request for a key of that
+/// shard succeeds.
+fn failover(
+    nodes: &mut Nodes,
+    victim: usize,
+    survivor: usize,
+    keys: &[String],
+    what: &str,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let st = nodes.cluster(survivor)?;
+    let victim_id = victim as u64 + 1;
+    let lost = owned_by(&st, victim_id);
+    let probe = nodes.nodes[survivor].client();
+    let killed = Instant::now();
+    nodes.nodes[victim].kill();
+    let mut detected = None;
+    let mut back: Vec<Option<Instant>> = vec![None; lost.len()];
+    wait(
+        "the killed node's shards to serve again",
+        Duration::from_secs(60),
+        || {
+            if detected.is_none() {
+                if let Ok(st) = nodes.cluster(survivor) {
+                    let down = st["nodes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .any(|n| n["id"] == victim_id && n["state"] == "down")
+                    });
+                    if down {
+                        detected = Some(Instant::now());
+                    }
+                }
+            }
+            for (i, &s) in lost.iter().enumerate() {
+                if back[i].is_none() && detected.is_some() && serves(&probe, &keys[s]) {
+                    back[i] = Some(Instant::now());
+                }
+            }
+            back.iter().all(Option::is_some)
+        },
+    )?;
+    let detected = detected.expect("detected");
+    let detect_s = detected.duration_since(killed).as_secs_f64();
+    let recover: Vec<f64> = back
+        .iter()
+        .map(|b| b.expect("back").duration_since(detected).as_secs_f64())
+        .collect();
+    println!(
+        "failover after SIGKILL of the {what} node-{victim_id} ({} shards): detected in {detect_s:.2} s; its shards served again {:.2}–{:.2} s after detection",
+        lost.len(),
+        recover.iter().cloned().fold(f64::INFINITY, f64::min),
+        recover.iter().cloned().fold(0.0, f64::max)
+    );
+    Ok((detect_s, recover))
+}
+
+/// Restarts node `i` on its data directory (at a new address) and waits
+/// until it has its share of shards back.
+fn restart(
+    nodes: &mut Nodes,
+    a: &ClusterBenchArgs,
+    i: usize,
+    survivor: usize,
+    topic: &str,
+    sql: &std::path::Path,
+    shards: u32,
+) -> anyhow::Result<()> {
+    nodes.nodes[i] = start_node(a, i, &seeds_of(nodes, i), topic, sql)?;
+    let id = i as u64 + 1;
+    wait(
+        "the restarted node active with shards",
+        Duration::from_secs(120),
+        || {
+            nodes.cluster(survivor).is_ok_and(|st| {
+                owners(&st).iter().filter(|o| **o == Some(id)).count() >= shards as usize / 3
+                    && st["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["moving_to"].is_null()))
+            })
+        },
+    )
+}
+
 fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())

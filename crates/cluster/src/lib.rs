@@ -86,7 +86,12 @@ pub struct ControlPlane {
     pub raft: Raft<TypeConfig>,
     sm: store::StateMachine,
     peer: Peer,
+    book: network::AddressBook,
     secret: String,
+    /// When this member last had word that it is on the majority's side:
+    /// a ping from the coordinator, or (as coordinator) answers from a
+    /// majority. See [`ControlPlane::since_contact`].
+    contact: std::sync::Mutex<std::time::Instant>,
 }
 
 impl ControlPlane {
@@ -129,17 +134,50 @@ impl ControlPlane {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?,
         );
         let peer = Peer::new(&cfg.secret, Duration::from_secs(5));
-        let network = Network { peer: peer.clone() };
+        let book = network::AddressBook::default();
+        let network = Network {
+            peer: peer.clone(),
+            book: book.clone(),
+        };
         let raft = Raft::new(cfg.node, config, network, log, sm.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        // the address book: the Raft membership's addresses, overridden by
+        // the members' own announcements (`Join`, applied through the real
+        // leader): a member that restarted at a new address while it still
+        // believed it led may have changed the membership only in its own,
+        // soon discarded, log
+        let mut metrics = raft.metrics();
+        let mut states = sm.subscribe();
+        let watched = book.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let m = metrics.borrow_and_update();
+                    let st = states.borrow_and_update();
+                    let mut b = watched.write().expect("address book");
+                    for (id, n) in m.membership_config.membership().nodes() {
+                        b.insert(*id, n.addr.clone());
+                    }
+                    for (id, n) in &st.nodes {
+                        b.insert(*id, n.addr.clone());
+                    }
+                }
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { return },
+                    r = states.changed() => if r.is_err() { return },
+                }
+            }
+        });
         let cp = Arc::new(ControlPlane {
             id: cfg.node,
             addr: cfg.addr.clone(),
             raft,
             sm,
             peer,
+            book,
             secret: cfg.secret.clone(),
+            contact: std::sync::Mutex::new(std::time::Instant::now()),
         });
         serving(&cp);
         if fresh && cfg.seeds.is_empty() {
@@ -220,10 +258,23 @@ impl ControlPlane {
             // until applied, or until nothing else holds the member
             while Arc::strong_count(&self) > 1 {
                 let done = match self.leader_addr() {
-                    Ok(None) => self
-                        .add_member(req.clone())
-                        .await
-                        .map_err(|e| e.to_string()),
+                    // a member restarted from a stored vote for itself may
+                    // believe it leads while another leads: a quorum must
+                    // confirm it, and nothing may wait forever
+                    Ok(None) => match tokio::time::timeout(Duration::from_secs(5), async {
+                        self.raft
+                            .ensure_linearizable()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        self.add_member(req.clone())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err("adding itself timed out".to_string()),
+                    },
                     Ok(Some(leader)) => self.ask_join(&leader, &req).await,
                     Err(e) => Err(e.to_string()),
                 };
@@ -341,6 +392,11 @@ impl ControlPlane {
         let node = BasicNode {
             addr: req.addr.clone(),
         };
+        // replication to it goes to the new address from now on
+        self.book
+            .write()
+            .expect("address book")
+            .insert(req.node, req.addr.clone());
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
         let is_member = membership.get_node(&req.node).is_some();
@@ -378,6 +434,20 @@ impl ControlPlane {
         .await?
         .into_result()
         .map_err(ClusterError::Remote)
+    }
+
+    /// Records word from the majority's side (see [`Self::since_contact`]).
+    pub fn touch(&self) {
+        *self.contact.lock().expect("contact") = std::time::Instant::now();
+    }
+
+    /// How long since this member last had word that it is on the
+    /// majority's side. A node cut off from the others finds out through
+    /// this before the coordinator declares it down (the node's lease is
+    /// shorter than the failure timeout), and stops serving its shards:
+    /// their new owners may already be ahead of it.
+    pub fn since_contact(&self) -> Duration {
+        self.contact.lock().expect("contact").elapsed()
     }
 
     /// Asks a member whether it is alive (the coordinator's heartbeat).
@@ -515,6 +585,7 @@ async fn cluster_ping(State(cp): Cp, headers: HeaderMap) -> HttpResponse {
     if let Some(r) = refuse(&cp, &headers) {
         return r;
     }
+    cp.touch();
     bin(&cp.id)
 }
 

@@ -12,6 +12,7 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 type NodeId = u64;
@@ -108,15 +109,22 @@ impl Peer {
     }
 }
 
+/// Every member's latest known address. A member that restarts at a new
+/// address is reached there at once, also by replication streams created
+/// for its old one.
+pub type AddressBook = Arc<std::sync::RwLock<std::collections::HashMap<NodeId, String>>>;
+
 /// Makes a [`Conn`] per target node.
 pub struct Network {
     pub(crate) peer: Peer,
+    pub(crate) book: AddressBook,
 }
 
 pub struct Conn {
     peer: Peer,
     target: NodeId,
     addr: String,
+    book: AddressBook,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -127,6 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peer: self.peer.clone(),
             target,
             addr: node.addr.clone(),
+            book: self.book.clone(),
         }
     }
 }
@@ -142,7 +151,14 @@ impl Conn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let bytes = match self.peer.post(&self.addr, path, encode(req)).await {
+        let addr = self
+            .book
+            .read()
+            .expect("address book")
+            .get(&self.target)
+            .cloned()
+            .unwrap_or_else(|| self.addr.clone());
+        let bytes = match self.peer.post(&addr, path, encode(req)).await {
             Ok(b) => b,
             Err(e @ CallError::Unreachable { .. }) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&e)))

@@ -45,6 +45,13 @@ pub struct ClusterCtx {
 }
 
 impl ClusterCtx {
+    /// How long a node serves its shards without word from the majority's
+    /// side: shorter than the failure timeout, so a node cut off stops
+    /// serving before its shards can be given to others.
+    pub fn lease(&self) -> Duration {
+        self.failure_timeout / 2
+    }
+
     pub fn state(&self) -> Arc<ClusterState> {
         self.cp.state()
     }
@@ -629,6 +636,8 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     let mut joins: HashMap<NodeId, i64> = HashMap::new();
     let mut down_at: HashMap<NodeId, Instant> = HashMap::new();
     let mut was_leader = false;
+    // the leader this node last followed
+    let mut prev_leader: Option<NodeId> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_ping = Instant::now() - Duration::from_secs(10);
     let mut last_tick = Instant::now();
@@ -639,6 +648,9 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
         }
         if !cl.cp.is_leader() {
             was_leader = false;
+            if let Some((l, _)) = cl.cp.leader().filter(|(l, _)| *l != cl.id) {
+                prev_leader = Some(l);
+            }
             continue;
         }
         let st = cl.state();
@@ -668,18 +680,31 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                     }
                 }
             }
-            if !was_leader {
-                // a new leader gives everyone a full timeout before judging
+            let new_leader = !was_leader;
+            if new_leader {
                 seen.clear();
                 joins.clear();
                 was_leader = true;
+                last_ping = now - Duration::from_secs(10); // ping at once
             }
             for (&n, info) in &st.nodes {
-                // a node that (re)joined since counts as just heard from
+                // a node that (re)joined since counts as just heard from; a
+                // new leader gives each node half a timeout to answer its
+                // pings (live ones answer within milliseconds), and the old
+                // leader, whose silence caused the election, a fifth: it is
+                // declared down about when a follower would have been
                 if joins.insert(n, info.joined_ms) != Some(info.joined_ms)
                     && info.state != NodeState::Down
                 {
-                    seen.insert(n, now);
+                    // the old leader has been silent for an election
+                    // timeout already: it gets a fifth of a timeout
+                    let credit = match new_leader {
+                        true if Some(n) == prev_leader => cl.failure_timeout.mul_f64(0.8),
+                        true => cl.failure_timeout / 2,
+                        false => Duration::ZERO,
+                    };
+                    let credit = now.checked_sub(credit).unwrap_or(now);
+                    seen.insert(n, credit);
                 }
             }
             seen.insert(cl.id, now);
@@ -699,6 +724,21 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             }
         }
         let heard = |n: &NodeId| seen.lock().expect("seen").get(n).copied();
+        // the coordinator's own lease: answers from a majority of the
+        // members not down (itself included)
+        let members: Vec<&NodeId> = st
+            .nodes
+            .iter()
+            .filter(|(_, i)| i.state != NodeState::Down)
+            .map(|(n, _)| n)
+            .collect();
+        let fresh = members
+            .iter()
+            .filter(|n| heard(n).is_some_and(|t| now.duration_since(t) < cl.lease()))
+            .count();
+        if 2 * fresh > members.len() {
+            cl.cp.touch();
+        }
         for (&n, info) in &st.nodes {
             let last = heard(&n);
             let silent = last.is_none_or(|t| now.duration_since(t) > cl.failure_timeout);

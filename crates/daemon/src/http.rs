@@ -93,6 +93,13 @@ fn route(ctx: &NodeCtx, shard: u32, headers: &HeaderMap) -> Route {
         return Route::Local;
     };
     if ctx.shard(shard).is_some() {
+        let silent = cl.cp.since_contact();
+        if silent > cl.lease() {
+            return Route::Unavailable(format!(
+                "this node has not heard from the cluster for {} ms: shard {shard} may have moved; retry (on another node)",
+                silent.as_millis()
+            ));
+        }
         return Route::Local;
     }
     let st = cl.state();

@@ -460,10 +460,14 @@ async fn start_cluster(
             seeds: c.seeds.clone(),
             secret: c.secret.clone(),
             dir: config.data_dir.join("raft"),
-            heartbeat: std::time::Duration::from_millis(200),
+            // a follower calls an election after openraft's leader lease
+            // (the maximum election timeout) plus a random election timeout
+            // without heartbeats: 1.4-1.8 s, so a dead leader is replaced,
+            // and declared down, within 3 s
+            heartbeat: std::time::Duration::from_millis(150),
             election_timeout: (
-                std::time::Duration::from_millis(800),
-                std::time::Duration::from_millis(1600),
+                std::time::Duration::from_millis(500),
+                std::time::Duration::from_millis(900),
             ),
         },
         serving,

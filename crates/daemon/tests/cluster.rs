@@ -803,6 +803,33 @@ fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
                         && owns_none(st, id)
                 },
             );
+            // the zombie serves nothing: its lease ran out before its
+            // shards were given away, so it cannot answer with features
+            // their new owners have moved past
+            let table = catalog().tables[0].clone();
+            let zombie = cluster.nodes[x].client();
+            let mut probed = HashSet::new();
+            for ev in events(3000, 3000, 7) {
+                if !probed.insert(table.shard_of(&ev)) {
+                    continue;
+                }
+                let body = lockstep_io::render_json(&ev, &table.schema);
+                let r = zombie
+                    .request(
+                        "POST",
+                        "/v1/views/user_ad_features/features",
+                        Some(body.as_bytes()),
+                        &[],
+                    )
+                    .unwrap();
+                assert_eq!(
+                    r.status,
+                    503,
+                    "the cut-off node answered for shard {}: {}",
+                    table.shard_of(&ev),
+                    String::from_utf8_lossy(&r.body)
+                );
+            }
         }
         if i == 2 * n / 3 {
             let (x, logged) = cut.take().unwrap();
