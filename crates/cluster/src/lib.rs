@@ -436,6 +436,74 @@ impl ControlPlane {
         .map_err(ClusterError::Remote)
     }
 
+    /// Removes a node that is down for good (`nodes remove`), on the
+    /// leader: first from the cluster state (refused unless the cluster has
+    /// marked it down), then from the Raft membership. A voter's place goes
+    /// to the lowest-numbered learner, so the cluster keeps three voters and
+    /// its tolerance of one more failure.
+    pub async fn remove(&self, node: NodeId) -> Result<Response, ClusterError> {
+        match self.leader_addr()? {
+            None => self.remove_member(node).await,
+            Some(leader) => {
+                let b = self
+                    .peer
+                    .post(&leader, "/internal/cluster/remove", encode(&node))
+                    .await?;
+                decode::<Result<Response, String>>(&b)
+                    .map_err(ClusterError::Remote)?
+                    .map_err(ClusterError::Remote)
+            }
+        }
+    }
+
+    async fn remove_member(&self, node: NodeId) -> Result<Response, ClusterError> {
+        if node == self.id {
+            return Ok(Response::Rejected(
+                "the leader cannot remove itself: stop it, and remove it from the next leader"
+                    .into(),
+            ));
+        }
+        let r = self.propose(Command::Remove { node }).await?;
+        if r != Response::Done {
+            return Ok(r);
+        }
+        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
+            ClusterError::Raft(e.to_string())
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.remove(&node) {
+            let st = self.state();
+            if let Some(l) = membership
+                .learner_ids()
+                .filter(|l| {
+                    st.nodes
+                        .get(l)
+                        .is_some_and(|i| i.state != state::NodeState::Down)
+                })
+                .min()
+            {
+                voters.insert(l);
+            }
+            self.raft
+                .change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&node).is_some() {
+            let gone = [node].into_iter().collect();
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        self.book.write().expect("address book").remove(&node);
+        tracing::info!(node, "removed from the cluster");
+        Ok(Response::Done)
+    }
+
     /// Records word from the majority's side (see [`Self::since_contact`]).
     pub fn touch(&self) {
         *self.contact.lock().expect("contact") = std::time::Instant::now();
@@ -477,6 +545,7 @@ impl ControlPlane {
             .route("/internal/cluster/join", post(cluster_join))
             .route("/internal/cluster/propose", post(cluster_propose))
             .route("/internal/cluster/ping", post(cluster_ping))
+            .route("/internal/cluster/remove", post(cluster_remove))
             .with_state(self.clone())
     }
 
@@ -578,6 +647,16 @@ async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
         Err(e) => Err(e.to_string()),
     };
     bin(&result)
+}
+
+async fn cluster_remove(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode::<NodeId>(&body) {
+        Ok(node) => bin(&cp.remove(node).await.map_err(|e| e.to_string())),
+        Err(e) => bad(e),
+    }
 }
 
 /// The coordinator's liveness probe.

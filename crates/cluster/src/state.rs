@@ -123,6 +123,12 @@ pub enum Command {
     MarkDown {
         node: NodeId,
     },
+    /// The operator removes a node that is down for good (`nodes remove`):
+    /// it leaves the member list, and shards it still owns are orphans the
+    /// coordinator reassigns at once.
+    Remove {
+        node: NodeId,
+    },
     /// Gives a shard to a node outright (its owner is gone), with a new
     /// owner epoch. `expect_epoch` guards against a stale plan.
     Assign {
@@ -369,6 +375,25 @@ impl ClusterState {
             Command::Drain { node } => {
                 self.known_node(node)?;
                 self.nodes.get_mut(&node).expect("known").state = NodeState::Draining;
+                Ok(())
+            }
+            Command::Remove { node } => {
+                self.known_node(node)?;
+                if self.nodes[&node].state != NodeState::Down {
+                    return Err(format!(
+                        "node {node} is {:?}, not down: stop it first (drain it before, if it owns shards), and remove it once the cluster has marked it down",
+                        self.nodes[&node].state
+                    ));
+                }
+                self.nodes.remove(&node);
+                for o in &mut self.owners {
+                    if o.node == Some(node) {
+                        o.node = None;
+                    }
+                    if o.moving_to == Some(node) {
+                        o.moving_to = None;
+                    }
+                }
                 Ok(())
             }
             Command::MarkDown { node } => {
@@ -657,6 +682,33 @@ mod tests {
             }],
             remove_segments: vec![],
         }
+    }
+
+    #[test]
+    fn only_a_down_node_is_removed_and_its_shards_become_orphans() {
+        let mut st = cluster(2, 2);
+        st.apply(Command::Assign {
+            shard: 1,
+            node: 2,
+            expect_epoch: 0,
+        })
+        .into_result()
+        .unwrap();
+        let refused = st.apply(Command::Remove { node: 2 });
+        assert!(matches!(refused, Response::Rejected(w) if w.contains("not down")));
+        assert!(matches!(
+            st.apply(Command::Remove { node: 9 }),
+            Response::Rejected(_)
+        ));
+        st.apply(Command::MarkDown { node: 2 })
+            .into_result()
+            .unwrap();
+        let epoch = st.owners[1].epoch;
+        assert_eq!(st.apply(Command::Remove { node: 2 }), Response::Done);
+        assert!(!st.nodes.contains_key(&2));
+        assert_eq!(st.owners[1].node, None);
+        // the owner epoch is kept: the next owner gets a newer one
+        assert_eq!(st.owners[1].epoch, epoch);
     }
 
     #[test]

@@ -115,6 +115,13 @@ enum NodesCmd {
         /// The node's id (`node-3` or `3`).
         node: String,
     },
+    /// Removes a node that is down for good (stop it first; the cluster
+    /// must have marked it down): its shards are reassigned and a learner
+    /// takes its Raft vote.
+    Remove {
+        /// The node's id (`node-3` or `3`).
+        node: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -390,6 +397,19 @@ fn run(cli: Cli) -> Result<()> {
                 show(&v["nodes"]);
             } else {
                 print_nodes(&v);
+            }
+        }
+        Cmd::Nodes {
+            cmd: NodesCmd::Remove { node },
+        } => {
+            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/remove"), b"")?;
+            if json {
+                show(&v);
+            } else {
+                println!(
+                    "node {} removed from the cluster; its shards are reassigned",
+                    s(&v["node"])
+                );
             }
         }
         Cmd::Nodes {

@@ -135,6 +135,8 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
     );
     let (ok, out) = ctl(&addr, &["cluster", "backfills", "no-such-job"]);
     assert!(!ok && out.contains("no backfill job"), "{out}");
+    let (ok, out) = ctl(&addr, &["nodes", "remove", "node-1"]);
+    assert!(!ok && out.contains("cannot remove itself"), "{out}");
     let (ok, plan) = ctl(&addr, &["rebalance"]);
     assert!(ok && plan.contains("balanced"), "{plan}");
     let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1"]);

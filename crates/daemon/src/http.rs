@@ -206,6 +206,7 @@ pub fn router(node: &Node) -> Router {
         .route("/v1/objects/{*path}", get(object))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/cluster/nodes/{node}/drain", post(cluster_drain))
+        .route("/v1/cluster/nodes/{node}/remove", post(cluster_remove))
         .route("/v1/cluster/rebalance", post(cluster_rebalance))
         .route("/v1/backfill", post(backfill).get(backfill_jobs))
         .route("/v1/backfill/{job}", get(backfill_job));
@@ -1329,21 +1330,48 @@ async fn cluster_status(State(app): State<App>) -> Response {
     .into_response()
 }
 
+/// A member's id from `node-3` or `3`.
+fn member_id(cl: &crate::cluster::ClusterCtx, node: &str) -> Result<u64, Response> {
+    node.rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|id| cl.state().nodes.contains_key(id))
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no node `{node}` in the cluster; see GET /v1/cluster"),
+            )
+        })
+}
+
+/// Removes a node that is down for good: from the member list (its shards
+/// are reassigned) and from the Raft group (a learner takes its vote).
+async fn cluster_remove(State(app): State<App>, Path(node): Path<String>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let id = match member_id(cl, &node) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match cl.cp.remove(id).await {
+        Ok(lockstep_cluster::state::Response::Done) => {
+            axum::Json(json!({ "node": id, "removed": true })).into_response()
+        }
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => error(StatusCode::CONFLICT, w),
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
 async fn cluster_drain(State(app): State<App>, Path(node): Path<String>) -> Response {
     let cl = match cluster_of(&app.ctx) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let id = node
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|id| cl.state().nodes.contains_key(id));
-    let Some(id) = id else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no node `{node}` in the cluster; see GET /v1/cluster"),
-        );
+    let id = match member_id(cl, &node) {
+        Ok(id) => id,
+        Err(r) => return r,
     };
     match cl
         .cp

@@ -739,17 +739,47 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
             cluster.wait_state("the drained node empty", Duration::from_secs(60), |st| {
                 node_state(st, id) == "draining" && owns_none(st, id)
             });
+            // decommissioned: stopped, then removed from the cluster, so
+            // its Raft vote goes to the next node (without that, killing
+            // the leader below would leave one of three voters)
+            let c = cluster.nodes[(drained + 1) % 3].client();
+            let r = c
+                .request(
+                    "POST",
+                    &format!("/v1/cluster/nodes/node-{id}/remove"),
+                    Some(b""),
+                    &[],
+                )
+                .unwrap();
+            assert_eq!(r.status, 409, "a live node is not removed: {}", r.json());
+            cluster.kill(drained);
+            cluster.wait_state("the stopped node down", Duration::from_secs(60), |st| {
+                node_state(st, id) == "down"
+            });
+            let r = c
+                .post_json(&format!("/v1/cluster/nodes/node-{id}/remove"), b"")
+                .unwrap();
+            assert_eq!(r["removed"], true, "{r}");
+            cluster.wait_state("the node gone", Duration::from_secs(60), |st| {
+                st["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["id"] != id))
+            });
         }
         if i == n / 2 {
             let added = cluster.add_node();
             let id = added as u64 + 1;
             cluster.wait_state(
-                "the new node owning shards",
+                "the new node owning shards, a voter",
                 Duration::from_secs(60),
                 |st| {
                     st["shards"]
                         .as_array()
                         .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
+                        && st["nodes"].as_array().is_some_and(|n| {
+                            n.iter().filter(|n| n["voter"] == true).count() == 3
+                                && n.iter().any(|n| n["id"] == id && n["voter"] == true)
+                        })
                 },
             );
         }
