@@ -222,6 +222,32 @@ pub async fn delete_orphans(
     Ok(gone)
 }
 
+/// Deletes every object under `prefix` that `keep` does not list and that
+/// was written more than `grace_ms` ago, whoever wrote it; returns them.
+/// In a cluster a shard's prefixes belong to its owner: what the committed
+/// manifest does not list there was left by crashed or fenced attempts.
+pub async fn delete_unlisted(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    keep: &[&str],
+    grace_ms: i64,
+) -> Result<Vec<String>, SegmentError> {
+    let before = crate::node::now_ms() - grace_ms;
+    let listed: Vec<_> = store
+        .list(Some(&ObjPath::from(prefix)))
+        .try_collect()
+        .await?;
+    let mut gone = Vec::new();
+    for meta in listed {
+        let p = meta.location.to_string();
+        if !keep.contains(&p.as_str()) && meta.last_modified.timestamp_millis() < before {
+            store.delete(&meta.location).await?;
+            gone.push(p);
+        }
+    }
+    Ok(gone)
+}
+
 /// Merges consecutive small segments of one kind, name and shard: groups
 /// whose combined size stays under `target_bytes`. Returns the groups to
 /// merge (each at least two segments, contiguous in offsets).
@@ -252,6 +278,49 @@ pub fn plan_compaction(segments: &[SegmentInfo], target_bytes: u64) -> Vec<Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unlisted_objects_older_than_the_grace_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        for name in ["kept", "orphan", "other"] {
+            let prefix = if name == "other" {
+                "raw/t/shard=001"
+            } else {
+                "raw/t/shard=000"
+            };
+            store
+                .put(
+                    &ObjPath::from(format!("{prefix}/{name}.seg")),
+                    PutPayload::from(Bytes::from_static(b"x")),
+                )
+                .await
+                .unwrap();
+        }
+        let keep = ["raw/t/shard=000/kept.seg"];
+        // written just now: within the grace, nothing goes
+        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, 60_000)
+            .await
+            .unwrap();
+        assert!(gone.is_empty(), "{gone:?}");
+        // no grace: the unlisted object of this shard goes, nothing else
+        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, -1_000)
+            .await
+            .unwrap();
+        assert_eq!(gone, ["raw/t/shard=000/orphan.seg"]);
+        let left: Vec<String> = store
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        let mut left = left;
+        left.sort();
+        assert_eq!(
+            left,
+            ["raw/t/shard=000/kept.seg", "raw/t/shard=001/other.seg"]
+        );
+    }
 
     fn seg(from: u64, to: u64, bytes: u64) -> SegmentInfo {
         SegmentInfo {

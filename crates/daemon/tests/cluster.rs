@@ -323,6 +323,9 @@ impl Cluster {
                 ("AWS_SECRET_ACCESS_KEY", "lockstep-secret"),
                 ("AWS_REGION", "us-east-1"),
                 ("ALL_PROXY", egress.as_str()),
+                // unlisted objects are collected soon, so a wrong keep-list
+                // would lose committed data within the test
+                ("LOCKSTEP_GC_GRACE_MS", "3000"),
             ],
         )
     }

@@ -459,6 +459,7 @@ impl ShardWorker {
                 self.rebuild_cluster(&mut cs, &st, &m).await?;
                 self.next_offset = self.ckpt.log_offset;
                 self.cl = Some(cs);
+                self.collect_garbage();
                 return Ok(());
             }
             let local = loaded.filter(|l| {
@@ -536,7 +537,47 @@ impl ShardWorker {
         }
         self.next_offset = self.ckpt.log_offset;
         self.cl = Some(cs);
+        self.collect_garbage();
         Ok(())
+    }
+
+    /// Deletes, in the background, the objects under this shard's prefixes
+    /// that the committed manifest does not list (left by crashed, fenced
+    /// or uncommitted attempts of any node), once they are a minute old
+    /// (`LOCKSTEP_GC_GRACE_MS`; the grace covers a commit whose proposal was
+    /// still on its way when the shard restarted). A new owner does it as it
+    /// takes the shard: the shard's prefixes are written by its owners only.
+    fn collect_garbage(&self) {
+        let Some(c) = self.cl.as_ref() else { return };
+        let shard = self.shard;
+        let table = self.ctx.table.name.clone();
+        let mut prefixes: Vec<String> = self
+            .prefixes()
+            .iter()
+            .map(|(kind, name)| shard_prefix(kind, name, shard))
+            .collect();
+        prefixes.push(shard_prefix("dead", &table, shard));
+        prefixes.push(format!("snapshots/{table}/shard={shard:03}/"));
+        let mut keep: Vec<String> = self.segments.iter().map(|s| s.path.clone()).collect();
+        keep.extend(c.chain.iter().map(|p| p.path.clone()));
+        let objects = self.ctx.objects.clone();
+        let grace_ms = std::env::var("LOCKSTEP_GC_GRACE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60_000);
+        tokio::spawn(async move {
+            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+            for prefix in prefixes {
+                match segments::delete_unlisted(objects.as_ref(), &prefix, &keep, grace_ms).await {
+                    Ok(gone) => {
+                        for g in gone {
+                            tracing::info!(shard, object = %g, "deleted an object no checkpoint lists");
+                        }
+                    }
+                    Err(e) => tracing::warn!(shard, "collecting unlisted objects: {e}"),
+                }
+            }
+        });
     }
 
     /// The committed checkpoint was built for another pipeline (`views
