@@ -223,16 +223,19 @@ pub async fn delete_orphans(
 }
 
 /// Deletes every object under `prefix` that `keep` does not list and that
-/// was written more than `grace_ms` ago, whoever wrote it; returns them.
-/// In a cluster a shard's prefixes belong to its owner: what the committed
-/// manifest does not list there was left by crashed or fenced attempts.
+/// was written before `before_ms` (milliseconds since the epoch), whoever
+/// wrote it; returns them. In a cluster a shard's prefixes belong to its
+/// owner: what the committed manifest does not list there was left by
+/// crashed or fenced attempts. `before_ms` must not be later than when
+/// `keep` was read (minus a grace for commits still on their way): objects
+/// written since may belong to checkpoints `keep` does not know yet.
 pub async fn delete_unlisted(
     store: &dyn ObjectStore,
     prefix: &str,
     keep: &[&str],
-    grace_ms: i64,
+    before_ms: i64,
 ) -> Result<Vec<String>, SegmentError> {
-    let before = crate::node::now_ms() - grace_ms;
+    let before = before_ms;
     let listed: Vec<_> = store
         .list(Some(&ObjPath::from(prefix)))
         .try_collect()
@@ -299,12 +302,13 @@ mod tests {
         }
         let keep = ["raw/t/shard=000/kept.seg"];
         // written just now: within the grace, nothing goes
-        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, 60_000)
+        let now = crate::node::now_ms();
+        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, now - 60_000)
             .await
             .unwrap();
         assert!(gone.is_empty(), "{gone:?}");
         // no grace: the unlisted object of this shard goes, nothing else
-        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, -1_000)
+        let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, now + 1_000)
             .await
             .unwrap();
         assert_eq!(gone, ["raw/t/shard=000/orphan.seg"]);

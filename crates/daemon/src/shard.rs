@@ -1207,7 +1207,6 @@ impl Actor for ShardActor {
 pub struct Supervisor;
 
 /// What the supervisor is asked to do.
-#[derive(Debug, Clone, Copy)]
 pub enum SupMsg {
     /// Start the shard's actor (replacing one that runs under an older
     /// owner epoch).
@@ -1217,6 +1216,13 @@ pub enum SupMsg {
     Restart(u32),
     /// The shard is no longer this node's: stop its actor.
     Release(u32),
+    /// A shard actor's start (its recovery, on a task of its own, so that
+    /// shards recover in parallel) ended; `gen` tells which start.
+    Started {
+        shard: u32,
+        gen: u64,
+        actor: Result<ActorRef<ShardMsg>, String>,
+    },
 }
 
 /// Stop reasons after which the supervisor starts nothing.
@@ -1231,6 +1237,14 @@ pub struct SupervisorState {
     owners: HashMap<ractor::ActorId, u32>,
     /// Current retry delay of shards whose recovery failed.
     backoff: HashMap<u32, std::time::Duration>,
+    /// Shards whose actor is starting, with the start's number.
+    starting: HashMap<u32, u64>,
+    starts: u64,
+    /// Shards asked to (re)start again while a start was running.
+    again: std::collections::HashSet<u32>,
+    /// Recently ended actors the supervisor did not know yet (one may end
+    /// before its start is reported).
+    ended_early: std::collections::VecDeque<ractor::ActorId>,
 }
 
 impl Supervisor {
@@ -1249,6 +1263,79 @@ impl Supervisor {
         // events appended while the registry still named the failed actor
         let _ = actor.send_message(ShardMsg::CatchUp);
         Ok(())
+    }
+
+    /// Starts the shard's actor on a task of its own; its recovery may take
+    /// a while (snapshot objects, a rebuild), and other shards' starts go
+    /// on meanwhile. The outcome comes back as [`SupMsg::Started`].
+    fn begin_start(me: &ActorRef<SupMsg>, st: &mut SupervisorState, shard: u32) {
+        st.starts += 1;
+        let gen = st.starts;
+        st.starting.insert(shard, gen);
+        let args = ShardArgs {
+            ctx: st.ctx.clone(),
+            shard,
+        };
+        let (me, cell) = (me.clone(), me.get_cell());
+        tokio::spawn(async move {
+            let actor = Actor::spawn_linked(None, ShardActor, args, cell)
+                .await
+                .map(|(a, _)| a)
+                .map_err(|e| e.to_string());
+            if let Err(ractor::MessagingErr::SendErr(SupMsg::Started { actor: Ok(a), .. })) =
+                me.send_message(SupMsg::Started { shard, gen, actor })
+            {
+                a.stop(Some(SUPERSEDED.into())); // the supervisor is gone
+            }
+        });
+    }
+
+    /// A start ended: register the actor, or retry.
+    fn started(
+        me: &ActorRef<SupMsg>,
+        st: &mut SupervisorState,
+        shard: u32,
+        gen: u64,
+        actor: Result<ActorRef<ShardMsg>, String>,
+    ) {
+        if st.starting.get(&shard) != Some(&gen) {
+            if let Ok(a) = actor {
+                a.stop(Some(SUPERSEDED.into()));
+            }
+            return;
+        }
+        st.starting.remove(&shard);
+        let again = st.again.remove(&shard);
+        let ours =
+            st.ctx.cluster.is_none() || st.ctx.held[shard as usize].load(Ordering::Relaxed) != 0;
+        match actor {
+            Ok(a) => {
+                let died = match st.ended_early.iter().position(|id| *id == a.get_id()) {
+                    Some(i) => {
+                        st.ended_early.remove(i);
+                        true
+                    }
+                    None => false,
+                };
+                if again || died || !ours {
+                    a.stop(Some(SUPERSEDED.into()));
+                    if ours {
+                        let _ = me.send_message(SupMsg::Restart(shard));
+                    }
+                    return;
+                }
+                st.owners.insert(a.get_id(), shard);
+                st.ctx.shards.write().expect("shard registry")[shard as usize] = Some(a.clone());
+                // events appended while the registry still named the failed
+                // actor
+                let _ = a.send_message(ShardMsg::CatchUp);
+                st.backoff.remove(&shard);
+            }
+            Err(_) if again => {
+                let _ = me.send_message(SupMsg::Restart(shard));
+            }
+            Err(e) => Supervisor::retry(me, st, shard, &e),
+        }
     }
 
     /// Stops the shard's actor, if any, for good.
@@ -1295,6 +1382,10 @@ impl Actor for Supervisor {
             ctx: ctx.clone(),
             owners: HashMap::new(),
             backoff: HashMap::new(),
+            starting: HashMap::new(),
+            starts: 0,
+            again: Default::default(),
+            ended_early: Default::default(),
         };
         // in a cluster, shards start as the shard map gives them to this node
         if ctx.cluster.is_none() {
@@ -1328,14 +1419,17 @@ impl Actor for Supervisor {
                 }
                 // never two actors for one shard: whatever is registered
                 // (a failed actor, or one started by an earlier message)
-                // stops first
-                Supervisor::stop_shard(st, shard, SUPERSEDED);
-                match Supervisor::start_shard(&me, st, shard).await {
-                    Ok(()) => {
-                        st.backoff.remove(&shard);
-                    }
-                    Err(e) => Supervisor::retry(&me, st, shard, &e.to_string()),
+                // stops first, and a start still running is redone when it
+                // ends
+                if st.starting.contains_key(&shard) {
+                    st.again.insert(shard);
+                    return Ok(());
                 }
+                Supervisor::stop_shard(st, shard, SUPERSEDED);
+                Supervisor::begin_start(&me, st, shard);
+            }
+            SupMsg::Started { shard, gen, actor } => {
+                Supervisor::started(&me, st, shard, gen, actor);
             }
         }
         Ok(())
@@ -1355,6 +1449,11 @@ impl Actor for Supervisor {
             _ => return Ok(()),
         };
         let Some(shard) = st.owners.remove(&cell.get_id()) else {
+            // perhaps an actor whose start is not reported yet
+            st.ended_early.push_back(cell.get_id());
+            if st.ended_early.len() > 64 {
+                st.ended_early.pop_front();
+            }
             return Ok(());
         };
         if st.ctx.stopping.load(Ordering::Relaxed) {

@@ -561,14 +561,18 @@ impl ShardWorker {
         let mut keep: Vec<String> = self.segments.iter().map(|s| s.path.clone()).collect();
         keep.extend(c.chain.iter().map(|p| p.path.clone()));
         let objects = self.ctx.objects.clone();
-        let grace_ms = std::env::var("LOCKSTEP_GC_GRACE_MS")
+        let grace_ms: i64 = std::env::var("LOCKSTEP_GC_GRACE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(60_000);
+        // only what was written before the manifest was read (this
+        // recovery's barrier), minus the grace: the actor's own checkpoints
+        // from now on are not in `keep`
+        let before_ms = now_ms() - grace_ms;
         tokio::spawn(async move {
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
             for prefix in prefixes {
-                match segments::delete_unlisted(objects.as_ref(), &prefix, &keep, grace_ms).await {
+                match segments::delete_unlisted(objects.as_ref(), &prefix, &keep, before_ms).await {
                     Ok(gone) => {
                         for g in gone {
                             tracing::info!(shard, object = %g, "deleted an object no checkpoint lists");
