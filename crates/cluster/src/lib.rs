@@ -410,7 +410,17 @@ impl ControlPlane {
                 .await
                 .map_err(raft_err)?;
         } else if membership.get_node(&req.node) != Some(&node) {
-            // a member back at a new address (its id is its identity)
+            // a member back at a new address (its id is its identity): the
+            // member list first, so every member's address book points
+            // there (the membership change needs its acknowledgement)
+            self.propose(Command::Join {
+                node: req.node,
+                addr: req.addr.clone(),
+                at_ms: now_ms(),
+            })
+            .await?
+            .into_result()
+            .map_err(ClusterError::Remote)?;
             let nodes = [(req.node, node)].into_iter().collect();
             self.raft
                 .change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
@@ -464,7 +474,10 @@ impl ControlPlane {
             ));
         }
         let r = self.propose(Command::Remove { node }).await?;
-        if r != Response::Done {
+        // gone from the state already (a retry after the membership change
+        // failed): finish the membership change
+        let retry = !self.state().nodes.contains_key(&node) && self.raft_member(node);
+        if r != Response::Done && !retry {
             return Ok(r);
         }
         let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| {
@@ -504,9 +517,22 @@ impl ControlPlane {
         Ok(Response::Done)
     }
 
-    /// Records word from the majority's side (see [`Self::since_contact`]).
-    pub fn touch(&self) {
-        *self.contact.lock().expect("contact") = std::time::Instant::now();
+    /// Whether `node` is in the Raft membership (voter or learner).
+    pub fn raft_member(&self, node: NodeId) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)
+            .is_some()
+    }
+
+    /// Records word from the majority's side as of `at` (see
+    /// [`Self::since_contact`]); never moves it back.
+    pub fn touch_at(&self, at: std::time::Instant) {
+        let mut c = self.contact.lock().expect("contact");
+        *c = (*c).max(at);
     }
 
     /// How long since this member last had word that it is on the
@@ -519,9 +545,14 @@ impl ControlPlane {
     }
 
     /// Asks a member whether it is alive (the coordinator's heartbeat).
+    /// The ping carries how old the coordinator's own word from a majority
+    /// is: a member's lease is never fresher than its coordinator's (a
+    /// deposed leader cut off with a few members keeps none of them
+    /// serving).
     pub async fn ping(&self, addr: &str) -> bool {
+        let age = self.since_contact().as_millis() as u64;
         self.peer
-            .post(addr, "/internal/cluster/ping", Vec::new())
+            .post(addr, "/internal/cluster/ping", encode(&age))
             .await
             .is_ok()
     }
@@ -660,11 +691,19 @@ async fn cluster_remove(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpR
 }
 
 /// The coordinator's liveness probe.
-async fn cluster_ping(State(cp): Cp, headers: HeaderMap) -> HttpResponse {
+async fn cluster_ping(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
     if let Some(r) = refuse(&cp, &headers) {
         return r;
     }
-    cp.touch();
+    match decode::<u64>(&body) {
+        Ok(age) => {
+            let at = std::time::Instant::now().checked_sub(Duration::from_millis(age));
+            if let Some(at) = at {
+                cp.touch_at(at);
+            }
+        }
+        Err(e) => return bad(e),
+    }
     bin(&cp.id)
 }
 

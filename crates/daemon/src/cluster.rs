@@ -49,7 +49,7 @@ impl ClusterCtx {
     /// side: shorter than the failure timeout, so a node cut off stops
     /// serving before its shards can be given to others.
     pub fn lease(&self) -> Duration {
-        self.failure_timeout / 2
+        self.failure_timeout.mul_f64(0.6)
     }
 
     pub fn state(&self) -> Arc<ClusterState> {
@@ -500,11 +500,20 @@ fn run_backfills(
                         }
                     }
                 };
-                let done = matches!(cl.cp.propose(cmd).await, Ok(Response::Done));
-                if let (Ok(part), false) = (&outcome, done) {
-                    // another node's part came first (or the job ended)
-                    let p = ObjPath::from(part.path.as_str());
-                    let _ = ctx.objects.delete(&p).await;
+                let answer = cl.cp.propose(cmd).await;
+                let done = matches!(answer, Ok(Response::Done));
+                if let (Ok(part), Ok(Response::Rejected(_))) = (&outcome, &answer) {
+                    // another node's part came first (or the job ended):
+                    // this object is not the job's (an unanswered proposal
+                    // may have been applied, so its object stays)
+                    let listed = cl
+                        .state()
+                        .backfill(&id)
+                        .and_then(|j| j.parts.get(&shard).map(|p| p.path == part.path));
+                    if listed != Some(true) {
+                        let p = ObjPath::from(part.path.as_str());
+                        let _ = ctx.objects.delete(&p).await;
+                    }
                 }
                 if !done {
                     // the shard may come back to this node: allow a rerun
@@ -567,6 +576,13 @@ async fn ownership(
             if let Err(e) = follow_pipeline(&ctx, &st) {
                 tracing::error!("{e}; this node's shards wait for a pipeline it can run");
                 refused = st.pipeline.version;
+                // they must not commit state for the old views meanwhile:
+                // restarted, they wait (their recovery sees the version)
+                for s in 0..ctx.table.shards {
+                    if let Some(a) = ctx.shard(s) {
+                        let _ = a.send_message(ShardMsg::Stop);
+                    }
+                }
             }
         }
         for s in 0..st.shards {
@@ -633,6 +649,9 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // when each node was last heard from (pings), the join time we last
     // saw of each, and when we marked nodes down
     let seen: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
+    // when each node last answered a ping, as the time the ping was sent
+    // (the evidence for this node's serving lease)
+    let acked: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
     let mut joins: HashMap<NodeId, i64> = HashMap::new();
     let mut down_at: HashMap<NodeId, Instant> = HashMap::new();
     let mut was_leader = false;
@@ -683,6 +702,7 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             let new_leader = !was_leader;
             if new_leader {
                 seen.clear();
+                acked.lock().expect("acked").clear();
                 joins.clear();
                 was_leader = true;
                 last_ping = now - Duration::from_secs(10); // ping at once
@@ -715,29 +735,47 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                 if n == cl.id {
                     continue;
                 }
-                let (cp, seen, addr) = (cl.cp.clone(), seen.clone(), info.addr.clone());
+                let (cp, seen, acked, addr) = (
+                    cl.cp.clone(),
+                    seen.clone(),
+                    acked.clone(),
+                    info.addr.clone(),
+                );
                 tokio::spawn(async move {
+                    let sent = Instant::now();
                     if cp.ping(&addr).await {
                         seen.lock().expect("seen").insert(n, Instant::now());
+                        acked.lock().expect("acked").insert(n, sent);
                     }
                 });
             }
         }
         let heard = |n: &NodeId| seen.lock().expect("seen").get(n).copied();
-        // the coordinator's own lease: answers from a majority of the
-        // members not down (itself included)
-        let members: Vec<&NodeId> = st
+        // the coordinator's own lease: the time by which a majority of the
+        // members not down (itself included) had answered its pings, taken
+        // at sending; only real answers count, not the credits above
+        let mut answered: Vec<Instant> = {
+            let acked = acked.lock().expect("acked");
+            st.nodes
+                .iter()
+                .filter(|(_, i)| i.state != NodeState::Down)
+                .filter_map(|(n, _)| {
+                    if *n == cl.id {
+                        Some(now)
+                    } else {
+                        acked.get(n).copied()
+                    }
+                })
+                .collect()
+        };
+        let members = st
             .nodes
-            .iter()
-            .filter(|(_, i)| i.state != NodeState::Down)
-            .map(|(n, _)| n)
-            .collect();
-        let fresh = members
-            .iter()
-            .filter(|n| heard(n).is_some_and(|t| now.duration_since(t) < cl.lease()))
+            .values()
+            .filter(|i| i.state != NodeState::Down)
             .count();
-        if 2 * fresh > members.len() {
-            cl.cp.touch();
+        answered.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(t) = answered.get(members / 2) {
+            cl.cp.touch_at(*t);
         }
         for (&n, info) in &st.nodes {
             let last = heard(&n);

@@ -1351,9 +1351,16 @@ async fn cluster_remove(State(app): State<App>, Path(node): Path<String>) -> Res
         Ok(c) => c,
         Err(r) => return r,
     };
-    let id = match member_id(cl, &node) {
-        Ok(id) => id,
-        Err(r) => return r,
+    // (a node already gone from the member list but still in the Raft
+    // group: a retry after the membership change failed)
+    let raft_only = node
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|id| cl.cp.raft_member(*id));
+    let id = match (member_id(cl, &node), raft_only) {
+        (Ok(id), _) | (Err(_), Some(id)) => id,
+        (Err(r), None) => return r,
     };
     match cl.cp.remove(id).await {
         Ok(lockstep_cluster::state::Response::Done) => {
@@ -1488,7 +1495,15 @@ async fn backfill(
     if q.wait == Some(false) {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "job": id }))).into_response();
     }
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
     loop {
+        if Instant::now() > deadline {
+            return (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "job": id, "state": "running", "error": "still running after 10 minutes: follow it with GET /v1/backfill/{job}" })),
+            )
+                .into_response();
+        }
         let st = cl.state();
         if let Some(j) = st.backfill(&id).filter(|j| j.finished_ms.is_some()) {
             let body = backfill_json(j, st.shards);

@@ -255,16 +255,20 @@ pub struct BackfillRequest {
     pub sql: Option<String>,
 }
 
-/// `POST /v1/backfill`, retried while shards are moving (503).
+/// A cluster backfill job: `POST /v1/backfill?wait=false` (retried while
+/// the control plane is unavailable, 503), then its progress until every
+/// shard is done. Returns the finished job; a failed job is an error.
 pub fn run_cluster_backfill(
     client: &Client,
     body: &[u8],
 ) -> Result<serde_json::Value, OfflineError> {
     let mut last = None;
+    let mut job = None;
     for _ in 0..30 {
-        let r = client.request("POST", "/v1/backfill", Some(body), &[])?;
-        if r.status == 200 {
-            return Ok(r.json());
+        let r = client.request("POST", "/v1/backfill?wait=false", Some(body), &[])?;
+        if r.status == 202 {
+            job = r.json()["job"].as_str().map(str::to_string);
+            break;
         }
         if r.status != 503 {
             return Err(other(format!(
@@ -276,10 +280,40 @@ pub fn run_cluster_backfill(
         last = Some(String::from_utf8_lossy(&r.body).into_owned());
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
-    Err(other(format!(
-        "POST /v1/backfill: still unavailable after 30 tries: {}",
-        last.unwrap_or_default()
-    )))
+    let Some(job) = job else {
+        return Err(other(format!(
+            "POST /v1/backfill: still unavailable after 30 tries: {}",
+            last.unwrap_or_default()
+        )));
+    };
+    let mut misses = 0;
+    loop {
+        let r = client.request("GET", &format!("/v1/backfill/{job}"), None, &[])?;
+        if r.status != 200 {
+            // this member may apply the job a moment after the leader did
+            misses += 1;
+            if misses > 100 {
+                return Err(other(format!(
+                    "GET /v1/backfill/{job}: HTTP {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        let j = r.json();
+        match j["state"].as_str() {
+            Some("done") => return Ok(j),
+            Some("failed") => {
+                return Err(other(format!(
+                    "backfill job {job} failed: {}",
+                    j["error"].as_str().unwrap_or("?")
+                )))
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }
 
 /// One shard's part of a cluster backfill: its rows as a Parquet object.
