@@ -652,13 +652,48 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // when each node last answered a ping, as the time the ping was sent
     // (the evidence for this node's serving lease)
     let acked: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
+    // the heartbeat, on its own timer: the loop below waits on proposals,
+    // and a slow commit must not delay the pings (the members' serving
+    // leases hang on them)
+    {
+        let (ctx, cl, seen, acked) = (ctx.clone(), cl.clone(), seen.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if ctx.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if !cl.cp.is_leader() {
+                    continue;
+                }
+                for (&n, info) in &cl.state().nodes {
+                    if n == cl.id {
+                        continue;
+                    }
+                    let (cp, seen, acked, addr) = (
+                        cl.cp.clone(),
+                        seen.clone(),
+                        acked.clone(),
+                        info.addr.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let sent = Instant::now();
+                        if cp.ping(&addr).await {
+                            seen.lock().expect("seen").insert(n, Instant::now());
+                            acked.lock().expect("acked").insert(n, sent);
+                        }
+                    });
+                }
+            }
+        });
+    }
     let mut joins: HashMap<NodeId, i64> = HashMap::new();
     let mut down_at: HashMap<NodeId, Instant> = HashMap::new();
     let mut was_leader = false;
     // the leader this node last followed
     let mut prev_leader: Option<NodeId> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_ping = Instant::now() - Duration::from_secs(10);
     let mut last_tick = Instant::now();
     loop {
         tick.tick().await;
@@ -705,7 +740,6 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                 acked.lock().expect("acked").clear();
                 joins.clear();
                 was_leader = true;
-                last_ping = now - Duration::from_secs(10); // ping at once
             }
             for (&n, info) in &st.nodes {
                 // a node that (re)joined since counts as just heard from; a
@@ -728,27 +762,6 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                 }
             }
             seen.insert(cl.id, now);
-        }
-        if now.duration_since(last_ping) >= Duration::from_millis(500) {
-            last_ping = now;
-            for (&n, info) in &st.nodes {
-                if n == cl.id {
-                    continue;
-                }
-                let (cp, seen, acked, addr) = (
-                    cl.cp.clone(),
-                    seen.clone(),
-                    acked.clone(),
-                    info.addr.clone(),
-                );
-                tokio::spawn(async move {
-                    let sent = Instant::now();
-                    if cp.ping(&addr).await {
-                        seen.lock().expect("seen").insert(n, Instant::now());
-                        acked.lock().expect("acked").insert(n, sent);
-                    }
-                });
-            }
         }
         let heard = |n: &NodeId| seen.lock().expect("seen").get(n).copied();
         // the coordinator's own lease: the time by which a majority of the

@@ -664,11 +664,14 @@ impl ShardWorker {
                     format!("shard {shard}: committing its rebuild for the new pipeline: {w}")
                 }
             })?;
-        // what the committed manifest no longer lists
+        // what the committed manifest no longer lists, a minute later:
+        // other nodes may be reading them under the manifest they listed a
+        // moment ago (export, backfill), as after a compaction
         let mut gone: Vec<String> = removed.iter().map(|s| s.path.clone()).collect();
         gone.extend(m.snapshot.iter().map(|p| p.path.clone()));
         let objects = ctx.objects.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             for p in gone {
                 let p = object_store::path::Path::from(p.as_str());
                 let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &p).await;
