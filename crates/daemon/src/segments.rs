@@ -207,6 +207,19 @@ pub async fn delete_orphans(
     keep: &[&str],
 ) -> Result<Vec<String>, SegmentError> {
     let mine = format!(".{store_id}.");
+    delete_where(store, prefix, |p, _| {
+        p.contains(&mine) && !keep.contains(&p)
+    })
+    .await
+}
+
+/// Deletes the objects under `prefix` for which `doomed(path, written_ms)`
+/// holds; returns them.
+async fn delete_where(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    doomed: impl Fn(&str, i64) -> bool,
+) -> Result<Vec<String>, SegmentError> {
     let listed: Vec<_> = store
         .list(Some(&ObjPath::from(prefix)))
         .try_collect()
@@ -214,7 +227,7 @@ pub async fn delete_orphans(
     let mut gone = Vec::new();
     for meta in listed {
         let p = meta.location.to_string();
-        if p.contains(&mine) && !keep.contains(&p.as_str()) {
+        if doomed(&p, meta.last_modified.timestamp_millis()) {
             store.delete(&meta.location).await?;
             gone.push(p);
         }
@@ -235,20 +248,10 @@ pub async fn delete_unlisted(
     keep: &[&str],
     before_ms: i64,
 ) -> Result<Vec<String>, SegmentError> {
-    let before = before_ms;
-    let listed: Vec<_> = store
-        .list(Some(&ObjPath::from(prefix)))
-        .try_collect()
-        .await?;
-    let mut gone = Vec::new();
-    for meta in listed {
-        let p = meta.location.to_string();
-        if !keep.contains(&p.as_str()) && meta.last_modified.timestamp_millis() < before {
-            store.delete(&meta.location).await?;
-            gone.push(p);
-        }
-    }
-    Ok(gone)
+    delete_where(store, prefix, |p, written| {
+        !keep.contains(&p) && written < before_ms
+    })
+    .await
 }
 
 /// Merges consecutive small segments of one kind, name and shard: groups

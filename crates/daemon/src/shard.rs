@@ -215,6 +215,24 @@ impl ShardWorker {
         Ok(w)
     }
 
+    fn log_rebuilt(&self, emit: &[bool], events: u64, started: Instant) {
+        let rebuilt: Vec<&String> = self
+            .pipe
+            .view_names
+            .iter()
+            .zip(emit)
+            .filter(|(_, e)| **e)
+            .map(|(n, _)| n)
+            .collect();
+        tracing::info!(
+            shard = self.shard,
+            events,
+            rebuilt_views = ?rebuilt,
+            millis = started.elapsed().as_millis() as u64,
+            "rebuilt the shard's state for a new pipeline from its archive"
+        );
+    }
+
     /// Which views a state built for the pipeline `built_for` (a
     /// fingerprint: `name=fp,…`) lacks: new or changed ones, whose whole
     /// training history a rebuild writes.
@@ -375,13 +393,7 @@ impl ShardWorker {
         self.segments.retain(|s| !removed.contains(s));
         self.segments.extend(added);
         self.ckpt = info;
-        tracing::info!(
-            shard,
-            events,
-            rebuilt_views = ?self.pipe.view_names.iter().zip(&emit).filter(|(_, e)| **e).map(|(n, _)| n).collect::<Vec<_>>(),
-            millis = started.elapsed().as_millis() as u64,
-            "rebuilt the shard's state for a new pipeline from its archive"
-        );
+        self.log_rebuilt(&emit, events, started);
         Ok(())
     }
 

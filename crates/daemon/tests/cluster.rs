@@ -499,6 +499,23 @@ fn topic_rows(env: &Env, topic: &str, shards: u32) -> (Vec<Vec<Row>>, Vec<u64>) 
     (out, ends)
 }
 
+/// Waits until every shard's committed checkpoint covers its partition up
+/// to `ends`.
+fn wait_checkpoints_cover(cluster: &Cluster, ends: &[u64]) {
+    cluster.wait_state(
+        "checkpoints covering the topic",
+        Duration::from_secs(120),
+        |st| {
+            st["shards"].as_array().is_some_and(|s| {
+                s.len() == ends.len()
+                    && s.iter()
+                        .zip(ends)
+                        .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
+            })
+        },
+    );
+}
+
 /// The batch engine (what `lockstep run` does) over each partition's
 /// events in order: the committed rows grouped per shard, and the engine.
 fn batch_per_shard(per_shard: &[Vec<Row>]) -> (Vec<Row>, lockstep_core::Engine) {
@@ -538,18 +555,7 @@ fn check_exactly_once(cluster: &Cluster, sent: &[Row], dir: &Path) -> Vec<Row> {
     want_ids.sort_unstable();
     assert_eq!(got_ids, want_ids, "the topic holds each sent event once");
     // every shard's committed checkpoint covers its whole partition
-    cluster.wait_state(
-        "checkpoints covering the topic",
-        Duration::from_secs(120),
-        |st| {
-            st["shards"].as_array().is_some_and(|s| {
-                s.len() == ends.len()
-                    && s.iter()
-                        .zip(&ends)
-                        .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
-            })
-        },
-    );
+    wait_checkpoints_cover(cluster, &ends);
     // the oracle: the batch engine per shard over the partition contents
     let all: Vec<Row> = per_shard.iter().flatten().cloned().collect();
     let catalog = catalog();
@@ -970,17 +976,7 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
     for r in &recs {
         ends[r.shard as usize] += 1;
     }
-    cluster.wait_state(
-        "checkpoints covering the topic",
-        Duration::from_secs(120),
-        |st| {
-            st["shards"].as_array().is_some_and(|s| {
-                s.iter()
-                    .zip(&ends)
-                    .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
-            })
-        },
-    );
+    wait_checkpoints_cover(&cluster, &ends);
     let (want, _) = batch_per_shard(&per_shard);
     let c = &cluster.live()[0];
     assert_rows_eq(
@@ -1127,17 +1123,7 @@ FROM ad_events;",
     }
     let shards = catalog().tables[0].shards;
     let (per_shard, ends) = topic_rows(&cluster.env, &cluster.topic, shards);
-    cluster.wait_state(
-        "checkpoints covering the topic",
-        Duration::from_secs(120),
-        |st| {
-            st["shards"].as_array().is_some_and(|s| {
-                s.iter()
-                    .zip(&ends)
-                    .all(|(s, end)| s["checkpoint"]["offset"].as_u64() == Some(*end))
-            })
-        },
-    );
+    wait_checkpoints_cover(&cluster, &ends);
     let dir = cluster.root.path().to_path_buf();
     for node in cluster.live() {
         for view in [VIEW, "clicks_per_campaign"] {

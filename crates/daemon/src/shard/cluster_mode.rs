@@ -708,13 +708,7 @@ impl ShardWorker {
             bytes_written: 0,
             pipeline,
         };
-        tracing::info!(
-            shard,
-            events,
-            rebuilt_views = ?self.pipe.view_names.iter().zip(&emit).filter(|(_, e)| **e).map(|(n, _)| n).collect::<Vec<_>>(),
-            millis = started.elapsed().as_millis() as u64,
-            "rebuilt the shard's state for a new pipeline from its archive"
-        );
+        self.log_rebuilt(&emit, events, started);
         Ok(())
     }
 
