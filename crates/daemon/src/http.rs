@@ -1492,6 +1492,12 @@ async fn backfill(
         Ok(lockstep_cluster::state::Response::Rejected(w)) => return unavailable(w),
         Err(e) => return unavailable(format!("the control plane: {e}")),
     }
+    // this member applies the job a moment after the leader: answer once
+    // it has, so a `GET /v1/backfill/{job}` here right after finds it
+    let applied_by = Instant::now() + std::time::Duration::from_secs(10);
+    while cl.state().backfill(&id).is_none() && Instant::now() < applied_by {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     if q.wait == Some(false) {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "job": id }))).into_response();
     }
