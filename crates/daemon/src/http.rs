@@ -1040,34 +1040,31 @@ async fn cluster_apply(
         }
     }
     let fp = new.fingerprint();
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let st = cl.state();
-        // (this member may apply the change after the leader answered)
-        if st.pipeline.version > new.version {
-            return Err(error(
-                StatusCode::CONFLICT,
-                format!(
-                    "another `views apply` replaced this pipeline (the cluster is at version {})",
-                    st.pipeline.version
-                ),
-            ));
-        }
-        let waiting = st
-            .checkpoints
+    let waiting = |st: &lockstep_cluster::state::ClusterState| {
+        st.checkpoints
             .iter()
             .filter(|c| c.as_ref().is_some_and(|c| c.pipeline != fp))
-            .count();
-        if waiting == 0 && st.pipeline.version == new.version {
-            return Ok(());
+            .count()
+    };
+    // (this member may apply the change after the leader answered)
+    let outcome = wait_for(cl, std::time::Duration::from_secs(600), |st| {
+        if st.pipeline.version > new.version {
+            Some(Err(st.pipeline.version))
+        } else {
+            (st.pipeline.version == new.version && waiting(st) == 0).then_some(Ok(()))
         }
-        if Instant::now() > deadline {
-            return Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the new pipeline is applied, but {waiting} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)"),
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(version)) => Err(error(
+            StatusCode::CONFLICT,
+            format!("another `views apply` replaced this pipeline (the cluster is at version {version})"),
+        )),
+        Err(st) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the new pipeline is applied, but {} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)", waiting(&st)),
+        )),
     }
 }
 
@@ -1096,6 +1093,29 @@ async fn checkpoint(State(app): State<App>) -> Response {
 
 /// Opens a cluster checkpoint epoch and waits until every shard's owner
 /// has committed a checkpoint for it.
+/// Waits, as this member applies the replicated state, until `done` gives
+/// an answer; after `within`, `Err` with the last state seen.
+async fn wait_for<T>(
+    cl: &crate::cluster::ClusterCtx,
+    within: std::time::Duration,
+    mut done: impl FnMut(&lockstep_cluster::state::ClusterState) -> Option<T>,
+) -> Result<T, Arc<lockstep_cluster::state::ClusterState>> {
+    let mut rx = cl.cp.subscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let st = rx.borrow_and_update().clone();
+        if let Some(t) = done(&st) {
+            return Ok(t);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return Err(st);
+        }
+    }
+}
+
 async fn cluster_checkpoint(cl: &crate::cluster::ClusterCtx) -> Response {
     use lockstep_cluster::state::{Command, Response as R};
     let epoch = cl.state().epoch + 1;
@@ -1111,28 +1131,22 @@ async fn cluster_checkpoint(cl: &crate::cluster::ClusterCtx) -> Response {
         Ok(R::Done) | Ok(R::Rejected(_)) => {}
         Err(e) => return unavailable(e.to_string()),
     }
-    let mut rx = cl.cp.subscribe();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let st = rx.borrow_and_update().clone();
-        if st.completed_epoch() >= epoch {
-            let shards: Vec<_> = st
-                .checkpoints
+    let complete = wait_for(cl, std::time::Duration::from_secs(60), |st| {
+        (st.completed_epoch() >= epoch).then(|| {
+            st.checkpoints
                 .iter()
                 .flatten()
                 .map(|c| json!({"shard": c.shard, "seq": c.seq, "offset": c.offset, "epoch": c.epoch, "owner": c.owner}))
-                .collect();
-            return axum::Json(json!({ "epoch": epoch, "checkpoints": shards })).into_response();
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return unavailable(format!(
-                "epoch {epoch} is not complete after 60 s (completed: {}); some shard is moving or down",
-                st.completed_epoch()
-            ));
-        }
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    match complete {
+        Ok(shards) => axum::Json(json!({ "epoch": epoch, "checkpoints": shards })).into_response(),
+        Err(st) => unavailable(format!(
+            "epoch {epoch} is not complete after 60 s (completed: {}); some shard is moving or down",
+            st.completed_epoch()
+        )),
     }
 }
 
@@ -1494,31 +1508,27 @@ async fn backfill(
     }
     // this member applies the job a moment after the leader: answer once
     // it has, so a `GET /v1/backfill/{job}` here right after finds it
-    let applied_by = Instant::now() + std::time::Duration::from_secs(10);
-    while cl.state().backfill(&id).is_none() && Instant::now() < applied_by {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let _ = wait_for(cl, std::time::Duration::from_secs(10), |st| {
+        st.backfill(&id).map(|_| ())
+    })
+    .await;
     if q.wait == Some(false) {
         return (StatusCode::ACCEPTED, axum::Json(json!({ "job": id }))).into_response();
     }
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        if Instant::now() > deadline {
-            return (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "job": id, "state": "running", "error": "still running after 10 minutes: follow it with GET /v1/backfill/{job}" })),
-            )
-                .into_response();
-        }
-        let st = cl.state();
-        if let Some(j) = st.backfill(&id).filter(|j| j.finished_ms.is_some()) {
-            let body = backfill_json(j, st.shards);
-            return match &j.error {
-                Some(_) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
-                None => axum::Json(body).into_response(),
-            };
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let finished = wait_for(cl, std::time::Duration::from_secs(600), |st| {
+        st.backfill(&id)
+            .filter(|j| j.finished_ms.is_some())
+            .map(|j| (j.error.is_some(), backfill_json(j, st.shards)))
+    })
+    .await;
+    match finished {
+        Ok((false, body)) => axum::Json(body).into_response(),
+        Ok((true, body)) => (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response(),
+        Err(_) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "job": id, "state": "running", "error": "still running after 10 minutes: follow it with GET /v1/backfill/{job}" })),
+        )
+            .into_response(),
     }
 }
 

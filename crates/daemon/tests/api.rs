@@ -551,18 +551,6 @@ fn batch_view(
     per_shard.into_iter().flatten().collect()
 }
 
-fn export_view(
-    c: &lockstep_daemon::client::Client,
-    dir: &std::path::Path,
-    sql: &str,
-    view: &str,
-) -> Vec<lockstep_core::value::Row> {
-    let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
-    lockstep_daemon::offline::export(c, view, &out).unwrap();
-    let catalog = lockstep_core::parse_pipeline(sql).unwrap();
-    lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
-}
-
 #[test]
 fn views_apply_rebuilds_from_the_archive_while_the_node_runs() {
     let dir = tempfile::tempdir().unwrap();

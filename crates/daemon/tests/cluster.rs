@@ -1020,13 +1020,6 @@ fn batch_view(sql: &str, view: &str, per_shard: &[Vec<Row>]) -> Vec<Row> {
     by_shard.into_iter().flatten().collect()
 }
 
-fn export_view(c: &Client, dir: &Path, sql: &str, view: &str) -> Vec<Row> {
-    let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
-    lockstep_daemon::offline::export(c, view, &out).unwrap();
-    let catalog = lockstep_core::parse_pipeline(sql).unwrap();
-    lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
-}
-
 #[test]
 fn views_apply_rebuilds_every_shard_and_a_backfill_job_outlives_a_dead_node() {
     let Some(env) = env() else { return };

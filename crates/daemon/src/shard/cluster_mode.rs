@@ -89,6 +89,15 @@ pub struct ClusterUnsaved {
 /// event ids.
 type Dedup = (Vec<(String, IdemEntry)>, Vec<(u128, i64)>);
 
+/// A state delta's slots as a snapshot object holds them.
+fn snapshot_slots(delta: &crate::store::EncodedDelta) -> Vec<((u32, u32, u32), Vec<u8>)> {
+    delta
+        .slots
+        .iter()
+        .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
+        .collect()
+}
+
 fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
     bincode::serde::encode_to_vec((idem, ids), bincode::config::standard()).expect("keys encode")
 }
@@ -320,12 +329,7 @@ impl ClusterJob {
         let data = SnapshotData {
             replace: self.full,
             meta: job.delta.meta.clone(),
-            slots: job
-                .delta
-                .slots
-                .iter()
-                .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
-                .collect(),
+            slots: snapshot_slots(&job.delta),
             idem: self.idem.clone(),
             event_ids: self.event_ids.clone(),
         };
@@ -624,17 +628,9 @@ impl ShardWorker {
         let data = SnapshotData {
             replace: true,
             meta: delta.meta.clone(),
-            slots: delta
-                .slots
-                .iter()
-                .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
-                .collect(),
-            idem: cs
-                .idem
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            event_ids: cs.event_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            slots: snapshot_slots(&delta),
+            idem: job.idem,
+            event_ids: job.event_ids,
         };
         let path = snapshot_path(
             &ctx.table.name,

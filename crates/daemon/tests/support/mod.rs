@@ -239,6 +239,15 @@ pub fn exported(client: &Client, dir: &Path) -> Vec<Row> {
     lockstep_io::read_rows(&out, &schema).unwrap()
 }
 
+/// The committed training rows of `view` of the pipeline `sql`, via
+/// `export`.
+pub fn export_view(client: &Client, dir: &Path, sql: &str, view: &str) -> Vec<Row> {
+    let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
+    lockstep_daemon::offline::export(client, view, &out).unwrap();
+    let catalog = lockstep_core::parse_pipeline(sql).unwrap();
+    lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
+}
+
 pub fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
