@@ -139,7 +139,7 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
     let topic = format!(
         "bench-{}-{}",
         std::process::id(),
-        lockstep_daemon::node::now_ms()
+        lockstep_daemon::clock::now_ms()
     );
     let rt = tokio::runtime::Runtime::new()?;
     let log = rt
@@ -197,7 +197,7 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
         batch.push((
             table.shard_of(&row),
             row[table.key].to_string(),
-            lockstep_daemon::node::encode_event(&row),
+            lockstep_io::raw::encode_event(&row),
         ));
         if batch.len() == 20_000 {
             flush(&mut batch)?;

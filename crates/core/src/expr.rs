@@ -9,7 +9,7 @@ use crate::value::{DataType, Value};
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum BinOp {
     Add,
     Sub,
@@ -27,7 +27,7 @@ pub enum BinOp {
     Concat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Func {
     Abs,
     Lower,
@@ -39,7 +39,7 @@ pub enum Func {
 }
 
 /// A typed scalar expression.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Expr {
     /// An input column by index.
     Column(usize),

@@ -5,7 +5,7 @@ use crate::expr::Expr;
 use crate::value::{DataType, Schema};
 
 /// A source table: the event log's schema and how it is sharded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Table {
     pub name: String,
     pub schema: Schema,
@@ -23,7 +23,7 @@ pub struct Table {
 }
 
 /// Which aggregate or navigation function a window call computes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum WinFunc {
     CountStar,
     Count,
@@ -44,7 +44,7 @@ pub enum WinFunc {
 }
 
 /// A window frame with offsets relative to the current row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Frame {
     /// Event-time range `[t + lo, t + hi]` in milliseconds; `lo == None` is
     /// UNBOUNDED PRECEDING. Negative offsets are PRECEDING.
@@ -65,7 +65,7 @@ impl Frame {
 }
 
 /// One `func(arg) FILTER (WHERE …) OVER window` occurrence.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct WindowCall {
     pub func: WinFunc,
     /// The argument, evaluated on each event as it enters state.
@@ -93,7 +93,7 @@ impl WindowCall {
 }
 
 /// Calls that share one PARTITION BY list share one keyed buffer of events.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionGroup {
     /// Column indexes of the PARTITION BY list; the first is the table key.
     pub columns: Vec<usize>,
@@ -108,7 +108,7 @@ pub struct PartitionGroup {
 }
 
 /// A compiled `CREATE VIEW`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct View {
     pub name: String,
     /// Index of the source table in [`Catalog::tables`].

@@ -36,7 +36,7 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
 }
 
 /// Fields that `EXTRACT` understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum TimeField {
     Year,
     Month,

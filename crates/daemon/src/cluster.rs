@@ -13,7 +13,8 @@
 //! - **The coordinator** (the Raft leader) pings the nodes, declares silent
 //!   ones down, reassigns their shards, drains, balances and opens epochs.
 
-use crate::node::{now_ms, NodeCtx};
+use crate::clock::now_ms;
+use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
 use crate::store::{decode_slot, StoreError};
 use lockstep_cluster::state::{
@@ -343,7 +344,7 @@ pub async fn produce(
     let mut values = Vec::with_capacity(events.len());
     for (_, row) in events {
         keys.push(row[ctx.table.key].to_string());
-        values.push(crate::node::encode_event(row));
+        values.push(lockstep_io::raw::encode_event(row));
     }
     let recs: Vec<OutRecord> = events
         .iter()
@@ -622,7 +623,9 @@ async fn ownership(
 /// node): the shards it holds restart, and each rebuilds its state for the
 /// new views from its archive as it recovers.
 fn follow_pipeline(ctx: &NodeCtx, st: &ClusterState) -> Result<(), String> {
-    let Some(new) = crate::node::cluster_pipeline(&st.pipeline, &ctx.table)? else {
+    let Some(new) =
+        crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table).map_err(|e| e.to_string())?
+    else {
         return Ok(());
     };
     let old = ctx.pipeline();

@@ -78,6 +78,16 @@ pub enum ObjectStoreUrl {
     S3 { bucket: String, prefix: String },
 }
 
+impl std::fmt::Display for ObjectStoreUrl {
+    /// The root as a URL, for status output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectStoreUrl::Local(p) => write!(f, "file://{}", p.display()),
+            ObjectStoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {

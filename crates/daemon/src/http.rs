@@ -5,7 +5,9 @@
 // handlers do; a Response is 128 bytes, built once per failed request.
 #![allow(clippy::result_large_err)]
 
-use crate::node::{describe_store, now_ms, view_fingerprint, Node, NodeCtx, Pipeline};
+use crate::clock::now_ms;
+use crate::node::{Node, NodeCtx};
+use crate::pipeline::{table_fingerprint, Pipeline};
 use crate::shard::{Reply, ShardMsg, ShardStatus, UNAVAILABLE};
 use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
 use axum::body::Bytes;
@@ -798,7 +800,7 @@ async fn status(State(app): State<App>) -> Response {
         "table": ctx.table.name,
         "views": ctx.pipeline().view_names,
         "shard_count": ctx.table.shards,
-        "object_store": describe_store(&ctx.config.object_store),
+        "object_store": ctx.config.object_store.to_string(),
         "data_dir": ctx.config.data_dir,
         "uptime_seconds": (now_ms() - ctx.started_ms) / 1000,
         "events": shards.iter().map(|s| s.events).sum::<u64>(),
@@ -880,7 +882,7 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
             "a node's pipeline declares one table and at least one view of it",
         );
     }
-    if format!("{:?}", catalog.tables[0]) != format!("{:?}", ctx.table) {
+    if table_fingerprint(&catalog.tables[0]) != table_fingerprint(&ctx.table) {
         return error(
             StatusCode::CONFLICT,
             format!(
@@ -898,24 +900,17 @@ async fn views_apply(State(app): State<App>, body: Result<Bytes, BytesRejection>
                 Ok(st) => st,
                 Err(e) => return unavailable(format!("the control plane: {e}")),
             };
-            match crate::node::cluster_pipeline(&st.pipeline, &ctx.table) {
+            match crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table) {
                 Ok(Some(p)) => Arc::new(p),
                 Ok(None) => return unavailable("the cluster is not initialized yet"),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         None => ctx.pipeline(),
     };
     new.version = old.version + u64::from(ctx.cluster.is_some());
     let new = Arc::new(new);
-    let fps = |p: &Pipeline| -> Vec<(String, String)> {
-        p.catalog
-            .views
-            .iter()
-            .map(|v| (v.name.clone(), view_fingerprint(v)))
-            .collect()
-    };
-    let (old_fps, new_fps) = (fps(&old), fps(&new));
+    let (old_fps, new_fps) = (old.view_fingerprints(), new.view_fingerprints());
     let added: Vec<&String> = new_fps
         .iter()
         .filter(|(n, _)| !old_fps.iter().any(|(o, _)| o == n))
@@ -1026,7 +1021,7 @@ async fn cluster_apply(
     let cmd = lockstep_cluster::state::Command::SetPipeline {
         sql: new.sql.clone(),
         expect_version: old.version,
-        at_ms: crate::node::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
     match cl.cp.propose(cmd).await {
         Ok(lockstep_cluster::state::Response::Done) => {}

@@ -12,12 +12,14 @@
 //! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
 
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod offline;
+pub mod pipeline;
 pub mod segments;
 pub mod shard;
 pub mod store;

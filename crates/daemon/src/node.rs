@@ -1,85 +1,20 @@
 //! One node: the pieces a running lockstepd shares (pipeline, log, state
 //! store, object store, shard actors, metrics) and its start-up.
 
-use crate::config::{Config, Fsync, ObjectStoreUrl};
+use crate::clock::now_ms;
+use crate::config::{Config, Fsync};
 use crate::metrics::Metrics;
+use crate::pipeline::{cluster_pipeline, table_fingerprint, Pipeline};
 use crate::segments::open_store;
 use crate::shard::{ShardMsg, Supervisor};
 use crate::store::StateStore;
 use crate::writer::{self, WriteReq};
-use lockstep_core::plan::{Catalog, Table, View};
-use lockstep_core::value::{Row, Value};
+use lockstep_core::plan::{Catalog, Table};
 use lockstep_log::{EmbeddedLog, FsyncPolicy};
 use object_store::ObjectStore;
 use ractor::{Actor, ActorRef};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
-
-/// The pipeline a node runs: its SQL, plan and views. Replaced as a whole
-/// by `views apply`; each shard actor keeps the one its engine was built for.
-pub struct Pipeline {
-    pub sql: String,
-    pub catalog: Arc<Catalog>,
-    /// The views the node runs, in engine order.
-    pub view_names: Vec<String>,
-    /// In a cluster, the version of the cluster's pipeline this is (0 on
-    /// one node).
-    pub version: u64,
-}
-
-/// A stable fingerprint of a view's plan (its compiled form, so formatting
-/// changes in the SQL do not count as changes).
-pub fn view_fingerprint(v: &View) -> String {
-    let text = format!("{v:?}");
-    format!(
-        "{:08x}{:08x}",
-        crc32fast::hash(text.as_bytes()),
-        text.len() as u32
-    )
-}
-
-impl Pipeline {
-    pub fn new(sql: String, catalog: Catalog) -> Pipeline {
-        let view_names = catalog.views.iter().map(|v| v.name.clone()).collect();
-        Pipeline {
-            sql,
-            catalog: Arc::new(catalog),
-            view_names,
-            version: 0,
-        }
-    }
-
-    pub fn with_version(mut self, version: u64) -> Pipeline {
-        self.version = version;
-        self
-    }
-
-    pub fn view_name_refs(&self) -> Vec<&str> {
-        self.view_names.iter().map(String::as_str).collect()
-    }
-
-    /// Engine view index → its plan.
-    pub fn view(&self, v: usize) -> &View {
-        let name = &self.view_names[v];
-        self.catalog.view(name).expect("running views exist").1
-    }
-
-    pub fn view_index(&self, name: &str) -> Option<usize> {
-        self.view_names.iter().position(|n| n == name)
-    }
-
-    /// Fingerprint of all views in order: a checkpoint taken under another
-    /// pipeline cannot be restored under this one.
-    pub fn fingerprint(&self) -> String {
-        let all: Vec<String> = self
-            .catalog
-            .views
-            .iter()
-            .map(|v| format!("{}={}", v.name, view_fingerprint(v)))
-            .collect();
-        all.join(",")
-    }
-}
 
 /// What every part of a running node shares.
 pub struct NodeCtx {
@@ -167,35 +102,6 @@ pub enum StartError {
     Cluster { key: &'static str, message: String },
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
-/// A log record: the validated event, in table column order.
-pub fn encode_event(row: &[Value]) -> Vec<u8> {
-    bincode::serde::encode_to_vec(row, bincode_config()).expect("events encode")
-}
-
-/// Like [`encode_event`], appending to `buf`.
-pub fn encode_event_into(row: &[Value], buf: &mut Vec<u8>) -> Result<(), String> {
-    bincode::serde::encode_into_std_write(row, buf, bincode_config())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-pub fn decode_event(bytes: &[u8]) -> Result<Row, String> {
-    bincode::serde::decode_from_slice(bytes, bincode_config())
-        .map(|(r, _)| r)
-        .map_err(|e| format!("undecodable log record: {e}"))
-}
-
 /// A started node: its shared context and the ingest writer's queue.
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
@@ -258,12 +164,15 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         // the table is fixed for the data directory: its log and archive
         // hold its rows; views may change (shards rebuild from the archive)
-        let table_def = format!("{table:?}");
+        let table_def = table_fingerprint(&table);
+        // (directories written before fingerprints were canonical hold the
+        // table's `Debug` text: accepted once and rewritten)
+        let same = |old: &str| old == table_def || old == format!("{table:?}");
         match state
             .get_node_key("table")
             .map_err(|e| StartError::DataDir(e.to_string()))?
         {
-            Some(old) if old != table_def => {
+            Some(old) if !same(&old) => {
                 return Err(StartError::Pipeline(format!(
                     "{}: table `{}` differs from the table this data directory ({}) was created with (its columns, key, event time, lateness and shards are fixed: its log and archive hold its rows); start it with a new data_dir",
                     config.pipeline.display(),
@@ -271,8 +180,8 @@ impl Node {
                     config.data_dir.display(),
                 )))
             }
-            Some(_) => {}
-            None => state
+            Some(old) if old == table_def => {}
+            _ => state
                 .set_node_key("table", &table_def)
                 .map_err(|e| StartError::DataDir(e.to_string()))?,
         }
@@ -297,7 +206,7 @@ impl Node {
         };
         let pipeline = match &cluster {
             Some(cl) => cluster_pipeline(&cl.state().pipeline, &table)
-                .map_err(StartError::Pipeline)?
+                .map_err(|e| StartError::Pipeline(e.to_string()))?
                 .unwrap_or_else(|| Pipeline::new(sql, catalog)),
             None => Pipeline::new(sql, catalog),
         };
@@ -404,35 +313,6 @@ impl Node {
     }
 }
 
-/// The pipeline the cluster runs (its view registry), if it has one, checked
-/// against this node's table: every node runs the cluster's views.
-pub fn cluster_pipeline(
-    p: &lockstep_cluster::state::PipelineVersion,
-    table: &Table,
-) -> Result<Option<Pipeline>, String> {
-    if p.version == 0 {
-        return Ok(None);
-    }
-    let catalog = lockstep_core::parse_pipeline(&p.sql).map_err(|e| {
-        format!(
-            "the cluster's pipeline (version {}) does not parse on this node: {}:{}: {}",
-            p.version, e.line, e.column, e.message
-        )
-    })?;
-    match catalog.tables.first() {
-        Some(t) if format!("{t:?}") == format!("{table:?}") => {}
-        _ => {
-            return Err(format!(
-                "the cluster's pipeline (version {}) declares table `{}` differently from this node's pipeline file; every node runs the cluster's table",
-                p.version, table.name
-            ))
-        }
-    }
-    Ok(Some(
-        Pipeline::new(p.sql.clone(), catalog).with_version(p.version),
-    ))
-}
-
 /// Connects to Kafka (creating the topic), starts the control-plane member
 /// and checks that the cluster runs this table.
 async fn start_cluster(
@@ -502,12 +382,4 @@ async fn start_cluster(
         failure_timeout: c.failure_timeout,
         agent,
     }))
-}
-
-/// Object store root as configured, for status output.
-pub fn describe_store(url: &ObjectStoreUrl) -> String {
-    match url {
-        ObjectStoreUrl::Local(p) => format!("file://{}", p.display()),
-        ObjectStoreUrl::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-    }
 }

@@ -182,7 +182,7 @@ pub fn replay(
         }
         expect = Some((s.shard, s.to_offset));
         let bytes = fetch(s)?;
-        for (_, row) in decode_raw(&s.path, bytes).map_err(other)? {
+        for (_, row) in decode_raw(&s.path, &bytes).map_err(other)? {
             engine.push_to_shard(s.shard, &row, &mut emitted);
             report.events += 1;
             for e in emitted.drain(..) {

@@ -9,7 +9,6 @@
 use crate::config::ObjectStoreUrl;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use lockstep_core::value::Row;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
@@ -27,76 +26,7 @@ pub fn shard_prefix(kind: &str, name: &str, shard: u32) -> String {
     format!("{kind}/{name}/shard={shard:03}/")
 }
 
-/// Raw segments are slices of the shard log in its own record format (no
-/// decoding or re-encoding when archiving): this magic, the first offset
-/// and the record count (u64 LE each), then per record a u32 LE length and
-/// the record (a bincode-encoded event).
-pub const RAW_MAGIC: &[u8; 8] = b"LSRAW01\n";
-pub const RAW_EXT: &str = "lsr";
-const RAW_HEADER: usize = 24;
-
-/// A raw segment of `count` framed records starting at offset `from`.
-pub fn raw_segment(from: u64, count: u64, framed: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RAW_HEADER + framed.len());
-    out.extend_from_slice(RAW_MAGIC);
-    out.extend_from_slice(&from.to_le_bytes());
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(framed);
-    out
-}
-
-/// The first offset, count and framed records of a raw segment.
-fn raw_parts<'a>(path: &str, bytes: &'a [u8]) -> Result<(u64, u64, &'a [u8]), SegmentError> {
-    let bad = |why: &str| SegmentError::Format {
-        path: path.to_string(),
-        message: why.to_string(),
-    };
-    if bytes.len() < RAW_HEADER || &bytes[..8] != RAW_MAGIC {
-        return Err(bad("not a lockstep raw log segment"));
-    }
-    let u = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-    Ok((u(8), u(16), &bytes[RAW_HEADER..]))
-}
-
-/// Decodes a raw segment into (offset, event) pairs in log order.
-pub fn decode_raw(path: &str, bytes: Bytes) -> Result<Vec<(u64, Row)>, SegmentError> {
-    let (from, count, mut rest) = raw_parts(path, &bytes)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        if rest.len() < 4 {
-            return Err(SegmentError::Format {
-                path: path.to_string(),
-                message: format!("truncated at record {i} of {count}"),
-            });
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        let rec = rest.get(4..4 + len).ok_or_else(|| SegmentError::Format {
-            path: path.to_string(),
-            message: format!("truncated at record {i} of {count}"),
-        })?;
-        let row = crate::node::decode_event(rec).map_err(|m| SegmentError::Format {
-            path: path.to_string(),
-            message: m,
-        })?;
-        out.push((from + i, row));
-        rest = &rest[4 + len..];
-    }
-    Ok(out)
-}
-
-/// Concatenates consecutive raw segments (compaction): no record is decoded.
-pub fn merge_raw(parts: &[(String, Bytes)]) -> Result<(Vec<u8>, u64), SegmentError> {
-    let mut framed = Vec::new();
-    let mut first = None;
-    let mut total = 0;
-    for (path, b) in parts {
-        let (from, count, recs) = raw_parts(path, b)?;
-        first.get_or_insert(from);
-        total += count;
-        framed.extend_from_slice(recs);
-    }
-    Ok((raw_segment(first.unwrap_or(0), total, &framed), total))
-}
+pub use lockstep_io::raw::{decode_raw, merge_raw, raw_segment, RAW_EXT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -104,8 +34,8 @@ pub enum SegmentError {
     Store(#[from] object_store::Error),
     #[error("segment encoding: {0}")]
     Io(#[from] lockstep_io::IoError),
-    #[error("segment {path}: {message}")]
-    Format { path: String, message: String },
+    #[error(transparent)]
+    Raw(#[from] lockstep_io::raw::RawError),
     #[error("segment {path} is damaged: checksum {found:08x}, manifest says {expected:08x}")]
     Checksum {
         path: String,
@@ -305,7 +235,7 @@ mod tests {
         }
         let keep = ["raw/t/shard=000/kept.seg"];
         // written just now: within the grace, nothing goes
-        let now = crate::node::now_ms();
+        let now = crate::clock::now_ms();
         let gone = delete_unlisted(&store, "raw/t/shard=000/", &keep, now - 60_000)
             .await
             .unwrap();
@@ -364,42 +294,6 @@ mod tests {
             ranges,
             vec![vec![(0, 10), (10, 20)], vec![(40, 50), (50, 60)]]
         );
-    }
-
-    #[test]
-    fn raw_segments_round_trip_and_merge_without_decoding() {
-        use lockstep_core::value::Value;
-        let frame = |rows: &[Row]| {
-            let mut f = Vec::new();
-            for r in rows {
-                let b = crate::node::encode_event(r);
-                f.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                f.extend_from_slice(&b);
-            }
-            f
-        };
-        let a = vec![
-            vec![Value::BigInt(1), Value::text("x")],
-            vec![Value::Null, Value::Timestamp(5)],
-        ];
-        let b = vec![vec![Value::Double(0.5), Value::Boolean(true)]];
-        let sa = Bytes::from(raw_segment(10, 2, &frame(&a)));
-        let sb = Bytes::from(raw_segment(12, 1, &frame(&b)));
-        let got = decode_raw("a", sa.clone()).unwrap();
-        assert_eq!(got, vec![(10, a[0].clone()), (11, a[1].clone())]);
-        let (merged, n) = merge_raw(&[("a".into(), sa), ("b".into(), sb)]).unwrap();
-        assert_eq!(n, 3);
-        let got = decode_raw("m", Bytes::from(merged)).unwrap();
-        assert_eq!(
-            got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![10, 11, 12]
-        );
-        assert_eq!(got[2].1, b[0]);
-        // damage is reported, not misread
-        assert!(decode_raw("x", Bytes::from_static(b"not a segment at all, sorry")).is_err());
-        let mut cut = raw_segment(0, 2, &frame(&a));
-        cut.truncate(cut.len() - 3);
-        assert!(decode_raw("cut", Bytes::from(cut)).is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! recovers from its last checkpoint and replays the log from there.
 
 use crate::cluster::{ClusterCtx, IdemEntry};
-use crate::node::{view_fingerprint, NodeCtx, Pipeline};
+use crate::node::NodeCtx;
+use crate::pipeline::{view_fingerprint, Pipeline};
 use crate::segments::{
     self, decode_raw, delete_orphans, get_segment, plan_compaction, put_segment, shard_prefix,
     SegmentInfo,
@@ -279,7 +280,7 @@ impl ShardWorker {
             let bytes = get_segment(self.ctx.objects.as_ref(), s)
                 .await
                 .map_err(err)?;
-            for (_, row) in decode_raw(&s.path, bytes).map_err(err)? {
+            for (_, row) in decode_raw(&s.path, &bytes).map_err(err)? {
                 self.engine.push_to_shard(shard, &row, &mut self.emitted);
                 events += 1;
                 for e in self.emitted.drain(..) {
@@ -438,7 +439,7 @@ impl ShardWorker {
                 break;
             }
             for r in recs {
-                let row = crate::node::decode_event(&r.bytes)?;
+                let row = lockstep_io::raw::decode_event(&r.bytes).map_err(err)?;
                 self.apply(r.offset, &row);
             }
         }
@@ -490,7 +491,7 @@ impl ShardWorker {
                     ));
                 }
                 for r in recs {
-                    let row = crate::node::decode_event(&r.bytes)?;
+                    let row = lockstep_io::raw::decode_event(&r.bytes).map_err(err)?;
                     self.apply(r.offset, &row);
                 }
             }

@@ -249,7 +249,7 @@ impl StateStore {
         let info = CheckpointInfo {
             seq: c.seq,
             log_offset: c.log_offset,
-            at_ms: crate::node::now_ms(),
+            at_ms: crate::clock::now_ms(),
             slots_written: c.slots.len() as u64,
             bytes_written: bytes,
             pipeline: c.pipeline,

@@ -5,7 +5,8 @@
 //! atomic append; only then is the request answered and are the events
 //! handed to their shard actors, in offset order.
 
-use crate::node::{now_ms, NodeCtx};
+use crate::clock::now_ms;
+use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
 use lockstep_core::value::Row;
 use lockstep_log::{RecordBatch, SideWrite};
@@ -223,7 +224,7 @@ impl Writer {
                 let mut batch = RecordBatch::new();
                 for r in &rows {
                     batch
-                        .push_with(|buf| crate::node::encode_event_into(r, buf))
+                        .push_with(|buf| lockstep_io::raw::encode_event_into(r, buf))
                         .expect("events encode");
                 }
                 appends.push((s, batch));

@@ -490,7 +490,7 @@ fn topic_rows(env: &Env, topic: &str, shards: u32) -> (Vec<Vec<Row>>, Vec<u64>) 
                         continue;
                     }
                 }
-                rows.push(lockstep_daemon::node::decode_event(&rec.value).unwrap());
+                rows.push(lockstep_io::raw::decode_event(&rec.value).unwrap());
             }
         }
         out.push(rows);

@@ -16,6 +16,7 @@ mod error;
 mod jsonl;
 mod parquet_in;
 mod parquet_out;
+pub mod raw;
 
 use std::path::Path;
 

@@ -9,11 +9,11 @@
 //! checkpoint are made again by replaying the partition from its offset.
 
 use super::*;
+use crate::clock::now_ms;
 use crate::cluster::{
     commit_checkpoint, digest, put_snapshot, restore_snapshot, snapshot_path, spawn_fetcher,
     CommitError, SnapshotData,
 };
-use crate::node::now_ms;
 use crate::store::Loaded;
 use lockstep_cluster::state::{Command, Response, ShardCheckpoint};
 use lockstep_log::kafka::KafkaRecord;
@@ -763,7 +763,7 @@ impl ShardWorker {
                 }
             }
             let row = if r.bincode {
-                crate::node::decode_event(&r.value)
+                lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())
             } else {
                 std::str::from_utf8(&r.value)
                     .map_err(|e| format!("not UTF-8: {e}"))
@@ -802,7 +802,7 @@ impl ShardWorker {
                             .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
                         c.raw.extend_from_slice(&r.value);
                     } else {
-                        let b = crate::node::encode_event(&row);
+                        let b = lockstep_io::raw::encode_event(&row);
                         c.raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
                         c.raw.extend_from_slice(&b);
                     }

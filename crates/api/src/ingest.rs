@@ -1,0 +1,65 @@
+//! `POST /v1/tables/{table}/events`, `GET /v1/tables/{table}/deadletters`
+//! and the feature endpoints.
+
+use serde::{Deserialize, Serialize};
+
+/// Request header: a client's name for one ingest request; a retry with the
+/// same key changes nothing twice.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header set (to `true`) when an ingest answer is the stored
+/// answer of an earlier request with the same Idempotency-Key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// One refused event of an ingest request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventError {
+    /// Its position in the request (0-based, blank lines not counted).
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The answer to an ingest request (`200`, or `400` when no event was
+/// accepted, then with `error` set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReply {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: Vec<EventError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A refused event, kept in the dead-letter store with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub at_ms: i64,
+    pub table: String,
+    pub index: usize,
+    pub reason: String,
+    /// The event as it was sent.
+    pub raw: String,
+}
+
+/// `GET /v1/tables/{table}/deadletters?limit=N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetters {
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// The features of one (hypothetical or ingested) event: the view's output
+/// columns by name; label columns are `null` until their frames close.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Features {
+    pub features: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `202` from serve-and-ingest (`?ingest=true`): the event is durably in,
+/// but its features could not be computed in time; they will be in its
+/// training row. The client must not retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestedWithoutFeatures {
+    pub ingested: bool,
+    /// Always `null`.
+    pub features: Option<()>,
+    pub error: String,
+}
