@@ -172,17 +172,14 @@ pub struct NodeBenchArgs {
 
 fn node_for(
     a: &NodeBenchArgs,
-) -> anyhow::Result<(
-    Option<crate::node::LocalNode>,
-    lockstep_daemon::client::Client,
-)> {
+) -> anyhow::Result<(Option<crate::node::LocalNode>, lockstep_api::Client)> {
     match &a.addr {
         Some(addr) => {
             let token = a
                 .token
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("--addr needs --token (or LOCKSTEP_TOKEN)"))?;
-            Ok((None, lockstep_daemon::client::Client::new(addr, &token)))
+            Ok((None, lockstep_api::Client::new(addr, &token)))
         }
         None => {
             let dir = a.dir.join("bench-node");
@@ -248,7 +245,7 @@ fn bodies(
 }
 
 /// One connection per lane, each sending its lane's bodies in order.
-fn send_all(c: &lockstep_daemon::client::Client, lanes: &[Vec<String>]) -> anyhow::Result<()> {
+fn send_all(c: &lockstep_api::Client, lanes: &[Vec<String>]) -> anyhow::Result<()> {
     std::thread::scope(|s| {
         let hs: Vec<_> = lanes
             .iter()
@@ -375,9 +372,7 @@ pub fn bench_serve(a: &NodeBenchArgs) -> anyhow::Result<()> {
 
 /// Serving latency percentiles from the node's own histogram (ms, bucket
 /// upper bounds).
-fn node_serving_percentiles(
-    c: &lockstep_daemon::client::Client,
-) -> anyhow::Result<Option<(f64, f64, f64)>> {
+fn node_serving_percentiles(c: &lockstep_api::Client) -> anyhow::Result<Option<(f64, f64, f64)>> {
     // the node's own view: time from request to reply inside lockstepd
     let m = c.request("GET", "/metrics", None, &[])?;
     let text = String::from_utf8_lossy(&m.body);

@@ -13,7 +13,7 @@
 
 use crate::node::LocalNode;
 use anyhow::{bail, Context};
-use lockstep_daemon::client::Client;
+use lockstep_api::Client;
 use lockstep_log::kafka::{KafkaConfig, KafkaLog, OutRecord};
 use serde_json::{json, Value as Json};
 use std::path::PathBuf;

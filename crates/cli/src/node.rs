@@ -2,7 +2,7 @@
 //! binary (built next to `lockstep`), on the embedded default.
 
 use anyhow::{bail, Context};
-use lockstep_daemon::client::Client;
+use lockstep_api::Client;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

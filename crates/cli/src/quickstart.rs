@@ -197,10 +197,10 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
     println!("4/5 checkpoint, export of the committed training rows, backfill over the archive");
     client.post_json("/v1/checkpoint", b"")?;
     let training = args.dir.join("training.parquet");
-    let exp = lockstep_daemon::offline::export(&client, CANONICAL_VIEW, &training)?;
+    let exp = lockstep_offline::export(&client, CANONICAL_VIEW, &training)?;
     let backfill_path = args.dir.join("backfill.parquet");
     let bf_start = Instant::now();
-    let bf = lockstep_daemon::offline::backfill(
+    let bf = lockstep_offline::backfill(
         &client,
         CANONICAL_VIEW,
         None,

@@ -16,27 +16,7 @@ use std::collections::BTreeMap;
 
 pub type NodeId = u64;
 
-/// One object of a shard's archive or output, as its manifest records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentInfo {
-    /// `raw`, `training` or `late`.
-    pub kind: String,
-    /// The table (raw, late) or view (training) it belongs to.
-    pub name: String,
-    pub shard: u32,
-    /// Object path, relative to the store's root.
-    pub path: String,
-    /// Log offsets covered: `from_offset..to_offset`.
-    pub from_offset: u64,
-    pub to_offset: u64,
-    /// Smallest and largest event time in it (ms; `i64::MIN`/`MAX` if empty).
-    pub min_time: i64,
-    pub max_time: i64,
-    pub rows: u64,
-    pub bytes: u64,
-    /// CRC-32 (IEEE) of the object's bytes.
-    pub crc32: u32,
-}
+pub use lockstep_api::{BackfillPart, SegmentInfo};
 
 /// One object of a shard's state snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,19 +179,6 @@ pub enum Command {
         error: String,
         at_ms: i64,
     },
-}
-
-/// One shard's rows of a backfill job: a Parquet object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BackfillPart {
-    pub shard: u32,
-    /// The node that replayed it.
-    pub node: NodeId,
-    pub path: String,
-    pub crc32: u32,
-    pub rows: u64,
-    pub events: u64,
-    pub millis: f64,
 }
 
 /// A backfill job as the cluster keeps it.

@@ -368,13 +368,13 @@ pub async fn produce(
 pub async fn backfill_shard(
     ctx: &NodeCtx,
     cl: &ClusterCtx,
-    req: &crate::offline::BackfillRequest,
+    req: &lockstep_api::BackfillRequest,
     job: &str,
     shard: u32,
 ) -> Result<BackfillPart, String> {
     let started = Instant::now();
     let node_catalog = (*ctx.pipeline().catalog).clone();
-    let catalog = crate::offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)
+    let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)
         .map_err(|e| e.to_string())?;
     let st = cl.state();
     let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
@@ -394,7 +394,7 @@ pub async fn backfill_shard(
     let cat = catalog.clone();
     let (rows, report) = tokio::task::spawn_blocking(move || {
         let mut rows = Vec::new();
-        let report = crate::offline::replay(
+        let report = lockstep_offline::replay(
             &cat,
             &view,
             &segs,

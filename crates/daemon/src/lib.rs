@@ -11,14 +11,12 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
 
-pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
-pub mod offline;
 pub mod pipeline;
 pub mod segments;
 pub mod shard;

@@ -12,6 +12,7 @@ use crate::segments::{
     SegmentInfo,
 };
 use crate::store::{CheckpointInfo, Commit};
+pub use lockstep_api::{CompactReport, ShardStatus};
 use lockstep_cluster::state::SnapshotPart;
 use lockstep_core::value::{Row, Value};
 use lockstep_core::{Emitted, Engine, Outcome};
@@ -104,32 +105,6 @@ pub struct CheckpointReport {
     pub training_rows: u64,
     pub segments: usize,
     pub millis: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardStatus {
-    pub shard: u32,
-    /// Next log offset this shard will process.
-    pub offset: u64,
-    /// The log's end: appended so far.
-    pub log_end: u64,
-    pub lag: u64,
-    pub events: u64,
-    pub late: u64,
-    pub watermark: Option<String>,
-    pub pending_rows: u64,
-    pub partitions: u64,
-    pub buffered_training_rows: u64,
-    pub last_checkpoint: CheckpointInfo,
-    pub restarts: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CompactReport {
-    pub shard: u32,
-    pub merged_groups: usize,
-    pub segments_before: usize,
-    pub segments_after: usize,
 }
 
 /// The shard's state and the work on it, apart from the actor plumbing.

@@ -7,7 +7,7 @@
 use crate::segments::SegmentInfo;
 use lockstep_core::window::Entry;
 use lockstep_core::{ShardMeta, SlotKey};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
 
 const META: &[u8] = b"m";
@@ -24,24 +24,7 @@ pub enum StoreError {
     Decode { what: &'static str, message: String },
 }
 
-/// What a committed checkpoint says about itself.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct CheckpointInfo {
-    /// Checkpoints of this shard so far (1 for the first).
-    pub seq: u64,
-    /// The next log offset to process after restoring: the log below it is
-    /// reflected in the state and archived.
-    pub log_offset: u64,
-    /// Wall-clock time of the commit, ms since the epoch.
-    pub at_ms: i64,
-    /// Partition slots written by this checkpoint (the incremental part).
-    pub slots_written: u64,
-    /// Bytes of state written by this checkpoint.
-    pub bytes_written: u64,
-    /// Fingerprint of the views the state was built for
-    /// ([`crate::node::Pipeline::fingerprint`]).
-    pub pipeline: String,
-}
+pub use lockstep_api::CheckpointInfo;
 
 /// A shard's checkpoint as loaded for recovery.
 pub struct Loaded {

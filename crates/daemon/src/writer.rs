@@ -30,7 +30,8 @@ pub struct EventErrorReport {
     pub reason: String,
 }
 
-/// The answer to an ingest request.
+/// The answer to an ingest request, as the idempotency records keep it
+/// (bincode: its layout is part of the data directory's format).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct IngestReply {
     pub accepted: u64,
@@ -38,15 +39,26 @@ pub struct IngestReply {
     pub errors: Vec<EventErrorReport>,
 }
 
-/// A rejected event kept in the dead-letter store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub at_ms: i64,
-    pub table: String,
-    pub index: usize,
-    pub reason: String,
-    pub raw: String,
+impl IngestReply {
+    /// The reply as the API sends it.
+    pub fn to_api(&self) -> lockstep_api::IngestReply {
+        lockstep_api::IngestReply {
+            accepted: self.accepted,
+            rejected: self.rejected,
+            errors: self
+                .errors
+                .iter()
+                .map(|e| lockstep_api::EventError {
+                    index: e.index,
+                    reason: e.reason.clone(),
+                })
+                .collect(),
+            error: None,
+        }
+    }
 }
+
+pub use lockstep_api::DeadLetter;
 
 #[derive(Serialize, Deserialize)]
 struct IdemRecord {

@@ -80,8 +80,7 @@ fn ingest_serve_checkpoint_export_and_backfill_agree_with_the_batch_engine() {
     let out = dir.path().join("backfill.parquet");
     let mut calls = 0;
     let rep =
-        lockstep_daemon::offline::backfill(&c, VIEW, None, None, &out, &mut |_, _| calls += 1)
-            .unwrap();
+        lockstep_offline::backfill(&c, VIEW, None, None, &out, &mut |_, _| calls += 1).unwrap();
     assert_eq!(rep.events, 6000);
     assert!(calls > 0);
     let schema = catalog.view(VIEW).unwrap().1.output.clone();
@@ -94,7 +93,7 @@ fn ingest_serve_checkpoint_export_and_backfill_agree_with_the_batch_engine() {
         panic!()
     };
     let out2 = dir.path().join("backfill-range.parquet");
-    lockstep_daemon::offline::backfill(&c, VIEW, Some(mid), None, &out2, &mut |_, _| {}).unwrap();
+    lockstep_offline::backfill(&c, VIEW, Some(mid), None, &out2, &mut |_, _| {}).unwrap();
     let ranged = lockstep_io::read_rows(&out2, &schema).unwrap();
     let want_ranged: Vec<_> = got
         .iter()
@@ -140,7 +139,7 @@ fn ingest_serve_checkpoint_export_and_backfill_agree_with_the_batch_engine() {
         "export after compaction",
     );
     let out3 = dir.path().join("backfill-compacted.parquet");
-    lockstep_daemon::offline::backfill(&c, VIEW, None, None, &out3, &mut |_, _| {}).unwrap();
+    lockstep_offline::backfill(&c, VIEW, None, None, &out3, &mut |_, _| {}).unwrap();
     assert_rows_eq(
         &lockstep_io::read_rows(&out3, &schema).unwrap(),
         &before,
@@ -224,7 +223,7 @@ fn bad_input_gets_clear_errors_and_dead_letters() {
     let good = r#"{"event_id":1,"user_id":"u1","campaign_id":3,"kind":"impression","event_time":"2024-01-01T00:00:00Z"}"#;
 
     // token
-    let anon = lockstep_daemon::client::Client::new(&d.addr, "wrong-token-xyz");
+    let anon = lockstep_api::Client::new(&d.addr, "wrong-token-xyz");
     let r = anon
         .request("POST", ev, Some(good.as_bytes()), &[])
         .unwrap();
@@ -410,7 +409,7 @@ fn idempotent_retries_are_appended_once_even_across_a_crash() {
 }
 
 /// Events in the log, all shards.
-fn log_total(c: &lockstep_daemon::client::Client) -> u64 {
+fn log_total(c: &lockstep_api::Client) -> u64 {
     let shards = c.get_json("/v1/status").unwrap()["shards"].clone();
     shards
         .as_array()
@@ -596,7 +595,7 @@ fn views_apply_rebuilds_from_the_archive_while_the_node_runs() {
     c.post_json("/v1/tables/ad_events/events", jsonl(b).as_bytes())
         .unwrap();
     c.post_json("/v1/checkpoint", b"").unwrap();
-    let check = |c: &lockstep_daemon::client::Client, what: &str| {
+    let check = |c: &lockstep_api::Client, what: &str| {
         assert_rows_eq(
             &export_view(c, dir.path(), &new_sql, "clicks_per_campaign"),
             &batch_view(&new_sql, "clicks_per_campaign", &rows),
@@ -686,7 +685,7 @@ SELECT event_id, user_id, event_time,
 FROM ad_events;"
     );
     let out = dir.path().join("new-view.parquet");
-    let rep = lockstep_daemon::offline::backfill_with(
+    let rep = lockstep_offline::backfill_with(
         &c,
         Some(&new_sql),
         "clicks_per_campaign",
@@ -720,7 +719,7 @@ FROM ad_events;"
         "new view backfill",
     );
     // a view over another table is refused with the reason
-    let err = lockstep_daemon::offline::backfill_with(
+    let err = lockstep_offline::backfill_with(
         &c,
         Some(&new_sql.replace("shards = 16", "shards = 8")),
         "clicks_per_campaign",

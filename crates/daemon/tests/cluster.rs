@@ -10,8 +10,8 @@
 
 mod support;
 
+use lockstep_api::Client;
 use lockstep_core::value::{Row, Value};
-use lockstep_daemon::client::Client;
 use lockstep_log::kafka::{KafkaConfig, KafkaLog};
 use rand::{RngExt, SeedableRng};
 use std::collections::{HashMap, HashSet};
@@ -662,8 +662,10 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
     );
     // a backfill runs each shard on its owner, and its rows are the
     // committed training rows
-    let job = lockstep_daemon::offline::run_cluster_backfill(c, br#"{"view": "user_ad_features"}"#)
-        .unwrap();
+    let job = serde_json::to_value(
+        lockstep_offline::run_cluster_backfill(c, &backfill_request("user_ad_features")).unwrap(),
+    )
+    .unwrap();
     let owners: HashSet<u64> = job["shards"]
         .as_array()
         .unwrap()
@@ -672,7 +674,7 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
         .collect();
     assert!(owners.len() >= 2, "the shards replayed on one node: {job}");
     let out = cluster.root.path().join("backfill.parquet");
-    lockstep_daemon::offline::backfill(c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
+    lockstep_offline::backfill(c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
     let schema = catalog().view(VIEW).unwrap().1.output.clone();
     assert_rows_eq(
         &lockstep_io::read_rows(&out, &schema).unwrap(),
@@ -1185,5 +1187,14 @@ FROM ad_events;",
     );
     if std::env::var("LOCKSTEP_SHOW_LOGS").is_ok() {
         eprintln!("{}", cluster.logs());
+    }
+}
+
+fn backfill_request(view: &str) -> lockstep_api::BackfillRequest {
+    lockstep_api::BackfillRequest {
+        view: view.into(),
+        from: None,
+        to: None,
+        sql: None,
     }
 }

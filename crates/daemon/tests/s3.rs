@@ -60,7 +60,7 @@ fn segments_go_to_s3_and_survive_a_sigkill() {
     let got = exported(&c, dir.path());
     assert_rows_eq(&got, &want, "training rows through S3");
     let out = dir.path().join("bf.parquet");
-    lockstep_daemon::offline::backfill(&c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
+    lockstep_offline::backfill(&c, VIEW, None, None, &out, &mut |_, _| {}).unwrap();
     let schema = catalog().view(VIEW).unwrap().1.output.clone();
     assert_rows_eq(
         &lockstep_io::read_rows(&out, &schema).unwrap(),

@@ -2,9 +2,9 @@
 //! events, and the batch engine (what `lockstep run` runs) as the oracle.
 #![allow(dead_code)]
 
+use lockstep_api::Client;
 use lockstep_core::value::{Row, Value};
 use lockstep_core::{Catalog, Engine};
-use lockstep_daemon::client::Client;
 use lockstep_gen::{GenConfig, Generator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -234,7 +234,7 @@ pub fn batch_rows(rows: &[Row]) -> (Vec<Vec<Row>>, Engine) {
 /// The committed training rows, via `export`, grouped per shard in order.
 pub fn exported(client: &Client, dir: &Path) -> Vec<Row> {
     let out = dir.join(format!("export-{}.parquet", rand_suffix()));
-    lockstep_daemon::offline::export(client, VIEW, &out).unwrap();
+    lockstep_offline::export(client, VIEW, &out).unwrap();
     let schema = catalog().view(VIEW).unwrap().1.output.clone();
     lockstep_io::read_rows(&out, &schema).unwrap()
 }
@@ -243,7 +243,7 @@ pub fn exported(client: &Client, dir: &Path) -> Vec<Row> {
 /// `export`.
 pub fn export_view(client: &Client, dir: &Path, sql: &str, view: &str) -> Vec<Row> {
     let out = dir.join(format!("export-{view}-{}.parquet", rand_suffix()));
-    lockstep_daemon::offline::export(client, view, &out).unwrap();
+    lockstep_offline::export(client, view, &out).unwrap();
     let catalog = lockstep_core::parse_pipeline(sql).unwrap();
     lockstep_io::read_rows(&out, &catalog.view(view).unwrap().1.output).unwrap()
 }

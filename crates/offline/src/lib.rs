@@ -3,10 +3,12 @@
 //! segments through the same operators). Both go through the HTTP API, so
 //! they need no access to the node's object store credentials.
 
-use crate::client::{Client, ClientError};
-use crate::segments::{decode_raw, SegmentInfo};
+use lockstep_api::{
+    BackfillJob, BackfillJobState, BackfillPart, BackfillRequest, Client, ClientError, SegmentInfo,
+};
 use lockstep_core::value::Value;
 use lockstep_core::{Catalog, Engine};
+use lockstep_io::raw::decode_raw;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,11 +26,8 @@ fn other(e: impl std::fmt::Display) -> OfflineError {
 
 /// The node's pipeline, parsed here exactly as the node parsed it.
 pub fn fetch_pipeline(client: &Client) -> Result<Catalog, OfflineError> {
-    let p = client.get_json("/v1/pipeline")?;
-    let sql = p["sql"]
-        .as_str()
-        .ok_or_else(|| other("no pipeline SQL in /v1/pipeline"))?;
-    lockstep_core::parse_pipeline(sql).map_err(|e| other(format!("the node's pipeline: {e}")))
+    let p = client.pipeline()?;
+    lockstep_core::parse_pipeline(&p.sql).map_err(|e| other(format!("the node's pipeline: {e}")))
 }
 
 /// Committed segments of a kind and name, by shard, in log order.
@@ -37,16 +36,14 @@ pub fn list_segments(
     kind: &str,
     name: &str,
 ) -> Result<Vec<SegmentInfo>, OfflineError> {
-    let v = client.get_json(&format!("/v1/segments?kind={kind}&name={name}"))?;
-    let mut segs: Vec<SegmentInfo> =
-        serde_json::from_value(v["segments"].clone()).map_err(other)?;
+    let mut segs = client.segments(Some(kind), Some(name), None)?.segments;
     segs.sort_by_key(|s| (s.shard, s.from_offset));
     Ok(segs)
 }
 
 /// Fetches a segment and checks it against its manifest checksum.
 pub fn fetch_segment(client: &Client, s: &SegmentInfo) -> Result<bytes::Bytes, OfflineError> {
-    let b = client.get_bytes(&format!("/v1/objects/{}", s.path))?;
+    let b = client.object(&s.path)?;
     let crc = crc32fast::hash(&b);
     if crc != s.crc32 {
         return Err(other(format!(
@@ -219,9 +216,7 @@ pub fn backfill_with(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<OfflineReport, OfflineError> {
     let node = fetch_pipeline(client)?;
-    let clustered = client
-        .request("GET", "/v1/cluster", None, &[])
-        .is_ok_and(|r| r.status == 200);
+    let clustered = client.cluster().is_ok_and(|c| c.is_some());
     if clustered {
         return backfill_on_cluster(client, pipeline, view, from, to, out, progress);
     }
@@ -245,39 +240,24 @@ pub fn backfill_with(
     Ok(report)
 }
 
-/// What a backfill asks of a cluster (`POST /v1/backfill`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BackfillRequest {
-    pub view: String,
-    pub from: Option<i64>,
-    pub to: Option<i64>,
-    /// A pipeline with a new or changed view of the cluster's table.
-    pub sql: Option<String>,
-}
-
 /// A cluster backfill job: `POST /v1/backfill?wait=false` (retried while
 /// the control plane is unavailable, 503), then its progress until every
 /// shard is done. Returns the finished job; a failed job is an error.
 pub fn run_cluster_backfill(
     client: &Client,
-    body: &[u8],
-) -> Result<serde_json::Value, OfflineError> {
+    req: &BackfillRequest,
+) -> Result<BackfillJob, OfflineError> {
     let mut last = None;
     let mut job = None;
     for _ in 0..30 {
-        let r = client.request("POST", "/v1/backfill?wait=false", Some(body), &[])?;
-        if r.status == 202 {
-            job = r.json()["job"].as_str().map(str::to_string);
-            break;
+        match client.start_backfill(req) {
+            Ok(started) => {
+                job = Some(started.job);
+                break;
+            }
+            Err(e) if e.status() == Some(503) => last = Some(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
-        if r.status != 503 {
-            return Err(other(format!(
-                "POST /v1/backfill: HTTP {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            )));
-        }
-        last = Some(String::from_utf8_lossy(&r.body).into_owned());
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
     let Some(job) = job else {
@@ -288,36 +268,28 @@ pub fn run_cluster_backfill(
     };
     let mut misses = 0;
     loop {
-        let r = client.request("GET", &format!("/v1/backfill/{job}"), None, &[])?;
-        if r.status != 200 {
+        let j = match client.backfill_job(&job) {
+            Ok(j) => j,
             // this member may apply the job a moment after the leader did
-            misses += 1;
-            if misses > 100 {
-                return Err(other(format!(
-                    "GET /v1/backfill/{job}: HTTP {}: {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                )));
+            Err(e) if misses < 100 && e.status().is_some() => {
+                misses += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            continue;
-        }
-        let j = r.json();
-        match j["state"].as_str() {
-            Some("done") => return Ok(j),
-            Some("failed") => {
+            Err(e) => return Err(e.into()),
+        };
+        match j.state {
+            BackfillJobState::Done => return Ok(j),
+            BackfillJobState::Failed => {
                 return Err(other(format!(
                     "backfill job {job} failed: {}",
-                    j["error"].as_str().unwrap_or("?")
+                    j.error.as_deref().unwrap_or("?")
                 )))
             }
-            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+            BackfillJobState::Running => std::thread::sleep(std::time::Duration::from_millis(200)),
         }
     }
 }
-
-/// One shard's part of a cluster backfill: its rows as a Parquet object.
-pub use lockstep_cluster::state::BackfillPart as ShardBackfill;
 
 /// A cluster backfill: every node replays the shards it owns, in parallel,
 /// and writes their rows to the object store; this collects them in shard
@@ -343,15 +315,14 @@ pub fn backfill_on_cluster(
         to,
         sql: pipeline.map(str::to_string),
     };
-    let body = serde_json::to_vec(&req).map_err(other)?;
-    let reply = run_cluster_backfill(client, &body)?;
-    let mut parts: Vec<ShardBackfill> =
-        serde_json::from_value(reply["shards"].clone()).map_err(other)?;
+    let mut parts: Vec<BackfillPart> = run_cluster_backfill(client, &req)?
+        .shards
+        .unwrap_or_default();
     parts.sort_by_key(|p| p.shard);
     let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
     let mut report = OfflineReport::default();
     for p in &parts {
-        let b = client.get_bytes(&format!("/v1/objects/{}", p.path))?;
+        let b = client.object(&p.path)?;
         if crc32fast::hash(&b) != p.crc32 {
             return Err(other(format!("backfill object {} is damaged", p.path)));
         }

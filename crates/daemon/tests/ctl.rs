@@ -1,22 +1,23 @@
 //! lockstepctl's cluster commands against a one-node cluster run in this
-//! process (the real node code, on the real broker `.ci/run` starts).
+//! process (the real node code, on the real broker `.ci/run` starts); the
+//! commands run through `lockstep_ctl::run_args`, what the binary runs.
 //! Skipped without LOCKSTEP_TEST_KAFKA unless LOCKSTEP_REQUIRE_KAFKA is set.
 
 use lockstep_daemon::config::{self, FileCluster, Overrides};
 use lockstep_daemon::node::Node;
-use std::process::Command;
 
 const TOKEN: &str = "ctl-test-token";
 
 fn ctl(addr: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstepctl"))
-        .args(["--addr", addr, "--token", TOKEN])
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let mut argv = vec!["lockstepctl", "--addr", addr, "--token", TOKEN];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    let r = lockstep_ctl::run_args(argv, &mut out);
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if let Err(e) = &r {
+        text.push_str(&format!("lockstepctl: {e:#}"));
+    }
+    (r.is_ok(), text)
 }
 
 fn json(addr: &str, args: &[&str]) -> serde_json::Value {
@@ -111,9 +112,15 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
         .iter()
         .all(|c| c["checkpoint"]["seq"].as_u64() >= Some(1)));
     // a backfill job, kept in the control plane, listed and shown
-    let job = lockstep_daemon::offline::run_cluster_backfill(
-        &lockstep_daemon::client::Client::new(&addr, TOKEN),
-        br#"{"view": "user_ad_features"}"#,
+    let req = lockstep_api::BackfillRequest {
+        view: "user_ad_features".into(),
+        from: None,
+        to: None,
+        sql: None,
+    };
+    let job = serde_json::to_value(
+        lockstep_offline::run_cluster_backfill(&lockstep_api::Client::new(&addr, TOKEN), &req)
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(job["state"], "done", "{job}");

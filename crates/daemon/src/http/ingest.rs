@@ -1,0 +1,195 @@
+//! `POST /v1/tables/{table}/events` and the dead-letter listing.
+#![allow(clippy::result_large_err)]
+
+use super::reply::*;
+use super::App;
+use crate::clock::now_ms;
+use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use lockstep_core::value::Row;
+use lockstep_io::JsonEventParser;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.is_empty() && s.len() <= 256 => Ok(Some(s.to_string())),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 256 visible ASCII characters",
+            )),
+        },
+    }
+}
+
+/// One parsed record of an ingest body: its index, the event or why not,
+/// and its raw text (for the dead-letter store).
+pub(crate) type Parsed<'a> = (usize, Result<Row, String>, &'a str);
+
+pub(crate) fn parse_body<'a>(
+    parser: &JsonEventParser,
+    text: &'a str,
+) -> Result<Vec<Parsed<'a>>, String> {
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| format!("malformed JSON array: {e}"))?;
+        Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| (i, parser.parse(raw.get()), raw.get()))
+            .collect())
+    } else {
+        Ok(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| (i, parser.parse(l), l))
+            .collect())
+    }
+}
+
+pub(crate) async fn ingest(
+    State(app): State<App>,
+    Path(table): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ctx = &app.ctx;
+    if table != ctx.table.name {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown table `{table}`; this node ingests `{}`",
+                ctx.table.name
+            ),
+        );
+    }
+    let body = match body_bytes(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
+    };
+    let parsed = match parse_body(&app.parser, text) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if parsed.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no events: send JSON lines (one object per line) or a JSON array of objects",
+        );
+    }
+    let now = now_ms();
+    let mut events = Vec::with_capacity(parsed.len());
+    let mut dead = Vec::new();
+    let mut reply = IngestReply::default();
+    for (index, row, raw) in parsed {
+        let checked = row.and_then(|r| {
+            ctx.table
+                .validate(&r)
+                .map(|()| r)
+                .map_err(|e| e.to_string())
+        });
+        match checked {
+            Ok(r) => {
+                events.push((ctx.table.shard_of(&r), r));
+                reply.accepted += 1;
+            }
+            Err(reason) => {
+                reply.rejected += 1;
+                reply.errors.push(EventErrorReport {
+                    index,
+                    reason: reason.clone(),
+                });
+                dead.push(DeadLetter {
+                    at_ms: now,
+                    table: table.clone(),
+                    index,
+                    reason,
+                    raw: raw.to_string(),
+                });
+            }
+        }
+    }
+    let _gate = ctx.ingest_gate.read().await;
+    let (mut events, mut key) = (events, key);
+    if let Some(cl) = &ctx.cluster {
+        // the events go to the Kafka log; retries are deduplicated by the
+        // shards (the key travels with each record); dead letters stay here
+        if !events.is_empty() {
+            if let Err(e) = crate::cluster::produce(ctx, cl, key.as_deref(), &events).await {
+                return unavailable(format!(
+                    "the log did not acknowledge the events ({e}); retry with the same Idempotency-Key"
+                ));
+            }
+        }
+        events = Vec::new();
+        key = None;
+    }
+    let (done, rx) = oneshot::channel();
+    let req = WriteReq {
+        idempotency_key: key,
+        events,
+        dead,
+        reply,
+        serve: None,
+        done,
+    };
+    if app.writer.send(req).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(w)) => {
+            let code = if w.reply.accepted == 0 {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            let mut body = w.reply.to_api();
+            if w.reply.accepted == 0 {
+                body.error = Some("no event of the request was accepted; see `errors`".into());
+            }
+            let mut r = super::reply::reply(code, body);
+            if w.replayed {
+                r.headers_mut().insert(
+                    lockstep_api::IDEMPOTENT_REPLAYED,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            r
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Limit {
+    limit: Option<usize>,
+}
+
+pub(crate) async fn deadletters(
+    State(app): State<App>,
+    Path(table): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
+    if table != app.ctx.table.name {
+        return error(StatusCode::NOT_FOUND, format!("unknown table `{table}`"));
+    }
+    let list = crate::writer::dead_letters(&app.ctx, q.limit.unwrap_or(100));
+    ok(lockstep_api::DeadLetters { dead_letters: list })
+}

@@ -1,0 +1,183 @@
+//! The HTTP API (axum). Every endpoint but `/healthz` and `/metrics` needs
+//! `Authorization: Bearer <token>`. Errors are JSON: `{"error": "..."}`.
+//! See docs/api.md.
+// Helpers return the error response itself (`Result<_, Response>`), as axum
+// handlers do; a Response is 128 bytes, built once per failed request.
+#![allow(clippy::result_large_err)]
+
+mod backfill;
+mod cluster;
+mod features;
+mod ingest;
+mod reply;
+mod routing;
+mod segments;
+mod status;
+mod views;
+
+use reply::json_response;
+pub use reply::{error, unavailable};
+
+use crate::node::{Node, NodeCtx};
+use crate::shard::ShardMsg;
+use crate::writer::WriteReq;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lockstep_io::JsonEventParser;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The routers behind a node's listener, set as the node comes up: a
+/// cluster member must answer the leader's internal calls while it joins,
+/// before the rest of the node is up. Until a router is set its routes
+/// answer 503.
+#[derive(Clone, Default)]
+pub struct Routes {
+    /// The control plane's internal routes (`/internal/…`; cluster only).
+    pub internal: Arc<std::sync::OnceLock<Router>>,
+    /// The public API.
+    pub api: Arc<std::sync::OnceLock<Router>>,
+}
+
+impl Routes {
+    /// One router for the listener that hands each request to the right one.
+    pub fn dispatcher(&self) -> Router {
+        let routes = self.clone();
+        Router::new().fallback(move |req: Request| {
+            let routes = routes.clone();
+            async move {
+                use tower::ServiceExt;
+                let router = if req.uri().path().starts_with("/internal/") {
+                    routes.internal.get().cloned()
+                } else {
+                    routes.api.get().cloned()
+                };
+                match router {
+                    Some(r) => r.oneshot(req).await.into_response(),
+                    None => unavailable("the node is starting"),
+                }
+            }
+        })
+    }
+}
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+#[derive(Clone)]
+pub struct App {
+    pub ctx: Arc<NodeCtx>,
+    pub writer: mpsc::Sender<WriteReq>,
+    parser: Arc<JsonEventParser>,
+}
+
+pub fn router(node: &Node) -> Router {
+    let app = App {
+        parser: Arc::new(JsonEventParser::new(&node.ctx.table.schema)),
+        ctx: node.ctx.clone(),
+        writer: node.writer.clone(),
+    };
+    let mut r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/tables/{table}/events", post(ingest::ingest))
+        .route("/v1/tables/{table}/deadletters", get(ingest::deadletters))
+        .route("/v1/views", get(views::views_list).post(views::views_apply))
+        .route("/v1/views/{view}/features", post(features::features))
+        .route(
+            "/v1/views/{view}/keys/{key}",
+            get(features::features_for_key),
+        )
+        .route("/v1/status", get(status::status))
+        .route("/v1/pipeline", get(views::pipeline))
+        .route("/v1/checkpoint", post(status::checkpoint))
+        .route("/v1/segments", get(segments::segments))
+        .route("/v1/segments/compact", post(segments::compact))
+        .route("/v1/objects/{*path}", get(segments::object))
+        .route("/v1/cluster", get(cluster::cluster_status))
+        .route(
+            "/v1/cluster/nodes/{node}/drain",
+            post(cluster::cluster_drain),
+        )
+        .route(
+            "/v1/cluster/nodes/{node}/remove",
+            post(cluster::cluster_remove),
+        )
+        .route("/v1/cluster/rebalance", post(cluster::cluster_rebalance))
+        .route(
+            "/v1/backfill",
+            post(backfill::backfill).get(backfill::backfill_jobs),
+        )
+        .route("/v1/backfill/{job}", get(backfill::backfill_job));
+    if std::env::var("LOCKSTEP_DEBUG_HOOKS").as_deref() == Ok("1") {
+        r = r.route("/v1/debug/shards/{shard}/fail", post(fail_shard));
+    }
+    r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/metrics" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same_secret(t.trim(), &app.ctx.config.token) => next.run(req).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "invalid API token"),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "missing API token: send `Authorization: Bearer <token>`",
+        ),
+    }
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, "{\"status\":\"ok\"}".into())
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let ctx = &app.ctx;
+    ctx.metrics.state_bytes.set(ctx.state.size_on_disk() as i64);
+    let lag: u64 = (0..ctx.table.shards)
+        .map(|s| {
+            let end = lockstep_log::Log::end_offset(ctx.log.as_ref(), s).unwrap_or(0);
+            end.saturating_sub(ctx.processed[s as usize].load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .sum();
+    ctx.metrics.log_lag.set(lag as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {
+    match app.ctx.shard(shard) {
+        Some(a) => {
+            let _ = a.send_message(ShardMsg::Fail);
+            axum::Json(serde_json::json!({"failed": shard})).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no shard {shard}")),
+    }
+}

@@ -1,0 +1,63 @@
+//! Building answers: JSON bodies, errors, 503 with Retry-After.
+#![allow(clippy::result_large_err)]
+
+use super::MAX_BODY_BYTES;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lockstep_api::ErrorBody;
+use serde::Serialize;
+
+/// 503 with `Retry-After: 1`: the shard is moving or restarting.
+pub fn unavailable(msg: impl Into<String>) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    let mut r = (code, axum::Json(ErrorBody::new(msg))).into_response();
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// `200` with a typed body.
+pub(crate) fn ok<T: Serialize>(body: T) -> Response {
+    axum::Json(body).into_response()
+}
+
+/// Another status with a typed body.
+pub(crate) fn reply<T: Serialize>(code: StatusCode, body: T) -> Response {
+    (code, axum::Json(body)).into_response()
+}
+
+pub(crate) fn json_response(code: StatusCode, body: String) -> Response {
+    (
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rej| {
+        let code = rej.status();
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            error(
+                code,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes; send smaller batches"),
+            )
+        } else {
+            error(code, rej.body_text())
+        }
+    })
+}

@@ -1,0 +1,141 @@
+//! Committed segments, compaction and object downloads.
+#![allow(clippy::result_large_err)]
+
+use super::reply::*;
+use super::routing::*;
+use super::{App, MAX_BODY_BYTES};
+use crate::shard::ShardMsg;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lockstep_api::{CompactReply, SegmentList};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+pub(crate) struct SegmentQuery {
+    kind: Option<String>,
+    name: Option<String>,
+    shard: Option<u32>,
+}
+
+pub(crate) async fn segments(State(app): State<App>, Query(q): Query<SegmentQuery>) -> Response {
+    let all = match &app.ctx.cluster {
+        // the replicated manifest: every shard's, wherever it runs, with
+        // everything committed so far (a read barrier: not this member's
+        // possibly lagging copy)
+        Some(cl) => match cl.cp.barrier(std::time::Duration::from_secs(10)).await {
+            Ok(st) => st.segments.clone(),
+            Err(e) => return unavailable(format!("the control plane: {e}")),
+        },
+        None => match all_shards(&app.ctx, |reply| ShardMsg::Segments { reply }).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        },
+    };
+    let list: Vec<_> = all
+        .into_iter()
+        .flatten()
+        .filter(|s| q.kind.as_ref().is_none_or(|k| &s.kind == k))
+        .filter(|s| q.name.as_ref().is_none_or(|n| &s.name == n))
+        .filter(|s| q.shard.is_none_or(|n| s.shard == n))
+        .collect();
+    ok(SegmentList { segments: list })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CompactQuery {
+    target_bytes: Option<u64>,
+    /// Cluster: only the shards this node runs (what a node asks the
+    /// others for).
+    local: Option<bool>,
+}
+
+pub(crate) async fn compact(
+    State(app): State<App>,
+    Query(q): Query<CompactQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let target = q.target_bytes.unwrap_or(64 << 20);
+    if let Some(cl) = &app.ctx.cluster {
+        // each owner compacts its shards, through the replicated manifest
+        let ctx = &app.ctx;
+        let mut out = Vec::new();
+        for s in 0..ctx.table.shards {
+            if ctx.shard(s).is_some() {
+                match ask(ctx, s, |reply| ShardMsg::Compact {
+                    target_bytes: target,
+                    reply,
+                })
+                .await
+                {
+                    Ok(r) => out.push(r),
+                    Err(r) => return r,
+                }
+            }
+        }
+        if q.local != Some(true) {
+            let st = cl.state();
+            for (&n, info) in &st.nodes {
+                if n == cl.id || info.state == lockstep_cluster::state::NodeState::Down {
+                    continue;
+                }
+                let path = format!("/v1/segments/compact?target_bytes={target}&local=true");
+                let uri: axum::http::Uri = path.parse().unwrap_or(uri.clone());
+                let r = forward(ctx, info.addr.clone(), Some(Bytes::new()), &uri, &headers).await;
+                if r.status() != StatusCode::OK {
+                    return r;
+                }
+                let body = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+                };
+                match serde_json::from_slice::<CompactReply>(&body) {
+                    Ok(v) => out.extend(v.compactions),
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_GATEWAY,
+                            format!("node {n} answered compaction with {e}"),
+                        )
+                    }
+                }
+            }
+        }
+        return ok(CompactReply { compactions: out });
+    }
+    match all_shards(&app.ctx, |reply| ShardMsg::Compact {
+        target_bytes: target,
+        reply,
+    })
+    .await
+    {
+        Ok(compactions) => ok(CompactReply { compactions }),
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> Response {
+    let p = match object_store::path::Path::parse(&path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad object path: {e}")),
+    };
+    let got = object_store::ObjectStoreExt::get(app.ctx.objects.as_ref(), &p).await;
+    match got {
+        Ok(g) => match g.bytes().await {
+            Ok(b) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                b,
+            )
+                .into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(object_store::Error::NotFound { .. }) => {
+            error(StatusCode::NOT_FOUND, format!("no object `{path}`"))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
