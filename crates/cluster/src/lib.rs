@@ -57,6 +57,8 @@ pub enum ClusterError {
     Call(#[from] CallError),
     #[error("{0}")]
     Remote(String),
+    #[error("{0}")]
+    Rejected(#[from] state::Rejection),
 }
 
 /// Settings of a node's control-plane member.
@@ -419,8 +421,7 @@ impl ControlPlane {
                 at_ms: now_ms(),
             })
             .await?
-            .into_result()
-            .map_err(ClusterError::Remote)?;
+            .into_result()?;
             let nodes = [(req.node, node)].into_iter().collect();
             self.raft
                 .change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
@@ -443,7 +444,7 @@ impl ControlPlane {
         })
         .await?
         .into_result()
-        .map_err(ClusterError::Remote)
+        .map_err(ClusterError::Rejected)
     }
 
     /// Removes a node that is down for good (`nodes remove`), on the
@@ -468,10 +469,7 @@ impl ControlPlane {
 
     async fn remove_member(&self, node: NodeId) -> Result<Response, ClusterError> {
         if node == self.id {
-            return Ok(Response::Rejected(
-                "the leader cannot remove itself: stop it, and remove it from the next leader"
-                    .into(),
-            ));
+            return Ok(Response::Rejected(state::Rejection::LeaderRemovesItself));
         }
         let r = self.propose(Command::Remove { node }).await?;
         // gone from the state already (a retry after the membership change

@@ -18,7 +18,8 @@ use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
 use crate::store::{decode_slot, StoreError};
 use lockstep_cluster::state::{
-    BackfillPart, ClusterState, Command, NodeId, NodeState, Response, ShardCheckpoint, SnapshotPart,
+    BackfillPart, ClusterState, Command, NodeId, NodeState, Rejection, Response, ShardCheckpoint,
+    SnapshotPart,
 };
 use lockstep_cluster::ControlPlane;
 use lockstep_core::window::Entry;
@@ -129,13 +130,38 @@ pub fn snapshot_path(table: &str, shard: u32, seq: u64, ext: &str) -> String {
     format!("snapshots/{table}/shard={shard:03}/{seq:020}.{ext}")
 }
 
+/// A snapshot object that cannot be written or read back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("writing snapshot {path}: {message}")]
+    Write { path: String, message: String },
+    #[error("reading snapshot {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("snapshot {path} is damaged: CRC-32 {found:08x}, the manifest says {expected:08x}")]
+    Damaged {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
+}
+
+impl From<SnapshotError> for crate::shard::ShardError {
+    fn from(e: SnapshotError) -> Self {
+        crate::shard::ShardError::internal(e)
+    }
+}
+
 /// Writes one snapshot object.
 pub async fn put_snapshot(
     store: &dyn ObjectStore,
     path: String,
     data: &SnapshotData,
-) -> Result<SnapshotPart, String> {
-    let bytes = bincode::serde::encode_to_vec(data, bincode_cfg()).map_err(|e| e.to_string())?;
+) -> Result<SnapshotPart, SnapshotError> {
+    let bytes =
+        bincode::serde::encode_to_vec(data, bincode_cfg()).map_err(|e| SnapshotError::Write {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     let part = SnapshotPart {
         crc32: crc32fast::hash(&bytes),
         bytes: bytes.len() as u64,
@@ -147,7 +173,10 @@ pub async fn put_snapshot(
             PutPayload::from(bytes::Bytes::from(bytes)),
         )
         .await
-        .map_err(|e| format!("writing snapshot {}: {e}", part.path))?;
+        .map_err(|e| SnapshotError::Write {
+            path: part.path.clone(),
+            message: e.to_string(),
+        })?;
     Ok(part)
 }
 
@@ -156,28 +185,33 @@ pub async fn put_snapshot(
 pub async fn restore_snapshot(
     store: &dyn ObjectStore,
     parts: &[SnapshotPart],
-) -> Result<Option<Restored>, String> {
+) -> Result<Option<Restored>, SnapshotError> {
     let mut slots: BTreeMap<(u32, u32, u32), Vec<u8>> = BTreeMap::new();
     let mut meta = None;
     let mut idem = HashMap::new();
     let mut event_ids = HashMap::new();
     for p in parts {
+        let read = |e: &dyn std::fmt::Display| SnapshotError::Read {
+            path: p.path.clone(),
+            message: e.to_string(),
+        };
         let bytes = store
             .get(&ObjPath::from(p.path.as_str()))
             .await
-            .map_err(|e| format!("reading snapshot {}: {e}", p.path))?
+            .map_err(|e| read(&e))?
             .bytes()
             .await
-            .map_err(|e| format!("reading snapshot {}: {e}", p.path))?;
-        let crc = crc32fast::hash(&bytes);
-        if crc != p.crc32 {
-            return Err(format!(
-                "snapshot {} is damaged: CRC-32 {crc:08x}, the manifest says {:08x}",
-                p.path, p.crc32
-            ));
+            .map_err(|e| read(&e))?;
+        let found = crc32fast::hash(&bytes);
+        if found != p.crc32 {
+            return Err(SnapshotError::Damaged {
+                path: p.path.clone(),
+                found,
+                expected: p.crc32,
+            });
         }
-        let (d, _): (SnapshotData, _) = bincode::serde::decode_from_slice(&bytes, bincode_cfg())
-            .map_err(|e| format!("snapshot {}: {e}", p.path))?;
+        let (d, _): (SnapshotData, _) =
+            bincode::serde::decode_from_slice(&bytes, bincode_cfg()).map_err(|e| read(&e))?;
         if d.replace {
             slots.clear();
         }
@@ -193,7 +227,11 @@ pub async fn restore_snapshot(
     let mut encoded = Vec::with_capacity(slots.len());
     for ((view, group, slot), b) in slots {
         let key = SlotKey { view, group, slot };
-        decoded.push((key, decode_slot(&b).map_err(|e: StoreError| e.to_string())?));
+        let slot = decode_slot(&b).map_err(|e: StoreError| SnapshotError::Read {
+            path: format!("slot {view}/{group}/{slot}"),
+            message: e.to_string(),
+        })?;
+        decoded.push((key, slot));
         encoded.push((key, b));
     }
     Ok(Some(Restored {
@@ -248,25 +286,25 @@ pub async fn commit_checkpoint(
         .await
     {
         Ok(Response::Done) => Ok(()),
-        Ok(Response::Rejected(why)) if why.contains("fenced") => Err(CommitError::Fenced(why)),
-        Ok(Response::Rejected(why)) => Err(CommitError::Other(why)),
-        Err(e) => Err(CommitError::Other(e.to_string())),
+        Ok(Response::Rejected(r @ Rejection::Fenced { .. })) => Err(CommitError::Fenced(r)),
+        Ok(Response::Rejected(r)) => Err(CommitError::Refused(r)),
+        Err(e) => Err(CommitError::Unanswered(e.to_string())),
     }
 }
 
-#[derive(Debug)]
+/// Why a checkpoint did not commit.
+#[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    Fenced(String),
-    Other(String),
-}
-
-impl std::fmt::Display for CommitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CommitError::Fenced(w) => write!(f, "{w}"),
-            CommitError::Other(w) => write!(f, "{w}"),
-        }
-    }
+    /// Another node owns the shard now (or under a newer owner epoch).
+    #[error("{0}")]
+    Fenced(Rejection),
+    /// The state machine refused it for another reason (a sequence gap, a
+    /// segment not in the manifest).
+    #[error("{0}")]
+    Refused(Rejection),
+    /// The proposal's answer was lost: it may or may not have committed.
+    #[error("the control plane did not answer: {0}")]
+    Unanswered(String),
 }
 
 /// Reads a shard's partition from `from` and hands the records to its

@@ -6,7 +6,7 @@ use crate::config::{Config, Fsync};
 use crate::metrics::Metrics;
 use crate::pipeline::{cluster_pipeline, table_fingerprint, Pipeline};
 use crate::segments::open_store;
-use crate::shard::{ShardMsg, Supervisor};
+use crate::shard::{ShardError, ShardMsg, Supervisor};
 use crate::store::StateStore;
 use crate::writer::{self, WriteReq};
 use lockstep_core::plan::{Catalog, Table};
@@ -262,7 +262,7 @@ impl Node {
     /// Asks every shard to checkpoint and waits for the reports.
     pub async fn checkpoint_all(
         ctx: &NodeCtx,
-    ) -> Vec<Result<crate::shard::CheckpointReport, String>> {
+    ) -> Vec<Result<crate::shard::CheckpointReport, crate::shard::ShardError>> {
         let mut waits = Vec::new();
         for s in 0..ctx.table.shards {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -282,10 +282,12 @@ impl Node {
         let mut out = Vec::new();
         for (s, w) in waits.into_iter().enumerate() {
             out.push(match w {
-                Some(rx) => rx
-                    .await
-                    .unwrap_or_else(|_| Err(format!("shard {s} restarted during the checkpoint"))),
-                None => Err(format!("shard {s} is restarting")),
+                Some(rx) => rx.await.unwrap_or_else(|_| {
+                    Err(ShardError::Unavailable(format!(
+                        "shard {s} restarted during the checkpoint"
+                    )))
+                }),
+                None => Err(ShardError::Unavailable(format!("shard {s} is restarting"))),
             });
         }
         out

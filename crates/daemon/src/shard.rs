@@ -26,9 +26,11 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 mod cluster_mode;
+mod error;
 pub use cluster_mode::ClusterShard;
+pub use error::{ShardError, StopReason};
 
-pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
 
 pub enum ShardMsg {
     /// Events appended to the log at offsets `first..first + rows.len()`.
@@ -89,10 +91,6 @@ pub enum ShardMsg {
     Handoff,
 }
 
-/// Errors of a shard that cannot answer now but will shortly (it is moving
-/// or restarting) start with this: the API answers 503 with Retry-After.
-pub const UNAVAILABLE: &str = "unavailable: ";
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointReport {
     pub shard: u32,
@@ -134,14 +132,14 @@ pub struct ShardWorker {
     cl: Option<ClusterShard>,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+fn err(e: impl std::fmt::Display) -> ShardError {
+    ShardError::internal(e)
 }
 
 impl ShardWorker {
     /// Restores the last checkpoint, removes objects of interrupted
     /// checkpoints, and replays the log from the checkpoint's offset.
-    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, String> {
+    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, ShardError> {
         let pipe = ctx.pipeline();
         let engine = Engine::new(pipe.catalog.clone(), &pipe.view_name_refs()).map_err(err)?;
         // a failed predecessor's checkpoint may still be writing: load after it
@@ -177,7 +175,11 @@ impl ShardWorker {
             if l.info.pipeline == w.pipe.fingerprint() {
                 w.engine
                     .restore_parts(shard, l.meta, l.slots)
-                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+                    .map_err(|e| {
+                        ShardError::Internal(format!(
+                            "shard {shard}: cannot restore its checkpoint: {e}"
+                        ))
+                    })?;
                 w.ckpt = l.info;
             } else {
                 w.rebuild(l).await?;
@@ -232,24 +234,24 @@ impl ShardWorker {
         segments: &[SegmentInfo],
         to: u64,
         emit: &[bool],
-    ) -> Result<(Vec<Vec<Row>>, u64), String> {
+    ) -> Result<(Vec<Vec<Row>>, u64), ShardError> {
         let shard = self.shard;
         let mut raw: Vec<&SegmentInfo> = segments.iter().filter(|s| s.kind == "raw").collect();
         raw.sort_by_key(|s| s.from_offset);
         let mut at = raw.first().map_or(0, |s| s.from_offset);
         if at != 0 && to > 0 {
-            return Err(format!(
+            return Err(ShardError::Internal(format!(
                 "shard {shard}: the archive starts at offset {at}, not 0; cannot rebuild"
-            ));
+            )));
         }
         let mut rows: Vec<Vec<Row>> = vec![Vec::new(); emit.len()];
         let mut events = 0u64;
         for s in &raw {
             if s.from_offset != at {
-                return Err(format!(
+                return Err(ShardError::Internal(format!(
                     "shard {shard}: the archive has a gap at {at}..{}",
                     s.from_offset
-                ));
+                )));
             }
             at = s.to_offset;
             let bytes = get_segment(self.ctx.objects.as_ref(), s)
@@ -266,9 +268,9 @@ impl ShardWorker {
             }
         }
         if at != to {
-            return Err(format!(
+            return Err(ShardError::Internal(format!(
                 "shard {shard}: the archive ends at {at} but the checkpoint is at {to}"
-            ));
+            )));
         }
         Ok((rows, events))
     }
@@ -281,7 +283,7 @@ impl ShardWorker {
         emit: &[bool],
         to: u64,
         ext: &str,
-    ) -> Result<Vec<SegmentInfo>, String> {
+    ) -> Result<Vec<SegmentInfo>, ShardError> {
         let ctx = &self.ctx;
         let mut added = Vec::new();
         for (v, rs) in rows.iter().enumerate() {
@@ -326,7 +328,7 @@ impl ShardWorker {
     /// current ones by replaying the shard's archive (which holds its whole
     /// log up to the checkpoint), write the full training history of views
     /// that are new or changed, and commit it all as a fresh checkpoint.
-    async fn rebuild(&mut self, l: crate::store::Loaded) -> Result<(), String> {
+    async fn rebuild(&mut self, l: crate::store::Loaded) -> Result<(), ShardError> {
         let started = Instant::now();
         let ctx = self.ctx.clone();
         let shard = self.shard;
@@ -385,7 +387,7 @@ impl ShardWorker {
         p
     }
 
-    async fn delete_orphans(&self) -> Result<(), String> {
+    async fn delete_orphans(&self) -> Result<(), ShardError> {
         let keep: Vec<&str> = self.segments.iter().map(|s| s.path.as_str()).collect();
         for (kind, name) in self.prefixes() {
             let gone = delete_orphans(
@@ -405,7 +407,7 @@ impl ShardWorker {
 
     /// Processes whatever the log holds beyond `next_offset` (after recovery,
     /// or when a message was lost to a restart).
-    fn catch_up(&mut self) -> Result<(), String> {
+    fn catch_up(&mut self) -> Result<(), ShardError> {
         let log = self.ctx.log.clone();
         let end = log.end_offset(self.shard).map_err(err)?;
         while self.next_offset < end {
@@ -445,7 +447,7 @@ impl ShardWorker {
         first: u64,
         rows: Vec<Row>,
         serve: Option<(String, Reply<String>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         if first > self.next_offset {
             // a message went to a predecessor of this actor: read the gap
             let end = first;
@@ -460,10 +462,10 @@ impl ShardWorker {
                     )
                     .map_err(err)?;
                 if recs.is_empty() {
-                    return Err(format!(
+                    return Err(ShardError::Internal(format!(
                         "shard {}: log records {}..{first} are missing",
                         self.shard, self.next_offset
-                    ));
+                    )));
                 }
                 for r in recs {
                     let row = lockstep_io::raw::decode_event(&r.bytes).map_err(err)?;
@@ -483,10 +485,10 @@ impl ShardWorker {
             self.apply(off, &row);
         }
         if let Some((_, reply)) = serve {
-            let _ = reply.send(Err(
+            let _ = reply.send(Err(ShardError::Unavailable(
                 "the event was processed during a shard restart; its features are in its training row"
                     .into(),
-            ));
+            )));
         }
         self.ctx.processed[self.shard as usize].store(self.next_offset, Ordering::Relaxed);
         Ok(())
@@ -495,17 +497,17 @@ impl ShardWorker {
     /// Features for a view by name, as `{"features": {...}}` (rendered
     /// here, by the pipeline whose engine computed them: a request may have
     /// been routed under one that `views apply` has since replaced).
-    pub fn serve(&mut self, view: &str, event: &[Value]) -> Result<String, String> {
+    pub fn serve(&mut self, view: &str, event: &[Value]) -> Result<String, ShardError> {
         if self.cl.as_ref().is_some_and(|c| c.handing_off) {
-            return Err(format!(
-                "{UNAVAILABLE}shard {} is moving to another node; retry",
+            return Err(ShardError::Unavailable(format!(
+                "shard {} is moving to another node; retry",
                 self.shard
-            ));
+            )));
         }
         let v = self
             .pipe
             .view_index(view)
-            .ok_or_else(|| format!("view `{view}` is no longer running"))?;
+            .ok_or_else(|| ShardError::UnknownView(view.to_string()))?;
         let row = self.engine.serve(v, event).map_err(err)?;
         Ok(format!(
             "{{\"features\":{}}}",
@@ -526,7 +528,7 @@ impl ShardWorker {
         if self.cl.is_some() && self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
             // `views apply` switched the node while this actor was starting
             // (too late for the stop it sends): restart under the new views
-            me.stop(Some("pipeline change".into()));
+            me.stop(Some(StopReason::PipelineChange.into()));
             return;
         }
         if self.in_flight {
@@ -562,7 +564,7 @@ impl ShardWorker {
             Ok(d) => d,
             Err(e) => {
                 for r in replies {
-                    let _ = r.send(Err(e.to_string()));
+                    let _ = r.send(Err(err(&e)));
                 }
                 return;
             }
@@ -609,7 +611,9 @@ impl ShardWorker {
                 self.engine.mark_all_changed(self.shard);
                 self.put_back(job.unsaved);
                 for r in replies {
-                    let _ = r.send(Err("a previous checkpoint is still running".into()));
+                    let _ = r.send(Err(ShardError::Internal(
+                        "a previous checkpoint is still running".into(),
+                    )));
                 }
                 return;
             }
@@ -635,7 +639,9 @@ impl ShardWorker {
                 Err(e) => {
                     tracing::error!("checkpoint task died: {e}; restarting the shard");
                     for r in replies {
-                        let _ = r.send(Err(format!("checkpoint task died: {e}")));
+                        let _ = r.send(Err(ShardError::Internal(format!(
+                            "checkpoint task died: {e}"
+                        ))));
                     }
                     let _ = me.send_message(ShardMsg::Fail);
                 }
@@ -729,10 +735,10 @@ impl ShardWorker {
                 self.engine.mark_all_changed(self.shard);
                 self.ctx.metrics.checkpoint_failures.inc();
                 self.put_back(*unsaved);
-                if e.starts_with(FENCED) {
+                if matches!(e, ShardError::Fenced(_)) {
                     // the shard is another node's now: stop, restart nothing
-                    me.stop(Some(FENCED.into()));
-                } else if e.starts_with(cluster_mode::UNCERTAIN) {
+                    me.stop(Some(StopReason::Fenced.into()));
+                } else if matches!(e, ShardError::Uncertain(_)) {
                     // restart from what the control plane holds
                     let _ = me.send_message(ShardMsg::Fail);
                 }
@@ -787,7 +793,7 @@ impl ShardWorker {
 
     /// Merges runs of small raw and training segments into larger ones,
     /// in log order, and swaps them in the manifest atomically.
-    pub async fn compact(&mut self, target_bytes: u64) -> Result<CompactReport, String> {
+    pub async fn compact(&mut self, target_bytes: u64) -> Result<CompactReport, ShardError> {
         let ctx = self.ctx.clone();
         let store = ctx.objects.as_ref();
         let before = self.segments.len();
@@ -968,16 +974,12 @@ pub struct Saved {
 }
 
 /// A checkpoint's result; or the error with the rows it could not commit.
-pub type CheckpointOutcome = Result<Saved, (String, Box<Unsaved>)>;
-
-/// The error of a checkpoint the control plane refused because this node
-/// no longer owns the shard.
-pub const FENCED: &str = "fenced";
+pub type CheckpointOutcome = Result<Saved, (ShardError, Box<Unsaved>)>;
 
 /// Archives the log slice, writes the training and late rows, and commits
 /// them with the state delta in one atomic batch (cluster: through the
 /// control plane, with a snapshot object).
-async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, String> {
+async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, ShardError> {
     let ctx = job.ctx.clone();
     let (from, to, delta) = (job.from, job.to, &job.delta);
     let store = ctx.objects.as_ref();
@@ -995,10 +997,10 @@ async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, String> {
             .read_framed(job.shard, from, to, &mut framed)
             .map_err(err)?;
         if n != to - from {
-            return Err(format!(
+            return Err(ShardError::Internal(format!(
                 "shard {}: the log holds {n} records of {from}..{to}",
                 job.shard
-            ));
+            )));
         }
         let bytes = segments::raw_segment(from, n, &framed);
         drop(framed);
@@ -1158,7 +1160,7 @@ impl Actor for ShardActor {
             ShardMsg::Serve { view, event, reply } => {
                 let _ = reply.send(w.serve(&view, &event));
             }
-            ShardMsg::Stop => me.stop(Some("pipeline change".into())),
+            ShardMsg::Stop => me.stop(Some(StopReason::PipelineChange.into())),
             ShardMsg::Checkpoint { reply } => w.start_checkpoint(&me, reply),
             ShardMsg::CheckpointDone {
                 done,
@@ -1194,6 +1196,18 @@ impl Actor for ShardActor {
 /// Starts the shard actors and restarts any that fails.
 pub struct Supervisor;
 
+/// The shard's own error from a failed start (its recovery's), if it is
+/// one; otherwise the start's failure as an internal error.
+fn startup_error(e: ractor::SpawnErr) -> ShardError {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => match inner.downcast::<ShardError>() {
+            Ok(e) => *e,
+            Err(other) => ShardError::internal(other),
+        },
+        other => ShardError::internal(other),
+    }
+}
+
 /// What the supervisor is asked to do.
 pub enum SupMsg {
     /// Start the shard's actor (replacing one that runs under an older
@@ -1209,15 +1223,9 @@ pub enum SupMsg {
     Started {
         shard: u32,
         gen: u64,
-        actor: Result<ActorRef<ShardMsg>, String>,
+        actor: Result<ActorRef<ShardMsg>, ShardError>,
     },
 }
-
-/// Stop reasons after which the supervisor starts nothing.
-const FINAL_STOPS: [&str; 4] = [FENCED, HANDED_OFF, RELEASED, SUPERSEDED];
-pub const HANDED_OFF: &str = "handed off";
-const RELEASED: &str = "released";
-const SUPERSEDED: &str = "superseded";
 
 pub struct SupervisorState {
     ctx: Arc<NodeCtx>,
@@ -1269,11 +1277,11 @@ impl Supervisor {
             let actor = Actor::spawn_linked(None, ShardActor, args, cell)
                 .await
                 .map(|(a, _)| a)
-                .map_err(|e| e.to_string());
+                .map_err(startup_error);
             if let Err(ractor::MessagingErr::SendErr(SupMsg::Started { actor: Ok(a), .. })) =
                 me.send_message(SupMsg::Started { shard, gen, actor })
             {
-                a.stop(Some(SUPERSEDED.into())); // the supervisor is gone
+                a.stop(Some(StopReason::Superseded.into())); // the supervisor is gone
             }
         });
     }
@@ -1284,11 +1292,11 @@ impl Supervisor {
         st: &mut SupervisorState,
         shard: u32,
         gen: u64,
-        actor: Result<ActorRef<ShardMsg>, String>,
+        actor: Result<ActorRef<ShardMsg>, ShardError>,
     ) {
         if st.starting.get(&shard) != Some(&gen) {
             if let Ok(a) = actor {
-                a.stop(Some(SUPERSEDED.into()));
+                a.stop(Some(StopReason::Superseded.into()));
             }
             return;
         }
@@ -1306,7 +1314,7 @@ impl Supervisor {
                     None => false,
                 };
                 if again || died || !ours {
-                    a.stop(Some(SUPERSEDED.into()));
+                    a.stop(Some(StopReason::Superseded.into()));
                     if ours {
                         let _ = me.send_message(SupMsg::Restart(shard));
                     }
@@ -1327,23 +1335,24 @@ impl Supervisor {
     }
 
     /// Stops the shard's actor, if any, for good.
-    fn stop_shard(st: &SupervisorState, shard: u32, why: &str) {
+    fn stop_shard(st: &SupervisorState, shard: u32, why: StopReason) {
         let old = st.ctx.shards.write().expect("shard registry")[shard as usize].take();
         if let Some(a) = old {
             a.stop(Some(why.into()));
         }
     }
 
-    fn retry(me: &ActorRef<SupMsg>, st: &mut SupervisorState, shard: u32, e: &str) {
+    fn retry(me: &ActorRef<SupMsg>, st: &mut SupervisorState, shard: u32, e: &ShardError) {
         let delay = st
             .backoff
             .entry(shard)
             .or_insert(std::time::Duration::from_millis(50));
         // a shard waiting for the control plane (an election) retries
         // often: its downtime is the cluster's recovery time
-        let cap = if e.contains(UNAVAILABLE) { 500 } else { 5_000 };
+        let waiting = matches!(e, ShardError::Unavailable(_));
+        let cap = if waiting { 500 } else { 5_000 };
         *delay = (*delay * 2).min(std::time::Duration::from_millis(cap));
-        if e.contains(UNAVAILABLE) {
+        if waiting {
             tracing::info!(shard, "not started: {e}; retrying in {:?}", delay);
         } else {
             tracing::error!(shard, "restart failed: {e}; retrying in {:?}", delay);
@@ -1396,7 +1405,7 @@ impl Actor for Supervisor {
         match msg {
             SupMsg::Release(shard) => {
                 tracing::info!(shard, "the shard is another node's now: stopping it here");
-                Supervisor::stop_shard(st, shard, RELEASED);
+                Supervisor::stop_shard(st, shard, StopReason::Released);
             }
             SupMsg::Start(shard) | SupMsg::Restart(shard) => {
                 if matches!(msg, SupMsg::Restart(_))
@@ -1413,7 +1422,7 @@ impl Actor for Supervisor {
                     st.again.insert(shard);
                     return Ok(());
                 }
-                Supervisor::stop_shard(st, shard, SUPERSEDED);
+                Supervisor::stop_shard(st, shard, StopReason::Superseded);
                 Supervisor::begin_start(&me, st, shard);
             }
             SupMsg::Started { shard, gen, actor } => {
@@ -1447,7 +1456,8 @@ impl Actor for Supervisor {
         if st.ctx.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if FINAL_STOPS.contains(&why.as_str()) {
+        let reason = StopReason::parse(&why);
+        if reason.is_some_and(StopReason::is_final) {
             let mut reg = st.ctx.shards.write().expect("shard registry");
             if reg[shard as usize]
                 .as_ref()
@@ -1455,12 +1465,12 @@ impl Actor for Supervisor {
             {
                 reg[shard as usize] = None;
             }
-            if why == FENCED || why == HANDED_OFF {
+            if matches!(reason, Some(StopReason::Fenced | StopReason::HandedOff)) {
                 tracing::info!(shard, "the shard left this node ({why})");
             }
             return Ok(());
         }
-        if why == "pipeline change" {
+        if reason == Some(StopReason::PipelineChange) {
             tracing::info!(shard, "restarting the shard under the new pipeline");
         } else {
             tracing::error!(

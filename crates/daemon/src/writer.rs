@@ -82,7 +82,7 @@ pub struct Written {
     /// True when the idempotency key was already accepted: nothing was
     /// appended this time.
     pub replayed: bool,
-    pub features: Option<oneshot::Receiver<Result<String, String>>>,
+    pub features: Option<oneshot::Receiver<Result<String, crate::shard::ShardError>>>,
 }
 
 pub fn start(

@@ -96,7 +96,7 @@ pub(crate) async fn backfill(
     };
     match cl.cp.propose(cmd).await {
         Ok(lockstep_cluster::state::Response::Done) => {}
-        Ok(lockstep_cluster::state::Response::Rejected(w)) => return unavailable(w),
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => return unavailable(w.to_string()),
         Err(e) => return unavailable(format!("the control plane: {e}")),
     }
     // this member applies the job a moment after the leader: answer once

@@ -131,7 +131,9 @@ pub(crate) async fn cluster_remove(State(app): State<App>, Path(node): Path<Stri
             node: id,
             removed: true,
         }),
-        Ok(lockstep_cluster::state::Response::Rejected(w)) => error(StatusCode::CONFLICT, w),
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => {
+            error(StatusCode::CONFLICT, w.to_string())
+        }
         Err(e) => unavailable(e.to_string()),
     }
 }
@@ -155,7 +157,9 @@ pub(crate) async fn cluster_drain(State(app): State<App>, Path(node): Path<Strin
             state: MemberState::Draining,
             shards_to_move: cl.state().owned_by(id).len(),
         }),
-        Ok(lockstep_cluster::state::Response::Rejected(w)) => error(StatusCode::CONFLICT, w),
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => {
+            error(StatusCode::CONFLICT, w.to_string())
+        }
         Err(e) => unavailable(e.to_string()),
     }
 }

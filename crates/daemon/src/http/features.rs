@@ -8,7 +8,7 @@ use super::routing::*;
 use super::App;
 use crate::clock::now_ms;
 use crate::node::NodeCtx;
-use crate::shard::{ShardMsg, UNAVAILABLE};
+use crate::shard::{ShardError, ShardMsg};
 use crate::writer::{IngestReply, WriteReq};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -95,8 +95,9 @@ pub(crate) async fn features(
                 let f = match w.features {
                     Some(f) => f
                         .await
-                        .unwrap_or_else(|_| Err("its shard restarted while processing it".into())),
-                    None => Err("no features were computed".into()),
+                        .map_err(|_| "its shard restarted while processing it".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    None => Err("no features were computed".to_string()),
                 };
                 match f {
                     Ok(r) => Ok(r),
@@ -169,9 +170,9 @@ pub(crate) async fn serve_and_ingest_cluster(
                 .observe(started.elapsed().as_secs_f64());
             json_response(StatusCode::OK, r)
         }
-        Ok(Err(e)) if e.contains("already ingested") => error(StatusCode::CONFLICT, e),
+        Ok(Err(e @ ShardError::AlreadyIngested)) => shard_error(e),
         // the event is durably in: a retry would ingest it twice
-        Ok(Err(e)) => ingested_without_features(e.trim_start_matches(UNAVAILABLE)),
+        Ok(Err(e)) => ingested_without_features(&e.to_string()),
         Err(_) => ingested_without_features("its shard restarted"),
     }
 }

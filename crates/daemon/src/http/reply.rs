@@ -26,6 +26,18 @@ pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     r
 }
 
+/// The answer to a shard's error: retry later (503 with Retry-After) when
+/// the shard is moving, restarting or waiting for the control plane.
+pub(crate) fn shard_error(e: crate::shard::ShardError) -> Response {
+    use crate::shard::ShardError as E;
+    match e {
+        E::Unavailable(_) | E::Fenced(_) | E::Uncertain(_) => unavailable(e.to_string()),
+        E::AlreadyIngested => error(StatusCode::CONFLICT, e.to_string()),
+        E::UnknownView(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        E::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// `200` with a typed body.
 pub(crate) fn ok<T: Serialize>(body: T) -> Response {
     axum::Json(body).into_response()

@@ -4,7 +4,7 @@
 
 use super::reply::*;
 use crate::node::NodeCtx;
-use crate::shard::{Reply, ShardMsg, UNAVAILABLE};
+use crate::shard::{Reply, ShardMsg};
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -109,10 +109,7 @@ pub(crate) async fn ask<T>(
     actor.send_message(make(tx)).map_err(|_| unavailable())?;
     match rx.await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => match e.strip_prefix(UNAVAILABLE) {
-            Some(why) => Err(self::unavailable(why)),
-            None => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
-        },
+        Ok(Err(e)) => Err(shard_error(e)),
         Err(_) => Err(unavailable()),
     }
 }
@@ -155,7 +152,7 @@ pub(crate) async fn all_shards<T>(
         }
         match rx.await {
             Ok(Ok(v)) => out.push(v),
-            Ok(Err(e)) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            Ok(Err(e)) => return Err(shard_error(e)),
             Err(_) => return Err(unavailable()),
         }
     }

@@ -58,18 +58,14 @@ pub(crate) async fn checkpoint(State(app): State<App>) -> Response {
         return cluster_checkpoint(cl).await;
     }
     let results = Node::checkpoint_all(&app.ctx).await;
-    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
     if !errors.is_empty() {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "checkpoint failed: {}",
-                errors
-                    .iter()
-                    .map(|e| e.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
+            format!("checkpoint failed: {}", errors.join("; ")),
         );
     }
     let checkpoints = results

@@ -249,7 +249,7 @@ pub(crate) async fn cluster_apply(
     match cl.cp.propose(cmd).await {
         Ok(lockstep_cluster::state::Response::Done) => {}
         Ok(lockstep_cluster::state::Response::Rejected(why)) => {
-            return Err(error(StatusCode::CONFLICT, why))
+            return Err(error(StatusCode::CONFLICT, why.to_string()))
         }
         Err(e) => {
             return Err(unavailable(format!(

@@ -19,9 +19,6 @@ use lockstep_cluster::state::{Command, Response, ShardCheckpoint};
 use lockstep_log::kafka::KafkaRecord;
 use std::sync::atomic::AtomicBool;
 
-/// The error of a checkpoint whose commit may or may not have happened.
-pub const UNCERTAIN: &str = "uncertain";
-
 /// A snapshot chain this long is replaced by a full snapshot.
 const MAX_CHAIN: usize = 8;
 
@@ -105,10 +102,10 @@ fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
 /// Seen Idempotency-Keys and event ids, as a shard holds them.
 type Seen = (HashMap<String, IdemEntry>, HashMap<u128, i64>);
 
-fn decode_dedup(b: &[u8]) -> Result<Seen, String> {
+fn decode_dedup(b: &[u8]) -> Result<Seen, ShardError> {
     let ((idem, ids), _): (Dedup, _) =
         bincode::serde::decode_from_slice(b, bincode::config::standard())
-            .map_err(|e| format!("stored idempotency keys: {e}"))?;
+            .map_err(|e| ShardError::Internal(format!("stored idempotency keys: {e}")))?;
     Ok((idem.into_iter().collect(), ids.into_iter().collect()))
 }
 
@@ -148,7 +145,7 @@ impl ClusterShard {
         shard: u32,
         remove: &[SegmentInfo],
         merged: &SegmentInfo,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         let cmd = Command::SwapSegments {
             shard,
             owner: self.ctx.id,
@@ -158,10 +155,10 @@ impl ClusterShard {
         };
         match self.ctx.cp.propose(cmd).await {
             Ok(Response::Done) => Ok(()),
-            Ok(Response::Rejected(why)) => Err(format!("compaction of shard {shard} refused: {why}")),
-            Err(e) => Err(format!(
+            Ok(Response::Rejected(why)) => Err(ShardError::Internal(format!("compaction of shard {shard} refused: {why}"))),
+            Err(e) => Err(ShardError::Internal(format!(
                 "compaction of shard {shard}: the control plane did not answer ({e}); the old segments stay"
-            )),
+            ))),
         }
     }
 
@@ -260,7 +257,7 @@ impl ClusterJob {
         job: &CheckpointJob,
         from: u64,
         to: u64,
-    ) -> Result<Option<SegmentInfo>, String> {
+    ) -> Result<Option<SegmentInfo>, ShardError> {
         let u = job.unsaved.cluster.as_ref().expect("cluster rows");
         // a slice whose records were all duplicates or dead letters is
         // archived too, empty: the archive covers every offset, so a replay
@@ -295,7 +292,7 @@ impl ClusterJob {
         job: &CheckpointJob,
         mut added: Vec<SegmentInfo>,
         training_rows: u64,
-    ) -> Result<Saved, String> {
+    ) -> Result<Saved, ShardError> {
         let ctx = &job.ctx;
         let store = ctx.objects.as_ref();
         let table = &ctx.table;
@@ -364,8 +361,8 @@ impl ClusterJob {
         };
         match commit_checkpoint(&self.ctx, checkpoint, added.clone(), Vec::new()).await {
             Ok(()) => {}
-            Err(CommitError::Fenced(w)) => return Err(format!("{FENCED}: {w}")),
-            Err(CommitError::Other(w)) => return Err(format!("{UNCERTAIN}: {w}")),
+            Err(CommitError::Fenced(w)) => return Err(ShardError::Fenced(w.to_string())),
+            Err(e) => return Err(ShardError::Uncertain(e.to_string())),
         }
         // the local cache takes the delta only on top of the checkpoint it
         // follows; otherwise (a failed earlier write) it is dropped, and a
@@ -429,7 +426,7 @@ impl ShardWorker {
         &mut self,
         cl: Arc<ClusterCtx>,
         loaded: Option<Loaded>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         let shard = self.shard;
         // not the state as this member last applied it (after a restart it
         // may lag): everything committed so far
@@ -437,26 +434,28 @@ impl ShardWorker {
             .cp
             .barrier(std::time::Duration::from_secs(10))
             .await
-            .map_err(|e| format!("{UNAVAILABLE}shard {shard}: the control plane: {e}"))?;
+            .map_err(|e| {
+                ShardError::Unavailable(format!("shard {shard}: the control plane: {e}"))
+            })?;
         let owner_epoch = self.ctx.held[shard as usize].load(Ordering::Relaxed);
         let o = st
             .owners
             .get(shard as usize)
-            .ok_or_else(|| format!("{UNAVAILABLE}the cluster is not initialized yet"))?;
+            .ok_or_else(|| ShardError::Unavailable("the cluster is not initialized yet".into()))?;
         if o.node != Some(cl.id) || o.epoch != owner_epoch {
-            return Err(format!(
-                "{UNAVAILABLE}shard {shard} is not this node's under owner epoch {owner_epoch}"
-            ));
+            return Err(ShardError::Unavailable(format!(
+                "shard {shard} is not this node's under owner epoch {owner_epoch}"
+            )));
         }
         self.segments = st.segments[shard as usize].clone();
         let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &self.ctx.table);
         if st.pipeline.version != self.pipe.version {
             // `views apply` changed the pipeline and this node has not
             // switched yet (it does as it applies the change)
-            return Err(format!(
-                "{UNAVAILABLE}shard {shard}: the cluster runs pipeline version {}, this node still version {}",
+            return Err(ShardError::Unavailable(format!(
+                "shard {shard}: the cluster runs pipeline version {}, this node still version {}",
                 st.pipeline.version, self.pipe.version
-            ));
+            )));
         }
         if let Some(m) = st.checkpoints[shard as usize].clone() {
             if m.pipeline != self.pipe.fingerprint() {
@@ -483,7 +482,7 @@ impl ShardWorker {
                     self.engine
                         .restore_parts(shard, l.meta, l.slots)
                         .map(|()| seen)
-                        .map_err(|e| e.to_string())
+                        .map_err(err)
                 });
                 match restored {
                     Ok((idem, ids)) => {
@@ -500,7 +499,10 @@ impl ShardWorker {
                 let r = restore_snapshot(self.ctx.objects.as_ref(), &m.snapshot)
                     .await?
                     .ok_or_else(|| {
-                        format!("shard {shard}: checkpoint {} lists no snapshot", m.seq)
+                        ShardError::Internal(format!(
+                            "shard {shard}: checkpoint {} lists no snapshot",
+                            m.seq
+                        ))
                     })?;
                 let idem: Vec<(String, IdemEntry)> =
                     r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -524,7 +526,11 @@ impl ShardWorker {
                     .map_err(err)?;
                 self.engine
                     .restore_parts(shard, r.meta, r.slots)
-                    .map_err(|e| format!("shard {shard}: cannot restore its checkpoint: {e}"))?;
+                    .map_err(|e| {
+                        ShardError::Internal(format!(
+                            "shard {shard}: cannot restore its checkpoint: {e}"
+                        ))
+                    })?;
                 cs.idem = r.idem;
                 cs.event_ids = r.event_ids;
             }
@@ -599,7 +605,7 @@ impl ShardWorker {
         cs: &mut ClusterShard,
         st: &lockstep_cluster::state::ClusterState,
         m: &ShardCheckpoint,
-    ) -> Result<(), String> {
+    ) -> Result<(), ShardError> {
         let started = Instant::now();
         let shard = self.shard;
         let ctx = self.ctx.clone();
@@ -655,10 +661,10 @@ impl ShardWorker {
         commit_checkpoint(&cl, checkpoint, added.clone(), removed.clone())
             .await
             .map_err(|e| match e {
-                CommitError::Fenced(w) => format!("{UNAVAILABLE}shard {shard}: {w}"),
-                CommitError::Other(w) => {
-                    format!("shard {shard}: committing its rebuild for the new pipeline: {w}")
-                }
+                CommitError::Fenced(w) => ShardError::Unavailable(format!("shard {shard}: {w}")),
+                e => ShardError::Internal(format!(
+                    "shard {shard}: committing its rebuild for the new pipeline: {e}"
+                )),
             })?;
         // what the committed manifest no longer lists, a minute later:
         // other nodes may be reading them under the manifest they listed a
@@ -729,9 +735,11 @@ impl ShardWorker {
     /// Applies records of the partition: deduplicated by Idempotency-Key,
     /// decoded (lockstep's bincode rows, or JSON from other producers) and
     /// checked; malformed ones become dead letters of this checkpoint.
-    pub(super) fn on_records(&mut self, recs: Vec<KafkaRecord>) -> Result<(), String> {
+    pub(super) fn on_records(&mut self, recs: Vec<KafkaRecord>) -> Result<(), ShardError> {
         let Some(mut c) = self.cl.take() else {
-            return Err("records reached a shard that is not in cluster mode".into());
+            return Err(ShardError::Internal(
+                "records reached a shard that is not in cluster mode".into(),
+            ));
         };
         if c.handing_off {
             self.cl = Some(c);
@@ -754,9 +762,7 @@ impl ShardWorker {
                 if !e.insert(*i) {
                     // a retry of a request already applied: skip it
                     if let Some((_, reply)) = c.waiters.remove(key) {
-                        let _ = reply.send(Err(
-                            "this Idempotency-Key was already ingested; its features are in its training row".into(),
-                        ));
+                        let _ = reply.send(Err(ShardError::AlreadyIngested));
                     }
                     self.next_offset = r.offset + 1;
                     continue;
@@ -838,10 +844,10 @@ impl ShardWorker {
                 c.waiters.insert(key, (view, reply));
             }
             _ => {
-                let _ = reply.send(Err(format!(
-                    "{UNAVAILABLE}shard {} is moving to another node; retry",
+                let _ = reply.send(Err(ShardError::Unavailable(format!(
+                    "shard {} is moving to another node; retry",
                     self.shard
-                )));
+                ))));
             }
         }
     }
@@ -855,8 +861,9 @@ impl ShardWorker {
         }
         c.handing_off = true;
         for (_, (_, reply)) in c.waiters.drain() {
-            let _ = reply.send(Err(format!(
-                "{UNAVAILABLE}the shard is moving to another node; the event was ingested, its features will be in its training row"
+            let _ = reply.send(Err(ShardError::Unavailable(
+                "the shard is moving to another node; the event was ingested, its features will be in its training row"
+                    .into(),
             )));
         }
         self.stop_reading();
@@ -897,7 +904,7 @@ impl ShardWorker {
                 match cl.cp.propose(cmd).await {
                     Ok(Response::Done) => {
                         tracing::info!(shard, "handed off");
-                        me.stop(Some(HANDED_OFF.into()));
+                        me.stop(Some(StopReason::HandedOff.into()));
                         return;
                     }
                     Ok(Response::Rejected(why)) => {
@@ -905,7 +912,7 @@ impl ShardWorker {
                         // already: let the shard map decide what runs here
                         tracing::warn!(shard, "hand-off refused: {why}");
                         release(&held);
-                        me.stop(Some(FENCED.into()));
+                        me.stop(Some(StopReason::Fenced.into()));
                         return;
                     }
                     Err(e) => {
@@ -915,7 +922,7 @@ impl ShardWorker {
                 }
             }
             release(&held);
-            me.stop(Some(FENCED.into()));
+            me.stop(Some(StopReason::Fenced.into()));
         });
     }
 }

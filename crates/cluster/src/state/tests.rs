@@ -1,0 +1,401 @@
+//! The state machine's rules, command by command.
+use super::*;
+
+fn cluster(nodes: u64, shards: u32) -> ClusterState {
+    let mut st = ClusterState::default();
+    st.apply(Command::Init {
+        table: "t".into(),
+        shards,
+        sql: String::new(),
+        at_ms: 0,
+    })
+    .into_result()
+    .unwrap();
+    for n in 1..=nodes {
+        st.apply(Command::Join {
+            node: n,
+            addr: format!("127.0.0.1:{n}"),
+            at_ms: 0,
+        })
+        .into_result()
+        .unwrap();
+    }
+    st
+}
+
+fn ckpt(shard: u32, owner: NodeId, owner_epoch: u64, seq: u64, offset: u64) -> Command {
+    Command::Commit {
+        checkpoint: ShardCheckpoint {
+            shard,
+            owner,
+            owner_epoch,
+            epoch: 0,
+            seq,
+            offset,
+            pipeline: "p".into(),
+            snapshot: vec![],
+            digest: String::new(),
+            at_ms: 0,
+        },
+        add_segments: vec![SegmentInfo {
+            kind: "training".into(),
+            name: "v".into(),
+            shard,
+            path: format!("training/v/{shard}/{seq}"),
+            from_offset: 0,
+            to_offset: offset,
+            min_time: 0,
+            max_time: 0,
+            rows: 1,
+            bytes: 1,
+            crc32: 0,
+        }],
+        remove_segments: vec![],
+    }
+}
+
+#[test]
+fn only_a_down_node_is_removed_and_its_shards_become_orphans() {
+    let mut st = cluster(2, 2);
+    st.apply(Command::Assign {
+        shard: 1,
+        node: 2,
+        expect_epoch: 0,
+    })
+    .into_result()
+    .unwrap();
+    let refused = st.apply(Command::Remove { node: 2 });
+    assert!(matches!(
+        refused,
+        Response::Rejected(Rejection::NotDown { .. })
+    ));
+    assert!(matches!(
+        st.apply(Command::Remove { node: 9 }),
+        Response::Rejected(_)
+    ));
+    st.apply(Command::MarkDown { node: 2 })
+        .into_result()
+        .unwrap();
+    let epoch = st.owners[1].epoch;
+    assert_eq!(st.apply(Command::Remove { node: 2 }), Response::Done);
+    assert!(!st.nodes.contains_key(&2));
+    assert_eq!(st.owners[1].node, None);
+    // the owner epoch is kept: the next owner gets a newer one
+    assert_eq!(st.owners[1].epoch, epoch);
+}
+
+#[test]
+fn a_backfill_job_finishes_when_every_shard_is_done_once() {
+    let mut st = cluster(2, 2);
+    let start = |id: &str| Command::BackfillStart {
+        id: id.into(),
+        request: "{}".into(),
+        at_ms: 1,
+    };
+    let part = |id: &str, shard, node| Command::BackfillPart {
+        id: id.into(),
+        part: BackfillPart {
+            shard,
+            node,
+            path: format!("backfill/{id}/{shard}-{node}"),
+            crc32: 0,
+            rows: 1,
+            events: 1,
+            millis: 0.0,
+        },
+        at_ms: 9,
+    };
+    assert_eq!(st.apply(start("a")), Response::Done);
+    assert!(matches!(st.apply(start("a")), Response::Rejected(_)));
+    assert_eq!(st.apply(part("a", 0, 1)), Response::Done);
+    // the shard's next owner finished it too: the first part stays
+    assert!(matches!(
+        st.apply(part("a", 0, 2)),
+        Response::Rejected(Rejection::PartDone { .. })
+    ));
+    assert_eq!(st.backfill("a").unwrap().parts[&0].node, 1);
+    assert_eq!(st.backfill("a").unwrap().finished_ms, None);
+    assert!(matches!(st.apply(part("a", 5, 1)), Response::Rejected(_)));
+    assert_eq!(st.apply(part("a", 1, 2)), Response::Done);
+    assert_eq!(st.backfill("a").unwrap().finished_ms, Some(9));
+    assert!(matches!(
+        st.apply(part("a", 1, 1)),
+        Response::Rejected(Rejection::BackfillFinished(_))
+    ));
+    // a failed job ends too
+    st.apply(start("b")).into_result().unwrap();
+    st.apply(Command::BackfillFail {
+        id: "b".into(),
+        error: "boom".into(),
+        at_ms: 3,
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(st.backfill("b").unwrap().error.as_deref(), Some("boom"));
+    // only the last finished jobs are kept; running ones always
+    st.apply(start("running")).into_result().unwrap();
+    for i in 0..KEEP_FINISHED_BACKFILLS + 3 {
+        let id = format!("j{i}");
+        st.apply(start(&id)).into_result().unwrap();
+        st.apply(Command::BackfillFail {
+            id,
+            error: "x".into(),
+            at_ms: 4,
+        })
+        .into_result()
+        .unwrap();
+    }
+    assert!(st.backfill("running").is_some());
+    assert!(st.backfill("a").is_none());
+    let finished = st
+        .backfills
+        .iter()
+        .filter(|j| j.finished_ms.is_some())
+        .count();
+    assert!(finished <= KEEP_FINISHED_BACKFILLS + 1, "{finished}");
+}
+
+#[test]
+fn init_sets_the_first_pipeline_and_applies_follow_its_version() {
+    let mut st = ClusterState::default();
+    let init = |sql: &str| Command::Init {
+        table: "t".into(),
+        shards: 2,
+        sql: sql.into(),
+        at_ms: 5,
+    };
+    assert_eq!(st.apply(init("first")), Response::Done);
+    assert_eq!(st.pipeline.version, 1);
+    assert_eq!(st.pipeline.sql, "first");
+    // a second Init (another node's) keeps the cluster's pipeline
+    assert_eq!(st.apply(init("other")), Response::Done);
+    assert_eq!(st.pipeline.sql, "first");
+    let set = |sql: &str, expect_version| Command::SetPipeline {
+        sql: sql.into(),
+        expect_version,
+        at_ms: 6,
+    };
+    assert_eq!(st.apply(set("second", 1)), Response::Done);
+    assert_eq!(
+        (st.pipeline.version, st.pipeline.sql.as_str()),
+        (2, "second")
+    );
+    // an apply based on version 1 came too late
+    assert!(matches!(
+        st.apply(set("third", 1)),
+        Response::Rejected(Rejection::PipelineMoved { version: 2, .. })
+    ));
+    assert_eq!(st.pipeline.sql, "second");
+}
+
+#[test]
+fn a_commit_replaces_segments_only_if_the_manifest_has_them() {
+    let mut st = cluster(1, 1);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    })
+    .into_result()
+    .unwrap();
+    let e = st.owners[0].epoch;
+    st.apply(ckpt(0, 1, e, 1, 10)).into_result().unwrap();
+    let old = st.segments[0][0].clone();
+    let mut next = ckpt(0, 1, e, 2, 10);
+    let Command::Commit {
+        remove_segments,
+        add_segments,
+        ..
+    } = &mut next
+    else {
+        unreachable!()
+    };
+    remove_segments.push(old.clone());
+    add_segments[0].path = "training/v/0/rebuilt".into();
+    let mut missing = next.clone();
+    if let Command::Commit {
+        remove_segments, ..
+    } = &mut missing
+    {
+        remove_segments[0].path = "not/there".into();
+    }
+    assert!(matches!(
+        st.apply(missing),
+        Response::Rejected(Rejection::NotInManifest { .. })
+    ));
+    assert_eq!(st.checkpoints[0].as_ref().unwrap().seq, 1);
+    assert_eq!(st.apply(next), Response::Done);
+    let paths: Vec<&str> = st.segments[0].iter().map(|g| g.path.as_str()).collect();
+    assert_eq!(paths, ["training/v/0/rebuilt"]);
+}
+
+#[test]
+fn a_replaced_owner_can_neither_commit_nor_publish() {
+    let mut st = cluster(2, 2);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(st.apply(ckpt(0, 1, 1, 1, 10)), Response::Done);
+    // node 1 is cut off; the coordinator gives its shard to node 2
+    st.apply(Command::MarkDown { node: 1 })
+        .into_result()
+        .unwrap();
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 2,
+        expect_epoch: 1,
+    })
+    .into_result()
+    .unwrap();
+    // the zombie's next checkpoint is fenced: no state, no rows
+    let before = st.clone();
+    assert!(matches!(
+        st.apply(ckpt(0, 1, 1, 2, 20)),
+        Response::Rejected(Rejection::Fenced { .. })
+    ));
+    assert_eq!(st, before);
+    // the new owner continues from the committed checkpoint
+    assert_eq!(st.apply(ckpt(0, 2, 2, 2, 20)), Response::Done);
+    assert_eq!(st.segments[0].len(), 2);
+    // and a stale plan cannot take the shard again
+    assert!(matches!(
+        st.apply(Command::Assign {
+            shard: 0,
+            node: 1,
+            expect_epoch: 1
+        }),
+        Response::Rejected(_)
+    ));
+}
+
+#[test]
+fn checkpoints_follow_in_sequence_and_never_go_back() {
+    let mut st = cluster(1, 1);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    });
+    assert!(matches!(
+        st.apply(ckpt(0, 1, 1, 2, 5)),
+        Response::Rejected(_)
+    ));
+    assert_eq!(st.apply(ckpt(0, 1, 1, 1, 5)), Response::Done);
+    // a duplicate proposal (retried after a lost reply) is refused
+    assert!(matches!(
+        st.apply(ckpt(0, 1, 1, 1, 5)),
+        Response::Rejected(_)
+    ));
+    assert!(matches!(
+        st.apply(ckpt(0, 1, 1, 2, 4)),
+        Response::Rejected(_)
+    ));
+    assert_eq!(st.apply(ckpt(0, 1, 1, 2, 5)), Response::Done);
+    assert_eq!(st.segments[0].len(), 2);
+}
+
+#[test]
+fn a_graceful_move_hands_off_with_a_new_epoch() {
+    let mut st = cluster(2, 1);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    });
+    st.apply(Command::StartMove {
+        shard: 0,
+        to: 2,
+        expect_epoch: 1,
+    })
+    .into_result()
+    .unwrap();
+    // the owner still commits its last checkpoint during the move
+    assert_eq!(st.apply(ckpt(0, 1, 1, 1, 7)), Response::Done);
+    // only the owner, with its epoch, hands off
+    assert!(matches!(
+        st.apply(Command::Handoff {
+            shard: 0,
+            from: 2,
+            owner_epoch: 1
+        }),
+        Response::Rejected(_)
+    ));
+    st.apply(Command::Handoff {
+        shard: 0,
+        from: 1,
+        owner_epoch: 1,
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(
+        st.owners[0],
+        ShardOwner {
+            node: Some(2),
+            epoch: 2,
+            moving_to: None
+        }
+    );
+    assert!(matches!(
+        st.apply(ckpt(0, 1, 1, 2, 9)),
+        Response::Rejected(_)
+    ));
+    assert_eq!(st.apply(ckpt(0, 2, 2, 2, 9)), Response::Done);
+    assert_eq!(st.owned_by(2), vec![0]);
+}
+
+#[test]
+fn the_shard_count_is_fixed() {
+    let mut st = cluster(1, 4);
+    assert_eq!(
+        st.apply(Command::Init {
+            table: "t".into(),
+            shards: 4,
+            sql: String::new(),
+            at_ms: 0,
+        }),
+        Response::Done
+    );
+    assert!(matches!(
+        st.apply(Command::Init {
+            table: "t".into(),
+            shards: 8,
+            sql: String::new(),
+            at_ms: 0,
+        }),
+        Response::Rejected(_)
+    ));
+}
+
+#[test]
+fn compaction_swaps_only_manifest_segments_by_the_owner() {
+    let mut st = cluster(2, 1);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    });
+    st.apply(ckpt(0, 1, 1, 1, 5));
+    st.apply(ckpt(0, 1, 1, 2, 9));
+    let old = st.segments[0].clone();
+    let mut merged = old[0].clone();
+    merged.path = "merged".into();
+    merged.to_offset = 9;
+    let swap = |owner, remove: Vec<SegmentInfo>| Command::SwapSegments {
+        shard: 0,
+        owner,
+        owner_epoch: 1,
+        remove,
+        add: vec![merged.clone()],
+    };
+    assert!(matches!(
+        st.apply(swap(2, old.clone())),
+        Response::Rejected(_)
+    ));
+    assert_eq!(st.apply(swap(1, old.clone())), Response::Done);
+    assert_eq!(st.segments[0], vec![merged.clone()]);
+    assert!(matches!(st.apply(swap(1, old)), Response::Rejected(_)));
+}
