@@ -8,6 +8,7 @@
 //! - [`network`]: Raft RPCs over the nodes' HTTP API.
 //! - [`ControlPlane`]: a node's handle: start, join, propose, watch.
 
+pub mod decide;
 pub mod network;
 pub mod state;
 pub mod store;

@@ -17,9 +17,9 @@ use crate::clock::now_ms;
 use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
 use crate::store::{decode_slot, StoreError};
+use lockstep_cluster::decide::{self, LocalAction};
 use lockstep_cluster::state::{
-    BackfillPart, ClusterState, Command, NodeId, NodeState, Rejection, Response, ShardCheckpoint,
-    SnapshotPart,
+    BackfillPart, ClusterState, Command, NodeId, Rejection, Response, ShardCheckpoint, SnapshotPart,
 };
 use lockstep_cluster::ControlPlane;
 use lockstep_core::window::Entry;
@@ -624,22 +624,21 @@ async fn ownership(
                 }
             }
         }
-        for s in 0..st.shards {
-            let o = &st.owners[s as usize];
-            let mine = o.node == Some(cl.id);
-            let held = ctx.held[s as usize].load(Ordering::Relaxed);
-            if mine && held != o.epoch {
-                // ours (again): (re)start under the current epoch
-                ctx.held[s as usize].store(o.epoch, Ordering::Relaxed);
-                let _ = supervisor.send_message(SupMsg::Start(s));
-            } else if !mine && held != 0 {
-                ctx.held[s as usize].store(0, Ordering::Relaxed);
-                let _ = supervisor.send_message(SupMsg::Release(s));
-            } else if mine && o.moving_to.is_some() {
-                // repeated each round: a shard restarted mid-move hands off
-                // too (the actor ignores it while it is handing off)
-                if let Some(actor) = ctx.shard(s) {
-                    let _ = actor.send_message(ShardMsg::Handoff);
+        let held: Vec<u64> = ctx.held.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        for action in decide::reconcile(&st, cl.id, &held) {
+            match action {
+                LocalAction::Start { shard, epoch } => {
+                    ctx.held[shard as usize].store(epoch, Ordering::Relaxed);
+                    let _ = supervisor.send_message(SupMsg::Start(shard));
+                }
+                LocalAction::Release { shard } => {
+                    ctx.held[shard as usize].store(0, Ordering::Relaxed);
+                    let _ = supervisor.send_message(SupMsg::Release(shard));
+                }
+                LocalAction::Handoff { shard } => {
+                    if let Some(actor) = ctx.shard(shard) {
+                        let _ = actor.send_message(ShardMsg::Handoff);
+                    }
                 }
             }
         }
@@ -686,66 +685,25 @@ fn follow_pipeline(ctx: &NodeCtx, st: &ClusterState) -> Result<(), String> {
 }
 
 /// The coordinator's loop; it acts only while this node is the leader.
+/// What it does each tick is decided by the pure functions of
+/// [`lockstep_cluster::decide`]; this carries the decisions out.
 async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
-    // when each node was last heard from (pings), the join time we last
-    // saw of each, and when we marked nodes down
-    let seen: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
-    // when each node last answered a ping, as the time the ping was sent
-    // (the evidence for this node's serving lease)
-    let acked: Arc<std::sync::Mutex<HashMap<NodeId, Instant>>> = Default::default();
+    let live = Arc::new(std::sync::Mutex::new(decide::Liveness::new(
+        cl.failure_timeout,
+    )));
     // the heartbeat, on its own timer: the loop below waits on proposals,
     // and a slow commit must not delay the pings (the members' serving
     // leases hang on them)
-    {
-        let (ctx, cl, seen, acked) = (ctx.clone(), cl.clone(), seen.clone(), acked.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                if ctx.stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                if !cl.cp.is_leader() {
-                    continue;
-                }
-                for (&n, info) in &cl.state().nodes {
-                    if n == cl.id {
-                        continue;
-                    }
-                    let (cp, seen, acked, addr) = (
-                        cl.cp.clone(),
-                        seen.clone(),
-                        acked.clone(),
-                        info.addr.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let sent = Instant::now();
-                        if cp.ping(&addr).await {
-                            seen.lock().expect("seen").insert(n, Instant::now());
-                            acked.lock().expect("acked").insert(n, sent);
-                        }
-                    });
-                }
-            }
-        });
-    }
-    let mut joins: HashMap<NodeId, i64> = HashMap::new();
-    let mut down_at: HashMap<NodeId, Instant> = HashMap::new();
-    let mut was_leader = false;
-    // the leader this node last followed
-    let mut prev_leader: Option<NodeId> = None;
+    tokio::spawn(heartbeat(ctx.clone(), cl.clone(), live.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_tick = Instant::now();
     loop {
         tick.tick().await;
         if ctx.stopping.load(Ordering::Relaxed) {
             return;
         }
         if !cl.cp.is_leader() {
-            was_leader = false;
-            if let Some((l, _)) = cl.cp.leader().filter(|(l, _)| *l != cl.id) {
-                prev_leader = Some(l);
-            }
+            let leader = cl.cp.leader().map(|(l, _)| l).filter(|l| *l != cl.id);
+            live.lock().expect("liveness").follow(leader);
             continue;
         }
         let st = cl.state();
@@ -762,105 +720,32 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             continue;
         }
         let now = Instant::now();
-        // a coordinator that was itself stalled (paused process, VM hiccup)
-        // has not been listening: it gives everyone a fresh timeout
-        let stalled = now.duration_since(last_tick) > cl.failure_timeout / 2;
-        last_tick = now;
-        {
-            let mut seen = seen.lock().expect("seen");
-            if stalled {
-                for (n, info) in &st.nodes {
-                    if info.state != NodeState::Down {
-                        seen.insert(*n, now);
-                    }
-                }
-            }
-            let new_leader = !was_leader;
-            if new_leader {
-                seen.clear();
-                acked.lock().expect("acked").clear();
-                joins.clear();
-                was_leader = true;
-            }
-            for (&n, info) in &st.nodes {
-                // a node that (re)joined since counts as just heard from; a
-                // new leader gives each node half a timeout to answer its
-                // pings (live ones answer within milliseconds), and the old
-                // leader, whose silence caused the election, a fifth: it is
-                // declared down about when a follower would have been
-                if joins.insert(n, info.joined_ms) != Some(info.joined_ms)
-                    && info.state != NodeState::Down
-                {
-                    // the old leader has been silent for an election
-                    // timeout already: it gets a fifth of a timeout
-                    let credit = match new_leader {
-                        true if Some(n) == prev_leader => cl.failure_timeout.mul_f64(0.8),
-                        true => cl.failure_timeout / 2,
-                        false => Duration::ZERO,
-                    };
-                    let credit = now.checked_sub(credit).unwrap_or(now);
-                    seen.insert(n, credit);
-                }
-            }
-            seen.insert(cl.id, now);
+        let round = live
+            .lock()
+            .expect("liveness")
+            .lead(&st, cl.id, now, now_ms());
+        if let Some(t) = round.lease {
+            cl.cp.touch_at(t);
         }
-        let heard = |n: &NodeId| seen.lock().expect("seen").get(n).copied();
-        // the coordinator's own lease: the time by which a majority of the
-        // members not down (itself included) had answered its pings, taken
-        // at sending; only real answers count, not the credits above
-        let mut answered: Vec<Instant> = {
-            let acked = acked.lock().expect("acked");
-            st.nodes
-                .iter()
-                .filter(|(_, i)| i.state != NodeState::Down)
-                .filter_map(|(n, _)| {
-                    if *n == cl.id {
-                        Some(now)
-                    } else {
-                        acked.get(n).copied()
-                    }
-                })
-                .collect()
-        };
-        let members = st
-            .nodes
-            .values()
-            .filter(|i| i.state != NodeState::Down)
-            .count();
-        answered.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(t) = answered.get(members / 2) {
-            cl.cp.touch_at(*t);
-        }
-        for (&n, info) in &st.nodes {
-            let last = heard(&n);
-            let silent = last.is_none_or(|t| now.duration_since(t) > cl.failure_timeout);
-            if info.state != NodeState::Down && silent {
-                tracing::warn!(
-                    node = n,
+        for cmd in round.commands {
+            match &cmd {
+                Command::MarkDown { node } => tracing::warn!(
+                    node,
                     "no heartbeat within {:?}: marking it down",
                     cl.failure_timeout
-                );
-                if let Ok(Response::Done) = cl.cp.propose(Command::MarkDown { node: n }).await {
-                    down_at.insert(n, now);
+                ),
+                Command::Join { node, .. } => {
+                    tracing::info!(node, "answers again: marking it active")
                 }
-            } else if info.state == NodeState::Down
-                && last.is_some_and(|t| down_at.get(&n).is_none_or(|d| t > *d))
-            {
-                // it answers again: active again (it gets shards back by
-                // rebalancing)
-                tracing::info!(node = n, "answers again: marking it active");
-                let _ = cl
-                    .cp
-                    .propose(Command::Join {
-                        node: n,
-                        addr: info.addr.clone(),
-                        at_ms: now_ms(),
-                    })
-                    .await;
+                _ => {}
+            }
+            let done = matches!(cl.cp.propose(cmd.clone()).await, Ok(Response::Done));
+            if let (true, Command::MarkDown { node }) = (done, &cmd) {
+                live.lock().expect("liveness").marked_down(*node, now);
             }
         }
         let st = cl.state();
-        for cmd in plan(&st, 2) {
+        for cmd in decide::plan(&st, 2) {
             match cl.cp.propose(cmd.clone()).await {
                 Ok(Response::Done) => tracing::info!(?cmd, "rebalance"),
                 Ok(Response::Rejected(w)) => tracing::debug!(?cmd, "rebalance step refused: {w}"),
@@ -868,230 +753,48 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             }
         }
         let interval = ctx.config.checkpoint_interval.as_millis() as i64;
-        if now_ms() - st.epoch_ms >= interval {
-            let _ = cl
-                .cp
-                .propose(Command::OpenEpoch {
-                    epoch: st.epoch + 1,
-                    at_ms: now_ms(),
-                })
-                .await;
+        if let Some(cmd) = decide::epoch_due(&st, now_ms(), interval) {
+            let _ = cl.cp.propose(cmd).await;
         }
     }
 }
 
-/// The next shard-map changes: orphaned shards (no owner, or a down one) go
-/// to the least-loaded active node at once; draining nodes' shards and then
-/// imbalance move gracefully, at most `max_moves` at a time. Sticky: a
-/// balanced map yields nothing.
-pub fn plan(st: &ClusterState, max_moves: usize) -> Vec<Command> {
-    let active: Vec<NodeId> = st
-        .nodes
-        .iter()
-        .filter(|(_, i)| i.state == NodeState::Active)
-        .map(|(n, _)| *n)
-        .collect();
-    if active.is_empty() {
-        return Vec::new();
-    }
-    // load = shards owned, plus shards moving in
-    let mut load: BTreeMap<NodeId, usize> = active.iter().map(|&n| (n, 0)).collect();
-    for o in &st.owners {
-        if let Some(n) = o.moving_to.or(o.node) {
-            if let Some(l) = load.get_mut(&n) {
-                *l += 1;
-            }
+/// Pings the members every 500 ms while this node leads, and reports the
+/// answers (with when each ping was sent) to the liveness tracker.
+async fn heartbeat(
+    ctx: Arc<NodeCtx>,
+    cl: Arc<ClusterCtx>,
+    live: Arc<std::sync::Mutex<decide::Liveness>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if ctx.stopping.load(Ordering::Relaxed) {
+            return;
         }
-    }
-    let least = |load: &BTreeMap<NodeId, usize>| {
-        load.iter()
-            .min_by_key(|(n, l)| (**l, **n))
-            .map(|(n, _)| *n)
-            .expect("active nodes")
-    };
-    let mut out = Vec::new();
-    let alive = |n: Option<NodeId>| {
-        n.and_then(|n| st.nodes.get(&n))
-            .is_some_and(|i| i.state != NodeState::Down)
-    };
-    for (s, o) in st.owners.iter().enumerate() {
-        if !alive(o.node) {
-            let to = least(&load);
-            *load.get_mut(&to).expect("active") += 1;
-            out.push(Command::Assign {
-                shard: s as u32,
-                node: to,
-                expect_epoch: o.epoch,
+        if !cl.cp.is_leader() {
+            continue;
+        }
+        for (&n, info) in &cl.state().nodes {
+            if n == cl.id {
+                continue;
+            }
+            let (cp, live, addr) = (cl.cp.clone(), live.clone(), info.addr.clone());
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                if cp.ping(&addr).await {
+                    live.lock()
+                        .expect("liveness")
+                        .ping_answered(n, sent, Instant::now());
+                }
             });
         }
     }
-    let mut moving = st.owners.iter().filter(|o| o.moving_to.is_some()).count();
-    for (s, o) in st.owners.iter().enumerate() {
-        if moving >= max_moves {
-            break;
-        }
-        let draining = o
-            .node
-            .and_then(|n| st.nodes.get(&n))
-            .is_some_and(|i| i.state == NodeState::Draining);
-        if draining && o.moving_to.is_none() {
-            let to = least(&load);
-            *load.get_mut(&to).expect("active") += 1;
-            out.push(Command::StartMove {
-                shard: s as u32,
-                to,
-                expect_epoch: o.epoch,
-            });
-            moving += 1;
-        }
-    }
-    if moving == 0 && out.is_empty() {
-        let (max_n, max_l) = load
-            .iter()
-            .max_by_key(|(n, l)| (**l, std::cmp::Reverse(**n)))
-            .map(|(n, l)| (*n, *l))
-            .expect("active nodes");
-        let min_n = least(&load);
-        if max_l >= load[&min_n] + 2 {
-            if let Some((s, o)) = st
-                .owners
-                .iter()
-                .enumerate()
-                .rev()
-                .find(|(_, o)| o.node == Some(max_n))
-            {
-                out.push(Command::StartMove {
-                    shard: s as u32,
-                    to: min_n,
-                    expect_epoch: o.epoch,
-                });
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn state(nodes: &[(NodeId, NodeState)], owners: &[Option<NodeId>]) -> ClusterState {
-        let mut st = ClusterState::default();
-        st.apply(Command::Init {
-            table: "t".into(),
-            shards: owners.len() as u32,
-            sql: String::new(),
-            at_ms: 0,
-        });
-        for &(n, s) in nodes {
-            st.apply(Command::Join {
-                node: n,
-                addr: format!("n{n}"),
-                at_ms: 0,
-            });
-            match s {
-                NodeState::Draining => drop(st.apply(Command::Drain { node: n })),
-                NodeState::Down => drop(st.apply(Command::MarkDown { node: n })),
-                NodeState::Active => {}
-            }
-        }
-        for (s, o) in owners.iter().enumerate() {
-            st.owners[s].node = *o;
-        }
-        st
-    }
-
-    fn apply_all(st: &mut ClusterState, cmds: Vec<Command>) {
-        for c in cmds {
-            assert_eq!(st.apply(c), Response::Done);
-        }
-    }
-
-    #[test]
-    fn a_down_nodes_shards_are_spread_over_the_rest_at_once() {
-        use NodeState::*;
-        let mut st = state(
-            &[(1, Active), (2, Active), (3, Down)],
-            &[Some(1), Some(2), Some(3), Some(3), Some(1), Some(2)],
-        );
-        let cmds = plan(&st, 2);
-        assert_eq!(cmds.len(), 2);
-        assert!(cmds.iter().all(|c| matches!(c, Command::Assign { .. })));
-        apply_all(&mut st, cmds);
-        assert_eq!(st.owned_by(1).len(), 3);
-        assert_eq!(st.owned_by(2).len(), 3);
-        assert!(plan(&st, 2).is_empty(), "balanced: no more moves");
-    }
-
-    #[test]
-    fn a_new_node_gets_shards_a_few_at_a_time_and_then_it_stops() {
-        use NodeState::*;
-        let mut st = state(
-            &[(1, Active), (2, Active), (3, Active)],
-            &[Some(1); 4]
-                .iter()
-                .chain(&[Some(2); 4])
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        let mut rounds = 0;
-        loop {
-            let cmds = plan(&st, 2);
-            if cmds.is_empty() {
-                break;
-            }
-            rounds += 1;
-            assert!(rounds < 20, "does not converge");
-            for c in cmds {
-                let Command::StartMove { shard, .. } = c else {
-                    panic!("graceful moves only, got {c:?}")
-                };
-                assert_eq!(st.apply(c), Response::Done);
-                // the owner hands off
-                let o = st.owners[shard as usize].clone();
-                apply_all(
-                    &mut st,
-                    vec![Command::Handoff {
-                        shard,
-                        from: o.node.unwrap(),
-                        owner_epoch: o.epoch,
-                    }],
-                );
-            }
-        }
-        let counts: Vec<usize> = (1..=3).map(|n| st.owned_by(n).len()).collect();
-        assert!(
-            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
-            "{counts:?}"
-        );
-        assert_eq!(counts.iter().sum::<usize>(), 8);
-    }
-
-    #[test]
-    fn a_draining_node_gives_everything_away() {
-        use NodeState::*;
-        let mut st = state(&[(1, Draining), (2, Active)], &[Some(1), Some(1), Some(1)]);
-        for _ in 0..10 {
-            for c in plan(&st, 2) {
-                let shard = match &c {
-                    Command::StartMove { shard, .. } => *shard,
-                    other => panic!("unexpected {other:?}"),
-                };
-                apply_all(&mut st, vec![c]);
-                let o = st.owners[shard as usize].clone();
-                apply_all(
-                    &mut st,
-                    vec![Command::Handoff {
-                        shard,
-                        from: 1,
-                        owner_epoch: o.epoch,
-                    }],
-                );
-            }
-        }
-        assert!(st.owned_by(1).is_empty());
-        assert_eq!(st.owned_by(2).len(), 3);
-    }
 
     #[test]
     fn idempotency_ranges_merge_and_find() {

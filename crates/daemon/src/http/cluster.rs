@@ -171,7 +171,7 @@ pub(crate) async fn cluster_rebalance(State(app): State<App>) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let plan = crate::cluster::plan(&cl.state(), 2);
+    let plan = lockstep_cluster::decide::plan(&cl.state(), 2);
     let moves: Vec<String> = plan.iter().map(|c| format!("{c:?}")).collect();
     ok(RebalanceReply { planned: moves })
 }
