@@ -8,7 +8,18 @@
 //! the committed manifest is the truth, and the rows of an uncommitted
 //! checkpoint are made again by replaying the partition from its offset.
 
-use super::*;
+use super::{err, CheckpointJob, Reply, Saved, ShardError, ShardMsg, ShardWorker, StopReason};
+use crate::cluster::{ClusterCtx, IdemEntry};
+use crate::node::NodeCtx;
+use crate::segments::{self, put_segment, shard_prefix, SegmentInfo};
+use crate::store::{CheckpointInfo, Commit};
+use lockstep_cluster::state::SnapshotPart;
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::clock::now_ms;
 use crate::cluster::{
     commit_checkpoint, digest, put_snapshot, restore_snapshot, snapshot_path, spawn_fetcher,

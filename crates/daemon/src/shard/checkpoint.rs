@@ -1,0 +1,450 @@
+//! Checkpoints: the delta taken on the actor, written and committed by a
+//! task beside it, the outcome applied back.
+
+use super::rebuild::view_time_range;
+use super::{
+    cluster_mode, err, CheckpointReport, ClusterShard, Reply, ShardError, ShardMsg, ShardWorker,
+    StopReason,
+};
+
+use crate::node::NodeCtx;
+use crate::pipeline::Pipeline;
+use crate::segments::{self, put_segment, SegmentInfo};
+use crate::store::{CheckpointInfo, Commit};
+use lockstep_cluster::state::SnapshotPart;
+use lockstep_core::value::{Row, Value};
+use lockstep_log::Log;
+use ractor::ActorRef;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl ShardWorker {
+    /// Starts a checkpoint: takes the state delta and the rows to commit
+    /// (cheap, on the actor), and writes them in a separate task so the shard
+    /// keeps serving meanwhile. At most one runs per shard; a request during
+    /// one is served by the next, which starts when it ends. The result comes
+    /// back as [`ShardMsg::CheckpointDone`].
+    pub fn start_checkpoint(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        reply: Option<Reply<CheckpointReport>>,
+    ) {
+        if self.cl.is_some() && self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
+            // `views apply` switched the node while this actor was starting
+            // (too late for the stop it sends): restart under the new views
+            me.stop(Some(StopReason::PipelineChange.into()));
+            return;
+        }
+        if self.in_flight {
+            self.again = true;
+            self.replies.extend(reply);
+            return;
+        }
+        let mut replies: Vec<_> = std::mem::take(&mut self.replies);
+        replies.extend(reply);
+        self.again = false;
+        let started = Instant::now();
+        let (from, to) = (self.ckpt.log_offset, self.next_offset);
+        let unchanged = |w: &ShardWorker| {
+            w.ckpt.seq > 0
+                && w.late.is_empty()
+                && w.cl
+                    .as_ref()
+                    .is_none_or(|c| c.dead.is_empty() && !c.epoch_pending())
+        };
+        if from == to && unchanged(self) {
+            // no event since the last checkpoint, so no state change
+            self.report_unchanged(replies, 0.0);
+            return;
+        }
+        let full = self
+            .cl
+            .as_ref()
+            .is_some_and(ClusterShard::wants_full_snapshot);
+        if full {
+            self.engine.mark_all_changed(self.shard);
+        }
+        let delta = match crate::store::EncodedDelta::take(&mut self.engine, self.shard) {
+            Ok(d) => d,
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(err(&e)));
+                }
+                return;
+            }
+        };
+        if from == to && delta.slots.is_empty() && unchanged(self) {
+            self.report_unchanged(replies, started.elapsed().as_secs_f64() * 1e3);
+            return;
+        }
+        let n_views = self.training.len();
+        let unsaved = Unsaved {
+            training: std::mem::replace(&mut self.training, vec![Vec::new(); n_views]),
+            late: std::mem::take(&mut self.late),
+            times: std::mem::replace(&mut self.times, (i64::MAX, i64::MIN)),
+            cluster: {
+                let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
+                self.cl.as_mut().map(|c| c.take_unsaved(ttl))
+            },
+        };
+        let job = CheckpointJob {
+            ctx: self.ctx.clone(),
+            pipe: self.pipe.clone(),
+            shard: self.shard,
+            from,
+            to,
+            seq: self.ckpt.seq,
+            delta,
+            cluster: self.cl.as_ref().map(|c| c.job(full)),
+            unsaved,
+        };
+        self.in_flight = true;
+        let me = me.clone();
+        // Taken here, before the task exists, and held by it to the end: a
+        // successor actor's recovery waits for this task's commit, and no
+        // task of a failed actor can commit after its successor loaded.
+        let guard = match self.ctx.checkpoint_locks[self.shard as usize]
+            .clone()
+            .try_lock_owned()
+        {
+            Ok(g) => g,
+            Err(_) => {
+                // cannot happen: recovery took and released it, and this
+                // actor runs one task at a time; write everything next time
+                self.in_flight = false;
+                self.engine.mark_all_changed(self.shard);
+                self.put_back(job.unsaved);
+                for r in replies {
+                    let _ = r.send(Err(ShardError::Internal(
+                        "a previous checkpoint is still running".into(),
+                    )));
+                }
+                return;
+            }
+        };
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            match write_checkpoint(&job).await {
+                Ok(saved) => Ok(saved),
+                Err(e) => Err((e, Box::new(job.unsaved))),
+            }
+        });
+        // a panic in the task would lose its rows: fail the shard instead,
+        // which restarts from the last checkpoint and replays them
+        tokio::spawn(async move {
+            match task.await {
+                Ok(done) => {
+                    let _ = me.send_message(ShardMsg::CheckpointDone {
+                        done: Box::new(done),
+                        started,
+                        replies,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!("checkpoint task died: {e}; restarting the shard");
+                    for r in replies {
+                        let _ = r.send(Err(ShardError::Internal(format!(
+                            "checkpoint task died: {e}"
+                        ))));
+                    }
+                    let _ = me.send_message(ShardMsg::Fail);
+                }
+            }
+        });
+    }
+
+    pub(super) fn report_unchanged(&self, replies: Vec<Reply<CheckpointReport>>, millis: f64) {
+        let report = CheckpointReport {
+            shard: self.shard,
+            seq: self.ckpt.seq,
+            log_offset: self.next_offset,
+            wrote: false,
+            slots_written: 0,
+            bytes_written: 0,
+            training_rows: 0,
+            segments: 0,
+            millis,
+        };
+        for r in replies {
+            let _ = r.send(Ok(report.clone()));
+        }
+    }
+
+    /// Puts the rows of a checkpoint that failed back in front of the ones
+    /// that arrived since.
+    pub(super) fn put_back(&mut self, u: Unsaved) {
+        let Unsaved {
+            mut training,
+            mut late,
+            times,
+            cluster,
+        } = u;
+        self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
+        for (old, new) in training.iter_mut().zip(&mut self.training) {
+            old.append(new);
+            std::mem::swap(old, new);
+        }
+        late.append(&mut self.late);
+        self.late = late;
+        if let (Some(c), Some(u)) = (self.cl.as_mut(), cluster) {
+            c.put_back(u);
+        }
+    }
+
+    /// Applies a finished checkpoint to the actor's view of its manifest.
+    pub fn finish_checkpoint(
+        &mut self,
+        me: &ActorRef<ShardMsg>,
+        done: CheckpointOutcome,
+        started: Instant,
+        replies: Vec<Reply<CheckpointReport>>,
+    ) {
+        self.in_flight = false;
+        let result = match done {
+            Ok(saved) => {
+                let info = saved.info;
+                let to = info.log_offset;
+                if let Some(c) = self.cl.as_mut() {
+                    c.committed(
+                        saved.chain.unwrap_or_default(),
+                        saved.epoch,
+                        self.ctx.objects.clone(),
+                    );
+                } else if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
+                    // everything below `to` is archived and in the state
+                    tracing::warn!(shard = self.shard, "log truncation failed: {e}");
+                }
+                let n_added = saved.added.len();
+                self.segments.extend(saved.added);
+                self.ckpt = info.clone();
+                let secs = started.elapsed().as_secs_f64();
+                self.ctx.metrics.checkpoint_seconds.observe(secs);
+                self.ctx.metrics.checkpoints.inc();
+                Ok(CheckpointReport {
+                    shard: self.shard,
+                    seq: info.seq,
+                    log_offset: to,
+                    wrote: true,
+                    slots_written: info.slots_written,
+                    bytes_written: info.bytes_written,
+                    training_rows: saved.training_rows,
+                    segments: n_added,
+                    millis: secs * 1e3,
+                })
+            }
+            Err((e, unsaved)) => {
+                tracing::error!(shard = self.shard, "checkpoint failed: {e}");
+                // the delta's slots were taken: write everything next time;
+                // the rows go back in front of the ones since
+                self.engine.mark_all_changed(self.shard);
+                self.ctx.metrics.checkpoint_failures.inc();
+                self.put_back(*unsaved);
+                if matches!(e, ShardError::Fenced(_)) {
+                    // the shard is another node's now: stop, restart nothing
+                    me.stop(Some(StopReason::Fenced.into()));
+                } else if matches!(e, ShardError::Uncertain(_)) {
+                    // restart from what the control plane holds
+                    let _ = me.send_message(ShardMsg::Fail);
+                }
+                Err(e)
+            }
+        };
+        for r in replies {
+            let _ = r.send(result.clone());
+        }
+        if self.again {
+            self.start_checkpoint(me, None);
+        }
+        // the last checkpoint of a move is committed (or there was nothing
+        // left to write): hand off
+        if !self.in_flight && self.cl.as_ref().is_some_and(|c| c.handing_off) {
+            self.hand_off(me);
+        }
+    }
+}
+
+/// One checkpoint's data, written off the actor.
+pub struct CheckpointJob {
+    pub(super) ctx: Arc<NodeCtx>,
+    pub(super) pipe: Arc<Pipeline>,
+    pub(super) shard: u32,
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) seq: u64,
+    pub(super) delta: crate::store::EncodedDelta,
+    pub(super) cluster: Option<cluster_mode::ClusterJob>,
+    /// The rows it commits; they go back to the actor if it fails.
+    pub(super) unsaved: Unsaved,
+}
+
+impl CheckpointJob {
+    /// The end of this checkpoint's object names: the data directory's id,
+    /// then (cluster) the owner epoch and a nonce, so no attempt ever
+    /// overwrites another's objects, then the format.
+    pub(super) fn ext(&self, format: &str) -> String {
+        match &self.cluster {
+            Some(c) => self.ctx.ext(&format!("{}.{format}", c.tag())),
+            None => self.ctx.ext(format),
+        }
+    }
+}
+
+pub(super) type LateRow = (u64, i64, Row);
+
+/// Rows taken for a checkpoint, not yet committed.
+pub struct Unsaved {
+    pub(super) training: Vec<Vec<Row>>,
+    pub(super) late: Vec<LateRow>,
+    /// Event-time range of the log slice.
+    pub(super) times: (i64, i64),
+    pub(super) cluster: Option<cluster_mode::ClusterUnsaved>,
+}
+
+/// A committed checkpoint: its info, new segments and training rows, and
+/// (cluster) its snapshot objects.
+pub struct Saved {
+    pub(super) info: CheckpointInfo,
+    pub(super) added: Vec<SegmentInfo>,
+    pub(super) training_rows: u64,
+    pub(super) chain: Option<Vec<SnapshotPart>>,
+    /// The cluster epoch it answers (0 on one node).
+    pub(super) epoch: u64,
+}
+
+/// A checkpoint's result; or the error with the rows it could not commit.
+pub type CheckpointOutcome = Result<Saved, (ShardError, Box<Unsaved>)>;
+
+/// Archives the log slice, writes the training and late rows, and commits
+/// them with the state delta in one atomic batch (cluster: through the
+/// control plane, with a snapshot object).
+pub(super) async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, ShardError> {
+    let ctx = job.ctx.clone();
+    let (from, to, delta) = (job.from, job.to, &job.delta);
+    let store = ctx.objects.as_ref();
+    let table = &ctx.table;
+    let mut added = Vec::new();
+    if let Some(c) = &job.cluster {
+        if let Some(raw) = c.raw_segment(job, from, to).await? {
+            added.push(raw);
+        }
+    } else if to > from {
+        // the log slice as is: no decoding, no re-encoding
+        let mut framed = Vec::new();
+        let n = ctx
+            .log
+            .read_framed(job.shard, from, to, &mut framed)
+            .map_err(err)?;
+        if n != to - from {
+            return Err(ShardError::Internal(format!(
+                "shard {}: the log holds {n} records of {from}..{to}",
+                job.shard
+            )));
+        }
+        let bytes = segments::raw_segment(from, n, &framed);
+        drop(framed);
+        added.push(
+            put_segment(
+                store,
+                "raw",
+                &table.name,
+                job.shard,
+                from,
+                to,
+                &job.ext(segments::RAW_EXT),
+                bytes,
+                n,
+                job.unsaved.times,
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    let mut training_rows = 0;
+    for (v, rows) in job.unsaved.training.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let view = job.pipe.view(v);
+        let (lo, hi) = view_time_range(table, view, rows);
+        let name = format!("training/{}/{}", view.name, job.shard);
+        let bytes = lockstep_io::rows_to_parquet(&name, rows, &view.output).map_err(err)?;
+        training_rows += rows.len() as u64;
+        added.push(
+            put_segment(
+                store,
+                "training",
+                &view.name,
+                job.shard,
+                from,
+                to,
+                &job.ext("parquet"),
+                bytes,
+                rows.len() as u64,
+                (lo, hi),
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    if !job.unsaved.late.is_empty() {
+        let mut text = String::new();
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (off, wm, row) in &job.unsaved.late {
+            if let Value::Timestamp(t) = row[table.time] {
+                lo = lo.min(t);
+                hi = hi.max(t);
+            }
+            text.push_str(&format!(
+                "{{\"offset\":{off},\"reason\":\"event_time below the shard watermark {}\",\"event\":{}}}\n",
+                lockstep_core::time::format_rfc3339_ms(*wm),
+                lockstep_io::render_json(row, &table.schema)
+            ));
+        }
+        added.push(
+            put_segment(
+                store,
+                "late",
+                &table.name,
+                job.shard,
+                from,
+                to,
+                &job.ext("jsonl"),
+                text.into_bytes(),
+                job.unsaved.late.len() as u64,
+                (lo, hi),
+            )
+            .await
+            .map_err(err)?,
+        );
+    }
+    if let Some(c) = &job.cluster {
+        return c.commit(job, added, training_rows).await;
+    }
+    // the log below `to` must be durable before a checkpoint says so
+    // (with fsync every N ms it may not be yet)
+    ctx.log.flush().map_err(err)?;
+    let info = ctx
+        .state
+        .commit(
+            job.shard,
+            Commit {
+                meta: &delta.meta,
+                slots: &delta.slots,
+                seq: job.seq + 1,
+                log_offset: to,
+                pipeline: job.pipe.fingerprint(),
+                add_segments: &added,
+                remove_segments: &[],
+                replace_slots: false,
+                extra: None,
+            },
+        )
+        .map_err(err)?;
+    Ok(Saved {
+        info,
+        added,
+        training_rows,
+        chain: None,
+        epoch: 0,
+    })
+}

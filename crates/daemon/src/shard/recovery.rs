@@ -1,0 +1,118 @@
+//! Recovery: a shard's last checkpoint restored, leftovers of interrupted
+//! checkpoints deleted, and the log replayed from the checkpoint's offset.
+
+use super::{err, ShardError, ShardWorker};
+
+use crate::node::NodeCtx;
+use crate::segments::{delete_orphans, shard_prefix};
+use crate::store::CheckpointInfo;
+use lockstep_core::Engine;
+use lockstep_log::Log;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl ShardWorker {
+    /// Restores the last checkpoint, removes objects of interrupted
+    /// checkpoints, and replays the log from the checkpoint's offset.
+    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, ShardError> {
+        let pipe = ctx.pipeline();
+        let engine = Engine::new(pipe.catalog.clone(), &pipe.view_name_refs()).map_err(err)?;
+        // a failed predecessor's checkpoint may still be writing: load after it
+        let lock = ctx.checkpoint_locks[shard as usize].clone();
+        let _guard = lock.lock().await;
+        let loaded = ctx.state.load(shard).map_err(err)?;
+        let cluster = ctx.cluster.clone();
+        let mut w = ShardWorker {
+            training: vec![Vec::new(); pipe.view_names.len()],
+            pipe,
+            ctx,
+            shard,
+            engine,
+            next_offset: 0,
+            ckpt: CheckpointInfo::default(),
+            late: Vec::new(),
+            times: (i64::MAX, i64::MIN),
+            segments: Vec::new(),
+            emitted: Vec::new(),
+            in_flight: false,
+            again: false,
+            replies: Vec::new(),
+            cl: None,
+        };
+        if let Some(cl) = cluster {
+            w.recover_cluster(cl, loaded).await?;
+            w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
+            return Ok(w);
+        }
+        if let Some(l) = loaded {
+            w.segments = l.segments.clone();
+            w.delete_orphans().await?;
+            if l.info.pipeline == w.pipe.fingerprint() {
+                w.engine
+                    .restore_parts(shard, l.meta, l.slots)
+                    .map_err(|e| {
+                        ShardError::Internal(format!(
+                            "shard {shard}: cannot restore its checkpoint: {e}"
+                        ))
+                    })?;
+                w.ckpt = l.info;
+            } else {
+                w.rebuild(l).await?;
+            }
+            w.next_offset = w.ckpt.log_offset;
+        } else {
+            w.delete_orphans().await?;
+        }
+        w.catch_up()?;
+        w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
+        Ok(w)
+    }
+
+    pub(super) fn prefixes(&self) -> Vec<(String, String)> {
+        let t = &self.ctx.table.name;
+        let mut p = vec![
+            ("raw".to_string(), t.clone()),
+            ("late".to_string(), t.clone()),
+        ];
+        for v in &self.pipe.view_names {
+            p.push(("training".to_string(), v.clone()));
+        }
+        p
+    }
+
+    pub(super) async fn delete_orphans(&self) -> Result<(), ShardError> {
+        let keep: Vec<&str> = self.segments.iter().map(|s| s.path.as_str()).collect();
+        for (kind, name) in self.prefixes() {
+            let gone = delete_orphans(
+                self.ctx.objects.as_ref(),
+                &shard_prefix(&kind, &name, self.shard),
+                &self.ctx.store_id,
+                &keep,
+            )
+            .await
+            .map_err(err)?;
+            for g in gone {
+                tracing::info!(shard = self.shard, object = %g, "deleted an uncommitted segment");
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes whatever the log holds beyond `next_offset` (after recovery,
+    /// or when a message was lost to a restart).
+    pub(super) fn catch_up(&mut self) -> Result<(), ShardError> {
+        let log = self.ctx.log.clone();
+        let end = log.end_offset(self.shard).map_err(err)?;
+        while self.next_offset < end {
+            let recs = log.read(self.shard, self.next_offset, 8192).map_err(err)?;
+            if recs.is_empty() {
+                break;
+            }
+            for r in recs {
+                let row = lockstep_io::raw::decode_event(&r.bytes).map_err(err)?;
+                self.apply(r.offset, &row);
+            }
+        }
+        Ok(())
+    }
+}
