@@ -39,8 +39,8 @@ pub struct NodeCtx {
     /// Held by a shard's running checkpoint task; recovery takes it first,
     /// so a restarted actor never loads under a predecessor's commit.
     pub checkpoint_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
-    /// Cluster: the owner epoch this node holds each shard under (0: not
-    /// held here).
+    /// The owner epoch this node holds each shard under (0: not held
+    /// here; one node holds all, as under epoch 1).
     pub held: Vec<AtomicU64>,
     /// Cluster mode: the control plane and the Kafka log.
     pub cluster: Option<Arc<crate::cluster::ClusterCtx>>,
@@ -64,6 +64,11 @@ impl NodeCtx {
     /// A segment file extension: this data directory's id, then `format`.
     pub fn ext(&self, format: &str) -> String {
         format!("{}.{format}", self.store_id)
+    }
+
+    /// Whether this node holds shard `s` (runs, or should run, its actor).
+    pub fn holds(&self, s: u32) -> bool {
+        self.held[s as usize].load(std::sync::atomic::Ordering::Relaxed) != 0
     }
 
     pub fn shard(&self, s: u32) -> Option<ActorRef<ShardMsg>> {
@@ -231,7 +236,11 @@ impl Node {
             checkpoint_locks: (0..n)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
-            held: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            // one node holds every shard for good (as under owner epoch
+            // 1); a cluster member holds what the shard map gives it
+            held: (0..n)
+                .map(|_| AtomicU64::new(u64::from(cluster.is_none())))
+                .collect(),
             cluster: cluster.clone(),
             metrics: Metrics::new(),
             stopping: AtomicBool::new(false),

@@ -1,6 +1,6 @@
 //! The ractor actor around a shard's worker: messages in mailbox order.
 
-use super::{ShardMsg, ShardWorker, StopReason};
+use super::{Shard, ShardMsg, ShardWorker, StopReason};
 
 use crate::node::NodeCtx;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -16,32 +16,32 @@ pub struct ShardArgs {
 
 impl Actor for ShardActor {
     type Msg = ShardMsg;
-    type State = ShardWorker;
+    type State = Shard;
     type Arguments = ShardArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<ShardMsg>,
         args: ShardArgs,
-    ) -> Result<ShardWorker, ActorProcessingErr> {
+    ) -> Result<Shard, ActorProcessingErr> {
         Ok(ShardWorker::recover(args.ctx, args.shard).await?)
     }
 
     async fn post_start(
         &self,
         me: ActorRef<ShardMsg>,
-        w: &mut ShardWorker,
+        s: &mut Shard,
     ) -> Result<(), ActorProcessingErr> {
-        w.start_reading(&me);
+        s.mode.start_reading(&s.w, &me);
         Ok(())
     }
 
     async fn post_stop(
         &self,
         _me: ActorRef<ShardMsg>,
-        w: &mut ShardWorker,
+        s: &mut Shard,
     ) -> Result<(), ActorProcessingErr> {
-        w.stop_reading();
+        s.mode.stop_reading();
         Ok(())
     }
 
@@ -49,23 +49,40 @@ impl Actor for ShardActor {
         &self,
         me: ActorRef<ShardMsg>,
         msg: ShardMsg,
-        w: &mut ShardWorker,
+        s: &mut Shard,
     ) -> Result<(), ActorProcessingErr> {
+        let Shard { w, mode } = s;
+        let mode = mode.as_mut();
         match msg {
-            ShardMsg::Events { first, rows, serve } => w.on_events(first, rows, serve)?,
+            ShardMsg::Events { first, rows, serve } => {
+                mode.on_events(w, first, rows, serve)?;
+                w.publish_progress();
+            }
+            ShardMsg::Records(recs) => {
+                mode.on_records(w, recs)?;
+                w.publish_progress();
+            }
+            ShardMsg::CatchUp => {
+                mode.catch_up(w)?;
+                w.publish_progress();
+            }
             ShardMsg::Serve { view, event, reply } => {
-                let _ = reply.send(w.serve(&view, &event));
+                let answer = mode.check_serving(w).and_then(|()| w.serve(&view, &event));
+                let _ = reply.send(answer);
+            }
+            ShardMsg::ServeWhenSeen { key, view, reply } => {
+                mode.serve_when_seen(w, key, view, reply)
             }
             ShardMsg::Stop => me.stop(Some(StopReason::PipelineChange.into())),
-            ShardMsg::Checkpoint { reply } => w.start_checkpoint(&me, reply),
+            ShardMsg::Checkpoint { reply } => w.start_checkpoint(mode, &me, reply),
             ShardMsg::CheckpointDone {
                 done,
                 started,
                 replies,
-            } => w.finish_checkpoint(&me, *done, started, replies),
+            } => w.finish_checkpoint(mode, &me, *done, started, replies),
             ShardMsg::Status { reply } => {
                 let restarts = w.ctx.restarts[w.shard as usize].load(Ordering::Relaxed);
-                let _ = reply.send(Ok(w.status(restarts)));
+                let _ = reply.send(Ok(w.status(mode.log_end(w), restarts)));
             }
             ShardMsg::Segments { reply } => {
                 let _ = reply.send(Ok(w.segments()));
@@ -74,16 +91,10 @@ impl Actor for ShardActor {
                 target_bytes,
                 reply,
             } => {
-                let _ = reply.send(w.compact(target_bytes).await);
-            }
-            ShardMsg::CatchUp => {
-                w.catch_up()?;
-                w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
+                let _ = reply.send(w.compact(mode, target_bytes).await);
             }
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
-            ShardMsg::Records(recs) => w.on_records(recs)?,
-            ShardMsg::ServeWhenSeen { key, view, reply } => w.serve_when_seen(key, view, reply),
-            ShardMsg::Handoff => w.begin_handoff(&me),
+            ShardMsg::Handoff => mode.begin_handoff(w, &me),
         }
         Ok(())
     }

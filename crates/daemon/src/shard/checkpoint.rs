@@ -1,19 +1,16 @@
 //! Checkpoints: the delta taken on the actor, written and committed by a
 //! task beside it, the outcome applied back.
 
+use super::mode::{Committer, ShardMode, SourceRows};
 use super::rebuild::view_time_range;
-use super::{
-    cluster_mode, err, CheckpointReport, ClusterShard, Reply, ShardError, ShardMsg, ShardWorker,
-    StopReason,
-};
+use super::{err, CheckpointReport, Reply, ShardError, ShardMsg, ShardWorker, StopReason};
 
 use crate::node::NodeCtx;
 use crate::pipeline::Pipeline;
-use crate::segments::{self, put_segment, SegmentInfo};
-use crate::store::{CheckpointInfo, Commit};
+use crate::segments::{put_segment, SegmentInfo};
+use crate::store::CheckpointInfo;
 use lockstep_cluster::state::SnapshotPart;
 use lockstep_core::value::{Row, Value};
-use lockstep_log::Log;
 use ractor::ActorRef;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,10 +23,11 @@ impl ShardWorker {
     /// back as [`ShardMsg::CheckpointDone`].
     pub fn start_checkpoint(
         &mut self,
+        mode: &mut dyn ShardMode,
         me: &ActorRef<ShardMsg>,
         reply: Option<Reply<CheckpointReport>>,
     ) {
-        if self.cl.is_some() && self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
+        if self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
             // `views apply` switched the node while this actor was starting
             // (too late for the stop it sends): restart under the new views
             me.stop(Some(StopReason::PipelineChange.into()));
@@ -45,22 +43,13 @@ impl ShardWorker {
         self.again = false;
         let started = Instant::now();
         let (from, to) = (self.ckpt.log_offset, self.next_offset);
-        let unchanged = |w: &ShardWorker| {
-            w.ckpt.seq > 0
-                && w.late.is_empty()
-                && w.cl
-                    .as_ref()
-                    .is_none_or(|c| c.dead.is_empty() && !c.epoch_pending())
-        };
+        let unchanged = |w: &ShardWorker| w.ckpt.seq > 0 && w.late.is_empty() && !mode.pending();
         if from == to && unchanged(self) {
             // no event since the last checkpoint, so no state change
             self.report_unchanged(replies, 0.0);
             return;
         }
-        let full = self
-            .cl
-            .as_ref()
-            .is_some_and(ClusterShard::wants_full_snapshot);
+        let full = mode.wants_full_snapshot();
         if full {
             self.engine.mark_all_changed(self.shard);
         }
@@ -82,10 +71,7 @@ impl ShardWorker {
             training: std::mem::replace(&mut self.training, vec![Vec::new(); n_views]),
             late: std::mem::take(&mut self.late),
             times: std::mem::replace(&mut self.times, (i64::MAX, i64::MIN)),
-            cluster: {
-                let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
-                self.cl.as_mut().map(|c| c.take_unsaved(ttl))
-            },
+            source: mode.take_rows(self),
         };
         let job = CheckpointJob {
             ctx: self.ctx.clone(),
@@ -95,7 +81,7 @@ impl ShardWorker {
             to,
             seq: self.ckpt.seq,
             delta,
-            cluster: self.cl.as_ref().map(|c| c.job(full)),
+            committer: mode.committer(full),
             unsaved,
         };
         self.in_flight = true;
@@ -113,7 +99,7 @@ impl ShardWorker {
                 // actor runs one task at a time; write everything next time
                 self.in_flight = false;
                 self.engine.mark_all_changed(self.shard);
-                self.put_back(job.unsaved);
+                self.put_back(mode, job.unsaved);
                 for r in replies {
                     let _ = r.send(Err(ShardError::Internal(
                         "a previous checkpoint is still running".into(),
@@ -172,12 +158,12 @@ impl ShardWorker {
 
     /// Puts the rows of a checkpoint that failed back in front of the ones
     /// that arrived since.
-    pub(super) fn put_back(&mut self, u: Unsaved) {
+    pub(super) fn put_back(&mut self, mode: &mut dyn ShardMode, u: Unsaved) {
         let Unsaved {
             mut training,
             mut late,
             times,
-            cluster,
+            source,
         } = u;
         self.times = (self.times.0.min(times.0), self.times.1.max(times.1));
         for (old, new) in training.iter_mut().zip(&mut self.training) {
@@ -186,14 +172,13 @@ impl ShardWorker {
         }
         late.append(&mut self.late);
         self.late = late;
-        if let (Some(c), Some(u)) = (self.cl.as_mut(), cluster) {
-            c.put_back(u);
-        }
+        mode.put_back(source);
     }
 
     /// Applies a finished checkpoint to the actor's view of its manifest.
     pub fn finish_checkpoint(
         &mut self,
+        mode: &mut dyn ShardMode,
         me: &ActorRef<ShardMsg>,
         done: CheckpointOutcome,
         started: Instant,
@@ -202,18 +187,9 @@ impl ShardWorker {
         self.in_flight = false;
         let result = match done {
             Ok(saved) => {
+                mode.committed(self, &saved);
                 let info = saved.info;
                 let to = info.log_offset;
-                if let Some(c) = self.cl.as_mut() {
-                    c.committed(
-                        saved.chain.unwrap_or_default(),
-                        saved.epoch,
-                        self.ctx.objects.clone(),
-                    );
-                } else if let Err(e) = self.ctx.log.truncate_below(self.shard, to) {
-                    // everything below `to` is archived and in the state
-                    tracing::warn!(shard = self.shard, "log truncation failed: {e}");
-                }
                 let n_added = saved.added.len();
                 self.segments.extend(saved.added);
                 self.ckpt = info.clone();
@@ -238,7 +214,7 @@ impl ShardWorker {
                 // the rows go back in front of the ones since
                 self.engine.mark_all_changed(self.shard);
                 self.ctx.metrics.checkpoint_failures.inc();
-                self.put_back(*unsaved);
+                self.put_back(mode, *unsaved);
                 if matches!(e, ShardError::Fenced(_)) {
                     // the shard is another node's now: stop, restart nothing
                     me.stop(Some(StopReason::Fenced.into()));
@@ -253,13 +229,9 @@ impl ShardWorker {
             let _ = r.send(result.clone());
         }
         if self.again {
-            self.start_checkpoint(me, None);
+            self.start_checkpoint(mode, me, None);
         }
-        // the last checkpoint of a move is committed (or there was nothing
-        // left to write): hand off
-        if !self.in_flight && self.cl.as_ref().is_some_and(|c| c.handing_off) {
-            self.hand_off(me);
-        }
+        mode.after_checkpoint(self, me);
     }
 }
 
@@ -272,7 +244,8 @@ pub struct CheckpointJob {
     pub(super) to: u64,
     pub(super) seq: u64,
     pub(super) delta: crate::store::EncodedDelta,
-    pub(super) cluster: Option<cluster_mode::ClusterJob>,
+    /// How it archives and commits (the node's mode).
+    pub(super) committer: Box<dyn Committer>,
     /// The rows it commits; they go back to the actor if it fails.
     pub(super) unsaved: Unsaved,
 }
@@ -282,8 +255,8 @@ impl CheckpointJob {
     /// then (cluster) the owner epoch and a nonce, so no attempt ever
     /// overwrites another's objects, then the format.
     pub(super) fn ext(&self, format: &str) -> String {
-        match &self.cluster {
-            Some(c) => self.ctx.ext(&format!("{}.{format}", c.tag())),
+        match self.committer.tag() {
+            Some(tag) => self.ctx.ext(&format!("{tag}.{format}")),
             None => self.ctx.ext(format),
         }
     }
@@ -297,7 +270,9 @@ pub struct Unsaved {
     pub(super) late: Vec<LateRow>,
     /// Event-time range of the log slice.
     pub(super) times: (i64, i64),
-    pub(super) cluster: Option<cluster_mode::ClusterUnsaved>,
+    /// What the input keeps until a checkpoint (a cluster's archive slice
+    /// and dead letters).
+    pub(super) source: SourceRows,
 }
 
 /// A committed checkpoint: its info, new segments and training rows, and
@@ -315,49 +290,16 @@ pub struct Saved {
 pub type CheckpointOutcome = Result<Saved, (ShardError, Box<Unsaved>)>;
 
 /// Archives the log slice, writes the training and late rows, and commits
-/// them with the state delta in one atomic batch (cluster: through the
-/// control plane, with a snapshot object).
+/// them with the state delta (as the node's mode commits: one atomic batch,
+/// or through the control plane with a snapshot object).
 pub(super) async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, ShardError> {
     let ctx = job.ctx.clone();
-    let (from, to, delta) = (job.from, job.to, &job.delta);
+    let (from, to) = (job.from, job.to);
     let store = ctx.objects.as_ref();
     let table = &ctx.table;
     let mut added = Vec::new();
-    if let Some(c) = &job.cluster {
-        if let Some(raw) = c.raw_segment(job, from, to).await? {
-            added.push(raw);
-        }
-    } else if to > from {
-        // the log slice as is: no decoding, no re-encoding
-        let mut framed = Vec::new();
-        let n = ctx
-            .log
-            .read_framed(job.shard, from, to, &mut framed)
-            .map_err(err)?;
-        if n != to - from {
-            return Err(ShardError::Internal(format!(
-                "shard {}: the log holds {n} records of {from}..{to}",
-                job.shard
-            )));
-        }
-        let bytes = segments::raw_segment(from, n, &framed);
-        drop(framed);
-        added.push(
-            put_segment(
-                store,
-                "raw",
-                &table.name,
-                job.shard,
-                from,
-                to,
-                &job.ext(segments::RAW_EXT),
-                bytes,
-                n,
-                job.unsaved.times,
-            )
-            .await
-            .map_err(err)?,
-        );
+    if let Some(raw) = job.committer.archive(job).await? {
+        added.push(raw);
     }
     let mut training_rows = 0;
     for (v, rows) in job.unsaved.training.iter().enumerate() {
@@ -417,34 +359,5 @@ pub(super) async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, Shard
             .map_err(err)?,
         );
     }
-    if let Some(c) = &job.cluster {
-        return c.commit(job, added, training_rows).await;
-    }
-    // the log below `to` must be durable before a checkpoint says so
-    // (with fsync every N ms it may not be yet)
-    ctx.log.flush().map_err(err)?;
-    let info = ctx
-        .state
-        .commit(
-            job.shard,
-            Commit {
-                meta: &delta.meta,
-                slots: &delta.slots,
-                seq: job.seq + 1,
-                log_offset: to,
-                pipeline: job.pipe.fingerprint(),
-                add_segments: &added,
-                remove_segments: &[],
-                replace_slots: false,
-                extra: None,
-            },
-        )
-        .map_err(err)?;
-    Ok(Saved {
-        info,
-        added,
-        training_rows,
-        chain: None,
-        epoch: 0,
-    })
+    job.committer.commit(job, added, training_rows).await
 }

@@ -1,6 +1,6 @@
 //! Compaction: runs of small segments merged in log order.
 
-use super::{err, CompactReport, ShardError, ShardWorker};
+use super::{err, CompactReport, ShardError, ShardMode, ShardWorker};
 
 use crate::segments::{self, get_segment, plan_compaction, put_segment, SegmentInfo};
 use std::collections::HashMap;
@@ -8,7 +8,11 @@ use std::collections::HashMap;
 impl ShardWorker {
     /// Merges runs of small raw and training segments into larger ones,
     /// in log order, and swaps them in the manifest atomically.
-    pub async fn compact(&mut self, target_bytes: u64) -> Result<CompactReport, ShardError> {
+    pub async fn compact(
+        &mut self,
+        mode: &dyn ShardMode,
+        target_bytes: u64,
+    ) -> Result<CompactReport, ShardError> {
         let ctx = self.ctx.clone();
         let store = ctx.objects.as_ref();
         let before = self.segments.len();
@@ -62,8 +66,8 @@ impl ShardWorker {
                 };
                 // in a cluster, a name unique to this attempt (a fenced
                 // attempt must not overwrite what the manifest lists)
-                let ext = match &self.cl {
-                    Some(c) => ctx.ext(&format!("{}.{ext}", c.compaction_tag())),
+                let ext = match mode.compaction_tag() {
+                    Some(tag) => ctx.ext(&format!("{tag}.{ext}")),
                     None => ctx.ext(ext),
                 };
                 let merged = put_segment(
@@ -80,16 +84,10 @@ impl ShardWorker {
                 )
                 .await
                 .map_err(err)?;
-                match &self.cl {
-                    Some(c) => c.swap_segments(self.shard, &group, &merged).await?,
-                    None => ctx
-                        .state
-                        .swap_segments(self.shard, &group, std::slice::from_ref(&merged))
-                        .map_err(err)?,
-                }
+                mode.swap_segments(self, &group, &merged).await?;
                 self.segments.retain(|s| !group.contains(s));
                 self.segments.push(merged);
-                if self.cl.is_some() {
+                if mode.deletes_later() {
                     // other nodes may be reading them under the manifest
                     // they listed a moment ago (export, backfill): later
                     let (objects, group) = (ctx.objects.clone(), group.clone());

@@ -18,9 +18,11 @@ use tokio::sync::oneshot;
 
 mod actor;
 mod checkpoint;
-mod cluster_mode;
+mod cluster;
 mod compaction;
 mod error;
+mod local;
+mod mode;
 mod rebuild;
 mod recovery;
 mod supervisor;
@@ -28,8 +30,10 @@ mod worker;
 
 pub use actor::{ShardActor, ShardArgs};
 pub use checkpoint::{CheckpointJob, CheckpointOutcome, Saved, Unsaved};
-pub use cluster_mode::ClusterShard;
+pub use cluster::ClusterShard;
 pub use error::{ShardError, StopReason};
+pub use local::LocalShard;
+pub use mode::{Committer, Shard, ShardMode, SourceRows};
 pub use supervisor::{SupMsg, Supervisor, SupervisorState};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;
@@ -130,8 +134,6 @@ pub struct ShardWorker {
     in_flight: bool,
     again: bool,
     replies: Vec<Reply<CheckpointReport>>,
-    /// Cluster mode only.
-    cl: Option<ClusterShard>,
 }
 
 fn err(e: impl std::fmt::Display) -> ShardError {

@@ -1,27 +1,26 @@
 //! Recovery: a shard's last checkpoint restored, leftovers of interrupted
 //! checkpoints deleted, and the log replayed from the checkpoint's offset.
 
-use super::{err, ShardError, ShardWorker};
+use super::mode::recover_mode;
+use super::{err, Shard, ShardError, ShardWorker};
 
 use crate::node::NodeCtx;
 use crate::segments::{delete_orphans, shard_prefix};
 use crate::store::CheckpointInfo;
 use lockstep_core::Engine;
-use lockstep_log::Log;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl ShardWorker {
     /// Restores the last checkpoint, removes objects of interrupted
     /// checkpoints, and replays the log from the checkpoint's offset.
-    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<ShardWorker, ShardError> {
+    pub async fn recover(ctx: Arc<NodeCtx>, shard: u32) -> Result<Shard, ShardError> {
         let pipe = ctx.pipeline();
         let engine = Engine::new(pipe.catalog.clone(), &pipe.view_name_refs()).map_err(err)?;
         // a failed predecessor's checkpoint may still be writing: load after it
         let lock = ctx.checkpoint_locks[shard as usize].clone();
         let _guard = lock.lock().await;
         let loaded = ctx.state.load(shard).map_err(err)?;
-        let cluster = ctx.cluster.clone();
         let mut w = ShardWorker {
             training: vec![Vec::new(); pipe.view_names.len()],
             pipe,
@@ -37,35 +36,10 @@ impl ShardWorker {
             in_flight: false,
             again: false,
             replies: Vec::new(),
-            cl: None,
         };
-        if let Some(cl) = cluster {
-            w.recover_cluster(cl, loaded).await?;
-            w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
-            return Ok(w);
-        }
-        if let Some(l) = loaded {
-            w.segments = l.segments.clone();
-            w.delete_orphans().await?;
-            if l.info.pipeline == w.pipe.fingerprint() {
-                w.engine
-                    .restore_parts(shard, l.meta, l.slots)
-                    .map_err(|e| {
-                        ShardError::Internal(format!(
-                            "shard {shard}: cannot restore its checkpoint: {e}"
-                        ))
-                    })?;
-                w.ckpt = l.info;
-            } else {
-                w.rebuild(l).await?;
-            }
-            w.next_offset = w.ckpt.log_offset;
-        } else {
-            w.delete_orphans().await?;
-        }
-        w.catch_up()?;
+        let mode = recover_mode(&mut w, loaded).await?;
         w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
-        Ok(w)
+        Ok(Shard { w, mode })
     }
 
     pub(super) fn prefixes(&self) -> Vec<(String, String)> {
@@ -93,24 +67,6 @@ impl ShardWorker {
             .map_err(err)?;
             for g in gone {
                 tracing::info!(shard = self.shard, object = %g, "deleted an uncommitted segment");
-            }
-        }
-        Ok(())
-    }
-
-    /// Processes whatever the log holds beyond `next_offset` (after recovery,
-    /// or when a message was lost to a restart).
-    pub(super) fn catch_up(&mut self) -> Result<(), ShardError> {
-        let log = self.ctx.log.clone();
-        let end = log.end_offset(self.shard).map_err(err)?;
-        while self.next_offset < end {
-            let recs = log.read(self.shard, self.next_offset, 8192).map_err(err)?;
-            if recs.is_empty() {
-                break;
-            }
-            for r in recs {
-                let row = lockstep_io::raw::decode_event(&r.bytes).map_err(err)?;
-                self.apply(r.offset, &row);
             }
         }
         Ok(())

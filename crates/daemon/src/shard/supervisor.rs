@@ -118,8 +118,7 @@ impl Supervisor {
         }
         st.starting.remove(&shard);
         let again = st.again.remove(&shard);
-        let ours =
-            st.ctx.cluster.is_none() || st.ctx.held[shard as usize].load(Ordering::Relaxed) != 0;
+        let ours = st.ctx.holds(shard);
         match actor {
             Ok(a) => {
                 let died = match st.ended_early.iter().position(|id| *id == a.get_id()) {
@@ -205,9 +204,10 @@ impl Actor for Supervisor {
             again: Default::default(),
             ended_early: Default::default(),
         };
-        // in a cluster, shards start as the shard map gives them to this node
-        if ctx.cluster.is_none() {
-            for s in 0..ctx.table.shards {
+        // the shards this node holds from the start (on one node, all; in
+        // a cluster, none: they start as the shard map gives them to it)
+        for s in 0..ctx.table.shards {
+            if ctx.holds(s) {
                 Supervisor::start_shard(&me, &mut st, s).await?;
             }
         }
@@ -229,10 +229,7 @@ impl Actor for Supervisor {
                 Supervisor::stop_shard(st, shard, StopReason::Released);
             }
             SupMsg::Start(shard) | SupMsg::Restart(shard) => {
-                if matches!(msg, SupMsg::Restart(_))
-                    && st.ctx.cluster.is_some()
-                    && st.ctx.held[shard as usize].load(Ordering::Relaxed) == 0
-                {
+                if matches!(msg, SupMsg::Restart(_)) && !st.ctx.holds(shard) {
                     return Ok(()); // no longer ours
                 }
                 // never two actors for one shard: whatever is registered

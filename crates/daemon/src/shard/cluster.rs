@@ -8,12 +8,17 @@
 //! the committed manifest is the truth, and the rows of an uncommitted
 //! checkpoint are made again by replaying the partition from its offset.
 
-use super::{err, CheckpointJob, Reply, Saved, ShardError, ShardMsg, ShardWorker, StopReason};
+use super::checkpoint::{CheckpointJob, Saved};
+use super::mode::{Committer, ShardMode, SourceRows};
+use super::{err, Reply, ShardError, ShardMsg, ShardWorker, StopReason};
 use crate::cluster::{ClusterCtx, IdemEntry};
 use crate::node::NodeCtx;
 use crate::segments::{self, put_segment, shard_prefix, SegmentInfo};
 use crate::store::{CheckpointInfo, Commit};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use lockstep_cluster::state::SnapshotPart;
+use lockstep_core::value::Row;
 use ractor::ActorRef;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -44,11 +49,8 @@ pub struct ClusterShard {
     /// with the record time they were first seen (checkpointed).
     event_ids: HashMap<u128, i64>,
     /// The partition's records since the last checkpoint, framed as the
-    /// archive stores them, and how many.
-    raw: Vec<u8>,
-    raw_n: u64,
-    /// Malformed records since the last checkpoint: (offset, reason, text).
-    pub(super) dead: Vec<(u64, String, String)>,
+    /// archive stores them, and malformed ones.
+    rows: SourceRows,
     /// The committed checkpoint's snapshot objects.
     chain: Vec<SnapshotPart>,
     waiters: HashMap<String, (String, Reply<String>)>,
@@ -86,13 +88,6 @@ pub struct ClusterJob {
     event_ids: Vec<(u128, i64)>,
 }
 
-/// A checkpoint's cluster rows, not yet committed.
-pub struct ClusterUnsaved {
-    raw: Vec<u8>,
-    raw_n: u64,
-    dead: Vec<(u64, String, String)>,
-}
-
 /// What the local cache keeps beside the state: seen Idempotency-Keys and
 /// event ids.
 type Dedup = (Vec<(String, IdemEntry)>, Vec<(u128, i64)>);
@@ -127,9 +122,7 @@ impl ClusterShard {
             owner_epoch,
             idem: HashMap::new(),
             event_ids: HashMap::new(),
-            raw: Vec::new(),
-            raw_n: 0,
-            dead: Vec::new(),
+            rows: SourceRows::default(),
             chain: Vec::new(),
             waiters: HashMap::new(),
             parser: lockstep_io::JsonEventParser::new(&table.schema),
@@ -142,7 +135,7 @@ impl ClusterShard {
     }
 
     /// Names a compaction's merged object: the owner epoch and a nonce.
-    pub(super) fn compaction_tag(&self) -> String {
+    fn new_compaction_tag(&self) -> String {
         use std::hash::BuildHasher;
         let nonce = std::collections::hash_map::RandomState::new()
             .hash_one((std::time::SystemTime::now(), self.owner_epoch)) as u32;
@@ -151,7 +144,7 @@ impl ClusterShard {
 
     /// Swaps compacted segments in the replicated manifest, under this
     /// owner's epoch.
-    pub(super) async fn swap_segments(
+    async fn swap_in_manifest(
         &self,
         shard: u32,
         remove: &[SegmentInfo],
@@ -173,35 +166,7 @@ impl ClusterShard {
         }
     }
 
-    pub(super) fn wants_full_snapshot(&self) -> bool {
-        self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
-    }
-
-    pub(super) fn log_end(&self, shard: u32) -> u64 {
-        self.ctx.ends[shard as usize].load(Ordering::Relaxed)
-    }
-
-    pub(super) fn take_unsaved(&mut self, ttl_ms: i64) -> ClusterUnsaved {
-        let horizon = self.clock_ms.saturating_sub(ttl_ms);
-        self.idem.retain(|_, e| e.at_ms >= horizon);
-        self.event_ids.retain(|_, at| *at >= horizon);
-        self.waiters.retain(|_, (_, r)| !r.is_closed());
-        ClusterUnsaved {
-            raw: std::mem::take(&mut self.raw),
-            raw_n: std::mem::take(&mut self.raw_n),
-            dead: std::mem::take(&mut self.dead),
-        }
-    }
-
-    pub(super) fn put_back(&mut self, mut u: ClusterUnsaved) {
-        u.raw.append(&mut self.raw);
-        self.raw = u.raw;
-        self.raw_n += u.raw_n;
-        u.dead.append(&mut self.dead);
-        self.dead = u.dead;
-    }
-
-    pub(super) fn job(&self, full: bool) -> ClusterJob {
+    fn job(&self, full: bool) -> ClusterJob {
         use std::hash::BuildHasher;
         // RandomState is seeded from the OS's randomness
         let nonce = std::collections::hash_map::RandomState::new()
@@ -224,13 +189,7 @@ impl ClusterShard {
 
     /// A checkpoint committed with `chain`: snapshot objects it no longer
     /// lists (replaced by a full snapshot) are deleted.
-    /// Whether a cluster epoch was opened since the last commit (then even
-    /// an unchanged shard commits, so the epoch completes).
-    pub(super) fn epoch_pending(&self) -> bool {
-        self.ctx.state().epoch > self.last_epoch
-    }
-
-    pub(super) fn committed(
+    fn note_committed(
         &mut self,
         chain: Vec<SnapshotPart>,
         epoch: u64,
@@ -258,18 +217,14 @@ impl ClusterShard {
 use object_store::ObjectStore;
 
 impl ClusterJob {
-    pub(super) fn tag(&self) -> String {
+    fn tag(&self) -> String {
         format!("e{}-{:08x}", self.owner_epoch, self.nonce)
     }
 
     /// The archive segment of the records since the last checkpoint.
-    pub(super) async fn raw_segment(
-        &self,
-        job: &CheckpointJob,
-        from: u64,
-        to: u64,
-    ) -> Result<Option<SegmentInfo>, ShardError> {
-        let u = job.unsaved.cluster.as_ref().expect("cluster rows");
+    async fn raw_segment(&self, job: &CheckpointJob) -> Result<Option<SegmentInfo>, ShardError> {
+        let (from, to) = (job.from, job.to);
+        let u = &job.unsaved.source;
         // a slice whose records were all duplicates or dead letters is
         // archived too, empty: the archive covers every offset, so a replay
         // can check it has no gap
@@ -277,7 +232,7 @@ impl ClusterJob {
             return Ok(None);
         }
         let ctx = &job.ctx;
-        let bytes = segments::raw_segment(from, u.raw_n, &u.raw);
+        let bytes = segments::raw_segment(from, u.count, &u.framed);
         Ok(Some(
             put_segment(
                 ctx.objects.as_ref(),
@@ -288,7 +243,7 @@ impl ClusterJob {
                 to,
                 &job.ext(segments::RAW_EXT),
                 bytes,
-                u.raw_n,
+                u.count,
                 job.unsaved.times,
             )
             .await
@@ -298,7 +253,7 @@ impl ClusterJob {
 
     /// Writes the dead letters and the snapshot object, commits the
     /// manifest through the control plane, then the local cache.
-    pub(super) async fn commit(
+    async fn commit(
         &self,
         job: &CheckpointJob,
         mut added: Vec<SegmentInfo>,
@@ -307,7 +262,7 @@ impl ClusterJob {
         let ctx = &job.ctx;
         let store = ctx.objects.as_ref();
         let table = &ctx.table;
-        let u = job.unsaved.cluster.as_ref().expect("cluster rows");
+        let u = &job.unsaved.source;
         if !u.dead.is_empty() {
             let mut text = String::new();
             for (off, reason, raw) in &u.dead {
@@ -429,16 +384,16 @@ impl ClusterJob {
     }
 }
 
-impl ShardWorker {
+impl ClusterShard {
     /// Restores the shard's committed checkpoint: from the local cache when
     /// this node took exactly that checkpoint, else from its snapshot
     /// objects. A shard with no checkpoint starts at offset 0.
-    pub(super) async fn recover_cluster(
-        &mut self,
+    pub(super) async fn recover(
+        w: &mut ShardWorker,
         cl: Arc<ClusterCtx>,
         loaded: Option<Loaded>,
-    ) -> Result<(), ShardError> {
-        let shard = self.shard;
+    ) -> Result<ClusterShard, ShardError> {
+        let shard = w.shard;
         // not the state as this member last applied it (after a restart it
         // may lag): everything committed so far
         let st = cl
@@ -448,7 +403,7 @@ impl ShardWorker {
             .map_err(|e| {
                 ShardError::Unavailable(format!("shard {shard}: the control plane: {e}"))
             })?;
-        let owner_epoch = self.ctx.held[shard as usize].load(Ordering::Relaxed);
+        let owner_epoch = w.ctx.held[shard as usize].load(Ordering::Relaxed);
         let o = st
             .owners
             .get(shard as usize)
@@ -458,23 +413,22 @@ impl ShardWorker {
                 "shard {shard} is not this node's under owner epoch {owner_epoch}"
             )));
         }
-        self.segments = st.segments[shard as usize].clone();
-        let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &self.ctx.table);
-        if st.pipeline.version != self.pipe.version {
+        w.segments = st.segments[shard as usize].clone();
+        let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &w.ctx.table);
+        if st.pipeline.version != w.pipe.version {
             // `views apply` changed the pipeline and this node has not
             // switched yet (it does as it applies the change)
             return Err(ShardError::Unavailable(format!(
                 "shard {shard}: the cluster runs pipeline version {}, this node still version {}",
-                st.pipeline.version, self.pipe.version
+                st.pipeline.version, w.pipe.version
             )));
         }
         if let Some(m) = st.checkpoints[shard as usize].clone() {
-            if m.pipeline != self.pipe.fingerprint() {
-                self.rebuild_cluster(&mut cs, &st, &m).await?;
-                self.next_offset = self.ckpt.log_offset;
-                self.cl = Some(cs);
-                self.collect_garbage();
-                return Ok(());
+            if m.pipeline != w.pipe.fingerprint() {
+                cs.rebuild(w, &st, &m).await?;
+                w.next_offset = w.ckpt.log_offset;
+                cs.collect_garbage(w);
+                return Ok(cs);
             }
             let local = loaded.filter(|l| {
                 l.info.seq == m.seq
@@ -490,7 +444,7 @@ impl ShardWorker {
                     .as_deref()
                     .map_or(Ok(Default::default()), decode_dedup);
                 let restored = seen.and_then(|seen| {
-                    self.engine
+                    w.engine
                         .restore_parts(shard, l.meta, l.slots)
                         .map(|()| seen)
                         .map_err(err)
@@ -507,7 +461,7 @@ impl ShardWorker {
                 }
             }
             if !cached {
-                let r = restore_snapshot(self.ctx.objects.as_ref(), &m.snapshot)
+                let r = restore_snapshot(w.ctx.objects.as_ref(), &m.snapshot)
                     .await?
                     .ok_or_else(|| {
                         ShardError::Internal(format!(
@@ -518,7 +472,7 @@ impl ShardWorker {
                 let idem: Vec<(String, IdemEntry)> =
                     r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let ids: Vec<(u128, i64)> = r.event_ids.iter().map(|(k, v)| (*k, *v)).collect();
-                self.ctx
+                w.ctx
                     .state
                     .commit(
                         shard,
@@ -535,7 +489,7 @@ impl ShardWorker {
                         },
                     )
                     .map_err(err)?;
-                self.engine
+                w.engine
                     .restore_parts(shard, r.meta, r.slots)
                     .map_err(|e| {
                         ShardError::Internal(format!(
@@ -547,7 +501,7 @@ impl ShardWorker {
             }
             cs.chain = m.snapshot.clone();
             cs.last_epoch = m.epoch;
-            self.ckpt = CheckpointInfo {
+            w.ckpt = CheckpointInfo {
                 seq: m.seq,
                 log_offset: m.offset,
                 at_ms: m.at_ms,
@@ -556,10 +510,9 @@ impl ShardWorker {
                 pipeline: m.pipeline,
             };
         }
-        self.next_offset = self.ckpt.log_offset;
-        self.cl = Some(cs);
-        self.collect_garbage();
-        Ok(())
+        w.next_offset = w.ckpt.log_offset;
+        cs.collect_garbage(w);
+        Ok(cs)
     }
 
     /// Deletes, in the background, the objects under this shard's prefixes
@@ -568,20 +521,19 @@ impl ShardWorker {
     /// (`LOCKSTEP_GC_GRACE_MS`; the grace covers a commit whose proposal was
     /// still on its way when the shard restarted). A new owner does it as it
     /// takes the shard: the shard's prefixes are written by its owners only.
-    fn collect_garbage(&self) {
-        let Some(c) = self.cl.as_ref() else { return };
-        let shard = self.shard;
-        let table = self.ctx.table.name.clone();
-        let mut prefixes: Vec<String> = self
+    fn collect_garbage(&self, w: &ShardWorker) {
+        let shard = w.shard;
+        let table = w.ctx.table.name.clone();
+        let mut prefixes: Vec<String> = w
             .prefixes()
             .iter()
             .map(|(kind, name)| shard_prefix(kind, name, shard))
             .collect();
         prefixes.push(shard_prefix("dead", &table, shard));
         prefixes.push(format!("snapshots/{table}/shard={shard:03}/"));
-        let mut keep: Vec<String> = self.segments.iter().map(|s| s.path.clone()).collect();
-        keep.extend(c.chain.iter().map(|p| p.path.clone()));
-        let objects = self.ctx.objects.clone();
+        let mut keep: Vec<String> = w.segments.iter().map(|s| s.path.clone()).collect();
+        keep.extend(self.chain.iter().map(|p| p.path.clone()));
+        let objects = w.ctx.objects.clone();
         let grace_ms: i64 = std::env::var("LOCKSTEP_GC_GRACE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -611,27 +563,27 @@ impl ShardWorker {
     /// training history of new and changed views, and commits it all, with
     /// a full snapshot, as the shard's next checkpoint under this owner's
     /// epoch. The deduplication state carries over from the checkpoint.
-    async fn rebuild_cluster(
+    async fn rebuild(
         &mut self,
-        cs: &mut ClusterShard,
+        w: &mut ShardWorker,
         st: &lockstep_cluster::state::ClusterState,
         m: &ShardCheckpoint,
     ) -> Result<(), ShardError> {
         let started = Instant::now();
-        let shard = self.shard;
-        let ctx = self.ctx.clone();
-        let cl = cs.ctx.clone();
-        let emit = self.views_to_emit(&m.pipeline);
+        let shard = w.shard;
+        let ctx = w.ctx.clone();
+        let cl = self.ctx.clone();
+        let emit = w.views_to_emit(&m.pipeline);
         if let Some(r) = restore_snapshot(ctx.objects.as_ref(), &m.snapshot).await? {
-            cs.idem = r.idem;
-            cs.event_ids = r.event_ids;
+            self.idem = r.idem;
+            self.event_ids = r.event_ids;
         }
         let segments = st.segments[shard as usize].clone();
-        let (rows, events) = self.replay_archive(&segments, m.offset, &emit).await?;
+        let (rows, events) = w.replay_archive(&segments, m.offset, &emit).await?;
         let seq = m.seq + 1;
-        let job = cs.job(true);
+        let job = self.job(true);
         let tag = job.tag();
-        let added = self
+        let added = w
             .put_rebuilt(
                 &rows,
                 &emit,
@@ -639,9 +591,9 @@ impl ShardWorker {
                 &ctx.ext(&format!("{tag}.rebuild{seq}.parquet")),
             )
             .await?;
-        let removed = self.replaced_by_rebuild(&segments, &emit);
-        self.engine.mark_all_changed(shard);
-        let delta = crate::store::EncodedDelta::take(&mut self.engine, shard).map_err(err)?;
+        let removed = w.replaced_by_rebuild(&segments, &emit);
+        w.engine.mark_all_changed(shard);
+        let delta = crate::store::EncodedDelta::take(&mut w.engine, shard).map_err(err)?;
         let data = SnapshotData {
             replace: true,
             meta: delta.meta.clone(),
@@ -656,11 +608,11 @@ impl ShardWorker {
             &ctx.ext(&format!("{tag}.snap")),
         );
         let chain = vec![put_snapshot(ctx.objects.as_ref(), path, &data).await?];
-        let pipeline = self.pipe.fingerprint();
+        let pipeline = w.pipe.fingerprint();
         let checkpoint = ShardCheckpoint {
             shard,
             owner: cl.id,
-            owner_epoch: cs.owner_epoch,
+            owner_epoch: self.owner_epoch,
             epoch: st.epoch,
             seq,
             offset: m.offset,
@@ -708,12 +660,12 @@ impl ShardWorker {
             tracing::warn!(shard, "local state cache: {e}");
             let _ = ctx.state.invalidate(shard);
         }
-        self.segments = segments;
-        self.segments.retain(|s| !removed.contains(s));
-        self.segments.extend(added);
-        cs.chain = chain;
-        cs.last_epoch = st.epoch;
-        self.ckpt = CheckpointInfo {
+        w.segments = segments;
+        w.segments.retain(|s| !removed.contains(s));
+        w.segments.extend(added);
+        self.chain = chain;
+        self.last_epoch = st.epoch;
+        w.ckpt = CheckpointInfo {
             seq,
             log_offset: m.offset,
             at_ms: now_ms(),
@@ -721,179 +673,19 @@ impl ShardWorker {
             bytes_written: 0,
             pipeline,
         };
-        self.log_rebuilt(&emit, events, started);
+        w.log_rebuilt(&emit, events, started);
         Ok(())
-    }
-
-    /// Starts reading the partition (cluster mode).
-    pub(super) fn start_reading(&mut self, me: &ActorRef<ShardMsg>) {
-        let Some(c) = self.cl.as_mut() else { return };
-        c.fetch_stop = Some(spawn_fetcher(
-            self.ctx.clone(),
-            c.ctx.clone(),
-            self.shard,
-            self.next_offset,
-            me.clone(),
-        ));
-    }
-
-    pub(super) fn stop_reading(&mut self) {
-        if let Some(stop) = self.cl.as_mut().and_then(|c| c.fetch_stop.take()) {
-            stop.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Applies records of the partition: deduplicated by Idempotency-Key,
-    /// decoded (lockstep's bincode rows, or JSON from other producers) and
-    /// checked; malformed ones become dead letters of this checkpoint.
-    pub(super) fn on_records(&mut self, recs: Vec<KafkaRecord>) -> Result<(), ShardError> {
-        let Some(mut c) = self.cl.take() else {
-            return Err(ShardError::Internal(
-                "records reached a shard that is not in cluster mode".into(),
-            ));
-        };
-        if c.handing_off {
-            self.cl = Some(c);
-            return Ok(()); // the next owner reads them from the last checkpoint
-        }
-        let table = self.ctx.table.clone();
-        for r in recs {
-            if r.offset < self.next_offset {
-                continue;
-            }
-            if let Some(t) = r.timestamp_ms {
-                c.clock_ms = c.clock_ms.max(t);
-            }
-            if let Some((key, i)) = &r.idempotency {
-                let at = r.timestamp_ms.unwrap_or(c.clock_ms);
-                let e = c.idem.entry(key.clone()).or_insert_with(|| IdemEntry {
-                    at_ms: at,
-                    ranges: Vec::new(),
-                });
-                if !e.insert(*i) {
-                    // a retry of a request already applied: skip it
-                    if let Some((_, reply)) = c.waiters.remove(key) {
-                        let _ = reply.send(Err(ShardError::AlreadyIngested));
-                    }
-                    self.next_offset = r.offset + 1;
-                    continue;
-                }
-            }
-            let row = if r.bincode {
-                lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())
-            } else {
-                std::str::from_utf8(&r.value)
-                    .map_err(|e| format!("not UTF-8: {e}"))
-                    .and_then(|t| c.parser.parse(t.trim()))
-                    .and_then(|row| table.validate(&row).map(|()| row).map_err(|e| e.to_string()))
-            }
-            .and_then(|row| match table.shard_of(&row) {
-                s if s == self.shard => Ok(row),
-                s => Err(format!(
-                    "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
-                    self.shard
-                )),
-            });
-            // a producer-supplied event id seen before: a duplicate delivery
-            let row = row.map(|row| {
-                let dup = table.event_id.is_some_and(|col| {
-                    let at = r.timestamp_ms.unwrap_or(c.clock_ms);
-                    match c.event_ids.entry(crate::cluster::event_id_hash(&row[col])) {
-                        std::collections::hash_map::Entry::Occupied(_) => true,
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(at);
-                            false
-                        }
-                    }
-                });
-                (row, dup)
-            });
-            match row {
-                Ok((_, true)) => {
-                    self.ctx.metrics.duplicates.inc();
-                    self.next_offset = r.offset + 1;
-                }
-                Ok((row, false)) => {
-                    if r.bincode {
-                        c.raw
-                            .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
-                        c.raw.extend_from_slice(&r.value);
-                    } else {
-                        let b = lockstep_io::raw::encode_event(&row);
-                        c.raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                        c.raw.extend_from_slice(&b);
-                    }
-                    c.raw_n += 1;
-                    if let Some((key, 0)) = &r.idempotency {
-                        if let Some((view, reply)) = c.waiters.remove(key) {
-                            self.cl = Some(c);
-                            let _ = reply.send(self.serve(&view, &row));
-                            c = self.cl.take().expect("just put back");
-                        }
-                    }
-                    self.apply(r.offset, &row);
-                }
-                Err(reason) => {
-                    self.ctx.metrics.dead_letters.inc();
-                    c.dead.push((
-                        r.offset,
-                        reason,
-                        String::from_utf8_lossy(&r.value).into_owned(),
-                    ));
-                    self.next_offset = r.offset + 1;
-                }
-            }
-        }
-        self.cl = Some(c);
-        self.ctx.processed[self.shard as usize].store(self.next_offset, Ordering::Relaxed);
-        Ok(())
-    }
-
-    pub(super) fn serve_when_seen(&mut self, key: String, view: String, reply: Reply<String>) {
-        match self.cl.as_mut() {
-            Some(c) if !c.handing_off => {
-                c.waiters.insert(key, (view, reply));
-            }
-            _ => {
-                let _ = reply.send(Err(ShardError::Unavailable(format!(
-                    "shard {} is moving to another node; retry",
-                    self.shard
-                ))));
-            }
-        }
-    }
-
-    /// The shard moves away: stop reading, take a last checkpoint; the
-    /// hand-off follows when it is committed.
-    pub(super) fn begin_handoff(&mut self, me: &ActorRef<ShardMsg>) {
-        let Some(c) = self.cl.as_mut() else { return };
-        if c.handing_off {
-            return;
-        }
-        c.handing_off = true;
-        for (_, (_, reply)) in c.waiters.drain() {
-            let _ = reply.send(Err(ShardError::Unavailable(
-                "the shard is moving to another node; the event was ingested, its features will be in its training row"
-                    .into(),
-            )));
-        }
-        self.stop_reading();
-        tracing::info!(shard = self.shard, "handing off: last checkpoint");
-        self.start_checkpoint(me, None);
-        if !self.in_flight {
-            self.hand_off(me); // nothing to write
-        }
     }
 
     /// Gives the shard to the move's target once the last checkpoint is
     /// committed; then this actor stops.
-    pub(super) fn hand_off(&mut self, me: &ActorRef<ShardMsg>) {
-        let Some(c) = self.cl.as_mut() else { return };
-        if c.handoff_sent {
+    fn hand_off(&mut self, w: &ShardWorker, me: &ActorRef<ShardMsg>) {
+        if self.handoff_sent {
             return;
         }
-        c.handoff_sent = true;
-        let (cl, shard, owner_epoch, me) = (c.ctx.clone(), self.shard, c.owner_epoch, me.clone());
+        self.handoff_sent = true;
+        let (cl, shard, owner_epoch, me) =
+            (self.ctx.clone(), w.shard, self.owner_epoch, me.clone());
         // gives the shard back to the shard map only if this node still
         // holds it under this actor's epoch (not a newer one)
         let release = move |held: &NodeCtx| {
@@ -904,7 +696,7 @@ impl ShardWorker {
                 Ordering::Relaxed,
             );
         };
-        let held = self.ctx.clone();
+        let held = w.ctx.clone();
         tokio::spawn(async move {
             for _ in 0..100 {
                 let cmd = Command::Handoff {
@@ -935,5 +727,288 @@ impl ShardWorker {
             release(&held);
             me.stop(Some(StopReason::Fenced.into()));
         });
+    }
+}
+
+impl ShardMode for ClusterShard {
+    fn start_reading(&mut self, w: &ShardWorker, me: &ActorRef<ShardMsg>) {
+        self.fetch_stop = Some(spawn_fetcher(
+            w.ctx.clone(),
+            self.ctx.clone(),
+            w.shard,
+            w.next_offset,
+            me.clone(),
+        ));
+    }
+
+    fn stop_reading(&mut self) {
+        if let Some(stop) = self.fetch_stop.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn on_events(
+        &mut self,
+        w: &mut ShardWorker,
+        _first: u64,
+        _rows: Vec<Row>,
+        serve: Option<(String, Reply<String>)>,
+    ) -> Result<(), ShardError> {
+        if let Some((_, reply)) = serve {
+            let _ = reply.send(Err(ShardError::Internal(
+                "a cluster's shards read their partition, not the embedded log".into(),
+            )));
+        }
+        Err(ShardError::Internal(format!(
+            "shard {}: embedded-log events reached a shard that reads its partition",
+            w.shard
+        )))
+    }
+
+    /// Applies records of the partition: deduplicated by Idempotency-Key,
+    /// decoded (lockstep's bincode rows, or JSON from other producers) and
+    /// checked; malformed ones become dead letters of this checkpoint.
+    fn on_records(
+        &mut self,
+        w: &mut ShardWorker,
+        recs: Vec<KafkaRecord>,
+    ) -> Result<(), ShardError> {
+        if self.handing_off {
+            return Ok(()); // the next owner reads them from the last checkpoint
+        }
+        let table = w.ctx.table.clone();
+        for r in recs {
+            if r.offset < w.next_offset {
+                continue;
+            }
+            if let Some(t) = r.timestamp_ms {
+                self.clock_ms = self.clock_ms.max(t);
+            }
+            if let Some((key, i)) = &r.idempotency {
+                let at = r.timestamp_ms.unwrap_or(self.clock_ms);
+                let e = self.idem.entry(key.clone()).or_insert_with(|| IdemEntry {
+                    at_ms: at,
+                    ranges: Vec::new(),
+                });
+                if !e.insert(*i) {
+                    // a retry of a request already applied: skip it
+                    if let Some((_, reply)) = self.waiters.remove(key) {
+                        let _ = reply.send(Err(ShardError::AlreadyIngested));
+                    }
+                    w.next_offset = r.offset + 1;
+                    continue;
+                }
+            }
+            let row = if r.bincode {
+                lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())
+            } else {
+                std::str::from_utf8(&r.value)
+                    .map_err(|e| format!("not UTF-8: {e}"))
+                    .and_then(|t| self.parser.parse(t.trim()))
+                    .and_then(|row| table.validate(&row).map(|()| row).map_err(|e| e.to_string()))
+            }
+            .and_then(|row| match table.shard_of(&row) {
+                s if s == w.shard => Ok(row),
+                s => Err(format!(
+                    "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
+                    w.shard
+                )),
+            });
+            // a producer-supplied event id seen before: a duplicate delivery
+            let row = row.map(|row| {
+                let dup = table.event_id.is_some_and(|col| {
+                    let at = r.timestamp_ms.unwrap_or(self.clock_ms);
+                    match self
+                        .event_ids
+                        .entry(crate::cluster::event_id_hash(&row[col]))
+                    {
+                        std::collections::hash_map::Entry::Occupied(_) => true,
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(at);
+                            false
+                        }
+                    }
+                });
+                (row, dup)
+            });
+            match row {
+                Ok((_, true)) => {
+                    w.ctx.metrics.duplicates.inc();
+                    w.next_offset = r.offset + 1;
+                }
+                Ok((row, false)) => {
+                    if r.bincode {
+                        self.rows
+                            .framed
+                            .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+                        self.rows.framed.extend_from_slice(&r.value);
+                    } else {
+                        let b = lockstep_io::raw::encode_event(&row);
+                        self.rows
+                            .framed
+                            .extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        self.rows.framed.extend_from_slice(&b);
+                    }
+                    self.rows.count += 1;
+                    if let Some((key, 0)) = &r.idempotency {
+                        if let Some((view, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(w.serve(&view, &row));
+                        }
+                    }
+                    w.apply(r.offset, &row);
+                }
+                Err(reason) => {
+                    w.ctx.metrics.dead_letters.inc();
+                    self.rows.dead.push((
+                        r.offset,
+                        reason,
+                        String::from_utf8_lossy(&r.value).into_owned(),
+                    ));
+                    w.next_offset = r.offset + 1;
+                }
+            }
+        }
+        w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn serve_when_seen(
+        &mut self,
+        w: &ShardWorker,
+        key: String,
+        view: String,
+        reply: Reply<String>,
+    ) {
+        if self.handing_off {
+            let _ = reply.send(Err(ShardError::Unavailable(format!(
+                "shard {} is moving to another node; retry",
+                w.shard
+            ))));
+        } else {
+            self.waiters.insert(key, (view, reply));
+        }
+    }
+
+    /// The shard moves away: stop reading, take a last checkpoint; the
+    /// hand-off follows when it is committed.
+    fn begin_handoff(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
+        if self.handing_off {
+            return;
+        }
+        self.handing_off = true;
+        for (_, (_, reply)) in self.waiters.drain() {
+            let _ = reply.send(Err(ShardError::Unavailable(
+                "the shard is moving to another node; the event was ingested, its features will be in its training row"
+                    .into(),
+            )));
+        }
+        self.stop_reading();
+        tracing::info!(shard = w.shard, "handing off: last checkpoint");
+        w.start_checkpoint(self, me, None);
+        if !w.in_flight {
+            self.hand_off(w, me); // nothing to write
+        }
+    }
+
+    fn catch_up(&mut self, _w: &mut ShardWorker) -> Result<(), ShardError> {
+        Ok(()) // the fetcher delivers everything beyond the offset
+    }
+
+    fn log_end(&self, w: &ShardWorker) -> u64 {
+        self.ctx.ends[w.shard as usize]
+            .load(Ordering::Relaxed)
+            .max(w.next_offset)
+    }
+
+    fn check_serving(&self, w: &ShardWorker) -> Result<(), ShardError> {
+        if self.handing_off {
+            return Err(ShardError::Unavailable(format!(
+                "shard {} is moving to another node; retry",
+                w.shard
+            )));
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> bool {
+        // an epoch opened since the last commit: even an unchanged shard
+        // commits, so the epoch completes
+        !self.rows.dead.is_empty() || self.ctx.state().epoch > self.last_epoch
+    }
+
+    fn wants_full_snapshot(&self) -> bool {
+        self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
+    }
+
+    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows {
+        let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
+        let horizon = self.clock_ms.saturating_sub(ttl_ms);
+        self.idem.retain(|_, e| e.at_ms >= horizon);
+        self.event_ids.retain(|_, at| *at >= horizon);
+        self.waiters.retain(|_, (_, r)| !r.is_closed());
+        std::mem::take(&mut self.rows)
+    }
+
+    fn put_back(&mut self, rows: SourceRows) {
+        rows.prepend_to(&mut self.rows);
+    }
+
+    fn committer(&self, full: bool) -> Box<dyn Committer> {
+        Box::new(self.job(full))
+    }
+
+    fn committed(&mut self, w: &ShardWorker, saved: &Saved) {
+        self.note_committed(
+            saved.chain.clone().unwrap_or_default(),
+            saved.epoch,
+            w.ctx.objects.clone(),
+        );
+    }
+
+    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
+        // the last checkpoint of a move is committed (or there was nothing
+        // left to write): hand off
+        if self.handing_off && !w.in_flight {
+            self.hand_off(w, me);
+        }
+    }
+
+    fn compaction_tag(&self) -> Option<String> {
+        Some(self.new_compaction_tag())
+    }
+
+    fn swap_segments<'a>(
+        &'a self,
+        w: &'a ShardWorker,
+        remove: &'a [SegmentInfo],
+        merged: &'a SegmentInfo,
+    ) -> BoxFuture<'a, Result<(), ShardError>> {
+        self.swap_in_manifest(w.shard, remove, merged).boxed()
+    }
+
+    fn deletes_later(&self) -> bool {
+        true
+    }
+}
+
+impl Committer for ClusterJob {
+    fn tag(&self) -> Option<String> {
+        Some(ClusterJob::tag(self))
+    }
+
+    fn archive<'a>(
+        &'a self,
+        job: &'a CheckpointJob,
+    ) -> BoxFuture<'a, Result<Option<SegmentInfo>, ShardError>> {
+        self.raw_segment(job).boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        job: &'a CheckpointJob,
+        added: Vec<SegmentInfo>,
+        training_rows: u64,
+    ) -> BoxFuture<'a, Result<Saved, ShardError>> {
+        ClusterJob::commit(self, job, added, training_rows).boxed()
     }
 }
