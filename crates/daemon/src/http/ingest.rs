@@ -126,20 +126,11 @@ pub(crate) async fn ingest(
         }
     }
     let _gate = ctx.ingest_gate.read().await;
-    let (mut events, mut key) = (events, key);
-    if let Some(cl) = &ctx.cluster {
-        // the events go to the Kafka log; retries are deduplicated by the
-        // shards (the key travels with each record); dead letters stay here
-        if !events.is_empty() {
-            if let Err(e) = crate::cluster::produce(ctx, cl, key.as_deref(), &events).await {
-                return unavailable(format!(
-                    "the log did not acknowledge the events ({e}); retry with the same Idempotency-Key"
-                ));
-            }
-        }
-        events = Vec::new();
-        key = None;
-    }
+    // the events the node's mode leaves to the writer (with the key)
+    let (key, events) = match app.mode.append(ctx, key, events).await {
+        Ok(left) => left,
+        Err(r) => return r,
+    };
     let (done, rx) = oneshot::channel();
     let req = WriteReq {
         idempotency_key: key,

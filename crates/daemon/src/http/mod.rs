@@ -9,6 +9,7 @@ mod backfill;
 mod cluster;
 mod features;
 mod ingest;
+mod mode;
 mod reply;
 mod routing;
 mod segments;
@@ -73,6 +74,8 @@ pub struct App {
     pub ctx: Arc<NodeCtx>,
     pub writer: mpsc::Sender<WriteReq>,
     parser: Arc<JsonEventParser>,
+    /// What the API does on one node or in a cluster.
+    mode: Arc<dyn mode::NodeMode>,
 }
 
 pub fn router(node: &Node) -> Router {
@@ -80,6 +83,7 @@ pub fn router(node: &Node) -> Router {
         parser: Arc::new(JsonEventParser::new(&node.ctx.table.schema)),
         ctx: node.ctx.clone(),
         writer: node.writer.clone(),
+        mode: mode::for_node(&node.ctx),
     };
     let mut r = Router::new()
         .route("/healthz", get(healthz))

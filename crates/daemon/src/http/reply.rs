@@ -73,3 +73,30 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, R
         }
     })
 }
+
+/// `200` with a shard's features, counted in the serving latency metric.
+pub(crate) fn served(
+    ctx: &crate::node::NodeCtx,
+    started: std::time::Instant,
+    body: String,
+) -> Response {
+    ctx.metrics
+        .serve_seconds
+        .observe(started.elapsed().as_secs_f64());
+    json_response(StatusCode::OK, body)
+}
+
+/// `202`: the event is durably in, but its features were not computed; a
+/// retry would ingest it twice.
+pub(crate) fn ingested_without_features(why: &str) -> Response {
+    reply(
+        StatusCode::ACCEPTED,
+        lockstep_api::IngestedWithoutFeatures {
+            ingested: true,
+            features: None,
+            error: format!(
+                "the event was ingested, but {why}; its features will be in its training row (do not retry)"
+            ),
+        },
+    )
+}

@@ -20,22 +20,12 @@ pub(crate) struct SegmentQuery {
 }
 
 pub(crate) async fn segments(State(app): State<App>, Query(q): Query<SegmentQuery>) -> Response {
-    let all = match &app.ctx.cluster {
-        // the replicated manifest: every shard's, wherever it runs, with
-        // everything committed so far (a read barrier: not this member's
-        // possibly lagging copy)
-        Some(cl) => match cl.cp.barrier(std::time::Duration::from_secs(10)).await {
-            Ok(st) => st.segments.clone(),
-            Err(e) => return unavailable(format!("the control plane: {e}")),
-        },
-        None => match all_shards(&app.ctx, |reply| ShardMsg::Segments { reply }).await {
-            Ok(s) => s,
-            Err(r) => return r,
-        },
+    let all = match app.mode.segments(&app.ctx).await {
+        Ok(all) => all,
+        Err(r) => return r,
     };
     let list: Vec<_> = all
         .into_iter()
-        .flatten()
         .filter(|s| q.kind.as_ref().is_none_or(|k| &s.kind == k))
         .filter(|s| q.name.as_ref().is_none_or(|n| &s.name == n))
         .filter(|s| q.shard.is_none_or(|n| s.shard == n))
@@ -46,73 +36,56 @@ pub(crate) async fn segments(State(app): State<App>, Query(q): Query<SegmentQuer
 #[derive(Deserialize)]
 pub(crate) struct CompactQuery {
     target_bytes: Option<u64>,
-    /// Cluster: only the shards this node runs (what a node asks the
-    /// others for).
+    /// Only the shards this node holds (what a node asks the others for).
     local: Option<bool>,
 }
 
+/// Each node compacts the shards it holds (through its manifest); the node
+/// asked also asks the other live nodes (with `local=true`).
 pub(crate) async fn compact(
     State(app): State<App>,
     Query(q): Query<CompactQuery>,
-    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
     let target = q.target_bytes.unwrap_or(64 << 20);
-    if let Some(cl) = &app.ctx.cluster {
-        // each owner compacts its shards, through the replicated manifest
-        let ctx = &app.ctx;
-        let mut out = Vec::new();
-        for s in 0..ctx.table.shards {
-            if ctx.shard(s).is_some() {
-                match ask(ctx, s, |reply| ShardMsg::Compact {
-                    target_bytes: target,
-                    reply,
-                })
-                .await
-                {
-                    Ok(r) => out.push(r),
-                    Err(r) => return r,
-                }
-            }
-        }
-        if q.local != Some(true) {
-            let st = cl.state();
-            for (&n, info) in &st.nodes {
-                if n == cl.id || info.state == lockstep_cluster::state::NodeState::Down {
-                    continue;
-                }
-                let path = format!("/v1/segments/compact?target_bytes={target}&local=true");
-                let uri: axum::http::Uri = path.parse().unwrap_or(uri.clone());
-                let r = forward(ctx, info.addr.clone(), Some(Bytes::new()), &uri, &headers).await;
-                if r.status() != StatusCode::OK {
-                    return r;
-                }
-                let body = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
-                    Ok(b) => b,
-                    Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
-                };
-                match serde_json::from_slice::<CompactReply>(&body) {
-                    Ok(v) => out.extend(v.compactions),
-                    Err(e) => {
-                        return error(
-                            StatusCode::BAD_GATEWAY,
-                            format!("node {n} answered compaction with {e}"),
-                        )
-                    }
-                }
-            }
-        }
-        return ok(CompactReply { compactions: out });
-    }
-    match all_shards(&app.ctx, |reply| ShardMsg::Compact {
+    let ctx = &app.ctx;
+    let mut out = match all_shards(ctx, |reply| ShardMsg::Compact {
         target_bytes: target,
         reply,
     })
     .await
     {
-        Ok(compactions) => ok(CompactReply { compactions }),
-        Err(r) => r,
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if q.local != Some(true) {
+        let uri: axum::http::Uri = format!("/v1/segments/compact?target_bytes={target}&local=true")
+            .parse()
+            .expect("a valid URI");
+        for addr in app.mode.peers() {
+            let r = app
+                .mode
+                .forward(ctx, addr.clone(), Some(Bytes::new()), &uri, &headers)
+                .await;
+            if r.status() != StatusCode::OK {
+                return r;
+            }
+            let body = match axum::body::to_bytes(r.into_body(), MAX_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+            };
+            match serde_json::from_slice::<CompactReply>(&body) {
+                Ok(v) => out.extend(v.compactions),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the node at {addr} answered compaction with {e}"),
+                    )
+                }
+            }
+        }
     }
+    ok(CompactReply { compactions: out })
 }
 
 pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> Response {

@@ -2,11 +2,8 @@
 #![allow(clippy::result_large_err)]
 
 use super::reply::*;
-use super::routing::*;
 use super::App;
-use crate::node::Node;
 use crate::pipeline::{table_fingerprint, Pipeline};
-use crate::shard::ShardMsg;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -57,17 +54,12 @@ pub(crate) async fn views_list(State(app): State<App>) -> Response {
     ok(describe_views(&app.ctx.pipeline().catalog))
 }
 
-/// `views apply`: replaces the node's pipeline with a new one for the same
-/// table. The new SQL is written to the node's pipeline file first (so a
-/// restart, even in the middle, runs it), ingest pauses, every shard
-/// checkpoints, and each shard restarts under the new pipeline: its state is
-/// rebuilt from its archive, and views that are new or changed get their
-/// whole training history written. Serving answers 503 meanwhile.
-///
-/// In a cluster, any node takes it: the pipeline goes into the replicated
-/// view registry (refused if another apply came first), every node
-/// switches to it, and each owner rebuilds its shards from the archive in
-/// the object store ([`cluster_apply`]). Ingest goes on into the log.
+/// `views apply`: replaces the pipeline with a new one for the same table.
+/// Every shard rebuilds its state from its archive, and views that are new
+/// or changed get their whole training history written; how the switch is
+/// made is the node's mode's (`apply_views`): the node's pipeline file on
+/// one node, the replicated view registry (refused if another apply came
+/// first) in a cluster.
 pub(crate) async fn views_apply(
     State(app): State<App>,
     body: Result<Bytes, BytesRejection>,
@@ -111,22 +103,11 @@ pub(crate) async fn views_apply(
     }
     let _one = ctx.apply_lock.lock().await;
     let mut new = Pipeline::new(sql.to_string(), catalog);
-    let old = match &ctx.cluster {
-        Some(cl) => {
-            // the cluster's view registry, as committed so far
-            let st = match cl.cp.barrier(std::time::Duration::from_secs(10)).await {
-                Ok(st) => st,
-                Err(e) => return unavailable(format!("the control plane: {e}")),
-            };
-            match crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table) {
-                Ok(Some(p)) => Arc::new(p),
-                Ok(None) => return unavailable("the cluster is not initialized yet"),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        None => ctx.pipeline(),
+    let (old, version) = match app.mode.current_pipeline(ctx).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    new.version = old.version + u64::from(ctx.cluster.is_some());
+    new.version = version;
     let new = Arc::new(new);
     let (old_fps, new_fps) = (old.view_fingerprints(), new.view_fingerprints());
     let added: Vec<String> = new_fps
@@ -152,136 +133,17 @@ pub(crate) async fn views_apply(
             ..ApplyReply::default()
         });
     }
-    if let Some(cl) = &ctx.cluster {
-        if let Err(r) = cluster_apply(cl, &old, &new).await {
-            return r;
-        }
-        return ok(ApplyReply {
-            applied: true,
-            unchanged: false,
-            version: Some(new.version),
-            added,
-            removed,
-            changed,
-            views: new.view_names.clone(),
-            millis: started.elapsed().as_millis() as u64,
-        });
-    }
-    // 1. the new pipeline becomes the node's configuration
-    let path = &ctx.config.pipeline;
-    let tmp = path.with_extension("sql.applying");
-    if let Err(e) = std::fs::write(&tmp, sql).and_then(|()| std::fs::rename(&tmp, path)) {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "cannot write the node's pipeline file {}: {e}",
-                path.display()
-            ),
-        );
-    }
-    // 2. no event enters until every shard runs the new pipeline
-    let _gate = ctx.ingest_gate.write().await;
-    for r in Node::checkpoint_all(ctx).await {
-        if let Err(e) = r {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("checkpoint before the swap failed: {e}; the new pipeline is saved and takes effect at the next restart"),
-            );
-        }
-    }
-    // 3. each shard restarts and rebuilds under the new pipeline
-    ctx.set_pipeline(new.clone());
-    let old_ids: Vec<Option<ractor::ActorId>> = (0..ctx.table.shards)
-        .map(|s| ctx.shard(s).map(|a| a.get_id()))
-        .collect();
-    for s in 0..ctx.table.shards {
-        if let Some(a) = ctx.shard(s) {
-            let _ = a.send_message(ShardMsg::Stop);
-        }
-    }
-    let deadline = Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let done = (0..ctx.table.shards).all(|s| {
-            let now = ctx.shard(s).map(|a| a.get_id());
-            now.is_some() && now != old_ids[s as usize]
-        });
-        if done {
-            break;
-        }
-        if Instant::now() > deadline {
-            // the supervisor keeps retrying; the node's log says why
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "some shards have not finished rebuilding after 10 minutes; they keep retrying (see the node's log and /v1/status)",
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    if let Err(e) = ctx.state.set_node_key("views", &new.fingerprint()) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    if let Err(r) = app.mode.apply_views(ctx, old, new.clone()).await {
+        return r;
     }
     ok(ApplyReply {
         applied: true,
         unchanged: false,
-        version: None,
+        version: (new.version > 0).then_some(new.version),
         added,
         removed,
         changed,
         views: new.view_names.clone(),
         millis: started.elapsed().as_millis() as u64,
     })
-}
-
-/// `views apply` in a cluster: the new pipeline goes into the replicated
-/// view registry; every node switches to it, each owner rebuilds its shards
-/// from the archive in the object store and commits the rebuild. Returns
-/// once every shard's committed checkpoint is built for the new views.
-pub(crate) async fn cluster_apply(
-    cl: &crate::cluster::ClusterCtx,
-    old: &Pipeline,
-    new: &Pipeline,
-) -> Result<(), Response> {
-    let cmd = lockstep_cluster::state::Command::SetPipeline {
-        sql: new.sql.clone(),
-        expect_version: old.version,
-        at_ms: crate::clock::now_ms(),
-    };
-    match cl.cp.propose(cmd).await {
-        Ok(lockstep_cluster::state::Response::Done) => {}
-        Ok(lockstep_cluster::state::Response::Rejected(why)) => {
-            return Err(error(StatusCode::CONFLICT, why.to_string()))
-        }
-        Err(e) => {
-            return Err(unavailable(format!(
-                "the control plane did not take the new pipeline ({e}); it may or may not be applied: see `lockstepctl cluster status`"
-            )))
-        }
-    }
-    let fp = new.fingerprint();
-    let waiting = |st: &lockstep_cluster::state::ClusterState| {
-        st.checkpoints
-            .iter()
-            .filter(|c| c.as_ref().is_some_and(|c| c.pipeline != fp))
-            .count()
-    };
-    // (this member may apply the change after the leader answered)
-    let outcome = wait_for(cl, std::time::Duration::from_secs(600), |st| {
-        if st.pipeline.version > new.version {
-            Some(Err(st.pipeline.version))
-        } else {
-            (st.pipeline.version == new.version && waiting(st) == 0).then_some(Ok(()))
-        }
-    })
-    .await;
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(version)) => Err(error(
-            StatusCode::CONFLICT,
-            format!("another `views apply` replaced this pipeline (the cluster is at version {version})"),
-        )),
-        Err(st) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the new pipeline is applied, but {} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)", waiting(&st)),
-        )),
-    }
 }

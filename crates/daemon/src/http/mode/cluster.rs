@@ -1,0 +1,346 @@
+//! The API on a cluster member: requests for other nodes' shards go to
+//! their owners, events go to the table's topic, checkpoints and the view
+//! registry go through the control plane.
+#![allow(clippy::result_large_err)]
+
+use super::super::reply::*;
+use super::super::routing::wait_for;
+use super::super::App;
+use super::{Events, NodeMode, Route};
+use crate::clock::now_ms;
+use crate::cluster::ClusterCtx;
+use crate::node::NodeCtx;
+use crate::pipeline::Pipeline;
+use crate::segments::SegmentInfo;
+use crate::shard::{ShardError, ShardMsg};
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::Response;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lockstep_api::{CheckpointReply, CheckpointReport};
+use lockstep_cluster::state::{ClusterState, Command, NodeState, Response as Applied};
+use lockstep_core::value::Row;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Set on a request one node forwards to another (which never forwards
+/// it again).
+const FORWARDED: &str = "x-lockstep-forwarded";
+
+pub(crate) struct Member {
+    pub(crate) cl: Arc<ClusterCtx>,
+}
+
+/// A process-unique suffix for generated keys.
+fn unique_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        now_ms(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+impl NodeMode for Member {
+    fn route(&self, ctx: &NodeCtx, shard: u32, headers: &HeaderMap) -> Route {
+        let cl = &self.cl;
+        if ctx.shard(shard).is_some() {
+            let silent = cl.cp.since_contact();
+            if silent > cl.lease() {
+                return Route::Unavailable(format!(
+                    "this node has not heard from the cluster for {} ms: shard {shard} may have moved; retry (on another node)",
+                    silent.as_millis()
+                ));
+            }
+            return Route::Local;
+        }
+        let st = cl.state();
+        match st.owners.get(shard as usize).and_then(|o| o.node) {
+            Some(n) if n == cl.id => {
+                Route::Unavailable(format!("shard {shard} is starting on this node; retry"))
+            }
+            Some(n) if !headers.contains_key(FORWARDED) => match st.nodes.get(&n) {
+                Some(i) => Route::Forward(i.addr.clone()),
+                None => Route::Unavailable(format!("shard {shard}'s owner is unknown; retry")),
+            },
+            _ => Route::Unavailable(format!("shard {shard} is moving between nodes; retry")),
+        }
+    }
+
+    fn forward<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+        addr: String,
+        body: Option<Bytes>,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Response> {
+        async move {
+            let client =
+                lockstep_api::Client::with_agent(self.cl.agent.clone(), &addr, &ctx.config.token);
+            let path = uri
+                .path_and_query()
+                .map_or(uri.path(), |p| p.as_str())
+                .to_string();
+            let idem = headers
+                .get(lockstep_api::IDEMPOTENCY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let method = if body.is_some() { "POST" } else { "GET" };
+            let sent = tokio::task::spawn_blocking(move || {
+                let mut h = vec![(FORWARDED, "1")];
+                if let Some(k) = &idem {
+                    h.push((lockstep_api::IDEMPOTENCY_KEY, k.as_str()));
+                }
+                client.request(method, &path, body.as_deref(), &h)
+            })
+            .await;
+            match sent {
+                Ok(Ok(reply)) => {
+                    let code =
+                        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let mut r =
+                        json_response(code, String::from_utf8_lossy(&reply.body).into_owned());
+                    if let Some(v) = reply
+                        .retry_after
+                        .and_then(|v| HeaderValue::from_str(&v).ok())
+                    {
+                        r.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                    r
+                }
+                Ok(Err(e)) => unavailable(format!(
+                    "the shard's owner at {addr} did not answer ({e}); retry"
+                )),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        .boxed()
+    }
+
+    /// The events go to the table's topic; retries are deduplicated by the
+    /// shards (the key travels with each record); dead letters stay with
+    /// this node's writer.
+    fn append<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+        key: Option<String>,
+        events: Events,
+    ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>> {
+        async move {
+            if !events.is_empty() {
+                if let Err(e) = crate::cluster::produce(ctx, &self.cl, key.as_deref(), &events).await
+                {
+                    return Err(unavailable(format!(
+                        "the log did not acknowledge the events ({e}); retry with the same Idempotency-Key"
+                    )));
+                }
+            }
+            Ok((None, Vec::new()))
+        }
+        .boxed()
+    }
+
+    /// On the shard's owner: the actor is told to answer when the record
+    /// carrying this request's key arrives, then the event is produced; the
+    /// features are computed just before it enters the state.
+    fn serve_and_ingest<'a>(
+        &'a self,
+        app: &'a App,
+        shard: u32,
+        view: &'a str,
+        row: Row,
+        key: Option<String>,
+        started: Instant,
+    ) -> BoxFuture<'a, Response> {
+        async move {
+            let (ctx, cl) = (&app.ctx, &self.cl);
+            let key = key.unwrap_or_else(|| format!("serve-{}-{}", cl.id, unique_suffix()));
+            let Some(actor) = ctx.shard(shard) else {
+                return unavailable(format!("shard {shard} is restarting; retry"));
+            };
+            let (tx, rx) = oneshot::channel();
+            let msg = ShardMsg::ServeWhenSeen {
+                key: key.clone(),
+                view: view.to_string(),
+                reply: tx,
+            };
+            if actor.send_message(msg).is_err() {
+                return unavailable(format!("shard {shard} is restarting; retry"));
+            }
+            if let Err(e) = crate::cluster::produce(ctx, cl, Some(&key), &[(shard, row)]).await {
+                return unavailable(format!(
+                    "the log did not acknowledge the event ({e}); retry with the same Idempotency-Key"
+                ));
+            }
+            match rx.await {
+                Ok(Ok(body)) => served(ctx, started, body),
+                Ok(Err(e @ ShardError::AlreadyIngested)) => shard_error(e),
+                // the event is durably in: a retry would ingest it twice
+                Ok(Err(e)) => ingested_without_features(&e.to_string()),
+                Err(_) => ingested_without_features("its shard restarted"),
+            }
+        }
+        .boxed()
+    }
+
+    /// Opens a cluster checkpoint epoch and waits until every shard's owner
+    /// has committed a checkpoint for it.
+    fn checkpoint<'a>(
+        &'a self,
+        _ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<CheckpointReply, Response>> {
+        async move {
+            let cl = &self.cl;
+            let epoch = cl.state().epoch + 1;
+            let open = Command::OpenEpoch {
+                epoch,
+                at_ms: now_ms(),
+            };
+            match cl.cp.propose(open).await {
+                // another node opened it first: wait for that one
+                Ok(Applied::Done) | Ok(Applied::Rejected(_)) => {}
+                Err(e) => return Err(unavailable(e.to_string())),
+            }
+            let complete = wait_for(cl, Duration::from_secs(60), |st| {
+                (st.completed_epoch() >= epoch).then(|| {
+                    st.checkpoints
+                        .iter()
+                        .flatten()
+                        .map(|c| CheckpointReport {
+                            shard: c.shard,
+                            seq: c.seq,
+                            log_offset: c.offset,
+                            epoch: Some(c.epoch),
+                            owner: Some(c.owner),
+                            ..CheckpointReport::default()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+            match complete {
+                Ok(checkpoints) => Ok(CheckpointReply {
+                    epoch: Some(epoch),
+                    checkpoints,
+                }),
+                Err(st) => Err(unavailable(format!(
+                    "epoch {epoch} is not complete after 60 s (completed: {}); some shard is moving or down",
+                    st.completed_epoch()
+                ))),
+            }
+        }
+        .boxed()
+    }
+
+    /// The replicated manifest: every shard's, wherever it runs, with
+    /// everything committed so far (a read barrier: not this member's
+    /// possibly lagging copy).
+    fn segments<'a>(
+        &'a self,
+        _ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<Vec<SegmentInfo>, Response>> {
+        async move {
+            match self.cl.cp.barrier(Duration::from_secs(10)).await {
+                Ok(st) => Ok(st.segments.iter().flatten().cloned().collect()),
+                Err(e) => Err(unavailable(format!("the control plane: {e}"))),
+            }
+        }
+        .boxed()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.cl
+            .state()
+            .nodes
+            .iter()
+            .filter(|(n, info)| **n != self.cl.id && info.state != NodeState::Down)
+            .map(|(_, info)| info.addr.clone())
+            .collect()
+    }
+
+    /// The cluster's view registry, as committed so far.
+    fn current_pipeline<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<(Arc<Pipeline>, u64), Response>> {
+        async move {
+            let st = match self.cl.cp.barrier(Duration::from_secs(10)).await {
+                Ok(st) => st,
+                Err(e) => return Err(unavailable(format!("the control plane: {e}"))),
+            };
+            match crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table) {
+                Ok(Some(p)) => {
+                    let next = p.version + 1;
+                    Ok((Arc::new(p), next))
+                }
+                Ok(None) => Err(unavailable("the cluster is not initialized yet")),
+                Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            }
+        }
+        .boxed()
+    }
+
+    /// The new pipeline goes into the replicated view registry; every node
+    /// switches to it, each owner rebuilds its shards from the archive in
+    /// the object store and commits the rebuild. Returns once every shard's
+    /// committed checkpoint is built for the new views. Ingest goes on into
+    /// the log meanwhile.
+    fn apply_views<'a>(
+        &'a self,
+        _ctx: &'a Arc<NodeCtx>,
+        old: Arc<Pipeline>,
+        new: Arc<Pipeline>,
+    ) -> BoxFuture<'a, Result<(), Response>> {
+        async move {
+            let cl = &self.cl;
+            let cmd = Command::SetPipeline {
+                sql: new.sql.clone(),
+                expect_version: old.version,
+                at_ms: now_ms(),
+            };
+            match cl.cp.propose(cmd).await {
+                Ok(Applied::Done) => {}
+                Ok(Applied::Rejected(why)) => {
+                    return Err(error(StatusCode::CONFLICT, why.to_string()))
+                }
+                Err(e) => {
+                    return Err(unavailable(format!(
+                        "the control plane did not take the new pipeline ({e}); it may or may not be applied: see `lockstepctl cluster status`"
+                    )))
+                }
+            }
+            let fp = new.fingerprint();
+            let waiting = |st: &ClusterState| {
+                st.checkpoints
+                    .iter()
+                    .filter(|c| c.as_ref().is_some_and(|c| c.pipeline != fp))
+                    .count()
+            };
+            // (this member may apply the change after the leader answered)
+            let outcome = wait_for(cl, Duration::from_secs(600), |st| {
+                if st.pipeline.version > new.version {
+                    Some(Err(st.pipeline.version))
+                } else {
+                    (st.pipeline.version == new.version && waiting(st) == 0).then_some(Ok(()))
+                }
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(version)) => Err(error(
+                    StatusCode::CONFLICT,
+                    format!("another `views apply` replaced this pipeline (the cluster is at version {version})"),
+                )),
+                Err(st) => Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the new pipeline is applied, but {} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)", waiting(&st)),
+                )),
+            }
+        }
+        .boxed()
+    }
+}

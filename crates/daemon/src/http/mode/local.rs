@@ -1,0 +1,249 @@
+//! The API on a node that runs alone: every shard is here, the log is the
+//! embedded one, the pipeline is the node's file.
+#![allow(clippy::result_large_err)]
+
+use super::super::reply::*;
+use super::super::routing::all_shards;
+use super::super::App;
+use super::{Events, NodeMode, Route};
+use crate::node::{Node, NodeCtx};
+use crate::pipeline::Pipeline;
+use crate::segments::SegmentInfo;
+use crate::shard::ShardMsg;
+use crate::writer::{IngestReply, WriteReq};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lockstep_api::{CheckpointReply, CheckpointReport};
+use lockstep_core::value::Row;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+pub(crate) struct Alone;
+
+impl NodeMode for Alone {
+    fn route(&self, _ctx: &NodeCtx, _shard: u32, _headers: &HeaderMap) -> Route {
+        Route::Local
+    }
+
+    fn forward<'a>(
+        &'a self,
+        _ctx: &'a NodeCtx,
+        _addr: String,
+        _body: Option<Bytes>,
+        _uri: &'a Uri,
+        _headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Response> {
+        async {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a node alone forwards nothing",
+            )
+        }
+        .boxed()
+    }
+
+    fn append<'a>(
+        &'a self,
+        _ctx: &'a NodeCtx,
+        key: Option<String>,
+        events: Events,
+    ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>> {
+        // the writer appends them to the embedded log, with the key
+        async move { Ok((key, events)) }.boxed()
+    }
+
+    fn serve_and_ingest<'a>(
+        &'a self,
+        app: &'a App,
+        shard: u32,
+        view: &'a str,
+        row: Row,
+        key: Option<String>,
+        started: Instant,
+    ) -> BoxFuture<'a, Response> {
+        async move {
+            let ctx = &app.ctx;
+            let _gate = ctx.ingest_gate.read().await;
+            let (done, rx) = oneshot::channel();
+            let req = WriteReq {
+                idempotency_key: key,
+                events: vec![(shard, row)],
+                dead: Vec::new(),
+                reply: IngestReply {
+                    accepted: 1,
+                    ..IngestReply::default()
+                },
+                serve: Some(view.to_string()),
+                done,
+            };
+            if app.writer.send(req).await.is_err() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+            }
+            let written = match rx.await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+                Err(_) => {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
+                }
+            };
+            if written.replayed {
+                return shard_error(crate::shard::ShardError::AlreadyIngested);
+            }
+            let features = match written.features {
+                Some(f) => f
+                    .await
+                    .map_err(|_| "its shard restarted while processing it".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                None => Err("no features were computed".to_string()),
+            };
+            match features {
+                Ok(body) => served(ctx, started, body),
+                // the event is durably in: a retry would ingest it twice
+                Err(e) => ingested_without_features(&e),
+            }
+        }
+        .boxed()
+    }
+
+    fn checkpoint<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<CheckpointReply, Response>> {
+        async move {
+            let results = Node::checkpoint_all(ctx).await;
+            let errors: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+                .collect();
+            if !errors.is_empty() {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("checkpoint failed: {}", errors.join("; ")),
+                ));
+            }
+            let checkpoints = results
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|r| CheckpointReport {
+                    shard: r.shard,
+                    seq: r.seq,
+                    log_offset: r.log_offset,
+                    epoch: None,
+                    owner: None,
+                    wrote: Some(r.wrote),
+                    slots_written: Some(r.slots_written),
+                    bytes_written: Some(r.bytes_written),
+                    training_rows: Some(r.training_rows),
+                    segments: Some(r.segments),
+                    millis: Some(r.millis),
+                })
+                .collect();
+            Ok(CheckpointReply {
+                epoch: None,
+                checkpoints,
+            })
+        }
+        .boxed()
+    }
+
+    fn segments<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<Vec<SegmentInfo>, Response>> {
+        async move {
+            let all = all_shards(ctx, |reply| ShardMsg::Segments { reply }).await?;
+            Ok(all.into_iter().flatten().collect())
+        }
+        .boxed()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn current_pipeline<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<(Arc<Pipeline>, u64), Response>> {
+        async move {
+            let p = ctx.pipeline();
+            let version = p.version;
+            Ok((p, version))
+        }
+        .boxed()
+    }
+
+    /// The new SQL is written to the node's pipeline file first (so a
+    /// restart, even in the middle, runs it), ingest pauses, every shard
+    /// checkpoints, and each shard restarts under the new pipeline: its
+    /// state is rebuilt from its archive. Serving answers 503 meanwhile.
+    fn apply_views<'a>(
+        &'a self,
+        ctx: &'a Arc<NodeCtx>,
+        _old: Arc<Pipeline>,
+        new: Arc<Pipeline>,
+    ) -> BoxFuture<'a, Result<(), Response>> {
+        async move {
+            // 1. the new pipeline becomes the node's configuration
+            let path = &ctx.config.pipeline;
+            let tmp = path.with_extension("sql.applying");
+            if let Err(e) =
+                std::fs::write(&tmp, &new.sql).and_then(|()| std::fs::rename(&tmp, path))
+            {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "cannot write the node's pipeline file {}: {e}",
+                        path.display()
+                    ),
+                ));
+            }
+            // 2. no event enters until every shard runs the new pipeline
+            let _gate = ctx.ingest_gate.write().await;
+            for r in Node::checkpoint_all(ctx).await {
+                if let Err(e) = r {
+                    return Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("checkpoint before the swap failed: {e}; the new pipeline is saved and takes effect at the next restart"),
+                    ));
+                }
+            }
+            // 3. each shard restarts and rebuilds under the new pipeline
+            ctx.set_pipeline(new.clone());
+            let old_ids: Vec<Option<ractor::ActorId>> = (0..ctx.table.shards)
+                .map(|s| ctx.shard(s).map(|a| a.get_id()))
+                .collect();
+            for s in 0..ctx.table.shards {
+                if let Some(a) = ctx.shard(s) {
+                    let _ = a.send_message(ShardMsg::Stop);
+                }
+            }
+            let deadline = Instant::now() + std::time::Duration::from_secs(600);
+            loop {
+                let done = (0..ctx.table.shards).all(|s| {
+                    let now = ctx.shard(s).map(|a| a.get_id());
+                    now.is_some() && now != old_ids[s as usize]
+                });
+                if done {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    // the supervisor keeps retrying; the node's log says why
+                    return Err(error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "some shards have not finished rebuilding after 10 minutes; they keep retrying (see the node's log and /v1/status)",
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            ctx.state
+                .set_node_key("views", &new.fingerprint())
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,115 @@
+//! What the API does differently on one node and in a cluster, behind one
+//! trait; the handlers never ask which mode they run in.
+//!
+//! | | one node ([`Alone`](local::Alone)) | cluster ([`Member`](cluster::Member)) |
+//! |---|---|---|
+//! | where a shard's requests go | this node's actor | the owner's actor, one hop away; 503 while the serving lease lapsed |
+//! | ingest | the writer appends to the embedded log | produced to the topic; the writer keeps dead letters |
+//! | serve-and-ingest | through the writer, features from the actor | produced, the owner answers when the record arrives |
+//! | checkpoint now | every shard checkpoints | a checkpoint epoch, complete on every owner |
+//! | committed segments | the shards' manifests | the replicated manifest |
+//! | other nodes (compaction) | none | the live members |
+//! | views apply | pipeline file, ingest paused, shards rebuilt | the view registry in Raft, owners rebuild |
+#![allow(clippy::result_large_err)]
+
+pub(crate) mod cluster;
+pub(crate) mod local;
+
+use super::App;
+use crate::node::NodeCtx;
+use crate::pipeline::Pipeline;
+use crate::segments::SegmentInfo;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use futures::future::BoxFuture;
+use lockstep_api::CheckpointReply;
+use lockstep_core::value::Row;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a request for a shard is answered.
+pub(crate) enum Route {
+    Local,
+    Forward(String),
+    Unavailable(String),
+}
+
+/// Validated events of one ingest request, by shard.
+pub(crate) type Events = Vec<(u32, Row)>;
+
+pub(crate) trait NodeMode: Send + Sync {
+    /// Where a request for `shard` is answered.
+    fn route(&self, ctx: &NodeCtx, shard: u32, headers: &HeaderMap) -> Route;
+
+    /// Sends the request on to the node at `addr` and relays its answer.
+    fn forward<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+        addr: String,
+        body: Option<Bytes>,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Response>;
+
+    /// Puts an ingest request's events in the table's log, or leaves them
+    /// (and the request's Idempotency-Key) to the writer: what it returns
+    /// the writer appends with the request's dead letters.
+    fn append<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+        key: Option<String>,
+        events: Events,
+    ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>>;
+
+    /// Serve-and-ingest: the event's features, computed just before it
+    /// enters its shard's state, and the event ingested.
+    fn serve_and_ingest<'a>(
+        &'a self,
+        app: &'a App,
+        shard: u32,
+        view: &'a str,
+        row: Row,
+        key: Option<String>,
+        started: Instant,
+    ) -> BoxFuture<'a, Response>;
+
+    /// Checkpoints every shard now.
+    fn checkpoint<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<CheckpointReply, Response>>;
+
+    /// Every shard's committed segments.
+    fn segments<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<Vec<SegmentInfo>, Response>>;
+
+    /// The API addresses of the other live nodes.
+    fn peers(&self) -> Vec<String>;
+
+    /// The pipeline a `views apply` replaces, and the version the new one
+    /// gets.
+    fn current_pipeline<'a>(
+        &'a self,
+        ctx: &'a NodeCtx,
+    ) -> BoxFuture<'a, Result<(Arc<Pipeline>, u64), Response>>;
+
+    /// Makes `new` (its SQL is `new.sql`) the pipeline every shard runs,
+    /// rebuilding shards from their archives; answers when it is done.
+    fn apply_views<'a>(
+        &'a self,
+        ctx: &'a Arc<NodeCtx>,
+        old: Arc<Pipeline>,
+        new: Arc<Pipeline>,
+    ) -> BoxFuture<'a, Result<(), Response>>;
+}
+
+/// The mode of a node: the one place that chooses.
+pub(crate) fn for_node(ctx: &NodeCtx) -> Arc<dyn NodeMode> {
+    match &ctx.cluster {
+        Some(cl) => Arc::new(cluster::Member { cl: cl.clone() }),
+        None => Arc::new(local::Alone),
+    }
+}
