@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a backfill asks for: a view's rows replayed from the archive, with
 /// event time in `[from, to)` (ms since the epoch) when given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackfillRequest {
     pub view: String,
     #[serde(default)]
@@ -18,7 +18,7 @@ pub struct BackfillRequest {
 
 /// One shard's part of a cluster backfill (the control plane replicates
 /// the same type).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackfillPart {
     pub shard: u32,
     /// The node that replayed it.
@@ -31,7 +31,7 @@ pub struct BackfillPart {
     pub millis: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BackfillJobState {
     Running,
@@ -40,7 +40,7 @@ pub enum BackfillJobState {
 }
 
 /// A backfill job and its progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackfillJob {
     pub job: String,
     pub view: Option<String>,
@@ -59,14 +59,14 @@ pub struct BackfillJob {
 }
 
 /// `GET /v1/backfill`: running and recently finished jobs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackfillJobs {
     pub jobs: Vec<BackfillJob>,
 }
 
 /// `202` from `POST /v1/backfill?wait=false` (or a job still running after
 /// the wait): follow it with `GET /v1/backfill/{job}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackfillStarted {
     pub job: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
     Active,
@@ -11,7 +11,7 @@ pub enum MemberState {
 }
 
 /// One member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberInfo {
     pub id: u64,
     pub addr: String,
@@ -23,7 +23,7 @@ pub struct MemberInfo {
 }
 
 /// A shard's last committed checkpoint, as the control plane holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardCheckpointInfo {
     pub seq: u64,
     pub offset: u64,
@@ -37,7 +37,7 @@ pub struct ShardCheckpointInfo {
 }
 
 /// One shard of the shard map.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardEntry {
     pub shard: u32,
     pub owner: Option<u64>,
@@ -57,7 +57,7 @@ pub struct ShardEntry {
 }
 
 /// `GET /v1/cluster` (404 on a node running alone).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// The answering member.
     pub node: u64,
@@ -74,7 +74,7 @@ pub struct ClusterStatus {
 }
 
 /// `POST /v1/cluster/nodes/{node}/drain`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainReply {
     pub node: u64,
     pub state: MemberState,
@@ -82,14 +82,14 @@ pub struct DrainReply {
 }
 
 /// `POST /v1/cluster/nodes/{node}/remove`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoveReply {
     pub node: u64,
     pub removed: bool,
 }
 
 /// `POST /v1/cluster/rebalance`: the moves the coordinator makes now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RebalanceReply {
     pub planned: Vec<String>,
 }

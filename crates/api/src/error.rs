@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// The body of every error answer. `line` and `column` point into the SQL
 /// of a refused `views apply`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,7 +11,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// One refused event of an ingest request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventError {
     /// Its position in the request (0-based, blank lines not counted).
     pub index: usize,
@@ -20,7 +20,7 @@ pub struct EventError {
 
 /// The answer to an ingest request (`200`, or `400` when no event was
 /// accepted, then with `error` set).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestReply {
     pub accepted: u64,
     pub rejected: u64,
@@ -30,7 +30,7 @@ pub struct IngestReply {
 }
 
 /// A refused event, kept in the dead-letter store with its reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub at_ms: i64,
     pub table: String,
@@ -41,25 +41,27 @@ pub struct DeadLetter {
 }
 
 /// `GET /v1/tables/{table}/deadletters?limit=N`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetters {
     pub dead_letters: Vec<DeadLetter>,
 }
 
 /// The features of one (hypothetical or ingested) event: the view's output
 /// columns by name; label columns are `null` until their frames close.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Features {
+    #[schema(value_type = Object)]
     pub features: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `202` from serve-and-ingest (`?ingest=true`): the event is durably in,
 /// but its features could not be computed in time; they will be in its
 /// training row. The client must not retry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestedWithoutFeatures {
     pub ingested: bool,
     /// Always `null`.
+    #[schema(value_type = Option<Object>)]
     pub features: Option<()>,
     pub error: String,
 }

@@ -15,6 +15,7 @@ mod client;
 mod cluster;
 mod error;
 mod ingest;
+mod openapi;
 mod segments;
 mod status;
 mod views;
@@ -32,6 +33,7 @@ pub use ingest::{
     DeadLetter, DeadLetters, EventError, Features, IngestReply, IngestedWithoutFeatures,
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
 };
+pub use openapi::{openapi_json, ApiDoc};
 pub use segments::{CompactReply, CompactReport, SegmentInfo, SegmentList};
 pub use status::{CheckpointInfo, CheckpointReply, CheckpointReport, NodeStatus, ShardStatus};
 pub use views::{ApplyReply, ColumnInfo, PipelineInfo, ViewInfo, ViewList};

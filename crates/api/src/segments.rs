@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// One object of a shard's archive or output, as its manifest records it
 /// (the control plane replicates the same type).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentInfo {
     /// `raw`, `training` or `late`.
     pub kind: String,
@@ -26,13 +26,13 @@ pub struct SegmentInfo {
 }
 
 /// `GET /v1/segments?kind=&name=&shard=`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentList {
     pub segments: Vec<SegmentInfo>,
 }
 
 /// One shard's compaction.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompactReport {
     pub shard: u32,
     pub merged_groups: usize,
@@ -41,7 +41,7 @@ pub struct CompactReport {
 }
 
 /// `POST /v1/segments/compact?target_bytes=N`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompactReply {
     pub compactions: Vec<CompactReport>,
 }

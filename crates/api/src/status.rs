@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a committed checkpoint says about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointInfo {
     /// Checkpoints of this shard so far (1 for the first).
     pub seq: u64,
@@ -21,7 +21,7 @@ pub struct CheckpointInfo {
 }
 
 /// One shard as its actor sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShardStatus {
     pub shard: u32,
     /// Next log offset this shard will process.
@@ -40,7 +40,7 @@ pub struct ShardStatus {
 }
 
 /// `GET /v1/status`: the node and the shards it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     pub node_id: String,
     pub table: String,
@@ -61,7 +61,7 @@ pub struct NodeStatus {
 /// One shard's checkpoint taken on request. On one node every field is
 /// set; a cluster reports the committed checkpoint (`epoch`, `owner`) and
 /// leaves the write statistics out.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointReport {
     pub shard: u32,
     pub seq: u64,
@@ -88,7 +88,7 @@ pub struct CheckpointReport {
 
 /// `POST /v1/checkpoint`: every shard checkpointed (in a cluster: the
 /// checkpoint epoch opened, complete on every shard).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,

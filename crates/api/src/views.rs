@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ColumnInfo {
     pub name: String,
     /// The SQL type: BIGINT, DOUBLE, TEXT, BOOLEAN, TIMESTAMP, INTERVAL.
@@ -10,7 +10,7 @@ pub struct ColumnInfo {
     pub data_type: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewInfo {
     pub name: String,
     pub table: String,
@@ -20,14 +20,14 @@ pub struct ViewInfo {
 }
 
 /// `GET /v1/views`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewList {
     pub views: Vec<ViewInfo>,
 }
 
 /// `POST /v1/views` (body: the pipeline's SQL): what changed. A pipeline
 /// with the same views answers `unchanged: true` and changes nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApplyReply {
     pub applied: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -47,7 +47,7 @@ pub struct ApplyReply {
 }
 
 /// `GET /v1/pipeline`: the SQL the node runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineInfo {
     pub sql: String,
     pub table: String,

@@ -8,7 +8,7 @@ use super::App;
 use crate::clock::now_ms;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use lockstep_api::{BackfillJob, BackfillJobState, BackfillJobs, BackfillRequest, BackfillStarted};

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::shard::ShardMsg;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use lockstep_core::value::{DataType, Value};

@@ -7,7 +7,7 @@ use crate::clock::now_ms;
 use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use lockstep_core::value::Row;

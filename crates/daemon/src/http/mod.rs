@@ -1,4 +1,5 @@
-//! The HTTP API (axum). Every endpoint but `/healthz` and `/metrics` needs
+//! The HTTP API (axum). Every endpoint but `/healthz`, `/metrics` and
+//! `/v1/openapi.json` needs
 //! `Authorization: Bearer <token>`. Errors are JSON: `{"error": "..."}`.
 //! See docs/api.md.
 // Helpers return the error response itself (`Result<_, Response>`), as axum
@@ -88,6 +89,7 @@ pub fn router(node: &Node) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/tables/{table}/events", post(ingest::ingest))
         .route("/v1/tables/{table}/deadletters", get(ingest::deadletters))
         .route("/v1/views", get(views::views_list).post(views::views_apply))
@@ -134,7 +136,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/metrics" {
+    if path == "/healthz" || path == "/metrics" || path == "/v1/openapi.json" {
         return next.run(req).await;
     }
     let given = req
@@ -150,6 +152,11 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
             "missing API token: send `Authorization: Bearer <token>`",
         ),
     }
+}
+
+/// The API's OpenAPI 3 document (from `lockstep-api`'s types).
+async fn openapi() -> Response {
+    json_response(StatusCode::OK, lockstep_api::openapi_json())
 }
 
 async fn healthz() -> Response {

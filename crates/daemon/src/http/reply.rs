@@ -100,3 +100,25 @@ pub(crate) fn ingested_without_features(why: &str) -> Response {
         },
     )
 }
+
+/// The query string as `T`; a malformed one is answered `400` with a JSON
+/// error body, as every other error (axum's own rejection is plain text).
+pub(crate) struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(t)) => Ok(Query(t)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use super::routing::*;
 use super::{App, MAX_BODY_BYTES};
 use crate::shard::ShardMsg;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use lockstep_api::{CompactReply, SegmentList};
@@ -35,7 +35,7 @@ pub(crate) async fn segments(State(app): State<App>, Query(q): Query<SegmentQuer
 
 #[derive(Deserialize)]
 pub(crate) struct CompactQuery {
-    target_bytes: Option<u64>,
+    target_bytes: Option<i64>,
     /// Only the shards this node holds (what a node asks the others for).
     local: Option<bool>,
 }
@@ -47,7 +47,16 @@ pub(crate) async fn compact(
     Query(q): Query<CompactQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let target = q.target_bytes.unwrap_or(64 << 20);
+    let target = match q.target_bytes {
+        None => 64 << 20,
+        Some(t) if t >= 1 => t as u64,
+        Some(t) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("target_bytes {t}: give a size of at least 1 byte"),
+            )
+        }
+    };
     let ctx = &app.ctx;
     let mut out = match all_shards(ctx, |reply| ShardMsg::Compact {
         target_bytes: target,
@@ -91,7 +100,8 @@ pub(crate) async fn compact(
 pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> Response {
     let p = match object_store::path::Path::parse(&path) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad object path: {e}")),
+        // no object has a name that is not a valid path
+        Err(_) => return error(StatusCode::NOT_FOUND, format!("no object `{path}`")),
     };
     let got = object_store::ObjectStoreExt::get(app.ctx.objects.as_ref(), &p).await;
     match got {
