@@ -20,6 +20,12 @@ macro_rules! outln {
     ($out:expr, $($arg:tt)*) => { writeln!($out, $($arg)*).map_err(anyhow::Error::from)? };
 }
 
+mod cluster;
+mod export;
+mod segments;
+mod status;
+mod views;
+
 #[derive(Parser)]
 #[command(name = "lockstepctl", version, about = "Admin CLI for lockstepd")]
 pub struct Cli {
@@ -42,7 +48,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+pub(crate) enum Cmd {
     /// Node summary: table, views, events, lag, last checkpoint.
     Status,
     /// Per-shard offsets, lag, watermark and last checkpoint (in a cluster:
@@ -109,7 +115,7 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
-enum ClusterCmd {
+pub(crate) enum ClusterCmd {
     /// Leader, term, checkpoint epochs and the members.
     Status,
     /// Backfill jobs (running and recently finished), or one job's shards.
@@ -117,7 +123,7 @@ enum ClusterCmd {
 }
 
 #[derive(Subcommand)]
-enum NodesCmd {
+pub(crate) enum NodesCmd {
     List,
     /// Graceful leave: the node's shards move away (each with a last
     /// checkpoint); it then owns none and can be stopped.
@@ -135,7 +141,7 @@ enum NodesCmd {
 }
 
 #[derive(Subcommand)]
-enum ViewsCmd {
+pub(crate) enum ViewsCmd {
     List,
     /// Replaces the node's pipeline (same table): shards rebuild from the
     /// archive; new and changed views get their whole training history.
@@ -145,19 +151,19 @@ enum ViewsCmd {
 }
 
 #[derive(Subcommand)]
-enum FeaturesCmd {
+pub(crate) enum FeaturesCmd {
     /// Features of a hypothetical event for KEY now.
     Get { view: String, key: String },
 }
 
 #[derive(Subcommand)]
-enum CheckpointCmd {
+pub(crate) enum CheckpointCmd {
     /// Checkpoints every shard now.
     Now,
 }
 
 #[derive(Subcommand)]
-enum SegmentsCmd {
+pub(crate) enum SegmentsCmd {
     List {
         /// raw, training or late.
         #[arg(long)]
@@ -173,7 +179,7 @@ enum SegmentsCmd {
     },
 }
 
-fn print_nodes(out: &mut dyn Write, v: &Json) -> Result<()> {
+pub(crate) fn print_nodes(out: &mut dyn Write, v: &Json) -> Result<()> {
     let rows = v["nodes"]
         .as_array()
         .cloned()
@@ -203,7 +209,7 @@ fn print_nodes(out: &mut dyn Write, v: &Json) -> Result<()> {
 }
 
 /// `/v1/cluster` of the node, or `None` for a node running alone.
-fn cluster_view(c: &Client) -> Result<Option<Json>> {
+pub(crate) fn cluster_view(c: &Client) -> Result<Option<Json>> {
     let r = c.request("GET", "/v1/cluster", None, &[])?;
     match r.status {
         200 => Ok(Some(r.json())),
@@ -217,7 +223,7 @@ fn cluster_view(c: &Client) -> Result<Option<Json>> {
 
 /// Every shard with its owner's offset, partition end and lag (asked of
 /// each owner; `-` where an owner does not answer).
-fn cluster_shards(token: &str, v: &Json) -> Vec<Json> {
+pub(crate) fn cluster_shards(token: &str, v: &Json) -> Vec<Json> {
     let mut shards = v["shards"].as_array().cloned().unwrap_or_default();
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
     for n in nodes {
@@ -263,7 +269,11 @@ where
     run(cli, out)
 }
 
-fn print_table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Result<()> {
+pub(crate) fn print_table(
+    out: &mut dyn Write,
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+) -> Result<()> {
     let mut width: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -285,7 +295,7 @@ fn print_table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) ->
     Ok(())
 }
 
-fn s(v: &Json) -> String {
+pub(crate) fn s(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
         Json::Null => "-".into(),
@@ -293,7 +303,7 @@ fn s(v: &Json) -> String {
     }
 }
 
-fn parse_time(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
+pub(crate) fn parse_time(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
     match v {
         None => Ok(None),
         Some(t) => match lockstep_core::time::parse_timestamp(t) {
@@ -303,575 +313,49 @@ fn parse_time(flag: &str, v: &Option<String>) -> Result<Option<i64>> {
     }
 }
 
+/// What every command needs: the client, the token (to ask other nodes)
+/// and the output format.
+pub(crate) struct Ctx {
+    pub(crate) c: Client,
+    pub(crate) token: String,
+    pub(crate) json: bool,
+}
+
+/// Prints JSON, pretty.
+pub(crate) fn show(out: &mut dyn Write, v: &Json) -> Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+/// Runs one parsed command line, writing its output to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let token = cli
         .token
         .clone()
         .context("no API token: pass --token or set LOCKSTEP_TOKEN")?;
-    let c = Client::new(&cli.addr, &token);
-    let json = cli.json;
-    let show = |out: &mut dyn Write, v: &Json| -> Result<()> {
-        writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
-        Ok(())
+    let ctx = Ctx {
+        c: Client::new(&cli.addr, &token),
+        token,
+        json: cli.json,
     };
     match cli.cmd {
-        Cmd::Status => {
-            let v = c.get_json("/v1/status")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let keys = [
-                    "node_id",
-                    "table",
-                    "views",
-                    "shard_count",
-                    "events",
-                    "lag",
-                    "late",
-                    "dead_letters",
-                    "last_checkpoint",
-                    "object_store",
-                    "data_dir",
-                    "uptime_seconds",
-                ];
-                for k in keys {
-                    let val = match &v[k] {
-                        Json::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(", "),
-                        x => s(x),
-                    };
-                    outln!(out, "{k:<16} {val}");
-                }
-            }
-        }
-        Cmd::Cluster {
-            cmd: ClusterCmd::Status,
-        } => {
-            let v = c.get_json("/v1/cluster")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                for k in [
-                    "table",
-                    "shard_count",
-                    "leader",
-                    "term",
-                    "epoch",
-                    "completed_epoch",
-                ] {
-                    outln!(out, "{k:<16} {}", s(&v[k]));
-                }
-                outln!(out);
-                print_nodes(out, &v)?;
-            }
-        }
-        Cmd::Cluster {
-            cmd: ClusterCmd::Backfills { job },
-        } => {
-            let v = match &job {
-                Some(j) => c.get_json(&format!("/v1/backfill/{j}"))?,
-                None => c.get_json("/v1/backfill")?,
-            };
-            if json {
-                show(out, &v)?;
-            } else if job.is_some() {
-                for k in ["job", "view", "state", "done", "total", "error"] {
-                    outln!(out, "{k:<12} {}", s(&v[k]));
-                }
-                outln!(out);
-                outln!(
-                    out,
-                    "{:>5}  {:>5}  {:>10}  {:>10}  {:>9}  object",
-                    "shard",
-                    "node",
-                    "events",
-                    "rows",
-                    "millis"
-                );
-                for p in v["shards"].as_array().into_iter().flatten() {
-                    outln!(
-                        out,
-                        "{:>5}  {:>5}  {:>10}  {:>10}  {:>9.1}  {}",
-                        s(&p["shard"]),
-                        s(&p["node"]),
-                        s(&p["events"]),
-                        s(&p["rows"]),
-                        p["millis"].as_f64().unwrap_or(0.0),
-                        s(&p["path"])
-                    );
-                }
-            } else {
-                outln!(
-                    out,
-                    "{:<24}  {:<20}  {:<8}  {:>9}",
-                    "job",
-                    "view",
-                    "state",
-                    "shards"
-                );
-                for j in v["jobs"].as_array().into_iter().flatten() {
-                    outln!(
-                        out,
-                        "{:<24}  {:<20}  {:<8}  {:>4}/{:<4}",
-                        s(&j["job"]),
-                        s(&j["view"]),
-                        s(&j["state"]),
-                        s(&j["done"]),
-                        s(&j["total"])
-                    );
-                }
-            }
-        }
-        Cmd::Nodes {
-            cmd: NodesCmd::List,
-        } => {
-            let v = c.get_json("/v1/cluster")?;
-            if json {
-                show(out, &v["nodes"])?;
-            } else {
-                print_nodes(out, &v)?;
-            }
-        }
-        Cmd::Nodes {
-            cmd: NodesCmd::Remove { node },
-        } => {
-            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/remove"), b"")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                outln!(
-                    out,
-                    "node {} removed from the cluster; its shards are reassigned",
-                    s(&v["node"])
-                );
-            }
-        }
-        Cmd::Nodes {
-            cmd: NodesCmd::Drain { node },
-        } => {
-            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/drain"), b"")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                outln!(out,
-                    "node {} is draining: {} shards move away, one last checkpoint each; watch `lockstepctl shards`",
-                    s(&v["node"]),
-                    s(&v["shards_to_move"])
-                );
-            }
-        }
-        Cmd::Rebalance => {
-            let v = c.post_json("/v1/cluster/rebalance", b"")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let moves = v["planned"].as_array().cloned().unwrap_or_default();
-                if moves.is_empty() {
-                    outln!(out, "balanced: no moves");
-                }
-                for m in moves {
-                    outln!(out, "{}", s(&m));
-                }
-            }
-        }
-        Cmd::Checkpoints => {
-            let v = c.get_json("/v1/cluster")?;
-            if json {
-                show(
-                    out,
-                    &json!({
-                        "epoch": v["epoch"],
-                        "completed_epoch": v["completed_epoch"],
-                        "checkpoints": v["shards"].as_array().cloned().unwrap_or_default().iter().map(|s| json!({"shard": s["shard"], "checkpoint": s["checkpoint"]})).collect::<Vec<_>>(),
-                    }),
-                )?;
-            } else {
-                outln!(
-                    out,
-                    "epoch {} opened; epoch {} complete on every shard\n",
-                    s(&v["epoch"]),
-                    s(&v["completed_epoch"])
-                );
-                let rows = v["shards"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|sh| {
-                        let c = &sh["checkpoint"];
-                        vec![
-                            s(&sh["shard"]),
-                            s(&c["seq"]),
-                            s(&c["epoch"]),
-                            s(&c["offset"]),
-                            s(&c["owner"]),
-                            s(&c["owner_epoch"]),
-                            s(&c["snapshot_objects"]),
-                            s(&c["digest"]),
-                            s(&c["at"]),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    out,
-                    &[
-                        "shard", "seq", "epoch", "offset", "owner", "owner_ep", "objects",
-                        "digest", "at",
-                    ],
-                    rows,
-                )?;
-            }
-        }
-        Cmd::Shards if cluster_view(&c)?.is_some() => {
-            let v = cluster_view(&c)?.expect("checked");
-            let shards = cluster_shards(&token, &v);
-            if json {
-                show(out, &Json::Array(shards))?;
-            } else {
-                let rows = shards
-                    .iter()
-                    .map(|sh| {
-                        vec![
-                            s(&sh["shard"]),
-                            s(&sh["owner"]),
-                            s(&sh["owner_epoch"]),
-                            s(&sh["moving_to"]),
-                            s(&sh["processed"]),
-                            s(&sh["end"]),
-                            s(&sh["lag"]),
-                            s(&sh["checkpoint"]["seq"]),
-                            s(&sh["checkpoint"]["offset"]),
-                            s(&sh["checkpoint"]["at"]),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    out,
-                    &[
-                        "shard",
-                        "owner",
-                        "epoch",
-                        "moving_to",
-                        "offset",
-                        "end",
-                        "lag",
-                        "ckpt",
-                        "ckpt_offset",
-                        "ckpt_at",
-                    ],
-                    rows,
-                )?;
-            }
-        }
-        Cmd::Shards => {
-            let v = c.get_json("/v1/status")?;
-            if json {
-                show(out, &v["shards"])?;
-            } else {
-                let rows = v["shards"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|sh| {
-                        vec![
-                            s(&sh["shard"]),
-                            s(&sh["offset"]),
-                            s(&sh["log_end"]),
-                            s(&sh["lag"]),
-                            s(&sh["events"]),
-                            s(&sh["late"]),
-                            s(&sh["watermark"]),
-                            s(&sh["last_checkpoint"]["seq"]),
-                            s(&sh["last_checkpoint"]["log_offset"]),
-                            s(&sh["restarts"]),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    out,
-                    &[
-                        "shard",
-                        "offset",
-                        "log_end",
-                        "lag",
-                        "events",
-                        "late",
-                        "watermark",
-                        "ckpt",
-                        "ckpt_offset",
-                        "restarts",
-                    ],
-                    rows,
-                )?;
-            }
-        }
-        Cmd::Views {
-            cmd: ViewsCmd::List,
-        } => {
-            let v = c.get_json("/v1/views")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let rows = v["views"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|vw| {
-                        let cols: Vec<String> = vw["columns"]
-                            .as_array()
-                            .map(|a| a.iter().map(|c| s(&c["name"])).collect())
-                            .unwrap_or_default();
-                        let labels: Vec<String> = vw["labels"]
-                            .as_array()
-                            .map(|a| a.iter().map(s).collect())
-                            .unwrap_or_default();
-                        vec![
-                            s(&vw["name"]),
-                            s(&vw["table"]),
-                            cols.join(","),
-                            labels.join(","),
-                        ]
-                    })
-                    .collect();
-                print_table(out, &["view", "table", "columns", "labels"], rows)?;
-            }
-        }
-        Cmd::Views {
-            cmd: ViewsCmd::Apply { file },
-        } => {
-            let sql =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let r = c.request("POST", "/v1/views", Some(&sql), &[])?;
-            let v = r.json();
-            if r.status == 400 {
-                bail!(
-                    "{}:{}:{}: {}",
-                    file.display(),
-                    s(&v["line"]),
-                    s(&v["column"]),
-                    s(&v["error"])
-                );
-            }
-            if json || r.status != 200 {
-                show(out, &v)?;
-            } else if v["unchanged"] == true {
-                outln!(
-                    out,
-                    "{} is what the node runs (views: {})",
-                    file.display(),
-                    s(&v["views"])
-                );
-            } else {
-                outln!(out,
-                    "applied {}: views {}; added {}, changed {}, removed {}; shards rebuilt from the archive in {} ms",
-                    file.display(),
-                    s(&v["views"]),
-                    s(&v["added"]),
-                    s(&v["changed"]),
-                    s(&v["removed"]),
-                    s(&v["millis"])
-                );
-            }
-            if r.status != 200 {
-                bail!("not applied");
-            }
-        }
-        Cmd::Features {
-            cmd: FeaturesCmd::Get { view, key },
-        } => {
-            let v = c.get_json(&format!("/v1/views/{view}/keys/{key}"))?;
-            if json {
-                show(out, &v)?;
-            } else if let Some(m) = v["features"].as_object() {
-                for (k, val) in m {
-                    outln!(out, "{k:<24} {}", s(val));
-                }
-            }
-        }
-        Cmd::Checkpoint {
-            cmd: CheckpointCmd::Now,
-        } => {
-            let v = c.post_json("/v1/checkpoint", b"")?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let rows = v["checkpoints"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            s(&r["shard"]),
-                            s(&r["seq"]),
-                            s(&r["log_offset"]),
-                            s(&r["wrote"]),
-                            s(&r["slots_written"]),
-                            s(&r["bytes_written"]),
-                            s(&r["training_rows"]),
-                            format!("{:.1}", r["millis"].as_f64().unwrap_or(0.0)),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    out,
-                    &[
-                        "shard",
-                        "seq",
-                        "offset",
-                        "wrote",
-                        "slots",
-                        "bytes",
-                        "training_rows",
-                        "ms",
-                    ],
-                    rows,
-                )?;
-            }
-        }
-        Cmd::Segments {
-            cmd: SegmentsCmd::List { kind, name },
-        } => {
-            let mut q = Vec::new();
-            if let Some(k) = kind {
-                q.push(format!("kind={k}"));
-            }
-            if let Some(n) = name {
-                q.push(format!("name={n}"));
-            }
-            let v = c.get_json(&format!("/v1/segments?{}", q.join("&")))?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let fmt_t = |x: &Json| match x.as_i64() {
-                    Some(t) if t != i64::MIN && t != i64::MAX => {
-                        lockstep_core::time::format_rfc3339_ms(t)
-                    }
-                    _ => "-".into(),
-                };
-                let rows = v["segments"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            s(&g["kind"]),
-                            s(&g["name"]),
-                            s(&g["shard"]),
-                            format!("{}..{}", s(&g["from_offset"]), s(&g["to_offset"])),
-                            fmt_t(&g["min_time"]),
-                            fmt_t(&g["max_time"]),
-                            s(&g["rows"]),
-                            s(&g["bytes"]),
-                            format!("{:08x}", g["crc32"].as_u64().unwrap_or(0)),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    out,
-                    &[
-                        "kind", "name", "shard", "offsets", "min_time", "max_time", "rows",
-                        "bytes", "crc32",
-                    ],
-                    rows,
-                )?;
-            }
-        }
-        Cmd::Segments {
-            cmd: SegmentsCmd::Compact { target_bytes },
-        } => {
-            let v = c.post_json(
-                &format!("/v1/segments/compact?target_bytes={target_bytes}"),
-                b"",
-            )?;
-            if json {
-                show(out, &v)?;
-            } else {
-                let rows = v["compactions"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            s(&r["shard"]),
-                            s(&r["merged_groups"]),
-                            s(&r["segments_before"]),
-                            s(&r["segments_after"]),
-                        ]
-                    })
-                    .collect();
-                print_table(out, &["shard", "merged", "before", "after"], rows)?;
-            }
-        }
-        Cmd::Export { view, out: path } => {
-            let r = offline::export(&c, &view, &path)?;
-            if json {
-                show(out, &serde_json::to_value(&r)?)?;
-            } else {
-                outln!(
-                    out,
-                    "wrote {} committed rows of `{view}` from {} segments to {}",
-                    r.rows,
-                    r.segments,
-                    path.display()
-                );
-            }
-        }
+        Cmd::Status => status::status(&ctx, out),
+        Cmd::Shards => status::shards(&ctx, out),
+        Cmd::Cluster { cmd } => cluster::cluster(cmd, &ctx, out),
+        Cmd::Nodes { cmd } => cluster::nodes(cmd, &ctx, out),
+        Cmd::Rebalance => cluster::rebalance(&ctx, out),
+        Cmd::Checkpoints => cluster::checkpoints(&ctx, out),
+        Cmd::Views { cmd } => views::views(cmd, &ctx, out),
+        Cmd::Features { cmd } => views::features(cmd, &ctx, out),
+        Cmd::Checkpoint { cmd } => segments::checkpoint(cmd, &ctx, out),
+        Cmd::Segments { cmd } => segments::segments(cmd, &ctx, out),
+        Cmd::Export { view, out: path } => export::export(&ctx, view, path, out),
         Cmd::Backfill {
             view,
             from,
             to,
             sql,
             out: path,
-        } => {
-            let (from, to) = (parse_time("from", &from)?, parse_time("to", &to)?);
-            let sql = match &sql {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?,
-                ),
-                None => None,
-            };
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} backfill [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-                )
-                .expect("progress template")
-                .progress_chars("=> "),
-            );
-            if json {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let r = offline::backfill_with(
-                &c,
-                sql.as_deref(),
-                &view,
-                from,
-                to,
-                &path,
-                &mut |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
-            )?;
-            bar.finish_and_clear();
-            if json {
-                show(out, &serde_json::to_value(&r)?)?;
-            } else {
-                outln!(
-                    out,
-                    "replayed {} events from {} segments; wrote {} rows of `{view}` to {}",
-                    r.events,
-                    r.segments,
-                    r.rows,
-                    path.display()
-                );
-            }
-        }
+        } => export::backfill(&ctx, (view, from, to, sql, path), out),
     }
-    Ok(())
 }

@@ -1,0 +1,190 @@
+//! `lockstepctl cluster`, `nodes`, `rebalance` and `checkpoints`.
+
+use crate::*;
+
+pub(crate) fn cluster(cmd: ClusterCmd, ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
+    let (c, json) = (&ctx.c, ctx.json);
+    match cmd {
+        ClusterCmd::Status => {
+            let v = c.get_json("/v1/cluster")?;
+            if json {
+                show(out, &v)?;
+            } else {
+                for k in [
+                    "table",
+                    "shard_count",
+                    "leader",
+                    "term",
+                    "epoch",
+                    "completed_epoch",
+                ] {
+                    outln!(out, "{k:<16} {}", s(&v[k]));
+                }
+                outln!(out);
+                print_nodes(out, &v)?;
+            }
+        }
+        ClusterCmd::Backfills { job } => {
+            let v = match &job {
+                Some(j) => c.get_json(&format!("/v1/backfill/{j}"))?,
+                None => c.get_json("/v1/backfill")?,
+            };
+            if json {
+                show(out, &v)?;
+            } else if job.is_some() {
+                for k in ["job", "view", "state", "done", "total", "error"] {
+                    outln!(out, "{k:<12} {}", s(&v[k]));
+                }
+                outln!(out);
+                outln!(
+                    out,
+                    "{:>5}  {:>5}  {:>10}  {:>10}  {:>9}  object",
+                    "shard",
+                    "node",
+                    "events",
+                    "rows",
+                    "millis"
+                );
+                for p in v["shards"].as_array().into_iter().flatten() {
+                    outln!(
+                        out,
+                        "{:>5}  {:>5}  {:>10}  {:>10}  {:>9.1}  {}",
+                        s(&p["shard"]),
+                        s(&p["node"]),
+                        s(&p["events"]),
+                        s(&p["rows"]),
+                        p["millis"].as_f64().unwrap_or(0.0),
+                        s(&p["path"])
+                    );
+                }
+            } else {
+                outln!(
+                    out,
+                    "{:<24}  {:<20}  {:<8}  {:>9}",
+                    "job",
+                    "view",
+                    "state",
+                    "shards"
+                );
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    outln!(
+                        out,
+                        "{:<24}  {:<20}  {:<8}  {:>4}/{:<4}",
+                        s(&j["job"]),
+                        s(&j["view"]),
+                        s(&j["state"]),
+                        s(&j["done"]),
+                        s(&j["total"])
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn nodes(cmd: NodesCmd, ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
+    let (c, json) = (&ctx.c, ctx.json);
+    match cmd {
+        NodesCmd::List => {
+            let v = c.get_json("/v1/cluster")?;
+            if json {
+                show(out, &v["nodes"])?;
+            } else {
+                print_nodes(out, &v)?;
+            }
+        }
+        NodesCmd::Remove { node } => {
+            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/remove"), b"")?;
+            if json {
+                show(out, &v)?;
+            } else {
+                outln!(
+                    out,
+                    "node {} removed from the cluster; its shards are reassigned",
+                    s(&v["node"])
+                );
+            }
+        }
+        NodesCmd::Drain { node } => {
+            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/drain"), b"")?;
+            if json {
+                show(out, &v)?;
+            } else {
+                outln!(out,
+                    "node {} is draining: {} shards move away, one last checkpoint each; watch `lockstepctl shards`",
+                    s(&v["node"]),
+                    s(&v["shards_to_move"])
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn rebalance(ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
+    let (c, json) = (&ctx.c, ctx.json);
+    let v = c.post_json("/v1/cluster/rebalance", b"")?;
+    if json {
+        show(out, &v)?;
+    } else {
+        let moves = v["planned"].as_array().cloned().unwrap_or_default();
+        if moves.is_empty() {
+            outln!(out, "balanced: no moves");
+        }
+        for m in moves {
+            outln!(out, "{}", s(&m));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn checkpoints(ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
+    let (c, json) = (&ctx.c, ctx.json);
+    let v = c.get_json("/v1/cluster")?;
+    if json {
+        show(
+            out,
+            &json!({
+                "epoch": v["epoch"],
+                "completed_epoch": v["completed_epoch"],
+                "checkpoints": v["shards"].as_array().cloned().unwrap_or_default().iter().map(|s| json!({"shard": s["shard"], "checkpoint": s["checkpoint"]})).collect::<Vec<_>>(),
+            }),
+        )?;
+    } else {
+        outln!(
+            out,
+            "epoch {} opened; epoch {} complete on every shard\n",
+            s(&v["epoch"]),
+            s(&v["completed_epoch"])
+        );
+        let rows = v["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|sh| {
+                let c = &sh["checkpoint"];
+                vec![
+                    s(&sh["shard"]),
+                    s(&c["seq"]),
+                    s(&c["epoch"]),
+                    s(&c["offset"]),
+                    s(&c["owner"]),
+                    s(&c["owner_epoch"]),
+                    s(&c["snapshot_objects"]),
+                    s(&c["digest"]),
+                    s(&c["at"]),
+                ]
+            })
+            .collect();
+        print_table(
+            out,
+            &[
+                "shard", "seq", "epoch", "offset", "owner", "owner_ep", "objects", "digest", "at",
+            ],
+            rows,
+        )?;
+    }
+    Ok(())
+}
