@@ -1,0 +1,119 @@
+//! A cluster shard's input: its partition's records, deduplicated,
+//! validated and framed for the archive as they arrive.
+use crate::cluster::IdemEntry;
+use crate::shard::ShardError;
+use crate::shard::ShardWorker;
+use lockstep_log::kafka::KafkaRecord;
+use std::sync::atomic::Ordering;
+
+use super::ClusterShard;
+
+impl ClusterShard {
+    /// Applies records of the partition: deduplicated by Idempotency-Key and
+    /// event id, decoded (lockstep's bincode rows, or JSON from other
+    /// producers) and checked; malformed ones become dead letters of this
+    /// checkpoint.
+    pub(super) fn read_records(
+        &mut self,
+        w: &mut ShardWorker,
+        recs: Vec<KafkaRecord>,
+    ) -> Result<(), ShardError> {
+        if self.handing_off {
+            return Ok(()); // the next owner reads them from the last checkpoint
+        }
+        let table = w.ctx.table.clone();
+        for r in recs {
+            if r.offset < w.next_offset {
+                continue;
+            }
+            if let Some(t) = r.timestamp_ms {
+                self.clock_ms = self.clock_ms.max(t);
+            }
+            if let Some((key, i)) = &r.idempotency {
+                let at = r.timestamp_ms.unwrap_or(self.clock_ms);
+                let e = self.idem.entry(key.clone()).or_insert_with(|| IdemEntry {
+                    at_ms: at,
+                    ranges: Vec::new(),
+                });
+                if !e.insert(*i) {
+                    // a retry of a request already applied: skip it
+                    if let Some((_, reply)) = self.waiters.remove(key) {
+                        let _ = reply.send(Err(ShardError::AlreadyIngested));
+                    }
+                    w.next_offset = r.offset + 1;
+                    continue;
+                }
+            }
+            let row = if r.bincode {
+                lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())
+            } else {
+                std::str::from_utf8(&r.value)
+                    .map_err(|e| format!("not UTF-8: {e}"))
+                    .and_then(|t| self.parser.parse(t.trim()))
+                    .and_then(|row| table.validate(&row).map(|()| row).map_err(|e| e.to_string()))
+            }
+            .and_then(|row| match table.shard_of(&row) {
+                s if s == w.shard => Ok(row),
+                s => Err(format!(
+                    "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
+                    w.shard
+                )),
+            });
+            // a producer-supplied event id seen before: a duplicate delivery
+            let row = row.map(|row| {
+                let dup = table.event_id.is_some_and(|col| {
+                    let at = r.timestamp_ms.unwrap_or(self.clock_ms);
+                    match self
+                        .event_ids
+                        .entry(crate::cluster::event_id_hash(&row[col]))
+                    {
+                        std::collections::hash_map::Entry::Occupied(_) => true,
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(at);
+                            false
+                        }
+                    }
+                });
+                (row, dup)
+            });
+            match row {
+                Ok((_, true)) => {
+                    w.ctx.metrics.duplicates.inc();
+                    w.next_offset = r.offset + 1;
+                }
+                Ok((row, false)) => {
+                    if r.bincode {
+                        self.rows
+                            .framed
+                            .extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+                        self.rows.framed.extend_from_slice(&r.value);
+                    } else {
+                        let b = lockstep_io::raw::encode_event(&row);
+                        self.rows
+                            .framed
+                            .extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        self.rows.framed.extend_from_slice(&b);
+                    }
+                    self.rows.count += 1;
+                    if let Some((key, 0)) = &r.idempotency {
+                        if let Some((view, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(w.serve(&view, &row));
+                        }
+                    }
+                    w.apply(r.offset, &row);
+                }
+                Err(reason) => {
+                    w.ctx.metrics.dead_letters.inc();
+                    self.rows.dead.push((
+                        r.offset,
+                        reason,
+                        String::from_utf8_lossy(&r.value).into_owned(),
+                    ));
+                    w.next_offset = r.offset + 1;
+                }
+            }
+        }
+        w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! The shard worker in a cluster: it restores from the checkpoint the
+//! control plane committed, reads its Kafka partition, deduplicates retried
+//! ingest by Idempotency-Key in its checkpointed state, and commits each
+//! checkpoint through the control plane under its owner epoch.
+//!
+//! A commit whose outcome is unknown (the proposal's answer was lost) is
+//! settled by restarting the shard from whatever the control plane holds:
+//! the committed manifest is the truth, and the rows of an uncommitted
+//! checkpoint are made again by replaying the partition from its offset.
+use object_store::ObjectStore;
+
+use super::checkpoint::Saved;
+use super::mode::{Committer, ShardMode, SourceRows};
+use super::{Reply, ShardError, ShardMsg, ShardWorker};
+use crate::cluster::{ClusterCtx, IdemEntry};
+use crate::segments::SegmentInfo;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lockstep_cluster::state::SnapshotPart;
+use lockstep_core::value::Row;
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::cluster::spawn_fetcher;
+use lockstep_cluster::state::{Command, Response};
+use lockstep_log::kafka::KafkaRecord;
+use std::sync::atomic::AtomicBool;
+
+/// A snapshot chain this long is replaced by a full snapshot.
+const MAX_CHAIN: usize = 8;
+
+/// What a shard keeps in cluster mode.
+pub struct ClusterShard {
+    pub(super) ctx: Arc<ClusterCtx>,
+    /// The owner epoch this actor holds the shard under.
+    owner_epoch: u64,
+    /// Seen Idempotency-Keys (checkpointed with the state).
+    idem: HashMap<String, IdemEntry>,
+    /// Seen producer-supplied event ids (tables with `event_id`), hashed,
+    /// with the record time they were first seen (checkpointed).
+    event_ids: HashMap<u128, i64>,
+    /// The partition's records since the last checkpoint, framed as the
+    /// archive stores them, and malformed ones.
+    rows: SourceRows,
+    /// The committed checkpoint's snapshot objects.
+    chain: Vec<SnapshotPart>,
+    waiters: HashMap<String, (String, Reply<String>)>,
+    parser: lockstep_io::JsonEventParser,
+    fetch_stop: Option<Arc<AtomicBool>>,
+    pub(super) handing_off: bool,
+    /// Latest record timestamp seen (expires idempotency keys).
+    clock_ms: i64,
+    /// The cluster epoch of the last committed checkpoint.
+    pub(super) last_epoch: u64,
+    /// The hand-off proposal is running (at most one).
+    handoff_sent: bool,
+}
+
+impl Drop for ClusterShard {
+    /// The fetcher stops with the shard's state, however the actor ended
+    /// (ractor skips `post_stop` when a handler fails).
+    fn drop(&mut self) {
+        if let Some(stop) = self.fetch_stop.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the local cache keeps beside the state: seen Idempotency-Keys and
+/// event ids.
+type Dedup = (Vec<(String, IdemEntry)>, Vec<(u128, i64)>);
+
+/// A state delta's slots as a snapshot object holds them.
+fn snapshot_slots(delta: &crate::store::EncodedDelta) -> Vec<((u32, u32, u32), Vec<u8>)> {
+    delta
+        .slots
+        .iter()
+        .map(|(k, v)| ((k.view, k.group, k.slot), v.clone()))
+        .collect()
+}
+
+fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
+    bincode::serde::encode_to_vec((idem, ids), bincode::config::standard()).expect("keys encode")
+}
+
+/// Seen Idempotency-Keys and event ids, as a shard holds them.
+type Seen = (HashMap<String, IdemEntry>, HashMap<u128, i64>);
+
+fn decode_dedup(b: &[u8]) -> Result<Seen, ShardError> {
+    let ((idem, ids), _): (Dedup, _) =
+        bincode::serde::decode_from_slice(b, bincode::config::standard())
+            .map_err(|e| ShardError::Internal(format!("stored idempotency keys: {e}")))?;
+    Ok((idem.into_iter().collect(), ids.into_iter().collect()))
+}
+
+impl ClusterShard {
+    fn new(ctx: Arc<ClusterCtx>, owner_epoch: u64, table: &lockstep_core::Table) -> ClusterShard {
+        ClusterShard {
+            ctx,
+            owner_epoch,
+            idem: HashMap::new(),
+            event_ids: HashMap::new(),
+            rows: SourceRows::default(),
+            chain: Vec::new(),
+            waiters: HashMap::new(),
+            parser: lockstep_io::JsonEventParser::new(&table.schema),
+            fetch_stop: None,
+            handing_off: false,
+            clock_ms: i64::MIN,
+            last_epoch: 0,
+            handoff_sent: false,
+        }
+    }
+
+    /// Names a compaction's merged object: the owner epoch and a nonce.
+    fn new_compaction_tag(&self) -> String {
+        use std::hash::BuildHasher;
+        let nonce = std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), self.owner_epoch)) as u32;
+        format!("e{}-c{nonce:08x}", self.owner_epoch)
+    }
+
+    /// Swaps compacted segments in the replicated manifest, under this
+    /// owner's epoch.
+    async fn swap_in_manifest(
+        &self,
+        shard: u32,
+        remove: &[SegmentInfo],
+        merged: &SegmentInfo,
+    ) -> Result<(), ShardError> {
+        let cmd = Command::SwapSegments {
+            shard,
+            owner: self.ctx.id,
+            owner_epoch: self.owner_epoch,
+            remove: remove.to_vec(),
+            add: vec![merged.clone()],
+        };
+        match self.ctx.cp.propose(cmd).await {
+            Ok(Response::Done) => Ok(()),
+            Ok(Response::Rejected(why)) => Err(ShardError::Internal(format!("compaction of shard {shard} refused: {why}"))),
+            Err(e) => Err(ShardError::Internal(format!(
+                "compaction of shard {shard}: the control plane did not answer ({e}); the old segments stay"
+            ))),
+        }
+    }
+
+    fn job(&self, full: bool) -> ClusterJob {
+        use std::hash::BuildHasher;
+        // RandomState is seeded from the OS's randomness
+        let nonce = std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), self.owner_epoch)) as u32;
+        ClusterJob {
+            nonce,
+            ctx: self.ctx.clone(),
+            owner_epoch: self.owner_epoch,
+            epoch: self.ctx.state().epoch,
+            full,
+            chain: self.chain.clone(),
+            idem: self
+                .idem
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            event_ids: self.event_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+
+    /// A checkpoint committed with `chain`: snapshot objects it no longer
+    /// lists (replaced by a full snapshot) are deleted.
+    fn note_committed(
+        &mut self,
+        chain: Vec<SnapshotPart>,
+        epoch: u64,
+        objects: Arc<dyn ObjectStore>,
+    ) {
+        self.last_epoch = self.last_epoch.max(epoch);
+        let dropped: Vec<SnapshotPart> = self
+            .chain
+            .iter()
+            .filter(|p| !chain.contains(p))
+            .cloned()
+            .collect();
+        self.chain = chain;
+        if !dropped.is_empty() {
+            tokio::spawn(async move {
+                for p in dropped {
+                    let path = object_store::path::Path::from(p.path.as_str());
+                    let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &path).await;
+                }
+            });
+        }
+    }
+}
+
+impl ShardMode for ClusterShard {
+    fn start_reading(&mut self, w: &ShardWorker, me: &ActorRef<ShardMsg>) {
+        self.fetch_stop = Some(spawn_fetcher(
+            w.ctx.clone(),
+            self.ctx.clone(),
+            w.shard,
+            w.next_offset,
+            me.clone(),
+        ));
+    }
+
+    fn stop_reading(&mut self) {
+        if let Some(stop) = self.fetch_stop.take() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn on_events(
+        &mut self,
+        w: &mut ShardWorker,
+        _first: u64,
+        _rows: Vec<Row>,
+        serve: Option<(String, Reply<String>)>,
+    ) -> Result<(), ShardError> {
+        if let Some((_, reply)) = serve {
+            let _ = reply.send(Err(ShardError::Internal(
+                "a cluster's shards read their partition, not the embedded log".into(),
+            )));
+        }
+        Err(ShardError::Internal(format!(
+            "shard {}: embedded-log events reached a shard that reads its partition",
+            w.shard
+        )))
+    }
+
+    /// Applies records of the partition: deduplicated by Idempotency-Key,
+    /// decoded (lockstep's bincode rows, or JSON from other producers) and
+    /// checked; malformed ones become dead letters of this checkpoint.
+    fn on_records(
+        &mut self,
+        w: &mut ShardWorker,
+        recs: Vec<KafkaRecord>,
+    ) -> Result<(), ShardError> {
+        self.read_records(w, recs)
+    }
+
+    fn serve_when_seen(
+        &mut self,
+        w: &ShardWorker,
+        key: String,
+        view: String,
+        reply: Reply<String>,
+    ) {
+        if self.handing_off {
+            let _ = reply.send(Err(ShardError::Unavailable(format!(
+                "shard {} is moving to another node; retry",
+                w.shard
+            ))));
+        } else {
+            self.waiters.insert(key, (view, reply));
+        }
+    }
+
+    /// The shard moves away: stop reading, take a last checkpoint; the
+    /// hand-off follows when it is committed.
+    fn begin_handoff(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
+        if self.handing_off {
+            return;
+        }
+        self.handing_off = true;
+        for (_, (_, reply)) in self.waiters.drain() {
+            let _ = reply.send(Err(ShardError::Unavailable(
+                "the shard is moving to another node; the event was ingested, its features will be in its training row"
+                    .into(),
+            )));
+        }
+        self.stop_reading();
+        tracing::info!(shard = w.shard, "handing off: last checkpoint");
+        w.start_checkpoint(self, me, None);
+        if !w.in_flight {
+            self.hand_off(w, me); // nothing to write
+        }
+    }
+
+    fn catch_up(&mut self, _w: &mut ShardWorker) -> Result<(), ShardError> {
+        Ok(()) // the fetcher delivers everything beyond the offset
+    }
+
+    fn log_end(&self, w: &ShardWorker) -> u64 {
+        self.ctx.ends[w.shard as usize]
+            .load(Ordering::Relaxed)
+            .max(w.next_offset)
+    }
+
+    fn check_serving(&self, w: &ShardWorker) -> Result<(), ShardError> {
+        if self.handing_off {
+            return Err(ShardError::Unavailable(format!(
+                "shard {} is moving to another node; retry",
+                w.shard
+            )));
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> bool {
+        // an epoch opened since the last commit: even an unchanged shard
+        // commits, so the epoch completes
+        !self.rows.dead.is_empty() || self.ctx.state().epoch > self.last_epoch
+    }
+
+    fn wants_full_snapshot(&self) -> bool {
+        self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
+    }
+
+    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows {
+        let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
+        let horizon = self.clock_ms.saturating_sub(ttl_ms);
+        self.idem.retain(|_, e| e.at_ms >= horizon);
+        self.event_ids.retain(|_, at| *at >= horizon);
+        self.waiters.retain(|_, (_, r)| !r.is_closed());
+        std::mem::take(&mut self.rows)
+    }
+
+    fn put_back(&mut self, rows: SourceRows) {
+        rows.prepend_to(&mut self.rows);
+    }
+
+    fn committer(&self, full: bool) -> Box<dyn Committer> {
+        Box::new(self.job(full))
+    }
+
+    fn committed(&mut self, w: &ShardWorker, saved: &Saved) {
+        self.note_committed(
+            saved.chain.clone().unwrap_or_default(),
+            saved.epoch,
+            w.ctx.objects.clone(),
+        );
+    }
+
+    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
+        // the last checkpoint of a move is committed (or there was nothing
+        // left to write): hand off
+        if self.handing_off && !w.in_flight {
+            self.hand_off(w, me);
+        }
+    }
+
+    fn compaction_tag(&self) -> Option<String> {
+        Some(self.new_compaction_tag())
+    }
+
+    fn swap_segments<'a>(
+        &'a self,
+        w: &'a ShardWorker,
+        remove: &'a [SegmentInfo],
+        merged: &'a SegmentInfo,
+    ) -> BoxFuture<'a, Result<(), ShardError>> {
+        self.swap_in_manifest(w.shard, remove, merged).boxed()
+    }
+
+    fn deletes_later(&self) -> bool {
+        true
+    }
+}
+
+mod commit;
+mod handoff;
+mod input;
+mod recovery;
+
+pub use commit::ClusterJob;
