@@ -13,7 +13,7 @@ pub mod network;
 pub mod state;
 pub mod store;
 
-use crate::network::{decode, encode, CallError, Network, Peer, SECRET_HEADER};
+use crate::network::{decode, encode, CallError, Network, Peer, PeerError, SECRET_HEADER};
 use crate::state::{ClusterState, Command, NodeId, Response};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -57,7 +57,7 @@ pub enum ClusterError {
     #[error("{0}")]
     Call(#[from] CallError),
     #[error("{0}")]
-    Remote(String),
+    Remote(#[from] network::PeerError),
     #[error("{0}")]
     Rejected(#[from] state::Rejection),
 }
@@ -219,13 +219,12 @@ impl ControlPlane {
                     .post(seed, "/internal/cluster/join", req.clone())
                     .await
                 {
-                    Ok(b) => match decode::<Result<(), String>>(&b) {
+                    Ok(b) => match decode::<Result<(), PeerError>>(&b) {
                         Ok(Ok(())) => {
                             tracing::info!(node = self.id, via = %seed, "joined the cluster");
                             return Ok(());
                         }
-                        Ok(Err(e)) => last = e,
-                        Err(e) => last = e,
+                        Ok(Err(e)) | Err(e) => last = e.to_string(),
                     },
                     // a wrong secret will not get better by retrying
                     Err(CallError::Status {
@@ -268,24 +267,22 @@ impl ControlPlane {
                         self.raft
                             .ensure_linearizable()
                             .await
-                            .map_err(|e| e.to_string())?;
-                        self.add_member(req.clone())
-                            .await
-                            .map_err(|e| e.to_string())
+                            .map_err(PeerError::of)?;
+                        self.add_member(req.clone()).await.map_err(PeerError::of)
                     })
                     .await
                     {
                         Ok(r) => r,
-                        Err(_) => Err("adding itself timed out".to_string()),
+                        Err(_) => Err(PeerError::of("adding itself timed out")),
                     },
                     Ok(Some(leader)) => self.ask_join(&leader, &req).await,
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(PeerError::of(e)),
                 };
                 let done = match done {
                     Ok(()) => Ok(()),
                     // the leader may not know this node's new address yet
                     Err(_) => {
-                        let mut r = Err(String::new());
+                        let mut r = Err(PeerError::of("no seed answered"));
                         for s in &seeds {
                             r = self.ask_join(s, &req).await;
                             if r.is_ok() {
@@ -304,13 +301,13 @@ impl ControlPlane {
         });
     }
 
-    async fn ask_join(&self, addr: &str, req: &JoinRequest) -> Result<(), String> {
+    async fn ask_join(&self, addr: &str, req: &JoinRequest) -> Result<(), PeerError> {
         let b = self
             .peer
             .post(addr, "/internal/cluster/join", encode(req))
             .await
-            .map_err(|e| e.to_string())?;
-        decode::<Result<(), String>>(&b).and_then(|r| r)
+            .map_err(PeerError::of)?;
+        decode::<Result<(), PeerError>>(&b).and_then(|r| r)
     }
 
     /// The replicated state as this member has applied it.
@@ -356,7 +353,7 @@ impl ControlPlane {
                     .peer
                     .post(&node.addr, "/internal/cluster/propose", encode(&cmd))
                     .await?;
-                decode::<Result<(Response, u64), String>>(&b)
+                decode::<Result<(Response, u64), PeerError>>(&b)
                     .map_err(ClusterError::Remote)?
                     .map_err(ClusterError::Remote)
             }
@@ -461,7 +458,7 @@ impl ControlPlane {
                     .peer
                     .post(&leader, "/internal/cluster/remove", encode(&node))
                     .await?;
-                decode::<Result<Response, String>>(&b)
+                decode::<Result<Response, PeerError>>(&b)
                     .map_err(ClusterError::Remote)?
                     .map_err(ClusterError::Remote)
             }
@@ -622,8 +619,8 @@ fn bin<T: Serialize>(v: &T) -> HttpResponse {
         .into_response()
 }
 
-fn bad(e: String) -> HttpResponse {
-    (StatusCode::BAD_REQUEST, e).into_response()
+fn bad(e: PeerError) -> HttpResponse {
+    (StatusCode::BAD_REQUEST, e.0).into_response()
 }
 
 async fn raft_append(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
@@ -665,16 +662,16 @@ async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
         Err(e) => return bad(e),
     };
     let result = match cp.leader_addr() {
-        Ok(None) => cp.add_member(req).await.map_err(|e| e.to_string()),
+        Ok(None) => cp.add_member(req).await.map_err(PeerError::of),
         Ok(Some(leader)) => match cp
             .peer
             .post(&leader, "/internal/cluster/join", body.to_vec())
             .await
         {
-            Ok(b) => decode::<Result<(), String>>(&b).and_then(|r| r),
-            Err(e) => Err(e.to_string()),
+            Ok(b) => decode::<Result<(), PeerError>>(&b).and_then(|r| r),
+            Err(e) => Err(PeerError::of(e)),
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(PeerError::of(e)),
     };
     bin(&result)
 }
@@ -684,7 +681,7 @@ async fn cluster_remove(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpR
         return r;
     }
     match decode::<NodeId>(&body) {
-        Ok(node) => bin(&cp.remove(node).await.map_err(|e| e.to_string())),
+        Ok(node) => bin(&cp.remove(node).await.map_err(PeerError::of)),
         Err(e) => bad(e),
     }
 }
@@ -712,7 +709,7 @@ async fn cluster_propose(State(cp): Cp, headers: HeaderMap, body: Bytes) -> Http
     }
     match decode::<Command>(&body) {
         // `propose` forwards if leadership moved meanwhile
-        Ok(cmd) => bin(&cp.propose_at(cmd).await.map_err(|e| e.to_string())),
+        Ok(cmd) => bin(&cp.propose_at(cmd).await.map_err(PeerError::of)),
         Err(e) => bad(e),
     }
 }

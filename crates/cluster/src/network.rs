@@ -24,10 +24,23 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("rpc encodes")
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+/// An error that crossed the network as text: what went wrong on another
+/// member, or why its answer could not be read. On the wire it is a
+/// string (bincode encodes the newtype as its content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+impl PeerError {
+    pub fn of(e: impl std::fmt::Display) -> PeerError {
+        PeerError(e.to_string())
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, PeerError> {
     bincode::serde::decode_from_slice(b, bincode::config::standard())
         .map(|(v, _)| v)
-        .map_err(|e| format!("undecodable rpc body: {e}"))
+        .map_err(|e| PeerError(format!("undecodable rpc body: {e}")))
 }
 
 /// A blocking HTTP client for internal calls, run off the async threads.

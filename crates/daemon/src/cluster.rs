@@ -377,7 +377,7 @@ pub async fn produce(
     cl: &ClusterCtx,
     idempotency_key: Option<&str>,
     events: &[(u32, lockstep_core::value::Row)],
-) -> Result<Vec<u64>, String> {
+) -> Result<Vec<u64>, lockstep_log::kafka::KafkaLogError> {
     let mut keys = Vec::with_capacity(events.len());
     let mut values = Vec::with_capacity(events.len());
     for (_, row) in events {
@@ -395,7 +395,25 @@ pub async fn produce(
             idempotency: idempotency_key.map(|k| (k, i as u32)),
         })
         .collect();
-    cl.kafka.produce(&recs).await.map_err(|e| e.to_string())
+    cl.kafka.produce(&recs).await
+}
+
+/// Why one shard of a backfill job could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("{0}")]
+    Definition(#[from] lockstep_offline::OfflineError),
+    #[error(transparent)]
+    Segment(#[from] crate::segments::SegmentError),
+    #[error("writing its rows: {0}")]
+    Encode(#[from] lockstep_io::IoError),
+    #[error("writing {path}: {source}")]
+    Store {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("the replay task died: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Replays one shard of a backfill job from the archive in the object
@@ -409,11 +427,10 @@ pub async fn backfill_shard(
     req: &lockstep_api::BackfillRequest,
     job: &str,
     shard: u32,
-) -> Result<BackfillPart, String> {
+) -> Result<BackfillPart, BackfillError> {
     let started = Instant::now();
     let node_catalog = (*ctx.pipeline().catalog).clone();
-    let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)
-        .map_err(|e| e.to_string())?;
+    let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)?;
     let st = cl.state();
     let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
         .iter()
@@ -423,9 +440,7 @@ pub async fn backfill_shard(
     segs.sort_by_key(|s| s.from_offset);
     let mut fetched = HashMap::new();
     for s in &segs {
-        let b = crate::segments::get_segment(ctx.objects.as_ref(), s)
-            .await
-            .map_err(|e| e.to_string())?;
+        let b = crate::segments::get_segment(ctx.objects.as_ref(), s).await?;
         fetched.insert(s.path.clone(), b);
     }
     let (view, from, to) = (req.view.clone(), req.from, req.to);
@@ -445,10 +460,9 @@ pub async fn backfill_shard(
             },
             &mut |_| {},
         );
-        report.map(|r| (rows, r)).map_err(|e| e.to_string())
+        report.map(|r| (rows, r))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     let (_, v) = catalog.view(&req.view).expect("checked");
     let nonce = {
         use std::hash::BuildHasher;
@@ -458,7 +472,7 @@ pub async fn backfill_shard(
         "backfill/{job}/{}/shard={shard:03}.n{}-{nonce:08x}.parquet",
         req.view, cl.id
     );
-    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output).map_err(|e| e.to_string())?;
+    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)?;
     let crc32 = crc32fast::hash(&bytes);
     ctx.objects
         .put(
@@ -466,7 +480,10 @@ pub async fn backfill_shard(
             PutPayload::from(bytes::Bytes::from(bytes)),
         )
         .await
-        .map_err(|e| format!("writing {path}: {e}"))?;
+        .map_err(|source| BackfillError::Store {
+            path: path.clone(),
+            source,
+        })?;
     Ok(BackfillPart {
         shard,
         node: cl.id,
@@ -659,10 +676,11 @@ async fn ownership(
 /// Switches the node to the cluster's pipeline (`views apply` on any
 /// node): the shards it holds restart, and each rebuilds its state for the
 /// new views from its archive as it recovers.
-fn follow_pipeline(ctx: &NodeCtx, st: &ClusterState) -> Result<(), String> {
-    let Some(new) =
-        crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table).map_err(|e| e.to_string())?
-    else {
+fn follow_pipeline(
+    ctx: &NodeCtx,
+    st: &ClusterState,
+) -> Result<(), crate::pipeline::ClusterPipelineError> {
+    let Some(new) = crate::pipeline::cluster_pipeline(&st.pipeline, &ctx.table)? else {
         return Ok(());
     };
     let old = ctx.pipeline();

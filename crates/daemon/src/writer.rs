@@ -66,6 +66,13 @@ struct IdemRecord {
     reply: IngestReply,
 }
 
+/// Why the writer did not store a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("the log could not store the events: {0}")]
+    Store(String),
+}
+
 pub struct WriteReq {
     pub idempotency_key: Option<String>,
     pub events: Vec<(u32, Row)>,
@@ -74,7 +81,7 @@ pub struct WriteReq {
     /// Serve-and-ingest: the engine view whose features the (single) event
     /// gets back.
     pub serve: Option<String>,
-    pub done: oneshot::Sender<Result<Written, String>>,
+    pub done: oneshot::Sender<Result<Written, WriteError>>,
 }
 
 pub struct Written {
@@ -278,13 +285,13 @@ impl Writer {
                 std::process::exit(70);
             }
             Err(e) => {
-                let msg = format!("the log could not store the events: {e}");
-                tracing::error!("{msg}");
+                let err = WriteError::Store(e.to_string());
+                tracing::error!("{err}");
                 for r in fresh {
-                    let _ = r.done.send(Err(msg.clone()));
+                    let _ = r.done.send(Err(err.clone()));
                 }
                 for (_, r) in dup_in_group {
-                    let _ = r.done.send(Err(msg.clone()));
+                    let _ = r.done.send(Err(err.clone()));
                 }
                 return;
             }

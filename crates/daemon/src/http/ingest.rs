@@ -163,7 +163,7 @@ pub(crate) async fn ingest(
             }
             r
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
 }

@@ -85,7 +85,7 @@ impl NodeMode for Alone {
             }
             let written = match rx.await {
                 Ok(Ok(w)) => w,
-                Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+                Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                 Err(_) => {
                     return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
                 }
