@@ -7,7 +7,7 @@ use super::{err, CheckpointReport, Reply, ShardError, ShardMsg, ShardWorker, Sto
 
 use crate::node::NodeCtx;
 use crate::pipeline::Pipeline;
-use crate::segments::{put_segment, SegmentInfo};
+use crate::segments::{self, put_segment, SegmentInfo};
 use crate::store::CheckpointInfo;
 use lockstep_cluster::state::SnapshotPart;
 use lockstep_core::value::{Row, Value};
@@ -251,6 +251,30 @@ pub struct CheckpointJob {
 }
 
 impl CheckpointJob {
+    /// Writes the archive slice `from..to` as one raw segment of `count`
+    /// framed records.
+    pub(super) async fn put_raw(
+        &self,
+        count: u64,
+        framed: &[u8],
+    ) -> Result<SegmentInfo, ShardError> {
+        let bytes = segments::raw_segment(self.from, count, framed);
+        put_segment(
+            self.ctx.objects.as_ref(),
+            "raw",
+            &self.ctx.table.name,
+            self.shard,
+            self.from,
+            self.to,
+            &self.ext(segments::RAW_EXT),
+            bytes,
+            count,
+            self.unsaved.times,
+        )
+        .await
+        .map_err(err)
+    }
+
     /// The end of this checkpoint's object names: the data directory's id,
     /// then (cluster) the owner epoch and a nonce, so no attempt ever
     /// overwrites another's objects, then the format.

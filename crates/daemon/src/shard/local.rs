@@ -6,7 +6,7 @@
 use super::checkpoint::{CheckpointJob, Saved};
 use super::mode::{Committer, ShardMode, SourceRows};
 use super::{err, Reply, ShardError, ShardMsg, ShardWorker};
-use crate::segments::{self, put_segment, SegmentInfo};
+use crate::segments::SegmentInfo;
 use crate::store::{Commit, Loaded};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -237,22 +237,7 @@ impl Committer for LocalCommitter {
                     job.shard
                 )));
             }
-            let bytes = segments::raw_segment(from, n, &framed);
-            drop(framed);
-            let seg = put_segment(
-                ctx.objects.as_ref(),
-                "raw",
-                &ctx.table.name,
-                job.shard,
-                from,
-                to,
-                &job.ext(segments::RAW_EXT),
-                bytes,
-                n,
-                job.unsaved.times,
-            )
-            .await
-            .map_err(err)?;
+            let seg = job.put_raw(n, &framed).await?;
             Ok(Some(seg))
         }
         .boxed()

@@ -12,7 +12,6 @@ use crate::cluster::ClusterCtx;
 use crate::cluster::CommitError;
 use crate::cluster::IdemEntry;
 use crate::cluster::SnapshotData;
-use crate::segments;
 use crate::segments::put_segment;
 use crate::segments::SegmentInfo;
 use crate::shard::err;
@@ -56,24 +55,7 @@ impl ClusterJob {
         if to == from {
             return Ok(None);
         }
-        let ctx = &job.ctx;
-        let bytes = segments::raw_segment(from, u.count, &u.framed);
-        Ok(Some(
-            put_segment(
-                ctx.objects.as_ref(),
-                "raw",
-                &ctx.table.name,
-                job.shard,
-                from,
-                to,
-                &job.ext(segments::RAW_EXT),
-                bytes,
-                u.count,
-                job.unsaved.times,
-            )
-            .await
-            .map_err(err)?,
-        ))
+        Ok(Some(job.put_raw(u.count, &u.framed).await?))
     }
 
     /// Writes the dead letters and the snapshot object, commits the
