@@ -47,6 +47,7 @@ pub fn bench_batch(args: &BenchArgs) -> anyhow::Result<()> {
         input,
         output: output.clone(),
         strict: false,
+        idempotency_ttl_ms: crate::run::DEFAULT_IDEMPOTENCY_TTL_MS,
     })?;
     s.print(&output);
     println!(

@@ -36,6 +36,11 @@ enum Cmd {
         /// Stop at the first malformed event instead of writing it to the dead-letter file.
         #[arg(long)]
         strict: bool,
+        /// For tables with `event_id`: how long (in event time) an id is
+        /// remembered to skip its repeats, like the daemon's `idempotency_ttl`
+        /// (e.g. `24h`, `15m`).
+        #[arg(long, default_value = "24h", value_parser = ttl)]
+        idempotency_ttl: i64,
     },
     /// Generate realistic ad events (the canonical `ad_events` table) to .parquet, .jsonl or .csv.
     Gen {
@@ -133,12 +138,14 @@ fn main() -> ExitCode {
             input,
             output,
             strict,
+            idempotency_ttl,
         } => run::run(&run::RunArgs {
             sql,
             view,
             input,
             output: output.clone(),
             strict,
+            idempotency_ttl_ms: idempotency_ttl,
         })
         .map(|s| s.print(&output)),
         Cmd::Gen {
@@ -242,4 +249,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A duration flag (`24h`, `15m`, `500ms`) in milliseconds.
+fn ttl(s: &str) -> Result<i64, String> {
+    lockstep_core::sql::parse_duration_ms(s)
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("`{s}` is not a positive duration such as 24h, 15m or 500ms"))
 }

@@ -2,8 +2,10 @@
 //! log, splits it into the table's shards exactly as ingest does, runs the view
 //! and writes its rows. Bad records go to `<output>.deadletter.jsonl`, late
 //! events to `<output>.late.jsonl`; neither stops the run unless `--strict`.
+//! A table with `event_id` skips repeated ids as a node does.
 
 use anyhow::{bail, Context};
+use lockstep_core::dedup::{event_id_hash, EventIds};
 use lockstep_core::{Emitted, Engine, EventError, Outcome, Row};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
@@ -22,13 +24,21 @@ pub struct RunArgs {
     pub output: PathBuf,
     /// Stop at the first malformed event instead of dead-lettering it.
     pub strict: bool,
+    /// How long (in event time) an event id is remembered, for tables
+    /// with `event_id`: the daemon's `idempotency_ttl`.
+    pub idempotency_ttl_ms: i64,
 }
+
+/// The daemon's default `idempotency_ttl`: 24 hours.
+pub const DEFAULT_IDEMPOTENCY_TTL_MS: i64 = 24 * 3_600_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub events_read: u64,
     pub accepted: u64,
     pub late: u64,
+    /// Events skipped as repeats of an event id (tables with `event_id`).
+    pub duplicates: u64,
     pub dead_lettered: u64,
     pub rows: u64,
     pub elapsed: Duration,
@@ -43,13 +53,14 @@ impl RunSummary {
 
     pub fn print(&self, output: &Path) {
         println!(
-            "read {} events in {:.2}s ({:.0} events/s): {} accepted, {} late, {} dead-lettered; wrote {} rows to {}",
+            "read {} events in {:.2}s ({:.0} events/s): {} accepted, {} late, {} dead-lettered, {} repeated event ids skipped; wrote {} rows to {}",
             self.events_read,
             self.elapsed.as_secs_f64(),
             self.events_per_sec(),
             self.accepted,
             self.late,
             self.dead_lettered,
+            self.duplicates,
             self.rows,
             output.display()
         );
@@ -184,6 +195,7 @@ fn engine_stage(
     let mut s = RunSummary::default();
     let mut out: Vec<Emitted> = Vec::new();
     let mut rows: Vec<Row> = Vec::with_capacity(BATCH);
+    let mut dedup = EventIdFilter::new(engine.table(), args.idempotency_ttl_ms);
     let strict = |bad: &BadRecord| -> anyhow::Result<()> {
         if args.strict {
             bail!(
@@ -223,6 +235,10 @@ fn engine_stage(
                     continue;
                 }
             };
+            if dedup.is_duplicate(shard, &event) {
+                s.duplicates += 1;
+                continue;
+            }
             match engine.push_to_shard(shard, &event, &mut out) {
                 Outcome::Accepted { .. } => s.accepted += 1,
                 Outcome::Late { shard, watermark } => {
@@ -259,6 +275,49 @@ fn engine_stage(
     }
     late.finish()?;
     Ok(s)
+}
+
+/// Event-id deduplication as a node does it, with event time as the
+/// clock (a file has no other): an id is skipped if its shard applied it
+/// within the last `ttl_ms` of event time.
+struct EventIdFilter {
+    column: Option<usize>,
+    time: usize,
+    ttl_ms: i64,
+    clock_ms: i64,
+    seen: Vec<EventIds>,
+    since_prune: usize,
+}
+
+impl EventIdFilter {
+    fn new(table: &lockstep_core::Table, ttl_ms: i64) -> EventIdFilter {
+        EventIdFilter {
+            column: table.event_id,
+            time: table.time,
+            ttl_ms,
+            clock_ms: i64::MIN,
+            seen: vec![EventIds::new(); table.shards as usize],
+            since_prune: 0,
+        }
+    }
+
+    fn is_duplicate(&mut self, shard: u32, event: &[lockstep_core::Value]) -> bool {
+        let Some(col) = self.column else {
+            return false;
+        };
+        if let lockstep_core::Value::Timestamp(t) = event[self.time] {
+            self.clock_ms = self.clock_ms.max(t);
+        }
+        self.since_prune += 1;
+        if self.since_prune >= 65_536 {
+            self.since_prune = 0;
+            let horizon = self.clock_ms.saturating_sub(self.ttl_ms);
+            for ids in &mut self.seen {
+                ids.forget_before(horizon);
+            }
+        }
+        !self.seen[shard as usize].first_time(event_id_hash(&event[col]), self.clock_ms)
+    }
 }
 
 fn send_rows(tx: &SyncSender<Vec<Row>>, rows: &mut Vec<Row>) -> anyhow::Result<()> {

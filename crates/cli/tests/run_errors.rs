@@ -183,3 +183,72 @@ fn gen_is_deterministic_for_a_seed() {
     assert_ne!(ta, tc);
     assert_eq!(jsonl(&a).len(), 2000);
 }
+
+#[test]
+fn repeated_event_ids_are_skipped_within_the_ttl_of_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = write(
+        dir.path(),
+        "p.sql",
+        &SQL.replace("shards = 2)", "shards = 2, event_id = 'id')"),
+    );
+    let input = write(
+        dir.path(),
+        "events.jsonl",
+        concat!(
+            "{\"id\": 1, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:10Z\"}\n",
+            // a producer's retry: same id, same key
+            "{\"id\": 1, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:10Z\"}\n",
+            "{\"id\": 2, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:20Z\"}\n",
+            // ten minutes of event time later, within the 24-hour TTL:
+            // id 2 is still a repeat
+            "{\"id\": 3, \"k\": \"a\", \"ts\": \"2024-01-01T00:10:10Z\"}\n",
+            "{\"id\": 2, \"k\": \"a\", \"ts\": \"2024-01-01T00:10:11Z\"}\n",
+        ),
+    );
+    let output = dir.path().join("rows.jsonl");
+    let (ok, stdout, stderr) = run_counts(&["--idempotency-ttl", "24h"], &sql, &input, &output);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("3 accepted") && stdout.contains("2 repeated event ids skipped"),
+        "{stdout}"
+    );
+    let ids: Vec<i64> = jsonl(&output)
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert_eq!(jsonl(&output)[2]["n_1m"], 1, "the repeats were not counted");
+
+    // pruning runs every 65536 events: with a short TTL and enough events,
+    // an id repeated after the TTL is applied again
+    let mut text = String::new();
+    text.push_str("{\"id\": 0, \"k\": \"b\", \"ts\": \"2024-01-01T00:00:00Z\"}\n");
+    for i in 1..70_000i64 {
+        text.push_str(&format!(
+            "{{\"id\": {i}, \"k\": \"c\", \"ts\": {}}}\n",
+            1_704_067_200_000i64 + i * 100
+        ));
+    }
+    text.push_str("{\"id\": 0, \"k\": \"b\", \"ts\": 1704074200000}\n");
+    let input = write(dir.path(), "many.jsonl", &text);
+    let (ok, stdout, stderr) = run_counts(&["--idempotency-ttl", "5m"], &sql, &input, &output);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("70001 accepted") && stdout.contains(" 0 repeated event ids skipped"),
+        "{stdout}"
+    );
+    // without event_id nothing is skipped
+    let sql_plain = write(dir.path(), "plain.sql", SQL);
+    let input = write(
+        dir.path(),
+        "again.jsonl",
+        "{\"id\": 1, \"k\": \"a\", \"ts\": 1}\n{\"id\": 1, \"k\": \"a\", \"ts\": 1}\n",
+    );
+    let (ok, stdout, stderr) = run_counts(&[], &sql_plain, &input, &output);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 accepted"), "{stdout}");
+    // a bad TTL is refused naming the flag
+    let (ok, _, stderr) = run_counts(&["--idempotency-ttl", "soon"], &sql, &input, &output);
+    assert!(!ok && stderr.contains("--idempotency-ttl"), "{stderr}");
+}

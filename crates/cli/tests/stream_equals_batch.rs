@@ -61,6 +61,7 @@ fn check(seed: u64, input_ext: &str, output_ext: &str) {
         input: events.clone(),
         output: output.clone(),
         strict: false,
+        idempotency_ttl_ms: lockstep_cli::run::DEFAULT_IDEMPOTENCY_TTL_MS,
     })
     .unwrap();
     let (stream, late) = streaming_rows(&events, 7);

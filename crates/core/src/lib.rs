@@ -5,6 +5,7 @@
 //! events are passed in; rows come out. The daemon and the batch runner are
 //! thin shells around [`engine::Engine`].
 
+pub mod dedup;
 pub mod engine;
 pub mod enrich;
 pub mod expr;

@@ -8,6 +8,7 @@
 use crate::clock::now_ms;
 use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
+use lockstep_core::dedup::{event_id_hash, EventIds};
 use lockstep_core::value::Row;
 use lockstep_log::{RecordBatch, SideWrite};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,9 @@ const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 200_000;
 const IDEM_PREFIX: &[u8] = b"idem/";
 const DEAD_PREFIX: &[u8] = b"dl/";
+/// Event ids applied (tables with `event_id`): `eid/<shard><id hash>` →
+/// first seen (ms), both big-endian.
+const EID_PREFIX: &[u8] = b"eid/";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventErrorReport {
@@ -89,6 +93,8 @@ pub struct Written {
     /// True when the idempotency key was already accepted: nothing was
     /// appended this time.
     pub replayed: bool,
+    /// Events skipped because their event id was applied before.
+    pub duplicates: u64,
     pub features: Option<oneshot::Receiver<Result<String, crate::shard::ShardError>>>,
 }
 
@@ -111,12 +117,14 @@ pub fn start(
         .and_then(|v| v.last().map(|(k, _)| seq_of(&k[DEAD_PREFIX.len()..]) + 1))
         .unwrap_or(0);
     ctx.metrics.dead_letters.inc_by(dead_seq);
+    let event_ids = load_event_ids(&ctx);
     let ends = (0..ctx.table.shards)
         .map(|s| ctx.log.end_offset_of(s))
         .collect();
     let mut w = Writer {
         ctx,
         idem,
+        event_ids,
         dead_seq,
         ends,
         last_prune_ms: now_ms(),
@@ -125,6 +133,33 @@ pub fn start(
         .name("lockstep-writer".into())
         .spawn(move || w.run(rx))?;
     Ok((tx, handle))
+}
+
+/// The event ids the log's side store recorded, per shard.
+fn load_event_ids(ctx: &NodeCtx) -> Vec<EventIds> {
+    let mut ids: Vec<Vec<(u128, i64)>> = vec![Vec::new(); ctx.table.shards as usize];
+    if ctx.table.event_id.is_some() {
+        for (k, v) in ctx.log.side_scan(EID_PREFIX).unwrap_or_default() {
+            let k = &k[EID_PREFIX.len()..];
+            if let (Ok(s), Ok(h), Ok(at)) = (
+                <[u8; 4]>::try_from(&k[..4.min(k.len())]),
+                <[u8; 16]>::try_from(k.get(4..).unwrap_or_default()),
+                <[u8; 8]>::try_from(v.as_slice()),
+            ) {
+                if let Some(shard) = ids.get_mut(u32::from_be_bytes(s) as usize) {
+                    shard.push((u128::from_be_bytes(h), i64::from_be_bytes(at)));
+                }
+            }
+        }
+    }
+    ids.into_iter().map(EventIds::from_iter).collect()
+}
+
+fn event_id_key(shard: u32, id: u128) -> Vec<u8> {
+    let mut k = EID_PREFIX.to_vec();
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 fn seq_of(b: &[u8]) -> u64 {
@@ -149,6 +184,8 @@ pub fn dead_letters(ctx: &NodeCtx, limit: usize) -> Vec<DeadLetter> {
 struct Writer {
     ctx: Arc<NodeCtx>,
     idem: HashMap<Vec<u8>, IdemRecord>,
+    /// Per shard, the event ids applied (empty without `event_id`).
+    event_ids: Vec<EventIds>,
     dead_seq: u64,
     ends: Vec<u64>,
     last_prune_ms: i64,
@@ -214,6 +251,7 @@ impl Writer {
                     let _ = r.done.send(Ok(Written {
                         reply: prev.reply.clone(),
                         replayed: true,
+                        duplicates: 0,
                         features: None,
                     }));
                     continue;
@@ -230,9 +268,22 @@ impl Writer {
         // per request: (first append index, rows per append)
         let mut plan: Vec<Vec<(usize, Vec<Row>)>> = Vec::with_capacity(fresh.len());
         let mut side: Vec<SideWrite> = Vec::new();
+        // event ids recorded by this group (forgotten if it is not stored)
+        let mut recorded: Vec<(u32, u128)> = Vec::new();
+        let mut duplicates: Vec<u64> = Vec::with_capacity(fresh.len());
         for r in &mut fresh {
             let mut by_shard: Vec<(u32, Vec<Row>)> = Vec::new();
+            let mut dups = 0;
             for (s, row) in r.events.drain(..) {
+                if let Some(col) = self.ctx.table.event_id {
+                    let id = event_id_hash(&row[col]);
+                    if !self.event_ids[s as usize].first_time(id, now) {
+                        dups += 1;
+                        continue;
+                    }
+                    recorded.push((s, id));
+                    side.push((event_id_key(s, id), Some(now.to_be_bytes().to_vec())));
+                }
                 match by_shard.iter_mut().find(|(x, _)| *x == s) {
                     Some((_, v)) => v.push(row),
                     None => by_shard.push((s, vec![row])),
@@ -250,6 +301,7 @@ impl Writer {
                 mine.push((appends.len() - 1, rows));
             }
             plan.push(mine);
+            duplicates.push(dups);
             for d in &r.dead {
                 let mut k = DEAD_PREFIX.to_vec();
                 k.extend_from_slice(&self.dead_seq.to_be_bytes());
@@ -285,6 +337,9 @@ impl Writer {
                 std::process::exit(70);
             }
             Err(e) => {
+                for (s, id) in recorded {
+                    self.event_ids[s as usize].forget(id);
+                }
                 let err = WriteError::Store(e.to_string());
                 tracing::error!("{err}");
                 for r in fresh {
@@ -297,7 +352,8 @@ impl Writer {
             }
         };
         let mut replies = Vec::with_capacity(fresh.len());
-        for (r, mine) in fresh.into_iter().zip(plan) {
+        for ((r, mine), dups) in fresh.into_iter().zip(plan).zip(duplicates) {
+            self.ctx.metrics.duplicates.inc_by(dups);
             let mut features = None;
             for (ai, rows) in mine {
                 let (shard, n) = (shard_of_append[ai], rows.len() as u64);
@@ -332,6 +388,7 @@ impl Writer {
             let _ = r.done.send(Ok(Written {
                 reply: r.reply,
                 replayed: false,
+                duplicates: dups,
                 features,
             }));
         }
@@ -340,8 +397,28 @@ impl Writer {
             let _ = r.done.send(Ok(Written {
                 reply: replies[i].clone(),
                 replayed: true,
+                duplicates: 0,
                 features: None,
             }));
+        }
+    }
+
+    /// Forgets event ids first seen before `horizon` (in memory even if
+    /// the store keeps them: a restart forgets them then).
+    fn prune_event_ids(&mut self, horizon: i64) {
+        let mut keys = Vec::new();
+        for (s, ids) in self.event_ids.iter_mut().enumerate() {
+            keys.extend(
+                ids.forget_before(horizon)
+                    .into_iter()
+                    .map(|id| event_id_key(s as u32, id)),
+            );
+        }
+        for chunk in keys.chunks(10_000) {
+            if let Err(e) = self.ctx.log.side_remove(chunk) {
+                tracing::warn!("forgetting old event ids: {e}");
+                return;
+            }
         }
     }
 
@@ -353,6 +430,7 @@ impl Writer {
         }
         self.last_prune_ms = now;
         let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
+        self.prune_event_ids(now - ttl);
         let old: Vec<Vec<u8>> = self
             .idem
             .iter()

@@ -17,8 +17,9 @@ pub enum ShardError {
     /// the shard restarts from what the control plane holds.
     #[error("uncertain: {0}")]
     Uncertain(String),
-    /// Serve-and-ingest with an Idempotency-Key that was ingested before.
-    #[error("this Idempotency-Key was already ingested; its features are in its training row")]
+    /// Serve-and-ingest of an event ingested before: its Idempotency-Key
+    /// or its event id (tables with `event_id`) was applied already.
+    #[error("this event was already ingested (its Idempotency-Key or event id was seen before); its features are in its training row")]
     AlreadyIngested,
     /// The view does not run (any more: `views apply` replaced it).
     #[error("view `{0}` is no longer running")]

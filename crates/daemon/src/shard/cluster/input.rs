@@ -63,22 +63,21 @@ impl ClusterShard {
             let row = row.map(|row| {
                 let dup = table.event_id.is_some_and(|col| {
                     let at = r.timestamp_ms.unwrap_or(self.clock_ms);
-                    match self
+                    !self
                         .event_ids
-                        .entry(crate::cluster::event_id_hash(&row[col]))
-                    {
-                        std::collections::hash_map::Entry::Occupied(_) => true,
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(at);
-                            false
-                        }
-                    }
+                        .first_time(lockstep_core::dedup::event_id_hash(&row[col]), at)
                 });
                 (row, dup)
             });
             match row {
                 Ok((_, true)) => {
                     w.ctx.metrics.duplicates.inc();
+                    // serve-and-ingest of an event applied before
+                    if let Some((key, 0)) = &r.idempotency {
+                        if let Some((_, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(Err(ShardError::AlreadyIngested));
+                        }
+                    }
                     w.next_offset = r.offset + 1;
                 }
                 Ok((row, false)) => {

@@ -40,7 +40,7 @@ pub struct ClusterShard {
     idem: HashMap<String, IdemEntry>,
     /// Seen producer-supplied event ids (tables with `event_id`), hashed,
     /// with the record time they were first seen (checkpointed).
-    event_ids: HashMap<u128, i64>,
+    event_ids: lockstep_core::dedup::EventIds,
     /// The partition's records since the last checkpoint, framed as the
     /// archive stores them, and malformed ones.
     rows: SourceRows,
@@ -86,7 +86,7 @@ fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
 }
 
 /// Seen Idempotency-Keys and event ids, as a shard holds them.
-type Seen = (HashMap<String, IdemEntry>, HashMap<u128, i64>);
+type Seen = (HashMap<String, IdemEntry>, lockstep_core::dedup::EventIds);
 
 fn decode_dedup(b: &[u8]) -> Result<Seen, ShardError> {
     let ((idem, ids), _): (Dedup, _) =
@@ -101,7 +101,7 @@ impl ClusterShard {
             ctx,
             owner_epoch,
             idem: HashMap::new(),
-            event_ids: HashMap::new(),
+            event_ids: Default::default(),
             rows: SourceRows::default(),
             chain: Vec::new(),
             waiters: HashMap::new(),
@@ -163,7 +163,7 @@ impl ClusterShard {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            event_ids: self.event_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            event_ids: self.event_ids.iter().collect(),
         }
     }
 
@@ -312,7 +312,7 @@ impl ShardMode for ClusterShard {
         let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
         let horizon = self.clock_ms.saturating_sub(ttl_ms);
         self.idem.retain(|_, e| e.at_ms >= horizon);
-        self.event_ids.retain(|_, at| *at >= horizon);
+        self.event_ids.forget_before(horizon);
         self.waiters.retain(|_, (_, r)| !r.is_closed());
         std::mem::take(&mut self.rows)
     }

@@ -116,7 +116,7 @@ impl ClusterShard {
                     })?;
                 let idem: Vec<(String, IdemEntry)> =
                     r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                let ids: Vec<(u128, i64)> = r.event_ids.iter().map(|(k, v)| (*k, *v)).collect();
+                let ids: Vec<(u128, i64)> = r.event_ids.iter().collect();
                 w.ctx
                     .state
                     .commit(
