@@ -43,7 +43,12 @@ pub struct DeadLetter {
 /// `GET /v1/tables/{table}/deadletters?limit=N`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetters {
+    /// Oldest first; in a cluster, every live node's, merged by time.
     pub dead_letters: Vec<DeadLetter>,
+    /// Nodes whose dead letters are missing from the list (they did not
+    /// answer), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// The features of one (hypothetical or ingested) event: the view's output

@@ -23,7 +23,7 @@ mod views;
 pub use backfill::{
     BackfillJob, BackfillJobState, BackfillJobs, BackfillPart, BackfillRequest, BackfillStarted,
 };
-pub use client::{Client, ClientError, Reply};
+pub use client::{path_segment, Client, ClientError, Reply};
 pub use cluster::{
     ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
     ShardCheckpointInfo, ShardEntry,

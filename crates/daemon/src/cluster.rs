@@ -19,7 +19,7 @@ use crate::shard::ShardMsg;
 use crate::store::{decode_slot, StoreError};
 use lockstep_cluster::decide::{self, LocalAction};
 use lockstep_cluster::state::{
-    BackfillPart, ClusterState, Command, NodeId, Rejection, Response, ShardCheckpoint, SnapshotPart,
+    ClusterState, Command, NodeId, Rejection, Response, ShardCheckpoint, SnapshotPart,
 };
 use lockstep_cluster::ControlPlane;
 use lockstep_core::window::Entry;
@@ -118,7 +118,7 @@ pub struct Restored {
     /// The encoded slots, for the local cache.
     pub encoded: Vec<(SlotKey, Vec<u8>)>,
     pub idem: HashMap<String, IdemEntry>,
-    pub event_ids: HashMap<u128, i64>,
+    pub event_ids: lockstep_core::dedup::EventIds,
 }
 
 fn bincode_cfg() -> bincode::config::Configuration {
@@ -189,7 +189,7 @@ pub async fn restore_snapshot(
     let mut slots: BTreeMap<(u32, u32, u32), Vec<u8>> = BTreeMap::new();
     let mut meta = None;
     let mut idem = HashMap::new();
-    let mut event_ids = HashMap::new();
+    let mut event_ids = lockstep_core::dedup::EventIds::new();
     for p in parts {
         let read = |e: &dyn std::fmt::Display| SnapshotError::Read {
             path: p.path.clone(),
@@ -241,20 +241,6 @@ pub async fn restore_snapshot(
         idem,
         event_ids,
     }))
-}
-
-/// A stable 128-bit hash (FNV-1a) of an event id's text: what a shard
-/// remembers of each producer-supplied id (stable across versions, unlike
-/// the standard library's hasher, because it is checkpointed).
-pub fn event_id_hash(id: &lockstep_core::value::Value) -> u128 {
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    let mut h = OFFSET;
-    for b in id.to_string().bytes() {
-        h ^= b as u128;
-        h = h.wrapping_mul(PRIME);
-    }
-    h
 }
 
 /// A digest of a checkpoint's state: CRC-32 over its snapshot parts' CRCs
@@ -398,190 +384,6 @@ pub async fn produce(
     cl.kafka.produce(&recs).await
 }
 
-/// Why one shard of a backfill job could not be replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum BackfillError {
-    #[error("{0}")]
-    Definition(#[from] lockstep_offline::OfflineError),
-    #[error(transparent)]
-    Segment(#[from] crate::segments::SegmentError),
-    #[error("writing its rows: {0}")]
-    Encode(#[from] lockstep_io::IoError),
-    #[error("writing {path}: {source}")]
-    Store {
-        path: String,
-        source: object_store::Error,
-    },
-    #[error("the replay task died: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// Replays one shard of a backfill job from the archive in the object
-/// store (its raw segments as the replicated manifest lists them) and
-/// writes its rows as one Parquet object under `backfill/<job>/<view>/`,
-/// named by this node and a nonce (the shard's next owner may run it too;
-/// the first part committed wins).
-pub async fn backfill_shard(
-    ctx: &NodeCtx,
-    cl: &ClusterCtx,
-    req: &lockstep_api::BackfillRequest,
-    job: &str,
-    shard: u32,
-) -> Result<BackfillPart, BackfillError> {
-    let started = Instant::now();
-    let node_catalog = (*ctx.pipeline().catalog).clone();
-    let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)?;
-    let st = cl.state();
-    let mut segs: Vec<crate::segments::SegmentInfo> = st.segments[shard as usize]
-        .iter()
-        .filter(|s| s.kind == "raw" && s.name == ctx.table.name)
-        .cloned()
-        .collect();
-    segs.sort_by_key(|s| s.from_offset);
-    let mut fetched = HashMap::new();
-    for s in &segs {
-        let b = crate::segments::get_segment(ctx.objects.as_ref(), s).await?;
-        fetched.insert(s.path.clone(), b);
-    }
-    let (view, from, to) = (req.view.clone(), req.from, req.to);
-    let cat = catalog.clone();
-    let (rows, report) = tokio::task::spawn_blocking(move || {
-        let mut rows = Vec::new();
-        let report = lockstep_offline::replay(
-            &cat,
-            &view,
-            &segs,
-            from,
-            to,
-            &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
-            &mut |r| {
-                rows.push(r);
-                Ok(())
-            },
-            &mut |_| {},
-        );
-        report.map(|r| (rows, r))
-    })
-    .await??;
-    let (_, v) = catalog.view(&req.view).expect("checked");
-    let nonce = {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(Instant::now()) as u32
-    };
-    let path = format!(
-        "backfill/{job}/{}/shard={shard:03}.n{}-{nonce:08x}.parquet",
-        req.view, cl.id
-    );
-    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)?;
-    let crc32 = crc32fast::hash(&bytes);
-    ctx.objects
-        .put(
-            &ObjPath::from(path.as_str()),
-            PutPayload::from(bytes::Bytes::from(bytes)),
-        )
-        .await
-        .map_err(|source| BackfillError::Store {
-            path: path.clone(),
-            source,
-        })?;
-    Ok(BackfillPart {
-        shard,
-        node: cl.id,
-        path,
-        crc32,
-        rows: report.rows,
-        events: report.events,
-        millis: started.elapsed().as_secs_f64() * 1e3,
-    })
-}
-
-/// How many times a node tries a backfill shard before failing the job.
-const BACKFILL_TRIES: u32 = 3;
-
-/// Runs the shards this node owns of every running backfill job (called
-/// as the replicated state changes): at most one task per core, each shard
-/// once per node. A shard whose owner died is run by its next owner, so a
-/// job outlives its nodes.
-fn run_backfills(
-    ctx: &Arc<NodeCtx>,
-    cl: &Arc<ClusterCtx>,
-    st: &ClusterState,
-    running: &Arc<std::sync::Mutex<std::collections::HashSet<(String, u32)>>>,
-    slots: &Arc<tokio::sync::Semaphore>,
-) {
-    let mine = st.owned_by(cl.id);
-    for job in st.backfills.iter().filter(|j| j.finished_ms.is_none()) {
-        for &shard in mine.iter().filter(|s| !job.parts.contains_key(s)) {
-            if !running
-                .lock()
-                .expect("backfills")
-                .insert((job.id.clone(), shard))
-            {
-                continue;
-            }
-            let (ctx, cl, running, slots) =
-                (ctx.clone(), cl.clone(), running.clone(), slots.clone());
-            let (id, request) = (job.id.clone(), job.request.clone());
-            tokio::spawn(async move {
-                let _slot = slots.acquire().await;
-                let outcome = match serde_json::from_str(&request) {
-                    Ok(req) => {
-                        let mut tries = 0;
-                        loop {
-                            tries += 1;
-                            match backfill_shard(&ctx, &cl, &req, &id, shard).await {
-                                Ok(p) => break Ok(p),
-                                Err(e) if tries < BACKFILL_TRIES => {
-                                    tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
-                                    tokio::time::sleep(Duration::from_millis(500)).await;
-                                }
-                                Err(e) => break Err(format!("shard {shard}: {e}")),
-                            }
-                        }
-                    }
-                    Err(e) => Err(format!("the job's request: {e}")),
-                };
-                let cmd = match &outcome {
-                    Ok(part) => Command::BackfillPart {
-                        id: id.clone(),
-                        part: part.clone(),
-                        at_ms: now_ms(),
-                    },
-                    Err(e) => {
-                        tracing::error!(job = %id, "backfill failed: {e}");
-                        Command::BackfillFail {
-                            id: id.clone(),
-                            error: e.clone(),
-                            at_ms: now_ms(),
-                        }
-                    }
-                };
-                let answer = cl.cp.propose(cmd).await;
-                let done = matches!(answer, Ok(Response::Done));
-                if let (Ok(part), Ok(Response::Rejected(_))) = (&outcome, &answer) {
-                    // another node's part came first (or the job ended):
-                    // this object is not the job's (an unanswered proposal
-                    // may have been applied, so its object stays)
-                    let listed = cl
-                        .state()
-                        .backfill(&id)
-                        .and_then(|j| j.parts.get(&shard).map(|p| p.path == part.path));
-                    if listed != Some(true) {
-                        let p = ObjPath::from(part.path.as_str());
-                        let _ = ctx.objects.delete(&p).await;
-                    }
-                }
-                if !done {
-                    // the shard may come back to this node: allow a rerun
-                    // while the job still needs it
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                running.lock().expect("backfills").remove(&(id, shard));
-            });
-        }
-    }
-}
-
 /// Starts the tasks of a cluster node: the ownership watcher (starts and
 /// stops shard actors as the shard map changes, hands shards off, takes
 /// checkpoints when epochs open) and the coordinator (acts while this node
@@ -659,7 +461,7 @@ async fn ownership(
                 }
             }
         }
-        run_backfills(&ctx, &cl, &st, &backfills, &backfill_slots);
+        crate::backfill::run_cluster_jobs(&ctx, &cl, &st, &backfills, &backfill_slots);
         let stale = epoch_at.elapsed() >= own_account;
         if st.epoch != epoch_seen || stale {
             epoch_seen = st.epoch;

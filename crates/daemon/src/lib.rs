@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
 
+pub mod backfill;
 pub mod clock;
 pub mod cluster;
 pub mod config;

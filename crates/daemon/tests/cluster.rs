@@ -663,7 +663,7 @@ fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand:
     // a backfill runs each shard on its owner, and its rows are the
     // committed training rows
     let job = serde_json::to_value(
-        lockstep_offline::run_cluster_backfill(c, &backfill_request("user_ad_features")).unwrap(),
+        lockstep_offline::run_backfill_job(c, &backfill_request("user_ad_features")).unwrap(),
     )
     .unwrap();
     let owners: HashSet<u64> = job["shards"]

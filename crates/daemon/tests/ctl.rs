@@ -119,7 +119,7 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
         sql: None,
     };
     let job = serde_json::to_value(
-        lockstep_offline::run_cluster_backfill(&lockstep_api::Client::new(&addr, TOKEN), &req)
+        lockstep_offline::run_backfill_job(&lockstep_api::Client::new(&addr, TOKEN), &req)
             .unwrap(),
     )
     .unwrap();

@@ -201,11 +201,11 @@ pub fn replay(
     Ok(report)
 }
 
-/// Like [`backfill`], with the view taken from `pipeline` (SQL) instead of
-/// the node's: a new or changed view of the same table, over the node's
-/// archive. The table must match the node's (name, columns, key, shards).
-/// In a cluster the shards replay on their owners, in parallel
-/// ([`backfill_on_cluster`]).
+/// A backfill of `view` (of the node's pipeline, or of `pipeline`) over
+/// the archive, run by the node as a job (`POST /v1/backfill`): on a
+/// cluster every node replays the shards it owns, in parallel; alone, the
+/// node replays each shard. The rows, one object per shard, are collected
+/// in shard order into `out`.
 pub fn backfill_with(
     client: &Client,
     pipeline: Option<&str>,
@@ -215,35 +215,13 @@ pub fn backfill_with(
     out: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<OfflineReport, OfflineError> {
-    let node = fetch_pipeline(client)?;
-    let clustered = client.cluster().is_ok_and(|c| c.is_some());
-    if clustered {
-        return backfill_on_cluster(client, pipeline, view, from, to, out, progress);
-    }
-    let catalog = backfill_catalog(node, pipeline, view)?;
-    let (_, v) = catalog.view(view).expect("checked");
-    let table = catalog.tables[v.table].clone();
-    let segs = list_segments(client, "raw", &table.name)?;
-    let total: u64 = segs.iter().map(|s| s.rows).sum();
-    let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
-    let report = replay(
-        &catalog,
-        view,
-        &segs,
-        from,
-        to,
-        &mut |s| fetch_segment(client, s),
-        &mut |row| w.write(&row).map_err(other),
-        &mut |n| progress(n, total),
-    )?;
-    w.finish().map_err(other)?;
-    Ok(report)
+    backfill_by_job(client, pipeline, view, from, to, out, progress)
 }
 
-/// A cluster backfill job: `POST /v1/backfill?wait=false` (retried while
-/// the control plane is unavailable, 503), then its progress until every
+/// A backfill job: `POST /v1/backfill?wait=false` (retried while the node
+/// answers 503, e.g. a cluster's control plane electing a leader), then its progress until every
 /// shard is done. Returns the finished job; a failed job is an error.
-pub fn run_cluster_backfill(
+pub fn run_backfill_job(
     client: &Client,
     req: &BackfillRequest,
 ) -> Result<BackfillJob, OfflineError> {
@@ -291,10 +269,10 @@ pub fn run_cluster_backfill(
     }
 }
 
-/// A cluster backfill: every node replays the shards it owns, in parallel,
-/// and writes their rows to the object store; this collects them in shard
-/// order into `out`.
-pub fn backfill_on_cluster(
+/// A backfill job: the node (or every node of a cluster, the shards it
+/// owns) replays the archive and writes the rows to the object store;
+/// this collects them in shard order into `out`.
+fn backfill_by_job(
     client: &Client,
     pipeline: Option<&str>,
     view: &str,
@@ -315,7 +293,7 @@ pub fn backfill_on_cluster(
         to,
         sql: pipeline.map(str::to_string),
     };
-    let mut parts: Vec<BackfillPart> = run_cluster_backfill(client, &req)?
+    let mut parts: Vec<BackfillPart> = run_backfill_job(client, &req)?
         .shards
         .unwrap_or_default();
     parts.sort_by_key(|p| p.shard);

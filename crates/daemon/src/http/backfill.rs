@@ -1,11 +1,8 @@
-//! Cluster backfill jobs.
+//! Backfill jobs, on one node or a cluster.
 #![allow(clippy::result_large_err)]
 
-use super::cluster::cluster_of;
 use super::reply::*;
-use super::routing::*;
 use super::App;
-use crate::clock::now_ms;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -42,26 +39,18 @@ pub(crate) fn job_info(j: &lockstep_cluster::state::BackfillJob, shards: u32) ->
     }
 }
 
-/// A cluster backfill job: kept in the control plane's state; every shard's
-/// owner replays it from the archive and records its part, and the shards
-/// of a node that dies are replayed by their next owners. Answers when
-/// every shard is done (or at once with `?wait=false`); the reply lists,
-/// by shard, the Parquet objects (`lockstepctl backfill` collects them).
+/// `POST /v1/backfill`: a backfill job. In a cluster it is kept in the
+/// control plane's state, every shard's owner replays it from the archive
+/// and records its part, and the shards of a node that dies are replayed
+/// by their next owners; on one node the node runs it. Answers when every
+/// shard is done (or at once with `?wait=false`); the reply lists, by
+/// shard, the Parquet objects (`lockstepctl backfill` collects them).
 pub(crate) async fn backfill(
     State(app): State<App>,
     Query(q): Query<BackfillQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let ctx = &app.ctx;
-    let cl = match cluster_of(ctx) {
-        Ok(c) => c,
-        Err(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "POST /v1/backfill runs on a cluster; on one node `lockstepctl backfill` replays the archive itself",
-            )
-        }
-    };
     let body = match body_bytes(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -75,7 +64,7 @@ pub(crate) async fn backfill(
             )
         }
     };
-    // every node replays the same definition: the pipeline now running,
+    // every shard replays the same definition: the pipeline now running,
     // unless the job brings its own
     let pipe = ctx.pipeline();
     if let Err(e) =
@@ -84,27 +73,10 @@ pub(crate) async fn backfill(
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     req.sql.get_or_insert_with(|| pipe.sql.clone());
-    let id = format!("{}-n{}", now_ms(), cl.id);
-    let request = match serde_json::to_string(&req) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let id = match app.mode.start_backfill(ctx, req).await {
+        Ok(id) => id,
+        Err(r) => return r,
     };
-    let cmd = lockstep_cluster::state::Command::BackfillStart {
-        id: id.clone(),
-        request,
-        at_ms: now_ms(),
-    };
-    match cl.cp.propose(cmd).await {
-        Ok(lockstep_cluster::state::Response::Done) => {}
-        Ok(lockstep_cluster::state::Response::Rejected(w)) => return unavailable(w.to_string()),
-        Err(e) => return unavailable(format!("the control plane: {e}")),
-    }
-    // this member applies the job a moment after the leader: answer once
-    // it has, so a `GET /v1/backfill/{job}` here right after finds it
-    let _ = wait_for(cl, std::time::Duration::from_secs(10), |st| {
-        st.backfill(&id).map(|_| ())
-    })
-    .await;
     if q.wait == Some(false) {
         return reply(
             StatusCode::ACCEPTED,
@@ -115,16 +87,17 @@ pub(crate) async fn backfill(
             },
         );
     }
-    let finished = wait_for(cl, std::time::Duration::from_secs(600), |st| {
-        st.backfill(&id)
-            .filter(|j| j.finished_ms.is_some())
-            .map(|j| (j.error.is_some(), job_info(j, st.shards)))
-    })
-    .await;
-    match finished {
-        Ok((false, body)) => ok(body),
-        Ok((true, body)) => reply(StatusCode::INTERNAL_SERVER_ERROR, body),
-        Err(_) => (
+    match app
+        .mode
+        .backfill_finished(&id, std::time::Duration::from_secs(600))
+        .await
+    {
+        Some(j) if j.error.is_none() => ok(job_info(&j, ctx.table.shards)),
+        Some(j) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            job_info(&j, ctx.table.shards),
+        ),
+        None => (
             StatusCode::ACCEPTED,
             axum::Json(BackfillStarted {
                 job: id,
@@ -140,17 +113,13 @@ pub(crate) async fn backfill(
 
 /// `GET /v1/backfill`: the running and recently finished backfill jobs.
 pub(crate) async fn backfill_jobs(State(app): State<App>) -> Response {
-    let cl = match cluster_of(&app.ctx) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let st = cl.state();
-    let jobs: Vec<_> = st
-        .backfills
+    let jobs: Vec<_> = app
+        .mode
+        .backfill_jobs()
         .iter()
         .map(|j| BackfillJob {
             shards: None,
-            ..job_info(j, st.shards)
+            ..job_info(j, app.ctx.table.shards)
         })
         .collect();
     ok(BackfillJobs { jobs })
@@ -158,13 +127,8 @@ pub(crate) async fn backfill_jobs(State(app): State<App>) -> Response {
 
 /// `GET /v1/backfill/{job}`: one job with its done shards.
 pub(crate) async fn backfill_job(State(app): State<App>, Path(job): Path<String>) -> Response {
-    let cl = match cluster_of(&app.ctx) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let st = cl.state();
-    match st.backfill(&job) {
-        Some(j) => ok(job_info(j, st.shards)),
+    match app.mode.backfill_jobs().iter().find(|j| j.id == job) {
+        Some(j) => ok(job_info(j, app.ctx.table.shards)),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no backfill job {job} (finished jobs are kept a while)"),

@@ -176,11 +176,39 @@ pub(crate) struct Limit {
 pub(crate) async fn deadletters(
     State(app): State<App>,
     Path(table): Path<String>,
+    headers: HeaderMap,
     Query(q): Query<Limit>,
 ) -> Response {
     if table != app.ctx.table.name {
         return error(StatusCode::NOT_FOUND, format!("unknown table `{table}`"));
     }
-    let list = crate::writer::dead_letters(&app.ctx, q.limit.unwrap_or(100));
-    ok(lockstep_api::DeadLetters { dead_letters: list })
+    let limit = q.limit.unwrap_or(100).min(MAX_DEAD_LETTERS);
+    let mut list = crate::writer::dead_letters(&app.ctx, limit);
+    let mut unreachable = Vec::new();
+    // each node keeps the dead letters of the requests it received: a
+    // listing asks the others for theirs
+    if !headers.contains_key(super::mode::FORWARDED) {
+        let path = format!(
+            "/v1/tables/{}/deadletters?limit={limit}",
+            lockstep_api::path_segment(&table)
+        );
+        for (addr, answer) in app.mode.ask_peers(&app.ctx, path).await {
+            match answer.and_then(|b| {
+                serde_json::from_slice::<lockstep_api::DeadLetters>(&b).map_err(|e| e.to_string())
+            }) {
+                Ok(theirs) => list.extend(theirs.dead_letters),
+                Err(e) => unreachable.push(format!("{addr}: {e}")),
+            }
+        }
+        list.sort_by_key(|d| d.at_ms);
+        let extra = list.len().saturating_sub(limit);
+        list.drain(..extra);
+    }
+    ok(lockstep_api::DeadLetters {
+        dead_letters: list,
+        unreachable,
+    })
 }
+
+/// Most dead letters one listing returns.
+pub(crate) const MAX_DEAD_LETTERS: usize = 10_000;

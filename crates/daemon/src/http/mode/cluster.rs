@@ -6,7 +6,7 @@
 use super::super::reply::*;
 use super::super::routing::wait_for;
 use super::super::App;
-use super::{Events, NodeMode, Route};
+use super::{Events, Job, NodeMode, PeerAnswers, Route, FORWARDED};
 use crate::clock::now_ms;
 use crate::cluster::ClusterCtx;
 use crate::node::NodeCtx;
@@ -18,16 +18,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use lockstep_api::{CheckpointReply, CheckpointReport};
+use lockstep_api::{BackfillRequest, CheckpointReply, CheckpointReport};
 use lockstep_cluster::state::{ClusterState, Command, NodeState, Response as Applied};
 use lockstep_core::value::Row;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-/// Set on a request one node forwards to another (which never forwards
-/// it again).
-const FORWARDED: &str = "x-lockstep-forwarded";
 
 pub(crate) struct Member {
     pub(crate) cl: Arc<ClusterCtx>,
@@ -262,6 +258,38 @@ impl NodeMode for Member {
             .collect()
     }
 
+    fn ask_peers<'a>(&'a self, ctx: &'a NodeCtx, path: String) -> BoxFuture<'a, PeerAnswers> {
+        async move {
+            let asks = self.peers().into_iter().map(|addr| {
+                let client = lockstep_api::Client::with_agent(
+                    self.cl.agent.clone(),
+                    &addr,
+                    &ctx.config.token,
+                );
+                let path = path.clone();
+                async move {
+                    let got = tokio::task::spawn_blocking(move || {
+                        client.request("GET", &path, None, &[(FORWARDED, "1")])
+                    })
+                    .await;
+                    let answer = match got {
+                        Ok(Ok(r)) if r.status == 200 => Ok(r.body),
+                        Ok(Ok(r)) => Err(format!(
+                            "answered {}: {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        )),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (addr, answer)
+                }
+            });
+            futures::future::join_all(asks).await
+        }
+        .boxed()
+    }
+
     /// The cluster's view registry, as committed so far.
     fn current_pipeline<'a>(
         &'a self,
@@ -340,6 +368,57 @@ impl NodeMode for Member {
                     format!("the new pipeline is applied, but {} shards have not committed their rebuild after 10 minutes; they keep retrying (see the owners' logs and `lockstepctl shards`)", waiting(&st)),
                 )),
             }
+        }
+        .boxed()
+    }
+
+    /// The job goes into the replicated state; every shard's owner replays
+    /// its shards and records its parts there.
+    fn start_backfill<'a>(
+        &'a self,
+        _ctx: &'a Arc<NodeCtx>,
+        req: BackfillRequest,
+    ) -> BoxFuture<'a, Result<String, Response>> {
+        async move {
+            let cl = &self.cl;
+            let id = format!("{}-n{}", now_ms(), cl.id);
+            let request = serde_json::to_string(&req).expect("requests encode");
+            let cmd = Command::BackfillStart {
+                id: id.clone(),
+                request,
+                at_ms: now_ms(),
+            };
+            match cl.cp.propose(cmd).await {
+                Ok(Applied::Done) => {}
+                Ok(Applied::Rejected(w)) => return Err(unavailable(w.to_string())),
+                Err(e) => return Err(unavailable(format!("the control plane: {e}"))),
+            }
+            // this member applies the job a moment after the leader: answer
+            // once it has, so a `GET /v1/backfill/{job}` here finds it
+            let _ = wait_for(cl, Duration::from_secs(10), |st| {
+                st.backfill(&id).map(|_| ())
+            })
+            .await;
+            Ok(id)
+        }
+        .boxed()
+    }
+
+    fn backfill_jobs(&self) -> Vec<Job> {
+        self.cl.state().backfills.clone()
+    }
+
+    fn backfill_finished<'a>(
+        &'a self,
+        id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<Job>> {
+        async move {
+            wait_for(&self.cl, timeout, |st| {
+                st.backfill(id).filter(|j| j.finished_ms.is_some()).cloned()
+            })
+            .await
+            .ok()
         }
         .boxed()
     }

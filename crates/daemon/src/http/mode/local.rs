@@ -5,7 +5,7 @@
 use super::super::reply::*;
 use super::super::routing::all_shards;
 use super::super::App;
-use super::{Events, NodeMode, Route};
+use super::{Events, Job, NodeMode, PeerAnswers, Route};
 use crate::node::{Node, NodeCtx};
 use crate::pipeline::Pipeline;
 use crate::segments::SegmentInfo;
@@ -16,13 +16,16 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use lockstep_api::{CheckpointReply, CheckpointReport};
+use lockstep_api::{BackfillRequest, CheckpointReply, CheckpointReport};
 use lockstep_core::value::Row;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-pub(crate) struct Alone;
+#[derive(Default)]
+pub(crate) struct Alone {
+    jobs: Arc<crate::backfill::LocalJobs>,
+}
 
 impl NodeMode for Alone {
     fn route(&self, _ctx: &NodeCtx, _shard: u32, _headers: &HeaderMap) -> Route {
@@ -90,7 +93,8 @@ impl NodeMode for Alone {
                     return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")
                 }
             };
-            if written.replayed {
+            // a repeated Idempotency-Key, or an event id applied before
+            if written.replayed || written.duplicates > 0 {
                 return shard_error(crate::shard::ShardError::AlreadyIngested);
             }
             let features = match written.features {
@@ -163,6 +167,10 @@ impl NodeMode for Alone {
 
     fn peers(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn ask_peers<'a>(&'a self, _ctx: &'a NodeCtx, _path: String) -> BoxFuture<'a, PeerAnswers> {
+        async { Vec::new() }.boxed()
     }
 
     fn current_pipeline<'a>(
@@ -245,5 +253,27 @@ impl NodeMode for Alone {
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         }
         .boxed()
+    }
+
+    /// This node runs the job, shard after shard, over the segments its
+    /// shards have committed.
+    fn start_backfill<'a>(
+        &'a self,
+        ctx: &'a Arc<NodeCtx>,
+        req: BackfillRequest,
+    ) -> BoxFuture<'a, Result<String, Response>> {
+        async move { Ok(self.jobs.start(ctx, req)) }.boxed()
+    }
+
+    fn backfill_jobs(&self) -> Vec<Job> {
+        self.jobs.jobs()
+    }
+
+    fn backfill_finished<'a>(
+        &'a self,
+        id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<Job>> {
+        async move { self.jobs.finished(id, timeout).await }.boxed()
     }
 }

@@ -10,6 +10,8 @@
 //! | committed segments | the shards' manifests | the replicated manifest |
 //! | other nodes (compaction) | none | the live members |
 //! | views apply | pipeline file, ingest paused, shards rebuilt | the view registry in Raft, owners rebuild |
+//! | backfill jobs | run here, kept in memory | in the replicated state, run by each shard's owner |
+//! | dead-letter listing | this node's | every live node's, merged |
 #![allow(clippy::result_large_err)]
 
 pub(crate) mod cluster;
@@ -23,10 +25,17 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use futures::future::BoxFuture;
-use lockstep_api::CheckpointReply;
+use lockstep_api::{BackfillRequest, CheckpointReply};
 use lockstep_core::value::Row;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Set on a request one node sends another (which answers it alone,
+/// never passing it on).
+pub(crate) const FORWARDED: &str = "x-lockstep-forwarded";
+
+/// What each peer answered to a GET: `(address, body or why not)`.
+pub(crate) type PeerAnswers = Vec<(String, Result<Vec<u8>, String>)>;
 
 /// Where a request for a shard is answered.
 pub(crate) enum Route {
@@ -89,6 +98,10 @@ pub(crate) trait NodeMode: Send + Sync {
     /// The API addresses of the other live nodes.
     fn peers(&self) -> Vec<String>;
 
+    /// GETs `path` on every other live node (marked [`FORWARDED`], so each
+    /// answers for itself alone), concurrently.
+    fn ask_peers<'a>(&'a self, ctx: &'a NodeCtx, path: String) -> BoxFuture<'a, PeerAnswers>;
+
     /// The pipeline a `views apply` replaces, and the version the new one
     /// gets.
     fn current_pipeline<'a>(
@@ -104,12 +117,34 @@ pub(crate) trait NodeMode: Send + Sync {
         old: Arc<Pipeline>,
         new: Arc<Pipeline>,
     ) -> BoxFuture<'a, Result<(), Response>>;
+
+    /// Registers a backfill job (`req.sql` set) and starts it; returns its
+    /// id once this node can report on it.
+    fn start_backfill<'a>(
+        &'a self,
+        ctx: &'a Arc<NodeCtx>,
+        req: BackfillRequest,
+    ) -> BoxFuture<'a, Result<String, Response>>;
+
+    /// The running and recently finished backfill jobs.
+    fn backfill_jobs(&self) -> Vec<Job>;
+
+    /// The job `id` once finished, or `None` after `timeout`.
+    fn backfill_finished<'a>(
+        &'a self,
+        id: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<Job>>;
 }
+
+/// A backfill job as a node keeps it (in the replicated state, or in the
+/// node's memory).
+pub(crate) type Job = lockstep_cluster::state::BackfillJob;
 
 /// The mode of a node: the one place that chooses.
 pub(crate) fn for_node(ctx: &NodeCtx) -> Arc<dyn NodeMode> {
     match &ctx.cluster {
         Some(cl) => Arc::new(cluster::Member { cl: cl.clone() }),
-        None => Arc::new(local::Alone),
+        None => Arc::new(local::Alone::default()),
     }
 }

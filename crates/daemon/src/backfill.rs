@@ -1,0 +1,348 @@
+//! Backfill jobs: a view (new or running) replayed over the archive, each
+//! shard from its committed raw segments, into one Parquet object per
+//! shard under `backfill/<job>/<view>/`. The replay of a shard is one code
+//! path; who runs it differs: in a cluster every shard's owner, with the
+//! job kept in the replicated state (so it outlives a dead node); on one
+//! node this node, with the job kept in memory ([`LocalJobs`]).
+
+use crate::clock::now_ms;
+use crate::cluster::ClusterCtx;
+use crate::node::NodeCtx;
+use crate::segments::SegmentInfo;
+use lockstep_api::{BackfillPart, BackfillRequest};
+use lockstep_cluster::state::{BackfillJob, ClusterState, Command, Response};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why one shard of a backfill job could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("{0}")]
+    Definition(#[from] lockstep_offline::OfflineError),
+    #[error(transparent)]
+    Segment(#[from] crate::segments::SegmentError),
+    #[error("writing its rows: {0}")]
+    Encode(#[from] lockstep_io::IoError),
+    #[error("writing {path}: {source}")]
+    Store {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("the replay task died: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The committed raw segments of `shard` of the node's table, in order.
+fn raw_segments(
+    ctx: &NodeCtx,
+    listed: impl IntoIterator<Item = SegmentInfo>,
+    shard: u32,
+) -> Vec<SegmentInfo> {
+    let mut segs: Vec<SegmentInfo> = listed
+        .into_iter()
+        .filter(|s| s.kind == "raw" && s.name == ctx.table.name && s.shard == shard)
+        .collect();
+    segs.sort_by_key(|s| s.from_offset);
+    segs
+}
+
+/// Replays one shard of a backfill job from the archive in the object
+/// store (the raw segments `segs`, as the manifest lists them) and writes
+/// its rows as one Parquet object under `backfill/<job>/<view>/`, named by
+/// the node that ran it and a nonce (in a cluster the shard's next owner
+/// may run it too; the first part committed wins).
+pub async fn replay_shard(
+    ctx: &NodeCtx,
+    segs: Vec<SegmentInfo>,
+    node: u64,
+    req: &BackfillRequest,
+    job: &str,
+    shard: u32,
+) -> Result<BackfillPart, BackfillError> {
+    let started = Instant::now();
+    let node_catalog = (*ctx.pipeline().catalog).clone();
+    let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)?;
+    let mut fetched = HashMap::new();
+    for s in &segs {
+        let b = crate::segments::get_segment(ctx.objects.as_ref(), s).await?;
+        fetched.insert(s.path.clone(), b);
+    }
+    let (view, from, to) = (req.view.clone(), req.from, req.to);
+    let cat = catalog.clone();
+    let (rows, report) = tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        let report = lockstep_offline::replay(
+            &cat,
+            &view,
+            &segs,
+            from,
+            to,
+            &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
+            &mut |r| {
+                rows.push(r);
+                Ok(())
+            },
+            &mut |_| {},
+        );
+        report.map(|r| (rows, r))
+    })
+    .await??;
+    let (_, v) = catalog.view(&req.view).expect("checked");
+    let nonce = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(Instant::now()) as u32
+    };
+    let path = format!(
+        "backfill/{job}/{}/shard={shard:03}.n{node}-{nonce:08x}.parquet",
+        req.view
+    );
+    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)?;
+    let crc32 = crc32fast::hash(&bytes);
+    ctx.objects
+        .put(
+            &ObjPath::from(path.as_str()),
+            PutPayload::from(bytes::Bytes::from(bytes)),
+        )
+        .await
+        .map_err(|source| BackfillError::Store {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(BackfillPart {
+        shard,
+        node,
+        path,
+        crc32,
+        rows: report.rows,
+        events: report.events,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// How many times a node tries a backfill shard before failing the job.
+const BACKFILL_TRIES: u32 = 3;
+
+/// Replays one shard of a cluster job: the shard's raw segments as the
+/// replicated manifest lists them.
+async fn cluster_shard(
+    ctx: &NodeCtx,
+    cl: &ClusterCtx,
+    req: &BackfillRequest,
+    job: &str,
+    shard: u32,
+) -> Result<BackfillPart, BackfillError> {
+    let listed = cl.state().segments[shard as usize].clone();
+    let segs = raw_segments(ctx, listed, shard);
+    replay_shard(ctx, segs, cl.id, req, job, shard).await
+}
+
+/// Runs the shards this node owns of every running backfill job (called
+/// as the replicated state changes): at most one task per core, each shard
+/// once per node. A shard whose owner died is run by its next owner, so a
+/// job outlives its nodes.
+pub fn run_cluster_jobs(
+    ctx: &Arc<NodeCtx>,
+    cl: &Arc<ClusterCtx>,
+    st: &ClusterState,
+    running: &Arc<Mutex<std::collections::HashSet<(String, u32)>>>,
+    slots: &Arc<tokio::sync::Semaphore>,
+) {
+    let mine = st.owned_by(cl.id);
+    for job in st.backfills.iter().filter(|j| j.finished_ms.is_none()) {
+        for &shard in mine.iter().filter(|s| !job.parts.contains_key(s)) {
+            if !running
+                .lock()
+                .expect("backfills")
+                .insert((job.id.clone(), shard))
+            {
+                continue;
+            }
+            let (ctx, cl, running, slots) =
+                (ctx.clone(), cl.clone(), running.clone(), slots.clone());
+            let (id, request) = (job.id.clone(), job.request.clone());
+            tokio::spawn(async move {
+                let _slot = slots.acquire().await;
+                let outcome = match serde_json::from_str(&request) {
+                    Ok(req) => {
+                        let mut tries = 0;
+                        loop {
+                            tries += 1;
+                            match cluster_shard(&ctx, &cl, &req, &id, shard).await {
+                                Ok(p) => break Ok(p),
+                                Err(e) if tries < BACKFILL_TRIES => {
+                                    tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                }
+                                Err(e) => break Err(format!("shard {shard}: {e}")),
+                            }
+                        }
+                    }
+                    Err(e) => Err(format!("the job's request: {e}")),
+                };
+                let cmd = match &outcome {
+                    Ok(part) => Command::BackfillPart {
+                        id: id.clone(),
+                        part: part.clone(),
+                        at_ms: now_ms(),
+                    },
+                    Err(e) => {
+                        tracing::error!(job = %id, "backfill failed: {e}");
+                        Command::BackfillFail {
+                            id: id.clone(),
+                            error: e.clone(),
+                            at_ms: now_ms(),
+                        }
+                    }
+                };
+                let answer = cl.cp.propose(cmd).await;
+                let done = matches!(answer, Ok(Response::Done));
+                if let (Ok(part), Ok(Response::Rejected(_))) = (&outcome, &answer) {
+                    // another node's part came first (or the job ended):
+                    // this object is not the job's (an unanswered proposal
+                    // may have been applied, so its object stays)
+                    let listed = cl
+                        .state()
+                        .backfill(&id)
+                        .and_then(|j| j.parts.get(&shard).map(|p| p.path == part.path));
+                    if listed != Some(true) {
+                        let p = ObjPath::from(part.path.as_str());
+                        let _ = ctx.objects.delete(&p).await;
+                    }
+                }
+                if !done {
+                    // the shard may come back to this node: allow a rerun
+                    // while the job still needs it
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                running.lock().expect("backfills").remove(&(id, shard));
+            });
+        }
+    }
+}
+
+/// One node's backfill jobs: run by this node, shard after shard, kept in
+/// memory (a restart forgets them; a job running then is lost and must be
+/// started again), the last [`KEEP_FINISHED`] finished ones kept.
+#[derive(Default)]
+pub struct LocalJobs {
+    jobs: Mutex<Vec<BackfillJob>>,
+    /// Bumped whenever a job changes (waiters watch it).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Finished one-node jobs kept for `GET /v1/backfill`.
+pub const KEEP_FINISHED: usize = lockstep_cluster::state::KEEP_FINISHED_BACKFILLS;
+
+impl LocalJobs {
+    /// Registers a job and starts running it.
+    pub fn start(self: &Arc<Self>, ctx: &Arc<NodeCtx>, req: BackfillRequest) -> String {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!(
+            "{}-n0-{}",
+            now_ms(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let request = serde_json::to_string(&req).expect("requests encode");
+        {
+            let mut jobs = self.jobs.lock().expect("jobs");
+            jobs.push(BackfillJob {
+                id: id.clone(),
+                request,
+                started_ms: now_ms(),
+                parts: BTreeMap::new(),
+                error: None,
+                finished_ms: None,
+            });
+            let finished = jobs.iter().filter(|j| j.finished_ms.is_some()).count();
+            let mut extra = finished.saturating_sub(KEEP_FINISHED);
+            jobs.retain(|j| {
+                let old = extra > 0 && j.finished_ms.is_some();
+                extra -= usize::from(old);
+                !old
+            });
+        }
+        let (me, ctx, job) = (self.clone(), ctx.clone(), id.clone());
+        tokio::spawn(async move { me.run(&ctx, &job, req).await });
+        id
+    }
+
+    async fn run(&self, ctx: &Arc<NodeCtx>, id: &str, req: BackfillRequest) {
+        let listed = match crate::shard::segments_of_all(ctx).await {
+            Ok(l) => l,
+            Err(e) => return self.finish(id, Err(format!("listing the archive: {e}"))),
+        };
+        for shard in 0..ctx.table.shards {
+            let segs = raw_segments(ctx, listed.iter().cloned(), shard);
+            let mut tries = 0;
+            let part = loop {
+                tries += 1;
+                match replay_shard(ctx, segs.clone(), 0, &req, id, shard).await {
+                    Ok(p) => break Ok(p),
+                    Err(e) if tries < BACKFILL_TRIES => {
+                        tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => break Err(format!("shard {shard}: {e}")),
+                }
+            };
+            match part {
+                Ok(p) => self.update(id, |j| {
+                    j.parts.insert(shard, p);
+                }),
+                Err(e) => return self.finish(id, Err(e)),
+            }
+        }
+        self.finish(id, Ok(()));
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut BackfillJob)) {
+        if let Some(j) = self
+            .jobs
+            .lock()
+            .expect("jobs")
+            .iter_mut()
+            .find(|j| j.id == id)
+        {
+            f(j);
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn finish(&self, id: &str, outcome: Result<(), String>) {
+        if let Err(e) = &outcome {
+            tracing::error!(job = %id, "backfill failed: {e}");
+        }
+        self.update(id, |j| {
+            j.error = outcome.err();
+            j.finished_ms = Some(now_ms());
+        });
+    }
+
+    pub fn jobs(&self) -> Vec<BackfillJob> {
+        self.jobs.lock().expect("jobs").clone()
+    }
+
+    pub fn job(&self, id: &str) -> Option<BackfillJob> {
+        self.jobs().into_iter().find(|j| j.id == id)
+    }
+
+    /// The job once it finished, or `None` after `timeout`.
+    pub async fn finished(&self, id: &str, timeout: Duration) -> Option<BackfillJob> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(j) = self.job(id).filter(|j| j.finished_ms.is_some()) {
+                return Some(j);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
