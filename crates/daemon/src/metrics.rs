@@ -69,7 +69,7 @@ impl Metrics {
             );
             r.register(
                 "duplicate_events",
-                "Records skipped as repeats of an event id already applied (cluster, tables with event_id)",
+                "Records skipped as repeats of an event id already applied (tables with event_id)",
                 m.duplicates.clone(),
             );
             r.register(

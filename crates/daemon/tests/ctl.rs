@@ -119,8 +119,7 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
         sql: None,
     };
     let job = serde_json::to_value(
-        lockstep_offline::run_backfill_job(&lockstep_api::Client::new(&addr, TOKEN), &req)
-            .unwrap(),
+        lockstep_offline::run_backfill_job(&lockstep_api::Client::new(&addr, TOKEN), &req).unwrap(),
     )
     .unwrap();
     assert_eq!(job["state"], "done", "{job}");

@@ -293,9 +293,7 @@ fn backfill_by_job(
         to,
         sql: pipeline.map(str::to_string),
     };
-    let mut parts: Vec<BackfillPart> = run_backfill_job(client, &req)?
-        .shards
-        .unwrap_or_default();
+    let mut parts: Vec<BackfillPart> = run_backfill_job(client, &req)?.shards.unwrap_or_default();
     parts.sort_by_key(|p| p.shard);
     let mut w = lockstep_io::create_row_writer(out, &v.output).map_err(other)?;
     let mut report = OfflineReport::default();

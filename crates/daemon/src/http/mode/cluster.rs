@@ -118,8 +118,10 @@ impl NodeMode for Member {
     }
 
     /// The events go to the table's topic; retries are deduplicated by the
-    /// shards (the key travels with each record); dead letters stay with
-    /// this node's writer.
+    /// shards (the key travels with each record). The writer keeps the
+    /// dead letters and the key with its reply: a retry that reaches this
+    /// node again is answered with that reply, marked `Idempotent-Replayed`
+    /// (its records, produced again, are skipped by the shards).
     fn append<'a>(
         &'a self,
         ctx: &'a NodeCtx,
@@ -135,7 +137,7 @@ impl NodeMode for Member {
                     )));
                 }
             }
-            Ok((None, Vec::new()))
+            Ok((key, Vec::new()))
         }
         .boxed()
     }
