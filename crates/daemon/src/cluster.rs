@@ -495,9 +495,11 @@ fn follow_pipeline(
     );
     ctx.set_pipeline(Arc::new(new));
     if changed {
+        // each shard rebuilds in place; the apply's caller waits on the
+        // replicated checkpoints, which record the pipeline each is for
         for s in 0..ctx.table.shards {
             if let Some(a) = ctx.shard(s) {
-                let _ = a.send_message(ShardMsg::Stop);
+                let _ = a.send_message(ShardMsg::Swap { reply: None });
             }
         }
     }

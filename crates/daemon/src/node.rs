@@ -36,6 +36,9 @@ pub struct NodeCtx {
     /// backpressure).
     pub processed: Vec<AtomicU64>,
     pub restarts: Vec<AtomicU64>,
+    /// Per shard: its actor is rebuilding under a new pipeline (requests
+    /// for it answer 503 instead of waiting in its mailbox).
+    pub rebuilding: Vec<std::sync::atomic::AtomicBool>,
     /// Held by a shard's running checkpoint task; recovery takes it first,
     /// so a restarted actor never loads under a predecessor's commit.
     pub checkpoint_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
@@ -233,6 +236,9 @@ impl Node {
             shards: RwLock::new(vec![None; n]),
             processed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             restarts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            rebuilding: (0..n)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
             checkpoint_locks: (0..n)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),

@@ -16,6 +16,7 @@ pub(crate) async fn ask<T>(
     make: impl FnOnce(Reply<T>) -> ShardMsg,
 ) -> Result<T, Response> {
     let unavailable = || self::unavailable(format!("shard {shard} is restarting; retry"));
+    rebuilt(ctx, shard)?;
     let actor = ctx.shard(shard).ok_or_else(unavailable)?;
     let (tx, rx) = oneshot::channel();
     actor.send_message(make(tx)).map_err(|_| unavailable())?;
@@ -24,6 +25,17 @@ pub(crate) async fn ask<T>(
         Ok(Err(e)) => Err(shard_error(e)),
         Err(_) => Err(unavailable()),
     }
+}
+
+/// 503 while the shard rebuilds under a new pipeline (its actor would
+/// answer only after the rebuild).
+fn rebuilt(ctx: &NodeCtx, shard: u32) -> Result<(), Response> {
+    if ctx.rebuilding[shard as usize].load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(unavailable(format!(
+            "shard {shard} is rebuilding its state for the new views; retry"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `view` runs now.
@@ -46,6 +58,7 @@ pub(crate) async fn all_shards<T>(
 ) -> Result<Vec<T>, Response> {
     let mut waits = Vec::new();
     for s in (0..ctx.table.shards).filter(|s| ctx.holds(*s)) {
+        rebuilt(ctx, s)?;
         let (tx, rx) = oneshot::channel();
         let sent = ctx
             .shard(s)

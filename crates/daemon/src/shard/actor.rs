@@ -1,6 +1,6 @@
 //! The ractor actor around a shard's worker: messages in mailbox order.
 
-use super::{Shard, ShardMsg, ShardWorker, StopReason};
+use super::{Shard, ShardError, ShardMsg, ShardWorker, StopReason};
 
 use crate::node::NodeCtx;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -73,6 +73,13 @@ impl Actor for ShardActor {
             ShardMsg::ServeWhenSeen { key, view, reply } => {
                 mode.serve_when_seen(w, key, view, reply)
             }
+            ShardMsg::Swap { reply } => {
+                w.swaps.extend(reply);
+                if !w.in_flight {
+                    // (else finish_checkpoint sends the swap again)
+                    swap_pipeline(s, &me).await?;
+                }
+            }
             ShardMsg::Stop => me.stop(Some(StopReason::PipelineChange.into())),
             ShardMsg::Checkpoint { reply } => w.start_checkpoint(mode, &me, reply),
             ShardMsg::CheckpointDone {
@@ -97,5 +104,52 @@ impl Actor for ShardActor {
             ShardMsg::Handoff => mode.begin_handoff(w, &me),
         }
         Ok(())
+    }
+}
+
+/// Rebuilds the shard under the node's current pipeline, in place: the
+/// same recovery a restarted actor runs (the last checkpoint restored,
+/// rebuilt from the archive for the new views, the log since replayed),
+/// without handing the shard to the supervisor. A shard that is leaving
+/// the node stops instead; a failed rebuild fails the actor, and the
+/// supervisor's restart retries it under the same pipeline.
+async fn swap_pipeline(s: &mut Shard, me: &ActorRef<ShardMsg>) -> Result<(), ShardError> {
+    let waiting = std::mem::take(&mut s.w.swaps);
+    if s.w.pipe.fingerprint() == s.w.ctx.pipeline().fingerprint() {
+        for r in waiting {
+            let _ = r.send(Ok(()));
+        }
+        return Ok(());
+    }
+    if let Err(e) = s.mode.check_serving(&s.w) {
+        // handing off: the next owner recovers under the new views
+        for r in waiting {
+            let _ = r.send(Err(e.clone()));
+        }
+        me.stop(Some(StopReason::PipelineChange.into()));
+        return Ok(());
+    }
+    s.mode.stop_reading();
+    let (ctx, shard) = (s.w.ctx.clone(), s.w.shard);
+    ctx.rebuilding[shard as usize].store(true, Ordering::Relaxed);
+    let recovered = ShardWorker::recover(ctx.clone(), shard).await;
+    ctx.rebuilding[shard as usize].store(false, Ordering::Relaxed);
+    match recovered {
+        Ok(fresh) => {
+            *s = fresh;
+            s.mode.start_reading(&s.w, me);
+            s.w.publish_progress();
+            tracing::info!(shard = s.w.shard, "the shard runs the new pipeline");
+            for r in waiting {
+                let _ = r.send(Ok(()));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for r in waiting {
+                let _ = r.send(Err(e.clone()));
+            }
+            Err(e)
+        }
     }
 }

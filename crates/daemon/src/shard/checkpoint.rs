@@ -29,8 +29,9 @@ impl ShardWorker {
     ) {
         if self.pipe.fingerprint() != self.ctx.pipeline().fingerprint() {
             // `views apply` switched the node while this actor was starting
-            // (too late for the stop it sends): restart under the new views
-            me.stop(Some(StopReason::PipelineChange.into()));
+            // (too late for the swap it sends): rebuild under the new views
+            drop(reply);
+            let _ = me.send_message(ShardMsg::Swap { reply: None });
             return;
         }
         if self.in_flight {
@@ -228,7 +229,10 @@ impl ShardWorker {
         for r in replies {
             let _ = r.send(result.clone());
         }
-        if self.again {
+        if !self.swaps.is_empty() {
+            // a pipeline swap waited for this checkpoint
+            let _ = me.send_message(ShardMsg::Swap { reply: None });
+        } else if self.again {
             self.start_checkpoint(mode, me, None);
         }
         mode.after_checkpoint(self, me);

@@ -77,8 +77,16 @@ pub enum ShardMsg {
     /// the supervisor after a restart, for events whose messages went to the
     /// failed predecessor.
     CatchUp,
+    /// The node's pipeline changed (`views apply`): the actor rebuilds its
+    /// state under it in place (after a checkpoint in flight, if any) and
+    /// answers when it serves the new views. A shard already running the
+    /// node's pipeline answers at once.
+    Swap {
+        reply: Option<Reply<()>>,
+    },
     /// Stop; the supervisor starts a successor, which recovers under the
-    /// node's current pipeline (`views apply`).
+    /// node's current pipeline (a cluster pipeline this node cannot run:
+    /// the successor waits).
     Stop,
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
@@ -134,6 +142,8 @@ pub struct ShardWorker {
     in_flight: bool,
     again: bool,
     replies: Vec<Reply<CheckpointReport>>,
+    /// Callers of a pipeline swap waiting for a checkpoint in flight.
+    swaps: Vec<Reply<()>>,
 }
 
 fn err(e: impl std::fmt::Display) -> ShardError {

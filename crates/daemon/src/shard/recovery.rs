@@ -36,6 +36,7 @@ impl ShardWorker {
             in_flight: false,
             again: false,
             replies: Vec::new(),
+            swaps: Vec::new(),
         };
         let mode = recover_mode(&mut w, loaded).await?;
         w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);

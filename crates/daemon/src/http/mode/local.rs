@@ -187,8 +187,9 @@ impl NodeMode for Alone {
 
     /// The new SQL is written to the node's pipeline file first (so a
     /// restart, even in the middle, runs it), ingest pauses, every shard
-    /// checkpoints, and each shard restarts under the new pipeline: its
-    /// state is rebuilt from its archive. Serving answers 503 meanwhile.
+    /// checkpoints, and each shard actor is sent the swap: it rebuilds its
+    /// state from its archive under the new pipeline and answers. Serving
+    /// waits in the actors' mailboxes meanwhile.
     fn apply_views<'a>(
         &'a self,
         ctx: &'a Arc<NodeCtx>,
@@ -220,33 +221,12 @@ impl NodeMode for Alone {
                     ));
                 }
             }
-            // 3. each shard restarts and rebuilds under the new pipeline
+            // 3. each shard rebuilds under the new pipeline, in place
             ctx.set_pipeline(new.clone());
-            let old_ids: Vec<Option<ractor::ActorId>> = (0..ctx.table.shards)
-                .map(|s| ctx.shard(s).map(|a| a.get_id()))
-                .collect();
-            for s in 0..ctx.table.shards {
-                if let Some(a) = ctx.shard(s) {
-                    let _ = a.send_message(ShardMsg::Stop);
-                }
-            }
-            let deadline = Instant::now() + std::time::Duration::from_secs(600);
-            loop {
-                let done = (0..ctx.table.shards).all(|s| {
-                    let now = ctx.shard(s).map(|a| a.get_id());
-                    now.is_some() && now != old_ids[s as usize]
-                });
-                if done {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    // the supervisor keeps retrying; the node's log says why
-                    return Err(error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "some shards have not finished rebuilding after 10 minutes; they keep retrying (see the node's log and /v1/status)",
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let swaps = (0..ctx.table.shards).map(|s| swap_shard(ctx, s, deadline));
+            for r in futures::future::join_all(swaps).await {
+                r?;
             }
             ctx.state
                 .set_node_key("views", &new.fingerprint())
@@ -276,4 +256,30 @@ impl NodeMode for Alone {
     ) -> BoxFuture<'a, Option<Job>> {
         async move { self.jobs.finished(id, timeout).await }.boxed()
     }
+}
+
+/// Swaps shard `s` to the node's pipeline and waits for its answer; an
+/// actor that is restarting (its successor recovers under the new
+/// pipeline, or failed the rebuild and is retried) is asked again.
+async fn swap_shard(ctx: &NodeCtx, s: u32, deadline: Instant) -> Result<(), Response> {
+    let mut last = String::from("its actor is restarting");
+    while Instant::now() < deadline {
+        let (tx, rx) = oneshot::channel();
+        let sent = ctx
+            .shard(s)
+            .is_some_and(|a| a.send_message(ShardMsg::Swap { reply: Some(tx) }).is_ok());
+        if sent {
+            match rx.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "its actor stopped".into(),
+            }
+        }
+        // the supervisor restarts it (with backoff): ask its successor
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("shard {s} has not rebuilt after 10 minutes ({last}); it keeps retrying (see the node's log and /v1/status)"),
+    ))
 }
