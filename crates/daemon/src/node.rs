@@ -162,46 +162,7 @@ impl Node {
         let table = catalog.tables[0].clone();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(format!("{}: {e}", config.data_dir.display())))?;
-        let policy = match config.fsync {
-            Fsync::Always => FsyncPolicy::Always,
-            Fsync::Every(d) => FsyncPolicy::EveryMillis(d.as_millis() as u64),
-        };
-        let log = EmbeddedLog::open(&config.data_dir.join("log"), table.shards, policy)
-            .map_err(|e| StartError::DataDir(e.to_string()))?;
-        let state = StateStore::open(&config.data_dir.join("state"))
-            .map_err(|e| StartError::DataDir(e.to_string()))?;
-        // the table is fixed for the data directory: its log and archive
-        // hold its rows; views may change (shards rebuild from the archive)
-        let table_def = table_fingerprint(&table);
-        // (directories written before fingerprints were canonical hold the
-        // table's `Debug` text: accepted once and rewritten)
-        let same = |old: &str| old == table_def || old == format!("{table:?}");
-        match state
-            .get_node_key("table")
-            .map_err(|e| StartError::DataDir(e.to_string()))?
-        {
-            Some(old) if !same(&old) => {
-                return Err(StartError::Pipeline(format!(
-                    "{}: table `{}` differs from the table this data directory ({}) was created with (its columns, key, event time, lateness and shards are fixed: its log and archive hold its rows); start it with a new data_dir",
-                    config.pipeline.display(),
-                    table.name,
-                    config.data_dir.display(),
-                )))
-            }
-            Some(old) if old == table_def => {}
-            _ => state
-                .set_node_key("table", &table_def)
-                .map_err(|e| StartError::DataDir(e.to_string()))?,
-        }
-        for s in 0..table.shards {
-            if let Some(info) = state
-                .info(s)
-                .map_err(|e| StartError::DataDir(e.to_string()))?
-            {
-                log.raise_end(s, info.log_offset)
-                    .map_err(|e| StartError::DataDir(e.to_string()))?;
-            }
-        }
+        let (log, state) = open_data_dir(&config, &table)?;
         let objects =
             open_store(&config.object_store).map_err(|e| StartError::ObjectStore(e.to_string()))?;
         let store_id = state
@@ -399,4 +360,54 @@ async fn start_cluster(
         failure_timeout: c.failure_timeout,
         agent,
     }))
+}
+
+/// Opens the data directory's log and state store, checks that it was
+/// created for this table, and raises each shard's log end to its last
+/// checkpoint (a log truncated below it starts there).
+fn open_data_dir(
+    config: &Config,
+    table: &lockstep_core::Table,
+) -> Result<(EmbeddedLog, StateStore), StartError> {
+    let policy = match config.fsync {
+        Fsync::Always => FsyncPolicy::Always,
+        Fsync::Every(d) => FsyncPolicy::EveryMillis(d.as_millis() as u64),
+    };
+    let log = EmbeddedLog::open(&config.data_dir.join("log"), table.shards, policy)
+        .map_err(|e| StartError::DataDir(e.to_string()))?;
+    let state = StateStore::open(&config.data_dir.join("state"))
+        .map_err(|e| StartError::DataDir(e.to_string()))?;
+    // the table is fixed for the data directory: its log and archive
+    // hold its rows; views may change (shards rebuild from the archive)
+    let table_def = table_fingerprint(table);
+    // (directories written before fingerprints were canonical hold the
+    // table's `Debug` text: accepted once and rewritten)
+    let same = |old: &str| old == table_def || old == format!("{table:?}");
+    match state
+            .get_node_key("table")
+            .map_err(|e| StartError::DataDir(e.to_string()))?
+        {
+            Some(old) if !same(&old) => {
+                return Err(StartError::Pipeline(format!(
+                    "{}: table `{}` differs from the table this data directory ({}) was created with (its columns, key, event time, lateness and shards are fixed: its log and archive hold its rows); start it with a new data_dir",
+                    config.pipeline.display(),
+                    table.name,
+                    config.data_dir.display(),
+                )))
+            }
+            Some(old) if old == table_def => {}
+            _ => state
+                .set_node_key("table", &table_def)
+                .map_err(|e| StartError::DataDir(e.to_string()))?,
+        }
+    for s in 0..table.shards {
+        if let Some(info) = state
+            .info(s)
+            .map_err(|e| StartError::DataDir(e.to_string()))?
+        {
+            log.raise_end(s, info.log_offset)
+                .map_err(|e| StartError::DataDir(e.to_string()))?;
+        }
+    }
+    Ok((log, state))
 }

@@ -181,6 +181,21 @@ pub fn dead_letters(ctx: &NodeCtx, limit: usize) -> Vec<DeadLetter> {
         .collect()
 }
 
+/// One group's log write, planned.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<(u32, RecordBatch)>,
+    /// The shard of each append.
+    shard_of: Vec<u32>,
+    side: Vec<SideWrite>,
+    /// Per request: (append index, its rows).
+    per_request: Vec<Vec<(usize, Vec<Row>)>>,
+    /// Per request: events skipped as repeated event ids.
+    duplicates: Vec<u64>,
+    /// Event ids this write records (forgotten if it fails).
+    recorded: Vec<(u32, u128)>,
+}
+
 struct Writer {
     ctx: Arc<NodeCtx>,
     idem: HashMap<Vec<u8>, IdemRecord>,
@@ -237,9 +252,63 @@ impl Writer {
         }
     }
 
+    /// Appends a group of requests as one atomic log write, then answers
+    /// them and hands their events to the shard actors.
     fn commit(&mut self, group: Vec<WriteReq>) {
         let now = now_ms();
-        // requests to append, and duplicates answered from what was accepted
+        let (mut fresh, dup_in_group) = self.answer_replays(group);
+        let batch = self.plan(&mut fresh, now);
+        let result = if batch.appends.is_empty() && batch.side.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.ctx.log.append_batches(batch.appends, &batch.side)
+        };
+        let firsts = match result {
+            Ok(f) => f,
+            Err(lockstep_log::LogError::Flush(e)) => {
+                // written but maybe not durable: neither "stored" nor "not
+                // stored" would be true, so stop; a restart recovers the log
+                tracing::error!("the log could not fsync: {e}; stopping");
+                eprintln!("lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known");
+                std::process::exit(70);
+            }
+            Err(e) => {
+                for (s, id) in batch.recorded {
+                    self.event_ids[s as usize].forget(id);
+                }
+                let err = WriteError::Store(e.to_string());
+                tracing::error!("{err}");
+                for r in fresh {
+                    let _ = r.done.send(Err(err.clone()));
+                }
+                for (_, r) in dup_in_group {
+                    let _ = r.done.send(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let mut replies = Vec::with_capacity(fresh.len());
+        let per_request = batch.per_request.into_iter().zip(batch.duplicates);
+        for (r, (mine, dups)) in fresh.into_iter().zip(per_request) {
+            replies.push(r.reply.clone());
+            self.deliver(r, mine, dups, &batch.shard_of, &firsts, now);
+        }
+        for (i, r) in dup_in_group {
+            self.ctx.metrics.idempotent_replays.inc();
+            let _ = r.done.send(Ok(Written {
+                reply: replies[i].clone(),
+                replayed: true,
+                duplicates: 0,
+                features: None,
+            }));
+        }
+    }
+
+    /// Answers requests whose Idempotency-Key was accepted before; returns
+    /// the rest, and the repeats of a key within the group (with the index
+    /// of its first request there).
+    #[allow(clippy::type_complexity)]
+    fn answer_replays(&self, group: Vec<WriteReq>) -> (Vec<WriteReq>, Vec<(usize, WriteReq)>) {
         let mut fresh: Vec<WriteReq> = Vec::with_capacity(group.len());
         let mut dup_in_group: Vec<(usize, WriteReq)> = Vec::new();
         let mut keys_in_group: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -264,14 +333,15 @@ impl Writer {
             }
             fresh.push(r);
         }
-        let mut appends: Vec<(u32, RecordBatch)> = Vec::new();
-        // per request: (first append index, rows per append)
-        let mut plan: Vec<Vec<(usize, Vec<Row>)>> = Vec::with_capacity(fresh.len());
-        let mut side: Vec<SideWrite> = Vec::new();
-        // event ids recorded by this group (forgotten if it is not stored)
-        let mut recorded: Vec<(u32, u128)> = Vec::new();
-        let mut duplicates: Vec<u64> = Vec::with_capacity(fresh.len());
-        for r in &mut fresh {
+        (fresh, dup_in_group)
+    }
+
+    /// What the group's one log write holds: each request's events by
+    /// shard (repeated event ids left out), and its sidecars (event ids,
+    /// dead letters, the idempotency record).
+    fn plan(&mut self, fresh: &mut [WriteReq], now: i64) -> Batch {
+        let mut b = Batch::default();
+        for r in fresh.iter_mut() {
             let mut by_shard: Vec<(u32, Vec<Row>)> = Vec::new();
             let mut dups = 0;
             for (s, row) in r.events.drain(..) {
@@ -281,8 +351,9 @@ impl Writer {
                         dups += 1;
                         continue;
                     }
-                    recorded.push((s, id));
-                    side.push((event_id_key(s, id), Some(now.to_be_bytes().to_vec())));
+                    b.recorded.push((s, id));
+                    b.side
+                        .push((event_id_key(s, id), Some(now.to_be_bytes().to_vec())));
                 }
                 match by_shard.iter_mut().find(|(x, _)| *x == s) {
                     Some((_, v)) => v.push(row),
@@ -297,16 +368,18 @@ impl Writer {
                         .push_with(|buf| lockstep_io::raw::encode_event_into(r, buf))
                         .expect("events encode");
                 }
-                appends.push((s, batch));
-                mine.push((appends.len() - 1, rows));
+                b.appends.push((s, batch));
+                b.shard_of.push(s);
+                mine.push((b.appends.len() - 1, rows));
             }
-            plan.push(mine);
-            duplicates.push(dups);
+            b.per_request.push(mine);
+            b.duplicates.push(dups);
             for d in &r.dead {
                 let mut k = DEAD_PREFIX.to_vec();
                 k.extend_from_slice(&self.dead_seq.to_be_bytes());
                 self.dead_seq += 1;
-                side.push((k, Some(serde_json::to_vec(d).expect("dead letters encode"))));
+                b.side
+                    .push((k, Some(serde_json::to_vec(d).expect("dead letters encode"))));
             }
             if let Some(key) = &r.idempotency_key {
                 let mut k = IDEM_PREFIX.to_vec();
@@ -315,92 +388,61 @@ impl Writer {
                     at_ms: now,
                     reply: r.reply.clone(),
                 };
-                side.push((k, Some(serde_json::to_vec(&rec).expect("records encode"))));
+                b.side
+                    .push((k, Some(serde_json::to_vec(&rec).expect("records encode"))));
             }
         }
-        let result = if appends.is_empty() && side.is_empty() {
-            Ok((Vec::new(), Vec::new()))
-        } else {
-            let shards_of: Vec<u32> = appends.iter().map(|(s, _)| *s).collect();
-            self.ctx
-                .log
-                .append_batches(appends, &side)
-                .map(|f| (f, shards_of))
-        };
-        let (firsts, shard_of_append) = match result {
-            Ok(f) => f,
-            Err(lockstep_log::LogError::Flush(e)) => {
-                // written but maybe not durable: neither "stored" nor "not
-                // stored" would be true, so stop; a restart recovers the log
-                tracing::error!("the log could not fsync: {e}; stopping");
-                eprintln!("lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known");
-                std::process::exit(70);
-            }
-            Err(e) => {
-                for (s, id) in recorded {
-                    self.event_ids[s as usize].forget(id);
+        b
+    }
+
+    /// After the write: the request's events go to their shard actors (the
+    /// first with the serve-and-ingest reply), and the request is answered.
+    fn deliver(
+        &mut self,
+        r: WriteReq,
+        mine: Vec<(usize, Vec<Row>)>,
+        dups: u64,
+        shard_of: &[u32],
+        firsts: &[u64],
+        now: i64,
+    ) {
+        self.ctx.metrics.duplicates.inc_by(dups);
+        let mut features = None;
+        for (ai, rows) in mine {
+            let (shard, n) = (shard_of[ai], rows.len() as u64);
+            let first = firsts[ai];
+            self.ends[shard as usize] = first + n;
+            let serve = match &r.serve {
+                Some(view) if features.is_none() => {
+                    let (tx, rx) = oneshot::channel();
+                    features = Some(rx);
+                    Some((view.clone(), tx))
                 }
-                let err = WriteError::Store(e.to_string());
-                tracing::error!("{err}");
-                for r in fresh {
-                    let _ = r.done.send(Err(err.clone()));
-                }
-                for (_, r) in dup_in_group {
-                    let _ = r.done.send(Err(err.clone()));
-                }
-                return;
+                _ => None,
+            };
+            self.ctx.metrics.ingested.inc_by(n);
+            if let Some(a) = self.ctx.shard(shard) {
+                // a send to a dead actor is fine: its successor replays the log
+                let _ = a.send_message(ShardMsg::Events { first, rows, serve });
             }
-        };
-        let mut replies = Vec::with_capacity(fresh.len());
-        for ((r, mine), dups) in fresh.into_iter().zip(plan).zip(duplicates) {
-            self.ctx.metrics.duplicates.inc_by(dups);
-            let mut features = None;
-            for (ai, rows) in mine {
-                let (shard, n) = (shard_of_append[ai], rows.len() as u64);
-                let first = firsts[ai];
-                self.ends[shard as usize] = first + n;
-                let serve = match &r.serve {
-                    Some(view) if features.is_none() => {
-                        let (tx, rx) = oneshot::channel();
-                        features = Some(rx);
-                        Some((view.clone(), tx))
-                    }
-                    _ => None,
-                };
-                self.ctx.metrics.ingested.inc_by(n);
-                if let Some(a) = self.ctx.shard(shard) {
-                    // a send to a dead actor is fine: its successor replays the log
-                    let _ = a.send_message(ShardMsg::Events { first, rows, serve });
-                }
-            }
-            self.ctx.metrics.rejected.inc_by(r.dead.len() as u64);
-            self.ctx.metrics.dead_letters.inc_by(r.dead.len() as u64);
-            if let Some(k) = &r.idempotency_key {
-                self.idem.insert(
-                    k.as_bytes().to_vec(),
-                    IdemRecord {
-                        at_ms: now,
-                        reply: r.reply.clone(),
-                    },
-                );
-            }
-            replies.push(r.reply.clone());
-            let _ = r.done.send(Ok(Written {
-                reply: r.reply,
-                replayed: false,
-                duplicates: dups,
-                features,
-            }));
         }
-        for (i, r) in dup_in_group {
-            self.ctx.metrics.idempotent_replays.inc();
-            let _ = r.done.send(Ok(Written {
-                reply: replies[i].clone(),
-                replayed: true,
-                duplicates: 0,
-                features: None,
-            }));
+        self.ctx.metrics.rejected.inc_by(r.dead.len() as u64);
+        self.ctx.metrics.dead_letters.inc_by(r.dead.len() as u64);
+        if let Some(k) = &r.idempotency_key {
+            self.idem.insert(
+                k.as_bytes().to_vec(),
+                IdemRecord {
+                    at_ms: now,
+                    reply: r.reply.clone(),
+                },
+            );
         }
+        let _ = r.done.send(Ok(Written {
+            reply: r.reply,
+            replayed: false,
+            duplicates: dups,
+            features,
+        }));
     }
 
     /// Forgets event ids first seen before `horizon` (in memory even if

@@ -1,6 +1,7 @@
 //! `POST /v1/tables/{table}/events` and the dead-letter listing.
 #![allow(clippy::result_large_err)]
 
+use super::mode::Events;
 use super::reply::*;
 use super::App;
 use crate::clock::now_ms;
@@ -93,6 +94,39 @@ pub(crate) async fn ingest(
             "no events: send JSON lines (one object per line) or a JSON array of objects",
         );
     }
+    let (events, dead, reply) = check(ctx, &table, parsed);
+    let _gate = ctx.ingest_gate.read().await;
+    // the events the node's mode leaves to the writer (with the key)
+    let (key, events) = match app.mode.append(ctx, key, events).await {
+        Ok(left) => left,
+        Err(r) => return r,
+    };
+    let (done, rx) = oneshot::channel();
+    let req = WriteReq {
+        idempotency_key: key,
+        events,
+        dead,
+        reply,
+        serve: None,
+        done,
+    };
+    if app.writer.send(req).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(w)) => answer(w),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
+    }
+}
+
+/// Validates parsed records against the table: the events by shard, the
+/// refusals as dead letters, and the reply's counts.
+fn check(
+    ctx: &crate::node::NodeCtx,
+    table: &str,
+    parsed: Vec<Parsed<'_>>,
+) -> (Events, Vec<DeadLetter>, IngestReply) {
     let now = now_ms();
     let mut events = Vec::with_capacity(parsed.len());
     let mut dead = Vec::new();
@@ -117,7 +151,7 @@ pub(crate) async fn ingest(
                 });
                 dead.push(DeadLetter {
                     at_ms: now,
-                    table: table.clone(),
+                    table: table.to_string(),
                     index,
                     reason,
                     raw: raw.to_string(),
@@ -125,47 +159,29 @@ pub(crate) async fn ingest(
             }
         }
     }
-    let _gate = ctx.ingest_gate.read().await;
-    // the events the node's mode leaves to the writer (with the key)
-    let (key, events) = match app.mode.append(ctx, key, events).await {
-        Ok(left) => left,
-        Err(r) => return r,
+    (events, dead, reply)
+}
+
+/// The reply to a stored (or replayed) request: `400` if no event of it
+/// was accepted.
+fn answer(w: crate::writer::Written) -> Response {
+    let code = if w.reply.accepted == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
     };
-    let (done, rx) = oneshot::channel();
-    let req = WriteReq {
-        idempotency_key: key,
-        events,
-        dead,
-        reply,
-        serve: None,
-        done,
-    };
-    if app.writer.send(req).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    let mut body = w.reply.to_api();
+    if w.reply.accepted == 0 {
+        body.error = Some("no event of the request was accepted; see `errors`".into());
     }
-    match rx.await {
-        Ok(Ok(w)) => {
-            let code = if w.reply.accepted == 0 {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
-            let mut body = w.reply.to_api();
-            if w.reply.accepted == 0 {
-                body.error = Some("no event of the request was accepted; see `errors`".into());
-            }
-            let mut r = super::reply::reply(code, body);
-            if w.replayed {
-                r.headers_mut().insert(
-                    lockstep_api::IDEMPOTENT_REPLAYED,
-                    HeaderValue::from_static("true"),
-                );
-            }
-            r
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
+    let mut r = super::reply::reply(code, body);
+    if w.replayed {
+        r.headers_mut().insert(
+            lockstep_api::IDEMPOTENT_REPLAYED,
+            HeaderValue::from_static("true"),
+        );
     }
+    r
 }
 
 #[derive(Deserialize)]

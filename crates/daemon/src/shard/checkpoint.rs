@@ -85,6 +85,19 @@ impl ShardWorker {
             committer: mode.committer(full),
             unsaved,
         };
+        self.spawn_checkpoint(mode, me, job, started, replies);
+    }
+
+    /// Runs the checkpoint `job` in a task holding the shard's checkpoint
+    /// lock; its outcome comes back to the actor.
+    fn spawn_checkpoint(
+        &mut self,
+        mode: &mut dyn ShardMode,
+        me: &ActorRef<ShardMsg>,
+        job: CheckpointJob,
+        started: Instant,
+        replies: Vec<Reply<CheckpointReport>>,
+    ) {
         self.in_flight = true;
         let me = me.clone();
         // Taken here, before the task exists, and held by it to the end: a

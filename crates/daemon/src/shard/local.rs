@@ -4,7 +4,7 @@
 //! after which the log below the offset is truncated.
 
 use super::checkpoint::{CheckpointJob, Saved};
-use super::mode::{Committer, ShardMode, SourceRows};
+use super::mode::{Commits, Committer, Input, Manifest, SourceRows, Tenure};
 use super::{err, Reply, ShardError, ShardMsg, ShardWorker};
 use crate::segments::SegmentInfo;
 use crate::store::{Commit, Loaded};
@@ -81,7 +81,7 @@ impl LocalShard {
     }
 }
 
-impl ShardMode for LocalShard {
+impl Input for LocalShard {
     fn start_reading(&mut self, _w: &ShardWorker, _me: &ActorRef<ShardMsg>) {}
 
     fn stop_reading(&mut self) {}
@@ -150,12 +150,24 @@ impl ShardMode for LocalShard {
         w.ctx.log.end_offset(w.shard).unwrap_or(w.next_offset)
     }
 
+    fn take_rows(&mut self, _w: &ShardWorker) -> SourceRows {
+        SourceRows::default()
+    }
+
+    fn put_back(&mut self, _rows: SourceRows) {}
+}
+
+impl Tenure for LocalShard {
     fn check_serving(&self, _w: &ShardWorker) -> Result<(), ShardError> {
         Ok(())
     }
 
     fn begin_handoff(&mut self, _w: &mut ShardWorker, _me: &ActorRef<ShardMsg>) {}
 
+    fn after_checkpoint(&mut self, _w: &mut ShardWorker, _me: &ActorRef<ShardMsg>) {}
+}
+
+impl Commits for LocalShard {
     fn pending(&self) -> bool {
         false
     }
@@ -163,12 +175,6 @@ impl ShardMode for LocalShard {
     fn wants_full_snapshot(&self) -> bool {
         false
     }
-
-    fn take_rows(&mut self, _w: &ShardWorker) -> SourceRows {
-        SourceRows::default()
-    }
-
-    fn put_back(&mut self, _rows: SourceRows) {}
 
     fn committer(&self, _full: bool) -> Box<dyn Committer> {
         Box::new(LocalCommitter)
@@ -180,9 +186,9 @@ impl ShardMode for LocalShard {
             tracing::warn!(shard = w.shard, "log truncation failed: {e}");
         }
     }
+}
 
-    fn after_checkpoint(&mut self, _w: &mut ShardWorker, _me: &ActorRef<ShardMsg>) {}
-
+impl Manifest for LocalShard {
     fn compaction_tag(&self) -> Option<String> {
         None
     }

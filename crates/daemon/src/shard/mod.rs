@@ -33,7 +33,7 @@ pub use checkpoint::{CheckpointJob, CheckpointOutcome, Saved, Unsaved};
 pub use cluster::ClusterShard;
 pub use error::{ShardError, StopReason};
 pub use local::LocalShard;
-pub use mode::{Committer, Shard, ShardMode, SourceRows};
+pub use mode::{Commits, Committer, Input, Manifest, Shard, ShardMode, SourceRows, Tenure};
 pub use supervisor::{SupMsg, Supervisor, SupervisorState};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ShardError>>;

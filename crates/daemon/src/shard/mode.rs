@@ -48,11 +48,16 @@ impl SourceRows {
     }
 }
 
-/// What differs between one node and a cluster for a running shard. The
-/// worker is passed in: the mode holds only its own state.
-pub trait ShardMode: Send + Sync + 'static {
-    // --- input
+/// What differs between one node and a cluster for a running shard: four
+/// narrow seams, each implemented once per mode. The worker is passed in;
+/// a mode holds only its own state.
+pub trait ShardMode: Input + Tenure + Commits + Manifest {}
 
+impl<T: Input + Tenure + Commits + Manifest> ShardMode for T {}
+
+/// Where a shard's events come from, how they are deduplicated and
+/// validated, and what of them a checkpoint archives.
+pub trait Input: Send + Sync + 'static {
     /// Starts reading input beyond the worker's offset (a cluster's
     /// fetcher; one node's input comes by message).
     fn start_reading(&mut self, w: &ShardWorker, me: &ActorRef<ShardMsg>);
@@ -75,34 +80,37 @@ pub trait ShardMode: Send + Sync + 'static {
     fn serve_when_seen(&mut self, w: &ShardWorker, key: String, view: String, reply: Reply<String>);
     /// The end of the shard's input, for lag.
     fn log_end(&self, w: &ShardWorker) -> u64;
+    /// The input's rows since the last checkpoint, taken for one.
+    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows;
+    /// The rows of a failed checkpoint, back in front of the newer ones.
+    fn put_back(&mut self, rows: SourceRows);
+}
 
-    // --- serving and leaving
-
+/// Whether the shard is this node's to serve, and how it leaves.
+pub trait Tenure: Send + Sync + 'static {
     /// Whether the shard answers feature requests now.
     fn check_serving(&self, w: &ShardWorker) -> Result<(), ShardError>;
     /// The shard moves away: stop reading, take a last checkpoint, hand off.
     fn begin_handoff(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>);
+    /// A checkpoint ended and none runs: a moving shard hands off now.
+    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>);
+}
 
-    // --- checkpoints
-
+/// How a checkpoint is committed (and fenced).
+pub trait Commits: Send + Sync + 'static {
     /// Something to commit even without new events (dead letters, an open
     /// cluster epoch).
     fn pending(&self) -> bool;
     /// The next checkpoint writes every partition slot.
     fn wants_full_snapshot(&self) -> bool;
-    /// The input's rows since the last checkpoint, taken for one.
-    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows;
-    /// The rows of a failed checkpoint, back in front of the newer ones.
-    fn put_back(&mut self, rows: SourceRows);
     /// How this checkpoint commits, carried off the actor by its task.
     fn committer(&self, full: bool) -> Box<dyn Committer>;
     /// A checkpoint committed.
     fn committed(&mut self, w: &ShardWorker, saved: &Saved);
-    /// A checkpoint ended and none runs: a moving shard hands off now.
-    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>);
+}
 
-    // --- compaction
-
+/// Where the shard's segments are listed and swapped (compaction).
+pub trait Manifest: Send + Sync + 'static {
     /// Part of a compacted object's name unique to this attempt, where
     /// attempts of several owners may race.
     fn compaction_tag(&self) -> Option<String>;

@@ -137,6 +137,22 @@ impl ClusterJob {
             Err(CommitError::Fenced(w)) => return Err(ShardError::Fenced(w.to_string())),
             Err(e) => return Err(ShardError::Uncertain(e.to_string())),
         }
+        let info = self.cache_locally(job, seq, pipeline);
+        Ok(Saved {
+            info,
+            added,
+            training_rows,
+            chain: Some(chain),
+            epoch: self.epoch,
+        })
+    }
+
+    /// After the commit through Raft: the delta into the local state cache
+    /// (so a restart on this node restores without reading the snapshot
+    /// objects), if the cache is at the checkpoint this one follows;
+    /// otherwise the cache is invalidated.
+    fn cache_locally(&self, job: &CheckpointJob, seq: u64, pipeline: String) -> CheckpointInfo {
+        let ctx = &job.ctx;
         // the local cache takes the delta only on top of the checkpoint it
         // follows; otherwise (a failed earlier write) it is dropped, and a
         // restore reads the snapshot objects
@@ -168,7 +184,7 @@ impl ClusterJob {
                 },
             )
         };
-        let info = local.unwrap_or_else(|e| {
+        local.unwrap_or_else(|e| {
             // the manifest is committed; the cache must not be used
             tracing::warn!(shard = job.shard, "local state cache: {e}");
             let _ = ctx.state.invalidate(job.shard);
@@ -180,13 +196,6 @@ impl ClusterJob {
                 bytes_written: 0,
                 pipeline,
             }
-        });
-        Ok(Saved {
-            info,
-            added,
-            training_rows,
-            chain: Some(chain),
-            epoch: self.epoch,
         })
     }
 }

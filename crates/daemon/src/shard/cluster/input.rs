@@ -44,21 +44,7 @@ impl ClusterShard {
                     continue;
                 }
             }
-            let row = if r.bincode {
-                lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())
-            } else {
-                std::str::from_utf8(&r.value)
-                    .map_err(|e| format!("not UTF-8: {e}"))
-                    .and_then(|t| self.parser.parse(t.trim()))
-                    .and_then(|row| table.validate(&row).map(|()| row).map_err(|e| e.to_string()))
-            }
-            .and_then(|row| match table.shard_of(&row) {
-                s if s == w.shard => Ok(row),
-                s => Err(format!(
-                    "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
-                    w.shard
-                )),
-            });
+            let row = self.decode(w, &table, &r);
             // a producer-supplied event id seen before: a duplicate delivery
             let row = row.map(|row| {
                 let dup = table.event_id.is_some_and(|col| {
@@ -114,5 +100,31 @@ impl ClusterShard {
         }
         w.ctx.processed[w.shard as usize].store(w.next_offset, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A record's event: lockstep's bincode row, or a JSON event from
+    /// another producer (parsed and validated); either must belong to this
+    /// shard. `Err` is why it is a dead letter.
+    fn decode(
+        &self,
+        w: &ShardWorker,
+        table: &lockstep_core::Table,
+        r: &KafkaRecord,
+    ) -> Result<lockstep_core::value::Row, String> {
+        let row = if r.bincode {
+            lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())?
+        } else {
+            let text = std::str::from_utf8(&r.value).map_err(|e| format!("not UTF-8: {e}"))?;
+            let row = self.parser.parse(text.trim())?;
+            table.validate(&row).map_err(|e| e.to_string())?;
+            row
+        };
+        match table.shard_of(&row) {
+            s if s == w.shard => Ok(row),
+            s => Err(format!(
+                "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
+                w.shard
+            )),
+        }
     }
 }

@@ -10,7 +10,7 @@
 use object_store::ObjectStore;
 
 use super::checkpoint::Saved;
-use super::mode::{Committer, ShardMode, SourceRows};
+use super::mode::{Commits, Committer, Input, Manifest, SourceRows, Tenure};
 use super::{Reply, ShardError, ShardMsg, ShardWorker};
 use crate::cluster::{ClusterCtx, IdemEntry};
 use crate::segments::SegmentInfo;
@@ -194,7 +194,7 @@ impl ClusterShard {
     }
 }
 
-impl ShardMode for ClusterShard {
+impl Input for ClusterShard {
     fn start_reading(&mut self, w: &ShardWorker, me: &ActorRef<ShardMsg>) {
         self.fetch_stop = Some(spawn_fetcher(
             w.ctx.clone(),
@@ -257,6 +257,31 @@ impl ShardMode for ClusterShard {
         }
     }
 
+    fn catch_up(&mut self, _w: &mut ShardWorker) -> Result<(), ShardError> {
+        Ok(()) // the fetcher delivers everything beyond the offset
+    }
+
+    fn log_end(&self, w: &ShardWorker) -> u64 {
+        self.ctx.ends[w.shard as usize]
+            .load(Ordering::Relaxed)
+            .max(w.next_offset)
+    }
+
+    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows {
+        let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
+        let horizon = self.clock_ms.saturating_sub(ttl_ms);
+        self.idem.retain(|_, e| e.at_ms >= horizon);
+        self.event_ids.forget_before(horizon);
+        self.waiters.retain(|_, (_, r)| !r.is_closed());
+        std::mem::take(&mut self.rows)
+    }
+
+    fn put_back(&mut self, rows: SourceRows) {
+        rows.prepend_to(&mut self.rows);
+    }
+}
+
+impl Tenure for ClusterShard {
     /// The shard moves away: stop reading, take a last checkpoint; the
     /// hand-off follows when it is committed.
     fn begin_handoff(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
@@ -278,16 +303,6 @@ impl ShardMode for ClusterShard {
         }
     }
 
-    fn catch_up(&mut self, _w: &mut ShardWorker) -> Result<(), ShardError> {
-        Ok(()) // the fetcher delivers everything beyond the offset
-    }
-
-    fn log_end(&self, w: &ShardWorker) -> u64 {
-        self.ctx.ends[w.shard as usize]
-            .load(Ordering::Relaxed)
-            .max(w.next_offset)
-    }
-
     fn check_serving(&self, w: &ShardWorker) -> Result<(), ShardError> {
         if self.handing_off {
             return Err(ShardError::Unavailable(format!(
@@ -298,6 +313,16 @@ impl ShardMode for ClusterShard {
         Ok(())
     }
 
+    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
+        // the last checkpoint of a move is committed (or there was nothing
+        // left to write): hand off
+        if self.handing_off && !w.in_flight {
+            self.hand_off(w, me);
+        }
+    }
+}
+
+impl Commits for ClusterShard {
     fn pending(&self) -> bool {
         // an epoch opened since the last commit: even an unchanged shard
         // commits, so the epoch completes
@@ -306,19 +331,6 @@ impl ShardMode for ClusterShard {
 
     fn wants_full_snapshot(&self) -> bool {
         self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
-    }
-
-    fn take_rows(&mut self, w: &ShardWorker) -> SourceRows {
-        let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
-        let horizon = self.clock_ms.saturating_sub(ttl_ms);
-        self.idem.retain(|_, e| e.at_ms >= horizon);
-        self.event_ids.forget_before(horizon);
-        self.waiters.retain(|_, (_, r)| !r.is_closed());
-        std::mem::take(&mut self.rows)
-    }
-
-    fn put_back(&mut self, rows: SourceRows) {
-        rows.prepend_to(&mut self.rows);
     }
 
     fn committer(&self, full: bool) -> Box<dyn Committer> {
@@ -332,15 +344,9 @@ impl ShardMode for ClusterShard {
             w.ctx.objects.clone(),
         );
     }
+}
 
-    fn after_checkpoint(&mut self, w: &mut ShardWorker, me: &ActorRef<ShardMsg>) {
-        // the last checkpoint of a move is committed (or there was nothing
-        // left to write): hand off
-        if self.handing_off && !w.in_flight {
-            self.hand_off(w, me);
-        }
-    }
-
+impl Manifest for ClusterShard {
     fn compaction_tag(&self) -> Option<String> {
         Some(self.new_compaction_tag())
     }

@@ -82,67 +82,8 @@ impl ClusterShard {
             });
             // the local cache if it restores; the snapshot objects (the
             // truth) otherwise
-            let mut cached = false;
-            if let Some(l) = local {
-                let seen = l
-                    .extra
-                    .as_deref()
-                    .map_or(Ok(Default::default()), decode_dedup);
-                let restored = seen.and_then(|seen| {
-                    w.engine
-                        .restore_parts(shard, l.meta, l.slots)
-                        .map(|()| seen)
-                        .map_err(err)
-                });
-                match restored {
-                    Ok((idem, ids)) => {
-                        (cs.idem, cs.event_ids) = (idem, ids);
-                        cached = true;
-                    }
-                    Err(e) => tracing::warn!(
-                        shard,
-                        "the local state cache does not restore ({e}); reading the snapshot objects"
-                    ),
-                }
-            }
-            if !cached {
-                let r = restore_snapshot(w.ctx.objects.as_ref(), &m.snapshot)
-                    .await?
-                    .ok_or_else(|| {
-                        ShardError::Internal(format!(
-                            "shard {shard}: checkpoint {} lists no snapshot",
-                            m.seq
-                        ))
-                    })?;
-                let idem: Vec<(String, IdemEntry)> =
-                    r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                let ids: Vec<(u128, i64)> = r.event_ids.iter().collect();
-                w.ctx
-                    .state
-                    .commit(
-                        shard,
-                        Commit {
-                            meta: &r.meta,
-                            slots: &r.encoded,
-                            seq: m.seq,
-                            log_offset: m.offset,
-                            pipeline: m.pipeline.clone(),
-                            add_segments: &[],
-                            remove_segments: &[],
-                            replace_slots: true,
-                            extra: Some(encode_dedup(&idem, &ids)),
-                        },
-                    )
-                    .map_err(err)?;
-                w.engine
-                    .restore_parts(shard, r.meta, r.slots)
-                    .map_err(|e| {
-                        ShardError::Internal(format!(
-                            "shard {shard}: cannot restore its checkpoint: {e}"
-                        ))
-                    })?;
-                cs.idem = r.idem;
-                cs.event_ids = r.event_ids;
+            if !cs.restore_cached(w, local) {
+                cs.restore_objects(w, &m).await?;
             }
             cs.chain = m.snapshot.clone();
             cs.last_epoch = m.epoch;
@@ -158,6 +99,85 @@ impl ClusterShard {
         w.next_offset = w.ckpt.log_offset;
         cs.collect_garbage(w);
         Ok(cs)
+    }
+
+    /// Restores the local state cache `local` (this node took exactly the
+    /// committed checkpoint); false if there is none or it does not
+    /// restore.
+    fn restore_cached(&mut self, w: &mut ShardWorker, local: Option<Loaded>) -> bool {
+        let shard = w.shard;
+        let Some(l) = local else {
+            return false;
+        };
+        let seen = l
+            .extra
+            .as_deref()
+            .map_or(Ok(Default::default()), decode_dedup);
+        let restored = seen.and_then(|seen| {
+            w.engine
+                .restore_parts(shard, l.meta, l.slots)
+                .map(|()| seen)
+                .map_err(err)
+        });
+        match restored {
+            Ok((idem, ids)) => {
+                (self.idem, self.event_ids) = (idem, ids);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    shard,
+                    "the local state cache does not restore ({e}); reading the snapshot objects"
+                );
+                false
+            }
+        }
+    }
+
+    /// Restores the committed checkpoint `m` from its snapshot objects,
+    /// and makes them the local cache.
+    async fn restore_objects(
+        &mut self,
+        w: &mut ShardWorker,
+        m: &ShardCheckpoint,
+    ) -> Result<(), ShardError> {
+        let shard = w.shard;
+        let r = restore_snapshot(w.ctx.objects.as_ref(), &m.snapshot)
+            .await?
+            .ok_or_else(|| {
+                ShardError::Internal(format!(
+                    "shard {shard}: checkpoint {} lists no snapshot",
+                    m.seq
+                ))
+            })?;
+        let idem: Vec<(String, IdemEntry)> =
+            r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let ids: Vec<(u128, i64)> = r.event_ids.iter().collect();
+        w.ctx
+            .state
+            .commit(
+                shard,
+                Commit {
+                    meta: &r.meta,
+                    slots: &r.encoded,
+                    seq: m.seq,
+                    log_offset: m.offset,
+                    pipeline: m.pipeline.clone(),
+                    add_segments: &[],
+                    remove_segments: &[],
+                    replace_slots: true,
+                    extra: Some(encode_dedup(&idem, &ids)),
+                },
+            )
+            .map_err(err)?;
+        w.engine
+            .restore_parts(shard, r.meta, r.slots)
+            .map_err(|e| {
+                ShardError::Internal(format!("shard {shard}: cannot restore its checkpoint: {e}"))
+            })?;
+        self.idem = r.idem;
+        self.event_ids = r.event_ids;
+        Ok(())
     }
 
     /// Deletes, in the background, the objects under this shard's prefixes
@@ -268,25 +288,10 @@ impl ClusterShard {
         };
         commit_checkpoint(&cl, checkpoint, added.clone(), removed.clone())
             .await
-            .map_err(|e| match e {
-                CommitError::Fenced(w) => ShardError::Unavailable(format!("shard {shard}: {w}")),
-                e => ShardError::Internal(format!(
-                    "shard {shard}: committing its rebuild for the new pipeline: {e}"
-                )),
-            })?;
-        // what the committed manifest no longer lists, a minute later:
-        // other nodes may be reading them under the manifest they listed a
-        // moment ago (export, backfill), as after a compaction
+            .map_err(|e| rebuild_commit_error(shard, e))?;
         let mut gone: Vec<String> = removed.iter().map(|s| s.path.clone()).collect();
         gone.extend(m.snapshot.iter().map(|p| p.path.clone()));
-        let objects = ctx.objects.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            for p in gone {
-                let p = object_store::path::Path::from(p.as_str());
-                let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &p).await;
-            }
-        });
+        delete_later(ctx.objects.clone(), gone);
         let local = ctx.state.commit(
             shard,
             Commit {
@@ -320,5 +325,29 @@ impl ClusterShard {
         };
         w.log_rebuilt(&emit, events, started);
         Ok(())
+    }
+}
+
+/// Deletes objects the committed manifest no longer lists, a minute later:
+/// other nodes may be reading them under the manifest they listed a moment
+/// ago (export, backfill), as after a compaction.
+fn delete_later(objects: Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        for p in paths {
+            let p = object_store::path::Path::from(p.as_str());
+            let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &p).await;
+        }
+    });
+}
+
+/// A rebuild's commit refused: fenced means the shard moved (retry where
+/// it is now); anything else is this shard's failure.
+fn rebuild_commit_error(shard: u32, e: CommitError) -> ShardError {
+    match e {
+        CommitError::Fenced(w) => ShardError::Unavailable(format!("shard {shard}: {w}")),
+        e => ShardError::Internal(format!(
+            "shard {shard}: committing its rebuild for the new pipeline: {e}"
+        )),
     }
 }

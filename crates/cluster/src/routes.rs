@@ -1,0 +1,156 @@
+//! The control plane's internal HTTP routes (Raft RPCs, join, propose,
+//! ping, remove), each guarded by the cluster secret.
+
+use crate::network::{decode, encode, PeerError, SECRET_HEADER};
+use crate::state::{Command, NodeId};
+use crate::{ControlPlane, JoinRequest};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl ControlPlane {
+    /// The internal routes (Raft RPCs, join, propose), guarded by the
+    /// cluster secret. Merge them into the node's API router.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/internal/raft/append", post(raft_append))
+            .route("/internal/raft/vote", post(raft_vote))
+            .route("/internal/raft/snapshot", post(raft_snapshot))
+            .route("/internal/cluster/join", post(cluster_join))
+            .route("/internal/cluster/propose", post(cluster_propose))
+            .route("/internal/cluster/ping", post(cluster_ping))
+            .route("/internal/cluster/remove", post(cluster_remove))
+            .with_state(self.clone())
+    }
+}
+
+type Cp = State<Arc<ControlPlane>>;
+
+/// The refusal of a call without the right cluster secret.
+fn refuse(cp: &ControlPlane, headers: &HeaderMap) -> Option<HttpResponse> {
+    match headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(s) if s == cp.secret => None,
+        Some(_) => Some(
+            (
+                StatusCode::FORBIDDEN,
+                "wrong cluster secret: this node belongs to another cluster or its secret differs",
+            )
+                .into_response(),
+        ),
+        None => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                "internal routes need the cluster secret",
+            )
+                .into_response(),
+        ),
+    }
+}
+
+fn bin<T: Serialize>(v: &T) -> HttpResponse {
+    (
+        [("content-type", "application/octet-stream")],
+        Bytes::from(encode(v)),
+    )
+        .into_response()
+}
+
+fn bad(e: PeerError) -> HttpResponse {
+    (StatusCode::BAD_REQUEST, e.0).into_response()
+}
+
+async fn raft_append(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode(&body) {
+        Ok(req) => bin(&cp.raft.append_entries(req).await),
+        Err(e) => bad(e),
+    }
+}
+
+async fn raft_vote(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode(&body) {
+        Ok(req) => bin(&cp.raft.vote(req).await),
+        Err(e) => bad(e),
+    }
+}
+
+async fn raft_snapshot(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode(&body) {
+        Ok(req) => bin(&cp.raft.install_snapshot(req).await),
+        Err(e) => bad(e),
+    }
+}
+
+async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    let req: JoinRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(e),
+    };
+    let result = match cp.leader_addr() {
+        Ok(None) => cp.add_member(req).await.map_err(PeerError::of),
+        Ok(Some(leader)) => match cp
+            .peer
+            .post(&leader, "/internal/cluster/join", body.to_vec())
+            .await
+        {
+            Ok(b) => decode::<Result<(), PeerError>>(&b).and_then(|r| r),
+            Err(e) => Err(PeerError::of(e)),
+        },
+        Err(e) => Err(PeerError::of(e)),
+    };
+    bin(&result)
+}
+
+async fn cluster_remove(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode::<NodeId>(&body) {
+        Ok(node) => bin(&cp.remove(node).await.map_err(PeerError::of)),
+        Err(e) => bad(e),
+    }
+}
+
+/// The coordinator's liveness probe.
+async fn cluster_ping(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode::<u64>(&body) {
+        Ok(age) => {
+            let at = std::time::Instant::now().checked_sub(Duration::from_millis(age));
+            if let Some(at) = at {
+                cp.touch_at(at);
+            }
+        }
+        Err(e) => return bad(e),
+    }
+    bin(&cp.id)
+}
+
+async fn cluster_propose(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode::<Command>(&body) {
+        // `propose` forwards if leadership moved meanwhile
+        Ok(cmd) => bin(&cp.propose_at(cmd).await.map_err(PeerError::of)),
+        Err(e) => bad(e),
+    }
+}

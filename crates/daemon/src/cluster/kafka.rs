@@ -1,0 +1,101 @@
+//! The table's topic: a shard's partition fetcher and the producer.
+use crate::node::NodeCtx;
+use crate::shard::ShardMsg;
+use lockstep_log::kafka::OutRecord;
+use ractor::ActorRef;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ClusterCtx;
+
+/// Reads a shard's partition from `from` and hands the records to its
+/// actor in order, at most `MAX_IN_FLIGHT` ahead of what it processed.
+/// Stops when `stop` is set or the actor is gone.
+pub fn spawn_fetcher(
+    ctx: Arc<NodeCtx>,
+    cl: Arc<ClusterCtx>,
+    shard: u32,
+    from: u64,
+    actor: ActorRef<ShardMsg>,
+) -> Arc<AtomicBool> {
+    const MAX_IN_FLIGHT: u64 = 50_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let me = actor.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("fetch-{shard}"))
+        .spawn(move || {
+            let mut reader = None;
+            let mut position = from;
+            while !flag.load(Ordering::Relaxed) {
+                let processed = ctx.processed[shard as usize].load(Ordering::Relaxed);
+                if position.saturating_sub(processed) > MAX_IN_FLIGHT {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                let r = match reader.as_mut() {
+                    Some(r) => r,
+                    None => match cl.kafka.reader(shard, position) {
+                        Ok(r) => reader.insert(r),
+                        Err(e) => {
+                            tracing::warn!(shard, "opening the partition reader: {e}; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                            continue;
+                        }
+                    },
+                };
+                match r.poll(10_000, Duration::from_millis(100)) {
+                    Ok(recs) => {
+                        if let Some(end) = r.cached_end() {
+                            cl.ends[shard as usize].store(end, Ordering::Relaxed);
+                        }
+                        if let Some(last) = recs.last() {
+                            position = last.offset + 1;
+                            if actor.send_message(ShardMsg::Records(recs)).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, "reading the partition: {e}; reopening");
+                        reader = None;
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(shard, "cannot start the partition reader: {e}");
+        let _ = me.send_message(ShardMsg::Fail);
+    }
+    stop
+}
+
+/// Produces validated events to the topic (bincode rows, keyed by the
+/// table key); returns once all are acknowledged.
+pub async fn produce(
+    ctx: &NodeCtx,
+    cl: &ClusterCtx,
+    idempotency_key: Option<&str>,
+    events: &[(u32, lockstep_core::value::Row)],
+) -> Result<Vec<u64>, lockstep_log::kafka::KafkaLogError> {
+    let mut keys = Vec::with_capacity(events.len());
+    let mut values = Vec::with_capacity(events.len());
+    for (_, row) in events {
+        keys.push(row[ctx.table.key].to_string());
+        values.push(lockstep_io::raw::encode_event(row));
+    }
+    let recs: Vec<OutRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (shard, _))| OutRecord {
+            shard: *shard,
+            key: keys[i].as_bytes(),
+            value: &values[i],
+            bincode: true,
+            idempotency: idempotency_key.map(|k| (k, i as u32)),
+        })
+        .collect();
+    cl.kafka.produce(&recs).await
+}

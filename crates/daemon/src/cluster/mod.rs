@@ -1,0 +1,112 @@
+//! Cluster mode: many lockstepd processes over one Kafka topic, agreeing
+//! through the control plane (`lockstep-cluster`, openraft).
+//!
+//! - **Ingest** on any node produces to the table's topic (partition = shard)
+//!   and answers once the broker acknowledged.
+//! - **Shards** run on their owners only: an owner restores the shard's last
+//!   committed checkpoint (from its local cache when it took that checkpoint
+//!   itself, else from the snapshot objects) and reads its partition from
+//!   the checkpoint's offset with a [`fetcher`](spawn_fetcher).
+//! - **Checkpoints**: when the coordinator opens an epoch every owner writes
+//!   its segments and a snapshot part to the object store and commits the
+//!   manifest through Raft with its owner epoch; a stale epoch is refused.
+//! - **The coordinator** (the Raft leader) pings the nodes, declares silent
+//!   ones down, reassigns their shards, drains, balances and opens epochs.
+use lockstep_cluster::state::{ClusterState, NodeId};
+use lockstep_cluster::ControlPlane;
+use lockstep_log::kafka::KafkaLog;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod kafka;
+mod snapshot;
+mod tasks;
+
+pub use kafka::{produce, spawn_fetcher};
+pub use snapshot::{
+    commit_checkpoint, digest, put_snapshot, restore_snapshot, snapshot_path, CommitError,
+    Restored, SnapshotData, SnapshotError,
+};
+pub use tasks::start_tasks;
+
+/// What a cluster node shares beyond [`NodeCtx`].
+pub struct ClusterCtx {
+    pub cp: Arc<ControlPlane>,
+    pub kafka: KafkaLog,
+    pub id: NodeId,
+    /// Each owned shard's partition end, as its reader last saw it.
+    pub ends: Vec<AtomicU64>,
+    pub failure_timeout: Duration,
+    /// Forwarding client (other nodes' public API).
+    pub agent: ureq::Agent,
+}
+
+impl ClusterCtx {
+    /// How long a node serves its shards without word from the majority's
+    /// side: shorter than the failure timeout, so a node cut off stops
+    /// serving before its shards can be given to others.
+    pub fn lease(&self) -> Duration {
+        self.failure_timeout.mul_f64(0.6)
+    }
+
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.cp.state()
+    }
+
+    /// The API address of a member.
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.state().nodes.get(&node).map(|n| n.addr.clone())
+    }
+}
+
+/// Seen Idempotency-Keys of one shard: which indices of the request were
+/// applied (a retry may carry the part that was lost).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdemEntry {
+    /// Record timestamp of the first sighting (for expiry).
+    pub at_ms: i64,
+    /// Sorted, disjoint `[lo, hi)` ranges of request indices seen.
+    pub ranges: Vec<(u32, u32)>,
+}
+
+impl IdemEntry {
+    pub fn contains(&self, i: u32) -> bool {
+        self.ranges.iter().any(|&(lo, hi)| lo <= i && i < hi)
+    }
+
+    /// Records `i`; false if it was there.
+    pub fn insert(&mut self, i: u32) -> bool {
+        if self.contains(i) {
+            return false;
+        }
+        self.ranges.push((i, i + 1));
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.ranges.len());
+        for &(lo, hi) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if last.1 >= lo => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        self.ranges = merged;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_ranges_merge_and_find() {
+        let mut e = IdemEntry::default();
+        for i in [0, 1, 2, 5, 4, 3, 9] {
+            assert!(e.insert(i));
+        }
+        assert!(!e.insert(4));
+        assert_eq!(e.ranges, vec![(0, 6), (9, 10)]);
+        assert!(e.contains(9) && !e.contains(7));
+    }
+}
