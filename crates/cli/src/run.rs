@@ -5,7 +5,7 @@
 //! A table with `event_id` skips repeated ids as a node does.
 
 use anyhow::{bail, Context};
-use lockstep_core::dedup::{event_id_hash, EventIds};
+use lockstep_core::dedup::{event_id_of, EventIds};
 use lockstep_core::{Emitted, Engine, EventError, Outcome, Row};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
@@ -309,14 +309,17 @@ impl EventIdFilter {
             self.clock_ms = self.clock_ms.max(t);
         }
         self.since_prune += 1;
-        if self.since_prune >= 65_536 {
+        if self.since_prune >= 4096 {
             self.since_prune = 0;
             let horizon = self.clock_ms.saturating_sub(self.ttl_ms);
             for ids in &mut self.seen {
                 ids.forget_before(horizon);
             }
         }
-        !self.seen[shard as usize].first_time(event_id_hash(&event[col]), self.clock_ms)
+        match event_id_of(&event[col]) {
+            Some(id) => !self.seen[shard as usize].first_time(id, self.clock_ms),
+            None => false, // a NULL id is no id
+        }
     }
 }
 

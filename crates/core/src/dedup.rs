@@ -27,10 +27,29 @@ pub fn event_id_hash(id: &Value) -> u128 {
     h
 }
 
+/// The id an event is deduplicated by: the hash of its id column, or none
+/// for a NULL id (such an event is never a repeat: NULL is no id, and must
+/// not collide with the text `'NULL'`).
+pub fn event_id_of(id: &Value) -> Option<u128> {
+    (!id.is_null()).then(|| event_id_hash(id))
+}
+
 /// The event ids one shard has applied, with when each was first seen.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Besides the map, a queue in the order ids were first seen lets
+/// [`EventIds::forget_before`] drop the old ones without scanning them all
+/// (clocks here are near-monotone: arrival time, record time, event time;
+/// an id queued behind a later one is forgotten with it, a little late).
+#[derive(Debug, Clone, Default)]
 pub struct EventIds {
     seen: HashMap<u128, i64>,
+    order: std::collections::VecDeque<(i64, u128)>,
+}
+
+impl PartialEq for EventIds {
+    fn eq(&self, other: &EventIds) -> bool {
+        self.seen == other.seen
+    }
 }
 
 impl EventIds {
@@ -45,6 +64,7 @@ impl EventIds {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(at_ms);
+                self.order.push_back((at_ms, id));
                 true
             }
         }
@@ -55,16 +75,20 @@ impl EventIds {
         self.seen.remove(&id);
     }
 
-    /// Forgets the ids first seen before `horizon_ms`; returns them.
+    /// Forgets the ids first seen before `horizon_ms` (in the order they
+    /// were seen: work proportional to what is forgotten); returns them.
     pub fn forget_before(&mut self, horizon_ms: i64) -> Vec<u128> {
-        let old: Vec<u128> = self
-            .seen
-            .iter()
-            .filter(|(_, at)| **at < horizon_ms)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &old {
-            self.seen.remove(id);
+        let mut old = Vec::new();
+        while let Some(&(at, id)) = self.order.front() {
+            if at >= horizon_ms {
+                break;
+            }
+            self.order.pop_front();
+            // (an id forgotten and seen again is queued again, later)
+            if self.seen.get(&id) == Some(&at) {
+                self.seen.remove(&id);
+                old.push(id);
+            }
         }
         old
     }
@@ -85,8 +109,12 @@ impl EventIds {
 
 impl FromIterator<(u128, i64)> for EventIds {
     fn from_iter<I: IntoIterator<Item = (u128, i64)>>(it: I) -> EventIds {
+        let seen: HashMap<u128, i64> = it.into_iter().collect();
+        let mut order: Vec<(i64, u128)> = seen.iter().map(|(id, at)| (*at, *id)).collect();
+        order.sort_unstable();
         EventIds {
-            seen: it.into_iter().collect(),
+            seen,
+            order: order.into(),
         }
     }
 }
@@ -107,6 +135,34 @@ mod tests {
         assert!(ids.first_time(a, 3_000), "forgotten ids are new again");
         assert!(!ids.first_time(b, 3_000));
         assert_eq!(ids.len(), 2);
+    }
+
+    #[test]
+    fn forgetting_follows_the_order_ids_were_seen() {
+        let mut ids = EventIds::new();
+        for i in 0..1000u128 {
+            assert!(ids.first_time(i, i as i64));
+        }
+        // an id forgotten early, seen again late, stays until its new time
+        assert_eq!(ids.forget_before(10).len(), 10);
+        assert!(ids.first_time(3, 5_000));
+        assert_eq!(ids.forget_before(1000).len(), 990);
+        assert_eq!(ids.len(), 1);
+        assert!(!ids.first_time(3, 5_001));
+        assert_eq!(ids.forget_before(5_001), vec![3]);
+        assert!(ids.is_empty());
+        // rebuilt from stored pairs, the order is by time
+        let mut back: EventIds = [(7u128, 70i64), (8, 10)].into_iter().collect();
+        assert_eq!(back.forget_before(50), vec![8]);
+    }
+
+    #[test]
+    fn a_null_id_is_no_id() {
+        assert_eq!(event_id_of(&Value::Null), None);
+        assert_eq!(
+            event_id_of(&Value::text("NULL")),
+            Some(event_id_hash(&Value::text("NULL")))
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum BackfillError {
     },
     #[error("the replay task died: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("listing the archive: {0}")]
+    Listing(String),
 }
 
 /// The committed raw segments of `shard` of the node's table, in order.
@@ -226,11 +228,23 @@ pub fn run_cluster_jobs(
 /// One node's backfill jobs: run by this node, shard after shard, kept in
 /// memory (a restart forgets them; a job running then is lost and must be
 /// started again), the last [`KEEP_FINISHED`] finished ones kept.
-#[derive(Default)]
 pub struct LocalJobs {
     jobs: Mutex<Vec<BackfillJob>>,
+    /// Shard replays running at once (each holds its shard's archive in
+    /// memory).
+    slots: tokio::sync::Semaphore,
     /// Bumped whenever a job changes (waiters watch it).
     changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LocalJobs {
+    fn default() -> LocalJobs {
+        LocalJobs {
+            jobs: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(1),
+            changed: tokio::sync::watch::Sender::default(),
+        }
+    }
 }
 
 /// Finished one-node jobs kept for `GET /v1/backfill`.
@@ -270,16 +284,21 @@ impl LocalJobs {
     }
 
     async fn run(&self, ctx: &Arc<NodeCtx>, id: &str, req: BackfillRequest) {
-        let listed = match crate::shard::segments_of_all(ctx).await {
-            Ok(l) => l,
-            Err(e) => return self.finish(id, Err(format!("listing the archive: {e}"))),
-        };
         for shard in 0..ctx.table.shards {
-            let segs = raw_segments(ctx, listed.iter().cloned(), shard);
             let mut tries = 0;
             let part = loop {
                 tries += 1;
-                match replay_shard(ctx, segs.clone(), 0, &req, id, shard).await {
+                // one shard in memory at a time, whatever the jobs; listed
+                // again on each try (a compaction may have swapped them)
+                let _slot = self.slots.acquire().await;
+                let attempt = match crate::shard::segments_of_all(ctx).await {
+                    Ok(listed) => {
+                        let segs = raw_segments(ctx, listed, shard);
+                        replay_shard(ctx, segs, 0, &req, id, shard).await
+                    }
+                    Err(e) => Err(BackfillError::Listing(e.to_string())),
+                };
+                match attempt {
                     Ok(p) => break Ok(p),
                     Err(e) if tries < BACKFILL_TRIES => {
                         tracing::warn!(job = %id, shard, "backfill: {e}; retrying");

@@ -8,7 +8,7 @@
 use crate::clock::now_ms;
 use crate::node::NodeCtx;
 use crate::shard::ShardMsg;
-use lockstep_core::dedup::{event_id_hash, EventIds};
+use lockstep_core::dedup::{event_id_of, EventIds};
 use lockstep_core::value::Row;
 use lockstep_log::{RecordBatch, SideWrite};
 use serde::{Deserialize, Serialize};
@@ -345,8 +345,7 @@ impl Writer {
             let mut by_shard: Vec<(u32, Vec<Row>)> = Vec::new();
             let mut dups = 0;
             for (s, row) in r.events.drain(..) {
-                if let Some(col) = self.ctx.table.event_id {
-                    let id = event_id_hash(&row[col]);
+                if let Some(id) = self.ctx.table.event_id.and_then(|c| event_id_of(&row[c])) {
                     if !self.event_ids[s as usize].first_time(id, now) {
                         dups += 1;
                         continue;

@@ -370,7 +370,9 @@ fn run_all(mut d: Deployment) {
         counter(&d, "late_events") > late_before,
         "the late event was counted"
     );
-    assert!(counter(&d, "duplicate_events") >= 200);
+    // the 200 blind retries and the event served twice (a shard that
+    // re-reads its input after a restart counts its repeats again)
+    assert!(counter(&d, "duplicate_events") >= 201);
     let view = catalog().view(VIEW).unwrap().1.clone();
     let exported = exported(&d.node(0), &d.dir());
     let mut compared = 0;
@@ -399,7 +401,19 @@ SELECT event_id, user_id, event_time,
     RANGE BETWEEN INTERVAL '30' MINUTE PRECEDING AND CURRENT ROW) AS clicks_30m
 FROM ad_events;"
     );
-    let applied = d.node(1).apply_views(new_sql.as_bytes()).unwrap();
+    // with events arriving meanwhile, to every node
+    let during = rows[3000..3500].to_vec();
+    let applied = std::thread::scope(|sc| {
+        let feeder = sc.spawn(|| {
+            for (i, chunk) in during.chunks(25).enumerate() {
+                ingest(&d.node(i), chunk, None);
+            }
+        });
+        let applied = d.node(1).apply_views(new_sql.as_bytes()).unwrap();
+        feeder.join().unwrap();
+        applied
+    });
+    sent.record(&during);
     assert!(
         applied.added.contains(&"campaign_clicks".to_string()),
         "{applied:?}"
@@ -447,8 +461,8 @@ FROM ad_events;"
     let replay = ingest(&d.node(0), &rows[1500..2000], Some(&key));
     assert!(replay.replayed, "the key survives SIGKILL");
     ingest(&d.node(1), &rows[..1000], None);
-    ingest(&d.node(2), &rows[3000..4000], None);
-    sent.record(&rows[3000..4000]);
+    ingest(&d.node(2), &rows[3500..4000], None);
+    sent.record(&rows[3500..4000]);
     let want = batch(&new_sql, VIEW, &sent.events);
     committed_rows_equal(
         &d,

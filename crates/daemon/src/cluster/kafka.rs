@@ -52,7 +52,11 @@ pub fn spawn_fetcher(
                         }
                         if let Some(last) = recs.last() {
                             position = last.offset + 1;
-                            if actor.send_message(ShardMsg::Records(recs)).is_err() {
+                            let stopped = flag.clone();
+                            if actor
+                                .send_message(ShardMsg::Records { recs, stopped })
+                                .is_err()
+                            {
                                 break;
                             }
                         }

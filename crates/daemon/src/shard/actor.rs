@@ -24,7 +24,10 @@ impl Actor for ShardActor {
         _me: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<Shard, ActorProcessingErr> {
-        Ok(ShardWorker::recover(args.ctx, args.shard).await?)
+        let shard = ShardWorker::recover(args.ctx.clone(), args.shard).await?;
+        // a rebuild of a predecessor that died midway is over
+        args.ctx.rebuilding[args.shard as usize].store(false, Ordering::Relaxed);
+        Ok(shard)
     }
 
     async fn post_start(
@@ -58,9 +61,11 @@ impl Actor for ShardActor {
                 mode.on_events(w, first, rows, serve)?;
                 w.publish_progress();
             }
-            ShardMsg::Records(recs) => {
-                mode.on_records(w, recs)?;
-                w.publish_progress();
+            ShardMsg::Records { recs, stopped } => {
+                if !stopped.load(Ordering::Relaxed) {
+                    mode.on_records(w, recs)?;
+                    w.publish_progress();
+                }
             }
             ShardMsg::CatchUp => {
                 mode.catch_up(w)?;
@@ -75,6 +80,7 @@ impl Actor for ShardActor {
             }
             ShardMsg::Swap { reply } => {
                 w.swaps.extend(reply);
+                w.swap_pending = true;
                 if !w.in_flight {
                     // (else finish_checkpoint sends the swap again)
                     swap_pipeline(s, &me).await?;
@@ -115,6 +121,7 @@ impl Actor for ShardActor {
 /// supervisor's restart retries it under the same pipeline.
 async fn swap_pipeline(s: &mut Shard, me: &ActorRef<ShardMsg>) -> Result<(), ShardError> {
     let waiting = std::mem::take(&mut s.w.swaps);
+    s.w.swap_pending = false;
     if s.w.pipe.fingerprint() == s.w.ctx.pipeline().fingerprint() {
         for r in waiting {
             let _ = r.send(Ok(()));
@@ -131,12 +138,20 @@ async fn swap_pipeline(s: &mut Shard, me: &ActorRef<ShardMsg>) -> Result<(), Sha
     }
     s.mode.stop_reading();
     let (ctx, shard) = (s.w.ctx.clone(), s.w.shard);
-    ctx.rebuilding[shard as usize].store(true, Ordering::Relaxed);
-    let recovered = ShardWorker::recover(ctx.clone(), shard).await;
-    ctx.rebuilding[shard as usize].store(false, Ordering::Relaxed);
+    let recovered = {
+        let _flag = Rebuilding::set(&ctx, shard);
+        ShardWorker::recover(ctx.clone(), shard).await
+    };
     match recovered {
         Ok(fresh) => {
+            // checkpoint callers waiting on the old worker: the new one
+            // checkpoints for them
+            let asked = std::mem::take(&mut s.w.replies);
             *s = fresh;
+            if !asked.is_empty() {
+                s.w.replies = asked;
+                let _ = me.send_message(ShardMsg::Checkpoint { reply: None });
+            }
             s.mode.start_reading(&s.w, me);
             s.w.publish_progress();
             tracing::info!(shard = s.w.shard, "the shard runs the new pipeline");
@@ -151,5 +166,22 @@ async fn swap_pipeline(s: &mut Shard, me: &ActorRef<ShardMsg>) -> Result<(), Sha
             }
             Err(e)
         }
+    }
+}
+
+/// Marks a shard as rebuilding while it lives (cleared however the
+/// rebuild ends, a panic included), so requests answer 503 meanwhile.
+struct Rebuilding<'a>(&'a NodeCtx, u32);
+
+impl<'a> Rebuilding<'a> {
+    fn set(ctx: &'a NodeCtx, shard: u32) -> Rebuilding<'a> {
+        ctx.rebuilding[shard as usize].store(true, Ordering::Relaxed);
+        Rebuilding(ctx, shard)
+    }
+}
+
+impl Drop for Rebuilding<'_> {
+    fn drop(&mut self) {
+        self.0.rebuilding[self.1 as usize].store(false, Ordering::Relaxed);
     }
 }

@@ -242,7 +242,7 @@ impl ShardWorker {
         for r in replies {
             let _ = r.send(result.clone());
         }
-        if !self.swaps.is_empty() {
+        if self.swap_pending {
             // a pipeline swap waited for this checkpoint
             let _ = me.send_message(ShardMsg::Swap { reply: None });
         } else if self.again {

@@ -91,7 +91,13 @@ pub enum ShardMsg {
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
     /// Cluster: records of the shard's partition, in offset order.
-    Records(Vec<lockstep_log::kafka::KafkaRecord>),
+    /// `stopped` is the sending fetcher's stop flag: a batch from a fetcher
+    /// stopped since (the shard swapped pipelines and reads again from its
+    /// checkpoint, or it is leaving) is dropped, not applied out of order.
+    Records {
+        recs: Vec<lockstep_log::kafka::KafkaRecord>,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
+    },
     /// Cluster: answer the features of the record carrying this
     /// Idempotency-Key (index 0) when it arrives, computed just before it
     /// enters the state (serve-and-ingest on the owner).
@@ -142,7 +148,8 @@ pub struct ShardWorker {
     in_flight: bool,
     again: bool,
     replies: Vec<Reply<CheckpointReport>>,
-    /// Callers of a pipeline swap waiting for a checkpoint in flight.
+    /// A pipeline swap waits for the checkpoint in flight; its callers.
+    swap_pending: bool,
     swaps: Vec<Reply<()>>,
 }
 

@@ -36,6 +36,7 @@ impl ShardWorker {
             in_flight: false,
             again: false,
             replies: Vec::new(),
+            swap_pending: false,
             swaps: Vec::new(),
         };
         let mode = recover_mode(&mut w, loaded).await?;

@@ -270,10 +270,13 @@ impl NodeMode for Member {
                 );
                 let path = path.clone();
                 async move {
-                    let got = tokio::task::spawn_blocking(move || {
+                    let ask = tokio::task::spawn_blocking(move || {
                         client.request("GET", &path, None, &[(FORWARDED, "1")])
-                    })
-                    .await;
+                    });
+                    // a peer cut off must not hold the answer for long
+                    let Ok(got) = tokio::time::timeout(Duration::from_secs(3), ask).await else {
+                        return (addr, Err("no answer within 3 s".to_string()));
+                    };
                     let answer = match got {
                         Ok(Ok(r)) if r.status == 200 => Ok(r.body),
                         Ok(Ok(r)) => Err(format!(

@@ -47,11 +47,12 @@ impl ClusterShard {
             let row = self.decode(w, &table, &r);
             // a producer-supplied event id seen before: a duplicate delivery
             let row = row.map(|row| {
-                let dup = table.event_id.is_some_and(|col| {
+                let id = table
+                    .event_id
+                    .and_then(|col| lockstep_core::dedup::event_id_of(&row[col]));
+                let dup = id.is_some_and(|id| {
                     let at = r.timestamp_ms.unwrap_or(self.clock_ms);
-                    !self
-                        .event_ids
-                        .first_time(lockstep_core::dedup::event_id_hash(&row[col]), at)
+                    !self.event_ids.first_time(id, at)
                 });
                 (row, dup)
             });
@@ -115,10 +116,10 @@ impl ClusterShard {
             lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())?
         } else {
             let text = std::str::from_utf8(&r.value).map_err(|e| format!("not UTF-8: {e}"))?;
-            let row = self.parser.parse(text.trim())?;
-            table.validate(&row).map_err(|e| e.to_string())?;
-            row
+            self.parser.parse(text.trim())?
         };
+        // lockstep's own encoding is checked too: any producer can write it
+        table.validate(&row).map_err(|e| e.to_string())?;
         match table.shard_of(&row) {
             s if s == w.shard => Ok(row),
             s => Err(format!(
