@@ -311,10 +311,10 @@ impl LocalJobs {
                 Ok(p) => self.update(id, |j| {
                     j.parts.insert(shard, p);
                 }),
-                Err(e) => return self.finish(id, Err(e)),
+                Err(e) => return self.finish(id, Some(e)),
             }
         }
-        self.finish(id, Ok(()));
+        self.finish(id, None);
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut BackfillJob)) {
@@ -330,12 +330,12 @@ impl LocalJobs {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn finish(&self, id: &str, outcome: Result<(), String>) {
-        if let Err(e) = &outcome {
+    fn finish(&self, id: &str, error: Option<String>) {
+        if let Some(e) = &error {
             tracing::error!(job = %id, "backfill failed: {e}");
         }
         self.update(id, |j| {
-            j.error = outcome.err();
+            j.error = error;
             j.finished_ms = Some(now_ms());
         });
     }

@@ -32,15 +32,24 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Res
 
 /// One parsed record of an ingest body: its index, the event or why not,
 /// and its raw text (for the dead-letter store).
+/// (The reason a record was refused is text: it is stored with the dead
+/// letter and shown to the client as it is.)
 pub(crate) type Parsed<'a> = (usize, Result<Row, String>, &'a str);
+
+/// Why a whole ingest body was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("malformed JSON array: {0}")]
+    MalformedArray(serde_json::Error),
+}
 
 pub(crate) fn parse_body<'a>(
     parser: &JsonEventParser,
     text: &'a str,
-) -> Result<Vec<Parsed<'a>>, String> {
+) -> Result<Vec<Parsed<'a>>, BodyError> {
     if text.trim_start().starts_with('[') {
         let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| format!("malformed JSON array: {e}"))?;
+            serde_json::from_str(text).map_err(BodyError::MalformedArray)?;
         Ok(items
             .into_iter()
             .enumerate()
@@ -86,7 +95,7 @@ pub(crate) async fn ingest(
     };
     let parsed = match parse_body(&app.parser, text) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if parsed.is_empty() {
         return error(
@@ -210,7 +219,8 @@ pub(crate) async fn deadletters(
         );
         for (addr, answer) in app.mode.ask_peers(&app.ctx, path).await {
             match answer.and_then(|b| {
-                serde_json::from_slice::<lockstep_api::DeadLetters>(&b).map_err(|e| e.to_string())
+                serde_json::from_slice::<lockstep_api::DeadLetters>(&b)
+                    .map_err(super::mode::PeerAskError::Body)
             }) {
                 Ok(theirs) => list.extend(theirs.dead_letters),
                 Err(e) => unreachable.push(format!("{addr}: {e}")),

@@ -6,7 +6,7 @@
 use super::super::reply::*;
 use super::super::routing::wait_for;
 use super::super::App;
-use super::{Events, Job, NodeMode, PeerAnswers, Route, FORWARDED};
+use super::{Events, Job, NodeMode, PeerAnswers, PeerAskError, Route, FORWARDED};
 use crate::clock::now_ms;
 use crate::cluster::ClusterCtx;
 use crate::node::NodeCtx;
@@ -275,17 +275,16 @@ impl NodeMode for Member {
                     });
                     // a peer cut off must not hold the answer for long
                     let Ok(got) = tokio::time::timeout(Duration::from_secs(3), ask).await else {
-                        return (addr, Err("no answer within 3 s".to_string()));
+                        return (addr, Err(PeerAskError::Timeout(3)));
                     };
                     let answer = match got {
                         Ok(Ok(r)) if r.status == 200 => Ok(r.body),
-                        Ok(Ok(r)) => Err(format!(
-                            "answered {}: {}",
-                            r.status,
-                            String::from_utf8_lossy(&r.body)
-                        )),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Ok(Ok(r)) => Err(PeerAskError::Status {
+                            status: r.status,
+                            body: String::from_utf8_lossy(&r.body).into_owned(),
+                        }),
+                        Ok(Err(e)) => Err(PeerAskError::Transport(e.to_string())),
+                        Err(e) => Err(PeerAskError::Transport(e.to_string())),
                     };
                     (addr, answer)
                 }

@@ -35,7 +35,20 @@ use std::time::{Duration, Instant};
 pub(crate) const FORWARDED: &str = "x-lockstep-forwarded";
 
 /// What each peer answered to a GET: `(address, body or why not)`.
-pub(crate) type PeerAnswers = Vec<(String, Result<Vec<u8>, String>)>;
+pub(crate) type PeerAnswers = Vec<(String, Result<Vec<u8>, PeerAskError>)>;
+
+/// Why a peer's answer is missing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerAskError {
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    #[error("answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("{0}")]
+    Transport(String),
+    #[error("its answer does not parse: {0}")]
+    Body(serde_json::Error),
+}
 
 /// Where a request for a shard is answered.
 pub(crate) enum Route {

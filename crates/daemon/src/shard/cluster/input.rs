@@ -92,7 +92,7 @@ impl ClusterShard {
                     w.ctx.metrics.dead_letters.inc();
                     self.rows.dead.push((
                         r.offset,
-                        reason,
+                        reason.to_string(),
                         String::from_utf8_lossy(&r.value).into_owned(),
                     ));
                     w.next_offset = r.offset + 1;
@@ -111,21 +111,37 @@ impl ClusterShard {
         w: &ShardWorker,
         table: &lockstep_core::Table,
         r: &KafkaRecord,
-    ) -> Result<lockstep_core::value::Row, String> {
+    ) -> Result<lockstep_core::value::Row, RecordError> {
         let row = if r.bincode {
-            lockstep_io::raw::decode_event(&r.value).map_err(|e| e.to_string())?
+            lockstep_io::raw::decode_event(&r.value)?
         } else {
-            let text = std::str::from_utf8(&r.value).map_err(|e| format!("not UTF-8: {e}"))?;
-            self.parser.parse(text.trim())?
+            let text = std::str::from_utf8(&r.value)?;
+            self.parser.parse(text.trim()).map_err(RecordError::Json)?
         };
         // lockstep's own encoding is checked too: any producer can write it
-        table.validate(&row).map_err(|e| e.to_string())?;
+        table.validate(&row)?;
         match table.shard_of(&row) {
             s if s == w.shard => Ok(row),
-            s => Err(format!(
-                "its key belongs to shard {s}, but it is in partition {}: produce with murmur2 of the key, or through lockstep",
-                w.shard
-            )),
+            s => Err(RecordError::Partition {
+                shard: s,
+                partition: w.shard,
+            }),
         }
     }
+}
+
+/// Why a record of the partition is a dead letter (its text is the
+/// reason stored with it).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RecordError {
+    #[error("{0}")]
+    Bincode(#[from] lockstep_io::raw::RawError),
+    #[error("not UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    #[error("{0}")]
+    Json(String),
+    #[error("{0}")]
+    Invalid(#[from] lockstep_core::EventError),
+    #[error("its key belongs to shard {shard}, but it is in partition {partition}: produce with murmur2 of the key, or through lockstep")]
+    Partition { shard: u32, partition: u32 },
 }
