@@ -24,7 +24,13 @@ pub struct EventError {
 pub struct IngestReply {
     pub accepted: u64,
     pub rejected: u64,
+    /// The first rejected events (at most 100), with reasons; every one is
+    /// in the dead-letter store.
     pub errors: Vec<EventError>,
+    /// Rejected events beyond those listed in `errors` (for a replayed
+    /// Idempotency-Key, beyond the first 10).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors_omitted: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -69,4 +75,8 @@ pub struct IngestedWithoutFeatures {
     #[schema(value_type = Option<Object>)]
     pub features: Option<()>,
     pub error: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

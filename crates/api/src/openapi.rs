@@ -73,7 +73,8 @@ fn healthz() {}
          headers(("idempotent-replayed" = String, description = "`true` when this is the stored answer of an earlier request with the same key"))),
         (status = 400, description = "no event accepted, or a malformed request", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, description = "unknown table", body = ErrorBody),
-        (status = 413, description = "body larger than the limit", body = ErrorBody),
+        (status = 413, description = "body, an event or the event count over a limit (max_event_bytes, max_events_per_request)", body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was used before with a different body", body = ErrorBody),
         (status = 500, body = ErrorBody), (status = 503, description = "retry", body = ErrorBody)
     )
 )]
@@ -84,7 +85,7 @@ fn ingest() {}
     get,
     path = "/v1/tables/{table}/deadletters",
     params(("table" = String, Path), ("limit" = Option<usize>, Query)),
-    responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = DeadLetters), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody))
 )]
 fn dead_letters() {}
 
@@ -105,7 +106,8 @@ fn dead_letters() {}
         (status = 202, description = "ingested, features not computed: do not retry", body = IngestedWithoutFeatures),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "the Idempotency-Key was ingested before", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "the Idempotency-Key was used before with a different body", body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)
     )
 )]
 fn features() {}
@@ -127,11 +129,11 @@ fn features_for_key() {}
 fn status() {}
 
 /// The pipeline's SQL.
-#[utoipa::path(get, path = "/v1/pipeline", responses((status = 200, body = PipelineInfo), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pipeline", responses((status = 200, body = PipelineInfo), (status = 401, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody)))]
 fn pipeline() {}
 
 /// The views and their columns.
-#[utoipa::path(get, path = "/v1/views", responses((status = 200, body = ViewList), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/views", responses((status = 200, body = ViewList), (status = 401, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody)))]
 fn views() {}
 
 /// `views apply`: a new pipeline for the same table (its SQL); shards
@@ -176,12 +178,12 @@ fn compact() {}
     get,
     path = "/v1/objects/{path}",
     params(("path" = String, Path)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody))
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody))
 )]
 fn object() {}
 
 /// The cluster: members, shard map, checkpoints (404 on a node alone).
-#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/cluster", responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody)))]
 fn cluster() {}
 
 /// Drains a node: its shards move away, one last checkpoint each.
@@ -203,7 +205,7 @@ fn drain() {}
 fn remove() {}
 
 /// The moves the coordinator makes now.
-#[utoipa::path(post, path = "/v1/cluster/rebalance", responses((status = 200, body = RebalanceReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/cluster/rebalance", responses((status = 200, body = RebalanceReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody)))]
 fn rebalance() {}
 
 /// Starts a backfill job (cluster): every shard's owner replays it.
@@ -221,7 +223,7 @@ fn rebalance() {}
 fn start_backfill() {}
 
 /// Running and recently finished backfill jobs.
-#[utoipa::path(get, path = "/v1/backfill", responses((status = 200, body = BackfillJobs), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/backfill", responses((status = 200, body = BackfillJobs), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody)))]
 fn backfill_jobs() {}
 
 /// One backfill job with its done shards.
@@ -229,7 +231,7 @@ fn backfill_jobs() {}
     get,
     path = "/v1/backfill/{job}",
     params(("job" = String, Path)),
-    responses((status = 200, body = BackfillJob), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = BackfillJob), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "overloaded (max_concurrent_requests) or restarting: retry", body = ErrorBody))
 )]
 fn backfill_job() {}
 

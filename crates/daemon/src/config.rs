@@ -22,6 +22,12 @@ pub struct FileConfig {
     pub checkpoint_interval: Option<String>,
     pub fsync: Option<String>,
     pub idempotency_ttl: Option<String>,
+    /// Most events one ingest request may carry (413 beyond).
+    pub max_events_per_request: Option<u64>,
+    /// Largest event (one JSON line or array item) in bytes (413 beyond).
+    pub max_event_bytes: Option<u64>,
+    /// Requests handled at once; more are answered 503 + Retry-After.
+    pub max_concurrent_requests: Option<u64>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -100,7 +106,27 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub fsync: Fsync,
     pub idempotency_ttl: Duration,
+    pub limits: Limits,
     pub cluster: Option<ClusterConfig>,
+}
+
+/// Bounds on what one request may ask of a node (docs/operations.md,
+/// "Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_events_per_request: usize,
+    pub max_event_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_events_per_request: 100_000,
+            max_event_bytes: 1 << 20,
+            max_concurrent_requests: 512,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +185,11 @@ pub fn load_with_secret(
         checkpoint_interval: pick(&flags.checkpoint_interval, &file.checkpoint_interval),
         fsync: pick(&flags.fsync, &file.fsync),
         idempotency_ttl: pick(&flags.idempotency_ttl, &file.idempotency_ttl),
+        max_events_per_request: flags.max_events_per_request.or(file.max_events_per_request),
+        max_event_bytes: flags.max_event_bytes.or(file.max_event_bytes),
+        max_concurrent_requests: flags
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
@@ -289,6 +320,7 @@ fn duration(
 }
 
 fn validate(c: FileConfig) -> Result<Config, ConfigError> {
+    let limits = validate_limits(&c)?;
     let node_id = c.node_id.unwrap_or_else(|| "node-1".to_string());
     if node_id.is_empty()
         || !node_id
@@ -355,7 +387,40 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         checkpoint_interval,
         fsync,
         idempotency_ttl,
+        limits,
         cluster,
+    })
+}
+
+fn validate_limits(c: &FileConfig) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let count = |key: &'static str, v: Option<u64>, default: usize, max: u64| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+        Some(n) => Err(invalid(
+            key,
+            format!("{n} is not a whole number from 1 to {max}"),
+        )),
+    };
+    Ok(Limits {
+        max_events_per_request: count(
+            "max_events_per_request",
+            c.max_events_per_request,
+            d.max_events_per_request,
+            10_000_000,
+        )?,
+        max_event_bytes: count(
+            "max_event_bytes",
+            c.max_event_bytes,
+            d.max_event_bytes,
+            crate::http::MAX_BODY_BYTES as u64,
+        )?,
+        max_concurrent_requests: count(
+            "max_concurrent_requests",
+            c.max_concurrent_requests,
+            d.max_concurrent_requests,
+            1_000_000,
+        )?,
     })
 }
 

@@ -27,7 +27,7 @@ pub struct Pipeline {
 
 /// 64-bit FNV-1a: stable across builds and platforms (std's hashers are
 /// not).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -35,12 +35,32 @@ pub struct EventErrorReport {
 }
 
 /// The answer to an ingest request, as the idempotency records keep it
-/// (bincode: its layout is part of the data directory's format).
+/// (JSON in the log's side store: its fields are part of the data
+/// directory's format; new ones need a default).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct IngestReply {
     pub accepted: u64,
     pub rejected: u64,
     pub errors: Vec<EventErrorReport>,
+    #[serde(default)]
+    pub errors_omitted: u64,
+}
+
+/// Rejected events an idempotency record keeps with its reply.
+const KEPT_ERRORS: usize = 10;
+
+impl IngestReply {
+    /// What an idempotency record keeps: the counts and the first few
+    /// errors, not the whole list.
+    fn summary(&self) -> IngestReply {
+        let kept = self.errors.len().min(KEPT_ERRORS);
+        IngestReply {
+            accepted: self.accepted,
+            rejected: self.rejected,
+            errors: self.errors[..kept].to_vec(),
+            errors_omitted: self.errors_omitted + (self.errors.len() - kept) as u64,
+        }
+    }
 }
 
 impl IngestReply {
@@ -57,6 +77,7 @@ impl IngestReply {
                     reason: e.reason.clone(),
                 })
                 .collect(),
+            errors_omitted: self.errors_omitted,
             error: None,
         }
     }
@@ -68,6 +89,10 @@ pub use lockstep_api::DeadLetter;
 struct IdemRecord {
     at_ms: i64,
     reply: IngestReply,
+    /// A hash of the request's body (records written before hashes have
+    /// none, and match any body).
+    #[serde(default)]
+    body_hash: Option<u64>,
 }
 
 /// Why the writer did not store a request.
@@ -75,10 +100,15 @@ struct IdemRecord {
 pub enum WriteError {
     #[error("the log could not store the events: {0}")]
     Store(String),
+    /// The Idempotency-Key was used before for another body.
+    #[error("Idempotency-Key `{0}` was already used for a request with a different body; use a new key for new events")]
+    KeyReused(String),
 }
 
 pub struct WriteReq {
     pub idempotency_key: Option<String>,
+    /// A hash of the request's body, kept with its key.
+    pub body_hash: u64,
     pub events: Vec<(u32, Row)>,
     pub dead: Vec<DeadLetter>,
     pub reply: IngestReply,
@@ -114,7 +144,10 @@ pub fn start(
         .log
         .side_scan_last(DEAD_PREFIX, 1)
         .ok()
-        .and_then(|v| v.last().map(|(k, _)| seq_of(&k[DEAD_PREFIX.len()..]) + 1))
+        .and_then(|v| {
+            v.last()
+                .map(|(k, v)| seq_of(&k[DEAD_PREFIX.len()..]) + letters_in(v).len() as u64)
+        })
         .unwrap_or(0);
     ctx.metrics.dead_letters.inc_by(dead_seq);
     let event_ids = load_event_ids(&ctx);
@@ -170,15 +203,26 @@ fn seq_of(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// A dead-letter record's letters: a request's list, or (as written
+/// before records held lists) one letter.
+fn letters_in(v: &[u8]) -> Vec<DeadLetter> {
+    serde_json::from_slice::<Vec<DeadLetter>>(v)
+        .or_else(|_| serde_json::from_slice::<DeadLetter>(v).map(|d| vec![d]))
+        .unwrap_or_default()
+}
+
 /// Reads the dead-letter store, newest last (at most `limit`).
 pub fn dead_letters(ctx: &NodeCtx, limit: usize) -> Vec<DeadLetter> {
-    let last = ctx
-        .log
-        .side_scan_last(DEAD_PREFIX, limit)
-        .unwrap_or_default();
-    last.into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-        .collect()
+    let mut newest_first: Vec<DeadLetter> = Vec::new();
+    let _ = ctx.log.side_scan_back(DEAD_PREFIX, |_, v| {
+        let mut letters = letters_in(v);
+        let want = limit - newest_first.len();
+        let extra = letters.len().saturating_sub(want);
+        newest_first.extend(letters.drain(extra..).rev());
+        newest_first.len() < limit
+    });
+    newest_first.reverse();
+    newest_first
 }
 
 /// One group's log write, planned.
@@ -313,9 +357,13 @@ impl Writer {
         let mut dup_in_group: Vec<(usize, WriteReq)> = Vec::new();
         let mut keys_in_group: HashMap<Vec<u8>, usize> = HashMap::new();
         for r in group {
-            if let Some(k) = &r.idempotency_key {
-                let k = k.as_bytes().to_vec();
+            if let Some(key) = &r.idempotency_key {
+                let k = key.as_bytes().to_vec();
                 if let Some(prev) = self.idem.get(&k) {
+                    if prev.body_hash.is_some_and(|h| h != r.body_hash) {
+                        let _ = r.done.send(Err(WriteError::KeyReused(key.clone())));
+                        continue;
+                    }
                     self.ctx.metrics.idempotent_replays.inc();
                     let _ = r.done.send(Ok(Written {
                         reply: prev.reply.clone(),
@@ -326,6 +374,10 @@ impl Writer {
                     continue;
                 }
                 if let Some(&i) = keys_in_group.get(&k) {
+                    if fresh[i].body_hash != r.body_hash {
+                        let _ = r.done.send(Err(WriteError::KeyReused(key.clone())));
+                        continue;
+                    }
                     dup_in_group.push((i, r));
                     continue;
                 }
@@ -373,19 +425,24 @@ impl Writer {
             }
             b.per_request.push(mine);
             b.duplicates.push(dups);
-            for d in &r.dead {
+            if !r.dead.is_empty() {
+                // one record per request (keyed by its first letter's
+                // number): one side write, however many letters
                 let mut k = DEAD_PREFIX.to_vec();
                 k.extend_from_slice(&self.dead_seq.to_be_bytes());
-                self.dead_seq += 1;
-                b.side
-                    .push((k, Some(serde_json::to_vec(d).expect("dead letters encode"))));
+                self.dead_seq += r.dead.len() as u64;
+                b.side.push((
+                    k,
+                    Some(serde_json::to_vec(&r.dead).expect("dead letters encode")),
+                ));
             }
             if let Some(key) = &r.idempotency_key {
                 let mut k = IDEM_PREFIX.to_vec();
                 k.extend_from_slice(key.as_bytes());
                 let rec = IdemRecord {
                     at_ms: now,
-                    reply: r.reply.clone(),
+                    reply: r.reply.summary(),
+                    body_hash: Some(r.body_hash),
                 };
                 b.side
                     .push((k, Some(serde_json::to_vec(&rec).expect("records encode"))));
@@ -432,7 +489,8 @@ impl Writer {
                 k.as_bytes().to_vec(),
                 IdemRecord {
                     at_ms: now,
-                    reply: r.reply.clone(),
+                    reply: r.reply.summary(),
+                    body_hash: Some(r.body_hash),
                 },
             );
         }

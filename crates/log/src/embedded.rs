@@ -392,6 +392,22 @@ impl EmbeddedLog {
         Ok(v)
     }
 
+    /// Sidecar entries under `prefix`, newest key first, handed to `take`
+    /// until it returns false (reads no more than it is given).
+    pub fn side_scan_back(
+        &self,
+        prefix: &[u8],
+        mut take: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), LogError> {
+        for r in self.side.scan_prefix(prefix).rev() {
+            let (k, v) = r?;
+            if !take(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Sidecar keys under `prefix`, counted.
     pub fn side_count(&self, prefix: &[u8]) -> usize {
         self.side.scan_prefix(prefix).count()

@@ -88,12 +88,22 @@ fn embedded_log_survives_reopening() {
         log.append(1, &[b"one", b"two"]).unwrap();
         log.truncate_below(1, 1).unwrap();
     }
-    let log = EmbeddedLog::open(dir.path(), 2, FsyncPolicy::Always).unwrap();
+    let log = reopen(dir.path(), 2, FsyncPolicy::Always);
     assert_eq!(log.start_offset(1).unwrap(), 1);
     assert_eq!(log.end_offset(1).unwrap(), 2);
     assert_eq!(log.append(1, &[b"three"]).unwrap(), 2);
     drop(log);
-    let err = EmbeddedLog::open(dir.path(), 3, FsyncPolicy::Always)
+    let err = (0..250)
+        .find_map(
+            |_| match EmbeddedLog::open(dir.path(), 3, FsyncPolicy::Always) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+                other => Some(other),
+            },
+        )
+        .expect("the directory lock is released")
         .err()
         .expect("shard count is fixed");
     assert!(err.to_string().contains("has 2 shards but 3"), "{err}");
@@ -144,7 +154,7 @@ fn atomic_appends_span_shards_and_sidecar_keys() {
     assert_eq!(log.side_get(b"idem/k1").unwrap(), Some(b"reply".to_vec()));
     drop(log);
     // all of it survives reopening
-    let log = EmbeddedLog::open(dir.path(), 4, FsyncPolicy::Always).unwrap();
+    let log = reopen(dir.path(), 4, FsyncPolicy::Always);
     let got: Vec<Vec<u8>> = log
         .read(1, 0, 10)
         .unwrap()
@@ -174,7 +184,23 @@ fn raising_the_end_never_reuses_offsets() {
     assert_eq!(log.end_offset(0).unwrap(), 11, "never lowered");
     log.flush().unwrap();
     drop(log);
-    let log = EmbeddedLog::open(dir.path(), 2, FsyncPolicy::Always).unwrap();
+    let log = reopen(dir.path(), 2, FsyncPolicy::Always);
     assert_eq!(log.end_offset(0).unwrap(), 11);
     assert_eq!(log.read(0, 10, 5).unwrap()[0].bytes, b"c");
+}
+
+/// Opens the log again after dropping it: sled's threads may hold the
+/// directory's lock a moment longer, so a refused lock is retried (for at
+/// most 5 s); any other error fails.
+fn reopen(dir: &std::path::Path, shards: u32, policy: FsyncPolicy) -> EmbeddedLog {
+    for _ in 0..250 {
+        match EmbeddedLog::open(dir, shards, policy) {
+            Ok(log) => return log,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("reopening the log: {e}"),
+        }
+    }
+    panic!("the log's directory lock was not released within 5 s")
 }

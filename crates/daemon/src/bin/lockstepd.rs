@@ -42,6 +42,15 @@ struct Args {
     fsync: Option<String>,
     #[arg(long)]
     idempotency_ttl: Option<String>,
+    /// Most events one ingest request may carry (default 100000).
+    #[arg(long)]
+    max_events_per_request: Option<u64>,
+    /// Largest event in bytes (default 1048576).
+    #[arg(long)]
+    max_event_bytes: Option<u64>,
+    /// Requests handled at once; more get 503 (default 512).
+    #[arg(long)]
+    max_concurrent_requests: Option<u64>,
     /// Cluster: other nodes' API addresses, host:port,… (none: start a new
     /// cluster).
     #[arg(long, value_delimiter = ',')]
@@ -90,6 +99,9 @@ fn main() -> ExitCode {
         checkpoint_interval: a.checkpoint_interval,
         fsync: a.fsync,
         idempotency_ttl: a.idempotency_ttl,
+        max_events_per_request: a.max_events_per_request,
+        max_event_bytes: a.max_event_bytes,
+        max_concurrent_requests: a.max_concurrent_requests,
         cluster: (a.seeds.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()

@@ -40,6 +40,16 @@ pub(crate) async fn features(
         Ok(b) => b,
         Err(r) => return r,
     };
+    let limit = ctx.config.limits.max_event_bytes;
+    if body.len() > limit {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the event is {} bytes; the largest accepted is {limit} (max_event_bytes)",
+                body.len()
+            ),
+        );
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not UTF-8");
     };

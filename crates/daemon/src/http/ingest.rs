@@ -5,7 +5,7 @@ use super::mode::Events;
 use super::reply::*;
 use super::App;
 use crate::clock::now_ms;
-use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteReq};
+use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteError, WriteReq};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -41,28 +41,119 @@ pub(crate) type Parsed<'a> = (usize, Result<Row, String>, &'a str);
 pub(crate) enum BodyError {
     #[error("malformed JSON array: {0}")]
     MalformedArray(serde_json::Error),
+    #[error("more than {limit} events in one request (max_events_per_request); split it")]
+    TooManyEvents { limit: usize },
+    #[error("event {index} is {bytes} bytes; the largest accepted is {limit} (max_event_bytes)")]
+    EventTooLarge {
+        index: usize,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
+impl BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BodyError::MalformedArray(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+}
+
+/// A JSON array's first `.0` items, kept as raw text, and how many it has
+/// (the rest are parsed but not kept: memory stays bounded by the limit).
+struct FirstItems(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FirstItems {
+    type Value = (Vec<&'de RawValue>, usize);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FirstItems {
+    type Value = (Vec<&'de RawValue>, usize);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        let mut total = 0;
+        while total < self.0 {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(item) => items.push(item),
+                None => return Ok((items, total)),
+            }
+            total += 1;
+        }
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            total += 1;
+        }
+        Ok((items, total))
+    }
+}
+
+/// Most rejected events a reply lists (the rest are counted in
+/// `errors_omitted`; all are in the dead-letter store).
+pub(crate) const MAX_REPORTED_ERRORS: usize = 100;
+
+/// Splits a body into its events (JSON lines, or one JSON array), within
+/// the node's limits, checked before anything is parsed, and parses them.
 pub(crate) fn parse_body<'a>(
     parser: &JsonEventParser,
     text: &'a str,
+    limits: &crate::config::Limits,
 ) -> Result<Vec<Parsed<'a>>, BodyError> {
-    if text.trim_start().starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(BodyError::MalformedArray)?;
-        Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| (i, parser.parse(raw.get()), raw.get()))
-            .collect())
+    let items: Vec<&'a str> = if text.trim_start().starts_with('[') {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let (items, total) = serde::de::DeserializeSeed::deserialize(
+            FirstItems(limits.max_events_per_request),
+            &mut de,
+        )
+        .and_then(|got| de.end().map(|()| got))
+        .map_err(BodyError::MalformedArray)?;
+        if total > limits.max_events_per_request {
+            return Err(BodyError::TooManyEvents {
+                limit: limits.max_events_per_request,
+            });
+        }
+        items.into_iter().map(RawValue::get).collect()
     } else {
-        Ok(text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| (i, parser.parse(l), l))
-            .collect())
+        let mut items = Vec::new();
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            if items.len() == limits.max_events_per_request {
+                return Err(BodyError::TooManyEvents {
+                    limit: limits.max_events_per_request,
+                });
+            }
+            items.push(l);
+        }
+        items
+    };
+    if items.len() > limits.max_events_per_request {
+        return Err(BodyError::TooManyEvents {
+            limit: limits.max_events_per_request,
+        });
     }
+    if let Some((index, item)) = items
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.len() > limits.max_event_bytes)
+    {
+        return Err(BodyError::EventTooLarge {
+            index,
+            bytes: item.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| (i, parser.parse(item), item))
+        .collect())
 }
 
 pub(crate) async fn ingest(
@@ -93,9 +184,9 @@ pub(crate) async fn ingest(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
     };
-    let parsed = match parse_body(&app.parser, text) {
+    let parsed = match parse_body(&app.parser, text, &ctx.config.limits) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error(e.status(), e.to_string()),
     };
     if parsed.is_empty() {
         return error(
@@ -113,6 +204,7 @@ pub(crate) async fn ingest(
     let (done, rx) = oneshot::channel();
     let req = WriteReq {
         idempotency_key: key,
+        body_hash: crate::pipeline::fnv1a64(&body),
         events,
         dead,
         reply,
@@ -124,6 +216,9 @@ pub(crate) async fn ingest(
     }
     match rx.await {
         Ok(Ok(w)) => answer(w),
+        Ok(Err(e @ WriteError::KeyReused(_))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
@@ -154,10 +249,14 @@ fn check(
             }
             Err(reason) => {
                 reply.rejected += 1;
-                reply.errors.push(EventErrorReport {
-                    index,
-                    reason: reason.clone(),
-                });
+                if reply.errors.len() < MAX_REPORTED_ERRORS {
+                    reply.errors.push(EventErrorReport {
+                        index,
+                        reason: reason.clone(),
+                    });
+                } else {
+                    reply.errors_omitted += 1;
+                }
                 dead.push(DeadLetter {
                     at_ms: now,
                     table: table.to_string(),

@@ -125,7 +125,34 @@ pub fn router(node: &Node) -> Router {
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(tokio::sync::Semaphore::new(
+                node.ctx.config.limits.max_concurrent_requests,
+            )),
+            admit,
+        ))
         .with_state(app)
+}
+
+/// At most `max_concurrent_requests` requests are handled at once (their
+/// bodies included); one more is answered `503` + `Retry-After: 1` at
+/// once instead of queueing. `/healthz`, `/metrics` and the OpenAPI
+/// document always answer.
+async fn admit(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path == "/metrics" || path == "/v1/openapi.json" {
+        return next.run(req).await;
+    }
+    match slots.try_acquire_owned() {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => unavailable(
+            "the node is handling as many requests as it takes (max_concurrent_requests); retry",
+        ),
+    }
 }
 
 /// Compares in time independent of where the strings differ.

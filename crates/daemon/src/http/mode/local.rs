@@ -74,6 +74,7 @@ impl NodeMode for Alone {
             let (done, rx) = oneshot::channel();
             let req = WriteReq {
                 idempotency_key: key,
+                body_hash: crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row)),
                 events: vec![(shard, row)],
                 dead: Vec::new(),
                 reply: IngestReply {
@@ -88,6 +89,9 @@ impl NodeMode for Alone {
             }
             let written = match rx.await {
                 Ok(Ok(w)) => w,
+                Ok(Err(e @ crate::writer::WriteError::KeyReused(_))) => {
+                    return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+                }
                 Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                 Err(_) => {
                     return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down")

@@ -1,0 +1,213 @@
+//! Hostile requests through the real binary: each one is refused or
+//! bounded, answered, and the node's memory stays bounded
+//! (docs/operations.md, "Limits").
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+use support::*;
+
+/// The process's peak resident memory so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+const EVENTS: &str = "/v1/tables/ad_events/events";
+
+#[test]
+fn a_30_mib_body_of_empty_objects_is_refused_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[], &[]);
+    let c = d.client();
+    let before = peak_rss_kib(d.pid());
+    // 10 Mi lines of `{}`: 30 MiB, under the 32 MiB body limit
+    let body = "{}\n".repeat(10 << 20);
+    let r = c
+        .request("POST", EVENTS, Some(body.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    eprintln!(
+        "after lines: {} MiB",
+        peak_rss_kib(d.pid()).saturating_sub(before) / 1024
+    );
+    assert!(
+        r.error_body().error.contains("max_events_per_request"),
+        "{:?}",
+        r.error_body()
+    );
+    // as a JSON array too
+    let array = format!("[{}{{}}]", "{},".repeat(8 << 20));
+    let r = c
+        .request("POST", EVENTS, Some(array.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    eprintln!(
+        "after array: {} MiB",
+        peak_rss_kib(d.pid()).saturating_sub(before) / 1024
+    );
+    // the most one request may carry, every event bad, with a key: the
+    // reply lists 100 errors and counts the rest; all are dead letters
+    let body = "{}\n".repeat(100_000);
+    let key = [("Idempotency-Key", "all-bad")];
+    let r = c
+        .request("POST", EVENTS, Some(body.as_bytes()), &key)
+        .unwrap();
+    assert_eq!(r.status, 400);
+    eprintln!(
+        "after 100k bad: {} MiB",
+        peak_rss_kib(d.pid()).saturating_sub(before) / 1024
+    );
+    let j = r.json();
+    assert_eq!(j["rejected"], 100_000);
+    assert_eq!(j["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(j["errors_omitted"], 99_900);
+    // its replay answers from the record's summary
+    let again = c
+        .request("POST", EVENTS, Some(body.as_bytes()), &key)
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.json()["rejected"], 100_000);
+    assert_eq!(again.json()["errors"].as_array().unwrap().len(), 10);
+    assert_eq!(again.json()["errors_omitted"], 99_990);
+    eprintln!(
+        "after replay: {} MiB",
+        peak_rss_kib(d.pid()).saturating_sub(before) / 1024
+    );
+    let listed = c.dead_letters("ad_events", 100_000).unwrap();
+    assert_eq!(listed.dead_letters.len(), 10_000, "a listing is capped");
+    let grown = peak_rss_kib(d.pid()).saturating_sub(before);
+    eprintln!("peak memory grew by {} MiB", grown / 1024);
+    assert!(
+        grown < 512 * 1024,
+        "the node's peak memory grew by {} MiB",
+        grown / 1024
+    );
+    // and it still ingests
+    let rows = events(100, 5, 1);
+    let r = c
+        .request("POST", EVENTS, Some(jsonl(&rows).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn an_idempotency_key_reused_for_another_body_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[], &[]);
+    let rows = events(200, 10, 2);
+    let (a, b) = (jsonl(&rows[..100]), jsonl(&rows[100..]));
+    let key = [("Idempotency-Key", "batch-7")];
+    let c = d.client();
+    let first = c.request("POST", EVENTS, Some(a.as_bytes()), &key).unwrap();
+    assert_eq!(first.status, 200);
+    let same = c.request("POST", EVENTS, Some(a.as_bytes()), &key).unwrap();
+    assert!(same.replayed, "an identical retry is a replay");
+    let other = c.request("POST", EVENTS, Some(b.as_bytes()), &key).unwrap();
+    assert_eq!(
+        other.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&other.body)
+    );
+    assert!(other.error_body().error.contains("different body"));
+    // within one group commit as well: two requests racing with one key
+    let key2 = [("Idempotency-Key", "batch-8")];
+    let outcomes: Vec<u16> = std::thread::scope(|s| {
+        let h1 = s.spawn(|| c.request("POST", EVENTS, Some(a.as_bytes()), &key2));
+        let h2 = s.spawn(|| c.request("POST", EVENTS, Some(b.as_bytes()), &key2));
+        vec![
+            h1.join().unwrap().unwrap().status,
+            h2.join().unwrap().unwrap().status,
+        ]
+    });
+    let mut sorted = outcomes.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![200, 422], "{outcomes:?}");
+    // the body's hash survives SIGKILL
+    d.kill();
+    d.restart();
+    let c = d.client();
+    let other = c.request("POST", EVENTS, Some(b.as_bytes()), &key).unwrap();
+    assert_eq!(other.status, 422);
+    let same = c.request("POST", EVENTS, Some(a.as_bytes()), &key).unwrap();
+    assert!(same.replayed);
+}
+
+#[test]
+fn oversized_events_and_too_many_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            ("max-event-bytes", "1024"),
+            ("max-concurrent-requests", "1"),
+        ],
+        &[],
+    );
+    let c = d.client();
+    let rows = events(3, 2, 3);
+    let mut big = rows[1].clone();
+    big[5] = lockstep_core::value::Value::text(&"x".repeat(2000));
+    let body = jsonl(&[rows[0].clone(), big.clone(), rows[2].clone()]);
+    let r = c
+        .request("POST", EVENTS, Some(body.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 413);
+    let msg = r.error_body().error;
+    assert!(
+        msg.contains("event 1") && msg.contains("1024") && msg.contains("max_event_bytes"),
+        "{msg}"
+    );
+    let one = jsonl(&[big]);
+    let r = c
+        .request(
+            "POST",
+            "/v1/views/user_ad_features/features",
+            Some(one.as_bytes()),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 413);
+    // one request in flight (its body still coming) takes the only slot
+    let mut slow = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(
+        slow,
+        "POST {EVENTS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100000\r\n\r\n{{"
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = c.request("GET", "/v1/status", None, &[]).unwrap();
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let refused = refused.expect("a second request is refused while the slot is taken");
+    assert_eq!(refused.retry_after.as_deref(), Some("1"));
+    assert!(refused
+        .error_body()
+        .error
+        .contains("max_concurrent_requests"));
+    // health checks still answer
+    let h = c.request("GET", "/healthz", None, &[]).unwrap();
+    assert_eq!(h.status, 200);
+    drop(slow);
+    let mut ok = false;
+    for _ in 0..200 {
+        if c.request("GET", "/v1/status", None, &[]).unwrap().status == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(ok, "the slot is given back when the request ends");
+}
