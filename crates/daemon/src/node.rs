@@ -114,6 +114,8 @@ pub enum StartError {
 pub struct Node {
     pub ctx: Arc<NodeCtx>,
     pub writer: tokio::sync::mpsc::Sender<WriteReq>,
+    /// The Idempotency-Keys the writer accepted.
+    pub keys: writer::Keys,
     supervisor: ActorRef<crate::shard::SupMsg>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -222,7 +224,7 @@ impl Node {
         ctx.state
             .set_node_key("views", &ctx.pipeline().fingerprint())
             .map_err(|e| StartError::DataDir(e.to_string()))?;
-        let (writer, writer_thread) =
+        let (writer, writer_thread, keys) =
             writer::start(ctx.clone()).map_err(|e| StartError::DataDir(e.to_string()))?;
         if let Some(cl) = cluster {
             crate::cluster::start_tasks(ctx.clone(), cl, supervisor.clone());
@@ -230,6 +232,7 @@ impl Node {
         Ok(Node {
             ctx,
             writer,
+            keys,
             supervisor,
             writer_thread: Some(writer_thread),
         })

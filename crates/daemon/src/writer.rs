@@ -85,6 +85,25 @@ impl IngestReply {
 
 pub use lockstep_api::DeadLetter;
 
+/// The Idempotency-Keys this node accepted, with their records: the
+/// writer's, shared so a handler can answer a retry before doing anything
+/// (in a cluster, before producing its events again).
+#[derive(Clone, Default)]
+pub struct Keys(Arc<std::sync::RwLock<HashMap<Vec<u8>, IdemRecord>>>);
+
+impl Keys {
+    /// A retry of an accepted request: its stored reply; the key with
+    /// another body: refused; `None` if the key is new here.
+    pub fn check(&self, key: &str, body_hash: u64) -> Option<Result<IngestReply, WriteError>> {
+        let map = self.0.read().expect("idempotency keys");
+        let rec = map.get(key.as_bytes())?;
+        if rec.body_hash.is_some_and(|h| h != body_hash) {
+            return Some(Err(WriteError::KeyReused(key.to_string())));
+        }
+        Some(Ok(rec.reply.clone()))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct IdemRecord {
     at_ms: i64,
@@ -128,9 +147,10 @@ pub struct Written {
     pub features: Option<oneshot::Receiver<Result<String, crate::shard::ShardError>>>,
 }
 
-pub fn start(
-    ctx: Arc<NodeCtx>,
-) -> std::io::Result<(mpsc::Sender<WriteReq>, std::thread::JoinHandle<()>)> {
+/// The writer's queue, its thread and the keys it accepted.
+pub type Started = (mpsc::Sender<WriteReq>, std::thread::JoinHandle<()>, Keys);
+
+pub fn start(ctx: Arc<NodeCtx>) -> std::io::Result<Started> {
     let (tx, rx) = mpsc::channel(4096);
     let mut idem = HashMap::new();
     if let Ok(entries) = ctx.log.side_scan(IDEM_PREFIX) {
@@ -154,9 +174,10 @@ pub fn start(
     let ends = (0..ctx.table.shards)
         .map(|s| ctx.log.end_offset_of(s))
         .collect();
+    let keys = Keys(Arc::new(std::sync::RwLock::new(idem)));
     let mut w = Writer {
         ctx,
-        idem,
+        idem: keys.clone(),
         event_ids,
         dead_seq,
         ends,
@@ -165,7 +186,7 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name("lockstep-writer".into())
         .spawn(move || w.run(rx))?;
-    Ok((tx, handle))
+    Ok((tx, handle, keys))
 }
 
 /// The event ids the log's side store recorded, per shard.
@@ -242,7 +263,7 @@ struct Batch {
 
 struct Writer {
     ctx: Arc<NodeCtx>,
-    idem: HashMap<Vec<u8>, IdemRecord>,
+    idem: Keys,
     /// Per shard, the event ids applied (empty without `event_id`).
     event_ids: Vec<EventIds>,
     dead_seq: u64,
@@ -359,14 +380,12 @@ impl Writer {
         for r in group {
             if let Some(key) = &r.idempotency_key {
                 let k = key.as_bytes().to_vec();
-                if let Some(prev) = self.idem.get(&k) {
-                    if prev.body_hash.is_some_and(|h| h != r.body_hash) {
-                        let _ = r.done.send(Err(WriteError::KeyReused(key.clone())));
-                        continue;
+                if let Some(known) = self.idem.check(key, r.body_hash) {
+                    if known.is_ok() {
+                        self.ctx.metrics.idempotent_replays.inc();
                     }
-                    self.ctx.metrics.idempotent_replays.inc();
-                    let _ = r.done.send(Ok(Written {
-                        reply: prev.reply.clone(),
+                    let _ = r.done.send(known.map(|reply| Written {
+                        reply,
                         replayed: true,
                         duplicates: 0,
                         features: None,
@@ -485,7 +504,7 @@ impl Writer {
         self.ctx.metrics.rejected.inc_by(r.dead.len() as u64);
         self.ctx.metrics.dead_letters.inc_by(r.dead.len() as u64);
         if let Some(k) = &r.idempotency_key {
-            self.idem.insert(
+            self.idem.0.write().expect("idempotency keys").insert(
                 k.as_bytes().to_vec(),
                 IdemRecord {
                     at_ms: now,
@@ -532,6 +551,9 @@ impl Writer {
         self.prune_event_ids(now - ttl);
         let old: Vec<Vec<u8>> = self
             .idem
+            .0
+            .read()
+            .expect("idempotency keys")
             .iter()
             .filter(|(_, r)| now - r.at_ms > ttl)
             .map(|(k, _)| k.clone())
@@ -544,8 +566,9 @@ impl Writer {
             .map(|k| [IDEM_PREFIX, k.as_slice()].concat())
             .collect();
         if self.ctx.log.side_remove(&keys).is_ok() {
+            let mut map = self.idem.0.write().expect("idempotency keys");
             for k in old {
-                self.idem.remove(&k);
+                map.remove(&k);
             }
         }
     }

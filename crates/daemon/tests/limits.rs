@@ -183,15 +183,23 @@ fn oversized_events_and_too_many_requests_are_refused() {
     .unwrap();
     slow.flush().unwrap();
     let mut refused = None;
-    for _ in 0..200 {
+    let mut seen = Vec::new();
+    for _ in 0..400 {
         let r = c.request("GET", "/v1/status", None, &[]).unwrap();
         if r.status == 503 {
             refused = Some(r);
             break;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        seen.push(r.status);
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let refused = refused.expect("a second request is refused while the slot is taken");
+    let refused = refused.unwrap_or_else(|| {
+        panic!(
+            "a second request is refused while the slot is taken; statuses seen: {:?}\n{}",
+            &seen[..seen.len().min(20)],
+            d.log()
+        )
+    });
     assert_eq!(refused.retry_after.as_deref(), Some("1"));
     assert!(refused
         .error_body()

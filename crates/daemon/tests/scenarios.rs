@@ -302,6 +302,23 @@ fn run_all(mut d: Deployment) {
     let elsewhere = ingest(&d.node(1), &rows[1500..2000], Some(&key));
     assert_eq!(elsewhere.json()["accepted"], 500);
     sent.record(&rows[1500..2000]);
+    // the key with another body, on the node that took it: refused, and
+    // none of those events goes in (they are sent properly below)
+    let reused = d
+        .node(0)
+        .request(
+            "POST",
+            "/v1/tables/ad_events/events",
+            Some(jsonl(&rows[2000..2010]).as_bytes()),
+            &[("Idempotency-Key", key.as_str())],
+        )
+        .unwrap();
+    assert_eq!(
+        reused.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&reused.body)
+    );
 
     // 3. dead letters: a bad event sent to one node is listed by any node
     let marker = format!("not-an-event-{}", rand_suffix());

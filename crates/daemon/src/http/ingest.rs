@@ -194,6 +194,23 @@ pub(crate) async fn ingest(
             "no events: send JSON lines (one object per line) or a JSON array of objects",
         );
     }
+    let body_hash = crate::pipeline::fnv1a64(&body);
+    // a retry of a request this node took is answered before anything is
+    // done again (in a cluster its events are not produced twice)
+    if let Some(known) = key.as_deref().and_then(|k| app.keys.check(k, body_hash)) {
+        return match known {
+            Ok(reply) => {
+                ctx.metrics.idempotent_replays.inc();
+                answer(crate::writer::Written {
+                    reply,
+                    replayed: true,
+                    duplicates: 0,
+                    features: None,
+                })
+            }
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        };
+    }
     let (events, dead, reply) = check(ctx, &table, parsed);
     let _gate = ctx.ingest_gate.read().await;
     // the events the node's mode leaves to the writer (with the key)
@@ -204,7 +221,7 @@ pub(crate) async fn ingest(
     let (done, rx) = oneshot::channel();
     let req = WriteReq {
         idempotency_key: key,
-        body_hash: crate::pipeline::fnv1a64(&body),
+        body_hash,
         events,
         dead,
         reply,

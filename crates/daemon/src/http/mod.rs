@@ -74,6 +74,8 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 pub struct App {
     pub ctx: Arc<NodeCtx>,
     pub writer: mpsc::Sender<WriteReq>,
+    /// The Idempotency-Keys this node accepted (a retry is answered first).
+    keys: crate::writer::Keys,
     parser: Arc<JsonEventParser>,
     /// What the API does on one node or in a cluster.
     mode: Arc<dyn mode::NodeMode>,
@@ -84,6 +86,7 @@ pub fn router(node: &Node) -> Router {
         parser: Arc::new(JsonEventParser::new(&node.ctx.table.schema)),
         ctx: node.ctx.clone(),
         writer: node.writer.clone(),
+        keys: node.keys.clone(),
         mode: mode::for_node(&node.ctx),
     };
     let mut r = Router::new()
