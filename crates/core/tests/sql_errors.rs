@@ -237,3 +237,32 @@ FROM ev WINDOW base AS (PARTITION BY k ORDER BY ts);"
     let (_, _, m) = err("CREATE VIEW w AS SELECT id, COUNT(*) OVER nope AS n FROM ev;");
     assert!(m.contains("unknown window `nope`"), "{m}");
 }
+
+#[test]
+fn names_that_would_need_escaping_in_object_paths_are_refused() {
+    // a view: pointed at, with a spelling that works
+    assert_err(
+        "CREATE VIEW besucher_signale_ü AS SELECT id, k FROM ev;",
+        3,
+        13,
+        "`besucher_signale_ue`",
+    );
+    let (_, _, m) = err("CREATE VIEW \"two words\" AS SELECT id FROM ev;");
+    assert!(m.contains("ASCII letters, digits and `_`"), "{m}");
+    // a table
+    let e = parse_pipeline(
+        "CREATE TABLE seitenaufrufe_ä (k TEXT, ts TIMESTAMP) WITH (key = 'k', event_time = 'ts');",
+    )
+    .expect_err("refused");
+    assert_eq!((e.line, e.column), (1, 14));
+    assert!(
+        e.message.contains("table name `seitenaufrufe_ä`"),
+        "{}",
+        e.message
+    );
+    // plain names still work, underscores and digits included
+    parse_pipeline(&format!(
+        "{TABLE}CREATE VIEW _v2_ok AS SELECT id, COUNT(*) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '1' MINUTE PRECEDING AND CURRENT ROW) AS n FROM ev;"
+    ))
+    .unwrap();
+}

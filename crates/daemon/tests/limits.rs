@@ -219,3 +219,34 @@ fn oversized_events_and_too_many_requests_are_refused() {
     }
     assert!(ok, "the slot is given back when the request ends");
 }
+
+#[test]
+fn names_that_would_need_escaping_are_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    // at start-up: the node does not start, naming where and why
+    let bad = SQL.replace("ad_events", "seitenaufrufe_ä");
+    let path = dir.path().join("bad.sql");
+    std::fs::write(&path, &bad).unwrap();
+    let out = lockstepd_refuses(
+        &dir.path().join("data"),
+        &["--pipeline", path.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("seitenaufrufe_ä") && out.contains("ASCII letters"),
+        "{out}"
+    );
+    // through views apply: 400 with the position, nothing changes
+    let d = Daemon::start(dir.path(), &[], &[]);
+    let c = d.client();
+    let new_sql = format!(
+        "{SQL}\nCREATE VIEW besucher_signale_ü AS SELECT event_id, user_id FROM ad_events;"
+    );
+    let r = c
+        .request("POST", "/v1/views", Some(new_sql.as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let e = r.error_body();
+    assert!(e.error.contains("besucher_signale_ue"), "{e:?}");
+    assert!(e.line.is_some() && e.column.is_some(), "{e:?}");
+    assert_eq!(c.views().unwrap().views.len(), 1);
+}

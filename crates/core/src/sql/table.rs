@@ -6,7 +6,7 @@ use crate::value::{Column, DataType, Schema};
 use sqlparser::ast::{self as ast, CreateTableOptions, Spanned, SqlOption};
 
 pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
-    let name = object_name(&ct.name);
+    let name = stored_name(&ct.name, "table")?;
     let mut schema = Schema::default();
     for c in &ct.columns {
         let data_type = column_type(&c.data_type).ok_or_else(|| {
@@ -149,6 +149,41 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         shards,
         event_id,
     })
+}
+
+/// The name of a table or view, which also names objects in the object
+/// store and appears in URL paths: ASCII letters, digits and `_`, starting
+/// with a letter or `_`, at most 128 characters. (A name that would need
+/// escaping in a path is refused here rather than risk an object listed
+/// under another spelling than the one recorded.)
+pub(super) fn stored_name(n: &ast::ObjectName, what: &str) -> Result<String, SqlError> {
+    let name = object_name(n);
+    let ok = name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(name);
+    }
+    let suggestion: String = name
+        .chars()
+        .map(|c| match c {
+            'ä' | 'Ä' => "ae".to_string(),
+            'ö' | 'Ö' => "oe".to_string(),
+            'ü' | 'Ü' => "ue".to_string(),
+            'ß' => "ss".to_string(),
+            c if c.is_ascii_alphanumeric() || c == '_' => c.to_string(),
+            _ => "_".to_string(),
+        })
+        .collect();
+    Err(SqlError::at(
+        n.span(),
+        format!(
+            "{what} name `{name}`: table and view names name objects in the object store and URL paths, so they may hold only ASCII letters, digits and `_` (starting with a letter or `_`, at most 128 characters); e.g. `{suggestion}`"
+        ),
+    ))
 }
 
 pub(super) fn object_name(n: &ast::ObjectName) -> String {

@@ -2,7 +2,7 @@
 //! and the window calls inside it.
 
 use super::scalar::Compiler;
-use super::table::object_name;
+use super::table::{object_name, stored_name};
 use super::SqlError;
 use crate::expr::Expr;
 use crate::plan::{Catalog, View};
@@ -10,7 +10,7 @@ use crate::value::{Column, DataType, Schema};
 use sqlparser::ast::{self as ast, Spanned};
 
 pub(super) fn compile_view(catalog: &Catalog, cv: &ast::CreateView) -> Result<View, SqlError> {
-    let name = object_name(&cv.name);
+    let name = stored_name(&cv.name, "view")?;
     let q = &cv.query;
     let unsupported = |span, what: &str| {
         Err(SqlError::at(span, format!("{what} is not supported in a feature view; a view is SELECT … FROM <table> [WHERE …] [WINDOW …] [QUALIFY …] with window functions")))

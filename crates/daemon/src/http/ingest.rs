@@ -194,7 +194,8 @@ pub(crate) async fn ingest(
             "no events: send JSON lines (one object per line) or a JSON array of objects",
         );
     }
-    let body_hash = crate::pipeline::fnv1a64(&body);
+    // (only a request with a key needs its body's hash)
+    let body_hash = key.as_ref().map_or(0, |_| crate::pipeline::fnv1a64(&body));
     // a retry of a request this node took is answered before anything is
     // done again (in a cluster its events are not produced twice)
     if let Some(known) = key.as_deref().and_then(|k| app.keys.check(k, body_hash)) {

@@ -72,9 +72,12 @@ impl NodeMode for Alone {
             let ctx = &app.ctx;
             let _gate = ctx.ingest_gate.read().await;
             let (done, rx) = oneshot::channel();
+            let body_hash = key.as_ref().map_or(0, |_| {
+                crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row))
+            });
             let req = WriteReq {
                 idempotency_key: key,
-                body_hash: crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row)),
+                body_hash,
                 events: vec![(shard, row)],
                 dead: Vec::new(),
                 reply: IngestReply {
