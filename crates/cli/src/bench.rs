@@ -48,6 +48,7 @@ pub fn bench_batch(args: &BenchArgs) -> anyhow::Result<()> {
         output: output.clone(),
         strict: false,
         idempotency_ttl_ms: crate::run::DEFAULT_IDEMPOTENCY_TTL_MS,
+        now_ms: crate::run::wall_clock_ms(),
     })?;
     s.print(&output);
     println!(

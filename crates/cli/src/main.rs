@@ -41,6 +41,11 @@ enum Cmd {
         /// (e.g. `24h`, `15m`).
         #[arg(long, default_value = "24h", value_parser = ttl)]
         idempotency_ttl: i64,
+        /// The time the file's events count as having arrived (RFC 3339 or
+        /// epoch ms): an event more than the table's max_event_time_ahead
+        /// past it is refused to the dead-letter file. Default: now.
+        #[arg(long, value_parser = instant)]
+        now: Option<i64>,
     },
     /// Generate realistic ad events (the canonical `ad_events` table) to .parquet, .jsonl or .csv.
     Gen {
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
             output,
             strict,
             idempotency_ttl,
+            now,
         } => run::run(&run::RunArgs {
             sql,
             view,
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
             output: output.clone(),
             strict,
             idempotency_ttl_ms: idempotency_ttl,
+            now_ms: now.unwrap_or_else(run::wall_clock_ms),
         })
         .map(|s| s.print(&output)),
         Cmd::Gen {
@@ -256,4 +263,16 @@ fn ttl(s: &str) -> Result<i64, String> {
     lockstep_core::sql::parse_duration_ms(s)
         .filter(|ms| *ms > 0)
         .ok_or_else(|| format!("`{s}` is not a positive duration such as 24h, 15m or 500ms"))
+}
+
+/// An instant flag: RFC 3339 or epoch milliseconds.
+fn instant(s: &str) -> Result<i64, String> {
+    s.parse::<i64>()
+        .ok()
+        .or_else(|| lockstep_core::time::parse_timestamp(s))
+        .ok_or_else(|| {
+            format!(
+                "`{s}` is not a time: write RFC 3339 (2024-01-01T00:00:00Z) or epoch milliseconds"
+            )
+        })
 }

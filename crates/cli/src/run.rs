@@ -27,6 +27,16 @@ pub struct RunArgs {
     /// How long (in event time) an event id is remembered, for tables
     /// with `event_id`: the daemon's `idempotency_ttl`.
     pub idempotency_ttl_ms: i64,
+    /// The time the file's events count as having arrived, for the table's
+    /// `max_event_time_ahead` (`--now`; default: when the run starts).
+    pub now_ms: i64,
+}
+
+/// The wall clock, in epoch milliseconds (`--now`'s default).
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The daemon's default `idempotency_ttl`: 24 hours.
@@ -120,7 +130,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     let mut s = std::thread::scope(|scope| -> anyhow::Result<RunSummary> {
         let input = &args.input;
         let table = engine.table().clone();
-        let read = scope.spawn(move || read_stage(reader, &table, in_tx, input));
+        let now_ms = args.now_ms;
+        let read = scope.spawn(move || read_stage(reader, &table, now_ms, in_tx, input));
         let write = scope.spawn(move || write_stage(writer, out_rx));
         let engine_result = engine_stage(args, &mut engine, &schema, in_rx, out_tx);
         let read_result = read.join().expect("reader thread panicked");
@@ -139,6 +150,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
 fn read_stage(
     mut reader: EventReader,
     table: &lockstep_core::Table,
+    now_ms: i64,
     tx: SyncSender<Vec<Record>>,
     input: &Path,
 ) -> anyhow::Result<()> {
@@ -146,7 +158,10 @@ fn read_stage(
     while let Some(item) = reader.next() {
         let record = match item.with_context(|| format!("reading {}", input.display()))? {
             Err(bad) => Record::Malformed(bad),
-            Ok(event) => match table.validate(&event) {
+            Ok(event) => match table
+                .validate(&event)
+                .and_then(|()| table.check_time(&event, now_ms))
+            {
                 Ok(()) => Record::Event {
                     location: reader.location(),
                     shard: table.shard_of(&event),

@@ -254,3 +254,59 @@ fn repeated_event_ids_are_skipped_within_the_ttl_of_event_time() {
     let (ok, _, stderr) = run_counts(&["--idempotency-ttl", "soon"], &sql, &input, &output);
     assert!(!ok && stderr.contains("--idempotency-ttl"), "{stderr}");
 }
+
+#[test]
+fn an_event_far_ahead_of_now_is_refused_and_moves_no_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = write(dir.path(), "p.sql", SQL);
+    let input = write(
+        dir.path(),
+        "events.jsonl",
+        concat!(
+            "{\"id\": 1, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:10Z\"}\n",
+            // one producer's clock a century off
+            "{\"id\": 2, \"k\": \"a\", \"ts\": \"2126-01-01T00:00:00Z\"}\n",
+            "{\"id\": 3, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:20Z\"}\n",
+            "{\"id\": 4, \"k\": \"a\", \"ts\": \"2024-01-01T00:00:30Z\"}\n",
+        ),
+    );
+    let output = dir.path().join("rows.jsonl");
+    let (ok, stdout, stderr) =
+        run_counts(&["--now", "2024-06-01T00:00:00Z"], &sql, &input, &output);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("3 accepted, 0 late, 1 dead-lettered"),
+        "the later events are not late: {stdout}"
+    );
+    let dead = jsonl(&dir.path().join("rows.jsonl.deadletter.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["line"], 2);
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("max_event_time_ahead") && reason.contains("2126-01-01"),
+        "{reason}"
+    );
+    let ids: Vec<i64> = jsonl(&output)
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 3, 4]);
+    // the table's option sets the bound; --now sets the clock
+    let wide = write(
+        dir.path(),
+        "wide.sql",
+        &SQL.replace(
+            "shards = 2)",
+            "shards = 2, max_event_time_ahead = '200 days')",
+        ),
+    );
+    // (within a bound that wide, the century-ahead event goes in, and the
+    // events after it are late: what the bound prevents)
+    let (ok, stdout, _) = run_counts(&["--now", "2125-07-01T00:00:00Z"], &wide, &input, &output);
+    assert!(
+        ok && stdout.contains("2 accepted, 2 late, 0 dead-lettered"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = run_counts(&["--now", "yesterday"], &sql, &input, &output);
+    assert!(!ok && stderr.contains("--now"), "{stderr}");
+}

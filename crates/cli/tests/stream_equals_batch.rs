@@ -62,6 +62,7 @@ fn check(seed: u64, input_ext: &str, output_ext: &str) {
         output: output.clone(),
         strict: false,
         idempotency_ttl_ms: lockstep_cli::run::DEFAULT_IDEMPOTENCY_TTL_MS,
+        now_ms: lockstep_cli::run::wall_clock_ms(),
     })
     .unwrap();
     let (stream, late) = streaming_rows(&events, 7);

@@ -26,6 +26,13 @@ pub enum EventError {
         expected: DataType,
         got: String,
     },
+    #[error(
+        "event_time {} is more than {} ahead of the time it arrived, {} (the table's max_event_time_ahead): a clock is wrong",
+        crate::time::format_rfc3339_ms(*.time),
+        crate::time::format_duration_ms(*.max_ms),
+        crate::time::format_rfc3339_ms(*.now)
+    )]
+    TooFarAhead { time: i64, now: i64, max_ms: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -111,6 +118,23 @@ pub struct ShardDelta {
 }
 
 impl Table {
+    /// Checks that the event's time is at most `max_event_time_ahead` past
+    /// `now_ms`, the time it arrived (a node's clock at ingest, a record's
+    /// append time, `lockstep run --now`). An event beyond is refused, so
+    /// one wrong clock cannot move its shard's watermark into the future.
+    pub fn check_time(&self, event: &[Value], now_ms: i64) -> Result<(), EventError> {
+        match event.get(self.time) {
+            Some(Value::Timestamp(t)) if *t > now_ms.saturating_add(self.max_ahead_ms) => {
+                Err(EventError::TooFarAhead {
+                    time: *t,
+                    now: now_ms,
+                    max_ms: self.max_ahead_ms,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that an event (already coerced to the column types) fits the
     /// table: right width, right types, key and event time present. Pure, so
     /// a reader thread can do it before the engine sees the event.

@@ -18,9 +18,19 @@ pub struct Table {
     /// Number of shards S, fixed at creation.
     pub shards: u32,
     /// A column producers fill with a unique id per event
-    /// (`WITH (event_id = …)`): a cluster applies each id once.
+    /// (`WITH (event_id = …)`): each shard applies an id once.
     pub event_id: Option<usize>,
+    /// How far ahead of the time it arrives an event's time may be
+    /// (`WITH (max_event_time_ahead = …)`, default 1 hour); beyond, the
+    /// event is refused before it can move its shard's watermark. A
+    /// validation policy, not part of what the data directory stores: not
+    /// in the table's fingerprint.
+    #[serde(skip)]
+    pub max_ahead_ms: i64,
 }
+
+/// The default `max_event_time_ahead`: 1 hour.
+pub const DEFAULT_MAX_AHEAD_MS: i64 = 3_600_000;
 
 /// Which aggregate or navigation function a window call computes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

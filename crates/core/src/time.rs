@@ -12,6 +12,23 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     }
 }
 
+/// A duration in the largest whole unit: `1 hour`, `90 seconds`, `250 ms`.
+pub fn format_duration_ms(ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+    ];
+    for (unit, name) in UNITS {
+        if ms != 0 && ms % unit == 0 {
+            let n = ms / unit;
+            return format!("{n} {name}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{ms} ms")
+}
+
 /// Parses a timestamp string: RFC 3339 (`2024-01-01T00:00:00Z`, with offset or
 /// fractional seconds), or the SQL form `2024-01-01 00:00:00[.fff]` taken as
 /// UTC, or a plain date `2024-01-01`. Sub-millisecond digits are truncated.
@@ -74,6 +91,15 @@ pub fn extract(field: TimeField, ms: i64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        assert_eq!(format_duration_ms(3_600_000), "1 hour");
+        assert_eq!(format_duration_ms(90_000), "90 seconds");
+        assert_eq!(format_duration_ms(172_800_000), "2 days");
+        assert_eq!(format_duration_ms(250), "250 ms");
+        assert_eq!(format_duration_ms(0), "0 ms");
+    }
 
     #[test]
     fn parses_and_formats_round_trip() {

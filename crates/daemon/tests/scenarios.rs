@@ -353,6 +353,28 @@ fn run_all(mut d: Deployment) {
     late[0] = Value::BigInt(1_000_000);
     ingest(&d.node(1), &[late.clone()], None);
     sent.record(&[late]);
+    // an event a century ahead (a wrong clock) is refused, a dead letter,
+    // and moves no watermark: the rows below stay the oracle's
+    let mut ahead = rows[2050].clone();
+    ahead[0] = Value::BigInt(2_000_000);
+    ahead[6] = Value::Timestamp(4_923_000_000_000);
+    let r = d
+        .node(2)
+        .request(
+            "POST",
+            "/v1/tables/ad_events/events",
+            Some(jsonl(&[ahead]).as_bytes()),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let reason = r.json()["errors"][0]["reason"].to_string();
+    assert!(reason.contains("max_event_time_ahead"), "{reason}");
+    let listed = d.node(0).dead_letters("ad_events", 10).unwrap();
+    assert!(listed
+        .dead_letters
+        .iter()
+        .any(|l| l.reason.contains("max_event_time_ahead")));
 
     // 5. serve-and-ingest: the features served are the training row's
     let mut served = Vec::new();

@@ -39,6 +39,7 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
     };
     let (mut key, mut time, mut lateness_ms, mut shards) = (None, None, 0i64, 16u32);
     let mut event_id = None;
+    let mut max_ahead_ms = crate::plan::DEFAULT_MAX_AHEAD_MS;
     for o in options {
         let SqlOption::KeyValue { key: k, value } = o else {
             return Err(SqlError::at(
@@ -100,11 +101,23 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
                         )
                     })?
             }
+            "max_event_time_ahead" => {
+                max_ahead_ms = text
+                    .as_deref()
+                    .and_then(parse_duration_ms)
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        SqlError::at(
+                            value.span(),
+                            "max_event_time_ahead must be a positive duration like '1 hour' or '10 minutes'",
+                        )
+                    })?
+            }
             other => {
                 return Err(SqlError::at(
                     k.span(),
                     format!(
-                    "unknown table option `{other}`; supported: key, event_time, lateness, shards, event_id"
+                    "unknown table option `{other}`; supported: key, event_time, lateness, shards, event_id, max_event_time_ahead"
                 ),
                 ))
             }
@@ -148,6 +161,7 @@ pub(super) fn compile_table(ct: &ast::CreateTable) -> Result<Table, SqlError> {
         lateness_ms,
         shards,
         event_id,
+        max_ahead_ms,
     })
 }
 

@@ -64,6 +64,12 @@ pub(crate) async fn features(
     if let Err(e) = ctx.table.validate(&row) {
         return error(StatusCode::BAD_REQUEST, format!("bad event: {e}"));
     }
+    if q.ingest == Some(true) {
+        // an event ingest would refuse is not served as if it were in
+        if let Err(e) = ctx.table.check_time(&row, now_ms()) {
+            return error(StatusCode::BAD_REQUEST, format!("bad event: {e}"));
+        }
+    }
     let shard = ctx.table.shard_of(&row);
     match app.mode.route(ctx, shard, &headers) {
         Route::Local => {}

@@ -257,6 +257,7 @@ fn check(
         let checked = row.and_then(|r| {
             ctx.table
                 .validate(&r)
+                .and_then(|()| ctx.table.check_time(&r, now))
                 .map(|()| r)
                 .map_err(|e| e.to_string())
         });

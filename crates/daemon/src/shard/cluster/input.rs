@@ -120,6 +120,11 @@ impl ClusterShard {
         };
         // lockstep's own encoding is checked too: any producer can write it
         table.validate(&row)?;
+        // against the record's append time (the partition's clock): the
+        // same decision whenever the partition is read again
+        if let Some(now) = r.timestamp_ms {
+            table.check_time(&row, now)?;
+        }
         match table.shard_of(&row) {
             s if s == w.shard => Ok(row),
             s => Err(RecordError::Partition {
