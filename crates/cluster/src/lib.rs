@@ -37,6 +37,11 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// The internal routes' body limit: above any RPC the Raft configuration
+/// lets a member send (32 entries of at most a 1 MiB pipeline each, or a
+/// 1 MiB snapshot chunk), where axum's default (2 MiB) is not.
+pub const INTERNAL_BODY_LIMIT: usize = 96 << 20;
+
 /// How many members vote; later ones are learners (they replicate the
 /// state and serve, but elections and commits need only the voters).
 pub const VOTERS: usize = 3;
@@ -126,6 +131,11 @@ impl ControlPlane {
             election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
             max_in_snapshot_log_to_keep: 500,
+            // what one RPC may carry, under the internal routes' body
+            // limit: a snapshot in 1 MiB chunks; at most 32 entries, each
+            // at most a 1 MiB pipeline and small commands
+            snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: 32,
             ..Default::default()
         };
         let config = Arc::new(

@@ -25,6 +25,9 @@ impl ControlPlane {
             .route("/internal/cluster/propose", post(cluster_propose))
             .route("/internal/cluster/ping", post(cluster_ping))
             .route("/internal/cluster/remove", post(cluster_remove))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::INTERNAL_BODY_LIMIT,
+            ))
             .with_state(self.clone())
     }
 }

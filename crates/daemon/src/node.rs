@@ -126,6 +126,14 @@ pub fn load_pipeline(path: &std::path::Path) -> Result<(String, Catalog), StartE
         path: path.display().to_string(),
         source,
     })?;
+    if sql.len() > crate::pipeline::MAX_SQL_BYTES {
+        return Err(StartError::Pipeline(format!(
+            "{} is {} bytes; a pipeline may be at most {} (config key `pipeline`)",
+            path.display(),
+            sql.len(),
+            crate::pipeline::MAX_SQL_BYTES
+        )));
+    }
     let catalog = lockstep_core::parse_pipeline(&sql).map_err(|e| StartError::Sql {
         path: path.display().to_string(),
         line: e.line,

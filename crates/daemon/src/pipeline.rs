@@ -10,6 +10,10 @@
 use lockstep_core::plan::{Catalog, Table, View};
 use std::sync::Arc;
 
+/// Largest pipeline SQL a node runs or `views apply` takes: it is part of
+/// the replicated state, sent to every member.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+
 /// Version of the canonical plan encoding behind fingerprints.
 pub const FINGERPRINT_VERSION: &str = "v1";
 

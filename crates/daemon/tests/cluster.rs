@@ -1198,3 +1198,53 @@ fn backfill_request(view: &str) -> lockstep_api::BackfillRequest {
         sql: None,
     }
 }
+
+#[test]
+fn a_member_joins_after_the_replicated_state_grew_past_a_few_mib() {
+    let Some(env) = env() else { return };
+    let mut cluster = Cluster::start(env, 1);
+    cluster.wait_state("every shard owned", Duration::from_secs(60), |st| {
+        st["shards"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
+    });
+    let c = cluster.live()[0].clone();
+    // three pipelines of ~900 KiB each (a long comment): ~2.7 MiB of log
+    // entries a new member must receive, beyond axum's default 2 MiB body
+    for i in 0..3 {
+        let padding = format!("-- {}\n", "x".repeat(900 << 10));
+        let sql = format!(
+            "{padding}{}",
+            SQL.replace("AS impressions_1h", &format!("AS impressions_1h_v{i}"))
+        );
+        let applied = c.apply_views(sql.as_bytes()).unwrap();
+        assert!(applied.applied, "{applied:?}");
+    }
+    // more than the cap is refused
+    let huge = format!("-- {}\n{SQL}", "x".repeat(1 << 20));
+    let err = c.apply_views(huge.as_bytes()).unwrap_err();
+    assert_eq!(err.status(), Some(413), "{err}");
+    // a second node joins, catches up on all of it and takes shards
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.add_node())).is_err() {
+        panic!("node 2 did not come up:\n{}", cluster.logs());
+    }
+    cluster.wait_state(
+        "node 2 active with shards",
+        Duration::from_secs(120),
+        |st| {
+            st["nodes"].as_array().is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n["id"] == 2 && n["state"] == "active" && n["shards"].as_u64() > Some(0)
+                })
+            }) && st["pipeline_version"].as_u64() >= Some(4)
+        },
+    );
+    let v2 = cluster.live()[1].views().unwrap();
+    assert!(
+        v2.views[0]
+            .columns
+            .iter()
+            .any(|c| c.name == "impressions_1h_v2"),
+        "the new member runs the last pipeline"
+    );
+}

@@ -70,6 +70,16 @@ pub(crate) async fn views_apply(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if body.len() > crate::pipeline::MAX_SQL_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the pipeline is {} bytes; the largest accepted is {} (it is replicated to every node)",
+                body.len(),
+                crate::pipeline::MAX_SQL_BYTES
+            ),
+        );
+    }
     let Ok(sql) = std::str::from_utf8(&body) else {
         return error(StatusCode::BAD_REQUEST, "body is not UTF-8");
     };
