@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub max_event_bytes: Option<u64>,
     /// Requests handled at once; more are answered 503 + Retry-After.
     pub max_concurrent_requests: Option<u64>,
+    /// Dead letters kept at most (the oldest requests' go first).
+    pub max_dead_letters: Option<u64>,
+    /// How long dead letters are kept.
+    pub dead_letter_retention: Option<String>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -117,6 +121,8 @@ pub struct Limits {
     pub max_events_per_request: usize,
     pub max_event_bytes: usize,
     pub max_concurrent_requests: usize,
+    pub max_dead_letters: u64,
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for Limits {
@@ -125,6 +131,8 @@ impl Default for Limits {
             max_events_per_request: 100_000,
             max_event_bytes: 1 << 20,
             max_concurrent_requests: 512,
+            max_dead_letters: 1_000_000,
+            dead_letter_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -190,6 +198,8 @@ pub fn load_with_secret(
         max_concurrent_requests: flags
             .max_concurrent_requests
             .or(file.max_concurrent_requests),
+        max_dead_letters: flags.max_dead_letters.or(file.max_dead_letters),
+        dead_letter_retention: pick(&flags.dead_letter_retention, &file.dead_letter_retention),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
@@ -420,6 +430,17 @@ fn validate_limits(c: &FileConfig) -> Result<Limits, ConfigError> {
             c.max_concurrent_requests,
             d.max_concurrent_requests,
             1_000_000,
+        )?,
+        max_dead_letters: count(
+            "max_dead_letters",
+            c.max_dead_letters,
+            d.max_dead_letters as usize,
+            1 << 40,
+        )? as u64,
+        dead_letter_retention: duration(
+            "dead_letter_retention",
+            c.dead_letter_retention.clone(),
+            d.dead_letter_retention.as_millis() as i64,
         )?,
     })
 }

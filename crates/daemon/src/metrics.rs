@@ -12,6 +12,7 @@ pub struct Metrics {
     pub ingested: Counter,
     pub rejected: Counter,
     pub dead_letters: Counter,
+    pub dead_letters_dropped: Counter,
     /// Records skipped as repeats of an event id already applied.
     pub duplicates: Counter,
     pub late: Counter,
@@ -38,6 +39,7 @@ impl Metrics {
             ingested: Counter::default(),
             rejected: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letters_dropped: Counter::default(),
             duplicates: Counter::default(),
             late: Counter::default(),
             idempotent_replays: Counter::default(),
@@ -66,6 +68,11 @@ impl Metrics {
                 "dead_letters",
                 "Records in the dead-letter store",
                 m.dead_letters.clone(),
+            );
+            r.register(
+                "dead_letters_dropped",
+                "Dead letters removed by retention (max_dead_letters, dead_letter_retention)",
+                m.dead_letters_dropped.clone(),
             );
             r.register(
                 "duplicate_events",

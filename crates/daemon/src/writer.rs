@@ -170,6 +170,11 @@ pub fn start(ctx: Arc<NodeCtx>) -> std::io::Result<Started> {
         })
         .unwrap_or(0);
     ctx.metrics.dead_letters.inc_by(dead_seq);
+    let mut dead_first = dead_seq;
+    let _ = ctx.log.side_scan_front(DEAD_PREFIX, |k, _| {
+        dead_first = seq_of(&k[DEAD_PREFIX.len()..]);
+        false
+    });
     let event_ids = load_event_ids(&ctx);
     let ends = (0..ctx.table.shards)
         .map(|s| ctx.log.end_offset_of(s))
@@ -180,6 +185,7 @@ pub fn start(ctx: Arc<NodeCtx>) -> std::io::Result<Started> {
         idem: keys.clone(),
         event_ids,
         dead_seq,
+        dead_first,
         ends,
         last_prune_ms: now_ms(),
     };
@@ -266,7 +272,9 @@ struct Writer {
     idem: Keys,
     /// Per shard, the event ids applied (empty without `event_id`).
     event_ids: Vec<EventIds>,
+    /// The number the next dead letter gets, and the oldest one stored.
     dead_seq: u64,
+    dead_first: u64,
     ends: Vec<u64>,
     last_prune_ms: i64,
 }
@@ -540,12 +548,50 @@ impl Writer {
         }
     }
 
+    /// Drops the oldest requests' dead letters while more than
+    /// `max_dead_letters` are stored or they are older than
+    /// `dead_letter_retention` (whole requests: one record each).
+    fn prune_dead_letters(&mut self, now: i64) {
+        let limits = self.ctx.config.limits;
+        let horizon = now - limits.dead_letter_retention.as_millis() as i64;
+        let (next, max) = (self.dead_seq, limits.max_dead_letters);
+        let mut first = self.dead_first;
+        let mut gone: Vec<Vec<u8>> = Vec::new();
+        let mut dropped = 0;
+        let _ = self.ctx.log.side_scan_front(DEAD_PREFIX, |k, v| {
+            let letters = letters_in(v);
+            let seq = seq_of(&k[DEAD_PREFIX.len()..]);
+            let old = letters.first().is_some_and(|d| d.at_ms < horizon);
+            if next.saturating_sub(seq) <= max && !old {
+                return false;
+            }
+            gone.push(k.to_vec());
+            first = seq + letters.len().max(1) as u64;
+            dropped += letters.len() as u64;
+            true
+        });
+        if gone.is_empty() {
+            return;
+        }
+        match self.ctx.log.side_remove(&gone) {
+            Ok(()) => {
+                self.dead_first = first;
+                self.ctx.metrics.dead_letters_dropped.inc_by(dropped);
+            }
+            Err(e) => tracing::warn!("dropping old dead letters: {e}"),
+        }
+    }
+
     /// Forgets idempotency keys older than the configured time.
     fn prune(&mut self) {
         let now = now_ms();
+        if self.dead_seq - self.dead_first > self.ctx.config.limits.max_dead_letters {
+            self.prune_dead_letters(now);
+        }
         if now - self.last_prune_ms < 10_000 {
             return;
         }
+        self.prune_dead_letters(now);
         self.last_prune_ms = now;
         let ttl = self.ctx.config.idempotency_ttl.as_millis() as i64;
         self.prune_event_ids(now - ttl);

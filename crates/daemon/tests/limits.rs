@@ -250,3 +250,49 @@ fn names_that_would_need_escaping_are_refused_at_create() {
     assert!(e.line.is_some() && e.column.is_some(), "{e:?}");
     assert_eq!(c.views().unwrap().views.len(), 1);
 }
+
+#[test]
+fn dead_letters_are_kept_within_their_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[("max-dead-letters", "100")], &[]);
+    let c = d.client();
+    for r in 1..=3 {
+        let body = format!("{{\"from_request_{r}\": true}}\n").repeat(60);
+        let reply = c
+            .request("POST", EVENTS, Some(body.as_bytes()), &[])
+            .unwrap();
+        assert_eq!(reply.status, 400);
+    }
+    // the writer handles requests in order: once a later one is answered,
+    // the earlier ones' retention has run
+    let rows = events(1, 1, 4);
+    c.request("POST", EVENTS, Some(jsonl(&rows).as_bytes()), &[])
+        .unwrap();
+    let count = |c: &lockstep_api::Client, r: u32| {
+        c.dead_letters("ad_events", 10_000)
+            .unwrap()
+            .dead_letters
+            .iter()
+            .filter(|l| l.raw.contains(&format!("from_request_{r}")))
+            .count()
+    };
+    // whole requests go, oldest first, until at most 100 are kept
+    assert_eq!((count(&c, 1), count(&c, 2), count(&c, 3)), (0, 0, 60));
+    let m = c.request("GET", "/metrics", None, &[]).unwrap();
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains("lockstep_dead_letters_dropped_total 120"),
+        "{text}"
+    );
+    // and after a restart the same letters are there, and the count holds
+    d.kill();
+    d.restart();
+    let c = d.client();
+    assert_eq!((count(&c, 1), count(&c, 3)), (0, 60));
+    let body = "{\"from_request_4\": true}\n".repeat(60);
+    c.request("POST", EVENTS, Some(body.as_bytes()), &[])
+        .unwrap();
+    c.request("POST", EVENTS, Some(jsonl(&rows).as_bytes()), &[])
+        .unwrap();
+    assert_eq!((count(&c, 3), count(&c, 4)), (0, 60));
+}

@@ -408,6 +408,22 @@ impl EmbeddedLog {
         Ok(())
     }
 
+    /// Sidecar entries under `prefix`, oldest key first, handed to `take`
+    /// until it returns false.
+    pub fn side_scan_front(
+        &self,
+        prefix: &[u8],
+        mut take: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), LogError> {
+        for r in self.side.scan_prefix(prefix) {
+            let (k, v) = r?;
+            if !take(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Sidecar keys under `prefix`, counted.
     pub fn side_count(&self, prefix: &[u8]) -> usize {
         self.side.scan_prefix(prefix).count()

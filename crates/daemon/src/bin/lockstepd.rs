@@ -51,6 +51,12 @@ struct Args {
     /// Requests handled at once; more get 503 (default 512).
     #[arg(long)]
     max_concurrent_requests: Option<u64>,
+    /// Dead letters kept at most (default 1000000).
+    #[arg(long)]
+    max_dead_letters: Option<u64>,
+    /// How long dead letters are kept (default 7 days).
+    #[arg(long)]
+    dead_letter_retention: Option<String>,
     /// Cluster: other nodes' API addresses, host:port,… (none: start a new
     /// cluster).
     #[arg(long, value_delimiter = ',')]
@@ -102,6 +108,8 @@ fn main() -> ExitCode {
         max_events_per_request: a.max_events_per_request,
         max_event_bytes: a.max_event_bytes,
         max_concurrent_requests: a.max_concurrent_requests,
+        max_dead_letters: a.max_dead_letters,
+        dead_letter_retention: a.dead_letter_retention,
         cluster: (a.seeds.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()
