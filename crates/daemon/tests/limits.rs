@@ -296,3 +296,34 @@ fn dead_letters_are_kept_within_their_limit() {
         .unwrap();
     assert_eq!((count(&c, 3), count(&c, 4)), (0, 60));
 }
+
+#[test]
+fn a_compaction_target_beyond_the_cap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[], &[]);
+    let c = d.client();
+    let r = c
+        .request(
+            "POST",
+            "/v1/segments/compact?target_bytes=1000000000000",
+            Some(b""),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_body().error.contains("1 GiB"),
+        "{:?}",
+        r.error_body()
+    );
+    // within it, compaction runs
+    let r = c
+        .request(
+            "POST",
+            "/v1/segments/compact?target_bytes=1048576",
+            Some(b""),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}

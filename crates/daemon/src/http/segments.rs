@@ -42,6 +42,9 @@ pub(crate) struct CompactQuery {
 
 /// Each node compacts the shards it holds (through its manifest); the node
 /// asked also asks the other live nodes (with `local=true`).
+///
+/// A merged segment is at most `MAX_COMPACT_TARGET` bytes: the merge is
+/// made in memory.
 pub(crate) async fn compact(
     State(app): State<App>,
     Query(q): Query<CompactQuery>,
@@ -49,11 +52,11 @@ pub(crate) async fn compact(
 ) -> Response {
     let target = match q.target_bytes {
         None => 64 << 20,
-        Some(t) if t >= 1 => t as u64,
+        Some(t) if (1..=MAX_COMPACT_TARGET).contains(&t) => t as u64,
         Some(t) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("target_bytes {t}: give a size of at least 1 byte"),
+                format!("target_bytes {t}: give a size from 1 byte to {MAX_COMPACT_TARGET} (1 GiB): a merge is made in memory"),
             )
         }
     };
@@ -122,3 +125,6 @@ pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> 
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
+
+/// The largest `target_bytes` a compaction takes: 1 GiB.
+const MAX_COMPACT_TARGET: i64 = 1 << 30;
