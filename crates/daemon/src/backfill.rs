@@ -124,6 +124,27 @@ pub async fn replay_shard(
     })
 }
 
+/// Runs `attempt` until it succeeds, [`BACKFILL_TRIES`] times at most,
+/// half a second apart; the last error fails the shard.
+async fn with_tries<F, Fut>(job: &str, shard: u32, mut attempt: F) -> Result<BackfillPart, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<BackfillPart, BackfillError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(p) => return Ok(p),
+            Err(e) if tries < BACKFILL_TRIES => {
+                tracing::warn!(job, shard, "backfill: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("shard {shard}: {e}")),
+        }
+    }
+}
+
 /// How many times a node tries a backfill shard before failing the job.
 const BACKFILL_TRIES: u32 = 3;
 
@@ -169,18 +190,7 @@ pub fn run_cluster_jobs(
                 let _slot = slots.acquire().await;
                 let outcome = match serde_json::from_str(&request) {
                     Ok(req) => {
-                        let mut tries = 0;
-                        loop {
-                            tries += 1;
-                            match cluster_shard(&ctx, &cl, &req, &id, shard).await {
-                                Ok(p) => break Ok(p),
-                                Err(e) if tries < BACKFILL_TRIES => {
-                                    tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
-                                    tokio::time::sleep(Duration::from_millis(500)).await;
-                                }
-                                Err(e) => break Err(format!("shard {shard}: {e}")),
-                            }
-                        }
+                        with_tries(&id, shard, || cluster_shard(&ctx, &cl, &req, &id, shard)).await
                     }
                     Err(e) => Err(format!("the job's request: {e}")),
                 };
@@ -285,28 +295,17 @@ impl LocalJobs {
 
     async fn run(&self, ctx: &Arc<NodeCtx>, id: &str, req: BackfillRequest) {
         for shard in 0..ctx.table.shards {
-            let mut tries = 0;
-            let part = loop {
-                tries += 1;
-                // one shard in memory at a time, whatever the jobs; listed
-                // again on each try (a compaction may have swapped them)
+            // one shard in memory at a time, whatever the jobs; listed again
+            // on each try (a compaction may have swapped them)
+            let part = with_tries(id, shard, || async {
                 let _slot = self.slots.acquire().await;
-                let attempt = match crate::shard::segments_of_all(ctx).await {
-                    Ok(listed) => {
-                        let segs = raw_segments(ctx, listed, shard);
-                        replay_shard(ctx, segs, 0, &req, id, shard).await
-                    }
-                    Err(e) => Err(BackfillError::Listing(e.to_string())),
-                };
-                match attempt {
-                    Ok(p) => break Ok(p),
-                    Err(e) if tries < BACKFILL_TRIES => {
-                        tracing::warn!(job = %id, shard, "backfill: {e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => break Err(format!("shard {shard}: {e}")),
-                }
-            };
+                let listed = crate::shard::segments_of(ctx, shard)
+                    .await
+                    .map_err(|e| BackfillError::Listing(e.to_string()))?;
+                let segs = raw_segments(ctx, listed, shard);
+                replay_shard(ctx, segs, 0, &req, id, shard).await
+            })
+            .await;
             match part {
                 Ok(p) => self.update(id, |j| {
                     j.parts.insert(shard, p);

@@ -180,24 +180,11 @@ pub(crate) async fn ingest(
         Ok(k) => k,
         Err(r) => return r,
     };
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
-    };
-    let parsed = match parse_body(&app.parser, text, &ctx.config.limits) {
-        Ok(p) => p,
-        Err(e) => return error(e.status(), e.to_string()),
-    };
-    if parsed.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "no events: send JSON lines (one object per line) or a JSON array of objects",
-        );
-    }
     // (only a request with a key needs its body's hash)
     let body_hash = key.as_ref().map_or(0, |_| crate::pipeline::fnv1a64(&body));
     // a retry of a request this node took is answered before anything is
-    // done again (in a cluster its events are not produced twice)
+    // done again, parsing included (in a cluster its events are not
+    // produced twice)
     if let Some(known) = key.as_deref().and_then(|k| app.keys.check(k, body_hash)) {
         return match known {
             Ok(reply) => {
@@ -211,6 +198,20 @@ pub(crate) async fn ingest(
             }
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         };
+    }
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
+    };
+    let parsed = match parse_body(&app.parser, text, &ctx.config.limits) {
+        Ok(p) => p,
+        Err(e) => return error(e.status(), e.to_string()),
+    };
+    if parsed.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "no events: send JSON lines (one object per line) or a JSON array of objects",
+        );
     }
     let (events, dead, reply) = check(ctx, &table, parsed);
     let _gate = ctx.ingest_gate.read().await;

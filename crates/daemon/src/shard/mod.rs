@@ -157,24 +157,13 @@ fn err(e: impl std::fmt::Display) -> ShardError {
     ShardError::internal(e)
 }
 
-/// The committed segments of every shard this node holds, asked of their
-/// actors.
-pub async fn segments_of_all(ctx: &NodeCtx) -> Result<Vec<SegmentInfo>, ShardError> {
-    let mut waits = Vec::new();
-    for s in (0..ctx.table.shards).filter(|s| ctx.holds(*s)) {
-        let (tx, rx) = oneshot::channel();
-        let sent = ctx
-            .shard(s)
-            .is_some_and(|a| a.send_message(ShardMsg::Segments { reply: tx }).is_ok());
-        waits.push((s, sent, rx));
-    }
-    let mut out = Vec::new();
-    for (s, sent, rx) in waits {
-        let restarting = || ShardError::Unavailable(format!("shard {s} is restarting; retry"));
-        if !sent {
-            return Err(restarting());
-        }
-        out.extend(rx.await.map_err(|_| restarting())??);
-    }
-    Ok(out)
+/// The committed segments of one shard, asked of its actor.
+pub async fn segments_of(ctx: &NodeCtx, shard: u32) -> Result<Vec<SegmentInfo>, ShardError> {
+    let restarting = || ShardError::Unavailable(format!("shard {shard} is restarting; retry"));
+    let (tx, rx) = oneshot::channel();
+    let actor = ctx.shard(shard).ok_or_else(restarting)?;
+    actor
+        .send_message(ShardMsg::Segments { reply: tx })
+        .map_err(|_| restarting())?;
+    rx.await.map_err(|_| restarting())?
 }
