@@ -32,6 +32,15 @@ pub struct FileConfig {
     pub max_dead_letters: Option<u64>,
     /// How long dead letters are kept.
     pub dead_letter_retention: Option<String>,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: Option<u64>,
+    /// How long a client may take to send a request's headers (slowloris).
+    pub header_read_timeout: Option<String>,
+    /// How long a request may take, its body included (503 beyond).
+    pub request_timeout: Option<String>,
+    /// Events appended but not yet through the shard actors above which
+    /// ingest is refused with 503 (one node).
+    pub max_shard_backlog: Option<u64>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -123,6 +132,10 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     pub max_dead_letters: u64,
     pub dead_letter_retention: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_shard_backlog: u64,
 }
 
 impl Default for Limits {
@@ -133,6 +146,10 @@ impl Default for Limits {
             max_concurrent_requests: 512,
             max_dead_letters: 1_000_000,
             dead_letter_retention: Duration::from_secs(7 * 86_400),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_shard_backlog: 500_000,
         }
     }
 }
@@ -200,6 +217,10 @@ pub fn load_with_secret(
             .or(file.max_concurrent_requests),
         max_dead_letters: flags.max_dead_letters.or(file.max_dead_letters),
         dead_letter_retention: pick(&flags.dead_letter_retention, &file.dead_letter_retention),
+        max_connections: flags.max_connections.or(file.max_connections),
+        header_read_timeout: pick(&flags.header_read_timeout, &file.header_read_timeout),
+        request_timeout: pick(&flags.request_timeout, &file.request_timeout),
+        max_shard_backlog: flags.max_shard_backlog.or(file.max_shard_backlog),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
@@ -442,6 +463,28 @@ fn validate_limits(c: &FileConfig) -> Result<Limits, ConfigError> {
             c.dead_letter_retention.clone(),
             d.dead_letter_retention.as_millis() as i64,
         )?,
+        max_connections: count(
+            "max_connections",
+            c.max_connections,
+            d.max_connections,
+            1_000_000,
+        )?,
+        header_read_timeout: duration(
+            "header_read_timeout",
+            c.header_read_timeout.clone(),
+            d.header_read_timeout.as_millis() as i64,
+        )?,
+        request_timeout: duration(
+            "request_timeout",
+            c.request_timeout.clone(),
+            d.request_timeout.as_millis() as i64,
+        )?,
+        max_shard_backlog: count(
+            "max_shard_backlog",
+            c.max_shard_backlog,
+            d.max_shard_backlog as usize,
+            1 << 32,
+        )? as u64,
     })
 }
 

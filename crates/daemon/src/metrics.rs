@@ -20,6 +20,8 @@ pub struct Metrics {
     pub checkpoints: Counter,
     pub checkpoint_failures: Counter,
     pub restarts: Counter,
+    /// Requests answered 503 because a bound was reached.
+    pub refused: Counter,
     pub serve_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub state_bytes: Gauge,
@@ -46,6 +48,7 @@ impl Metrics {
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
             restarts: Counter::default(),
+            refused: Counter::default(),
             // 10 µs .. ~5 s
             serve_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 20)),
             checkpoint_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
@@ -103,6 +106,11 @@ impl Metrics {
                 "shard_restarts",
                 "Shard actors restarted by the supervisor",
                 m.restarts.clone(),
+            );
+            r.register(
+                "refused_requests",
+                "Requests answered 503 because a bound was reached (max_concurrent_requests, request_timeout, max_shard_backlog) or a views apply was under way",
+                m.refused.clone(),
             );
             r.register(
                 "serving_latency_seconds",

@@ -13,7 +13,7 @@ use lockstep_core::plan::{Catalog, Table};
 use lockstep_log::{EmbeddedLog, FsyncPolicy};
 use object_store::ObjectStore;
 use ractor::{Actor, ActorRef};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// What every part of a running node shares.
@@ -35,6 +35,9 @@ pub struct NodeCtx {
     /// Next log offset each shard has processed up to (for lag and
     /// backpressure).
     pub processed: Vec<AtomicU64>,
+    /// Next log offset the ingest writer has appended up to, per shard
+    /// (one node; with `processed`, the shards' backlog).
+    pub appended: Vec<AtomicU64>,
     pub restarts: Vec<AtomicU64>,
     /// Per shard: its actor is rebuilding under a new pipeline (requests
     /// for it answer 503 instead of waiting in its mailbox).
@@ -55,6 +58,19 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// Events appended to the log on this node and not yet through their
+    /// shard actors.
+    pub fn backlog(&self) -> u64 {
+        self.appended
+            .iter()
+            .zip(&self.processed)
+            .map(|(a, p)| {
+                a.load(Ordering::Relaxed)
+                    .saturating_sub(p.load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
     /// The pipeline now running.
     pub fn pipeline(&self) -> Arc<Pipeline> {
         self.pipeline.read().expect("pipeline lock").clone()
@@ -206,6 +222,7 @@ impl Node {
             objects,
             shards: RwLock::new(vec![None; n]),
             processed: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            appended: (0..n).map(|_| AtomicU64::new(0)).collect(),
             restarts: (0..n).map(|_| AtomicU64::new(0)).collect(),
             rebuilding: (0..n)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))

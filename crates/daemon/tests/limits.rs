@@ -327,3 +327,177 @@ fn a_compaction_target_beyond_the_cap_is_refused() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// Reads what the server sends until it closes the connection (or 60 s
+/// pass: then the connection was kept open, which the caller asserts
+/// against).
+fn read_until_closed(s: &mut std::net::TcpStream) -> (bool, String) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (true, String::from_utf8_lossy(&got).into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (true, String::from_utf8_lossy(&got).into())
+            }
+            Err(_) => return (false, String::from_utf8_lossy(&got).into()),
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_requests_have_a_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[("header-read-timeout", "1 s"), ("request-timeout", "2 s")],
+        &[],
+    );
+    // slowloris: headers that never end
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(s, "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: a").unwrap();
+    let (closed, got) = read_until_closed(&mut s);
+    assert!(
+        closed,
+        "a client that never finishes its headers is cut off"
+    );
+    assert!(!got.contains("200 OK"), "{got}");
+    // a body that never finishes: answered 503 at the deadline
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(
+        s,
+        "POST {EVENTS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n{{\"user_id\""
+    )
+    .unwrap();
+    let (closed, got) = read_until_closed(&mut s);
+    assert!(closed, "the request ends at its deadline: {got}");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    assert!(got.to_ascii_lowercase().contains("retry-after: 1"), "{got}");
+    // the node goes on answering
+    let r = d.client().request("GET", "/v1/status", None, &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[("max-connections", "3"), ("header-read-timeout", "5 min")],
+        &[],
+    );
+    // three kept-alive connections, each seen through one request
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut fourth = std::net::TcpStream::connect(&d.addr).unwrap();
+    let _ = write!(fourth, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (closed, got) = read_until_closed(&mut fourth);
+    assert!(
+        closed && got.is_empty(),
+        "the fourth is closed unanswered: {got:?}"
+    );
+    // one closes: a new connection is served again
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(r) = d.client().request("GET", "/healthz", None, &[]) {
+            if r.status == 200 {
+                served = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "a slot frees when a connection closes\n{}", d.log());
+}
+
+#[test]
+fn ingest_is_refused_not_queued_while_shards_are_behind_or_a_views_apply_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[("max-shard-backlog", "100")],
+        &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+    );
+    let c = d.client();
+    let shards = c.status().unwrap().shards.len();
+    for s in 0..shards {
+        let r = c
+            .request(
+                "POST",
+                &format!("/v1/debug/shards/{s}/stall/4000"),
+                None,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let rows = events(300, 20, 4);
+    let first = c
+        .request("POST", EVENTS, Some(jsonl(&rows[..200]).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let second = c
+        .request("POST", EVENTS, Some(jsonl(&rows[200..]).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(
+        second.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&second.body)
+    );
+    assert_eq!(second.retry_after.as_deref(), Some("1"));
+    assert!(second.error_body().error.contains("max_shard_backlog"));
+    // once the shards catch up, the retry is taken
+    let mut taken = false;
+    for _ in 0..400 {
+        let r = c
+            .request("POST", EVENTS, Some(jsonl(&rows[200..]).as_bytes()), &[])
+            .unwrap();
+        if r.status == 200 {
+            taken = true;
+            break;
+        }
+        assert_eq!(r.status, 503);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(taken, "{}", d.log());
+    // while a views apply holds ingest: refused at once, not held
+    let r = c
+        .request("POST", "/v1/debug/hold-ingest/60000", None, &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = c
+        .request("POST", EVENTS, Some(jsonl(&rows[..1]).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(
+        r.error_body().error.contains("views apply"),
+        "{:?}",
+        r.error_body()
+    );
+    let metrics = c.request("GET", "/metrics", None, &[]).unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let refused: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lockstep_refused_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refused_requests metric:\n{text}"));
+    assert!(refused >= 2.0, "{refused}");
+}

@@ -1,6 +1,5 @@
 //! lockstepd: the lockstep node daemon.
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use lockstep_daemon::config::{self, Overrides};
 use lockstep_daemon::http;
@@ -57,6 +56,19 @@ struct Args {
     /// How long dead letters are kept (default 7 days).
     #[arg(long)]
     dead_letter_retention: Option<String>,
+    /// Connections open at once; more are closed at once (default 1024).
+    #[arg(long)]
+    max_connections: Option<u64>,
+    /// How long a client may take to send its headers (default 10 s).
+    #[arg(long)]
+    header_read_timeout: Option<String>,
+    /// How long a request may take, body included; 503 beyond (default 30 s).
+    #[arg(long)]
+    request_timeout: Option<String>,
+    /// Events not yet through the shard actors above which ingest gets 503
+    /// (default 500000).
+    #[arg(long)]
+    max_shard_backlog: Option<u64>,
     /// Cluster: other nodes' API addresses, host:port,… (none: start a new
     /// cluster).
     #[arg(long, value_delimiter = ',')]
@@ -110,6 +122,10 @@ fn main() -> ExitCode {
         max_concurrent_requests: a.max_concurrent_requests,
         max_dead_letters: a.max_dead_letters,
         dead_letter_retention: a.dead_letter_retention,
+        max_connections: a.max_connections,
+        header_read_timeout: a.header_read_timeout,
+        request_timeout: a.request_timeout,
+        max_shard_backlog: a.max_shard_backlog,
         cluster: (a.seeds.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()
@@ -158,18 +174,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     // the API answers 503.
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?
-        // replies are small: send them at once instead of waiting on Nagle
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        .map_err(|e| anyhow::anyhow!("config key `listen`: cannot listen on {listen}: {e}"))?;
     let routes = http::Routes::default();
     let app = routes.dispatcher();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let limits = cfg.limits;
+    let server = tokio::spawn(http::serve(listener, app, limits, shutdown_signal()));
     let internal = routes.internal.clone();
     let node = Node::start_with(cfg, move |cp| {
         let _ = internal.set(cp.router());

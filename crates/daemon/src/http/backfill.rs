@@ -89,7 +89,7 @@ pub(crate) async fn backfill(
     }
     match app
         .mode
-        .backfill_finished(&id, std::time::Duration::from_secs(600))
+        .backfill_finished(&id, waited(&ctx.config.limits))
         .await
     {
         Some(j) if j.error.is_none() => ok(job_info(&j, ctx.table.shards)),
@@ -102,9 +102,7 @@ pub(crate) async fn backfill(
             axum::Json(BackfillStarted {
                 job: id,
                 state: Some(BackfillJobState::Running),
-                error: Some(
-                    "still running after 10 minutes: follow it with GET /v1/backfill/{job}".into(),
-                ),
+                error: Some("still running: follow it with GET /v1/backfill/{job}".into()),
             }),
         )
             .into_response(),
@@ -134,4 +132,14 @@ pub(crate) async fn backfill_job(State(app): State<App>, Path(job): Path<String>
             format!("no backfill job {job} (finished jobs are kept a while)"),
         ),
     }
+}
+
+/// How long `POST /v1/backfill` waits for its job: a second less than the
+/// request's deadline, so a long job is answered `202` with its id rather
+/// than `503`.
+fn waited(limits: &crate::config::Limits) -> std::time::Duration {
+    limits
+        .request_timeout
+        .saturating_sub(std::time::Duration::from_secs(1))
+        .max(std::time::Duration::from_millis(100))
 }

@@ -199,6 +199,9 @@ pub(crate) async fn ingest(
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         };
     }
+    if let Err(r) = room_for_events(ctx) {
+        return r;
+    }
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")),
@@ -214,7 +217,9 @@ pub(crate) async fn ingest(
         );
     }
     let (events, dead, reply) = check(ctx, &table, parsed);
-    let _gate = ctx.ingest_gate.read().await;
+    let Ok(_gate) = ctx.ingest_gate.try_read() else {
+        return views_applying(ctx);
+    };
     // the events the node's mode leaves to the writer (with the key)
     let (key, events) = match app.mode.append(ctx, key, events).await {
         Ok(left) => left,
@@ -241,6 +246,30 @@ pub(crate) async fn ingest(
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down"),
     }
+}
+
+/// Ingest is refused (`503` + `Retry-After`) while the shard actors are
+/// `max_shard_backlog` events or more behind the log, instead of queueing
+/// more in their mailboxes.
+pub(crate) fn room_for_events(ctx: &crate::node::NodeCtx) -> Result<(), Response> {
+    let backlog = ctx.backlog();
+    let max = ctx.config.limits.max_shard_backlog;
+    if backlog < max {
+        return Ok(());
+    }
+    ctx.metrics.refused.inc();
+    Err(super::unavailable(format!(
+        "the shards are {backlog} events behind the log (max_shard_backlog {max}); retry shortly"
+    )))
+}
+
+/// The answer to an event sent while a `views apply` swaps the pipeline
+/// (no event enters until every shard runs the new one).
+pub(crate) fn views_applying(ctx: &crate::node::NodeCtx) -> Response {
+    ctx.metrics.refused.inc();
+    super::unavailable(
+        "a views apply is rebuilding the shards under the new pipeline; no event enters until it is done: retry shortly",
+    )
 }
 
 /// Validates parsed records against the table: the events by shard, the

@@ -14,11 +14,13 @@ mod mode;
 mod reply;
 mod routing;
 mod segments;
+mod serve;
 mod status;
 mod views;
 
 use reply::json_response;
 pub use reply::{error, unavailable};
+pub use serve::serve;
 
 use crate::node::{Node, NodeCtx};
 use crate::shard::ShardMsg;
@@ -123,18 +125,47 @@ pub fn router(node: &Node) -> Router {
         )
         .route("/v1/backfill/{job}", get(backfill::backfill_job));
     if std::env::var("LOCKSTEP_DEBUG_HOOKS").as_deref() == Ok("1") {
-        r = r.route("/v1/debug/shards/{shard}/fail", post(fail_shard));
+        r = r
+            .route("/v1/debug/shards/{shard}/fail", post(fail_shard))
+            .route("/v1/debug/shards/{shard}/stall/{ms}", post(stall_shard))
+            .route("/v1/debug/hold-ingest/{ms}", post(hold_ingest));
     }
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
-            Arc::new(tokio::sync::Semaphore::new(
-                node.ctx.config.limits.max_concurrent_requests,
-            )),
+            (
+                Arc::new(tokio::sync::Semaphore::new(
+                    node.ctx.config.limits.max_concurrent_requests,
+                )),
+                app.clone(),
+            ),
             admit,
         ))
+        .layer(middleware::from_fn_with_state(app.clone(), deadline))
         .with_state(app)
+}
+
+/// Every request but `views apply` is answered within `request_timeout`,
+/// its body's upload included: past it, `503` + `Retry-After: 1`. What the
+/// request started may still finish (an ingest may yet be appended: retry
+/// it with the same Idempotency-Key). `views apply` rebuilds every shard
+/// and has its own bound (10 minutes).
+async fn deadline(State(app): State<App>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST && req.uri().path() == "/v1/views" {
+        return next.run(req).await;
+    }
+    let limit = app.ctx.config.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            app.ctx.metrics.refused.inc();
+            unavailable(format!(
+                "the request did not finish within {} (request_timeout); what it started may still complete: retry (an ingest with the same Idempotency-Key is applied once)",
+                lockstep_core::time::format_duration_ms(limit.as_millis() as i64)
+            ))
+        }
+    }
 }
 
 /// At most `max_concurrent_requests` requests are handled at once (their
@@ -142,7 +173,7 @@ pub fn router(node: &Node) -> Router {
 /// once instead of queueing. `/healthz`, `/metrics` and the OpenAPI
 /// document always answer.
 async fn admit(
-    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    State((slots, app)): State<(Arc<tokio::sync::Semaphore>, App)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -152,9 +183,12 @@ async fn admit(
     }
     match slots.try_acquire_owned() {
         Ok(_slot) => next.run(req).await,
-        Err(_) => unavailable(
+        Err(_) => {
+            app.ctx.metrics.refused.inc();
+            unavailable(
             "the node is handling as many requests as it takes (max_concurrent_requests); retry",
-        ),
+        )
+        }
     }
 }
 
@@ -211,6 +245,31 @@ async fn metrics(State(app): State<App>) -> Response {
         ctx.metrics.render(),
     )
         .into_response()
+}
+
+/// Test hook: shard `shard`'s actor sleeps `ms` milliseconds.
+async fn stall_shard(State(app): State<App>, Path((shard, ms)): Path<(u32, u64)>) -> Response {
+    match app.ctx.shard(shard) {
+        Some(a) => {
+            let _ = a.send_message(ShardMsg::Stall(std::time::Duration::from_millis(ms)));
+            axum::Json(serde_json::json!({"stalled": shard})).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no shard {shard}")),
+    }
+}
+
+/// Test hook: holds the ingest gate as `views apply` does, for `ms`
+/// milliseconds (answers at once).
+async fn hold_ingest(State(app): State<App>, Path(ms): Path<u64>) -> Response {
+    let ctx = app.ctx.clone();
+    let (held, took) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _gate = ctx.ingest_gate.write().await;
+        let _ = held.send(());
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    });
+    let _ = took.await;
+    axum::Json(serde_json::json!({"held_ms": ms})).into_response()
 }
 
 async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {

@@ -106,6 +106,7 @@ impl Actor for ShardActor {
             } => {
                 let _ = reply.send(w.compact(mode, target_bytes).await);
             }
+            ShardMsg::Stall(d) => tokio::time::sleep(d).await,
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
             ShardMsg::Handoff => mode.begin_handoff(w, &me),
         }

@@ -90,6 +90,8 @@ pub enum ShardMsg {
     Stop,
     /// Test hook: fail the actor (the supervisor restarts it).
     Fail,
+    /// Test hook: the actor sleeps this long (its mailbox fills).
+    Stall(std::time::Duration),
     /// Cluster: records of the shard's partition, in offset order.
     /// `stopped` is the sending fetcher's stop flag: a batch from a fetcher
     /// stopped since (the shard swapped pipelines and reads again from its

@@ -22,9 +22,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Unprocessed events (appended, not yet through the shard actors) above
-/// which the writer waits: bounds the actors' mailboxes.
-const MAX_LAG: u64 = 500_000;
+/// The writer waits while the shards' backlog (events appended, not yet
+/// through the shard actors) is this many times `max_shard_backlog`: ingest
+/// is refused (503) from `max_shard_backlog` on, so this is the hard bound
+/// on the actors' mailboxes that requests already past that check meet.
+const HARD_BACKLOG_FACTOR: u64 = 2;
 const MAX_GROUP_REQUESTS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 200_000;
 const IDEM_PREFIX: &[u8] = b"idem/";
@@ -181,9 +183,9 @@ pub fn start(ctx: Arc<NodeCtx>) -> std::io::Result<Started> {
         false
     });
     let event_ids = load_event_ids(&ctx);
-    let ends = (0..ctx.table.shards)
-        .map(|s| ctx.log.end_offset_of(s))
-        .collect();
+    for s in 0..ctx.table.shards {
+        ctx.appended[s as usize].store(ctx.log.end_offset_of(s), Ordering::Relaxed);
+    }
     let keys = Keys(Arc::new(std::sync::RwLock::new(idem)));
     let mut w = Writer {
         ctx,
@@ -191,7 +193,6 @@ pub fn start(ctx: Arc<NodeCtx>) -> std::io::Result<Started> {
         event_ids,
         dead_seq,
         dead_first,
-        ends,
         last_prune_ms: now_ms(),
     };
     let handle = std::thread::Builder::new()
@@ -223,7 +224,6 @@ struct Writer {
     /// The number the next dead letter gets, and the oldest one stored.
     dead_seq: u64,
     dead_first: u64,
-    ends: Vec<u64>,
     last_prune_ms: i64,
 }
 
@@ -259,16 +259,8 @@ impl Writer {
 
     /// Backpressure: wait while the shard actors are far behind the log.
     fn wait_for_actors(&self) {
-        loop {
-            let lag: u64 = self
-                .ends
-                .iter()
-                .zip(&self.ctx.processed)
-                .map(|(e, p)| e.saturating_sub(p.load(Ordering::Relaxed)))
-                .sum();
-            if lag < MAX_LAG || self.ctx.stopping.load(Ordering::Relaxed) {
-                return;
-            }
+        let hard = self.ctx.config.limits.max_shard_backlog * HARD_BACKLOG_FACTOR;
+        while self.ctx.backlog() >= hard && !self.ctx.stopping.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -442,7 +434,7 @@ impl Writer {
         for (ai, rows) in mine {
             let (shard, n) = (shard_of[ai], rows.len() as u64);
             let first = firsts[ai];
-            self.ends[shard as usize] = first + n;
+            self.ctx.appended[shard as usize].store(first + n, Ordering::Relaxed);
             let serve = match &r.serve {
                 Some(view) if features.is_none() => {
                     let (tx, rx) = oneshot::channel();

@@ -70,7 +70,12 @@ impl NodeMode for Alone {
     ) -> BoxFuture<'a, Response> {
         async move {
             let ctx = &app.ctx;
-            let _gate = ctx.ingest_gate.read().await;
+            if let Err(r) = super::super::ingest::room_for_events(ctx) {
+                return r;
+            }
+            let Ok(_gate) = ctx.ingest_gate.try_read() else {
+                return super::super::ingest::views_applying(ctx);
+            };
             let (done, rx) = oneshot::channel();
             let body_hash = key.as_ref().map_or(0, |_| {
                 crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row))

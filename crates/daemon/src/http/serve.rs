@@ -1,0 +1,95 @@
+//! The listener: accepts connections and serves HTTP/1.1 on them with
+//! hyper, bounded in number and in how long a client may take to send its
+//! headers (axum's `serve` sets neither: a client sending one header byte a
+//! minute held its connection forever).
+
+use crate::config::Limits;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting, lets each connection finish the request it is on, and
+/// returns when all are closed (or `limits.request_timeout` has passed).
+///
+/// - At most `limits.max_connections` connections are open at once; one
+///   more is closed as soon as it is accepted (the client sees the
+///   connection close and may retry).
+/// - A client has `limits.header_read_timeout` to send a request's
+///   headers, the first request's as every later one's on a kept-alive
+///   connection; then the connection is closed. So an idle kept-alive
+///   connection is closed after that time too.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused: u64 = 0;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // out of file descriptors, or a connection reset
+                    // before it was accepted: wait a moment, go on
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "{refused} connections closed at once: {} are open (max_connections)",
+                    limits.max_connections
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        // replies are small: send them at once instead of waiting on Nagle
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        let header_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = conn.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // every connection gives its slot back when it closes
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits.request_timeout, slots.acquire_many(all)).await;
+    Ok(())
+}
