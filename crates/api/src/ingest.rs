@@ -63,6 +63,28 @@ pub struct DeadLetters {
 pub struct Features {
     #[schema(value_type = Object)]
     pub features: serde_json::Map<String, serde_json::Value>,
+    /// Serve-and-ingest (`?ingest=true`) only: whether the event will have
+    /// a training row in this view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_row: Option<TrainingRow>,
+}
+
+/// Whether an ingested event will have a training row, as known when it
+/// was applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrainingRow {
+    /// `true`: it will (once its labels are final); `false`: it will not,
+    /// see `reason`; `null`: the view's QUALIFY reads its labels, so it is
+    /// decided when the row is final.
+    pub will_exist: Option<bool>,
+    /// Why not, or why not known yet: `filtered` (the view's WHERE),
+    /// `not_qualified` (QUALIFY), `late` (below the shard's watermark),
+    /// `qualify_reads_labels`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A sentence for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `202` from serve-and-ingest (`?ingest=true`): the event is durably in,

@@ -31,7 +31,7 @@ pub use cluster::{
 pub use error::ErrorBody;
 pub use ingest::{
     DeadLetter, DeadLetters, EventError, Features, IngestReply, IngestedWithoutFeatures,
-    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
+    TrainingRow, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
 };
 pub use openapi::{openapi_json, ApiDoc};
 pub use segments::{CompactReply, CompactReport, SegmentInfo, SegmentList};

@@ -21,7 +21,7 @@ use utoipa::{Modify, OpenApi};
         start_backfill, backfill_jobs, backfill_job
     ),
     components(schemas(
-        ErrorBody, IngestReply, EventError, DeadLetter, DeadLetters, Features,
+        ErrorBody, IngestReply, EventError, DeadLetter, DeadLetters, Features, TrainingRow,
         IngestedWithoutFeatures, NodeStatus, ShardStatus, CheckpointInfo, CheckpointReply,
         CheckpointReport, PipelineInfo, ViewList, ViewInfo, ColumnInfo, ApplyReply, SegmentList,
         SegmentInfo, CompactReply, CompactReport, ClusterStatus, MemberInfo, MemberState,

@@ -246,7 +246,8 @@ fn bodies(
     Ok(out)
 }
 
-/// One connection per lane, each sending its lane's bodies in order.
+/// One connection per lane, each sending its lane's bodies in order
+/// (a `503` is retried: `node::send_events`).
 fn send_all(c: &lockstep_api::Client, lanes: &[Vec<String>]) -> anyhow::Result<()> {
     std::thread::scope(|s| {
         let hs: Vec<_> = lanes
@@ -254,7 +255,7 @@ fn send_all(c: &lockstep_api::Client, lanes: &[Vec<String>]) -> anyhow::Result<(
             .map(|lane| {
                 s.spawn(move || -> anyhow::Result<()> {
                     for b in lane {
-                        c.post_json("/v1/tables/ad_events/events", b.as_bytes())?;
+                        crate::node::send_events(c, "ad_events", b.as_bytes())?;
                     }
                     Ok(())
                 })

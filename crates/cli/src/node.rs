@@ -147,6 +147,22 @@ impl Drop for LocalNode {
 }
 
 /// Polls the node until every shard has processed its whole log.
+/// Sends one ingest body, retried while the node answers `503` (its
+/// shards are `max_shard_backlog` behind, or a views apply runs) after
+/// 20 ms, sooner than its `Retry-After: 1` so the shards never idle. Any
+/// other status but 200 is an error.
+pub fn send_events(c: &Client, table: &str, body: &[u8]) -> anyhow::Result<()> {
+    let path = format!("/v1/tables/{}/events", lockstep_api::path_segment(table));
+    loop {
+        let r = c.request("POST", &path, Some(body), &[])?;
+        match r.status {
+            200 => return Ok(()),
+            503 => std::thread::sleep(Duration::from_millis(20)),
+            s => bail!("ingest answered {s}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+}
+
 pub fn wait_caught_up(c: &Client) -> anyhow::Result<()> {
     loop {
         let st = c.get_json("/v1/status")?;

@@ -120,7 +120,7 @@ pub fn quickstart(args: &QuickstartArgs) -> anyhow::Result<QuickstartReport> {
                 let mut n = 0;
                 let flush = |body: &mut String, n: &mut usize| -> anyhow::Result<()> {
                     if *n > 0 {
-                        client.post_json("/v1/tables/ad_events/events", body.as_bytes())?;
+                        crate::node::send_events(&client, "ad_events", body.as_bytes())?;
                         body.clear();
                         *n = 0;
                     }

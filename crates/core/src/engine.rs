@@ -8,7 +8,7 @@
 use crate::plan::{Catalog, Table};
 use crate::shard::shard_of;
 use crate::value::{DataType, Row, Value};
-use crate::window::{Entry, ViewMeta, ViewState, ViewStats};
+use crate::window::{Entry, RowFate, ViewMeta, ViewState, ViewStats};
 use std::sync::Arc;
 
 /// Why an event cannot enter the engine.
@@ -390,6 +390,30 @@ impl Engine {
         let shard = self.shard_of(event) as usize;
         let v = &self.catalog.views[self.views[view]];
         Ok(self.shards[shard].views[view].serve(v, event, time))
+    }
+
+    /// [`Engine::serve`], and whether the event, pushed next, gives the
+    /// view a training row (and if not, why not).
+    pub fn serve_with_fate(
+        &mut self,
+        view: usize,
+        event: &[Value],
+    ) -> Result<(Row, RowFate), EventError> {
+        self.validate(event)?;
+        let t = self.table();
+        let lateness = t.lateness_ms;
+        let Value::Timestamp(time) = event[t.time] else {
+            unreachable!("validated")
+        };
+        let shard = self.shard_of(event) as usize;
+        let v = &self.catalog.views[self.views[view]];
+        let s = &mut self.shards[shard];
+        let watermark = s.watermark(lateness);
+        let (row, fate) = s.views[view].serve_with_fate(v, event, time);
+        if time < watermark {
+            return Ok((row, RowFate::Late { watermark }));
+        }
+        Ok((row, fate))
     }
 
     /// Sweeps every shard's state for expired events every `n` events instead

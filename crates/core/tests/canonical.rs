@@ -108,3 +108,82 @@ fn serving_answers_what_the_training_row_will_hold() {
         }
     }
 }
+
+/// Serve-and-ingest says whether the event will have a training row; each
+/// answer is checked against what pushing the event then does.
+#[test]
+fn serving_says_whether_a_training_row_will_exist() {
+    use lockstep_core::window::RowFate;
+    let sql = SQL.replace(
+        "FROM ad_events\n",
+        "FROM ad_events\nWHERE campaign_id <> 99\n",
+    ) + "\nCREATE VIEW big_days AS
+SELECT event_id, COUNT(*) OVER d AS n_day,
+  COUNT(*) OVER (PARTITION BY user_id ORDER BY event_time
+    RANGE BETWEEN CURRENT ROW AND INTERVAL '1' MINUTE FOLLOWING) AS next_min
+FROM ad_events
+WINDOW d AS (PARTITION BY user_id ORDER BY event_time
+             RANGE BETWEEN INTERVAL '24' HOUR PRECEDING AND CURRENT ROW)
+QUALIFY n_day >= 2;
+CREATE VIEW busy_next_minute AS
+SELECT event_id, COUNT(*) OVER (PARTITION BY user_id ORDER BY event_time
+    RANGE BETWEEN CURRENT ROW AND INTERVAL '1' MINUTE FOLLOWING) AS next_min
+FROM ad_events
+QUALIFY next_min >= 2;";
+    assert!(
+        sql.contains("WHERE campaign_id <> 99"),
+        "the view's FROM moved"
+    );
+    let catalog = Arc::new(parse_pipeline(&sql).unwrap());
+    let mut engine = Engine::new(catalog, &[]).unwrap();
+    let mut out = Vec::new();
+    let cases = [
+        (0, event(1, 7, "impression", "00:00:00"), RowFate::Row),
+        (0, event(2, 7, "click", "00:05:00"), RowFate::NotQualified),
+        (0, event(3, 99, "impression", "00:06:00"), RowFate::Filtered),
+        // QUALIFY on a PRECEDING count: known at arrival
+        (1, event(4, 7, "impression", "00:07:00"), RowFate::Row),
+        (
+            2,
+            event(5, 7, "impression", "00:08:00"),
+            RowFate::QualifiedWhenFinal,
+        ),
+    ];
+    for (view, e, want) in &cases {
+        let (served, fate) = engine.serve_with_fate(*view, e).unwrap();
+        assert_eq!(&fate, want, "event {}", e[0]);
+        assert_eq!(served, engine.serve(*view, e).unwrap());
+        engine.push(e, &mut out).unwrap();
+    }
+    // n_day is 1 for the first event of a day: QUALIFY n_day >= 2 drops it
+    let fresh = event(6, 7, "impression", "00:09:00");
+    let mut other_user = fresh.clone();
+    other_user[1] = Value::text("u2");
+    assert_eq!(
+        engine.serve_with_fate(1, &other_user).unwrap().1,
+        RowFate::NotQualified
+    );
+    // far below the watermark: late, whatever the view
+    engine
+        .push(&event(7, 7, "impression", "02:00:00"), &mut out)
+        .unwrap();
+    let old = event(8, 7, "impression", "00:30:00");
+    let (_, fate) = engine.serve_with_fate(0, &old).unwrap();
+    assert!(matches!(fate, RowFate::Late { .. }), "{fate:?}");
+    assert!(matches!(
+        engine.push(&old, &mut out).unwrap(),
+        Outcome::Late { .. }
+    ));
+    engine.finish(&mut out);
+    // what was promised is what came out
+    let ids_of = |view: usize| -> Vec<Value> {
+        out.iter()
+            .filter(|e| e.view == view)
+            .map(|e| e.row[0].clone())
+            .collect()
+    };
+    let v0 = ids_of(0);
+    assert!(v0.contains(&Value::BigInt(1)));
+    assert!(!v0.contains(&Value::BigInt(2)) && !v0.contains(&Value::BigInt(3)));
+    assert!(ids_of(1).contains(&Value::BigInt(4)));
+}

@@ -193,19 +193,49 @@ impl Sent {
     }
 }
 
+/// Serve-and-ingest of `row` through `c`, retried while it answers 503
+/// (a shard moving or restarting).
+fn serve_and_ingest(c: &Client, row: &Row) -> serde_json::Value {
+    let schema = &catalog().tables[0].schema;
+    for _ in 0..100 {
+        match c.post_json(
+            "/v1/views/user_ad_features/features?ingest=true",
+            lockstep_io::render_json(row, schema).as_bytes(),
+        ) {
+            Ok(v) => return v,
+            Err(e) if e.status() == Some(503) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("serve-and-ingest: {e}"),
+        }
+    }
+    panic!("serve-and-ingest did not answer within 100 retries")
+}
+
+/// Ingests `rows` through `c`, retried as a client does while the node
+/// answers 503 + Retry-After (on one node, while a views apply runs).
 fn ingest(c: &Client, rows: &[Row], key: Option<&str>) -> lockstep_api::Reply {
     let mut headers = Vec::new();
     if let Some(k) = key {
         headers.push(("Idempotency-Key", k));
     }
-    let r = c
-        .request(
-            "POST",
-            "/v1/tables/ad_events/events",
-            Some(jsonl(rows).as_bytes()),
-            &headers,
-        )
-        .unwrap();
+    let body = jsonl(rows);
+    let mut r = None;
+    for _ in 0..1200 {
+        let got = c
+            .request(
+                "POST",
+                "/v1/tables/ad_events/events",
+                Some(body.as_bytes()),
+                &headers,
+            )
+            .unwrap();
+        if got.status != 503 {
+            r = Some(got);
+            break;
+        }
+        assert_eq!(got.retry_after.as_deref(), Some("1"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = r.expect("ingest still answered 503 after 2 minutes of retries");
     assert_eq!(
         r.status,
         200,
@@ -395,25 +425,29 @@ fn run_all(mut d: Deployment) {
         .take(6)
         .enumerate()
     {
-        // 503 means retry (a shard moving or restarting)
-        let mut f = None;
-        for _ in 0..100 {
-            match d.node(i).post_json(
-                "/v1/views/user_ad_features/features?ingest=true",
-                lockstep_io::render_json(r, schema).as_bytes(),
-            ) {
-                Ok(v) => {
-                    f = Some(v);
-                    break;
-                }
-                Err(e) if e.status() == Some(503) => std::thread::sleep(Duration::from_millis(100)),
-                Err(e) => panic!("serve-and-ingest: {e}"),
-            }
-        }
-        let f = f.expect("serve-and-ingest answered within 10 s of retries");
+        let f = serve_and_ingest(&d.node(i), r);
+        assert_eq!(f["training_row"]["will_exist"], true, "{f}");
         served.push((r.clone(), f["features"].clone()));
     }
-    let served_rows: Vec<Row> = served.iter().map(|(r, _)| r.clone()).collect();
+    let mut served_rows: Vec<Row> = served.iter().map(|(r, _)| r.clone()).collect();
+    // … and says when an event will have no training row, and why: a
+    // click fails the view's QUALIFY, an event below the watermark is late
+    let click = rows[2100..3000]
+        .iter()
+        .find(|r| r[3] == Value::text("click"))
+        .expect("a click among the events")
+        .clone();
+    let f = serve_and_ingest(&d.node(1), &click);
+    assert_eq!(f["training_row"]["will_exist"], false, "{f}");
+    assert_eq!(f["training_row"]["reason"], "not_qualified", "{f}");
+    let mut late = rows[20].clone();
+    late[0] = Value::BigInt(1_000_001);
+    late[3] = Value::text("impression");
+    let f = serve_and_ingest(&d.node(2), &late);
+    assert_eq!(f["training_row"]["will_exist"], false, "{f}");
+    assert_eq!(f["training_row"]["reason"], "late", "{f}");
+    served_rows.push(click);
+    served_rows.push(late);
     sent.record(&served_rows);
     let rest: Vec<Row> = rows[2100..3000]
         .iter()

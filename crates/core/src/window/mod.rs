@@ -8,4 +8,4 @@ pub mod partition;
 pub mod view_state;
 
 pub use group::Entry;
-pub use view_state::{ViewMeta, ViewState, ViewStats};
+pub use view_state::{RowFate, ViewMeta, ViewState, ViewStats};

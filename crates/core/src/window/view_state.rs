@@ -52,6 +52,23 @@ impl Ord for Held {
     }
 }
 
+/// Whether an event gives a view a training row, as far as it is known
+/// when the event arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowFate {
+    /// It will have a row (once its labels are final).
+    Row,
+    /// The view's WHERE is not true for it: it never enters the view.
+    Filtered,
+    /// The view's QUALIFY is not true for it.
+    NotQualified,
+    /// The view's QUALIFY reads labels (FOLLOWING frames): decided when
+    /// the row is final.
+    QualifiedWhenFinal,
+    /// Below its shard's watermark: it changes no state and has no row.
+    Late { watermark: i64 },
+}
+
 /// Counters a view reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ViewStats {
@@ -448,6 +465,47 @@ impl ViewState {
     /// The features a hypothetical event would get if it arrived now. Columns
     /// that need FOLLOWING frames are NULL. State is not changed.
     pub fn serve(&mut self, view: &View, event: &[Value], time: i64) -> Row {
+        self.serve_with_fate(view, event, time).0
+    }
+
+    /// [`ViewState::serve`], and whether the event, pushed now (not late),
+    /// would give the view a row: its WHERE, and its QUALIFY when that
+    /// can be decided at arrival (on the event's columns, or on PRECEDING
+    /// window values only, which are final once the event is in).
+    pub fn serve_with_fate(&mut self, view: &View, event: &[Value], time: i64) -> (Row, RowFate) {
+        let slots = self.serve_slots(view, event, time);
+        let ctx = Ctx {
+            row: event,
+            slots: &slots,
+        };
+        let passes = |e: &crate::expr::Expr| e.eval(&ctx) == Value::Boolean(true);
+        let fate = match (&view.filter, &view.qualify) {
+            (Some(f), _) if !passes(f) => RowFate::Filtered,
+            (_, Some(q)) => {
+                let mut on_labels = false;
+                q.walk(&mut |e| {
+                    if let crate::expr::Expr::Slot(i) = e {
+                        on_labels |= view.calls[*i].is_following();
+                    }
+                });
+                if on_labels {
+                    RowFate::QualifiedWhenFinal
+                } else if passes(q) {
+                    RowFate::Row
+                } else {
+                    RowFate::NotQualified
+                }
+            }
+            _ => RowFate::Row,
+        };
+        let mut row: Row = view.select.iter().map(|e| e.eval(&ctx)).collect();
+        for &i in &view.label_columns {
+            row[i] = Value::Null;
+        }
+        (row, fate)
+    }
+
+    fn serve_slots(&mut self, view: &View, event: &[Value], time: i64) -> Vec<Value> {
         let mut slots = vec![Value::Null; view.calls.len()];
         for g in 0..view.groups.len() {
             let stored = Stored {
@@ -471,15 +529,7 @@ impl ViewState {
                 }
             }
         }
-        let ctx = Ctx {
-            row: event,
-            slots: &slots,
-        };
-        let mut row: Row = view.select.iter().map(|e| e.eval(&ctx)).collect();
-        for &i in &view.label_columns {
-            row[i] = Value::Null;
-        }
-        row
+        slots
     }
 
     /// Evicts expired events from every partition and forgets idle ones.

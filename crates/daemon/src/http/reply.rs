@@ -33,6 +33,7 @@ pub(crate) fn shard_error(e: crate::shard::ShardError) -> Response {
     match e {
         E::Unavailable(_) | E::Fenced(_) | E::Uncertain(_) => unavailable(e.to_string()),
         E::AlreadyIngested => error(StatusCode::CONFLICT, e.to_string()),
+        E::Refused(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
         E::UnknownView(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         E::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -84,6 +85,20 @@ pub(crate) fn served(
         .serve_seconds
         .observe(started.elapsed().as_secs_f64());
     json_response(StatusCode::OK, body)
+}
+
+/// How long serve-and-ingest may still wait for its features, the event
+/// being durably in: until a second before the request's deadline, so the
+/// answer is the truthful `202` (do not retry), not the deadline's `503`.
+pub(crate) fn features_wait(
+    limits: &crate::config::Limits,
+    started: std::time::Instant,
+) -> std::time::Duration {
+    limits
+        .request_timeout
+        .saturating_sub(std::time::Duration::from_secs(1))
+        .saturating_sub(started.elapsed())
+        .max(std::time::Duration::from_millis(50))
 }
 
 /// `202`: the event is durably in, but its features were not computed; a

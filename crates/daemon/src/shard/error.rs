@@ -21,6 +21,10 @@ pub enum ShardError {
     /// or its event id (tables with `event_id`) was applied already.
     #[error("this event was already ingested (its Idempotency-Key or event id was seen before); its features are in its training row")]
     AlreadyIngested,
+    /// Serve-and-ingest of an event its shard refused when it read it (a
+    /// dead letter, with this reason): it has no training row (400).
+    #[error("the event was refused to the dead-letter output: {0}; it has no training row")]
+    Refused(String),
     /// The view does not run (any more: `views apply` replaced it).
     #[error("view `{0}` is no longer running")]
     UnknownView(String),

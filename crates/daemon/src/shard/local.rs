@@ -104,7 +104,7 @@ impl Input for LocalShard {
                 continue; // already replayed from the log
             }
             if let Some((view, reply)) = serve.take() {
-                let _ = reply.send(w.serve(&view, &row));
+                let _ = reply.send(w.serve_ingested(&view, &row));
             }
             w.apply(off, &row);
         }

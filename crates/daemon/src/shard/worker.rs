@@ -48,6 +48,54 @@ impl ShardWorker {
         ))
     }
 
+    /// Serve-and-ingest: [`ShardWorker::serve`] for an event about to be
+    /// applied (next, in order), with whether it will have a training row
+    /// (`"training_row"`, lockstep_api::TrainingRow).
+    pub fn serve_ingested(&mut self, view: &str, event: &[Value]) -> Result<String, ShardError> {
+        use lockstep_core::window::RowFate;
+        let v = self
+            .pipe
+            .view_index(view)
+            .ok_or_else(|| ShardError::UnknownView(view.to_string()))?;
+        let (row, fate) = self.engine.serve_with_fate(v, event).map_err(err)?;
+        let (will_exist, reason, detail) = match fate {
+            RowFate::Row => (Some(true), None, None),
+            RowFate::Filtered => (
+                Some(false),
+                Some("filtered"),
+                Some("the view's WHERE is not true for this event: it never enters the view".to_string()),
+            ),
+            RowFate::NotQualified => (
+                Some(false),
+                Some("not_qualified"),
+                Some("the view's QUALIFY is not true for this event".to_string()),
+            ),
+            RowFate::QualifiedWhenFinal => (
+                None,
+                Some("qualify_reads_labels"),
+                Some("the view's QUALIFY reads label columns: whether the row is kept is decided when its labels are final".to_string()),
+            ),
+            RowFate::Late { watermark } => (
+                Some(false),
+                Some("late"),
+                Some(format!(
+                    "the event's time is below its shard's watermark ({}): it changes no state and has no training row",
+                    lockstep_core::time::format_rfc3339_ms(watermark)
+                )),
+            ),
+        };
+        let training_row = lockstep_api::TrainingRow {
+            will_exist,
+            reason: reason.map(str::to_string),
+            detail,
+        };
+        Ok(format!(
+            "{{\"features\":{},\"training_row\":{}}}",
+            lockstep_io::render_json(&row, &self.pipe.view(v).output),
+            serde_json::to_string(&training_row).map_err(ShardError::internal)?
+        ))
+    }
+
     /// The shard's status; `log_end` is the end of its input.
     pub fn status(&mut self, log_end: u64, restarts: u64) -> ShardStatus {
         let st = self.engine.stats().swap_remove(self.shard as usize);

@@ -174,12 +174,18 @@ impl NodeMode for Member {
                     "the log did not acknowledge the event ({e}); retry with the same Idempotency-Key"
                 ));
             }
-            match rx.await {
-                Ok(Ok(body)) => served(ctx, started, body),
-                Ok(Err(e @ ShardError::AlreadyIngested)) => shard_error(e),
+            let wait = features_wait(&ctx.config.limits, started);
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Ok(body))) => served(ctx, started, body),
+                Ok(Ok(Err(e @ (ShardError::AlreadyIngested | ShardError::Refused(_))))) => {
+                    shard_error(e)
+                }
                 // the event is durably in: a retry would ingest it twice
-                Ok(Err(e)) => ingested_without_features(&e.to_string()),
-                Err(_) => ingested_without_features("its shard restarted"),
+                Ok(Ok(Err(e))) => ingested_without_features(&e.to_string()),
+                Ok(Err(_)) => ingested_without_features("its shard restarted"),
+                Err(_) => ingested_without_features(
+                    "its shard had not read it from the log before the request's deadline (request_timeout)",
+                ),
             }
         }
         .boxed()

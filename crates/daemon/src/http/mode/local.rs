@@ -109,11 +109,14 @@ impl NodeMode for Alone {
             if written.replayed || written.duplicates > 0 {
                 return shard_error(crate::shard::ShardError::AlreadyIngested);
             }
+            let wait = features_wait(&ctx.config.limits, started);
             let features = match written.features {
-                Some(f) => f
-                    .await
-                    .map_err(|_| "its shard restarted while processing it".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Some(f) => match tokio::time::timeout(wait, f).await {
+                    Ok(r) => r
+                        .map_err(|_| "its shard restarted while processing it".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(_) => Err("its shard had not reached it before the request's deadline (request_timeout)".to_string()),
+                },
                 None => Err("no features were computed".to_string()),
             };
             match features {

@@ -83,13 +83,18 @@ impl ClusterShard {
                     self.rows.count += 1;
                     if let Some((key, 0)) = &r.idempotency {
                         if let Some((view, reply)) = self.waiters.remove(key) {
-                            let _ = reply.send(w.serve(&view, &row));
+                            let _ = reply.send(w.serve_ingested(&view, &row));
                         }
                     }
                     w.apply(r.offset, &row);
                 }
                 Err(reason) => {
                     w.ctx.metrics.dead_letters.inc();
+                    if let Some((key, 0)) = &r.idempotency {
+                        if let Some((_, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(Err(ShardError::Refused(reason.to_string())));
+                        }
+                    }
                     self.rows.dead.push((
                         r.offset,
                         reason.to_string(),
