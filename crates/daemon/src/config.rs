@@ -60,6 +60,10 @@ pub struct FileCluster {
     pub advertise: Option<String>,
     /// A node silent this long is declared down and its shards move.
     pub failure_timeout: Option<String>,
+    /// Replication factor of the topic lockstep creates (default 3).
+    pub kafka_replication_factor: Option<u64>,
+    /// `min.insync.replicas` of the topic lockstep creates (default 2).
+    pub kafka_min_insync_replicas: Option<u64>,
 }
 
 /// Command-line flags, one per key; a flag given wins over the file.
@@ -77,6 +81,10 @@ pub struct ClusterConfig {
     pub kafka_topic: Option<String>,
     pub advertise: String,
     pub failure_timeout: Duration,
+    /// For the topic lockstep creates; capped to the brokers there are,
+    /// with a warning.
+    pub kafka_replication_factor: i32,
+    pub kafka_min_insync_replicas: i32,
 }
 
 /// When an acknowledged ingest is on disk.
@@ -245,6 +253,8 @@ fn merge_cluster(
         kafka_topic: f.kafka_topic.or(c.kafka_topic),
         advertise: f.advertise.or(c.advertise),
         failure_timeout: f.failure_timeout.or(c.failure_timeout),
+        kafka_replication_factor: f.kafka_replication_factor.or(c.kafka_replication_factor),
+        kafka_min_insync_replicas: f.kafka_min_insync_replicas.or(c.kafka_min_insync_replicas),
     })
 }
 
@@ -313,6 +323,28 @@ fn validate_cluster(
         ));
     }
     let failure_timeout = duration("cluster.failure_timeout", c.failure_timeout, 2_500)?;
+    let kafka_replication_factor = match c.kafka_replication_factor {
+        None => 3,
+        Some(n @ 1..=32) => n as i32,
+        Some(n) => {
+            return Err(invalid(
+                "cluster.kafka_replication_factor",
+                format!("{n} is not a whole number from 1 to 32"),
+            ))
+        }
+    };
+    let kafka_min_insync_replicas = match c.kafka_min_insync_replicas {
+        None => 2.min(kafka_replication_factor),
+        Some(n) if n >= 1 && n as i32 <= kafka_replication_factor => n as i32,
+        Some(n) => {
+            return Err(invalid(
+                "cluster.kafka_min_insync_replicas",
+                format!(
+                    "{n} must be from 1 to kafka_replication_factor ({kafka_replication_factor})"
+                ),
+            ))
+        }
+    };
     Ok(ClusterConfig {
         raft_id,
         seeds,
@@ -321,6 +353,8 @@ fn validate_cluster(
         kafka_topic: c.kafka_topic,
         advertise,
         failure_timeout,
+        kafka_replication_factor,
+        kafka_min_insync_replicas,
     })
 }
 

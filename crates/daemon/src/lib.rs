@@ -7,6 +7,7 @@
 //! - [`shard`]: the shard actors (ractor) and their supervisor.
 //! - [`store`]: incremental checkpoints in sled.
 //! - [`segments`]: archive and training segments in the object store.
+//! - [`local_store`]: the local-directory object store, fsynced.
 //! - [`http`]: the HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod local_store;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;

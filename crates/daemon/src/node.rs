@@ -251,6 +251,10 @@ impl Node {
             .map_err(|e| StartError::DataDir(e.to_string()))?;
         let (writer, writer_thread, keys) =
             writer::start(ctx.clone()).map_err(|e| StartError::DataDir(e.to_string()))?;
+        if let Fsync::Every(every) = ctx.config.fsync {
+            start_flusher(Arc::downgrade(&ctx.log), every)
+                .map_err(|e| StartError::DataDir(e.to_string()))?;
+        }
         if let Some(cl) = cluster {
             crate::cluster::start_tasks(ctx.clone(), cl, supervisor.clone());
         }
@@ -328,17 +332,22 @@ async fn start_cluster(
     serving: impl FnOnce(&Arc<lockstep_cluster::ControlPlane>),
 ) -> Result<Arc<crate::cluster::ClusterCtx>, StartError> {
     let topic = c.kafka_topic.clone().unwrap_or_else(|| table.name.clone());
-    let kafka = lockstep_log::kafka::KafkaLog::connect(lockstep_log::kafka::KafkaConfig::new(
-        &c.kafka_brokers,
-        &topic,
-        table.shards,
-        &config.node_id,
-    ))
-    .await
-    .map_err(|e| StartError::Cluster {
-        key: "cluster.kafka_brokers",
-        message: e.to_string(),
-    })?;
+    let kafka_cfg = lockstep_log::kafka::KafkaConfig {
+        replication: c.kafka_replication_factor,
+        min_insync_replicas: c.kafka_min_insync_replicas,
+        ..lockstep_log::kafka::KafkaConfig::new(
+            &c.kafka_brokers,
+            &topic,
+            table.shards,
+            &config.node_id,
+        )
+    };
+    let kafka = lockstep_log::kafka::KafkaLog::connect(kafka_cfg)
+        .await
+        .map_err(|e| StartError::Cluster {
+            key: "cluster.kafka_brokers",
+            message: e.to_string(),
+        })?;
     let cp = lockstep_cluster::ControlPlane::start_with(
         lockstep_cluster::CpConfig {
             node: c.raft_id,
@@ -388,6 +397,41 @@ async fn start_cluster(
         failure_timeout: c.failure_timeout,
         agent,
     }))
+}
+
+/// Test fault (debug hooks only): the next flush of `fsync = "every N"`
+/// fails as a full disk would make it.
+pub static FAIL_NEXT_FLUSH: AtomicBool = AtomicBool::new(false);
+
+/// `fsync = "every N"`: a thread flushes the log every `every`. A flush
+/// that fails stops the node, as a failed fsync does under `always`: the
+/// events acknowledged since the last flush may not be on disk, and
+/// acknowledging more would promise what is not kept. (sled's own
+/// background flusher stopped at its first error, silently, and the node
+/// went on acknowledging.) The thread ends with the log.
+fn start_flusher(
+    log: std::sync::Weak<EmbeddedLog>,
+    every: std::time::Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("lockstep-flusher".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(log) = log.upgrade() else { return };
+            let result = if FAIL_NEXT_FLUSH.swap(false, Ordering::Relaxed) {
+                Err("injected fault: the flush failed".to_string())
+            } else {
+                log.flush().map_err(|e| e.to_string())
+            };
+            if let Err(e) = result {
+                tracing::error!("the log could not fsync: {e}; stopping");
+                eprintln!(
+                    "lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known"
+                );
+                std::process::exit(70);
+            }
+        })
+        .map(|_| ())
 }
 
 /// Opens the data directory's log and state store, checks that it was

@@ -154,6 +154,24 @@ pub fn cluster_pipeline(
     ))
 }
 
+/// Replaces the file at `path` with `bytes` so that a crash or power loss
+/// leaves either the old file or the new one, on disk: written to a
+/// temporary file, fsynced, renamed over `path`, and the directory fsynced.
+pub fn write_file_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("applying");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

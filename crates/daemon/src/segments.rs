@@ -52,7 +52,7 @@ pub fn open_store(url: &ObjectStoreUrl) -> Result<Arc<dyn ObjectStore>, SegmentE
                 store: "LocalFileSystem",
                 source: Box::new(e),
             })?;
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir)?)
+            Arc::new(crate::local_store::DurableLocal::new(dir)?)
         }
         ObjectStoreUrl::S3 { bucket, prefix } => {
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);

@@ -165,3 +165,91 @@ fn sigkill_during_ingest_loses_nothing_and_duplicates_nothing() {
         }
     }
 }
+
+fn ingest_ok(c: &lockstep_api::Client, rows: &[lockstep_core::value::Row]) {
+    let r = c
+        .request(
+            "POST",
+            "/v1/tables/ad_events/events",
+            Some(jsonl(rows).as_bytes()),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Object writes that fail (a full disk, a broken bucket) fail the
+/// checkpoints, which then truncate nothing: every acknowledged event is
+/// still in the log for the next checkpoint, through a SIGKILL.
+#[test]
+fn failed_object_writes_lose_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(
+        dir.path(),
+        &[("checkpoint-interval", "200 ms")],
+        &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+    );
+    let rows = events(3000, 100, 11);
+    let c = d.client();
+    ingest_ok(&c, &rows[..1000]);
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let r = c
+        .request("POST", "/v1/debug/faults/objects/on", None, &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    ingest_ok(&c, &rows[1000..2000]);
+    let r = c.request("POST", "/v1/checkpoint", None, &[]).unwrap();
+    assert_ne!(
+        r.status, 200,
+        "a checkpoint whose objects cannot be written fails"
+    );
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("injected fault"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // background checkpoints fail meanwhile too
+    std::thread::sleep(Duration::from_millis(600));
+    ingest_ok(&c, &rows[2000..]);
+    d.restart(); // SIGKILL; the fault is gone with the process
+    let c = d.client();
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let (want, _) = batch_rows(&rows);
+    let want: Vec<_> = want.into_iter().flatten().collect();
+    assert_rows_eq(
+        &exported(&c, dir.path()),
+        &want,
+        "training rows after failed object writes and a SIGKILL",
+    );
+}
+
+/// Under `fsync = "every N"` a flush that fails stops the node (exit 70),
+/// as a failed fsync does under `always`, instead of acknowledging more
+/// events that may never reach the disk; it starts again on its data.
+#[test]
+fn a_failed_flush_under_fsync_every_stops_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(
+        dir.path(),
+        &[("fsync", "every 100 ms")],
+        &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+    );
+    let rows = events(2000, 50, 12);
+    let c = d.client();
+    ingest_ok(&c, &rows[..1000]);
+    let r = c
+        .request("POST", "/v1/debug/faults/log-flush", None, &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let st = d
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the node kept running after a failed flush\n{}", d.log()));
+    assert_eq!(st.code(), Some(70), "{}", d.log());
+    assert!(d.log().contains("could not fsync"), "{}", d.log());
+    d.start_again();
+    let c = d.client();
+    ingest_ok(&c, &rows[1000..]);
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let st = c.status().unwrap();
+    assert!(st.events >= 1000, "{} events", st.events);
+}

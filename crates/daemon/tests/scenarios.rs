@@ -590,5 +590,14 @@ fn scenarios_on_a_three_node_cluster() {
         eprintln!("skipped: no broker/S3; `bash .ci/run` starts both");
         return;
     };
-    run_all(Deployment::three_nodes(&kafka, &s3, &bucket));
+    let d = Deployment::three_nodes(&kafka, &s3, &bucket);
+    // the test broker is one: the topic's replication (default 3) and
+    // min.insync.replicas (default 2) are capped to it, with a warning
+    let log = d.nodes[0].log();
+    assert!(
+        log.contains("replication factor 3 asked for, but the cluster has 1 broker(s)")
+            && log.contains("min.insync.replicas 2 asked for"),
+        "{log}"
+    );
+    run_all(d);
 }

@@ -74,7 +74,10 @@ impl EmbeddedLog {
         let mut config = sled::Config::new().path(dir).cache_capacity(64 << 20);
         config = match policy {
             FsyncPolicy::Always => config.flush_every_ms(None),
-            FsyncPolicy::EveryMillis(ms) => config.flush_every_ms(Some(ms.max(1))),
+            // the owner flushes (`EmbeddedLog::flush`) and decides what a
+            // failed flush means: sled's background flusher stops at its
+            // first error without telling anyone
+            FsyncPolicy::EveryMillis(_) => config.flush_every_ms(None),
         };
         let db = config.open()?;
         match db.get(SHARDS_KEY)? {

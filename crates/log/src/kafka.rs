@@ -56,21 +56,27 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Partitions = the table's shards.
     pub partitions: u32,
-    /// Replication factor for a topic lockstep creates.
+    /// Replication factor for a topic lockstep creates (capped to the
+    /// brokers there are, with a warning).
     pub replication: i32,
+    /// `min.insync.replicas` for a topic lockstep creates (capped to the
+    /// replication factor): with `acks=all`, a write is acknowledged once
+    /// this many replicas have it.
+    pub min_insync_replicas: i32,
     /// Client id prefix (the node's id), visible in broker logs.
     pub client_id: String,
 }
 
 impl KafkaConfig {
     /// A topic of `partitions` partitions, created with replication 1 if
-    /// missing.
+    /// missing (set `replication` and `min_insync_replicas` for more).
     pub fn new(brokers: &str, topic: &str, partitions: u32, client_id: &str) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.to_string(),
             topic: topic.to_string(),
             partitions,
             replication: 1,
+            min_insync_replicas: 1,
             client_id: client_id.to_string(),
         }
     }
@@ -158,6 +164,19 @@ impl KafkaLog {
             .map(|t| t.partitions().len() as u32))
     }
 
+    /// Brokers in the cluster, as its metadata lists them.
+    fn broker_count(&self) -> Result<i32, KafkaLogError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: self.cfg.brokers.clone(),
+                source,
+            })?;
+        Ok(md.brokers().len() as i32)
+    }
+
     async fn ensure_topic(&self) -> Result<(), KafkaLogError> {
         let cfg = &self.cfg;
         let admin: AdminClient<DefaultClientContext> =
@@ -167,11 +186,30 @@ impl KafkaLog {
                     brokers: cfg.brokers.clone(),
                     source,
                 })?;
+        let brokers = self.broker_count()?;
+        let replication = cfg.replication.min(brokers).max(1);
+        if replication < cfg.replication {
+            tracing::warn!(
+                topic = %cfg.topic,
+                "replication factor {} asked for, but the cluster has {brokers} broker(s): a new topic gets {replication}",
+                cfg.replication
+            );
+        }
+        let min_insync = cfg.min_insync_replicas.min(replication).max(1);
+        if min_insync < cfg.min_insync_replicas {
+            tracing::warn!(
+                topic = %cfg.topic,
+                "min.insync.replicas {} asked for, above the replication factor {replication}: a new topic gets {min_insync}",
+                cfg.min_insync_replicas
+            );
+        }
+        let min_insync_text = min_insync.to_string();
         let topic = NewTopic::new(
             &cfg.topic,
             cfg.partitions as i32,
-            TopicReplication::Fixed(cfg.replication),
-        );
+            TopicReplication::Fixed(replication),
+        )
+        .set("min.insync.replicas", &min_insync_text);
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
             .create_topics([&topic], &opts)

@@ -16,8 +16,10 @@ pub enum FsyncPolicy {
     /// Every append is on disk before it returns (what acknowledged ingest
     /// needs to survive SIGKILL and power loss).
     Always,
-    /// Appends are flushed in the background every N milliseconds: faster,
-    /// but a crash may lose the last N ms (still consistent: a prefix).
+    /// Appends are not flushed when they return: the log's owner calls
+    /// [`EmbeddedLog::flush`] every N milliseconds (and stops on its
+    /// error). Faster, but a crash may lose the last N ms (still
+    /// consistent: a prefix).
     EveryMillis(u64),
 }
 

@@ -138,6 +138,8 @@ fn main() -> ExitCode {
             kafka_topic: a.kafka_topic,
             advertise: a.advertise,
             failure_timeout: None,
+            kafka_replication_factor: None,
+            kafka_min_insync_replicas: None,
         }),
     };
     let cfg = match config::load_with_secret(

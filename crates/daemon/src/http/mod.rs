@@ -128,7 +128,9 @@ pub fn router(node: &Node) -> Router {
         r = r
             .route("/v1/debug/shards/{shard}/fail", post(fail_shard))
             .route("/v1/debug/shards/{shard}/stall/{ms}", post(stall_shard))
-            .route("/v1/debug/hold-ingest/{ms}", post(hold_ingest));
+            .route("/v1/debug/hold-ingest/{ms}", post(hold_ingest))
+            .route("/v1/debug/faults/objects/{state}", post(fault_objects))
+            .route("/v1/debug/faults/log-flush", post(fault_log_flush));
     }
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
@@ -270,6 +272,23 @@ async fn hold_ingest(State(app): State<App>, Path(ms): Path<u64>) -> Response {
     });
     let _ = took.await;
     axum::Json(serde_json::json!({"held_ms": ms})).into_response()
+}
+
+/// Test hook: object writes fail (`on`) or work again (`off`).
+async fn fault_objects(Path(state): Path<String>) -> Response {
+    let on = match state.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return error(StatusCode::BAD_REQUEST, "`on` or `off`"),
+    };
+    crate::local_store::FAIL_WRITES.store(on, std::sync::atomic::Ordering::Relaxed);
+    axum::Json(serde_json::json!({"object_writes_fail": on})).into_response()
+}
+
+/// Test hook: the next flush of `fsync = "every N"` fails.
+async fn fault_log_flush() -> Response {
+    crate::node::FAIL_NEXT_FLUSH.store(true, std::sync::atomic::Ordering::Relaxed);
+    axum::Json(serde_json::json!({"next_flush_fails": true})).into_response()
 }
 
 async fn fail_shard(State(app): State<App>, Path(shard): Path<u32>) -> Response {

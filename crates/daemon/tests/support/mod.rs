@@ -142,6 +142,27 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            let c = self.child.as_mut().expect("running");
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the process again after it exited on its own.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     /// SIGTERM and wait (graceful stop).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let c = self.child.as_mut().unwrap();

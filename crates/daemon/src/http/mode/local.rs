@@ -214,10 +214,7 @@ impl NodeMode for Alone {
         async move {
             // 1. the new pipeline becomes the node's configuration
             let path = &ctx.config.pipeline;
-            let tmp = path.with_extension("sql.applying");
-            if let Err(e) =
-                std::fs::write(&tmp, &new.sql).and_then(|()| std::fs::rename(&tmp, path))
-            {
+            if let Err(e) = crate::pipeline::write_file_durably(path, new.sql.as_bytes()) {
                 return Err(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!(
