@@ -37,6 +37,11 @@ pub struct ShardStatus {
     pub buffered_training_rows: u64,
     pub last_checkpoint: CheckpointInfo,
     pub restarts: u64,
+    /// Set when the shard cannot go on reading its log (records it needs
+    /// are gone from the topic): why, and what to do (docs/operations.md,
+    /// "When the log lost records"). The node is not ready meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// `GET /v1/status`: the node and the shards it runs.

@@ -64,6 +64,9 @@ pub struct FileCluster {
     pub kafka_replication_factor: Option<u64>,
     /// `min.insync.replicas` of the topic lockstep creates (default 2).
     pub kafka_min_insync_replicas: Option<u64>,
+    /// What a shard does at an offset gap in its partition: "fail"
+    /// (default) or "skip".
+    pub on_log_gap: Option<String>,
 }
 
 /// Command-line flags, one per key; a flag given wins over the file.
@@ -85,6 +88,8 @@ pub struct ClusterConfig {
     /// with a warning.
     pub kafka_replication_factor: i32,
     pub kafka_min_insync_replicas: i32,
+    /// `on_log_gap = "skip"`.
+    pub skip_log_gaps: bool,
 }
 
 /// When an acknowledged ingest is on disk.
@@ -255,6 +260,7 @@ fn merge_cluster(
         failure_timeout: f.failure_timeout.or(c.failure_timeout),
         kafka_replication_factor: f.kafka_replication_factor.or(c.kafka_replication_factor),
         kafka_min_insync_replicas: f.kafka_min_insync_replicas.or(c.kafka_min_insync_replicas),
+        on_log_gap: f.on_log_gap.or(c.on_log_gap),
     })
 }
 
@@ -345,6 +351,16 @@ fn validate_cluster(
             ))
         }
     };
+    let skip_log_gaps = match c.on_log_gap.as_deref() {
+        None | Some("fail") => false,
+        Some("skip") => true,
+        Some(other) => {
+            return Err(invalid(
+                "cluster.on_log_gap",
+                format!("`{other}`: write \"fail\" (stop the shard, the default) or \"skip\" (go on without the missing records)"),
+            ))
+        }
+    };
     Ok(ClusterConfig {
         raft_id,
         seeds,
@@ -355,6 +371,7 @@ fn validate_cluster(
         failure_timeout,
         kafka_replication_factor,
         kafka_min_insync_replicas,
+        skip_log_gaps,
     })
 }
 

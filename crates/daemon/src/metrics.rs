@@ -25,6 +25,10 @@ pub struct Metrics {
     pub serve_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
     pub state_bytes: Gauge,
+    /// Shards that cannot go on reading their log.
+    pub shards_failed: Gauge,
+    /// Records skipped over offset gaps (`cluster.on_log_gap = "skip"`).
+    pub log_records_skipped: Counter,
     pub log_lag: Gauge,
 }
 
@@ -53,6 +57,8 @@ impl Metrics {
             serve_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 20)),
             checkpoint_seconds: Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
             state_bytes: Gauge::default(),
+            shards_failed: Gauge::default(),
+            log_records_skipped: Counter::default(),
             log_lag: Gauge::default(),
         };
         {
@@ -126,6 +132,16 @@ impl Metrics {
                 "state_bytes",
                 "Checkpointed state on disk",
                 m.state_bytes.clone(),
+            );
+            r.register(
+                "shards_failed",
+                "Shards that cannot go on reading their log: records they need are gone from the topic (see /v1/status)",
+                m.shards_failed.clone(),
+            );
+            r.register(
+                "log_records_skipped",
+                "Records skipped over offset gaps in the topic (cluster.on_log_gap = \"skip\")",
+                m.log_records_skipped.clone(),
             );
             r.register(
                 "log_lag_events",

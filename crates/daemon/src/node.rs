@@ -39,6 +39,9 @@ pub struct NodeCtx {
     /// (one node; with `processed`, the shards' backlog).
     pub appended: Vec<AtomicU64>,
     pub restarts: Vec<AtomicU64>,
+    /// Per shard: why it cannot go on reading its log (cluster: records it
+    /// needs are gone from the topic), until an operator acts.
+    pub failed: Vec<std::sync::Mutex<Option<String>>>,
     /// Per shard: its actor is rebuilding under a new pipeline (requests
     /// for it answer 503 instead of waiting in its mailbox).
     pub rebuilding: Vec<std::sync::atomic::AtomicBool>,
@@ -58,6 +61,15 @@ pub struct NodeCtx {
 }
 
 impl NodeCtx {
+    /// The shards that cannot go on reading their log, with why.
+    pub fn failed_shards(&self) -> Vec<(u32, String)> {
+        self.failed
+            .iter()
+            .enumerate()
+            .filter_map(|(s, f)| Some((s as u32, f.lock().expect("failed lock").clone()?)))
+            .collect()
+    }
+
     /// Events appended to the log on this node and not yet through their
     /// shard actors.
     pub fn backlog(&self) -> u64 {
@@ -224,6 +236,7 @@ impl Node {
             processed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             appended: (0..n).map(|_| AtomicU64::new(0)).collect(),
             restarts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            failed: (0..n).map(|_| std::sync::Mutex::new(None)).collect(),
             rebuilding: (0..n)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
@@ -396,6 +409,7 @@ async fn start_cluster(
         ends: (0..table.shards).map(|_| AtomicU64::new(0)).collect(),
         failure_timeout: c.failure_timeout,
         agent,
+        skip_log_gaps: c.skip_log_gaps,
     }))
 }
 

@@ -601,3 +601,107 @@ fn scenarios_on_a_three_node_cluster() {
     );
     run_all(d);
 }
+
+/// A topic deleted and created again under a node's feet (same name, same
+/// partitions, offsets from 0 again) leaves the shards whose checkpoints
+/// read past its new end failed, visibly: in /v1/status, in the metric,
+/// and /readyz answers 503. They do not silently skip the new records.
+#[test]
+fn a_topic_created_again_leaves_its_shards_failed_and_the_node_unready() {
+    let (Ok(kafka), Ok(s3), Ok(bucket)) = (
+        std::env::var("LOCKSTEP_TEST_KAFKA"),
+        std::env::var("LOCKSTEP_TEST_S3_ENDPOINT"),
+        std::env::var("LOCKSTEP_TEST_S3_BUCKET"),
+    ) else {
+        assert!(
+            std::env::var("LOCKSTEP_REQUIRE_KAFKA").is_err(),
+            "LOCKSTEP_REQUIRE_KAFKA is set but the broker or S3 server is missing"
+        );
+        eprintln!("skipped: no broker/S3; `bash .ci/run` starts both");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let tag = format!("{}-{}", std::process::id(), rand_suffix());
+    let topic = format!("recreated-{tag}");
+    let store = format!("s3://{bucket}/recreated-{tag}");
+    let flags = [
+        ("node-id", "node-1"),
+        ("cluster-secret", SECRET),
+        ("kafka-brokers", kafka.as_str()),
+        ("kafka-topic", topic.as_str()),
+        ("object-store", store.as_str()),
+    ];
+    let mut d = Daemon::start_sql(
+        root.path(),
+        free_addr(),
+        &pipeline(),
+        &flags,
+        &[
+            ("AWS_ENDPOINT_URL", s3.as_str()),
+            ("AWS_ACCESS_KEY_ID", "lockstep"),
+            ("AWS_SECRET_ACCESS_KEY", "lockstep-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let c = d.client();
+    assert_eq!(c.request("GET", "/readyz", None, &[]).unwrap().status, 200);
+    ingest(&c, &events(800, 40, 21), None);
+    // every shard's checkpoint past its records
+    let mut covered = false;
+    let mut last = String::new();
+    for _ in 0..300 {
+        let r = c.request("POST", "/v1/checkpoint", None, &[]).unwrap();
+        let st = c.status().unwrap();
+        let read: u64 = r.json()["checkpoints"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["log_offset"].as_u64()).sum())
+            .unwrap_or(0);
+        if r.status == 200 && st.lag == 0 && read == 800 {
+            covered = true;
+            break;
+        }
+        last = format!(
+            "checkpoint {}: {}; lag {}, events {}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            st.lag,
+            st.events
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(covered, "{last}");
+    d.kill();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(lockstep_log::kafka::KafkaLog::delete_topic(&kafka, &topic))
+        .unwrap();
+    d.start_again(); // creates the topic again: same name, 16 partitions
+    let c = d.client();
+    let mut not_ready = None;
+    for _ in 0..600 {
+        let r = c.request("GET", "/readyz", None, &[]).unwrap();
+        if r.status == 503 {
+            not_ready = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = not_ready.unwrap_or_else(|| panic!("the node stayed ready\n{}", d.log()));
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.contains("created again"), "{body}");
+    let st = c.status().unwrap();
+    let failed: Vec<_> = st.shards.iter().filter(|s| s.failed.is_some()).collect();
+    assert!(!failed.is_empty(), "{st:?}");
+    assert!(
+        failed[0].failed.as_ref().unwrap().contains("partition"),
+        "{:?}",
+        failed[0].failed
+    );
+    let metrics =
+        String::from_utf8_lossy(&c.request("GET", "/metrics", None, &[]).unwrap().body).to_string();
+    let gauge: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lockstep_shards_failed "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shards_failed gauge\n{metrics}"));
+    assert_eq!(gauge as usize, failed.len());
+}

@@ -46,6 +46,23 @@ pub enum KafkaLogError {
     },
     #[error("kafka ({brokers}): {message}")]
     Other { brokers: String, message: String },
+    /// The records a shard needs next are not in its partition any more
+    /// (or not yet again): retention or a truncation overtook the shard's
+    /// checkpoint, or the topic was deleted and created again.
+    #[error("partition {shard} of `{topic}` cannot be read from offset {next}: {why}")]
+    Lost {
+        topic: String,
+        shard: u32,
+        next: u64,
+        why: String,
+    },
+}
+
+impl KafkaLogError {
+    /// Records are missing from the partition: retrying cannot help.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, KafkaLogError::Lost { .. })
+    }
 }
 
 /// Where the log lives.
@@ -322,6 +339,35 @@ impl KafkaLog {
         Ok(offsets)
     }
 
+    /// Deletes `topic` (operators' tools and tests: a topic deleted and
+    /// created again is what a shard must notice).
+    pub async fn delete_topic(brokers: &str, topic: &str) -> Result<(), KafkaLogError> {
+        let cfg = KafkaConfig::new(brokers, topic, 1, "lockstep-admin");
+        let admin: AdminClient<DefaultClientContext> = base_config(&cfg, "admin")
+            .create()
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: brokers.to_string(),
+                source,
+            })?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .delete_topics(&[topic], &opts)
+            .await
+            .map_err(|source| KafkaLogError::Kafka {
+                brokers: brokers.to_string(),
+                source,
+            })?;
+        for r in results {
+            if let Err((t, code)) = r {
+                return Err(KafkaLogError::Other {
+                    brokers: brokers.to_string(),
+                    message: format!("cannot delete topic `{t}`: {code}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A reader of one shard's partition from `from` on.
     pub fn reader(&self, shard: u32, from: u64) -> Result<ShardReader, KafkaLogError> {
         ShardReader::open(&self.cfg, shard, from)
@@ -336,6 +382,12 @@ pub struct ShardReader {
     shard: u32,
     /// The next offset to return.
     next: u64,
+    /// Offset gaps are skipped (counted) instead of failing the read.
+    skip_gaps: bool,
+    /// A record read past a gap, returned once the gap is accepted.
+    held: Option<KafkaRecord>,
+    /// Records skipped over by gaps so far (with `skip_gaps`).
+    pub skipped: u64,
 }
 
 impl ShardReader {
@@ -361,6 +413,9 @@ impl ShardReader {
             brokers: cfg.brokers.clone(),
             shard,
             next: from,
+            skip_gaps: false,
+            held: None,
+            skipped: 0,
         };
         reader.seek(from)?;
         Ok(reader)
@@ -368,6 +423,22 @@ impl ShardReader {
 
     pub fn shard(&self) -> u32 {
         self.shard
+    }
+
+    /// Offset gaps (records deleted by compaction, or a transactional
+    /// producer's markers) are skipped and counted in `skipped` instead of
+    /// failing [`ShardReader::poll`].
+    pub fn skip_gaps(&mut self, skip: bool) {
+        self.skip_gaps = skip;
+    }
+
+    fn lost(&self, why: String) -> KafkaLogError {
+        KafkaLogError::Lost {
+            topic: self.topic.clone(),
+            shard: self.shard,
+            next: self.next,
+            why,
+        }
     }
 
     /// The next offset [`ShardReader::poll`] returns.
@@ -423,12 +494,31 @@ impl ShardReader {
 
     /// Up to `max` records, waiting at most `timeout` for the first; an
     /// empty batch means nothing arrived in time.
+    ///
+    /// Fails with [`KafkaLogError::Lost`] when records the shard needs are
+    /// gone: the broker has no offset to go on from (retention deleted it),
+    /// the partition now ends below the next offset (the topic was created
+    /// again, or truncated), or a record arrives past a gap (unless gaps
+    /// are skipped).
     pub fn poll(
         &mut self,
         max: usize,
         timeout: Duration,
     ) -> Result<Vec<KafkaRecord>, KafkaLogError> {
         let mut out = Vec::new();
+        if let Some(r) = self.held.take() {
+            if !self.skip_gaps {
+                let found = r.offset;
+                self.held = Some(r);
+                return Err(self.lost(format!(
+                    "the next record in the partition is at offset {found}: {} records are missing (deleted by retention or compaction, or never there); set cluster.on_log_gap = \"skip\" to go on without them",
+                    found - self.next
+                )));
+            }
+            self.skipped += r.offset - self.next;
+            self.next = r.offset + 1;
+            out.push(r);
+        }
         let mut wait = timeout;
         while out.len() < max {
             let Some(m) = self.consumer.poll(wait) else {
@@ -437,6 +527,20 @@ impl ShardReader {
             let m = match m {
                 Ok(m) => m,
                 Err(KafkaError::PartitionEOF(_)) => break,
+                Err(
+                    KafkaError::MessageConsumption(
+                        code @ (RDKafkaErrorCode::AutoOffsetReset
+                        | RDKafkaErrorCode::OffsetOutOfRange),
+                    )
+                    | KafkaError::MessageConsumptionFatal(
+                        code @ (RDKafkaErrorCode::AutoOffsetReset
+                        | RDKafkaErrorCode::OffsetOutOfRange),
+                    ),
+                ) => {
+                    return Err(self.lost(format!(
+                        "the broker has no such offset ({code}): retention or a truncation deleted records before this shard read them"
+                    )))
+                }
                 Err(source) => {
                     return Err(KafkaLogError::Kafka {
                         brokers: self.brokers.clone(),
@@ -465,15 +569,30 @@ impl ShardReader {
                     }
                 }
             }
-            out.push(KafkaRecord {
+            let rec = KafkaRecord {
                 offset,
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().unwrap_or_default().to_vec(),
                 bincode,
                 idempotency,
                 timestamp_ms: m.timestamp().to_millis(),
-            });
+            };
+            if offset > self.next {
+                // a gap: decided at the next poll, after what came before
+                self.held = Some(rec);
+                break;
+            }
+            out.push(rec);
             self.next = offset + 1;
+        }
+        if out.is_empty() && self.held.is_none() {
+            if let Some(end) = self.cached_end() {
+                if end < self.next {
+                    return Err(self.lost(format!(
+                        "the partition ends at offset {end}, below what this shard already read: the topic was deleted and created again, or truncated"
+                    )));
+                }
+            }
         }
         Ok(out)
     }

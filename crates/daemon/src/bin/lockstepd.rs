@@ -140,6 +140,7 @@ fn main() -> ExitCode {
             failure_timeout: None,
             kafka_replication_factor: None,
             kafka_min_insync_replicas: None,
+            on_log_gap: None,
         }),
     };
     let cfg = match config::load_with_secret(

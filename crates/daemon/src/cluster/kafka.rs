@@ -28,6 +28,8 @@ pub fn spawn_fetcher(
         .spawn(move || {
             let mut reader = None;
             let mut position = from;
+            let mut skipped = 0;
+            set_failed(&ctx, shard, None);
             while !flag.load(Ordering::Relaxed) {
                 let processed = ctx.processed[shard as usize].load(Ordering::Relaxed);
                 if position.saturating_sub(processed) > MAX_IN_FLIGHT {
@@ -37,7 +39,11 @@ pub fn spawn_fetcher(
                 let r = match reader.as_mut() {
                     Some(r) => r,
                     None => match cl.kafka.reader(shard, position) {
-                        Ok(r) => reader.insert(r),
+                        Ok(mut r) => {
+                            r.skip_gaps(cl.skip_log_gaps);
+                            skipped = 0;
+                            reader.insert(r)
+                        }
                         Err(e) => {
                             tracing::warn!(shard, "opening the partition reader: {e}; retrying");
                             std::thread::sleep(Duration::from_millis(500));
@@ -47,6 +53,15 @@ pub fn spawn_fetcher(
                 };
                 match r.poll(10_000, Duration::from_millis(100)) {
                     Ok(recs) => {
+                        if r.skipped > skipped {
+                            tracing::warn!(
+                                shard,
+                                "skipped {} records over offset gaps (cluster.on_log_gap = \"skip\")",
+                                r.skipped - skipped
+                            );
+                            ctx.metrics.log_records_skipped.inc_by(r.skipped - skipped);
+                            skipped = r.skipped;
+                        }
                         if let Some(end) = r.cached_end() {
                             cl.ends[shard as usize].store(end, Ordering::Relaxed);
                         }
@@ -61,6 +76,16 @@ pub fn spawn_fetcher(
                             }
                         }
                     }
+                    Err(e) if e.is_lost() => {
+                        // retrying cannot bring the records back: stop
+                        // here, visibly, until an operator decides
+                        tracing::error!(shard, "{e}; the shard stops reading (see docs/operations.md, \"When the log lost records\")");
+                        set_failed(&ctx, shard, Some(e.to_string()));
+                        while !flag.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(shard, "reading the partition: {e}; reopening");
                         reader = None;
@@ -74,6 +99,14 @@ pub fn spawn_fetcher(
         let _ = me.send_message(ShardMsg::Fail);
     }
     stop
+}
+
+/// Marks shard `shard` failed (or not) and updates the gauge.
+fn set_failed(ctx: &NodeCtx, shard: u32, why: Option<String>) {
+    *ctx.failed[shard as usize].lock().expect("failed lock") = why;
+    ctx.metrics
+        .shards_failed
+        .set(ctx.failed_shards().len() as i64);
 }
 
 /// Produces validated events to the topic (bincode rows, keyed by the

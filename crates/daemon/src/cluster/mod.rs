@@ -41,6 +41,9 @@ pub struct ClusterCtx {
     pub failure_timeout: Duration,
     /// Forwarding client (other nodes' public API).
     pub agent: ureq::Agent,
+    /// `cluster.on_log_gap = "skip"`: offset gaps in the topic are skipped
+    /// (counted) instead of failing the shard.
+    pub skip_log_gaps: bool,
 }
 
 impl ClusterCtx {

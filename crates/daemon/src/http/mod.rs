@@ -93,6 +93,7 @@ pub fn router(node: &Node) -> Router {
     };
     let mut r = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/tables/{table}/events", post(ingest::ingest))
@@ -180,7 +181,7 @@ async fn admit(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/metrics" || path == "/v1/openapi.json" {
+    if is_open(path) {
         return next.run(req).await;
     }
     match slots.try_acquire_owned() {
@@ -202,7 +203,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/metrics" || path == "/v1/openapi.json" {
+    if is_open(path) {
         return next.run(req).await;
     }
     let given = req
@@ -223,6 +224,35 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
 /// The API's OpenAPI 3 document (from `lockstep-api`'s types).
 async fn openapi() -> Response {
     json_response(StatusCode::OK, lockstep_api::openapi_json())
+}
+
+/// Paths that need no token and are never refused for load: health,
+/// readiness, metrics and the API's description.
+fn is_open(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json"
+    )
+}
+
+/// Readiness: `200` while every shard this node runs can go on; `503`
+/// listing the shards that cannot read their log (records they need are
+/// gone from the topic), so a load balancer or Kubernetes takes the node
+/// out while an operator decides (docs/operations.md).
+async fn readyz(State(app): State<App>) -> Response {
+    let failed = app.ctx.failed_shards();
+    if failed.is_empty() {
+        return json_response(StatusCode::OK, "{\"status\":\"ready\"}".into());
+    }
+    let shards: Vec<_> = failed
+        .iter()
+        .map(|(s, why)| serde_json::json!({"shard": s, "failed": why}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({"status": "not ready", "failed_shards": shards})),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

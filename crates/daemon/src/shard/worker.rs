@@ -113,6 +113,10 @@ impl ShardWorker {
             buffered_training_rows: self.training.iter().map(|t| t.len() as u64).sum(),
             last_checkpoint: self.ckpt.clone(),
             restarts,
+            failed: self.ctx.failed[self.shard as usize]
+                .lock()
+                .expect("failed lock")
+                .clone(),
         }
     }
 
