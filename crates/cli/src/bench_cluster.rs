@@ -183,6 +183,7 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
                 value: v,
                 bincode: true,
                 idempotency: None,
+                timestamp_ms: None,
             })
             .collect();
         let offsets = rt.block_on(log.produce(&recs))?;

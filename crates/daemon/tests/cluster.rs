@@ -934,6 +934,19 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
             sends.push(&rows[i]);
         }
     }
+    // the first half is produced, then checkpointed, then the second;
+    // sends[50] will carry a timestamp a century ahead (below), and the
+    // second half repeats every first-half event of its shard: a shard
+    // whose dedup clock that stamp moved would forget their ids
+    let half = sends.len() / 2;
+    let stamped_shard = table.shard_of(sends[50]);
+    let repeats: Vec<&Row> = sends[..half]
+        .iter()
+        .copied()
+        .filter(|r| table.shard_of(r) == stamped_shard)
+        .collect();
+    assert!(repeats.len() > 10);
+    sends.extend(repeats);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let log = rt
         .block_on(KafkaLog::connect(KafkaConfig::new(
@@ -955,8 +968,13 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
             value: values[i].as_bytes(),
             bincode: false,
             idempotency: None,
+            timestamp_ms: None,
         })
         .collect();
+    // one producer's clock a century ahead stamps an early record: it must
+    // not expire the event ids the shards remember (the duplicates after
+    // it are still skipped)
+    recs[50].timestamp_ms = Some(4_923_000_000_000);
     // and one record that is not an event at all
     recs.push(lockstep_log::kafka::OutRecord {
         shard: 3,
@@ -964,8 +982,17 @@ fn other_producers_records_are_applied_once_by_event_id_and_bad_ones_dead_letter
         value: b"{not json",
         bincode: false,
         idempotency: None,
+        timestamp_ms: None,
     });
-    rt.block_on(log.produce(&recs)).unwrap();
+    // in two rounds with checkpoints between (a checkpoint is when a shard
+    // forgets old ids)
+    rt.block_on(log.produce(&recs[..half])).unwrap();
+    let mut first_ends = vec![0u64; table.shards as usize];
+    for r in &recs[..half] {
+        first_ends[r.shard as usize] += 1;
+    }
+    wait_checkpoints_cover(&cluster, &first_ends);
+    rt.block_on(log.produce(&recs[half..])).unwrap();
     // the oracle: each partition's events in order, first delivery only
     let mut per_shard: Vec<Vec<Row>> = vec![Vec::new(); table.shards as usize];
     let mut seen = HashSet::new();

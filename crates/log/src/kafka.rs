@@ -120,6 +120,9 @@ pub struct OutRecord<'a> {
     pub value: &'a [u8],
     pub bincode: bool,
     pub idempotency: Option<(&'a str, u32)>,
+    /// The record's CreateTime (ms since the epoch); `None`: now. A topic
+    /// lockstep creates uses LogAppendTime, so the broker overrides it.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// The producer side, shared by a node's ingest: cheap to clone.
@@ -226,7 +229,10 @@ impl KafkaLog {
             cfg.partitions as i32,
             TopicReplication::Fixed(replication),
         )
-        .set("min.insync.replicas", &min_insync_text);
+        .set("min.insync.replicas", &min_insync_text)
+        // the broker stamps each record when it appends it: shards expire
+        // deduplication by that clock, which no producer can move
+        .set("message.timestamp.type", "LogAppendTime");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
             .create_topics([&topic], &opts)
@@ -299,6 +305,9 @@ impl KafkaLog {
                 .key(r.key)
                 .payload(r.value)
                 .headers(headers);
+            if let Some(t) = r.timestamp_ms {
+                rec = rec.timestamp(t);
+            }
             loop {
                 match self.producer.send_result(rec) {
                     Ok(w) => {
@@ -657,6 +666,7 @@ mod tests {
                 value: values[i].as_bytes(),
                 bincode: i % 2 == 0,
                 idempotency: (i < 10).then_some(("req-1", i as u32)),
+                timestamp_ms: None,
             })
             .collect();
         let offsets = log.produce(&recs).await.unwrap();

@@ -132,6 +132,7 @@ pub async fn produce(
             value: &values[i],
             bincode: true,
             idempotency: idempotency_key.map(|k| (k, i as u32)),
+            timestamp_ms: None,
         })
         .collect();
     cl.kafka.produce(&recs).await

@@ -8,11 +8,22 @@ use std::sync::atomic::Ordering;
 
 use super::ClusterShard;
 
+/// How far ahead of this node's clock a record's timestamp is believed.
+pub(super) const MAX_RECORD_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+
 impl ClusterShard {
     /// Applies records of the partition: deduplicated by Idempotency-Key and
     /// event id, decoded (lockstep's bincode rows, or JSON from other
     /// producers) and checked; malformed ones become dead letters of this
     /// checkpoint.
+    ///
+    /// A record's timestamp is its arrival time: it expires the shard's
+    /// deduplication (Idempotency-Keys, event ids) and bounds how far
+    /// ahead an event's time may be. A topic lockstep creates has the
+    /// broker stamp it (LogAppendTime); on a topic whose producers stamp
+    /// their own (CreateTime), a stamp later than this node's clock plus
+    /// [`MAX_RECORD_CLOCK_SKEW_MS`] counts as that, so one producer with a
+    /// clock in the future cannot expire every key.
     pub(super) fn read_records(
         &mut self,
         w: &mut ShardWorker,
@@ -22,10 +33,13 @@ impl ClusterShard {
             return Ok(()); // the next owner reads them from the last checkpoint
         }
         let table = w.ctx.table.clone();
-        for r in recs {
+        // no record time is trusted past this node's clock + the skew
+        let latest = crate::clock::now_ms() + MAX_RECORD_CLOCK_SKEW_MS;
+        for mut r in recs {
             if r.offset < w.next_offset {
                 continue;
             }
+            r.timestamp_ms = r.timestamp_ms.map(|t| t.min(latest));
             if let Some(t) = r.timestamp_ms {
                 self.clock_ms = self.clock_ms.max(t);
             }
