@@ -12,7 +12,7 @@ use crate::segments::SegmentInfo;
 use lockstep_api::{BackfillPart, BackfillRequest};
 use lockstep_cluster::state::{BackfillJob, ClusterState, Command, Response};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,16 +103,16 @@ pub async fn replay_shard(
     );
     let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)?;
     let crc32 = crc32fast::hash(&bytes);
-    ctx.objects
-        .put(
-            &ObjPath::from(path.as_str()),
-            PutPayload::from(bytes::Bytes::from(bytes)),
-        )
-        .await
-        .map_err(|source| BackfillError::Store {
-            path: path.clone(),
-            source,
-        })?;
+    crate::segments::put_object(
+        ctx.objects.as_ref(),
+        &ObjPath::from(path.as_str()),
+        bytes::Bytes::from(bytes),
+    )
+    .await
+    .map_err(|source| BackfillError::Store {
+        path: path.clone(),
+        source,
+    })?;
     Ok(BackfillPart {
         shard,
         node,

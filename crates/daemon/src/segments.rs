@@ -76,6 +76,56 @@ pub fn open_store(url: &ObjectStoreUrl) -> Result<Arc<dyn ObjectStore>, SegmentE
 
 /// Writes a segment object and describes it.
 #[allow(clippy::too_many_arguments)]
+/// Objects larger than this are uploaded in parts (S3 takes at most 5 GB
+/// in one PUT, and one failed PUT of a large object resends all of it).
+pub const MULTIPART_ABOVE: usize = 64 << 20;
+/// The size of each part of a multipart upload (S3's minimum is 5 MiB).
+pub const PART_BYTES: usize = 32 << 20;
+
+/// Writes `bytes` to `path`: one PUT up to [`MULTIPART_ABOVE`], a
+/// multipart upload of [`PART_BYTES`] parts beyond (aborted on error, so
+/// no parts are left behind).
+pub async fn put_object(
+    store: &dyn ObjectStore,
+    path: &ObjPath,
+    bytes: Bytes,
+) -> Result<(), object_store::Error> {
+    put_object_in_parts(store, path, bytes, MULTIPART_ABOVE, PART_BYTES).await
+}
+
+/// [`put_object`] with the threshold and part size given (tests).
+pub async fn put_object_in_parts(
+    store: &dyn ObjectStore,
+    path: &ObjPath,
+    bytes: Bytes,
+    above: usize,
+    part: usize,
+) -> Result<(), object_store::Error> {
+    if bytes.len() <= above {
+        store.put(path, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let mut sent = Ok(());
+    for chunk in (0..bytes.len()).step_by(part) {
+        let end = (chunk + part).min(bytes.len());
+        if let Err(e) = upload
+            .put_part(PutPayload::from(bytes.slice(chunk..end)))
+            .await
+        {
+            sent = Err(e);
+            break;
+        }
+    }
+    match sent {
+        Ok(()) => upload.complete().await.map(|_| ()),
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
 pub async fn put_segment(
     store: &dyn ObjectStore,
     kind: &str,
@@ -91,9 +141,7 @@ pub async fn put_segment(
     let path = segment_path(kind, name, shard, from, to, ext);
     let crc32 = crc32fast::hash(&bytes);
     let len = bytes.len() as u64;
-    store
-        .put(&ObjPath::from(path.as_str()), PutPayload::from(bytes))
-        .await?;
+    put_object(store, &ObjPath::from(path.as_str()), Bytes::from(bytes)).await?;
     Ok(SegmentInfo {
         kind: kind.to_string(),
         name: name.to_string(),

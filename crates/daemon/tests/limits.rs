@@ -501,3 +501,50 @@ fn ingest_is_refused_not_queued_while_shards_are_behind_or_a_views_apply_runs() 
         .unwrap_or_else(|| panic!("no refused_requests metric:\n{text}"));
     assert!(refused >= 2.0, "{refused}");
 }
+
+/// `GET /v1/objects/…` streams: a 300 MiB object is served whole while
+/// the node's peak memory grows by far less than its size.
+#[test]
+fn a_large_object_is_streamed_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path(), &[], &[]);
+    let objects = dir.path().join("data/objects/big");
+    std::fs::create_dir_all(&objects).unwrap();
+    let size: usize = 300 << 20;
+    {
+        let mut f = std::fs::File::create(objects.join("blob.bin")).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        for _ in 0..size >> 20 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let before = peak_rss_kib(d.pid());
+    // read it as a client would, without keeping it
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(
+        s,
+        "GET /v1/objects/big/blob.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(total > size, "headers and {size} bytes: got {total}");
+    let grown = peak_rss_kib(d.pid()).saturating_sub(before);
+    eprintln!(
+        "peak memory grew by {} MiB serving {} MiB",
+        grown / 1024,
+        size >> 20
+    );
+    assert!(
+        grown < 100 * 1024,
+        "the node's peak memory grew by {} MiB",
+        grown / 1024
+    );
+}

@@ -5,7 +5,7 @@ use lockstep_cluster::state::{Command, Rejection, Response, ShardCheckpoint, Sna
 use lockstep_core::window::Entry;
 use lockstep_core::{ShardMeta, SlotKey};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -80,16 +80,16 @@ pub async fn put_snapshot(
         bytes: bytes.len() as u64,
         path,
     };
-    store
-        .put(
-            &ObjPath::from(part.path.as_str()),
-            PutPayload::from(bytes::Bytes::from(bytes)),
-        )
-        .await
-        .map_err(|e| SnapshotError::Write {
-            path: part.path.clone(),
-            message: e.to_string(),
-        })?;
+    crate::segments::put_object(
+        store,
+        &ObjPath::from(part.path.as_str()),
+        bytes::Bytes::from(bytes),
+    )
+    .await
+    .map_err(|e| SnapshotError::Write {
+        path: part.path.clone(),
+        message: e.to_string(),
+    })?;
     Ok(part)
 }
 

@@ -108,17 +108,22 @@ pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> 
     };
     let got = object_store::ObjectStoreExt::get(app.ctx.objects.as_ref(), &p).await;
     match got {
-        Ok(g) => match g.bytes().await {
-            Ok(b) => (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                )],
-                b,
+        // streamed as the store gives it: memory stays bounded whatever
+        // the object's size
+        Ok(g) => {
+            let size = g.meta.size;
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (header::CONTENT_LENGTH, HeaderValue::from(size)),
+                ],
+                axum::body::Body::from_stream(g.into_stream()),
             )
-                .into_response(),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+                .into_response()
+        }
         Err(object_store::Error::NotFound { .. }) => {
             error(StatusCode::NOT_FOUND, format!("no object `{path}`"))
         }
