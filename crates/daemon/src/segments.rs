@@ -74,8 +74,6 @@ pub fn open_store(url: &ObjectStoreUrl) -> Result<Arc<dyn ObjectStore>, SegmentE
     })
 }
 
-/// Writes a segment object and describes it.
-#[allow(clippy::too_many_arguments)]
 /// Objects larger than this are uploaded in parts (S3 takes at most 5 GB
 /// in one PUT, and one failed PUT of a large object resends all of it).
 pub const MULTIPART_ABOVE: usize = 64 << 20;
@@ -126,6 +124,8 @@ pub async fn put_object_in_parts(
     }
 }
 
+/// Writes a segment object and describes it.
+#[allow(clippy::too_many_arguments)]
 pub async fn put_segment(
     store: &dyn ObjectStore,
     kind: &str,
