@@ -213,6 +213,19 @@ async fn delete_where(
     Ok(gone)
 }
 
+/// The object store's clock now (ms since the epoch): the time it stamps
+/// on an object written at `marker`. Garbage collection compares objects'
+/// ages on this clock, never on this node's: with S3's clock behind the
+/// node's by more than the grace, an object a commit just wrote looked
+/// old enough to delete.
+pub async fn store_clock_ms(store: &dyn ObjectStore, marker: &str) -> Result<i64, SegmentError> {
+    let path = ObjPath::from(marker);
+    store
+        .put(&path, PutPayload::from(Bytes::from_static(b"clock")))
+        .await?;
+    Ok(store.head(&path).await?.last_modified.timestamp_millis())
+}
+
 /// Deletes every object under `prefix` that `keep` does not list and that
 /// was written before `before_ms` (milliseconds since the epoch), whoever
 /// wrote it; returns them. In a cluster a shard's prefixes belong to its
@@ -262,6 +275,111 @@ pub fn plan_compaction(segments: &[SegmentInfo], target_bytes: u64) -> Vec<Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+
+    /// A local store whose clock is ten minutes behind this machine's (as
+    /// an S3 server's may be): every time it reports is shifted.
+    #[derive(Debug)]
+    struct BehindClock(object_store::local::LocalFileSystem);
+
+    const BEHIND_MS: i64 = 10 * 60_000;
+
+    fn shifted(mut m: object_store::ObjectMeta) -> object_store::ObjectMeta {
+        m.last_modified -= chrono::Duration::milliseconds(BEHIND_MS);
+        m
+    }
+
+    impl std::fmt::Display for BehindClock {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "BehindClock")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for BehindClock {
+        async fn put_opts(
+            &self,
+            location: &ObjPath,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            let mut g = self.0.get_opts(location, options).await?;
+            g.meta = shifted(g.meta);
+            Ok(g)
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<ObjPath>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix).map_ok(shifted).boxed()
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjPath,
+            to: &ObjPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Garbage collection measures age on the store's clock: an object
+    /// just written to a store whose clock is behind is still young.
+    #[tokio::test]
+    async fn the_grace_is_measured_on_the_stores_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            BehindClock(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        store
+            .put(
+                &ObjPath::from("raw/t/shard=000/fresh.seg"),
+                PutPayload::from(Bytes::from_static(b"x")),
+            )
+            .await
+            .unwrap();
+        let grace = 60_000;
+        // on this machine's clock it is ten minutes old: it would go
+        let by_wall_clock = crate::clock::now_ms() - grace;
+        let meta = store
+            .head(&ObjPath::from("raw/t/shard=000/fresh.seg"))
+            .await
+            .unwrap();
+        assert!(meta.last_modified.timestamp_millis() < by_wall_clock);
+        // on the store's clock it was written just now: it stays
+        let store_now = store_clock_ms(&store, "gc-clock/test").await.unwrap();
+        let gone = delete_unlisted(&store, "raw/t/shard=000/", &[], store_now - grace)
+            .await
+            .unwrap();
+        assert!(gone.is_empty(), "{gone:?}");
+        assert!((crate::clock::now_ms() - BEHIND_MS - store_now).abs() < 5_000);
+    }
 
     #[tokio::test]
     async fn unlisted_objects_older_than_the_grace_are_deleted() {

@@ -168,7 +168,7 @@ impl ClusterShard {
     }
 
     /// A checkpoint committed with `chain`: snapshot objects it no longer
-    /// lists (replaced by a full snapshot) are deleted.
+    /// lists (replaced by a full snapshot) are deleted a minute later.
     fn note_committed(
         &mut self,
         chain: Vec<SnapshotPart>,
@@ -184,12 +184,9 @@ impl ClusterShard {
             .collect();
         self.chain = chain;
         if !dropped.is_empty() {
-            tokio::spawn(async move {
-                for p in dropped {
-                    let path = object_store::path::Path::from(p.path.as_str());
-                    let _ = object_store::ObjectStoreExt::delete(objects.as_ref(), &path).await;
-                }
-            });
+            // a minute later, as compacted-away segments: a node restoring
+            // the shard from the manifest it read a moment ago reads them
+            recovery::delete_later(objects, dropped.into_iter().map(|p| p.path).collect());
         }
     }
 }

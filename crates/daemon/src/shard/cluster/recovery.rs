@@ -205,9 +205,22 @@ impl ClusterShard {
             .unwrap_or(60_000);
         // only what was written before the manifest was read (this
         // recovery's barrier), minus the grace: the actor's own checkpoints
-        // from now on are not in `keep`
-        let before_ms = now_ms() - grace_ms;
+        // from now on are not in `keep`. Measured on the store's clock
+        // (objects carry its time), taken back to when `keep` was read.
+        let read_at = Instant::now();
+        let marker = format!("gc-clock/{}", w.ctx.store_id);
         tokio::spawn(async move {
+            let store_now = match segments::store_clock_ms(objects.as_ref(), &marker).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(
+                        shard,
+                        "reading the object store's clock: {e}; no garbage collected"
+                    );
+                    return;
+                }
+            };
+            let before_ms = store_now - read_at.elapsed().as_millis() as i64 - grace_ms;
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
             for prefix in prefixes {
                 match segments::delete_unlisted(objects.as_ref(), &prefix, &keep, before_ms).await {
@@ -331,7 +344,7 @@ impl ClusterShard {
 /// Deletes objects the committed manifest no longer lists, a minute later:
 /// other nodes may be reading them under the manifest they listed a moment
 /// ago (export, backfill), as after a compaction.
-fn delete_later(objects: Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {
+pub(super) fn delete_later(objects: Arc<dyn object_store::ObjectStore>, paths: Vec<String>) {
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         for p in paths {
