@@ -27,6 +27,9 @@ pub struct NodeCtx {
     pub ingest_gate: tokio::sync::RwLock<()>,
     /// One `views apply` at a time.
     pub apply_lock: tokio::sync::Mutex<()>,
+    /// One compaction merge at a time on this node (each holds its run in
+    /// memory).
+    pub compactions: tokio::sync::Semaphore,
     pub log: Arc<EmbeddedLog>,
     pub state: Arc<StateStore>,
     pub objects: Arc<dyn ObjectStore>,
@@ -229,6 +232,7 @@ impl Node {
             pipeline: RwLock::new(Arc::new(pipeline)),
             ingest_gate: tokio::sync::RwLock::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
+            compactions: tokio::sync::Semaphore::new(1),
             log: Arc::new(log),
             state: Arc::new(state),
             objects,

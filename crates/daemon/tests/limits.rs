@@ -548,3 +548,88 @@ fn a_large_object_is_streamed_not_loaded() {
         grown / 1024
     );
 }
+
+/// A compaction merges outside the shard actors: while its merges are
+/// held (a test hook), the shards go on ingesting and serving; then it
+/// finishes and the training rows are those of the batch engine.
+#[test]
+fn shards_ingest_and_serve_while_a_compaction_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[("checkpoint-interval", "1 hour")],
+        &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+    );
+    let c = d.client();
+    let rows = events(3000, 40, 31);
+    // three checkpoints: three segments per stream and shard to merge
+    for part in rows[..2000].chunks(700) {
+        let r = c
+            .request("POST", EVENTS, Some(jsonl(part).as_bytes()), &[])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        c.post_json("/v1/checkpoint", b"").unwrap();
+    }
+    let r = c
+        .request("POST", "/v1/debug/faults/merge-stall/4000", None, &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let compactor = {
+        let c = d.client();
+        std::thread::spawn(move || {
+            let r = c.request("POST", "/v1/segments/compact", Some(b""), &[]);
+            let _ = done_tx.send(());
+            r
+        })
+    };
+    // while the first merge is held: every shard ingests and serves
+    std::thread::sleep(Duration::from_millis(300));
+    let r = c
+        .request("POST", EVENTS, Some(jsonl(&rows[2000..]).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let users: std::collections::BTreeSet<String> = rows.iter().map(|r| r[1].to_string()).collect();
+    assert!(users.len() > 16);
+    for user in &users {
+        let r = c
+            .request(
+                "GET",
+                &format!("/v1/views/user_ad_features/keys/{user}"),
+                None,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert!(
+        done_rx.try_recv().is_err(),
+        "the compaction was still merging while the shards answered"
+    );
+    let r = c
+        .request("POST", "/v1/debug/faults/merge-stall/0", None, &[])
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let report = compactor.join().unwrap().unwrap();
+    assert_eq!(
+        report.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&report.body)
+    );
+    let merged: u64 = report.json()["compactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["merged_groups"].as_u64().unwrap())
+        .sum();
+    assert!(merged > 0, "{}", report.json());
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let (want, _) = batch_rows(&rows);
+    let want: Vec<_> = want.into_iter().flatten().collect();
+    assert_rows_eq(
+        &exported(&c, dir.path()),
+        &want,
+        "training rows after a compaction that ran beside ingest",
+    );
+}

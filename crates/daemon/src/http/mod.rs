@@ -131,7 +131,8 @@ pub fn router(node: &Node) -> Router {
             .route("/v1/debug/shards/{shard}/stall/{ms}", post(stall_shard))
             .route("/v1/debug/hold-ingest/{ms}", post(hold_ingest))
             .route("/v1/debug/faults/objects/{state}", post(fault_objects))
-            .route("/v1/debug/faults/log-flush", post(fault_log_flush));
+            .route("/v1/debug/faults/log-flush", post(fault_log_flush))
+            .route("/v1/debug/faults/merge-stall/{ms}", post(fault_merge_stall));
     }
     r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(middleware::from_fn_with_state(app.clone(), auth))
@@ -313,6 +314,12 @@ async fn fault_objects(Path(state): Path<String>) -> Response {
     };
     crate::local_store::FAIL_WRITES.store(on, std::sync::atomic::Ordering::Relaxed);
     axum::Json(serde_json::json!({"object_writes_fail": on})).into_response()
+}
+
+/// Test hook: each compaction merge waits `ms` first.
+async fn fault_merge_stall(Path(ms): Path<u64>) -> Response {
+    crate::shard::MERGE_STALL_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    axum::Json(serde_json::json!({"merge_stall_ms": ms})).into_response()
 }
 
 /// Test hook: the next flush of `fsync = "every N"` fails.

@@ -103,9 +103,15 @@ impl Actor for ShardActor {
             ShardMsg::Compact {
                 target_bytes,
                 reply,
+            } => w.start_compaction(mode, &me, target_bytes, reply),
+            ShardMsg::CompactSwap {
+                group,
+                merged,
+                reply,
             } => {
-                let _ = reply.send(w.compact(mode, target_bytes).await);
+                let _ = reply.send(w.swap_compacted(mode, group, merged).await);
             }
+            ShardMsg::CompactDone => w.compacting = false,
             ShardMsg::Stall(d) => tokio::time::sleep(d).await,
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
             ShardMsg::Handoff => mode.begin_handoff(w, &me),

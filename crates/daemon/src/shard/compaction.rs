@@ -1,22 +1,96 @@
 //! Compaction: runs of small segments merged in log order.
+//!
+//! The actor plans a compaction and hands it to a task: the segments are
+//! read, merged and written outside the actor (which goes on processing
+//! and serving), one merge at a time per node (each merge holds its run in
+//! memory: at most `target_bytes`, capped at 1 GiB). Each merged segment
+//! goes back to the actor, which swaps it into the manifest
+//! (`ShardMsg::CompactSwap`).
 
-use super::{err, CompactReport, ShardError, ShardMode, ShardWorker};
+use super::{err, CompactReport, Reply, ShardError, ShardMode, ShardMsg, ShardWorker};
 
+use crate::node::NodeCtx;
 use crate::segments::{self, get_segment, plan_compaction, put_segment, SegmentInfo};
+use lockstep_core::Schema;
+use ractor::ActorRef;
 use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Test hook (debug hooks only): each merge waits this long first, so a
+/// test can act while a compaction runs.
+pub static MERGE_STALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One merge: a run of consecutive segments of one stream.
+struct Merge {
+    kind: String,
+    name: String,
+    /// The view's output (training segments); `None` for raw log slices.
+    schema: Option<Schema>,
+    group: Vec<SegmentInfo>,
+    /// The merged object's extension (its attempt tag and format).
+    ext: String,
+}
 
 impl ShardWorker {
-    /// Merges runs of small raw and training segments into larger ones,
-    /// in log order, and swaps them in the manifest atomically.
-    pub async fn compact(
+    /// Plans a compaction of this shard's raw and training segments and
+    /// starts it in a task; `reply` is answered when every run is merged
+    /// and swapped in (or the first failure). One compaction per shard at
+    /// a time.
+    pub fn start_compaction(
         &mut self,
         mode: &dyn ShardMode,
+        me: &ActorRef<ShardMsg>,
         target_bytes: u64,
-    ) -> Result<CompactReport, ShardError> {
-        let ctx = self.ctx.clone();
-        let store = ctx.objects.as_ref();
+        reply: Reply<CompactReport>,
+    ) {
+        let shard = self.shard;
+        if self.compacting {
+            let _ = reply.send(Err(ShardError::Unavailable(format!(
+                "a compaction of shard {shard} is running; retry when it is done"
+            ))));
+            return;
+        }
+        let merges = self.plan_merges(mode, target_bytes);
         let before = self.segments.len();
-        let mut merged_groups = 0;
+        if merges.is_empty() {
+            let _ = reply.send(Ok(CompactReport {
+                shard,
+                merged_groups: 0,
+                segments_before: before,
+                segments_after: before,
+            }));
+            return;
+        }
+        self.compacting = true;
+        let (ctx, me) = (self.ctx.clone(), me.clone());
+        tokio::spawn(async move {
+            let mut merged_groups = 0;
+            let mut after = before;
+            let mut result = Ok(());
+            for m in merges {
+                match merge_and_swap(&ctx, &me, shard, m).await {
+                    Ok(n) => {
+                        after = n;
+                        merged_groups += 1;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let _ = me.send_message(ShardMsg::CompactDone);
+            let _ = reply.send(result.map(|()| CompactReport {
+                shard,
+                merged_groups,
+                segments_before: before,
+                segments_after: after,
+            }));
+        });
+    }
+
+    fn plan_merges(&self, mode: &dyn ShardMode, target_bytes: u64) -> Vec<Merge> {
         let mut by_stream: HashMap<(String, String), Vec<SegmentInfo>> = HashMap::new();
         for s in &self.segments {
             if s.kind == "raw" || s.kind == "training" {
@@ -28,86 +102,137 @@ impl ShardWorker {
         }
         let mut streams: Vec<_> = by_stream.into_iter().collect();
         streams.sort_by(|a, b| a.0.cmp(&b.0));
+        let tag = mode.compaction_tag();
+        let mut merges = Vec::new();
         for ((kind, name), segs) in streams {
-            let schema = if kind == "raw" {
-                None
+            let (schema, format) = if kind == "raw" {
+                (None, segments::RAW_EXT)
             } else {
                 match self.pipe.view_index(&name) {
-                    Some(v) => Some(self.pipe.view(v).output.clone()),
+                    Some(v) => (Some(self.pipe.view(v).output.clone()), "parquet"),
                     None => continue,
                 }
             };
+            // in a cluster, a name unique to this attempt (a fenced
+            // attempt must not overwrite what the manifest lists)
+            let ext = match &tag {
+                Some(tag) => self.ctx.ext(&format!("{tag}.{format}")),
+                None => self.ctx.ext(format),
+            };
             for group in plan_compaction(&segs, target_bytes) {
-                let (from, to) = (group[0].from_offset, group[group.len() - 1].to_offset);
-                let lo = group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
-                let hi = group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
-                let mut parts = Vec::new();
-                for s in &group {
-                    parts.push((s.path.clone(), get_segment(store, s).await.map_err(err)?));
-                }
-                let (bytes, n, ext) = match &schema {
-                    // raw log slices concatenate without decoding
-                    None => {
-                        let (b, n) = segments::merge_raw(&parts).map_err(err)?;
-                        (b, n, segments::RAW_EXT)
-                    }
-                    Some(schema) => {
-                        let mut rows = Vec::new();
-                        for (path, b) in parts {
-                            rows.extend(
-                                lockstep_io::rows_from_parquet(&path, b, schema).map_err(err)?,
-                            );
-                        }
-                        let label =
-                            segments::segment_path(&kind, &name, self.shard, from, to, "parquet");
-                        let b = lockstep_io::rows_to_parquet(&label, &rows, schema).map_err(err)?;
-                        (b, rows.len() as u64, "parquet")
-                    }
-                };
-                // in a cluster, a name unique to this attempt (a fenced
-                // attempt must not overwrite what the manifest lists)
-                let ext = match mode.compaction_tag() {
-                    Some(tag) => ctx.ext(&format!("{tag}.{ext}")),
-                    None => ctx.ext(ext),
-                };
-                let merged = put_segment(
-                    store,
-                    &kind,
-                    &name,
-                    self.shard,
-                    from,
-                    to,
-                    &ext,
-                    bytes,
-                    n,
-                    (lo, hi),
-                )
-                .await
-                .map_err(err)?;
-                mode.swap_segments(self, &group, &merged).await?;
-                self.segments.retain(|s| !group.contains(s));
-                self.segments.push(merged);
-                if mode.deletes_later() {
-                    // other nodes may be reading them under the manifest
-                    // they listed a moment ago (export, backfill): later
-                    let (objects, group) = (ctx.objects.clone(), group.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                        delete_segments(objects.as_ref(), &group).await;
-                    });
-                } else {
-                    delete_segments(store, &group).await;
-                }
-                merged_groups += 1;
+                merges.push(Merge {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    schema: schema.clone(),
+                    group,
+                    ext: ext.clone(),
+                });
             }
         }
-        Ok(CompactReport {
-            shard: self.shard,
-            merged_groups,
-            segments_before: before,
-            segments_after: self.segments.len(),
-        })
+        merges
     }
+
+    /// In the actor: swaps a merged segment in for its run; the number of
+    /// segments after. The run must still be listed (the manifest only
+    /// grows meanwhile: checkpoints append, and one compaction runs at a
+    /// time).
+    pub async fn swap_compacted(
+        &mut self,
+        mode: &dyn ShardMode,
+        group: Vec<SegmentInfo>,
+        merged: SegmentInfo,
+    ) -> Result<usize, ShardError> {
+        if !group.iter().all(|s| self.segments.contains(s)) {
+            return Err(ShardError::Internal(format!(
+                "shard {}: the compacted run is no longer in the manifest",
+                self.shard
+            )));
+        }
+        mode.swap_segments(self, &group, &merged).await?;
+        self.segments.retain(|s| !group.contains(s));
+        self.segments.push(merged);
+        let objects = self.ctx.objects.clone();
+        if mode.deletes_later() {
+            // other nodes may be reading them under the manifest they
+            // listed a moment ago (export, backfill): later
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                delete_segments(objects.as_ref(), &group).await;
+            });
+        } else {
+            delete_segments(objects.as_ref(), &group).await;
+        }
+        Ok(self.segments.len())
+    }
+}
+
+/// Outside the actor: reads a run, merges it (on a blocking thread, one
+/// merge at a time per node), writes the merged segment and has the actor
+/// swap it in; the number of segments after.
+async fn merge_and_swap(
+    ctx: &Arc<NodeCtx>,
+    me: &ActorRef<ShardMsg>,
+    shard: u32,
+    m: Merge,
+) -> Result<usize, ShardError> {
+    let merged = {
+        let _one = ctx.compactions.acquire().await.map_err(err)?;
+        let stall = MERGE_STALL_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if stall > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+        }
+        let store = ctx.objects.as_ref();
+        let (from, to) = (m.group[0].from_offset, m.group[m.group.len() - 1].to_offset);
+        let lo = m.group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
+        let hi = m.group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
+        let mut parts = Vec::new();
+        for s in &m.group {
+            parts.push((s.path.clone(), get_segment(store, s).await.map_err(err)?));
+        }
+        let label = segments::segment_path(&m.kind, &m.name, shard, from, to, "parquet");
+        let schema = m.schema.clone();
+        let (bytes, n) = tokio::task::spawn_blocking(move || match &schema {
+            // raw log slices concatenate without decoding
+            None => segments::merge_raw(&parts).map_err(err),
+            Some(schema) => {
+                let mut rows = Vec::new();
+                for (path, b) in parts {
+                    rows.extend(lockstep_io::rows_from_parquet(&path, b, schema).map_err(err)?);
+                }
+                let b = lockstep_io::rows_to_parquet(&label, &rows, schema).map_err(err)?;
+                Ok((b, rows.len() as u64))
+            }
+        })
+        .await
+        .map_err(err)??;
+        put_segment(
+            store,
+            &m.kind,
+            &m.name,
+            shard,
+            from,
+            to,
+            &m.ext,
+            bytes,
+            n,
+            (lo, hi),
+        )
+        .await
+        .map_err(err)?
+    };
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        ShardError::Unavailable(format!(
+            "shard {shard} restarted during its compaction; retry"
+        ))
+    };
+    me.send_message(ShardMsg::CompactSwap {
+        group: m.group,
+        merged,
+        reply: tx,
+    })
+    .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
 }
 
 async fn delete_segments(store: &dyn object_store::ObjectStore, segs: &[SegmentInfo]) {

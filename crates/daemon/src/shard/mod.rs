@@ -20,6 +20,7 @@ mod actor;
 mod checkpoint;
 mod cluster;
 mod compaction;
+pub use compaction::MERGE_STALL_MS;
 mod error;
 mod local;
 mod mode;
@@ -73,6 +74,15 @@ pub enum ShardMsg {
         target_bytes: u64,
         reply: Reply<CompactReport>,
     },
+    /// From a compaction's task: swap `merged` in for `group`; answers the
+    /// number of segments after.
+    CompactSwap {
+        group: Vec<SegmentInfo>,
+        merged: SegmentInfo,
+        reply: Reply<usize>,
+    },
+    /// The compaction's task ended.
+    CompactDone,
     /// Process whatever the log holds beyond the shard's offset: sent by
     /// the supervisor after a restart, for events whose messages went to the
     /// failed predecessor.
@@ -153,6 +163,8 @@ pub struct ShardWorker {
     /// A pipeline swap waits for the checkpoint in flight; its callers.
     swap_pending: bool,
     swaps: Vec<Reply<()>>,
+    /// A compaction's task is running.
+    compacting: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> ShardError {

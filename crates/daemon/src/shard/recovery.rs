@@ -38,6 +38,7 @@ impl ShardWorker {
             replies: Vec::new(),
             swap_pending: false,
             swaps: Vec::new(),
+            compacting: false,
         };
         let mode = recover_mode(&mut w, loaded).await?;
         w.ctx.processed[shard as usize].store(w.next_offset, Ordering::Relaxed);
