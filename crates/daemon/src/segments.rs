@@ -115,13 +115,15 @@ pub async fn put_object_in_parts(
             break;
         }
     }
-    match sent {
+    let done = match sent {
         Ok(()) => upload.complete().await.map(|_| ()),
-        Err(e) => {
-            let _ = upload.abort().await;
-            Err(e)
-        }
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        // no parts left behind (S3 keeps, and bills, an unfinished upload)
+        let _ = upload.abort().await;
     }
+    done
 }
 
 /// Writes a segment object and describes it.

@@ -93,6 +93,10 @@ pub fn spawn_fetcher(
                     }
                 }
             }
+            // the shard stopped here or moved away: its mark goes with it
+            // (a successor's reader marks it again if the records are
+            // still missing)
+            set_failed(&ctx, shard, None);
         });
     if let Err(e) = spawned {
         tracing::error!(shard, "cannot start the partition reader: {e}");

@@ -143,6 +143,8 @@ impl ShardWorker {
         merged: SegmentInfo,
     ) -> Result<usize, ShardError> {
         if !group.iter().all(|s| self.segments.contains(s)) {
+            let p = object_store::path::Path::from(merged.path.as_str());
+            let _ = object_store::ObjectStoreExt::delete(self.ctx.objects.as_ref(), &p).await;
             return Err(ShardError::Internal(format!(
                 "shard {}: the compacted run is no longer in the manifest",
                 self.shard
@@ -226,12 +228,20 @@ async fn merge_and_swap(
             "shard {shard} restarted during its compaction; retry"
         ))
     };
-    me.send_message(ShardMsg::CompactSwap {
+    let path = merged.path.clone();
+    let sent = me.send_message(ShardMsg::CompactSwap {
         group: m.group,
         merged,
         reply: tx,
-    })
-    .map_err(|_| gone())?;
+    });
+    if sent.is_err() {
+        // the actor was gone before it saw the segment: it is in no
+        // manifest, nobody's (once sent, a swap whose outcome is unknown
+        // may have committed it: then it stays, for garbage collection)
+        let p = object_store::path::Path::from(path.as_str());
+        let _ = object_store::ObjectStoreExt::delete(ctx.objects.as_ref(), &p).await;
+        return Err(gone());
+    }
     rx.await.map_err(|_| gone())?
 }
 
