@@ -183,6 +183,7 @@ pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
                 value: v,
                 bincode: true,
                 idempotency: None,
+                body_hash: None,
                 timestamp_ms: None,
             })
             .collect();

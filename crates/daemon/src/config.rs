@@ -41,6 +41,9 @@ pub struct FileConfig {
     /// Events appended but not yet through the shard actors above which
     /// ingest is refused with 503 (one node).
     pub max_shard_backlog: Option<u64>,
+    /// Idempotency-Keys and event ids one shard remembers at most (the
+    /// oldest are forgotten first, before `idempotency_ttl`).
+    pub max_dedup_entries: Option<u64>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -149,6 +152,7 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub max_shard_backlog: u64,
+    pub max_dedup_entries: u64,
 }
 
 impl Default for Limits {
@@ -163,6 +167,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_shard_backlog: 500_000,
+            max_dedup_entries: 1_000_000,
         }
     }
 }
@@ -234,6 +239,7 @@ pub fn load_with_secret(
         header_read_timeout: pick(&flags.header_read_timeout, &file.header_read_timeout),
         request_timeout: pick(&flags.request_timeout, &file.request_timeout),
         max_shard_backlog: flags.max_shard_backlog.or(file.max_shard_backlog),
+        max_dedup_entries: flags.max_dedup_entries.or(file.max_dedup_entries),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
@@ -534,6 +540,12 @@ fn validate_limits(c: &FileConfig) -> Result<Limits, ConfigError> {
             "max_shard_backlog",
             c.max_shard_backlog,
             d.max_shard_backlog as usize,
+            1 << 32,
+        )? as u64,
+        max_dedup_entries: count(
+            "max_dedup_entries",
+            c.max_dedup_entries,
+            d.max_dedup_entries as usize,
             1 << 32,
         )? as u64,
     })

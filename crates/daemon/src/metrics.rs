@@ -30,6 +30,12 @@ pub struct Metrics {
     /// Records skipped over offset gaps (`cluster.on_log_gap = "skip"`).
     pub log_records_skipped: Counter,
     pub log_lag: Gauge,
+    /// Idempotency-Keys and event ids the shards remember.
+    pub dedup_entries: Gauge,
+    /// Of those, forgotten before their TTL (`max_dedup_entries`).
+    pub dedup_evicted: Counter,
+    /// Records with an Idempotency-Key used before for another body.
+    pub key_reused: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +66,9 @@ impl Metrics {
             shards_failed: Gauge::default(),
             log_records_skipped: Counter::default(),
             log_lag: Gauge::default(),
+            dedup_entries: Gauge::default(),
+            dedup_evicted: Counter::default(),
+            key_reused: Counter::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry");
@@ -147,6 +156,21 @@ impl Metrics {
                 "log_lag_events",
                 "Events in the log not yet processed by their shard",
                 m.log_lag.clone(),
+            );
+            r.register(
+                "dedup_entries",
+                "Idempotency-Keys and event ids this node's shards remember (cluster)",
+                m.dedup_entries.clone(),
+            );
+            r.register(
+                "dedup_evicted",
+                "Idempotency-Keys and event ids forgotten before idempotency_ttl because a shard held max_dedup_entries",
+                m.dedup_evicted.clone(),
+            );
+            r.register(
+                "idempotency_key_reused",
+                "Requests or records refused because their Idempotency-Key was used before for another body",
+                m.key_reused.clone(),
             );
         }
         m

@@ -15,6 +15,9 @@ const INFO: &[u8] = b"i";
 const EXTRA: &[u8] = b"x";
 const SLOT: u8 = b's';
 const SEGMENT: u8 = b'g';
+/// Prefix of the entries of a shard's extra data (cluster mode: its seen
+/// Idempotency-Keys and event ids, one sled key each).
+const EXTRA_ENTRY: u8 = b'd';
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,7 +35,20 @@ pub struct Loaded {
     pub slots: Vec<(SlotKey, Entry)>,
     pub info: CheckpointInfo,
     pub segments: Vec<SegmentInfo>,
+    /// The extra data as one value (as stores before 2026-12 kept it).
     pub extra: Option<Vec<u8>>,
+    /// The extra data's entries, `(key, value)` as committed.
+    pub extra_entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Extra shard data to commit: entries keyed by the caller (cluster mode:
+/// seen Idempotency-Keys and event ids), written incrementally.
+#[derive(Default)]
+pub struct ExtraWrite {
+    /// Drop every stored entry first (a full snapshot).
+    pub replace: bool,
+    /// Entries to add or overwrite.
+    pub put: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One checkpoint to commit.
@@ -50,8 +66,8 @@ pub struct Commit<'a> {
     /// Drop every stored slot first (a rebuilt state, laid out anew).
     pub replace_slots: bool,
     /// Extra shard data kept with the state (cluster mode: the seen
-    /// Idempotency-Keys); `None` leaves what is stored.
-    pub extra: Option<Vec<u8>>,
+    /// Idempotency-Keys and event ids); `None` leaves what is stored.
+    pub extra: Option<ExtraWrite>,
 }
 
 pub struct StateStore {
@@ -162,12 +178,18 @@ impl StateStore {
             segments.push(decode("segment manifest entry", &v)?);
         }
         let extra = tree.get(EXTRA)?.map(|v| v.to_vec());
+        let mut extra_entries = Vec::new();
+        for item in tree.scan_prefix([EXTRA_ENTRY]) {
+            let (k, v) = item?;
+            extra_entries.push((k[1..].to_vec(), v.to_vec()));
+        }
         Ok(Some(Loaded {
             meta,
             slots,
             info,
             segments,
             extra,
+            extra_entries,
         }))
     }
 
@@ -239,7 +261,18 @@ impl StateStore {
         };
         batch.insert(INFO, encode(&info));
         if let Some(x) = c.extra {
-            batch.insert(EXTRA, x);
+            if x.replace {
+                batch.remove(EXTRA);
+                for k in tree.scan_prefix([EXTRA_ENTRY]).keys() {
+                    batch.remove(k?);
+                }
+            }
+            for (k, v) in x.put {
+                let mut key = Vec::with_capacity(k.len() + 1);
+                key.push(EXTRA_ENTRY);
+                key.extend_from_slice(&k);
+                batch.insert(key, v);
+            }
         }
         for s in c.remove_segments {
             batch.remove(segment_key(s));

@@ -33,6 +33,9 @@ pub const ENCODING_HEADER: &str = "lockstep-encoding";
 /// Header carrying the ingest request's Idempotency-Key, and the record's
 /// index in that request (as `key/index`).
 pub const IDEMPOTENCY_HEADER: &str = "lockstep-idempotency";
+/// Header carrying a hash of the ingest request's body (16 hex digits), so
+/// a shard can tell a retry from another request reusing its key.
+pub const BODY_HASH_HEADER: &str = "lockstep-body-hash";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaLogError {
@@ -109,6 +112,9 @@ pub struct KafkaRecord {
     pub bincode: bool,
     /// `(Idempotency-Key, index in its request)`.
     pub idempotency: Option<(String, u32)>,
+    /// The hash of the request's body the record came in (records written
+    /// before the header existed have none).
+    pub body_hash: Option<u64>,
     /// The record's timestamp (ms since the epoch), if the broker has one.
     pub timestamp_ms: Option<i64>,
 }
@@ -120,6 +126,8 @@ pub struct OutRecord<'a> {
     pub value: &'a [u8],
     pub bincode: bool,
     pub idempotency: Option<(&'a str, u32)>,
+    /// A hash of the request's body (sent with `idempotency`).
+    pub body_hash: Option<u64>,
     /// The record's CreateTime (ms since the epoch); `None`: now. A topic
     /// lockstep creates uses LogAppendTime, so the broker overrides it.
     pub timestamp_ms: Option<i64>,
@@ -285,7 +293,7 @@ impl KafkaLog {
     pub async fn produce(&self, records: &[OutRecord<'_>]) -> Result<Vec<u64>, KafkaLogError> {
         let mut waits = Vec::with_capacity(records.len());
         for r in records {
-            let mut headers = OwnedHeaders::new_with_capacity(2);
+            let mut headers = OwnedHeaders::new_with_capacity(3);
             if r.bincode {
                 headers = headers.insert(Header {
                     key: ENCODING_HEADER,
@@ -298,6 +306,14 @@ impl KafkaLog {
                 headers = headers.insert(Header {
                     key: IDEMPOTENCY_HEADER,
                     value: Some(idem.as_str()),
+                });
+            }
+            let hash;
+            if let Some(h) = r.body_hash {
+                hash = format!("{h:016x}");
+                headers = headers.insert(Header {
+                    key: BODY_HASH_HEADER,
+                    value: Some(hash.as_str()),
                 });
             }
             let mut rec = FutureRecord::to(&self.cfg.topic)
@@ -564,6 +580,7 @@ impl ShardReader {
             }
             let mut bincode = false;
             let mut idempotency = None;
+            let mut body_hash = None;
             if let Some(h) = m.headers() {
                 for h in h.iter() {
                     match (h.key, h.value) {
@@ -573,6 +590,11 @@ impl ShardReader {
                                 .ok()
                                 .and_then(|s| s.rsplit_once('/'))
                                 .and_then(|(k, i)| Some((k.to_string(), i.parse().ok()?)));
+                        }
+                        (BODY_HASH_HEADER, Some(v)) => {
+                            body_hash = std::str::from_utf8(v)
+                                .ok()
+                                .and_then(|s| u64::from_str_radix(s, 16).ok());
                         }
                         _ => {}
                     }
@@ -584,6 +606,7 @@ impl ShardReader {
                 value: m.payload().unwrap_or_default().to_vec(),
                 bincode,
                 idempotency,
+                body_hash,
                 timestamp_ms: m.timestamp().to_millis(),
             };
             if offset > self.next {
@@ -666,6 +689,7 @@ mod tests {
                 value: values[i].as_bytes(),
                 bincode: i % 2 == 0,
                 idempotency: (i < 10).then_some(("req-1", i as u32)),
+                body_hash: (i < 10).then_some(u64::MAX - i as u64),
                 timestamp_ms: None,
             })
             .collect();
@@ -685,6 +709,7 @@ mod tests {
                     g.idempotency,
                     (i < 10).then(|| ("req-1".to_string(), i as u32))
                 );
+                assert_eq!(g.body_hash, (i < 10).then_some(u64::MAX - i as u64));
             }
             assert_eq!(r.cached_end(), got.last().map(|g| g.offset + 1));
             // a reader that starts in the middle sees the suffix exactly

@@ -69,6 +69,10 @@ struct Args {
     /// (default 500000).
     #[arg(long)]
     max_shard_backlog: Option<u64>,
+    /// Idempotency-Keys and event ids a shard remembers at most; beyond,
+    /// the oldest are forgotten before idempotency_ttl (default 1000000).
+    #[arg(long)]
+    max_dedup_entries: Option<u64>,
     /// Cluster: other nodes' API addresses, host:port,… (none: start a new
     /// cluster).
     #[arg(long, value_delimiter = ',')]
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
         header_read_timeout: a.header_read_timeout,
         request_timeout: a.request_timeout,
         max_shard_backlog: a.max_shard_backlog,
+        max_dedup_entries: a.max_dedup_entries,
         cluster: (a.seeds.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()

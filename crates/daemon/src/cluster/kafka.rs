@@ -114,11 +114,12 @@ fn set_failed(ctx: &NodeCtx, shard: u32, why: Option<String>) {
 }
 
 /// Produces validated events to the topic (bincode rows, keyed by the
-/// table key); returns once all are acknowledged.
+/// table key), each with the request's Idempotency-Key and body hash if it
+/// had one; returns once all are acknowledged.
 pub async fn produce(
     ctx: &NodeCtx,
     cl: &ClusterCtx,
-    idempotency_key: Option<&str>,
+    idempotency: Option<(&str, u64)>,
     events: &[(u32, lockstep_core::value::Row)],
 ) -> Result<Vec<u64>, lockstep_log::kafka::KafkaLogError> {
     let mut keys = Vec::with_capacity(events.len());
@@ -135,7 +136,8 @@ pub async fn produce(
             key: keys[i].as_bytes(),
             value: &values[i],
             bincode: true,
-            idempotency: idempotency_key.map(|k| (k, i as u32)),
+            idempotency: idempotency.map(|(k, _)| (k, i as u32)),
+            body_hash: idempotency.map(|(_, h)| h),
             timestamp_ms: None,
         })
         .collect();

@@ -27,7 +27,7 @@ mod tasks;
 pub use kafka::{produce, spawn_fetcher};
 pub use snapshot::{
     commit_checkpoint, digest, put_snapshot, restore_snapshot, snapshot_path, CommitError,
-    Restored, SnapshotData, SnapshotError,
+    DedupPart, Restored, SnapshotData, SnapshotError,
 };
 pub use tasks::start_tasks;
 
@@ -72,9 +72,18 @@ pub struct IdemEntry {
     pub at_ms: i64,
     /// Sorted, disjoint `[lo, hi)` ranges of request indices seen.
     pub ranges: Vec<(u32, u32)>,
+    /// The hash of the request's body (records produced before the hash
+    /// travelled with them have none, and match any body).
+    pub body_hash: Option<u64>,
 }
 
 impl IdemEntry {
+    /// Whether a record with `hash` belongs to another request that reused
+    /// this key (both hashes known and different).
+    pub fn reused_by(&self, hash: Option<u64>) -> bool {
+        matches!((self.body_hash, hash), (Some(a), Some(b)) if a != b)
+    }
+
     pub fn contains(&self, i: u32) -> bool {
         self.ranges.iter().any(|&(lo, hi)| lo <= i && i < hi)
     }

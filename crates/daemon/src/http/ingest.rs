@@ -9,7 +9,7 @@ use crate::writer::{DeadLetter, EventErrorReport, IngestReply, WriteError, Write
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use lockstep_core::value::Row;
 use lockstep_io::JsonEventParser;
@@ -159,6 +159,7 @@ pub(crate) fn parse_body<'a>(
 pub(crate) async fn ingest(
     State(app): State<App>,
     Path(table): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -180,6 +181,16 @@ pub(crate) async fn ingest(
         Ok(k) => k,
         Err(r) => return r,
     };
+    // a cluster decides each key on one node
+    if let Some(addr) = key
+        .as_deref()
+        .and_then(|k| app.mode.key_home(ctx, k, &headers))
+    {
+        return app
+            .mode
+            .forward(ctx, addr, Some(body), &uri, &headers)
+            .await;
+    }
     // (only a request with a key needs its body's hash)
     let body_hash = key.as_ref().map_or(0, |_| crate::pipeline::fnv1a64(&body));
     // a retry of a request this node took is answered before anything is
@@ -221,7 +232,7 @@ pub(crate) async fn ingest(
         return views_applying(ctx);
     };
     // the events the node's mode leaves to the writer (with the key)
-    let (key, events) = match app.mode.append(ctx, key, events).await {
+    let (key, events) = match app.mode.append(ctx, key, body_hash, events).await {
         Ok(left) => left,
         Err(r) => return r,
     };

@@ -34,6 +34,7 @@ pub(crate) fn shard_error(e: crate::shard::ShardError) -> Response {
         E::Unavailable(_) | E::Fenced(_) | E::Uncertain(_) => unavailable(e.to_string()),
         E::AlreadyIngested => error(StatusCode::CONFLICT, e.to_string()),
         E::Refused(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        E::KeyReused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         E::UnknownView(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         E::Internal(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

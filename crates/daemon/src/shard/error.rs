@@ -25,6 +25,10 @@ pub enum ShardError {
     /// dead letter, with this reason): it has no training row (400).
     #[error("the event was refused to the dead-letter output: {0}; it has no training row")]
     Refused(String),
+    /// Serve-and-ingest under an Idempotency-Key its shard had applied for
+    /// another body: the event is a dead letter (422).
+    #[error("{0}")]
+    KeyReused(String),
     /// The view does not run (any more: `views apply` replaced it).
     #[error("view `{0}` is no longer running")]
     UnknownView(String),

@@ -176,7 +176,7 @@ impl Commits for LocalShard {
         false
     }
 
-    fn committer(&self, _full: bool) -> Box<dyn Committer> {
+    fn committer(&mut self, _full: bool) -> Box<dyn Committer> {
         Box::new(LocalCommitter)
     }
 

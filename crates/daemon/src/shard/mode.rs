@@ -104,7 +104,7 @@ pub trait Commits: Send + Sync + 'static {
     /// The next checkpoint writes every partition slot.
     fn wants_full_snapshot(&self) -> bool;
     /// How this checkpoint commits, carried off the actor by its task.
-    fn committer(&self, full: bool) -> Box<dyn Committer>;
+    fn committer(&mut self, full: bool) -> Box<dyn Committer>;
     /// A checkpoint committed.
     fn committed(&mut self, w: &ShardWorker, saved: &Saved);
 }

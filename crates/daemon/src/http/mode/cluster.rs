@@ -122,15 +122,27 @@ impl NodeMode for Member {
     /// dead letters and the key with its reply: a retry that reaches this
     /// node again is answered with that reply, marked `Idempotent-Replayed`
     /// (its records, produced again, are skipped by the shards).
+    fn key_home(&self, ctx: &NodeCtx, key: &str, headers: &HeaderMap) -> Option<String> {
+        let shard = (crate::pipeline::fnv1a64(key.as_bytes()) % u64::from(ctx.table.shards)) as u32;
+        match self.route(ctx, shard, headers) {
+            Route::Forward(addr) => Some(addr),
+            // here, or the home is moving: this node decides (the shards
+            // still refuse another body under a key they applied)
+            Route::Local | Route::Unavailable(_) => None,
+        }
+    }
+
     fn append<'a>(
         &'a self,
         ctx: &'a NodeCtx,
         key: Option<String>,
+        body_hash: u64,
         events: Events,
     ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>> {
         async move {
             if !events.is_empty() {
-                if let Err(e) = crate::cluster::produce(ctx, &self.cl, key.as_deref(), &events).await
+                let idem = key.as_deref().map(|k| (k, body_hash));
+                if let Err(e) = crate::cluster::produce(ctx, &self.cl, idem, &events).await
                 {
                     return Err(unavailable(format!(
                         "the log did not acknowledge the events ({e}); retry with the same Idempotency-Key"
@@ -169,7 +181,9 @@ impl NodeMode for Member {
             if actor.send_message(msg).is_err() {
                 return unavailable(format!("shard {shard} is restarting; retry"));
             }
-            if let Err(e) = crate::cluster::produce(ctx, cl, Some(&key), &[(shard, row)]).await {
+            // a retry carries the same event; another under the key is refused
+            let hash = crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row));
+            if let Err(e) = crate::cluster::produce(ctx, cl, Some((&key, hash)), &[(shard, row)]).await {
                 return unavailable(format!(
                     "the log did not acknowledge the event ({e}); retry with the same Idempotency-Key"
                 ));
@@ -177,7 +191,11 @@ impl NodeMode for Member {
             let wait = features_wait(&ctx.config.limits, started);
             match tokio::time::timeout(wait, rx).await {
                 Ok(Ok(Ok(body))) => served(ctx, started, body),
-                Ok(Ok(Err(e @ (ShardError::AlreadyIngested | ShardError::Refused(_))))) => {
+                Ok(Ok(Err(
+                    e @ (ShardError::AlreadyIngested
+                    | ShardError::Refused(_)
+                    | ShardError::KeyReused(_)),
+                ))) => {
                     shard_error(e)
                 }
                 // the event is durably in: a retry would ingest it twice

@@ -53,6 +53,7 @@ impl NodeMode for Alone {
         &'a self,
         _ctx: &'a NodeCtx,
         key: Option<String>,
+        _body_hash: u64,
         events: Events,
     ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>> {
         // the writer appends them to the embedded log, with the key

@@ -74,13 +74,23 @@ pub(crate) trait NodeMode: Send + Sync {
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Response>;
 
+    /// Where an ingest request with Idempotency-Key `key` is answered: the
+    /// address of the node that decides on that key (a cluster sends each
+    /// key's requests to one node, so a retry sent anywhere is recognised
+    /// there, and another body under the key refused); `None`: here.
+    fn key_home(&self, _ctx: &NodeCtx, _key: &str, _headers: &HeaderMap) -> Option<String> {
+        None
+    }
+
     /// Puts an ingest request's events in the table's log, or leaves them
     /// (and the request's Idempotency-Key) to the writer: what it returns
-    /// the writer appends with the request's dead letters.
+    /// the writer appends with the request's dead letters. `body_hash` is
+    /// the hash of the request's body (with a key).
     fn append<'a>(
         &'a self,
         ctx: &'a NodeCtx,
         key: Option<String>,
+        body_hash: u64,
         events: Events,
     ) -> BoxFuture<'a, Result<(Option<String>, Events), Response>>;
 

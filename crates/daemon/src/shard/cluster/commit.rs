@@ -1,7 +1,7 @@
 //! A cluster checkpoint's commit, carried off the actor: the archive
 //! slice, dead letters and a snapshot object written, then `Commit`
 //! proposed through Raft under the owner epoch, then the local cache.
-use super::encode_dedup;
+use super::seen::{Seen, SeenDelta};
 use super::snapshot_slots;
 use crate::clock::now_ms;
 use crate::cluster::commit_checkpoint;
@@ -10,7 +10,6 @@ use crate::cluster::put_snapshot;
 use crate::cluster::snapshot_path;
 use crate::cluster::ClusterCtx;
 use crate::cluster::CommitError;
-use crate::cluster::IdemEntry;
 use crate::cluster::SnapshotData;
 use crate::segments::put_segment;
 use crate::segments::SegmentInfo;
@@ -36,8 +35,8 @@ pub struct ClusterJob {
     pub(super) epoch: u64,
     pub(super) full: bool,
     pub(super) chain: Vec<SnapshotPart>,
-    pub(super) idem: Vec<(String, IdemEntry)>,
-    pub(super) event_ids: Vec<(u128, i64)>,
+    /// The dedup entries this checkpoint saves (all, or the changed).
+    pub(super) seen: SeenDelta,
 }
 
 impl ClusterJob {
@@ -100,13 +99,18 @@ impl ClusterJob {
             replace: self.full,
             meta: job.delta.meta.clone(),
             slots: snapshot_slots(&job.delta),
-            idem: self.idem.clone(),
-            event_ids: self.event_ids.clone(),
+            idem: self.seen.idem.clone(),
+            event_ids: self.seen.event_ids.clone(),
+            dedup_horizon_ms: self.seen.horizon_ms,
         };
         let path = snapshot_path(&table.name, job.shard, seq, &job.ext("snap"));
         // an idle epoch (nothing read, nothing changed) commits the same
         // snapshot objects again
-        let idle = job.from == job.to && job.delta.slots.is_empty() && u.dead.is_empty();
+        let idle = job.from == job.to
+            && job.delta.slots.is_empty()
+            && u.dead.is_empty()
+            && self.seen.idem.is_empty()
+            && self.seen.event_ids.is_empty();
         let chain = if idle && !self.full {
             self.chain.clone()
         } else {
@@ -180,7 +184,7 @@ impl ClusterJob {
                     add_segments: &[],
                     remove_segments: &[],
                     replace_slots: self.full,
-                    extra: Some(encode_dedup(&self.idem, &self.event_ids)),
+                    extra: Some(Seen::cache_write(&self.seen)),
                 },
             )
         };

@@ -1,6 +1,6 @@
 //! A cluster shard's input: its partition's records, deduplicated,
 //! validated and framed for the archive as they arrive.
-use crate::cluster::IdemEntry;
+use super::seen::KeyCheck;
 use crate::shard::ShardError;
 use crate::shard::ShardWorker;
 use lockstep_log::kafka::KafkaRecord;
@@ -45,17 +45,35 @@ impl ClusterShard {
             }
             if let Some((key, i)) = &r.idempotency {
                 let at = r.timestamp_ms.unwrap_or(self.clock_ms);
-                let e = self.idem.entry(key.clone()).or_insert_with(|| IdemEntry {
-                    at_ms: at,
-                    ranges: Vec::new(),
-                });
-                if !e.insert(*i) {
-                    // a retry of a request already applied: skip it
-                    if let Some((_, reply)) = self.waiters.remove(key) {
-                        let _ = reply.send(Err(ShardError::AlreadyIngested));
+                match self.seen.check_key(key, *i, r.body_hash, at) {
+                    KeyCheck::New => {}
+                    KeyCheck::Repeat => {
+                        // a retry of a request already applied: skip it
+                        if let Some((_, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(Err(ShardError::AlreadyIngested));
+                        }
+                        w.next_offset = r.offset + 1;
+                        continue;
                     }
-                    w.next_offset = r.offset + 1;
-                    continue;
+                    KeyCheck::Reused => {
+                        // another request under a key already applied: its
+                        // events are kept, as dead letters, never applied
+                        let reason = format!("Idempotency-Key `{key}` was already used for a request with a different body; use a new key for new events");
+                        w.ctx.metrics.key_reused.inc();
+                        w.ctx.metrics.dead_letters.inc();
+                        if let Some((_, reply)) = self.waiters.remove(key) {
+                            let _ = reply.send(Err(ShardError::KeyReused(reason.clone())));
+                        }
+                        let raw = match r.bincode {
+                            true => lockstep_io::raw::decode_event(&r.value)
+                                .map(|row| lockstep_io::render_json(&row, &table.schema))
+                                .unwrap_or_else(|_| String::from_utf8_lossy(&r.value).into_owned()),
+                            false => String::from_utf8_lossy(&r.value).into_owned(),
+                        };
+                        self.rows.dead.push((r.offset, reason, raw));
+                        w.next_offset = r.offset + 1;
+                        continue;
+                    }
                 }
             }
             let row = self.decode(w, &table, &r);
@@ -66,7 +84,7 @@ impl ClusterShard {
                     .and_then(|col| lockstep_core::dedup::event_id_of(&row[col]));
                 let dup = id.is_some_and(|id| {
                     let at = r.timestamp_ms.unwrap_or(self.clock_ms);
-                    !self.event_ids.first_time(id, at)
+                    !self.seen.first_time(id, at)
                 });
                 (row, dup)
             });

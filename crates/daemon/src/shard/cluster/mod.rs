@@ -12,13 +12,14 @@ use object_store::ObjectStore;
 use super::checkpoint::Saved;
 use super::mode::{Commits, Committer, Input, Manifest, SourceRows, Tenure};
 use super::{Reply, ShardError, ShardMsg, ShardWorker};
-use crate::cluster::{ClusterCtx, IdemEntry};
+use crate::cluster::ClusterCtx;
 use crate::segments::SegmentInfo;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lockstep_cluster::state::SnapshotPart;
 use lockstep_core::value::Row;
 use ractor::ActorRef;
+use seen::{Seen, SeenDelta};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,11 +37,15 @@ pub struct ClusterShard {
     pub(super) ctx: Arc<ClusterCtx>,
     /// The owner epoch this actor holds the shard under.
     owner_epoch: u64,
-    /// Seen Idempotency-Keys (checkpointed with the state).
-    idem: HashMap<String, IdemEntry>,
-    /// Seen producer-supplied event ids (tables with `event_id`), hashed,
-    /// with the record time they were first seen (checkpointed).
-    event_ids: lockstep_core::dedup::EventIds,
+    /// Seen Idempotency-Keys and producer-supplied event ids (tables with
+    /// `event_id`), with the record time each was first seen
+    /// (checkpointed incrementally).
+    seen: Seen,
+    /// What the checkpoint in flight saves of `seen`.
+    seen_in_flight: Option<SeenDelta>,
+    /// How many entries of `seen` the node's gauge counts for this shard
+    /// (and the gauge, to take them back when the shard goes).
+    seen_counted: (i64, Option<prometheus_client::metrics::gauge::Gauge>),
     /// The partition's records since the last checkpoint, framed as the
     /// archive stores them, and malformed ones.
     rows: SourceRows,
@@ -65,12 +70,11 @@ impl Drop for ClusterShard {
         if let Some(stop) = self.fetch_stop.take() {
             stop.store(true, Ordering::Relaxed);
         }
+        if let (n, Some(g)) = &self.seen_counted {
+            g.dec_by(*n);
+        }
     }
 }
-
-/// What the local cache keeps beside the state: seen Idempotency-Keys and
-/// event ids.
-type Dedup = (Vec<(String, IdemEntry)>, Vec<(u128, i64)>);
 
 /// A state delta's slots as a snapshot object holds them.
 fn snapshot_slots(delta: &crate::store::EncodedDelta) -> Vec<((u32, u32, u32), Vec<u8>)> {
@@ -81,27 +85,14 @@ fn snapshot_slots(delta: &crate::store::EncodedDelta) -> Vec<((u32, u32, u32), V
         .collect()
 }
 
-fn encode_dedup(idem: &[(String, IdemEntry)], ids: &[(u128, i64)]) -> Vec<u8> {
-    bincode::serde::encode_to_vec((idem, ids), bincode::config::standard()).expect("keys encode")
-}
-
-/// Seen Idempotency-Keys and event ids, as a shard holds them.
-type Seen = (HashMap<String, IdemEntry>, lockstep_core::dedup::EventIds);
-
-fn decode_dedup(b: &[u8]) -> Result<Seen, ShardError> {
-    let ((idem, ids), _): (Dedup, _) =
-        bincode::serde::decode_from_slice(b, bincode::config::standard())
-            .map_err(|e| ShardError::Internal(format!("stored idempotency keys: {e}")))?;
-    Ok((idem.into_iter().collect(), ids.into_iter().collect()))
-}
-
 impl ClusterShard {
     fn new(ctx: Arc<ClusterCtx>, owner_epoch: u64, table: &lockstep_core::Table) -> ClusterShard {
         ClusterShard {
             ctx,
             owner_epoch,
-            idem: HashMap::new(),
-            event_ids: Default::default(),
+            seen: Seen::default(),
+            seen_in_flight: None,
+            seen_counted: (0, None),
             rows: SourceRows::default(),
             chain: Vec::new(),
             waiters: HashMap::new(),
@@ -158,13 +149,19 @@ impl ClusterShard {
             epoch: self.ctx.state().epoch,
             full,
             chain: self.chain.clone(),
-            idem: self
-                .idem
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            event_ids: self.event_ids.iter().collect(),
+            seen: self.seen.delta(full),
         }
+    }
+
+    /// Brings the node's `lockstep_dedup_entries` up to date with this
+    /// shard's count.
+    pub(super) fn count_seen(&mut self, w: &ShardWorker) {
+        let n = self.seen.len() as i64;
+        let (counted, gauge) = &mut self.seen_counted;
+        gauge
+            .get_or_insert_with(|| w.ctx.metrics.dedup_entries.clone())
+            .inc_by(n - *counted);
+        *counted = n;
     }
 
     /// A checkpoint committed with `chain`: snapshot objects it no longer
@@ -267,8 +264,16 @@ impl Input for ClusterShard {
     fn take_rows(&mut self, w: &ShardWorker) -> SourceRows {
         let ttl_ms = w.ctx.config.idempotency_ttl.as_millis() as i64;
         let horizon = self.clock_ms.saturating_sub(ttl_ms);
-        self.idem.retain(|_, e| e.at_ms >= horizon);
-        self.event_ids.forget_before(horizon);
+        let max = w.ctx.config.limits.max_dedup_entries as usize;
+        let evicted = self.seen.expire(horizon, max);
+        if evicted > 0 {
+            tracing::warn!(
+                shard = w.shard,
+                "forgot {evicted} Idempotency-Keys and event ids before their idempotency_ttl: the shard keeps at most max_dedup_entries = {max}"
+            );
+            w.ctx.metrics.dedup_evicted.inc_by(evicted);
+        }
+        self.count_seen(w);
         self.waiters.retain(|_, (_, r)| !r.is_closed());
         std::mem::take(&mut self.rows)
     }
@@ -330,11 +335,16 @@ impl Commits for ClusterShard {
         self.chain.is_empty() || self.chain.len() >= MAX_CHAIN
     }
 
-    fn committer(&self, full: bool) -> Box<dyn Committer> {
-        Box::new(self.job(full))
+    fn committer(&mut self, full: bool) -> Box<dyn Committer> {
+        let job = self.job(full);
+        self.seen_in_flight = Some(job.seen.clone());
+        Box::new(job)
     }
 
     fn committed(&mut self, w: &ShardWorker, saved: &Saved) {
+        if let Some(d) = self.seen_in_flight.take() {
+            self.seen.saved(&d);
+        }
         self.note_committed(
             saved.chain.clone().unwrap_or_default(),
             saved.epoch,
@@ -366,5 +376,6 @@ mod commit;
 mod handoff;
 mod input;
 mod recovery;
+mod seen;
 
 pub use commit::ClusterJob;

@@ -1,8 +1,7 @@
 //! A cluster shard's recovery: the committed checkpoint restored (from the
 //! local cache or the snapshot objects), a rebuild when it was built for
 //! other views, and the collection of objects no checkpoint lists.
-use super::decode_dedup;
-use super::encode_dedup;
+use super::seen::Seen;
 use super::snapshot_slots;
 use crate::clock::now_ms;
 use crate::cluster::commit_checkpoint;
@@ -12,7 +11,6 @@ use crate::cluster::restore_snapshot;
 use crate::cluster::snapshot_path;
 use crate::cluster::ClusterCtx;
 use crate::cluster::CommitError;
-use crate::cluster::IdemEntry;
 use crate::cluster::SnapshotData;
 use crate::segments;
 use crate::segments::shard_prefix;
@@ -109,10 +107,7 @@ impl ClusterShard {
         let Some(l) = local else {
             return false;
         };
-        let seen = l
-            .extra
-            .as_deref()
-            .map_or(Ok(Default::default()), decode_dedup);
+        let seen = Seen::from_cache(&l.extra_entries, l.extra.as_deref());
         let restored = seen.and_then(|seen| {
             w.engine
                 .restore_parts(shard, l.meta, l.slots)
@@ -120,8 +115,9 @@ impl ClusterShard {
                 .map_err(err)
         });
         match restored {
-            Ok((idem, ids)) => {
-                (self.idem, self.event_ids) = (idem, ids);
+            Ok(seen) => {
+                self.seen = seen;
+                self.count_seen(w);
                 true
             }
             Err(e) => {
@@ -150,9 +146,7 @@ impl ClusterShard {
                     m.seq
                 ))
             })?;
-        let idem: Vec<(String, IdemEntry)> =
-            r.idem.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let ids: Vec<(u128, i64)> = r.event_ids.iter().collect();
+        let seen = Seen::from_parts(r.dedup);
         w.ctx
             .state
             .commit(
@@ -166,7 +160,7 @@ impl ClusterShard {
                     add_segments: &[],
                     remove_segments: &[],
                     replace_slots: true,
-                    extra: Some(encode_dedup(&idem, &ids)),
+                    extra: Some(Seen::cache_write(&seen.delta(true))),
                 },
             )
             .map_err(err)?;
@@ -175,8 +169,8 @@ impl ClusterShard {
             .map_err(|e| {
                 ShardError::Internal(format!("shard {shard}: cannot restore its checkpoint: {e}"))
             })?;
-        self.idem = r.idem;
-        self.event_ids = r.event_ids;
+        self.seen = seen;
+        self.count_seen(w);
         Ok(())
     }
 
@@ -253,8 +247,8 @@ impl ClusterShard {
         let cl = self.ctx.clone();
         let emit = w.views_to_emit(&m.pipeline);
         if let Some(r) = restore_snapshot(ctx.objects.as_ref(), &m.snapshot).await? {
-            self.idem = r.idem;
-            self.event_ids = r.event_ids;
+            self.seen = Seen::from_parts(r.dedup);
+            self.count_seen(w);
         }
         let segments = st.segments[shard as usize].clone();
         let (rows, events) = w.replay_archive(&segments, m.offset, &emit).await?;
@@ -276,8 +270,9 @@ impl ClusterShard {
             replace: true,
             meta: delta.meta.clone(),
             slots: snapshot_slots(&delta),
-            idem: job.idem,
-            event_ids: job.event_ids,
+            idem: job.seen.idem.clone(),
+            event_ids: job.seen.event_ids.clone(),
+            dedup_horizon_ms: job.seen.horizon_ms,
         };
         let path = snapshot_path(
             &ctx.table.name,
@@ -316,7 +311,7 @@ impl ClusterShard {
                 add_segments: &[],
                 remove_segments: &[],
                 replace_slots: true,
-                extra: Some(encode_dedup(&data.idem, &data.event_ids)),
+                extra: Some(Seen::cache_write(&job.seen)),
             },
         );
         if let Err(e) = local {
@@ -327,6 +322,7 @@ impl ClusterShard {
         w.segments.retain(|s| !removed.contains(s));
         w.segments.extend(added);
         self.chain = chain;
+        self.seen.all_saved();
         self.last_epoch = st.epoch;
         w.ckpt = CheckpointInfo {
             seq,
