@@ -153,8 +153,25 @@ impl Drop for LocalNode {
 /// other status but 200 is an error.
 pub fn send_events(c: &Client, table: &str, body: &[u8]) -> anyhow::Result<()> {
     let path = format!("/v1/tables/{}/events", lockstep_api::path_segment(table));
+    // a 503 may come after the events were appended (the request's
+    // deadline passed): the retry carries the same key, so it appends
+    // nothing twice
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let key = format!(
+        "lockstep-cli-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     loop {
-        let r = c.request("POST", &path, Some(body), &[])?;
+        let r = c.request(
+            "POST",
+            &path,
+            Some(body),
+            &[(lockstep_api::IDEMPOTENCY_KEY, key.as_str())],
+        )?;
         match r.status {
             200 => return Ok(()),
             503 => std::thread::sleep(Duration::from_millis(20)),

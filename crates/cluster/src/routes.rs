@@ -28,8 +28,63 @@ impl ControlPlane {
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::INTERNAL_BODY_LIMIT,
             ))
+            .layer(axum::middleware::from_fn_with_state(
+                Guard {
+                    cp: self.clone(),
+                    slots: Arc::new(tokio::sync::Semaphore::new(INTERNAL_CONCURRENCY)),
+                },
+                guard,
+            ))
             .with_state(self.clone())
     }
+}
+
+/// Internal calls handled at once; more get 503 (the peer retries).
+pub const INTERNAL_CONCURRENCY: usize = 64;
+/// How long one internal call may take, its body's upload included.
+pub const INTERNAL_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Guard {
+    cp: Arc<ControlPlane>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Every internal call: the cluster secret is checked before its body is
+/// read (a caller without it cannot make the node receive megabytes), at
+/// most [`INTERNAL_CONCURRENCY`] run at once, and each has
+/// [`INTERNAL_DEADLINE`], its upload included (a slow body cannot hold a
+/// connection and a slot for ever).
+async fn guard(
+    State(g): State<Guard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    if let Some(r) = refuse(&g.cp, req.headers()) {
+        return r;
+    }
+    let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            "too many internal calls at once; retry",
+        )
+            .into_response();
+    };
+    match tokio::time::timeout(INTERNAL_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            "the internal call took longer than 30 s",
+        )
+            .into_response(),
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type Cp = State<Arc<ControlPlane>>;
@@ -37,7 +92,7 @@ type Cp = State<Arc<ControlPlane>>;
 /// The refusal of a call without the right cluster secret.
 fn refuse(cp: &ControlPlane, headers: &HeaderMap) -> Option<HttpResponse> {
     match headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(s) if s == cp.secret => None,
+        Some(s) if same_secret(s.as_bytes(), cp.secret.as_bytes()) => None,
         Some(_) => Some(
             (
                 StatusCode::FORBIDDEN,

@@ -1300,6 +1300,31 @@ fn a_member_joins_after_the_replicated_state_grew_past_a_few_mib() {
             .is_some_and(|s| !s.is_empty() && s.iter().all(|s| !s["owner"].is_null()))
     });
     let c = cluster.live()[0].clone();
+    // an internal call without the cluster secret is refused before its
+    // body is read: a caller sending a slow 90 MiB body gets its 401 while
+    // the body is still unsent (before, the node waited for the body, with
+    // no deadline)
+    {
+        use std::io::{Read, Write};
+        let host = c.base().trim_start_matches("http://").to_string();
+        let mut s = TcpStream::connect(&host).unwrap();
+        write!(
+            s,
+            "POST /internal/raft/append HTTP/1.1\r\nHost: x\r\nContent-Length: 94371840\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&[0u8; 4096]).unwrap();
+        s.flush().unwrap();
+        // a bound on the wait, not a measurement: before the fix no answer
+        // ever came
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut head = [0u8; 64];
+        let n = s
+            .read(&mut head)
+            .expect("an answer before the body is sent");
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    }
     // three pipelines of ~900 KiB each (a long comment): ~2.7 MiB of log
     // entries a new member must receive, beyond axum's default 2 MiB body
     for i in 0..3 {

@@ -549,6 +549,60 @@ fn a_large_object_is_streamed_not_loaded() {
     );
 }
 
+/// SIGTERM while a client stalls in the middle of a download: the node
+/// waits `request_timeout` for it, then cuts it and stops (before, the
+/// stalled connection kept the ingest writer's queue open and the node
+/// never exited).
+#[test]
+fn a_stalled_download_does_not_keep_the_node_from_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[("request-timeout", "2 seconds")], &[]);
+    let objects = dir.path().join("data/objects/big");
+    std::fs::create_dir_all(&objects).unwrap();
+    {
+        let mut f = std::fs::File::create(objects.join("blob.bin")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..64 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    write!(
+        s,
+        "GET /v1/objects/big/blob.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 16];
+    std::io::Read::read_exact(&mut s, &mut head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    // the client reads no more; the node is asked to stop
+    let pid = d.pid();
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stopped.clone();
+    // a bound on the wait (not a measurement): a node still up after two
+    // minutes is killed, and the test fails on its exit status
+    let watchdog = std::thread::spawn(move || {
+        for _ in 0..1200 {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        true
+    });
+    let status = d.terminate();
+    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = watchdog.join().unwrap();
+    drop(s);
+    assert!(
+        !killed && status.success(),
+        "the node did not stop with a stalled client ({status})"
+    );
+}
+
 /// A compaction merges outside the shard actors: while its merges are
 /// held (a test hook), the shards go on ingesting and serving; then it
 /// finishes and the training rows are those of the batch engine.

@@ -160,6 +160,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // connections, segments in the making and sled's files all take
+    // descriptors: a node needs more than max_connections of them
+    let files = lockstep_daemon::raise_open_file_limit();
+    if let Some(n) = files {
+        let want = cfg.limits.max_connections as u64 + 256;
+        if n < want {
+            eprintln!(
+                "lockstepd: warning: the open-file limit is {n}, below max_connections ({}) + 256; raise it (ulimit -n, LimitNOFILE=) or lower max_connections",
+                cfg.limits.max_connections
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

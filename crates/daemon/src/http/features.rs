@@ -29,9 +29,11 @@ pub(crate) async fn features(
     Query(q): Query<FeatureQuery>,
     uri: axum::http::Uri,
     headers: HeaderMap,
+    arrived: Option<axum::Extension<super::Arrived>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
+    // the request's deadline counts from its arrival, upload included
+    let started = arrived.map_or_else(Instant::now, |a| a.0 .0);
     let ctx = &app.ctx;
     if let Err(r) = check_view(ctx, &view) {
         return r;

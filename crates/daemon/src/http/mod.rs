@@ -150,16 +150,54 @@ pub fn router(node: &Node) -> Router {
         .with_state(app)
 }
 
+/// When a request arrived (before its body was read), as the deadline
+/// counts it: for a request another node passed on, when it arrived there.
+#[derive(Clone, Copy)]
+pub(crate) struct Arrived(pub std::time::Instant);
+
+/// What is left of a request's budget (ms) when one node passes it to
+/// another (trusted only with the forwarded mark).
+pub(crate) const BUDGET_HEADER: &str = "x-lockstep-budget-ms";
+/// The request's deadline on this node (wall-clock ms; set by the node,
+/// never taken from the client).
+pub(crate) const DEADLINE_HEADER: &str = "x-lockstep-deadline-ms";
+
 /// Every request but `views apply` is answered within `request_timeout`,
 /// its body's upload included: past it, `503` + `Retry-After: 1`. What the
 /// request started may still finish (an ingest may yet be appended: retry
 /// it with the same Idempotency-Key). `views apply` rebuilds every shard
 /// and has its own bound (10 minutes).
-async fn deadline(State(app): State<App>, req: Request, next: Next) -> Response {
+///
+/// A request another node passed on carries what is left of its budget
+/// there ([`BUDGET_HEADER`]): its deadline here is the earlier of the two,
+/// so a forwarded request is not given a fresh `request_timeout`. Handlers
+/// find when the request arrived (its upload included) in [`Arrived`], and
+/// [`DEADLINE_HEADER`] holds the deadline for requests passed on.
+async fn deadline(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
+    req.headers_mut().remove(DEADLINE_HEADER);
     if req.method() == axum::http::Method::POST && req.uri().path() == "/v1/views" {
         return next.run(req).await;
     }
-    let limit = app.ctx.config.limits.request_timeout;
+    let mut limit = app.ctx.config.limits.request_timeout;
+    if req.headers().contains_key(mode::FORWARDED) {
+        if let Some(ms) = req
+            .headers()
+            .get(BUDGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            limit = limit.min(std::time::Duration::from_millis(ms));
+        }
+    }
+    let full = app.ctx.config.limits.request_timeout;
+    // as if it had arrived here when it arrived at the first node
+    let arrived = arrived.checked_sub(full - limit).unwrap_or(arrived);
+    req.extensions_mut().insert(Arrived(arrived));
+    let at = crate::clock::now_ms() + limit.as_millis() as i64;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&at.to_string()) {
+        req.headers_mut().insert(DEADLINE_HEADER, v);
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {

@@ -15,7 +15,9 @@ use tokio::sync::{watch, Semaphore};
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, lets each connection finish the request it is on, and
-/// returns when all are closed (or `limits.request_timeout` has passed).
+/// returns when all are closed; connections still open after
+/// `limits.request_timeout` are cut (their tasks aborted, so nothing they
+/// hold, such as the ingest writer's queue, outlives the server).
 ///
 /// - At most `limits.max_connections` connections are open at once; one
 ///   more is closed as soon as it is accepted (the client sees the
@@ -34,7 +36,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refused: u64 = 0;
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        // (finished connections' tasks are reaped as new ones come)
+        while conns.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -64,7 +69,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let mut stop = stop_rx.clone();
         let header_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -90,6 +95,16 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     // every connection gives its slot back when it closes
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(limits.request_timeout, slots.acquire_many(all)).await;
+    if tokio::time::timeout(limits.request_timeout, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{} connections still open after request_timeout: cut",
+            conns.len()
+        );
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
     Ok(())
 }

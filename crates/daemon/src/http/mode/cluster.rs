@@ -86,8 +86,17 @@ impl NodeMode for Member {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let method = if body.is_some() { "POST" } else { "GET" };
+            // the owner gets what is left of this request's time
+            let budget = headers
+                .get(super::super::DEADLINE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|at| (at - now_ms()).max(1).to_string());
             let sent = tokio::task::spawn_blocking(move || {
                 let mut h = vec![(FORWARDED, "1")];
+                if let Some(b) = &budget {
+                    h.push((super::super::BUDGET_HEADER, b.as_str()));
+                }
                 if let Some(k) = &idem {
                     h.push((lockstep_api::IDEMPOTENCY_KEY, k.as_str()));
                 }
