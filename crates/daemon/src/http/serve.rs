@@ -36,10 +36,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refused: u64 = 0;
-    let mut conns = tokio::task::JoinSet::new();
+    // the connections' tasks, to cut those still open at the end
+    let mut conns: Vec<tokio::task::AbortHandle> = Vec::new();
     loop {
-        // (finished connections' tasks are reaped as new ones come)
-        while conns.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -69,7 +68,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let mut stop = stop_rx.clone();
         let header_timeout = limits.header_read_timeout;
-        conns.spawn(async move {
+        if conns.len() >= limits.max_connections {
+            conns.retain(|h| !h.is_finished());
+        }
+        let task = tokio::spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -90,6 +92,7 @@ pub async fn serve(
                 tracing::debug!("connection from {peer}: {e}");
             }
         });
+        conns.push(task.abort_handle());
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -99,12 +102,17 @@ pub async fn serve(
         .await
         .is_err()
     {
+        conns.retain(|h| !h.is_finished());
         tracing::warn!(
             "{} connections still open after request_timeout: cut",
             conns.len()
         );
     }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    for h in &conns {
+        h.abort();
+    }
+    // an aborted task drops what it held (the router's clone) when it
+    // next runs: give them that turn
+    tokio::task::yield_now().await;
     Ok(())
 }
