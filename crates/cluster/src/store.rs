@@ -229,6 +229,26 @@ struct SmData {
     state: ClusterState,
 }
 
+/// [`SmData`] as stored before the topic's identity was kept.
+#[derive(Deserialize)]
+struct SmDataV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    state: crate::state::ClusterStateV1,
+}
+
+/// A state machine snapshot's data, of either format.
+fn dec_sm(b: &[u8]) -> Result<SmData, AnyError> {
+    dec::<SmData>(b).or_else(|e| {
+        let old: SmDataV1 = dec(b).map_err(|_| e)?;
+        Ok(SmData {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            state: old.state.into(),
+        })
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Node>,
@@ -255,7 +275,7 @@ impl StateMachine {
         {
             Some(b) => {
                 let s: StoredSnapshot = dec(&b).map_err(StorageIOError::read)?;
-                dec::<SmData>(&s.data).map_err(StorageIOError::read)?
+                dec_sm(&s.data).map_err(StorageIOError::read)?
             }
             None => SmData::default(),
         };
@@ -392,8 +412,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let bytes = snapshot.into_inner();
-        let mut data: SmData =
-            dec(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        let mut data =
+            dec_sm(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
         let stored = StoredSnapshot {

@@ -400,6 +400,7 @@ async fn start_cluster(
             st.table, st.shards, table.name, table.shards
         )));
     }
+    let topic_mismatch = record_topic(&cp, &kafka).await;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
@@ -414,7 +415,56 @@ async fn start_cluster(
         failure_timeout: c.failure_timeout,
         agent,
         skip_log_gaps: c.skip_log_gaps,
+        topic_mismatch,
     }))
+}
+
+/// Records the topic's identity (its broker-given id) in the control
+/// plane the first time; later, compares. Returns why the topic is not the
+/// one the cluster recorded (it was deleted and created again: the offsets
+/// in the checkpoints mean nothing in it); the shards then stay failed
+/// rather than read it. A broker that reports no topic ids, or a control
+/// plane that does not answer, leaves only the offset checks (with a
+/// warning).
+async fn record_topic(
+    cp: &Arc<lockstep_cluster::ControlPlane>,
+    kafka: &lockstep_log::kafka::KafkaLog,
+) -> Option<String> {
+    let k = kafka.clone();
+    let id = tokio::task::spawn_blocking(move || k.topic_id(std::time::Duration::from_secs(10)))
+        .await
+        .map_err(|e| e.to_string());
+    let topic = kafka.config().topic.clone();
+    let id = match id {
+        Ok(Ok(Some(id))) => id,
+        Ok(Ok(None)) => {
+            tracing::warn!("the broker reports no id for topic `{topic}`: a topic deleted and created again is noticed only by its offsets");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("{e}; the topic's identity is not checked now");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("describing topic `{topic}`: {e}; its identity is not checked now");
+            return None;
+        }
+    };
+    let cmd = lockstep_cluster::state::Command::RecordTopic {
+        topic,
+        topic_id: id,
+    };
+    match cp.propose(cmd).await {
+        Ok(lockstep_cluster::state::Response::Done) => None,
+        Ok(lockstep_cluster::state::Response::Rejected(r)) => {
+            tracing::error!("{r}; every shard this node takes stays failed");
+            Some(r.to_string())
+        }
+        Err(e) => {
+            tracing::warn!("recording the topic's identity: {e}; not checked now");
+            None
+        }
+    }
 }
 
 /// Test fault (debug hooks only): the next flush of `fsync = "every N"`

@@ -8,6 +8,14 @@ use std::io::Write;
 use std::time::Duration;
 use support::*;
 
+/// The tests here measure a node's limits (connections, concurrent
+/// requests, memory): they run one at a time, so no other test's node
+/// competes with the one under test.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The process's peak resident memory so far, in KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -22,6 +30,7 @@ const EVENTS: &str = "/v1/tables/ad_events/events";
 
 #[test]
 fn a_30_mib_body_of_empty_objects_is_refused_with_bounded_memory() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[], &[]);
     let c = d.client();
@@ -98,6 +107,7 @@ fn a_30_mib_body_of_empty_objects_is_refused_with_bounded_memory() {
 
 #[test]
 fn an_idempotency_key_reused_for_another_body_is_refused() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &[], &[]);
     let rows = events(200, 10, 2);
@@ -141,6 +151,7 @@ fn an_idempotency_key_reused_for_another_body_is_refused() {
 
 #[test]
 fn oversized_events_and_too_many_requests_are_refused() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
         dir.path(),
@@ -222,6 +233,7 @@ fn oversized_events_and_too_many_requests_are_refused() {
 
 #[test]
 fn names_that_would_need_escaping_are_refused_at_create() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // at start-up: the node does not start, naming where and why
     let bad = SQL.replace("ad_events", "seitenaufrufe_ä");
@@ -253,6 +265,7 @@ fn names_that_would_need_escaping_are_refused_at_create() {
 
 #[test]
 fn dead_letters_are_kept_within_their_limit() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &[("max-dead-letters", "100")], &[]);
     let c = d.client();
@@ -299,6 +312,7 @@ fn dead_letters_are_kept_within_their_limit() {
 
 #[test]
 fn a_compaction_target_beyond_the_cap_is_refused() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[], &[]);
     let c = d.client();
@@ -350,6 +364,7 @@ fn read_until_closed(s: &mut std::net::TcpStream) -> (bool, String) {
 
 #[test]
 fn slow_clients_are_cut_off_and_requests_have_a_deadline() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
         dir.path(),
@@ -384,6 +399,7 @@ fn slow_clients_are_cut_off_and_requests_have_a_deadline() {
 
 #[test]
 fn connections_past_the_cap_are_closed_at_once() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
         dir.path(),
@@ -424,6 +440,7 @@ fn connections_past_the_cap_are_closed_at_once() {
 
 #[test]
 fn ingest_is_refused_not_queued_while_shards_are_behind_or_a_views_apply_runs() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
         dir.path(),
@@ -506,6 +523,7 @@ fn ingest_is_refused_not_queued_while_shards_are_behind_or_a_views_apply_runs() 
 /// the node's peak memory grows by far less than its size.
 #[test]
 fn a_large_object_is_streamed_not_loaded() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &[], &[]);
     let objects = dir.path().join("data/objects/big");
@@ -555,6 +573,7 @@ fn a_large_object_is_streamed_not_loaded() {
 /// never exited).
 #[test]
 fn a_stalled_download_does_not_keep_the_node_from_stopping() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(dir.path(), &[("request-timeout", "2 seconds")], &[]);
     let objects = dir.path().join("data/objects/big");
@@ -608,6 +627,7 @@ fn a_stalled_download_does_not_keep_the_node_from_stopping() {
 /// finishes and the training rows are those of the batch engine.
 #[test]
 fn shards_ingest_and_serve_while_a_compaction_merges() {
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(
         dir.path(),

@@ -39,6 +39,8 @@ pub const BODY_HASH_HEADER: &str = "lockstep-body-hash";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaLogError {
+    #[error("describing topic `{topic}`: {message}")]
+    TopicId { topic: String, message: String },
     #[error("kafka ({brokers}): {source}")]
     Kafka { brokers: String, source: KafkaError },
     #[error("topic `{topic}` has {found} partitions but the table has {expected} shards; create the table with shards = {found} or use another topic")]
@@ -169,6 +171,98 @@ impl KafkaLog {
         let log = KafkaLog { cfg, producer };
         log.ensure_topic().await?;
         Ok(log)
+    }
+
+    /// The topic's identity: the id the broker gave it when it was created
+    /// (a topic deleted and created again under the same name gets a new
+    /// one); `None` if the broker does not report topic ids. Blocks for at
+    /// most `timeout`.
+    pub fn topic_id(&self, timeout: Duration) -> Result<Option<String>, KafkaLogError> {
+        use rdkafka::bindings as rd;
+        use std::ffi::{CStr, CString};
+        let failed = |what: String| KafkaLogError::TopicId {
+            topic: self.cfg.topic.clone(),
+            message: what,
+        };
+        let name = CString::new(self.cfg.topic.as_str()).map_err(|e| failed(e.to_string()))?;
+        let rk = self.producer.client().native_ptr();
+        // one description at a time per process (librdkafka's main thread
+        // crashed when a node's shards asked at once)
+        static DESCRIBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = DESCRIBING.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the collection, queue and event are created and
+        // destroyed here, in order; every pointer read from the result is
+        // owned by the event and copied before the event is destroyed; the
+        // client handle outlives the call (`self` holds it).
+        unsafe {
+            let mut names = [name.as_ptr()];
+            let topics = rd::rd_kafka_TopicCollection_of_topic_names(names.as_mut_ptr(), 1);
+            let queue = rd::rd_kafka_queue_new(rk);
+            let options = rd::rd_kafka_AdminOptions_new(
+                rk,
+                rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+            );
+            rd::rd_kafka_DescribeTopics(rk, topics, options, queue);
+            let ev = rd::rd_kafka_queue_poll(queue, timeout.as_millis() as i32);
+            let out = if ev.is_null() {
+                Err(failed(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )))
+            } else {
+                let out = describe_result(ev).map_err(failed);
+                rd::rd_kafka_event_destroy(ev);
+                out
+            };
+            rd::rd_kafka_queue_destroy(queue);
+            rd::rd_kafka_AdminOptions_destroy(options);
+            rd::rd_kafka_TopicCollection_destroy(topics);
+            return out;
+        }
+
+        /// The topic id in a DescribeTopics result event.
+        unsafe fn describe_result(ev: *mut rd::rd_kafka_event_t) -> Result<Option<String>, String> {
+            let err = rd::rd_kafka_event_error(ev);
+            if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                let msg = rd::rd_kafka_event_error_string(ev);
+                return Err(if msg.is_null() {
+                    format!("{err:?}")
+                } else {
+                    CStr::from_ptr(msg).to_string_lossy().into_owned()
+                });
+            }
+            let res = rd::rd_kafka_event_DescribeTopics_result(ev);
+            if res.is_null() {
+                return Err("not a DescribeTopics result".into());
+            }
+            let mut n = 0usize;
+            let list = rd::rd_kafka_DescribeTopics_result_topics(res, &mut n);
+            if n == 0 || list.is_null() {
+                return Err("the broker described no topic".into());
+            }
+            let t = *list;
+            let e = rd::rd_kafka_TopicDescription_error(t);
+            if !e.is_null()
+                && rd::rd_kafka_error_code(e) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                let name = rd::rd_kafka_error_name(e);
+                return Err(CStr::from_ptr(name).to_string_lossy().into_owned());
+            }
+            let id = rd::rd_kafka_TopicDescription_topic_id(t);
+            if id.is_null() {
+                return Ok(None);
+            }
+            let zero = rd::rd_kafka_Uuid_most_significant_bits(id) == 0
+                && rd::rd_kafka_Uuid_least_significant_bits(id) == 0;
+            if zero {
+                return Ok(None);
+            }
+            let text = rd::rd_kafka_Uuid_base64str(id);
+            if text.is_null() {
+                return Ok(None);
+            }
+            Ok(Some(CStr::from_ptr(text).to_string_lossy().into_owned()))
+        }
     }
 
     pub fn config(&self) -> &KafkaConfig {
@@ -648,6 +742,21 @@ mod tests {
                 None
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_created_again_has_another_id() {
+        let Some(b) = brokers() else { return };
+        let topic = unique("topic-id");
+        let log = KafkaLog::connect(cfg(&b, &topic, 2)).await.unwrap();
+        let first = log.topic_id(Duration::from_secs(10)).unwrap();
+        assert!(first.is_some(), "the broker reports topic ids");
+        assert_eq!(log.topic_id(Duration::from_secs(10)).unwrap(), first);
+        KafkaLog::delete_topic(&b, &topic).await.unwrap();
+        let again = KafkaLog::connect(cfg(&b, &topic, 2)).await.unwrap();
+        let second = again.topic_id(Duration::from_secs(10)).unwrap();
+        assert!(second.is_some());
+        assert_ne!(first, second, "a topic created again is another topic");
     }
 
     fn unique(name: &str) -> String {

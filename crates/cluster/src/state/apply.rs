@@ -70,6 +70,24 @@ impl ClusterState {
                 expect_version,
                 at_ms,
             } => self.set_pipeline(sql, expect_version, at_ms),
+            Command::RecordTopic { topic, topic_id } => match &self.topic {
+                None => {
+                    self.topic = Some((topic, topic_id));
+                    Ok(())
+                }
+                Some((t, id)) if *t == topic && *id == topic_id => Ok(()),
+                // another topic name (the table's topic was changed in the
+                // config): its id is the one to keep from now on
+                Some((t, _)) if *t != topic => {
+                    self.topic = Some((topic, topic_id));
+                    Ok(())
+                }
+                Some((t, id)) => Err(Rejection::TopicRecreated {
+                    topic: t.clone(),
+                    recorded: id.clone(),
+                    found: topic_id,
+                }),
+            },
         }
     }
 

@@ -179,6 +179,13 @@ pub enum Command {
         error: String,
         at_ms: i64,
     },
+    /// The table's topic as a node found it: its broker-given id. The
+    /// first is recorded; another is refused (the topic was deleted and
+    /// created again: the offsets in the checkpoints mean nothing there).
+    RecordTopic {
+        topic: String,
+        topic_id: String,
+    },
 }
 
 /// A backfill job as the cluster keeps it.
@@ -241,6 +248,42 @@ pub struct ClusterState {
     pub pipeline: PipelineVersion,
     /// Backfill jobs, oldest first: running ones and the last finished.
     pub backfills: Vec<BackfillJob>,
+    /// `(topic, its broker-given id)` as first recorded (`RecordTopic`).
+    pub topic: Option<(String, String)>,
+}
+
+/// [`ClusterState`] as stored before the topic's identity was kept (the
+/// Raft snapshots of earlier versions).
+#[derive(Deserialize)]
+pub struct ClusterStateV1 {
+    table: String,
+    shards: u32,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    owners: Vec<ShardOwner>,
+    checkpoints: Vec<Option<ShardCheckpoint>>,
+    segments: Vec<Vec<SegmentInfo>>,
+    epoch: u64,
+    epoch_ms: i64,
+    pipeline: PipelineVersion,
+    backfills: Vec<BackfillJob>,
+}
+
+impl From<ClusterStateV1> for ClusterState {
+    fn from(s: ClusterStateV1) -> ClusterState {
+        ClusterState {
+            table: s.table,
+            shards: s.shards,
+            nodes: s.nodes,
+            owners: s.owners,
+            checkpoints: s.checkpoints,
+            segments: s.segments,
+            epoch: s.epoch,
+            epoch_ms: s.epoch_ms,
+            pipeline: s.pipeline,
+            backfills: s.backfills,
+            topic: None,
+        }
+    }
 }
 
 impl ClusterState {

@@ -82,4 +82,10 @@ pub enum Rejection {
     BackfillFinished(String),
     #[error("shard {shard} of backfill job {id} is done already")]
     PartDone { id: String, shard: u32 },
+    #[error("topic `{topic}` is not the one this cluster read: its id is {found}, the cluster recorded {recorded}; it was deleted and created again, and the offsets the checkpoints hold mean nothing in it (see docs/operations.md, \"When the log lost records\")")]
+    TopicRecreated {
+        topic: String,
+        recorded: String,
+        found: String,
+    },
 }

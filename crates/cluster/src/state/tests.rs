@@ -399,3 +399,48 @@ fn compaction_swaps_only_manifest_segments_by_the_owner() {
     assert_eq!(st.segments[0], vec![merged.clone()]);
     assert!(matches!(st.apply(swap(1, old)), Response::Rejected(_)));
 }
+
+#[test]
+fn the_first_topic_id_is_kept_and_another_for_the_same_topic_refused() {
+    let mut st = cluster(1, 2);
+    let rec = |topic: &str, id: &str| Command::RecordTopic {
+        topic: topic.into(),
+        topic_id: id.into(),
+    };
+    st.apply(rec("t", "AAA")).into_result().unwrap();
+    st.apply(rec("t", "AAA")).into_result().unwrap();
+    let r = st.apply(rec("t", "BBB")).into_result().unwrap_err();
+    assert!(matches!(r, Rejection::TopicRecreated { .. }), "{r}");
+    assert_eq!(st.topic, Some(("t".into(), "AAA".into())));
+    // the table's topic renamed in the config: the new one is recorded
+    st.apply(rec("t2", "CCC")).into_result().unwrap();
+    assert_eq!(st.topic, Some(("t2".into(), "CCC".into())));
+}
+
+#[test]
+fn a_state_stored_before_topic_ids_still_decodes() {
+    let st = cluster(2, 3);
+    // the fields as earlier versions stored them: no `topic` at the end
+    let old = bincode::serde::encode_to_vec(
+        (
+            &st.table,
+            st.shards,
+            &st.nodes,
+            &st.owners,
+            &st.checkpoints,
+            &st.segments,
+            st.epoch,
+            st.epoch_ms,
+            &st.pipeline,
+            &st.backfills,
+        ),
+        bincode::config::standard(),
+    )
+    .unwrap();
+    let new: Result<(ClusterState, usize), _> =
+        bincode::serde::decode_from_slice(&old, bincode::config::standard());
+    assert!(new.is_err(), "the old bytes are short of the new state");
+    let (v1, _): (ClusterStateV1, usize) =
+        bincode::serde::decode_from_slice(&old, bincode::config::standard()).unwrap();
+    assert_eq!(ClusterState::from(v1), st);
+}

@@ -30,6 +30,17 @@ pub fn spawn_fetcher(
             let mut position = from;
             let mut skipped = 0;
             set_failed(&ctx, shard, None);
+            // a topic created again under the name holds other records at
+            // the checkpoints' offsets: read nothing, visibly
+            if let Some(why) = &cl.topic_mismatch {
+                tracing::error!(shard, "{why}; the shard does not read it");
+                set_failed(&ctx, shard, Some(why.clone()));
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                set_failed(&ctx, shard, None);
+                return;
+            }
             while !flag.load(Ordering::Relaxed) {
                 let processed = ctx.processed[shard as usize].load(Ordering::Relaxed);
                 if position.saturating_sub(processed) > MAX_IN_FLIGHT {

@@ -44,6 +44,10 @@ pub struct ClusterCtx {
     /// `cluster.on_log_gap = "skip"`: offset gaps in the topic are skipped
     /// (counted) instead of failing the shard.
     pub skip_log_gaps: bool,
+    /// Why the topic is not the one the cluster recorded (its id differs:
+    /// it was deleted and created again), found at start: every shard this
+    /// node takes stays failed instead of reading it.
+    pub topic_mismatch: Option<String>,
 }
 
 impl ClusterCtx {
