@@ -115,6 +115,12 @@ impl NodeMode for Member {
                     {
                         r.headers_mut().insert(header::RETRY_AFTER, v);
                     }
+                    if reply.replayed {
+                        r.headers_mut().insert(
+                            lockstep_api::IDEMPOTENT_REPLAYED,
+                            HeaderValue::from_static("true"),
+                        );
+                    }
                     r
                 }
                 Ok(Err(e)) => unavailable(format!(

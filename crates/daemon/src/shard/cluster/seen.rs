@@ -120,13 +120,27 @@ impl Seen {
                 .collect();
             let cut = times.len() - max;
             let (_, nth, _) = times.select_nth_unstable(cut - 1);
-            horizon = *nth + 1;
+            // entries first seen in the same millisecond as the cut (a
+            // request's records share one) are kept, unless that would
+            // forget none
+            let oldest = self.oldest_ms();
+            horizon = if *nth > oldest { *nth } else { *nth + 1 };
             let before = self.len();
             self.forget_before(horizon);
             evicted = (before - self.len()) as u64;
         }
         self.horizon_ms = horizon;
         evicted
+    }
+
+    /// When the oldest entry was first seen.
+    fn oldest_ms(&self) -> i64 {
+        self.idem
+            .values()
+            .map(|e| e.at_ms)
+            .chain(self.event_ids.iter().map(|(_, at)| at))
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     fn forget_before(&mut self, horizon: i64) {
@@ -189,16 +203,22 @@ impl Seen {
             self.idem.clear();
             self.event_ids = EventIds::new();
         }
+        // what the shard had forgotten when it took this part goes first:
+        // an entry it saw again since is in this part with its new time
+        self.horizon_ms = self.horizon_ms.max(d.horizon_ms);
+        let h = self.horizon_ms;
+        self.forget_before(h);
         for (k, e) in d.idem {
             self.idem.insert(k, e);
         }
-        // in time order: expiry walks the ids in the order they were added
+        // in time order: expiry walks the ids in the order they were added;
+        // a later part's time for an id replaces an earlier one's
         let mut ids = d.event_ids;
         ids.sort_unstable_by_key(|&(id, at)| (at, id));
         for (id, at) in ids {
+            self.event_ids.forget(id);
             self.event_ids.first_time(id, at);
         }
-        self.horizon_ms = self.horizon_ms.max(d.horizon_ms);
     }
 
     /// After the last fold: entries older than the horizon go.
@@ -310,6 +330,16 @@ fn decode_legacy(b: &[u8]) -> Result<SeenDelta, ShardError> {
 }
 
 impl Seen {
+    #[cfg(test)]
+    fn from_parts_deltas(parts: Vec<SeenDelta>) -> Seen {
+        let mut s = Seen::default();
+        for p in parts {
+            s.fold(p);
+        }
+        s.settle();
+        s
+    }
+
     /// What a checkpoint's snapshot parts hold, folded in order.
     pub(super) fn from_parts(parts: Vec<crate::cluster::DedupPart>) -> Seen {
         let mut s = Seen::default();
@@ -391,14 +421,53 @@ mod tests {
     }
 
     #[test]
+    fn an_id_seen_again_after_it_was_forgotten_survives_a_restore() {
+        let mut s = Seen::default();
+        let mut parts = Vec::new();
+        s.first_time(7, 100);
+        let d = s.delta(true);
+        s.saved(&d);
+        parts.push(d);
+        // forgotten (TTL), then seen again
+        s.expire(150, usize::MAX);
+        assert!(s.first_time(7, 200));
+        let d = s.delta(false);
+        s.saved(&d);
+        parts.push(d);
+        let r = Seen::from_parts_deltas(parts.clone());
+        assert_eq!(r.event_ids, s.event_ids, "the id is remembered at 200");
+        // the local cache, with an old single-value blob beside the entries
+        let legacy = bincode::serde::encode_to_vec(
+            (
+                Vec::<(String, (i64, Vec<(u32, u32)>))>::new(),
+                vec![(7u128, 100i64)],
+            ),
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let w = Seen::cache_write(&parts[1]);
+        let c = Seen::from_cache(&w.put, Some(&legacy)).unwrap();
+        assert_eq!(c.event_ids, s.event_ids);
+    }
+
+    #[test]
     fn beyond_the_cap_the_oldest_are_forgotten_first() {
         let mut s = Seen::default();
         for i in 0..10 {
             s.first_time(i as u128, 1000 + i);
             s.check_key(&format!("k{i}"), 0, Some(1), 1000 + i);
         }
-        assert_eq!(s.expire(0, 8), 12);
-        assert_eq!(s.len(), 8);
+        // 12 over the cap: the cut falls in millisecond 1005, whose
+        // entries are kept with the newer ones
+        assert_eq!(s.expire(0, 8), 10);
+        assert_eq!(s.len(), 10);
+        // all first seen in one millisecond: forgetting by time must take
+        // them all rather than none
+        let mut t = Seen::default();
+        for i in 0..5 {
+            t.first_time(i, 7);
+        }
+        assert_eq!(t.expire(0, 3), 5);
         assert!(s.first_time(3, 2000), "an old id was forgotten");
         assert!(!s.first_time(9, 2000), "the newest are kept");
         assert_eq!(s.check_key("k9", 0, Some(1), 2000), KeyCheck::Repeat);
