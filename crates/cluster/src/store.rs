@@ -487,7 +487,17 @@ mod tests {
         assert_eq!(rx.borrow_and_update().shards, 3);
         sm.build_snapshot().await.unwrap();
         drop(sm);
-        let (_, mut sm) = open(dir.path()).unwrap();
+        // sled's background threads let go of the directory's lock a
+        // moment after the last handle is dropped
+        let mut reopened = open(dir.path());
+        for _ in 0..250 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = open(dir.path());
+        }
+        let (_, mut sm) = reopened.unwrap();
         assert_eq!(sm.state().shards, 3);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
