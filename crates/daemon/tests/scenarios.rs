@@ -688,10 +688,22 @@ fn a_topic_created_again_leaves_its_shards_failed_and_the_node_unready() {
     let r = not_ready.unwrap_or_else(|| panic!("the node stayed ready\n{}", d.log()));
     let body = String::from_utf8_lossy(&r.body).to_string();
     assert!(body.contains("created again"), "{body}");
-    let st = c.status().unwrap();
-    let failed: Vec<_> = st.shards.iter().filter(|s| s.failed.is_some()).collect();
     // the cluster recorded the first topic's id: the new one has another,
-    // and no shard reads it (not even one whose offsets it would cover)
+    // and no shard reads it (not even one whose offsets it would cover);
+    // the shards come up one by one
+    let mut st = None;
+    for _ in 0..600 {
+        if let Ok(s) = c.status() {
+            let all = s.shards.len() == 16 && s.shards.iter().all(|s| s.failed.is_some());
+            st = Some(s);
+            if all {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = st.unwrap_or_else(|| panic!("no status\n{}", d.log()));
+    let failed: Vec<_> = st.shards.iter().filter(|s| s.failed.is_some()).collect();
     assert_eq!(failed.len(), 16, "{st:?}");
     assert!(
         failed[0].failed.as_ref().unwrap().contains("its id is"),
