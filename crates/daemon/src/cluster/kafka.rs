@@ -35,9 +35,7 @@ pub fn spawn_fetcher(
             if let Some(why) = &cl.topic_mismatch {
                 tracing::error!(shard, "{why}; the shard does not read it");
                 set_failed(&ctx, shard, Some(why.clone()));
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                wait_for_stop(&flag);
                 set_failed(&ctx, shard, None);
                 return;
             }
@@ -92,9 +90,7 @@ pub fn spawn_fetcher(
                         // here, visibly, until an operator decides
                         tracing::error!(shard, "{e}; the shard stops reading (see docs/operations.md, \"When the log lost records\")");
                         set_failed(&ctx, shard, Some(e.to_string()));
-                        while !flag.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
+                        wait_for_stop(&flag);
                         break;
                     }
                     Err(e) => {
@@ -114,6 +110,13 @@ pub fn spawn_fetcher(
         let _ = me.send_message(ShardMsg::Fail);
     }
     stop
+}
+
+/// A failed shard's reader idles until the shard stops or moves.
+fn wait_for_stop(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Marks shard `shard` failed (or not) and updates the gauge.
