@@ -15,6 +15,7 @@ pub mod store;
 
 mod membership;
 mod routes;
+pub use routes::same_secret;
 
 use crate::network::{decode, encode, CallError, Network, Peer, PeerError};
 use crate::state::{ClusterState, Command, NodeId, Response};

@@ -37,6 +37,12 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The hash a serve-and-ingest request's event is recognised by under its
+/// Idempotency-Key (its row as the log stores it).
+pub fn event_hash(row: &lockstep_core::value::Row) -> u64 {
+    fnv1a64(&lockstep_io::raw::encode_event(row))
+}
+
 fn canonical_fingerprint<T: serde::Serialize>(plan: &T) -> String {
     let bytes = bincode::serde::encode_to_vec(plan, bincode::config::standard())
         .expect("compiled plans encode");

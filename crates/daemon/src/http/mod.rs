@@ -234,12 +234,6 @@ async fn admit(
     }
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if is_open(path) {
@@ -251,7 +245,14 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(t) if same_secret(t.trim(), &app.ctx.config.token) => next.run(req).await,
+        Some(t)
+            if lockstep_cluster::same_secret(
+                t.trim().as_bytes(),
+                app.ctx.config.token.as_bytes(),
+            ) =>
+        {
+            next.run(req).await
+        }
         Some(_) => error(StatusCode::UNAUTHORIZED, "invalid API token"),
         None => error(
             StatusCode::UNAUTHORIZED,

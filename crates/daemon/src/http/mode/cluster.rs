@@ -197,7 +197,7 @@ impl NodeMode for Member {
                 return unavailable(format!("shard {shard} is restarting; retry"));
             }
             // a retry carries the same event; another under the key is refused
-            let hash = crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row));
+            let hash = crate::pipeline::event_hash(&row);
             if let Err(e) = crate::cluster::produce(ctx, cl, Some((&key, hash)), &[(shard, row)]).await {
                 return unavailable(format!(
                     "the log did not acknowledge the event ({e}); retry with the same Idempotency-Key"

@@ -79,7 +79,7 @@ impl NodeMode for Alone {
             };
             let (done, rx) = oneshot::channel();
             let body_hash = key.as_ref().map_or(0, |_| {
-                crate::pipeline::fnv1a64(&lockstep_io::raw::encode_event(&row))
+                crate::pipeline::event_hash(&row)
             });
             let req = WriteReq {
                 idempotency_key: key,

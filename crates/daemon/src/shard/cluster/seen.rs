@@ -119,28 +119,19 @@ impl Seen {
                 .chain(self.event_ids.iter().map(|(_, at)| at))
                 .collect();
             let cut = times.len() - max;
-            let (_, nth, _) = times.select_nth_unstable(cut - 1);
+            let (older, nth, _) = times.select_nth_unstable(cut - 1);
+            let nth = *nth;
             // entries first seen in the same millisecond as the cut (a
             // request's records share one) are kept, unless that would
             // forget none
-            let oldest = self.oldest_ms();
-            horizon = if *nth > oldest { *nth } else { *nth + 1 };
+            let oldest = older.iter().copied().min().unwrap_or(nth);
+            horizon = if nth > oldest { nth } else { nth + 1 };
             let before = self.len();
             self.forget_before(horizon);
             evicted = (before - self.len()) as u64;
         }
         self.horizon_ms = horizon;
         evicted
-    }
-
-    /// When the oldest entry was first seen.
-    fn oldest_ms(&self) -> i64 {
-        self.idem
-            .values()
-            .map(|e| e.at_ms)
-            .chain(self.event_ids.iter().map(|(_, at)| at))
-            .min()
-            .unwrap_or(i64::MAX)
     }
 
     fn forget_before(&mut self, horizon: i64) {
