@@ -8,12 +8,13 @@
 use crate::clock::now_ms;
 use crate::cluster::ClusterCtx;
 use crate::node::NodeCtx;
-use crate::segments::SegmentInfo;
+use crate::segments::{read_segment_chunks, ObjectWriter, SegmentInfo, STREAM_PART_BYTES};
 use lockstep_api::{BackfillPart, BackfillRequest};
 use lockstep_cluster::state::{BackfillJob, ClusterState, Command, Response};
+use lockstep_offline::OfflineError;
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStoreExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,31 +68,6 @@ pub async fn replay_shard(
     let started = Instant::now();
     let node_catalog = (*ctx.pipeline().catalog).clone();
     let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)?;
-    let mut fetched = HashMap::new();
-    for s in &segs {
-        let b = crate::segments::get_segment(ctx.objects.as_ref(), s).await?;
-        fetched.insert(s.path.clone(), b);
-    }
-    let (view, from, to) = (req.view.clone(), req.from, req.to);
-    let cat = catalog.clone();
-    let (rows, report) = tokio::task::spawn_blocking(move || {
-        let mut rows = Vec::new();
-        let report = lockstep_offline::replay(
-            &cat,
-            &view,
-            &segs,
-            from,
-            to,
-            &mut |s| Ok(fetched.remove(&s.path).unwrap_or_default()),
-            &mut |r| {
-                rows.push(r);
-                Ok(())
-            },
-            &mut |_| {},
-        );
-        report.map(|r| (rows, r))
-    })
-    .await??;
     let (_, v) = catalog.view(&req.view).expect("checked");
     let nonce = {
         use std::hash::BuildHasher;
@@ -101,18 +77,37 @@ pub async fn replay_shard(
         "backfill/{job}/{}/shard={shard:03}.n{node}-{nonce:08x}.parquet",
         req.view
     );
-    let bytes = lockstep_io::rows_to_parquet(&path, &rows, &v.output)?;
-    let crc32 = crc32fast::hash(&bytes);
-    crate::segments::put_object(
-        ctx.objects.as_ref(),
-        &ObjPath::from(path.as_str()),
-        bytes::Bytes::from(bytes),
-    )
-    .await
-    .map_err(|source| BackfillError::Store {
-        path: path.clone(),
-        source,
-    })?;
+    let (view, from, to) = (req.view.clone(), req.from, req.to);
+    let (store, schema, rt) = (
+        ctx.objects.clone(),
+        v.output.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let cat = catalog.clone();
+    let at = path.clone();
+    // in bounded memory: each segment's events are replayed as they
+    // download, and the rows are uploaded in parts as they are written
+    let (report, crc32) = tokio::task::spawn_blocking(move || {
+        let out = ObjectWriter::new(rt.clone(), store.clone(), &at, STREAM_PART_BYTES);
+        let mut w = lockstep_io::ParquetStream::new(&at, &schema, out)?;
+        let report = lockstep_offline::replay(
+            &cat,
+            &view,
+            &segs,
+            from,
+            to,
+            &mut |s, each| read_events(&rt, store.as_ref(), s, each),
+            &mut |r| w.write(&r).map_err(|e| OfflineError::Other(e.to_string())),
+            &mut |_| {},
+        )?;
+        let (out, _) = w.finish()?;
+        let (_, crc32) = out.finish().map_err(|source| BackfillError::Store {
+            path: at.clone(),
+            source,
+        })?;
+        Ok::<_, BackfillError>((report, crc32))
+    })
+    .await??;
     Ok(BackfillPart {
         shard,
         node,
@@ -122,6 +117,38 @@ pub async fn replay_shard(
         events: report.events,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// Reads a raw segment as it downloads, passing each event to `each`; a
+/// damaged segment (checksum, framing) fails after its events were passed,
+/// so the caller throws away what it made of them.
+fn read_events(
+    rt: &tokio::runtime::Handle,
+    store: &dyn object_store::ObjectStore,
+    s: &SegmentInfo,
+    each: &mut lockstep_offline::EventSink,
+) -> Result<(), OfflineError> {
+    let mut decoder = lockstep_io::raw::RawDecoder::new(&s.path);
+    // why `each` stopped the read, if it did
+    let mut stopped = None;
+    let read = read_segment_chunks(rt, store, s, &mut |chunk| {
+        decoder
+            .feed(chunk, &mut |_, row| {
+                each(row).map_err(|e| {
+                    stopped = Some(e);
+                    lockstep_io::raw::RawError::Record("stopped".into())
+                })
+            })
+            .map_err(crate::segments::SegmentError::Raw)
+    });
+    if let Some(e) = stopped {
+        return Err(e);
+    }
+    read.map_err(|e| OfflineError::Other(e.to_string()))?;
+    decoder
+        .finish()
+        .map_err(|e| OfflineError::Other(e.to_string()))?;
+    Ok(())
 }
 
 /// Runs `attempt` until it succeeds, [`BACKFILL_TRIES`] times at most,

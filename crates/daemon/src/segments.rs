@@ -26,7 +26,7 @@ pub fn shard_prefix(kind: &str, name: &str, shard: u32) -> String {
     format!("{kind}/{name}/shard={shard:03}/")
 }
 
-pub use lockstep_io::raw::{decode_raw, merge_raw, raw_segment, RAW_EXT};
+pub use lockstep_io::raw::{decode_raw, raw_segment, RAW_EXT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -36,6 +36,13 @@ pub enum SegmentError {
     Io(#[from] lockstep_io::IoError),
     #[error(transparent)]
     Raw(#[from] lockstep_io::raw::RawError),
+    #[error("uploading a segment: {0}")]
+    Upload(std::io::Error),
+    #[error("spooling a segment to {dir}: {source}")]
+    Spool {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("segment {path} is damaged: checksum {found:08x}, manifest says {expected:08x}")]
     Checksum {
         path: String,
@@ -124,6 +131,144 @@ pub async fn put_object_in_parts(
         let _ = upload.abort().await;
     }
     done
+}
+
+/// Parts of an object written as it is produced ([`ObjectWriter`]): it is
+/// one PUT while it stays within one part, a multipart upload of parts of
+/// this size beyond (S3 takes 10,000 parts: objects up to 80 GB).
+pub const STREAM_PART_BYTES: usize = 8 << 20;
+
+/// An object written as it is produced, from a blocking thread (a merge, a
+/// backfill): memory holds at most two parts, whatever the object's size.
+/// While the bytes fit in one part it is one PUT at [`ObjectWriter::finish`];
+/// past that a multipart upload sends each part as it fills. Dropped
+/// without `finish` (an error on the way), the upload is aborted, so no
+/// parts are left behind. Keeps the object's length and CRC-32.
+pub struct ObjectWriter {
+    rt: tokio::runtime::Handle,
+    store: Arc<dyn ObjectStore>,
+    path: ObjPath,
+    part: usize,
+    buf: Vec<u8>,
+    upload: Option<Box<dyn object_store::MultipartUpload>>,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl ObjectWriter {
+    /// Must be called on a thread where `rt.block_on` may run (a blocking
+    /// task's).
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        store: Arc<dyn ObjectStore>,
+        path: &str,
+        part: usize,
+    ) -> ObjectWriter {
+        ObjectWriter {
+            rt,
+            store,
+            path: ObjPath::from(path),
+            part,
+            buf: Vec::new(),
+            upload: None,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Sends every full part (starting the upload at the first).
+    fn send_full_parts(&mut self) -> Result<(), object_store::Error> {
+        while self.buf.len() > self.part {
+            if self.upload.is_none() {
+                let u = self.rt.block_on(self.store.put_multipart(&self.path))?;
+                self.upload = Some(u);
+            }
+            let rest = self.buf.split_off(self.part);
+            let full = std::mem::replace(&mut self.buf, rest);
+            let upload = self.upload.as_mut().expect("started");
+            let sent = upload.put_part(PutPayload::from(full));
+            self.rt.block_on(sent)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the object: its length and CRC-32.
+    pub fn finish(mut self) -> Result<(u64, u32), object_store::Error> {
+        let last = PutPayload::from(std::mem::take(&mut self.buf));
+        match self.upload.take() {
+            None => {
+                self.rt.block_on(self.store.put(&self.path, last))?;
+            }
+            Some(mut upload) => {
+                let done = self.rt.block_on(async {
+                    if last.content_length() > 0 {
+                        upload.put_part(last).await?;
+                    }
+                    upload.complete().await
+                });
+                if let Err(e) = done {
+                    let _ = self.rt.block_on(upload.abort());
+                    return Err(e);
+                }
+            }
+        }
+        Ok((self.len, self.crc.clone().finalize()))
+    }
+}
+
+impl std::io::Write for ObjectWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.crc.update(data);
+        self.len += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        self.send_full_parts().map_err(std::io::Error::other)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            // not finished: no parts left behind (S3 keeps, and bills, them)
+            self.rt.spawn(async move {
+                let _ = upload.abort().await;
+            });
+        }
+    }
+}
+
+/// Reads a segment chunk by chunk from a blocking thread (`rt.block_on`),
+/// passing each chunk to `each`, and checks its checksum against the
+/// manifest at the end (what `each` did with a damaged segment's chunks
+/// must then be thrown away: the caller fails).
+pub fn read_segment_chunks(
+    rt: &tokio::runtime::Handle,
+    store: &dyn ObjectStore,
+    s: &SegmentInfo,
+    each: &mut dyn FnMut(&[u8]) -> Result<(), SegmentError>,
+) -> Result<(), SegmentError> {
+    use futures::StreamExt;
+    let got = rt.block_on(store.get(&ObjPath::from(s.path.as_str())))?;
+    let mut chunks = got.into_stream();
+    let mut crc = crc32fast::Hasher::new();
+    while let Some(chunk) = rt.block_on(chunks.next()) {
+        let chunk = chunk?;
+        crc.update(&chunk);
+        each(&chunk)?;
+    }
+    let found = crc.finalize();
+    if found != s.crc32 {
+        return Err(SegmentError::Checksum {
+            path: s.path.clone(),
+            found,
+            expected: s.crc32,
+        });
+    }
+    Ok(())
 }
 
 /// Writes a segment object and describes it.
@@ -278,6 +423,42 @@ pub fn plan_compaction(segments: &[SegmentInfo], target_bytes: u64) -> Vec<Vec<S
 mod tests {
     use super::*;
     use futures::StreamExt;
+
+    /// Whatever the part and write sizes, the object is the bytes written,
+    /// with their length and CRC-32; one PUT within a part; nothing left
+    /// when given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_is_written_as_it_is_produced() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let bytes: Vec<u8> = (0..100_003u32).map(|i| (i % 241) as u8).collect();
+        for (part, write) in [(1000, 7), (1000, 5000), (200_000, 999), (100_003, 100_003)] {
+            let path = format!("o/{part}-{write}");
+            let (s, p, b) = (store.clone(), path.clone(), bytes.clone());
+            let rt = tokio::runtime::Handle::current();
+            let (len, crc) = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut w = ObjectWriter::new(rt, s, &p, part);
+                for c in b.chunks(write) {
+                    w.write_all(c).unwrap();
+                }
+                w.finish().unwrap()
+            })
+            .await
+            .unwrap();
+            assert_eq!((len, crc), (bytes.len() as u64, crc32fast::hash(&bytes)));
+            let back = store.get(&ObjPath::from(path.as_str())).await.unwrap();
+            assert_eq!(back.bytes().await.unwrap().as_ref(), bytes.as_slice());
+        }
+        let (s, rt) = (store.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = ObjectWriter::new(rt, s, "o/abandoned", 1000);
+            w.write_all(&[1; 5000]).unwrap();
+        })
+        .await
+        .unwrap();
+        assert!(store.head(&ObjPath::from("o/abandoned")).await.is_err());
+    }
 
     /// A local store whose clock is ten minutes behind this machine's (as
     /// an S3 server's may be): every time it reports is shifted.

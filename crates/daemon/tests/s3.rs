@@ -120,6 +120,44 @@ fn large_objects_go_up_in_parts() {
         back.as_ref() == bytes.as_slice(),
         "the parts joined in order"
     );
+    // written as it is produced (a merge, a backfill), in odd-sized
+    // writes: the same object, its length and checksum kept on the way
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::new(store);
+    let streamed = object_store::path::Path::from(format!("{path}.streamed"));
+    let (s, p, b) = (store.clone(), streamed.to_string(), bytes.clone());
+    let h = rt.handle().clone();
+    let (len, crc) = rt
+        .block_on(rt.spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = lockstep_daemon::segments::ObjectWriter::new(h, s, &p, 5 << 20);
+            for c in b.chunks(777_777) {
+                w.write_all(c).unwrap();
+            }
+            w.finish().unwrap()
+        }))
+        .unwrap();
+    assert_eq!((len, crc), (bytes.len() as u64, crc32fast::hash(&bytes)));
+    let back = rt
+        .block_on(async { store.get(&streamed).await.unwrap().bytes().await })
+        .unwrap();
+    assert!(
+        back.as_ref() == bytes.as_slice(),
+        "streamed parts joined in order"
+    );
+    // given up half way (a failed merge): no object
+    let abandoned = object_store::path::Path::from(format!("{path}.abandoned"));
+    let (s, p, b) = (store.clone(), abandoned.to_string(), bytes.clone());
+    let h = rt.handle().clone();
+    rt.block_on(rt.spawn_blocking(move || {
+        use std::io::Write;
+        let mut w = lockstep_daemon::segments::ObjectWriter::new(h, s, &p, 5 << 20);
+        w.write_all(&b).unwrap();
+    }))
+    .unwrap();
+    assert!(matches!(
+        rt.block_on(store.head(&abandoned)),
+        Err(object_store::Error::NotFound { .. })
+    ));
     // the node serves it, streamed
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("s3://{bucket}");

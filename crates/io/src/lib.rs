@@ -201,6 +201,49 @@ pub fn rows_to_parquet(name: &str, rows: &[Row], schema: &Schema) -> Result<Vec<
     w.into_bytes()
 }
 
+/// A Parquet file written as rows arrive, into any writer (an object
+/// uploaded in parts as it grows): memory holds one record batch and one
+/// row group, however many rows pass.
+pub struct ParquetStream<W: std::io::Write + Send>(parquet_out::ParquetRowWriter<W>);
+
+impl<W: std::io::Write + Send> ParquetStream<W> {
+    /// `name` only labels errors.
+    pub fn new(name: &str, schema: &Schema, out: W) -> Result<Self, IoError> {
+        parquet_out::ParquetRowWriter::with_writer(Path::new(name), schema, out).map(ParquetStream)
+    }
+
+    pub fn write(&mut self, row: &[Value]) -> Result<(), IoError> {
+        self.0.write(row)
+    }
+
+    /// Completes the file; returns the writer and the rows written.
+    pub fn finish(self) -> Result<(W, u64), IoError> {
+        self.0.into_inner()
+    }
+}
+
+/// The rows of a Parquet file read batch by batch from any source (a
+/// local file), in `schema`'s columns matched by name; a record that does
+/// not fit is an error, as in [`read_rows`]. `name` labels errors.
+pub fn parquet_rows<R: parquet::file::reader::ChunkReader + 'static>(
+    name: &str,
+    source: R,
+    schema: &Schema,
+) -> Result<impl Iterator<Item = Result<Row, IoError>>, IoError> {
+    let path = Path::new(name).to_path_buf();
+    let mut r = parquet_in::ParquetEvents::open_from(&path, source, schema, None)?;
+    Ok(std::iter::from_fn(move || match r.next_record() {
+        Ok(None) => None,
+        Ok(Some(Ok(row))) => Some(Ok(row)),
+        Ok(Some(Err(bad))) => Some(Err(IoError::InvalidRecord {
+            path: path.clone(),
+            location: bad.location,
+            reason: bad.reason,
+        })),
+        Err(e) => Some(Err(e)),
+    }))
+}
+
 /// Parses single JSON events (one object each) into rows of a table schema,
 /// with the same coercions and messages as the JSON-lines reader.
 #[derive(Debug, Clone)]

@@ -154,17 +154,24 @@ impl ParquetRowWriter<Vec<u8>> {
     }
 
     /// Completes the file and returns its bytes.
-    pub fn into_bytes(mut self) -> Result<Vec<u8>, IoError> {
-        self.flush_batch()?;
-        let path = self.path.clone();
-        self.writer
-            .into_inner()
-            .map_err(|e| parquet_write_error(&path, e))
+    pub fn into_bytes(self) -> Result<Vec<u8>, IoError> {
+        self.into_inner().map(|(bytes, _)| bytes)
     }
 }
 
 impl<W: std::io::Write + Send> ParquetRowWriter<W> {
-    fn with_writer(path: &Path, schema: &Schema, file: W) -> Result<Self, IoError> {
+    /// Completes the file; returns its writer and the rows written.
+    pub fn into_inner(mut self) -> Result<(W, u64), IoError> {
+        self.flush_batch()?;
+        let path = self.path.clone();
+        let rows = self.rows;
+        self.writer
+            .into_inner()
+            .map(|w| (w, rows))
+            .map_err(|e| parquet_write_error(&path, e))
+    }
+
+    pub(crate) fn with_writer(path: &Path, schema: &Schema, file: W) -> Result<Self, IoError> {
         let mut builders = Vec::with_capacity(schema.len());
         let mut fields = Vec::with_capacity(schema.len());
         for c in &schema.columns {

@@ -11,7 +11,8 @@ use lockstep_core::value::{Row, Value};
 pub const RAW_MAGIC: &[u8; 8] = b"LSRAW01\n";
 /// File extension of raw segments.
 pub const RAW_EXT: &str = "lsr";
-const RAW_HEADER: usize = 24;
+/// Bytes before a raw segment's first record: magic, first offset, count.
+pub const RAW_HEADER: usize = 24;
 
 /// A record or segment that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +55,112 @@ pub fn raw_segment(from: u64, count: u64, framed: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The header of a raw segment of `count` records from offset `from`
+/// (its framed records follow).
+pub fn raw_header(from: u64, count: u64) -> [u8; RAW_HEADER] {
+    let mut h = [0u8; RAW_HEADER];
+    h[..8].copy_from_slice(RAW_MAGIC);
+    h[8..16].copy_from_slice(&from.to_le_bytes());
+    h[16..].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+/// The first offset and record count in a raw segment's header (its first
+/// [`RAW_HEADER`] bytes).
+pub fn parse_raw_header(path: &str, header: &[u8]) -> Result<(u64, u64), RawError> {
+    raw_parts(path, header).map(|(from, count, _)| (from, count))
+}
+
+/// Decodes a raw segment as its bytes arrive, chunk by chunk: memory holds
+/// one chunk and one record, whatever the segment's size.
+pub struct RawDecoder {
+    path: String,
+    /// Bytes of a header or record not complete yet.
+    pending: Vec<u8>,
+    /// (first offset, count) once the header is read.
+    header: Option<(u64, u64)>,
+    decoded: u64,
+}
+
+impl RawDecoder {
+    pub fn new(path: &str) -> RawDecoder {
+        RawDecoder {
+            path: path.to_string(),
+            pending: Vec::new(),
+            header: None,
+            decoded: 0,
+        }
+    }
+
+    fn damaged(&self, message: String) -> RawError {
+        RawError::Segment {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Takes the next chunk of the segment; `each` gets every record it
+    /// completes, with its offset, in order.
+    pub fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        each: &mut dyn FnMut(u64, Row) -> Result<(), RawError>,
+    ) -> Result<(), RawError> {
+        loop {
+            let need = match self.header {
+                None => RAW_HEADER,
+                Some(_) if self.pending.len() < 4 => 4,
+                Some(_) => {
+                    4 + u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize
+                }
+            };
+            if self.pending.len() < need {
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let take = (need - self.pending.len()).min(chunk.len());
+                self.pending.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                continue;
+            }
+            match self.header {
+                None => {
+                    self.header = Some(parse_raw_header(&self.path, &self.pending)?);
+                    self.pending.clear();
+                }
+                Some((from, count)) if need > 4 => {
+                    if self.decoded == count {
+                        return Err(
+                            self.damaged(format!("more than the {count} records its header says"))
+                        );
+                    }
+                    let row = decode_event(&self.pending[4..])
+                        .map_err(|e| self.damaged(e.to_string()))?;
+                    each(from + self.decoded, row)?;
+                    self.decoded += 1;
+                    self.pending.clear();
+                }
+                // a length of 0: an empty record is not an event
+                Some(_) => return Err(self.damaged("a record of 0 bytes".into())),
+            }
+        }
+    }
+
+    /// The end of the segment: every record its header counts was read.
+    /// Returns the first offset and the count.
+    pub fn finish(self) -> Result<(u64, u64), RawError> {
+        match self.header {
+            Some((from, count)) if self.decoded == count && self.pending.is_empty() => {
+                Ok((from, count))
+            }
+            Some((_, count)) => {
+                Err(self.damaged(format!("truncated at record {} of {count}", self.decoded)))
+            }
+            None => Err(self.damaged("not a lockstep raw log segment".into())),
+        }
+    }
+}
+
 /// The first offset, count and framed records of a raw segment.
 fn raw_parts<'a>(path: &str, bytes: &'a [u8]) -> Result<(u64, u64, &'a [u8]), RawError> {
     if bytes.len() < RAW_HEADER || &bytes[..8] != RAW_MAGIC {
@@ -90,56 +197,77 @@ pub fn decode_raw(path: &str, bytes: &[u8]) -> Result<Vec<(u64, Row)>, RawError>
     Ok(out)
 }
 
-/// Concatenates consecutive raw segments (compaction): no record is decoded.
-pub fn merge_raw(parts: &[(String, bytes::Bytes)]) -> Result<(Vec<u8>, u64), RawError> {
-    let mut framed = Vec::new();
-    let mut first = None;
-    let mut total = 0;
-    for (path, b) in parts {
-        let (from, count, recs) = raw_parts(path, b)?;
-        first.get_or_insert(from);
-        total += count;
-        framed.extend_from_slice(recs);
-    }
-    Ok((raw_segment(first.unwrap_or(0), total, &framed), total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn frame(rows: &[Row]) -> Vec<u8> {
+        let mut f = Vec::new();
+        for r in rows {
+            let b = encode_event(r);
+            f.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            f.extend_from_slice(&b);
+        }
+        f
+    }
+
     #[test]
-    fn raw_segments_round_trip_and_merge_without_decoding() {
-        let frame = |rows: &[Row]| {
-            let mut f = Vec::new();
-            for r in rows {
-                let b = encode_event(r);
-                f.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                f.extend_from_slice(&b);
-            }
-            f
-        };
+    fn raw_segments_round_trip() {
         let a = vec![
             vec![Value::BigInt(1), Value::text("x")],
             vec![Value::Null, Value::Timestamp(5)],
         ];
-        let b = vec![vec![Value::Double(0.5), Value::Boolean(true)]];
-        let sa = bytes::Bytes::from(raw_segment(10, 2, &frame(&a)));
-        let sb = bytes::Bytes::from(raw_segment(12, 1, &frame(&b)));
+        let sa = raw_segment(10, 2, &frame(&a));
         let got = decode_raw("a", &sa).unwrap();
         assert_eq!(got, vec![(10, a[0].clone()), (11, a[1].clone())]);
-        let (merged, n) = merge_raw(&[("a".into(), sa), ("b".into(), sb)]).unwrap();
-        assert_eq!(n, 3);
-        let got = decode_raw("m", &merged).unwrap();
-        assert_eq!(
-            got.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![10, 11, 12]
-        );
-        assert_eq!(got[2].1, b[0]);
+        assert_eq!(&raw_header(10, 2)[..], &sa[..RAW_HEADER]);
+        assert_eq!(parse_raw_header("a", &sa[..RAW_HEADER]).unwrap(), (10, 2));
         // damage is reported, not misread
         assert!(decode_raw("x", b"not a segment at all, sorry").is_err());
         let mut cut = raw_segment(0, 2, &frame(&a));
         cut.truncate(cut.len() - 3);
         assert!(decode_raw("cut", &cut).is_err());
+    }
+
+    #[test]
+    fn a_segment_decodes_the_same_fed_in_chunks_of_any_size() {
+        let rows: Vec<Row> = (0..50)
+            .map(|i| vec![Value::BigInt(i), Value::text(&"y".repeat(i as usize * 7))])
+            .collect();
+        let seg = raw_segment(7, 50, &frame(&rows));
+        let whole = decode_raw("s", &seg).unwrap();
+        for size in [1, 3, 4, 24, 25, 1000, seg.len()] {
+            let mut d = RawDecoder::new("s");
+            let mut got = Vec::new();
+            for c in seg.chunks(size) {
+                d.feed(c, &mut |o, r| {
+                    got.push((o, r));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(d.finish().unwrap(), (7, 50), "chunks of {size}");
+            assert_eq!(got, whole, "chunks of {size}");
+        }
+        let none = &mut |_, _| Ok(());
+        // cut short
+        let mut d = RawDecoder::new("s");
+        d.feed(&seg[..seg.len() - 2], none).unwrap();
+        assert!(d
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("truncated at record 49 of 50"));
+        // a record more than the header counts
+        let mut longer = seg.clone();
+        longer.extend_from_slice(&frame(&rows[..1]));
+        let mut d = RawDecoder::new("s");
+        assert!(d.feed(&longer, none).is_err());
+        // not a segment
+        let mut d = RawDecoder::new("s");
+        assert!(d.feed(b"not a segment at all, sorry", none).is_err());
+        let mut d = RawDecoder::new("s");
+        d.feed(b"LSRA", none).unwrap();
+        assert!(d.finish().is_err());
     }
 }

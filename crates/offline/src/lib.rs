@@ -8,7 +8,6 @@ use lockstep_api::{
 };
 use lockstep_core::value::Value;
 use lockstep_core::{Catalog, Engine};
-use lockstep_io::raw::decode_raw;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -137,10 +136,15 @@ pub fn backfill_catalog(
     Ok(Arc::new(catalog))
 }
 
+/// Where a replay's reader passes each event of a segment, in log order.
+pub type EventSink<'a> = dyn FnMut(lockstep_core::value::Row) -> Result<(), OfflineError> + 'a;
+
 /// Replays archived raw segments through `view`: `segs` in log order
 /// (shard by shard, each from offset 0 without gaps), calling `emit` with
 /// each row whose event time is in `[from, to)` and `progress` after each
-/// segment with the events replayed so far. `fetch` gets a segment's bytes.
+/// segment with the events replayed so far. `read` reads a segment,
+/// passing each of its events in order to the function it is given (as
+/// they arrive: nothing asks for a whole segment in memory).
 #[allow(clippy::too_many_arguments)]
 pub fn replay(
     catalog: &Arc<Catalog>,
@@ -148,7 +152,7 @@ pub fn replay(
     segs: &[SegmentInfo],
     from: Option<i64>,
     to: Option<i64>,
-    fetch: &mut dyn FnMut(&SegmentInfo) -> Result<bytes::Bytes, OfflineError>,
+    read: &mut dyn FnMut(&SegmentInfo, &mut EventSink) -> Result<(), OfflineError>,
     emit: &mut dyn FnMut(lockstep_core::value::Row) -> Result<(), OfflineError>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<OfflineReport, OfflineError> {
@@ -178,9 +182,9 @@ pub fn replay(
             _ => {}
         }
         expect = Some((s.shard, s.to_offset));
-        let bytes = fetch(s)?;
-        for (_, row) in decode_raw(&s.path, &bytes).map_err(other)? {
-            engine.push_to_shard(s.shard, &row, &mut emitted);
+        let shard = s.shard;
+        read(s, &mut |row| {
+            engine.push_to_shard(shard, &row, &mut emitted);
             report.events += 1;
             for e in emitted.drain(..) {
                 let keep = match time_col.map(|c| &e.row[c]) {
@@ -194,7 +198,8 @@ pub fn replay(
                     report.rows += 1;
                 }
             }
-        }
+            Ok(())
+        })?;
         report.segments += 1;
         progress(report.events);
     }

@@ -43,8 +43,8 @@ pub(crate) struct CompactQuery {
 /// Each node compacts the shards it holds (through its manifest); the node
 /// asked also asks the other live nodes (with `local=true`).
 ///
-/// A merged segment is at most `MAX_COMPACT_TARGET` bytes: the merge is
-/// made in memory.
+/// A merged segment is at most `MAX_COMPACT_TARGET` bytes (it is uploaded
+/// in parts as it is merged; S3 takes 10,000 parts).
 pub(crate) async fn compact(
     State(app): State<App>,
     Query(q): Query<CompactQuery>,
@@ -56,7 +56,7 @@ pub(crate) async fn compact(
         Some(t) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("target_bytes {t}: give a size from 1 byte to {MAX_COMPACT_TARGET} (1 GiB): a merge is made in memory"),
+                format!("target_bytes {t}: give a size from 1 byte to {MAX_COMPACT_TARGET} (64 GiB): a merged segment is uploaded in at most 10,000 parts of 8 MiB"),
             )
         }
     };
@@ -131,5 +131,6 @@ pub(crate) async fn object(State(app): State<App>, Path(path): Path<String>) -> 
     }
 }
 
-/// The largest `target_bytes` a compaction takes: 1 GiB.
-const MAX_COMPACT_TARGET: i64 = 1 << 30;
+/// The largest `target_bytes` a compaction takes: 64 GiB (a merged
+/// segment is uploaded in parts of `STREAM_PART_BYTES`, 10,000 at most).
+const MAX_COMPACT_TARGET: i64 = 64 << 30;

@@ -2,18 +2,21 @@
 //!
 //! The actor plans a compaction and hands it to a task: the segments are
 //! read, merged and written outside the actor (which goes on processing
-//! and serving), one merge at a time per node (each merge holds its run in
-//! memory: at most `target_bytes`, capped at 1 GiB). Each merged segment
+//! and serving), one merge at a time per node, in bounded memory whatever
+//! the run's size (streamed: see [`merge`]). Each merged segment
 //! goes back to the actor, which swaps it into the manifest
 //! (`ShardMsg::CompactSwap`).
 
 use super::{err, CompactReport, Reply, ShardError, ShardMode, ShardMsg, ShardWorker};
 
 use crate::node::NodeCtx;
-use crate::segments::{self, get_segment, plan_compaction, put_segment, SegmentInfo};
+use crate::segments::{
+    self, plan_compaction, read_segment_chunks, ObjectWriter, SegmentError, SegmentInfo,
+};
 use lockstep_core::Schema;
 use ractor::ActorRef;
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -168,59 +171,28 @@ impl ShardWorker {
     }
 }
 
-/// Outside the actor: reads a run, merges it (on a blocking thread, one
-/// merge at a time per node), writes the merged segment and has the actor
-/// swap it in; the number of segments after.
+/// Outside the actor: merges a run into one segment (on a blocking thread,
+/// one merge at a time per node) and has the actor swap it in; the number
+/// of segments after.
 async fn merge_and_swap(
     ctx: &Arc<NodeCtx>,
     me: &ActorRef<ShardMsg>,
     shard: u32,
     m: Merge,
 ) -> Result<usize, ShardError> {
+    let group = m.group.clone();
     let merged = {
         let _one = ctx.compactions.acquire().await.map_err(err)?;
         let stall = MERGE_STALL_MS.load(std::sync::atomic::Ordering::Relaxed);
         if stall > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
         }
-        let store = ctx.objects.as_ref();
-        let (from, to) = (m.group[0].from_offset, m.group[m.group.len() - 1].to_offset);
-        let lo = m.group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
-        let hi = m.group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
-        let mut parts = Vec::new();
-        for s in &m.group {
-            parts.push((s.path.clone(), get_segment(store, s).await.map_err(err)?));
-        }
-        let label = segments::segment_path(&m.kind, &m.name, shard, from, to, "parquet");
-        let schema = m.schema.clone();
-        let (bytes, n) = tokio::task::spawn_blocking(move || match &schema {
-            // raw log slices concatenate without decoding
-            None => segments::merge_raw(&parts).map_err(err),
-            Some(schema) => {
-                let mut rows = Vec::new();
-                for (path, b) in parts {
-                    rows.extend(lockstep_io::rows_from_parquet(&path, b, schema).map_err(err)?);
-                }
-                let b = lockstep_io::rows_to_parquet(&label, &rows, schema).map_err(err)?;
-                Ok((b, rows.len() as u64))
-            }
-        })
-        .await
-        .map_err(err)??;
-        put_segment(
-            store,
-            &m.kind,
-            &m.name,
-            shard,
-            from,
-            to,
-            &m.ext,
-            bytes,
-            n,
-            (lo, hi),
-        )
-        .await
-        .map_err(err)?
+        let (store, spool) = (ctx.objects.clone(), ctx.config.data_dir.join("spool"));
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || merge(&rt, store, &spool, shard, &m))
+            .await
+            .map_err(err)?
+            .map_err(err)?
     };
     let (tx, rx) = oneshot::channel();
     let gone = || {
@@ -230,7 +202,7 @@ async fn merge_and_swap(
     };
     let path = merged.path.clone();
     let sent = me.send_message(ShardMsg::CompactSwap {
-        group: m.group,
+        group,
         merged,
         reply: tx,
     });
@@ -243,6 +215,118 @@ async fn merge_and_swap(
         return Err(gone());
     }
     rx.await.map_err(|_| gone())?
+}
+
+/// Merges a run into one segment, in bounded memory: the merged object is
+/// uploaded in parts as it is written ([`ObjectWriter`]); raw slices are
+/// copied chunk by chunk as they download, undecoded; Parquet parts are
+/// downloaded to a file under `spool` (deleted when closed) and read a
+/// record batch at a time. A damaged part fails the merge (its upload is
+/// aborted). Runs on a blocking thread (`rt.block_on`).
+fn merge(
+    rt: &tokio::runtime::Handle,
+    store: Arc<dyn object_store::ObjectStore>,
+    spool: &std::path::Path,
+    shard: u32,
+    m: &Merge,
+) -> Result<SegmentInfo, SegmentError> {
+    let (from, to) = (m.group[0].from_offset, m.group[m.group.len() - 1].to_offset);
+    let lo = m.group.iter().map(|s| s.min_time).min().unwrap_or(i64::MAX);
+    let hi = m.group.iter().map(|s| s.max_time).max().unwrap_or(i64::MIN);
+    let path = segments::segment_path(&m.kind, &m.name, shard, from, to, &m.ext);
+    let out = ObjectWriter::new(
+        rt.clone(),
+        store.clone(),
+        &path,
+        segments::STREAM_PART_BYTES,
+    );
+    let (out, rows) = match &m.schema {
+        None => merge_raw(rt, store.as_ref(), &m.group, out)?,
+        Some(schema) => {
+            std::fs::create_dir_all(spool).map_err(|e| spool_error(spool, e))?;
+            let mut w = lockstep_io::ParquetStream::new(&path, schema, out)?;
+            for s in &m.group {
+                let mut file = tempfile::tempfile_in(spool).map_err(|e| spool_error(spool, e))?;
+                read_segment_chunks(rt, store.as_ref(), s, &mut |c| {
+                    file.write_all(c).map_err(|e| spool_error(spool, e))
+                })?;
+                for row in lockstep_io::parquet_rows(&s.path, file, schema)? {
+                    w.write(&row?)?;
+                }
+            }
+            w.finish()?
+        }
+    };
+    let (bytes, crc32) = out.finish()?;
+    Ok(SegmentInfo {
+        kind: m.kind.clone(),
+        name: m.name.clone(),
+        shard,
+        path,
+        from_offset: from,
+        to_offset: to,
+        min_time: lo,
+        max_time: hi,
+        rows,
+        bytes,
+        crc32,
+    })
+}
+
+/// Raw slices concatenate without decoding: one header (the first offset,
+/// the records of all), then each slice's framed records as they arrive.
+/// Each slice's header must say what the manifest says of it.
+fn merge_raw(
+    rt: &tokio::runtime::Handle,
+    store: &dyn object_store::ObjectStore,
+    group: &[SegmentInfo],
+    mut out: ObjectWriter,
+) -> Result<(ObjectWriter, u64), SegmentError> {
+    use lockstep_io::raw::{parse_raw_header, raw_header, RAW_HEADER};
+    let total: u64 = group.iter().map(|s| s.rows).sum();
+    out.write_all(&raw_header(group[0].from_offset, total))
+        .map_err(SegmentError::Upload)?;
+    for s in group {
+        let mut head = Vec::with_capacity(RAW_HEADER);
+        read_segment_chunks(rt, store, s, &mut |mut c| {
+            if head.len() < RAW_HEADER {
+                let take = (RAW_HEADER - head.len()).min(c.len());
+                head.extend_from_slice(&c[..take]);
+                c = &c[take..];
+                if head.len() == RAW_HEADER {
+                    let said = parse_raw_header(&s.path, &head)?;
+                    if said != (s.from_offset, s.rows) {
+                        return Err(damaged(
+                            s,
+                            format!(
+                                "its header says {} records from offset {}, the manifest {} from {}",
+                                said.1, said.0, s.rows, s.from_offset
+                            ),
+                        ));
+                    }
+                }
+            }
+            out.write_all(c).map_err(SegmentError::Upload)
+        })?;
+        if head.len() < RAW_HEADER {
+            return Err(damaged(s, "shorter than its header".into()));
+        }
+    }
+    Ok((out, total))
+}
+
+fn damaged(s: &SegmentInfo, message: String) -> SegmentError {
+    SegmentError::Raw(lockstep_io::raw::RawError::Segment {
+        path: s.path.clone(),
+        message,
+    })
+}
+
+fn spool_error(dir: &std::path::Path, source: std::io::Error) -> SegmentError {
+    SegmentError::Spool {
+        dir: dir.to_path_buf(),
+        source,
+    }
 }
 
 async fn delete_segments(store: &dyn object_store::ObjectStore, segs: &[SegmentInfo]) {
