@@ -66,6 +66,8 @@ pub async fn replay_shard(
     shard: u32,
 ) -> Result<BackfillPart, BackfillError> {
     let started = Instant::now();
+    // a compaction meanwhile keeps the segments it replaces until the end
+    let _reading = ArchiveReader::new(&ctx.archive_readers);
     let node_catalog = (*ctx.pipeline().catalog).clone();
     let catalog = lockstep_offline::backfill_catalog(node_catalog, req.sql.as_deref(), &req.view)?;
     let (_, v) = catalog.view(&req.view).expect("checked");
@@ -119,6 +121,22 @@ pub async fn replay_shard(
     })
 }
 
+/// Counts a backfill reading the archive while it lives.
+struct ArchiveReader<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> ArchiveReader<'a> {
+    fn new(readers: &'a std::sync::atomic::AtomicUsize) -> Self {
+        readers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ArchiveReader(readers)
+    }
+}
+
+impl Drop for ArchiveReader<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Reads a raw segment as it downloads, passing each event to `each`; a
 /// damaged segment (checksum, framing) fails after its events were passed,
 /// so the caller throws away what it made of them.
@@ -128,18 +146,20 @@ fn read_events(
     s: &SegmentInfo,
     each: &mut lockstep_offline::EventSink,
 ) -> Result<(), OfflineError> {
-    let mut decoder = lockstep_io::raw::RawDecoder::new(&s.path);
+    let mut decoder = lockstep_io::raw::RawDecoder::new(&s.path, s.bytes);
     // why `each` stopped the read, if it did
     let mut stopped = None;
     let read = read_segment_chunks(rt, store, s, &mut |chunk| {
-        decoder
-            .feed(chunk, &mut |_, row| {
-                each(row).map_err(|e| {
-                    stopped = Some(e);
-                    lockstep_io::raw::RawError::Record("stopped".into())
-                })
+        let fed = decoder.feed(chunk, &mut |_, row| {
+            each(row).map_err(|e| {
+                stopped = Some(e);
+                lockstep_io::raw::RawError::Record("stopped".into())
             })
-            .map_err(crate::segments::SegmentError::Raw)
+        });
+        match stopped {
+            Some(_) => Err(crate::segments::SegmentError::Stopped),
+            None => fed.map_err(crate::segments::SegmentError::Raw),
+        }
     });
     if let Some(e) = stopped {
         return Err(e);

@@ -27,9 +27,12 @@ pub struct NodeCtx {
     pub ingest_gate: tokio::sync::RwLock<()>,
     /// One `views apply` at a time.
     pub apply_lock: tokio::sync::Mutex<()>,
-    /// One compaction merge at a time on this node (each holds its run in
-    /// memory).
+    /// One compaction merge at a time on this node.
     pub compactions: tokio::sync::Semaphore,
+    /// Backfills reading the archive on this node now: segments a
+    /// compaction replaced are deleted only when none is (a backfill reads
+    /// the segments it listed as its replay reaches them).
+    pub archive_readers: std::sync::atomic::AtomicUsize,
     pub log: Arc<EmbeddedLog>,
     pub state: Arc<StateStore>,
     pub objects: Arc<dyn ObjectStore>,
@@ -233,6 +236,7 @@ impl Node {
             ingest_gate: tokio::sync::RwLock::new(()),
             apply_lock: tokio::sync::Mutex::new(()),
             compactions: tokio::sync::Semaphore::new(1),
+            archive_readers: std::sync::atomic::AtomicUsize::new(0),
             log: Arc::new(log),
             state: Arc::new(state),
             objects,

@@ -38,6 +38,10 @@ pub enum SegmentError {
     Raw(#[from] lockstep_io::raw::RawError),
     #[error("uploading a segment: {0}")]
     Upload(std::io::Error),
+    /// The consumer of [`read_segment_chunks`] stopped the read (it keeps
+    /// why).
+    #[error("stopped")]
+    Stopped,
     #[error("spooling a segment to {dir}: {source}")]
     Spool {
         dir: std::path::PathBuf,
@@ -153,6 +157,8 @@ pub struct ObjectWriter {
     upload: Option<Box<dyn object_store::MultipartUpload>>,
     crc: crc32fast::Hasher,
     len: u64,
+    /// A part failed to go up: the object can no longer be completed.
+    failed: bool,
 }
 
 impl ObjectWriter {
@@ -173,6 +179,7 @@ impl ObjectWriter {
             upload: None,
             crc: crc32fast::Hasher::new(),
             len: 0,
+            failed: false,
         }
     }
 
@@ -192,8 +199,16 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Completes the object: its length and CRC-32.
+    /// Completes the object: its length and CRC-32. (Should the store fail
+    /// after the object is whole, e.g. its answer lost, the object may stay
+    /// under a name no manifest lists: garbage collection's to delete.)
     pub fn finish(mut self) -> Result<(u64, u32), object_store::Error> {
+        if self.failed {
+            return Err(object_store::Error::Generic {
+                store: "upload",
+                source: format!("a part of {} failed to go up", self.path).into(),
+            });
+        }
         let last = PutPayload::from(std::mem::take(&mut self.buf));
         match self.upload.take() {
             None => {
@@ -218,10 +233,16 @@ impl ObjectWriter {
 
 impl std::io::Write for ObjectWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::other("an earlier part failed to go up"));
+        }
         self.crc.update(data);
         self.len += data.len() as u64;
         self.buf.extend_from_slice(data);
-        self.send_full_parts().map_err(std::io::Error::other)?;
+        self.send_full_parts().map_err(|e| {
+            self.failed = true;
+            std::io::Error::other(e)
+        })?;
         Ok(data.len())
     }
 
@@ -233,32 +254,60 @@ impl std::io::Write for ObjectWriter {
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
         if let Some(mut upload) = self.upload.take() {
-            // not finished: no parts left behind (S3 keeps, and bills, them)
-            self.rt.spawn(async move {
-                let _ = upload.abort().await;
-            });
+            // not finished: no parts left behind (S3 keeps, and bills,
+            // them); on the blocking thread it was written from
+            if let Err(e) = self.rt.block_on(upload.abort()) {
+                tracing::warn!(object = %self.path, "could not abort an unfinished upload: {e}");
+            }
         }
     }
 }
 
-/// Reads a segment chunk by chunk from a blocking thread (`rt.block_on`),
-/// passing each chunk to `each`, and checks its checksum against the
-/// manifest at the end (what `each` did with a damaged segment's chunks
-/// must then be thrown away: the caller fails).
+/// How much of a segment one read takes ([`read_segment_chunks`]): each
+/// is its own ranged GET, so no request stays open while a slow consumer
+/// (a replay, a merge's upload) works through a large segment.
+pub const READ_CHUNK_BYTES: u64 = 4 << 20;
+
+/// Reads a segment (its `bytes` as the manifest lists them) in ranged GETs
+/// of [`READ_CHUNK_BYTES`] from a blocking thread (`rt.block_on`), passing
+/// each chunk to `each`, and checks its checksum against the manifest at
+/// the end: what `each` made of a damaged segment's chunks must then be
+/// thrown away (the caller fails). If `each` finds the bytes malformed
+/// (a `Raw` or `Io` error), the rest is still read to tell damage (a
+/// checksum error) from a bug (`each`'s error); any other error of
+/// `each`'s ends the read at once.
 pub fn read_segment_chunks(
     rt: &tokio::runtime::Handle,
     store: &dyn ObjectStore,
     s: &SegmentInfo,
     each: &mut dyn FnMut(&[u8]) -> Result<(), SegmentError>,
 ) -> Result<(), SegmentError> {
-    use futures::StreamExt;
-    let got = rt.block_on(store.get(&ObjPath::from(s.path.as_str())))?;
-    let mut chunks = got.into_stream();
+    let path = ObjPath::from(s.path.as_str());
     let mut crc = crc32fast::Hasher::new();
-    while let Some(chunk) = rt.block_on(chunks.next()) {
-        let chunk = chunk?;
+    let mut malformed = None;
+    let mut at = 0;
+    while at < s.bytes {
+        let end = (at + READ_CHUNK_BYTES).min(s.bytes);
+        let chunk = rt.block_on(store.get_range(&path, at..end))?;
+        if chunk.len() as u64 != end - at {
+            return Err(SegmentError::Raw(lockstep_io::raw::RawError::Segment {
+                path: s.path.clone(),
+                message: format!(
+                    "{} bytes at {at}, the manifest says the segment has {}",
+                    chunk.len(),
+                    s.bytes
+                ),
+            }));
+        }
         crc.update(&chunk);
-        each(&chunk)?;
+        if malformed.is_none() {
+            match each(&chunk) {
+                Ok(()) => {}
+                Err(e @ (SegmentError::Raw(_) | SegmentError::Io(_))) => malformed = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        at = end;
     }
     let found = crc.finalize();
     if found != s.crc32 {
@@ -268,7 +317,7 @@ pub fn read_segment_chunks(
             expected: s.crc32,
         });
     }
-    Ok(())
+    malformed.map_or(Ok(()), Err)
 }
 
 /// Writes a segment object and describes it.
@@ -449,7 +498,11 @@ mod tests {
             let back = store.get(&ObjPath::from(path.as_str())).await.unwrap();
             assert_eq!(back.bytes().await.unwrap().as_ref(), bytes.as_slice());
         }
-        let (s, rt) = (store.clone(), tokio::runtime::Handle::current());
+        // given up half way, on a local store: no object, no staged parts
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let (s, rt) = (local.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut w = ObjectWriter::new(rt, s, "o/abandoned", 1000);
@@ -457,7 +510,21 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(store.head(&ObjPath::from("o/abandoned")).await.is_err());
+        let left: Vec<_> = walk(dir.path());
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files.extend(walk(&p));
+            } else {
+                files.push(p);
+            }
+        }
+        files
     }
 
     /// A local store whose clock is ten minutes behind this machine's (as

@@ -75,6 +75,11 @@ pub fn parse_raw_header(path: &str, header: &[u8]) -> Result<(u64, u64), RawErro
 /// one chunk and one record, whatever the segment's size.
 pub struct RawDecoder {
     path: String,
+    /// The segment's size: a record said to reach past it is damage (its
+    /// length is not trusted to size a buffer).
+    size: u64,
+    /// Bytes of the header and the records completed.
+    done: u64,
     /// Bytes of a header or record not complete yet.
     pending: Vec<u8>,
     /// (first offset, count) once the header is read.
@@ -83,9 +88,12 @@ pub struct RawDecoder {
 }
 
 impl RawDecoder {
-    pub fn new(path: &str) -> RawDecoder {
+    /// A decoder of the segment `path` of `size` bytes.
+    pub fn new(path: &str, size: u64) -> RawDecoder {
         RawDecoder {
             path: path.to_string(),
+            size,
+            done: 0,
             pending: Vec::new(),
             header: None,
             decoded: 0,
@@ -109,9 +117,22 @@ impl RawDecoder {
         loop {
             let need = match self.header {
                 None => RAW_HEADER,
+                Some((_, count)) if self.decoded == count => {
+                    return match chunk.is_empty() {
+                        true => Ok(()),
+                        false => Err(self.damaged(format!("bytes after its {count} records"))),
+                    };
+                }
                 Some(_) if self.pending.len() < 4 => 4,
                 Some(_) => {
-                    4 + u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes")) as usize
+                    let len = u32::from_le_bytes(self.pending[..4].try_into().expect("4 bytes"));
+                    if self.done + 4 + len as u64 > self.size {
+                        return Err(self.damaged(format!(
+                            "record {} of {len} bytes reaches past the segment's end",
+                            self.decoded
+                        )));
+                    }
+                    4 + len as usize
                 }
             };
             if self.pending.len() < need {
@@ -126,18 +147,15 @@ impl RawDecoder {
             match self.header {
                 None => {
                     self.header = Some(parse_raw_header(&self.path, &self.pending)?);
+                    self.done += RAW_HEADER as u64;
                     self.pending.clear();
                 }
-                Some((from, count)) if need > 4 => {
-                    if self.decoded == count {
-                        return Err(
-                            self.damaged(format!("more than the {count} records its header says"))
-                        );
-                    }
+                Some((from, _)) if need > 4 => {
                     let row = decode_event(&self.pending[4..])
                         .map_err(|e| self.damaged(e.to_string()))?;
                     each(from + self.decoded, row)?;
                     self.decoded += 1;
+                    self.done += need as u64;
                     self.pending.clear();
                 }
                 // a length of 0: an empty record is not an event
@@ -150,9 +168,7 @@ impl RawDecoder {
     /// Returns the first offset and the count.
     pub fn finish(self) -> Result<(u64, u64), RawError> {
         match self.header {
-            Some((from, count)) if self.decoded == count && self.pending.is_empty() => {
-                Ok((from, count))
-            }
+            Some((from, count)) if self.decoded == count => Ok((from, count)),
             Some((_, count)) => {
                 Err(self.damaged(format!("truncated at record {} of {count}", self.decoded)))
             }
@@ -237,7 +253,7 @@ mod tests {
         let seg = raw_segment(7, 50, &frame(&rows));
         let whole = decode_raw("s", &seg).unwrap();
         for size in [1, 3, 4, 24, 25, 1000, seg.len()] {
-            let mut d = RawDecoder::new("s");
+            let mut d = RawDecoder::new("s", seg.len() as u64);
             let mut got = Vec::new();
             for c in seg.chunks(size) {
                 d.feed(c, &mut |o, r| {
@@ -250,23 +266,34 @@ mod tests {
             assert_eq!(got, whole, "chunks of {size}");
         }
         let none = &mut |_, _| Ok(());
+        let size = seg.len() as u64;
         // cut short
-        let mut d = RawDecoder::new("s");
+        let mut d = RawDecoder::new("s", size);
         d.feed(&seg[..seg.len() - 2], none).unwrap();
         assert!(d
             .finish()
             .unwrap_err()
             .to_string()
             .contains("truncated at record 49 of 50"));
-        // a record more than the header counts
+        // bytes past the records its header counts
         let mut longer = seg.clone();
         longer.extend_from_slice(&frame(&rows[..1]));
-        let mut d = RawDecoder::new("s");
-        assert!(d.feed(&longer, none).is_err());
+        let mut d = RawDecoder::new("s", longer.len() as u64);
+        let e = d.feed(&longer, none).unwrap_err().to_string();
+        assert!(e.contains("bytes after its 50 records"), "{e}");
+        // a damaged length is refused before anything is buffered for it
+        let mut bad = seg.clone();
+        bad[RAW_HEADER..RAW_HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut d = RawDecoder::new("s", size);
+        let e = d
+            .feed(&bad[..RAW_HEADER + 8], none)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reaches past the segment's end"), "{e}");
         // not a segment
-        let mut d = RawDecoder::new("s");
+        let mut d = RawDecoder::new("s", 100);
         assert!(d.feed(b"not a segment at all, sorry", none).is_err());
-        let mut d = RawDecoder::new("s");
+        let mut d = RawDecoder::new("s", 100);
         d.feed(b"LSRA", none).unwrap();
         assert!(d.finish().is_err());
     }

@@ -156,16 +156,32 @@ impl ShardWorker {
         mode.swap_segments(self, &group, &merged).await?;
         self.segments.retain(|s| !group.contains(s));
         self.segments.push(merged);
-        let objects = self.ctx.objects.clone();
-        if mode.deletes_later() {
+        let ctx = self.ctx.clone();
+        let reading = || {
+            ctx.archive_readers
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0
+        };
+        let later = mode.deletes_later();
+        if later || reading() {
             // other nodes may be reading them under the manifest they
-            // listed a moment ago (export, backfill): later
+            // listed a moment ago (export, backfill), and a backfill here
+            // reads each segment only when its replay reaches it: later
             tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-                delete_segments(objects.as_ref(), &group).await;
+                if later {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                }
+                while ctx
+                    .archive_readers
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0
+                {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                delete_segments(ctx.objects.as_ref(), &group).await;
             });
         } else {
-            delete_segments(objects.as_ref(), &group).await;
+            delete_segments(ctx.objects.as_ref(), &group).await;
         }
         Ok(self.segments.len())
     }

@@ -4,9 +4,12 @@
 use super::{err, ShardError, ShardWorker};
 
 use crate::pipeline::view_fingerprint;
-use crate::segments::{decode_raw, get_segment, put_segment, SegmentInfo};
+use crate::segments::{
+    read_segment_chunks, segment_path, ObjectWriter, SegmentError, SegmentInfo, STREAM_PART_BYTES,
+};
 use crate::store::Commit;
 use lockstep_core::value::{Row, Value};
+use lockstep_io::raw::{RawDecoder, RawError};
 use std::time::Instant;
 
 impl ShardWorker {
@@ -44,16 +47,28 @@ impl ShardWorker {
     }
 
     /// Replays the shard's archive (its raw segments, gap-free from the
-    /// start up to offset `to`) through the engine, keeping the training
-    /// rows of the views in `emit`. Returns them and the events replayed.
-    pub(super) async fn replay_archive(
+    /// start up to offset `to`) through the engine and writes the training
+    /// rows of the views in `emit` as one segment per view (covering
+    /// offsets `0..to`, named with `ext`; none for a view with no rows).
+    /// Returns the segments and the events replayed.
+    ///
+    /// In bounded memory: each raw segment is decoded as it downloads and
+    /// each view's rows are uploaded in parts as they are written. The
+    /// replay blocks this actor's thread (the runtime moves its other tasks
+    /// elsewhere), as it did while awaiting each segment whole.
+    pub(super) async fn rebuild_training(
         &mut self,
         segments: &[SegmentInfo],
         to: u64,
         emit: &[bool],
-    ) -> Result<(Vec<Vec<Row>>, u64), ShardError> {
+        ext: &str,
+    ) -> Result<(Vec<SegmentInfo>, u64), ShardError> {
         let shard = self.shard;
-        let mut raw: Vec<&SegmentInfo> = segments.iter().filter(|s| s.kind == "raw").collect();
+        let mut raw: Vec<SegmentInfo> = segments
+            .iter()
+            .filter(|s| s.kind == "raw")
+            .cloned()
+            .collect();
         raw.sort_by_key(|s| s.from_offset);
         let mut at = raw.first().map_or(0, |s| s.from_offset);
         if at != 0 && to > 0 {
@@ -61,8 +76,6 @@ impl ShardWorker {
                 "shard {shard}: the archive starts at offset {at}, not 0; cannot rebuild"
             )));
         }
-        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); emit.len()];
-        let mut events = 0u64;
         for s in &raw {
             if s.from_offset != at {
                 return Err(ShardError::Internal(format!(
@@ -71,63 +84,122 @@ impl ShardWorker {
                 )));
             }
             at = s.to_offset;
-            let bytes = get_segment(self.ctx.objects.as_ref(), s)
-                .await
-                .map_err(err)?;
-            for (_, row) in decode_raw(&s.path, &bytes).map_err(err)? {
-                self.engine.push_to_shard(shard, &row, &mut self.emitted);
-                events += 1;
-                for e in self.emitted.drain(..) {
-                    if emit[e.view] {
-                        rows[e.view].push(e.row);
-                    }
-                }
-            }
         }
         if at != to {
             return Err(ShardError::Internal(format!(
                 "shard {shard}: the archive ends at {at} but the checkpoint is at {to}"
             )));
         }
-        Ok((rows, events))
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| self.replay_into_segments(&rt, &raw, to, emit, ext))
     }
 
-    /// Writes a rebuild's training rows as one segment per view, covering
-    /// offsets `0..to`, named with `ext`.
-    pub(super) async fn put_rebuilt(
-        &self,
-        rows: &[Vec<Row>],
-        emit: &[bool],
+    fn replay_into_segments(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        raw: &[SegmentInfo],
         to: u64,
+        emit: &[bool],
         ext: &str,
-    ) -> Result<Vec<SegmentInfo>, ShardError> {
-        let ctx = &self.ctx;
-        let mut added = Vec::new();
-        for (v, rs) in rows.iter().enumerate() {
-            if !emit[v] || rs.is_empty() {
-                continue;
-            }
-            let view = self.pipe.view(v);
-            let (lo, hi) = view_time_range(&ctx.table, view, rs);
-            let bytes = lockstep_io::rows_to_parquet(&view.name, rs, &view.output).map_err(err)?;
-            added.push(
-                put_segment(
-                    ctx.objects.as_ref(),
-                    "training",
-                    &view.name,
-                    self.shard,
-                    0,
-                    to,
-                    ext,
-                    bytes,
-                    rs.len() as u64,
-                    (lo, hi),
-                )
-                .await
-                .map_err(err)?,
-            );
+    ) -> Result<(Vec<SegmentInfo>, u64), ShardError> {
+        /// One view's segment while it is written.
+        struct Out {
+            w: lockstep_io::ParquetStream<ObjectWriter>,
+            path: String,
+            lo: i64,
+            hi: i64,
         }
-        Ok(added)
+        let shard = self.shard;
+        let store = self.ctx.objects.clone();
+        let table = &self.ctx.table;
+        let time_name = &table.schema.columns[table.time].name;
+        let views: Vec<(String, lockstep_core::Schema, Option<usize>)> = (0..emit.len())
+            .map(|v| {
+                let view = self.pipe.view(v);
+                let time = view.output.index_of(time_name);
+                (view.name.clone(), view.output.clone(), time)
+            })
+            .collect();
+        let mut outs: Vec<Option<Out>> = (0..emit.len()).map(|_| None).collect();
+        let mut events = 0u64;
+        for s in raw {
+            let mut decoder = RawDecoder::new(&s.path, s.bytes);
+            // why writing stopped the read, if it did
+            let mut stopped: Option<ShardError> = None;
+            let (engine, emitted) = (&mut self.engine, &mut self.emitted);
+            let mut each = |_, row: Row| -> Result<(), ShardError> {
+                engine.push_to_shard(shard, &row, emitted);
+                events += 1;
+                for e in emitted.drain(..) {
+                    if !emit[e.view] {
+                        continue;
+                    }
+                    let out = match &mut outs[e.view] {
+                        Some(o) => o,
+                        slot => {
+                            let (name, schema, _) = &views[e.view];
+                            let path = segment_path("training", name, shard, 0, to, ext);
+                            let w = ObjectWriter::new(
+                                rt.clone(),
+                                store.clone(),
+                                &path,
+                                STREAM_PART_BYTES,
+                            );
+                            slot.insert(Out {
+                                w: lockstep_io::ParquetStream::new(&path, schema, w)
+                                    .map_err(err)?,
+                                path,
+                                lo: i64::MAX,
+                                hi: i64::MIN,
+                            })
+                        }
+                    };
+                    if let Some(Value::Timestamp(t)) = views[e.view].2.map(|c| &e.row[c]) {
+                        out.lo = out.lo.min(*t);
+                        out.hi = out.hi.max(*t);
+                    }
+                    out.w.write(&e.row).map_err(err)?;
+                }
+                Ok(())
+            };
+            let read = read_segment_chunks(rt, store.as_ref(), s, &mut |chunk| {
+                let fed = decoder.feed(chunk, &mut |off, row| {
+                    each(off, row).map_err(|e| {
+                        stopped = Some(e);
+                        RawError::Record("stopped".into())
+                    })
+                });
+                match stopped {
+                    Some(_) => Err(SegmentError::Stopped),
+                    None => fed.map_err(SegmentError::Raw),
+                }
+            });
+            if let Some(e) = stopped {
+                return Err(e);
+            }
+            read.map_err(err)?;
+            decoder.finish().map_err(err)?;
+        }
+        let mut added = Vec::new();
+        for (v, out) in outs.into_iter().enumerate() {
+            let Some(out) = out else { continue };
+            let (w, rows) = out.w.finish().map_err(err)?;
+            let (bytes, crc32) = w.finish().map_err(err)?;
+            added.push(SegmentInfo {
+                kind: "training".into(),
+                name: views[v].0.clone(),
+                shard,
+                path: out.path,
+                from_offset: 0,
+                to_offset: to,
+                min_time: out.lo,
+                max_time: out.hi,
+                rows,
+                bytes,
+                crc32,
+            });
+        }
+        Ok((added, events))
     }
 
     /// The training segments a rebuild replaces: those of the views it
@@ -160,10 +232,14 @@ impl ShardWorker {
             .unwrap_or_default();
         let emit = self.views_to_emit(&built_for);
         let at = l.info.log_offset;
-        let (rows, events) = self.replay_archive(&l.segments, at, &emit).await?;
         let seq = l.info.seq + 1;
-        let added = self
-            .put_rebuilt(&rows, &emit, at, &ctx.ext(&format!("rebuild{seq}.parquet")))
+        let (added, events) = self
+            .rebuild_training(
+                &l.segments,
+                at,
+                &emit,
+                &ctx.ext(&format!("rebuild{seq}.parquet")),
+            )
             .await?;
         let removed = self.replaced_by_rebuild(&l.segments, &emit);
         self.engine.mark_all_changed(shard);

@@ -251,15 +251,14 @@ impl ClusterShard {
             self.count_seen(w);
         }
         let segments = st.segments[shard as usize].clone();
-        let (rows, events) = w.replay_archive(&segments, m.offset, &emit).await?;
         let seq = m.seq + 1;
         let job = self.job(true);
         let tag = job.tag();
-        let added = w
-            .put_rebuilt(
-                &rows,
-                &emit,
+        let (added, events) = w
+            .rebuild_training(
+                &segments,
                 m.offset,
+                &emit,
                 &ctx.ext(&format!("{tag}.rebuild{seq}.parquet")),
             )
             .await?;
