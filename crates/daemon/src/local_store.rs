@@ -40,6 +40,39 @@ impl DurableLocal {
         })
     }
 
+    /// Deletes the staged parts of multipart uploads that a process killed
+    /// in the middle left behind (`LocalFileSystem` stages them as
+    /// `<object>#<n>`, which listings skip, so nothing else would): those
+    /// untouched for `older_than` (an upload under way writes its file at
+    /// every part). Returns how many were deleted.
+    pub fn sweep_staged_parts(&self, older_than: std::time::Duration) -> usize {
+        fn walk(dir: &std::path::Path, older_than: std::time::Duration, n: &mut usize) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let (path, Ok(meta)) = (e.path(), e.metadata()) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    walk(&path, older_than, n);
+                } else if e.file_name().to_string_lossy().contains('#')
+                    && meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age >= older_than)
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    *n += 1;
+                }
+            }
+        }
+        let mut n = 0;
+        walk(&self.root, older_than, &mut n);
+        n
+    }
+
     /// Fsyncs `location`'s file and the directories above it, up to the
     /// root.
     async fn sync(&self, location: &Path) -> Result<()> {
@@ -213,6 +246,51 @@ impl ObjectStore for DurableLocal {
 mod tests {
     use super::*;
     use object_store::ObjectStoreExt;
+
+    /// An upload a killed process left half way stages its parts in a
+    /// file listings skip; the sweep deletes it once it is old enough, and
+    /// leaves objects and young uploads alone.
+    #[tokio::test]
+    async fn parts_an_unfinished_upload_left_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DurableLocal::new(dir.path()).unwrap();
+        store
+            .put(&Path::from("a/done.seg"), PutPayload::from_static(b"xyz"))
+            .await
+            .unwrap();
+        let mut upload = store
+            .put_multipart(&Path::from("a/half.seg"))
+            .await
+            .unwrap();
+        upload
+            .put_part(PutPayload::from_static(b"part one"))
+            .await
+            .unwrap();
+        // the process dies: nobody completes or aborts it
+        std::mem::forget(upload);
+        let files = |dir: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(dir.path());
+        assert_eq!(before.len(), 2, "{before:?}");
+        assert!(
+            before.iter().any(|f| f.starts_with("half.seg#")),
+            "{before:?}"
+        );
+        // young: it may be under way
+        assert_eq!(
+            store.sweep_staged_parts(std::time::Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(files(dir.path()), before);
+        assert_eq!(store.sweep_staged_parts(std::time::Duration::ZERO), 1);
+        assert_eq!(files(dir.path()), vec!["done.seg".to_string()]);
+    }
 
     #[tokio::test]
     async fn a_put_is_fsynced_with_every_directory_up_to_the_root() {

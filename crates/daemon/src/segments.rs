@@ -63,7 +63,14 @@ pub fn open_store(url: &ObjectStoreUrl) -> Result<Arc<dyn ObjectStore>, SegmentE
                 store: "LocalFileSystem",
                 source: Box::new(e),
             })?;
-            Arc::new(crate::local_store::DurableLocal::new(dir)?)
+            let store = crate::local_store::DurableLocal::new(dir)?;
+            // parts an upload killed half way left (an hour untouched: a
+            // node sharing the directory may be uploading the others)
+            let swept = store.sweep_staged_parts(std::time::Duration::from_secs(3600));
+            if swept > 0 {
+                tracing::info!(swept, "deleted the staged parts of unfinished uploads");
+            }
+            Arc::new(store)
         }
         ObjectStoreUrl::S3 { bucket, prefix } => {
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
