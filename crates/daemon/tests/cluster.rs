@@ -739,6 +739,33 @@ fn three_nodes_survive_a_sigkill_under_ingest_exactly_once() {
                     String::from_utf8_lossy(&r.body)
                 );
             }
+            // marked as passed on already, it is not passed again: the
+            // key's node refuses it, the others cannot decide on the key
+            // and answer 503 (before, they took it, and only the shards'
+            // dead letters stopped the other body)
+            let mut statuses: Vec<u16> = cluster
+                .live()
+                .iter()
+                .map(|c| {
+                    c.request(
+                        "POST",
+                        "/v1/tables/ad_events/events",
+                        Some(jsonl(&other).as_bytes()),
+                        &[
+                            ("Idempotency-Key", "batch-0"),
+                            ("x-lockstep-forwarded", "1"),
+                        ],
+                    )
+                    .unwrap()
+                    .status
+                })
+                .collect();
+            statuses.sort();
+            assert_eq!(
+                statuses,
+                vec![422, 503, 503],
+                "the key's node and the others"
+            );
         }
         let (kill_at, back_at) = (n / 3, 2 * n / 3);
         if i == kill_at {

@@ -182,14 +182,22 @@ pub(crate) async fn ingest(
         Err(r) => return r,
     };
     // a cluster decides each key on one node
-    if let Some(addr) = key
-        .as_deref()
-        .and_then(|k| app.mode.key_home(ctx, k, &headers))
-    {
-        return app
-            .mode
-            .forward(ctx, addr, Some(body), &uri, &headers)
-            .await;
+    if let Some(k) = key.as_deref() {
+        match app.mode.key_home(ctx, k, &headers) {
+            super::mode::Route::Local => {}
+            super::mode::Route::Forward(addr) => {
+                return app
+                    .mode
+                    .forward(ctx, addr, Some(body), &uri, &headers)
+                    .await
+            }
+            super::mode::Route::Unavailable(why) => {
+                ctx.metrics.refused.inc();
+                return super::unavailable(format!(
+                    "the node that decides Idempotency-Key `{k}` is not known now ({why}); retry with the same key"
+                ));
+            }
+        }
     }
     // (only a request with a key needs its body's hash)
     let body_hash = key.as_ref().map_or(0, |_| crate::pipeline::fnv1a64(&body));

@@ -137,14 +137,9 @@ impl NodeMode for Member {
     /// dead letters and the key with its reply: a retry that reaches this
     /// node again is answered with that reply, marked `Idempotent-Replayed`
     /// (its records, produced again, are skipped by the shards).
-    fn key_home(&self, ctx: &NodeCtx, key: &str, headers: &HeaderMap) -> Option<String> {
+    fn key_home(&self, ctx: &NodeCtx, key: &str, headers: &HeaderMap) -> Route {
         let shard = (crate::pipeline::fnv1a64(key.as_bytes()) % u64::from(ctx.table.shards)) as u32;
-        match self.route(ctx, shard, headers) {
-            Route::Forward(addr) => Some(addr),
-            // here, or the home is moving: this node decides (the shards
-            // still refuse another body under a key they applied)
-            Route::Local | Route::Unavailable(_) => None,
-        }
+        self.route(ctx, shard, headers)
     }
 
     fn append<'a>(

@@ -74,12 +74,14 @@ pub(crate) trait NodeMode: Send + Sync {
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Response>;
 
-    /// Where an ingest request with Idempotency-Key `key` is answered: the
-    /// address of the node that decides on that key (a cluster sends each
-    /// key's requests to one node, so a retry sent anywhere is recognised
-    /// there, and another body under the key refused); `None`: here.
-    fn key_home(&self, _ctx: &NodeCtx, _key: &str, _headers: &HeaderMap) -> Option<String> {
-        None
+    /// Where an ingest request with Idempotency-Key `key` is answered: a
+    /// cluster sends each key's requests to one node (the owner of the
+    /// key's shard), so a retry sent anywhere is recognised there and
+    /// another body under the key refused. While that node is not known
+    /// (the shard is moving or starting) the request is refused (`503`):
+    /// decided elsewhere, another body could be taken.
+    fn key_home(&self, _ctx: &NodeCtx, _key: &str, _headers: &HeaderMap) -> Route {
+        Route::Local
     }
 
     /// Puts an ingest request's events in the table's log, or leaves them
