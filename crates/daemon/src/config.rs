@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// Idempotency-Keys and event ids one shard remembers at most (the
     /// oldest are forgotten first, before `idempotency_ttl`).
     pub max_dedup_entries: Option<u64>,
+    /// A shard more events than this behind its log makes `/readyz` answer
+    /// 503 (the node is catching up).
+    pub ready_max_lag: Option<u64>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -153,6 +156,7 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub max_shard_backlog: u64,
     pub max_dedup_entries: u64,
+    pub ready_max_lag: u64,
 }
 
 impl Default for Limits {
@@ -168,6 +172,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_shard_backlog: 500_000,
             max_dedup_entries: 1_000_000,
+            ready_max_lag: 10_000,
         }
     }
 }
@@ -240,6 +245,7 @@ pub fn load_with_secret(
         request_timeout: pick(&flags.request_timeout, &file.request_timeout),
         max_shard_backlog: flags.max_shard_backlog.or(file.max_shard_backlog),
         max_dedup_entries: flags.max_dedup_entries.or(file.max_dedup_entries),
+        ready_max_lag: flags.ready_max_lag.or(file.ready_max_lag),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
     };
     validate(merged)
@@ -547,6 +553,12 @@ fn validate_limits(c: &FileConfig) -> Result<Limits, ConfigError> {
             c.max_dedup_entries,
             d.max_dedup_entries as usize,
             1 << 32,
+        )? as u64,
+        ready_max_lag: count(
+            "ready_max_lag",
+            c.ready_max_lag,
+            d.ready_max_lag as usize,
+            1 << 40,
         )? as u64,
     })
 }

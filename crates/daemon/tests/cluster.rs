@@ -863,6 +863,132 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
     });
 }
 
+/// SIGSTOP or SIGCONT to a node's process.
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// A node paused (SIGSTOP) past its lease while its shards move away and
+/// the others ingest on, then resumed: whatever it answers for a user is
+/// `503` or what the user's shard's owner answers (never its stale state);
+/// it is ready again once it is back in the cluster; and the run stays
+/// exactly once (the scenario's check: it committed nothing stale).
+#[test]
+fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
+    let mut paused: Option<usize> = None;
+    scenario(6000, |i, n, cluster, rng| {
+        if i == n / 3 {
+            cluster.wait_state("every node owning shards", Duration::from_secs(60), |st| {
+                (1..=3u64).all(|id| {
+                    st["shards"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
+                })
+            });
+            let l = leader(cluster);
+            let x = (l + 1 + rng.random_range(0..2)) % 3;
+            signal(cluster.nodes[x].pid(), "-STOP");
+            // the scenario ingests through the others meanwhile
+            cluster.down[x] = true;
+            paused = Some(x);
+            let id = x as u64 + 1;
+            cluster.wait_state(
+                "the paused node's shards moved",
+                Duration::from_secs(60),
+                |st| node_state(st, id) == "down" && owns_none(st, id),
+            );
+        }
+        if i == n / 3 + 4 {
+            // four batches later (the users' state moved on): resume it
+            let x = paused.take().unwrap();
+            signal(cluster.nodes[x].pid(), "-CONT");
+            cluster.down[x] = false;
+            let other = cluster.nodes[(x + 1) % 3].client();
+            let resumed = cluster.nodes[x].client();
+            // every user, as of an hour after the last event
+            let rows = events((n * 150) as u64, 120, 1);
+            let at = rows
+                .iter()
+                .filter_map(|r| match r[6] {
+                    Value::Timestamp(t) => Some(t),
+                    _ => None,
+                })
+                .max()
+                .unwrap()
+                + 3_600_000;
+            let mut probes: HashMap<String, Row> = HashMap::new();
+            for r in rows {
+                probes.insert(r[1].to_string(), r);
+            }
+            let table = catalog().tables[0].clone();
+            let (mut refused, mut answered) = (0, 0);
+            for mut ev in probes.into_values() {
+                ev[6] = Value::Timestamp(at);
+                let body = lockstep_io::render_json(&ev, &table.schema);
+                let ask = |c: &Client| {
+                    c.request(
+                        "POST",
+                        "/v1/views/user_ad_features/features",
+                        Some(body.as_bytes()),
+                        &[],
+                    )
+                    .unwrap()
+                };
+                let got = ask(&resumed);
+                if got.status == 503 {
+                    refused += 1;
+                    continue;
+                }
+                assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+                // the owner's answer (no events arrive meanwhile; while
+                // a shard moves back, or the cluster elects a leader after
+                // the resumed node's vote, the other node answers 503)
+                let mut owner = ask(&other);
+                for _ in 0..300 {
+                    if owner.status != 503 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    owner = ask(&other);
+                }
+                assert_eq!(
+                    owner.status,
+                    200,
+                    "{}",
+                    String::from_utf8_lossy(&owner.body)
+                );
+                assert_eq!(
+                    String::from_utf8_lossy(&got.body),
+                    String::from_utf8_lossy(&owner.body),
+                    "the resumed node answered for shard {} unlike its owner",
+                    table.shard_of(&ev)
+                );
+                answered += 1;
+            }
+            eprintln!("resumed node: {refused} answers refused, {answered} as the owners'");
+            // ready again once back in the cluster, its shards running
+            let start = Instant::now();
+            loop {
+                let r = resumed.request("GET", "/readyz", None, &[]).unwrap();
+                if r.status == 200 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(90),
+                    "the resumed node never became ready: {}\n{}",
+                    String::from_utf8_lossy(&r.body),
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+}
+
 #[test]
 fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
     // the node cut off, and how long its log was then

@@ -857,3 +857,56 @@ fn a_large_shard_is_compacted_backfilled_and_rebuilt_in_bounded_memory() {
         "the node's peak memory grew by {backfill} MiB (backfill), {compaction} MiB (compaction), {merged_backfill} MiB (backfill of the merged segment), {rebuild} MiB (rebuild)"
     );
 }
+
+/// `/readyz`: `200` once the shards run; `503` naming the shard while it
+/// is more than `ready_max_lag` events behind its log (the node catching
+/// up), while `/healthz` stays `200`; `200` again once it caught up.
+#[test]
+fn the_node_is_not_ready_while_a_shard_is_behind() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[("ready-max-lag", "100")],
+        &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+    );
+    let c = d.client();
+    let until_ready = |what: &str| {
+        let mut last = String::new();
+        for _ in 0..400 {
+            let r = c.request("GET", "/readyz", None, &[]).unwrap();
+            if r.status == 200 {
+                return;
+            }
+            last = String::from_utf8_lossy(&r.body).into_owned();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what}: never ready: {last}\n{}", d.log());
+    };
+    until_ready("at start");
+    // one user, so one shard; its actor held for 4 seconds
+    let rows = events(300, 1, 9);
+    let shard = catalog().tables[0].shard_of(&rows[0]);
+    let r = c
+        .request(
+            "POST",
+            &format!("/v1/debug/shards/{shard}/stall/4000"),
+            None,
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = c
+        .request("POST", EVENTS, Some(jsonl(&rows).as_bytes()), &[])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = c.request("GET", "/readyz", None, &[]).unwrap();
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 503, "{body}");
+    assert!(
+        body.contains(&format!("\"shard\":{shard}")) && body.contains("ready_max_lag = 100"),
+        "{body}"
+    );
+    assert_eq!(c.request("GET", "/healthz", None, &[]).unwrap().status, 200);
+    until_ready("after catching up");
+}

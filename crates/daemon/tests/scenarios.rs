@@ -644,7 +644,16 @@ fn a_topic_created_again_leaves_its_shards_failed_and_the_node_unready() {
         ],
     );
     let c = d.client();
-    assert_eq!(c.request("GET", "/readyz", None, &[]).unwrap().status, 200);
+    // ready once a member with its shards running
+    let mut ready = false;
+    for _ in 0..600 {
+        if c.request("GET", "/readyz", None, &[]).unwrap().status == 200 {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "the node never became ready\n{}", d.log());
     ingest(&c, &events(800, 40, 21), None);
     // every shard's checkpoint past its records
     let mut covered = false;
@@ -676,18 +685,20 @@ fn a_topic_created_again_leaves_its_shards_failed_and_the_node_unready() {
         .unwrap();
     d.start_again(); // creates the topic again: same name, 16 partitions
     let c = d.client();
+    // not ready, and (once its shards are up) saying why
     let mut not_ready = None;
+    let mut last = String::new();
     for _ in 0..600 {
         let r = c.request("GET", "/readyz", None, &[]).unwrap();
-        if r.status == 503 {
+        last = format!("{} {}", r.status, String::from_utf8_lossy(&r.body));
+        if r.status == 503 && last.contains("created again") {
             not_ready = Some(r);
             break;
         }
+        assert_ne!(r.status, 200, "ready on a topic created again\n{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = not_ready.unwrap_or_else(|| panic!("the node stayed ready\n{}", d.log()));
-    let body = String::from_utf8_lossy(&r.body).to_string();
-    assert!(body.contains("created again"), "{body}");
+    assert!(not_ready.is_some(), "{last}\n{}", d.log());
     // the cluster recorded the first topic's id: the new one has another,
     // and no shard reads it (not even one whose offsets it would cover);
     // the shards come up one by one

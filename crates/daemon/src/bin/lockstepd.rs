@@ -73,6 +73,10 @@ struct Args {
     /// the oldest are forgotten before idempotency_ttl (default 1000000).
     #[arg(long)]
     max_dedup_entries: Option<u64>,
+    /// A shard more events than this behind its log makes /readyz answer
+    /// 503 (default 10000).
+    #[arg(long)]
+    ready_max_lag: Option<u64>,
     /// Cluster: other nodes' API addresses, host:port,… (none: start a new
     /// cluster).
     #[arg(long, value_delimiter = ',')]
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         request_timeout: a.request_timeout,
         max_shard_backlog: a.max_shard_backlog,
         max_dedup_entries: a.max_dedup_entries,
+        ready_max_lag: a.ready_max_lag,
         cluster: (a.seeds.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()

@@ -100,7 +100,10 @@ pub(crate) async fn features(
     })
     .await
     {
-        Ok(body) => served(ctx, started, body),
+        Ok(body) => match app.mode.still_serving(ctx, shard) {
+            Ok(()) => served(ctx, started, body),
+            Err(why) => unavailable(why),
+        },
         Err(resp) => resp,
     }
 }
@@ -150,7 +153,10 @@ pub(crate) async fn features_for_key(
     })
     .await
     {
-        Ok(body) => served(ctx, started, body),
+        Ok(body) => match app.mode.still_serving(ctx, shard) {
+            Ok(()) => served(ctx, started, body),
+            Err(why) => unavailable(why),
+        },
         Err(resp) => resp,
     }
 }

@@ -275,22 +275,52 @@ fn is_open(path: &str) -> bool {
     )
 }
 
-/// Readiness: `200` while every shard this node runs can go on; `503`
-/// listing the shards that cannot read their log (records they need are
-/// gone from the topic), so a load balancer or Kubernetes takes the node
-/// out while an operator decides (docs/operations.md).
+/// Readiness (`/readyz`, no token): `200` when the node should get
+/// traffic: a cluster member that has heard from the cluster within its
+/// serving lease, whose shards are all running, none failed (records they
+/// need are gone from the topic) and none more than `ready_max_lag`
+/// events behind its log. Otherwise `503` with the reasons, so a load
+/// balancer or Kubernetes takes the node out while it starts, catches up,
+/// is cut off, or waits for an operator (docs/operations.md). `/healthz`
+/// is liveness only.
 async fn readyz(State(app): State<App>) -> Response {
-    let failed = app.ctx.failed_shards();
-    if failed.is_empty() {
+    let ctx = &app.ctx;
+    let mut reasons: Vec<serde_json::Value> = app
+        .mode
+        .not_ready(ctx)
+        .into_iter()
+        .map(|why| serde_json::json!({ "reason": why }))
+        .collect();
+    let failed = ctx.failed_shards();
+    let max_lag = ctx.config.limits.ready_max_lag;
+    for (s, end) in app.mode.held_shards(ctx) {
+        if failed.iter().any(|(f, _)| *f == s) {
+            continue;
+        }
+        let running = ctx.shard(s).is_some()
+            && !ctx.rebuilding[s as usize].load(std::sync::atomic::Ordering::Relaxed);
+        if !running {
+            reasons.push(serde_json::json!({ "shard": s, "reason": "starting" }));
+            continue;
+        }
+        let lag = end
+            .saturating_sub(ctx.processed[s as usize].load(std::sync::atomic::Ordering::Relaxed));
+        if lag > max_lag {
+            reasons.push(serde_json::json!({
+                "shard": s,
+                "reason": format!("{lag} events behind its log (ready_max_lag = {max_lag})"),
+            }));
+        }
+    }
+    for (s, why) in failed {
+        reasons.push(serde_json::json!({ "shard": s, "failed": why }));
+    }
+    if reasons.is_empty() {
         return json_response(StatusCode::OK, "{\"status\":\"ready\"}".into());
     }
-    let shards: Vec<_> = failed
-        .iter()
-        .map(|(s, why)| serde_json::json!({"shard": s, "failed": why}))
-        .collect();
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({"status": "not ready", "failed_shards": shards})),
+        axum::Json(serde_json::json!({ "status": "not ready", "reasons": reasons })),
     )
         .into_response()
 }

@@ -137,6 +137,58 @@ impl NodeMode for Member {
     /// dead letters and the key with its reply: a retry that reaches this
     /// node again is answered with that reply, marked `Idempotent-Replayed`
     /// (its records, produced again, are skipped by the shards).
+    fn not_ready(&self, _ctx: &NodeCtx) -> Vec<String> {
+        let cl = &self.cl;
+        let mut why = Vec::new();
+        match cl.state().nodes.get(&cl.id).map(|n| &n.state) {
+            None => why.push("not a member of the cluster yet".to_string()),
+            Some(NodeState::Down) => {
+                why.push("the cluster holds this node down (it missed its heartbeats)".into())
+            }
+            Some(_) => {}
+        }
+        let silent = cl.cp.since_contact();
+        if silent > cl.lease() {
+            why.push(format!(
+                "no word from the cluster for {} ms (its serving lease is {} ms)",
+                silent.as_millis(),
+                cl.lease().as_millis()
+            ));
+        }
+        why
+    }
+
+    fn held_shards(&self, _ctx: &NodeCtx) -> Vec<(u32, u64)> {
+        let cl = &self.cl;
+        cl.state()
+            .owners
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.node == Some(cl.id))
+            .map(|(s, _)| {
+                (
+                    s as u32,
+                    cl.ends[s].load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    fn still_serving(&self, ctx: &NodeCtx, shard: u32) -> Result<(), String> {
+        let cl = &self.cl;
+        let silent = cl.cp.since_contact();
+        if silent > cl.lease() {
+            return Err(format!(
+                "this node has not heard from the cluster for {} ms: shard {shard} may have moved; retry (on another node)",
+                silent.as_millis()
+            ));
+        }
+        if ctx.shard(shard).is_none() {
+            return Err(format!("shard {shard} left this node; retry"));
+        }
+        Ok(())
+    }
+
     fn key_home(&self, ctx: &NodeCtx, key: &str, headers: &HeaderMap) -> Route {
         let shard = (crate::pipeline::fnv1a64(key.as_bytes()) % u64::from(ctx.table.shards)) as u32;
         self.route(ctx, shard, headers)

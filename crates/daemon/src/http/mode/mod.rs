@@ -74,6 +74,35 @@ pub(crate) trait NodeMode: Send + Sync {
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Response>;
 
+    /// Why this node should get no traffic now, beyond its shards' own
+    /// state (a cluster member: not a member yet, or no word from the
+    /// cluster within its lease); empty: none.
+    fn not_ready(&self, _ctx: &NodeCtx) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The shards this node should be running now, with the end of each
+    /// one's log as far as the node knows it.
+    fn held_shards(&self, ctx: &NodeCtx) -> Vec<(u32, u64)> {
+        (0..ctx.table.shards)
+            .map(|s| {
+                (
+                    s,
+                    lockstep_log::Log::end_offset(ctx.log.as_ref(), s).unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// Checked again when an answer of shard `shard` computed here is
+    /// about to be sent: whether this node may still answer for it (a
+    /// cluster member: it still holds the shard under a valid lease; a
+    /// pause between routing and answering must not let a stale answer
+    /// out). `Err`: why not.
+    fn still_serving(&self, _ctx: &NodeCtx, _shard: u32) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Where an ingest request with Idempotency-Key `key` is answered: a
     /// cluster sends each key's requests to one node (the owner of the
     /// key's shard), so a retry sent anywhere is recognised there and
