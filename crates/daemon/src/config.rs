@@ -289,16 +289,13 @@ fn validate_cluster(
         .into_iter()
         .rev()
         .collect();
-    let raft_id = digits
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            invalid(
-                "node_id",
-                format!("`{node_id}`: in a cluster, node_id must end in a number unique in the cluster and above 0, e.g. node-3"),
-            )
-        })?;
+    // (0 too: a StatefulSet numbers its pods from 0)
+    let raft_id = digits.parse::<u64>().ok().ok_or_else(|| {
+        invalid(
+            "node_id",
+            format!("`{node_id}`: in a cluster, node_id must end in a number unique in the cluster, e.g. node-0 or lockstep-3"),
+        )
+    })?;
     let secret = c.secret.ok_or_else(|| {
         invalid(
             "cluster.secret",

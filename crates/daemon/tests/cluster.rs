@@ -238,6 +238,9 @@ struct Cluster {
     /// reaches them through.
     proxies: Vec<Proxy>,
     egress: Vec<Egress>,
+    /// The number in the first node's id (`node-1`; a StatefulSet's
+    /// `node-0`).
+    first_ordinal: usize,
 }
 
 impl Cluster {
@@ -246,6 +249,11 @@ impl Cluster {
     }
 
     fn start_sql(env: Env, n: usize, sql: &str) -> Cluster {
+        Cluster::start_numbered(env, n, sql, 1)
+    }
+
+    /// `n` nodes named `node-<first>`, `node-<first + 1>`, …
+    fn start_numbered(env: Env, n: usize, sql: &str, first: usize) -> Cluster {
         let tag = format!("{}-{}", std::process::id(), rand_suffix());
         let mut c = Cluster {
             topic: format!("ad_events-{tag}"),
@@ -257,6 +265,7 @@ impl Cluster {
             sql: sql.to_string(),
             proxies: Vec::new(),
             egress: Vec::new(),
+            first_ordinal: first,
         };
         for _ in 0..n {
             c.add_node();
@@ -298,7 +307,7 @@ impl Cluster {
         }
         let egress = format!("http://{}", self.egress[i].addr);
         let listen = self.proxy_target(i);
-        let id = format!("node-{}", i + 1);
+        let id = format!("node-{}", i + self.first_ordinal);
         let advertise = self.proxies[i].addr.clone();
         let mut flags = vec![
             ("advertise", advertise.as_str()),
@@ -861,6 +870,40 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
             cluster.restart(l);
         }
     });
+}
+
+/// Node ids numbered from 0, as a Kubernetes StatefulSet names its pods
+/// (`node-0` was refused): the three nodes form one cluster, `node-0`
+/// owns shards like the others, and what is ingested through any node is
+/// in the log and the training rows once.
+#[test]
+fn nodes_numbered_from_zero_form_a_cluster() {
+    let Some(env) = env() else { return };
+    let cluster = Cluster::start_numbered(env, 3, SQL, 0);
+    cluster.wait_state(
+        "every shard owned, node-0 among the owners",
+        Duration::from_secs(60),
+        |st| {
+            st["nodes"].as_array().is_some_and(|n| n.len() == 3)
+                && st["shards"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .all(|s| s["owner"].as_u64().is_some_and(|o| o <= 2))
+                        && s.iter().any(|s| s["owner"] == 0)
+                })
+        },
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // 50 minutes of events: rows become final past the 15-minute label
+    let rows = events(3000, 40, 11);
+    for (i, b) in rows.chunks(150).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(b).as_bytes(),
+            &format!("zero-{i}"),
+            &mut rng,
+        );
+    }
+    check_exactly_once(&cluster, &rows, cluster.root.path());
 }
 
 /// SIGSTOP or SIGCONT to a node's process.

@@ -200,6 +200,12 @@ fn bad_cluster_settings_name_their_key() {
     )
     .unwrap_err();
     assert!(e.contains("node_id"), "{e}");
+    // a StatefulSet's first pod is numbered 0
+    let c = load_text(
+        &format!("{MINIMAL}node_id = \"lockstep-0\"\n[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n"),
+        &Overrides::default(),
+    );
+    assert!(c.is_ok(), "{:?}", c.err());
     // listening on all interfaces needs an address the others can reach
     let e = load_text(
         &format!("{base}listen = \"0.0.0.0:7700\"\n[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n"),

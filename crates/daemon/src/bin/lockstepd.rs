@@ -161,7 +161,7 @@ fn main() -> ExitCode {
     ) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("lockstepd: {e}");
+            say(&e);
             return ExitCode::from(2);
         }
     };
@@ -171,10 +171,10 @@ fn main() -> ExitCode {
     if let Some(n) = files {
         let want = cfg.limits.max_connections as u64 + 256;
         if n < want {
-            eprintln!(
-                "lockstepd: warning: the open-file limit is {n}, below max_connections ({}) + 256; raise it (ulimit -n, LimitNOFILE=) or lower max_connections",
+            say(&format!(
+                "warning: the open-file limit is {n}, below max_connections ({}) + 256; raise it (ulimit -n, LimitNOFILE=) or lower max_connections",
                 cfg.limits.max_connections
-            );
+            ));
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,10 +184,18 @@ fn main() -> ExitCode {
     match rt.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lockstepd: {e}");
+            say(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line on stderr in one write: nodes started together on one
+/// terminal (or one log collector) do not interleave their messages.
+fn say(what: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let line = format!("lockstepd: {what}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
