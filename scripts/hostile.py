@@ -14,13 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP = tempfile.mkdtemp(prefix="lockstep-hostile-")
 D = os.path.join(TMP, "data")
 ADDR = "127.0.0.1:39911"
-p = subprocess.Popen([BIN, "--config", os.path.join(ROOT, "config/single-node.toml"), "--data-dir", D, "--listen", ADDR],
+TOKEN = "hostile-" + os.urandom(8).hex()
+p = subprocess.Popen([BIN, "--config", os.path.join(ROOT, "config/single-node.toml"), "--data-dir", D, "--listen", ADDR, "--token", TOKEN],
                      stdout=open(os.path.join(TMP, "node.log"), "w"), stderr=subprocess.STDOUT, cwd=ROOT)
 def hwm():
     for l in open(f"/proc/{p.pid}/status"):
         if l.startswith("VmHWM:"): return int(l.split()[1]) // 1024
 def req(method, path, body=None, headers={}):
-    h = {"Authorization": "Bearer change-me-please", **headers}
+    h = {"Authorization": f"Bearer {TOKEN}", **headers}
     r = urllib.request.Request(f"http://{ADDR}{path}", data=body, headers=h, method=method)
     t = time.time()
     try:
@@ -53,6 +54,6 @@ p.terminate(); p.wait()
 sql = open(os.path.join(ROOT, "config/ad_features.sql")).read().replace("ad_events", "seitenaufrufe_ä")
 open(os.path.join(TMP, "bad.sql"), "w").write(sql)
 t = time.time()
-r = subprocess.run([BIN, "--config", os.path.join(ROOT, "config/single-node.toml"), "--data-dir", os.path.join(TMP, "d2"), "--listen", "127.0.0.1:39912", "--pipeline", os.path.join(TMP, "bad.sql")], capture_output=True, text=True, timeout=60)
+r = subprocess.run([BIN, "--config", os.path.join(ROOT, "config/single-node.toml"), "--data-dir", os.path.join(TMP, "d2"), "--listen", "127.0.0.1:39912", "--token", TOKEN, "--pipeline", os.path.join(TMP, "bad.sql")], capture_output=True, text=True, timeout=60)
 print(f"a table named seitenaufrufe_ä: exit {r.returncode} in {(time.time()-t)*1000:.0f} ms: {r.stderr.strip()[-200:]}")
 shutil.rmtree(TMP, ignore_errors=True)

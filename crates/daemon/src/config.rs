@@ -17,6 +17,14 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub token: Option<String>,
+    /// A file holding the admin token (instead of `token`).
+    pub token_file: Option<PathBuf>,
+    /// A token that may only ingest (or LOCKSTEP_INGEST_TOKEN).
+    pub ingest_token: Option<String>,
+    pub ingest_token_file: Option<PathBuf>,
+    /// A token that may only read features (or LOCKSTEP_SERVE_TOKEN).
+    pub serve_token: Option<String>,
+    pub serve_token_file: Option<PathBuf>,
     pub pipeline: Option<PathBuf>,
     pub object_store: Option<String>,
     pub checkpoint_interval: Option<String>,
@@ -132,7 +140,13 @@ pub struct Config {
     pub node_id: String,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The admin token: every endpoint.
     pub token: String,
+    /// May only ingest (`POST /v1/tables/{table}/events`, features with
+    /// `?ingest=true`).
+    pub ingest_token: Option<String>,
+    /// May only read features.
+    pub serve_token: Option<String>,
     pub pipeline: PathBuf,
     pub object_store: ObjectStoreUrl,
     pub checkpoint_interval: Duration,
@@ -190,6 +204,64 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// The secrets shipped as examples in `config/*.toml`: refused, so a
+/// deployment never runs on a value anyone can read in the repository.
+pub const PLACEHOLDER_SECRETS: &[&str] = &["change-me-please", "change-this-cluster-secret"];
+
+/// How to make a real secret, for messages.
+const MAKE_ONE: &str = "make one with `head -c 32 /dev/urandom | base64` and pass it in a file (`*_file`), an environment variable or a flag";
+
+/// A secret given as `key` or as a file (`key`_file): not both, at least 8
+/// characters, not a shipped placeholder.
+fn secret(
+    key: &'static str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    let file_key: &'static str = match key {
+        "token" => "token_file",
+        "ingest_token" => "ingest_token_file",
+        "serve_token" => "serve_token_file",
+        _ => key,
+    };
+    let value = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                file_key,
+                format!("give `{key}` or `{file_key}`, not both"),
+            ))
+        }
+        (Some(v), None) => v,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(file_key, format!("cannot read {}: {e}", path.display())))?;
+            let t = text.trim().to_string();
+            if t.is_empty() {
+                return Err(invalid(file_key, format!("{} is empty", path.display())));
+            }
+            t
+        }
+        (None, None) => return Ok(None),
+    };
+    check_secret(key, &value)?;
+    Ok(Some(value))
+}
+
+fn check_secret(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.len() < 8 {
+        return Err(invalid(key, "must be at least 8 characters"));
+    }
+    if PLACEHOLDER_SECRETS.contains(&value.trim()) {
+        return Err(invalid(
+            key,
+            format!(
+                "is the placeholder shipped in config/*.toml, which anyone can read: {MAKE_ONE}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -221,13 +293,47 @@ pub fn load_with_secret(
         Some(p) => parse_file(p)?,
         None => FileConfig::default(),
     };
+    // a secret (value or file) from the first layer that gives it: flags,
+    // then the environment, then the file (a flag's file beats the file's
+    // value)
+    let layered = |flag: (&Option<String>, &Option<PathBuf>),
+                   env: Option<String>,
+                   in_file: (&Option<String>, &Option<PathBuf>)| {
+        if flag.0.is_some() || flag.1.is_some() {
+            (flag.0.clone(), flag.1.clone())
+        } else if env.is_some() {
+            (env, None)
+        } else {
+            (in_file.0.clone(), in_file.1.clone())
+        }
+    };
+    let token = layered(
+        (&flags.token, &flags.token_file),
+        env_token,
+        (&file.token, &file.token_file),
+    );
+    let ingest = layered(
+        (&flags.ingest_token, &flags.ingest_token_file),
+        std::env::var("LOCKSTEP_INGEST_TOKEN").ok(),
+        (&file.ingest_token, &file.ingest_token_file),
+    );
+    let serve = layered(
+        (&flags.serve_token, &flags.serve_token_file),
+        std::env::var("LOCKSTEP_SERVE_TOKEN").ok(),
+        (&file.serve_token, &file.serve_token_file),
+    );
     let pick = |f: &Option<String>, c: &Option<String>| f.clone().or_else(|| c.clone());
     let pick_path = |f: &Option<PathBuf>, c: &Option<PathBuf>| f.clone().or_else(|| c.clone());
     let merged = FileConfig {
         node_id: pick(&flags.node_id, &file.node_id),
         data_dir: pick_path(&flags.data_dir, &file.data_dir),
         listen: pick(&flags.listen, &file.listen),
-        token: flags.token.clone().or(env_token).or(file.token),
+        token: token.0,
+        token_file: token.1,
+        ingest_token: ingest.0,
+        ingest_token_file: ingest.1,
+        serve_token: serve.0,
+        serve_token_file: serve.1,
         pipeline: pick_path(&flags.pipeline, &file.pipeline),
         object_store: pick(&flags.object_store, &file.object_store),
         checkpoint_interval: pick(&flags.checkpoint_interval, &file.checkpoint_interval),
@@ -302,9 +408,7 @@ fn validate_cluster(
             "is required in a cluster (or set LOCKSTEP_CLUSTER_SECRET): nodes join only with it",
         )
     })?;
-    if secret.len() < 8 {
-        return Err(invalid("cluster.secret", "must be at least 8 characters"));
-    }
+    check_secret("cluster.secret", &secret)?;
     let kafka_brokers = c.kafka_brokers.ok_or_else(|| {
         invalid(
             "cluster.kafka_brokers",
@@ -436,9 +540,25 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
             format!("`{listen_s}` is not a socket address; write host:port, e.g. {DEFAULT_LISTEN}"),
         )
     })?;
-    let token = c.token.ok_or_else(|| invalid("token", "is required (or set LOCKSTEP_TOKEN): every API call but /healthz and /metrics must carry it"))?;
-    if token.len() < 8 {
-        return Err(invalid("token", "must be at least 8 characters"));
+    let token = secret("token", c.token, c.token_file)?.ok_or_else(|| invalid("token", "is required (or token_file, or LOCKSTEP_TOKEN): every API call but /healthz, /readyz and /metrics must carry it"))?;
+    let ingest_token = secret("ingest_token", c.ingest_token, c.ingest_token_file)?;
+    let serve_token = secret("serve_token", c.serve_token, c.serve_token_file)?;
+    for (key, t) in [
+        ("ingest_token", &ingest_token),
+        ("serve_token", &serve_token),
+    ] {
+        if t.as_ref() == Some(&token) {
+            return Err(invalid(
+                key,
+                "is the admin token: give each role its own token",
+            ));
+        }
+    }
+    if ingest_token.is_some() && ingest_token == serve_token {
+        return Err(invalid(
+            "serve_token",
+            "is the ingest token: give each role its own token",
+        ));
     }
     let pipeline = c.pipeline.ok_or_else(|| {
         invalid(
@@ -473,6 +593,8 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         data_dir,
         listen,
         token,
+        ingest_token,
+        serve_token,
         pipeline,
         object_store,
         checkpoint_interval,

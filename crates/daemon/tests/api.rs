@@ -809,3 +809,78 @@ fn sigkill_during_views_apply_finishes_the_rebuild_at_restart() {
         }
     }
 }
+
+/// Tokens have roles: the ingest token ingests (and serves-and-ingests),
+/// the serve token reads features; each gets `403` anywhere else, the
+/// admin token goes everywhere, and an unknown token gets `401`.
+#[test]
+fn tokens_have_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            ("ingest-token", "ingest-token-4711"),
+            ("serve-token", "serve-token-0815"),
+        ],
+        &[],
+    );
+    let ingest = lockstep_api::Client::new(&d.addr, "ingest-token-4711");
+    let serve = lockstep_api::Client::new(&d.addr, "serve-token-0815");
+    let admin = d.client();
+    let stranger = lockstep_api::Client::new(&d.addr, "not-a-token-at-all");
+    let rows = events(50, 5, 1);
+    let body = jsonl(&rows);
+    let one = jsonl(&rows[..1]);
+    fn status(
+        c: &lockstep_api::Client,
+        method: &'static str,
+        path: &str,
+        body: Option<&str>,
+    ) -> u16 {
+        c.request(method, path, body.map(str::as_bytes), &[])
+            .unwrap()
+            .status
+    }
+    let events = "/v1/tables/ad_events/events";
+    let features = "/v1/views/user_ad_features/features";
+    let user = match &rows[0][1] {
+        Value::Text(u) => u.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let key = format!("/v1/views/user_ad_features/keys/{user}");
+    // ingest
+    assert_eq!(status(&ingest, "POST", events, Some(&body)), 200);
+    assert_eq!(status(&serve, "POST", events, Some(&body)), 403);
+    assert_eq!(status(&stranger, "POST", events, Some(&body)), 401);
+    // features
+    assert_eq!(status(&serve, "POST", features, Some(&one)), 200);
+    assert_eq!(status(&serve, "GET", &key, None), 200);
+    assert_eq!(status(&ingest, "POST", features, Some(&one)), 403);
+    assert_eq!(status(&ingest, "GET", &key, None), 403);
+    // serve-and-ingest ingests: the ingest role's
+    let next = {
+        let mut e = rows[0].clone();
+        e[0] = Value::BigInt(9_999_999);
+        jsonl(&[e])
+    };
+    let with_ingest = format!("{features}?ingest=true");
+    assert_eq!(status(&serve, "POST", &with_ingest, Some(&next)), 403);
+    assert!([200, 202].contains(&status(&ingest, "POST", &with_ingest, Some(&next))));
+    // everything else is the admin's
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/segments"),
+        ("POST", "/v1/checkpoint"),
+        ("GET", "/v1/tables/ad_events/deadletters"),
+    ] {
+        assert_eq!(status(&ingest, method, path, None), 403, "{method} {path}");
+        assert_eq!(status(&serve, method, path, None), 403, "{method} {path}");
+        assert_eq!(status(&admin, method, path, None), 200, "{method} {path}");
+    }
+    let r = serve.request("GET", "/v1/status", None, &[]).unwrap();
+    assert!(
+        r.error_body().error.contains("serve_token"),
+        "{:?}",
+        r.error_body()
+    );
+}

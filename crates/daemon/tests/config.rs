@@ -1,7 +1,9 @@
 //! lockstepd's configuration: the documented example loads, flags win over
 //! the file, and every bad key or value stops startup naming the key.
 
-use lockstep_daemon::config::{load, parse_file, Fsync, ObjectStoreUrl, Overrides};
+use lockstep_daemon::config::{
+    load, load_with_secret, parse_file, Fsync, ObjectStoreUrl, Overrides,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,9 +20,28 @@ fn load_text(text: &str, flags: &Overrides) -> Result<lockstep_daemon::config::C
 
 const MINIMAL: &str = "data_dir = \"d\"\ntoken = \"0123456789\"\npipeline = \"p.sql\"\n";
 
+/// What an operator sets beside the example files (their secrets are
+/// placeholders, refused).
+const REAL_TOKEN: &str = "a-real-token-0f3c9e";
+const REAL_SECRET: &str = "a-real-cluster-secret-77ab";
+
 #[test]
 fn the_documented_example_loads() {
-    let c = load(Some(&example()), &Overrides::default(), None).unwrap();
+    // as shipped, its token is a placeholder: refused, saying how to make
+    // a real one
+    let e = load(Some(&example()), &Overrides::default(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`token`") && e.contains("placeholder") && e.contains("/dev/urandom"),
+        "{e}"
+    );
+    let c = load(
+        Some(&example()),
+        &Overrides::default(),
+        Some(REAL_TOKEN.into()),
+    )
+    .unwrap();
     assert_eq!(c.node_id, "node-1");
     assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
     assert_eq!(c.checkpoint_interval, Duration::from_secs(5));
@@ -139,7 +160,25 @@ fn cluster_example() -> PathBuf {
 
 #[test]
 fn the_documented_cluster_example_loads_and_flags_override_it() {
-    let c = load(Some(&cluster_example()), &Overrides::default(), None).unwrap();
+    let e = load_with_secret(
+        Some(&cluster_example()),
+        &Overrides::default(),
+        Some(REAL_TOKEN.into()),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cluster.secret") && e.contains("placeholder"),
+        "{e}"
+    );
+    let c = load_with_secret(
+        Some(&cluster_example()),
+        &Overrides::default(),
+        Some(REAL_TOKEN.into()),
+        Some(REAL_SECRET.into()),
+    )
+    .unwrap();
     let cl = c.cluster.expect("a cluster node");
     assert_eq!(cl.raft_id, 1);
     assert!(cl.seeds.is_empty());
@@ -162,15 +201,18 @@ fn the_documented_cluster_example_loads_and_flags_override_it() {
         }),
         ..Overrides::default()
     };
-    let c = load(Some(&cluster_example()), &flags, None).unwrap();
+    let c = load_with_secret(
+        Some(&cluster_example()),
+        &flags,
+        Some(REAL_TOKEN.into()),
+        Some(REAL_SECRET.into()),
+    )
+    .unwrap();
     let cl = c.cluster.unwrap();
     assert_eq!(cl.raft_id, 3);
     assert_eq!(cl.seeds, vec!["10.0.0.1:7701", "10.0.0.2:7701"]);
     assert_eq!(cl.kafka_brokers, "k1:9092,k2:9092");
-    assert_eq!(
-        cl.secret, "change-this-cluster-secret",
-        "the file's, not a flag's"
-    );
+    assert_eq!(cl.secret, REAL_SECRET, "the environment's, over the file's");
 }
 
 #[test]
@@ -213,4 +255,48 @@ fn bad_cluster_settings_name_their_key() {
     )
     .unwrap_err();
     assert!(e.contains("cluster.advertise"), "{e}");
+}
+
+/// Role tokens: from flags, the environment, the file or a `*_file`; each
+/// distinct from the others; a secret file is read and trimmed, and a key
+/// given both ways is refused by name.
+#[test]
+fn role_tokens_and_secret_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("ingest.token");
+    std::fs::write(&f, "ingest-token-from-a-file\n").unwrap();
+    let text = format!(
+        "{MINIMAL}serve_token = \"serve-token-1234\"\ningest_token_file = \"{}\"\n",
+        f.display()
+    );
+    let c = load_text(&text, &Overrides::default()).unwrap();
+    assert_eq!(c.ingest_token.as_deref(), Some("ingest-token-from-a-file"));
+    assert_eq!(c.serve_token.as_deref(), Some("serve-token-1234"));
+    // a flag's file beats the file's token (the shipped example has one)
+    let admin = dir.path().join("admin.token");
+    std::fs::write(&admin, "admin-token-from-a-file").unwrap();
+    let flags = Overrides {
+        token_file: Some(admin),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        load_text(MINIMAL, &flags).unwrap().token,
+        "admin-token-from-a-file"
+    );
+    for (extra, want) in [
+        ("serve_token = \"0123456789\"\n", "serve_token"),
+        (
+            "ingest_token = \"same-as-serve\"\nserve_token = \"same-as-serve\"\n",
+            "serve_token",
+        ),
+        ("ingest_token = \"change-me-please\"\n", "ingest_token"),
+        ("serve_token = \"short\"\n", "serve_token"),
+        (
+            "token_file = \"/nonexistent/lockstep-token\"\n",
+            "token_file",
+        ),
+    ] {
+        let e = load_text(&format!("{MINIMAL}{extra}"), &Overrides::default()).unwrap_err();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
 }

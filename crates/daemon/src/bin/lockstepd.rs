@@ -25,9 +25,22 @@ struct Args {
     /// HTTP listen address (default 127.0.0.1:7700).
     #[arg(long)]
     listen: Option<String>,
-    /// API token (or LOCKSTEP_TOKEN).
+    /// API token (or LOCKSTEP_TOKEN): the admin's, every endpoint.
     #[arg(long)]
     token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A token that may only ingest (or LOCKSTEP_INGEST_TOKEN).
+    #[arg(long)]
+    ingest_token: Option<String>,
+    #[arg(long)]
+    ingest_token_file: Option<PathBuf>,
+    /// A token that may only read features (or LOCKSTEP_SERVE_TOKEN).
+    #[arg(long)]
+    serve_token: Option<String>,
+    #[arg(long)]
+    serve_token_file: Option<PathBuf>,
     /// Pipeline .sql file.
     #[arg(long)]
     pipeline: Option<PathBuf>,
@@ -120,6 +133,11 @@ fn main() -> ExitCode {
         data_dir: a.data_dir,
         listen: a.listen,
         token: a.token,
+        token_file: a.token_file,
+        ingest_token: a.ingest_token,
+        ingest_token_file: a.ingest_token_file,
+        serve_token: a.serve_token,
+        serve_token_file: a.serve_token_file,
         pipeline: a.pipeline,
         object_store: a.object_store,
         checkpoint_interval: a.checkpoint_interval,

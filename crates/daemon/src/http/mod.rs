@@ -234,6 +234,48 @@ async fn admit(
     }
 }
 
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `token`: every endpoint.
+    Admin,
+    /// `ingest_token`: ingest only (events, features with `?ingest=true`).
+    Ingest,
+    /// `serve_token`: read features only.
+    Serve,
+}
+
+/// The role a presented token has (each compared in constant time).
+fn role_of(config: &crate::config::Config, given: &str) -> Option<Role> {
+    let given = given.trim().as_bytes();
+    let is = |t: &str| lockstep_cluster::same_secret(given, t.as_bytes());
+    if is(&config.token) {
+        Some(Role::Admin)
+    } else if config.ingest_token.as_deref().is_some_and(is) {
+        Some(Role::Ingest)
+    } else if config.serve_token.as_deref().is_some_and(is) {
+        Some(Role::Serve)
+    } else {
+        None
+    }
+}
+
+/// Whether `role` may make this request.
+fn allowed(role: Role, method: &axum::http::Method, path: &str, query: Option<&str>) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ingests = query.is_some_and(|q| q.split('&').any(|kv| kv == "ingest=true"));
+    let post = method == axum::http::Method::POST;
+    let get = method == axum::http::Method::GET;
+    match (role, parts.as_slice()) {
+        (Role::Admin, _) => true,
+        (Role::Ingest, ["v1", "tables", _, "events"]) => post,
+        (Role::Ingest, ["v1", "views", _, "features"]) => post && ingests,
+        (Role::Serve, ["v1", "views", _, "features"]) => post && !ingests,
+        (Role::Serve, ["v1", "views", _, "keys", _]) => get,
+        _ => false,
+    }
+}
+
 async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if is_open(path) {
@@ -244,19 +286,22 @@ async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t)
-            if lockstep_cluster::same_secret(
-                t.trim().as_bytes(),
-                app.ctx.config.token.as_bytes(),
-            ) =>
-        {
-            next.run(req).await
-        }
-        Some(_) => error(StatusCode::UNAUTHORIZED, "invalid API token"),
-        None => error(
+    let Some(given) = given else {
+        return error(
             StatusCode::UNAUTHORIZED,
             "missing API token: send `Authorization: Bearer <token>`",
+        );
+    };
+    match role_of(&app.ctx.config, given) {
+        None => error(StatusCode::UNAUTHORIZED, "invalid API token"),
+        Some(role) if allowed(role, req.method(), path, req.uri().query()) => next.run(req).await,
+        Some(Role::Ingest) => error(
+            StatusCode::FORBIDDEN,
+            "this token may only ingest (ingest_token: POST /v1/tables/{table}/events, features with ?ingest=true); this call needs another role",
+        ),
+        Some(_) => error(
+            StatusCode::FORBIDDEN,
+            "this token may only read features (serve_token: POST /v1/views/{view}/features, GET /v1/views/{view}/keys/{key}); this call needs another role",
         ),
     }
 }
