@@ -906,6 +906,20 @@ fn nodes_numbered_from_zero_form_a_cluster() {
     check_exactly_once(&cluster, &rows, cluster.root.path());
 }
 
+/// Once every node owns shards: one of the followers (the leader's
+/// successors, picked by `rng`).
+fn a_follower_owning_shards(cluster: &Cluster, rng: &mut rand::rngs::StdRng) -> usize {
+    cluster.wait_state("every node owning shards", Duration::from_secs(60), |st| {
+        (1..=3u64).all(|id| {
+            st["shards"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
+        })
+    });
+    let l = leader(cluster);
+    (l + 1 + rng.random_range(0..2)) % 3
+}
+
 /// SIGSTOP or SIGCONT to a node's process.
 fn signal(pid: u32, sig: &str) {
     let st = std::process::Command::new("kill")
@@ -925,15 +939,7 @@ fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
     let mut paused: Option<usize> = None;
     scenario(6000, |i, n, cluster, rng| {
         if i == n / 3 {
-            cluster.wait_state("every node owning shards", Duration::from_secs(60), |st| {
-                (1..=3u64).all(|id| {
-                    st["shards"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
-                })
-            });
-            let l = leader(cluster);
-            let x = (l + 1 + rng.random_range(0..2)) % 3;
+            let x = a_follower_owning_shards(cluster, rng);
             signal(cluster.nodes[x].pid(), "-STOP");
             // the scenario ingests through the others meanwhile
             cluster.down[x] = true;
@@ -1040,15 +1046,7 @@ fn a_node_cut_off_is_fenced_and_rejoins_after_healing() {
         if i == n / 3 {
             // a follower that owns shards: cut off, it keeps running as a
             // zombie
-            cluster.wait_state("every node owning shards", Duration::from_secs(60), |st| {
-                (1..=3u64).all(|id| {
-                    st["shards"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().any(|s| s["owner"] == id))
-                })
-            });
-            let l = leader(cluster);
-            let x = (l + 1 + rng.random_range(0..2)) % 3;
+            let x = a_follower_owning_shards(cluster, rng);
             let logged = std::fs::read_to_string(cluster.dir(x).join("lockstepd.log"))
                 .unwrap_or_default()
                 .len();
