@@ -58,6 +58,17 @@ pub struct FileConfig {
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
+    /// The `[kafka]` table (a cluster node's Kafka clients).
+    pub kafka: Option<FileKafka>,
+}
+
+/// `[kafka]`: settings of a cluster node's Kafka clients.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKafka {
+    /// librdkafka properties for every client (`"security.protocol" =
+    /// "SSL"`, …); `--kafka-property k=v` adds or replaces one.
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[cluster]` in the file; flags `--seeds`, `--cluster-secret`,
@@ -104,6 +115,8 @@ pub struct ClusterConfig {
     pub kafka_min_insync_replicas: i32,
     /// `on_log_gap = "skip"`.
     pub skip_log_gaps: bool,
+    /// `[kafka] properties`, checked with librdkafka.
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 /// When an acknowledged ingest is on disk.
@@ -353,6 +366,7 @@ pub fn load_with_secret(
         max_dedup_entries: flags.max_dedup_entries.or(file.max_dedup_entries),
         ready_max_lag: flags.ready_max_lag.or(file.ready_max_lag),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
+        kafka: merge_kafka(flags.kafka.as_ref(), file.kafka.as_ref()),
     };
     validate(merged)
 }
@@ -485,6 +499,21 @@ fn validate_cluster(
         kafka_replication_factor,
         kafka_min_insync_replicas,
         skip_log_gaps,
+        kafka_properties: Vec::new(),
+    })
+}
+
+/// The file's `[kafka]` properties with the flags' over them, key by key.
+fn merge_kafka(flags: Option<&FileKafka>, file: Option<&FileKafka>) -> Option<FileKafka> {
+    if flags.is_none() && file.is_none() {
+        return None;
+    }
+    let mut properties = std::collections::BTreeMap::new();
+    for k in [file, flags].into_iter().flatten() {
+        properties.extend(k.properties.clone().unwrap_or_default());
+    }
+    Some(FileKafka {
+        properties: Some(properties),
     })
 }
 
@@ -584,8 +613,26 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         },
     };
     let idempotency_ttl = duration("idempotency_ttl", c.idempotency_ttl, 24 * 3_600_000)?;
+    let properties: Vec<(String, String)> = c
+        .kafka
+        .and_then(|k| k.properties)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let cluster = match c.cluster {
-        Some(cl) => Some(validate_cluster(cl, &node_id, listen)?),
+        Some(cl) => {
+            let mut cl = validate_cluster(cl, &node_id, listen)?;
+            lockstep_log::kafka::check_properties(&properties)
+                .map_err(|e| invalid("kafka.properties", e))?;
+            cl.kafka_properties = properties;
+            Some(cl)
+        }
+        None if !properties.is_empty() => {
+            return Err(invalid(
+                "kafka.properties",
+                "only a cluster node has Kafka clients (this node has no [cluster] table)",
+            ))
+        }
         None => None,
     };
     Ok(Config {

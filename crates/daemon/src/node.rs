@@ -356,6 +356,7 @@ async fn start_cluster(
     let kafka_cfg = lockstep_log::kafka::KafkaConfig {
         replication: c.kafka_replication_factor,
         min_insync_replicas: c.kafka_min_insync_replicas,
+        properties: c.kafka_properties.clone(),
         ..lockstep_log::kafka::KafkaConfig::new(
             &c.kafka_brokers,
             &topic,

@@ -1558,3 +1558,104 @@ fn a_member_joins_after_the_replicated_state_grew_past_a_few_mib() {
         "the new member runs the last pipeline"
     );
 }
+
+/// `--kafka-property` reaches the node's Kafka clients: a node given
+/// librdkafka properties starts, becomes ready and takes events; an
+/// unknown property stops start-up naming `kafka.properties`, in
+/// librdkafka's words.
+#[test]
+fn kafka_properties_reach_the_clients() {
+    let Some(env) = env() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.sql"), SQL).unwrap();
+    let pipeline = dir.path().join("pipeline.sql");
+    let topic = format!("ad_events-props-{}-{}", std::process::id(), rand_suffix());
+    let e = lockstepd_refuses(
+        &dir.path().join("refused"),
+        &[
+            "--node-id",
+            "node-1",
+            "--cluster-secret",
+            SECRET,
+            "--kafka-brokers",
+            &env.kafka,
+            "--kafka-topic",
+            &topic,
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--kafka-property",
+            "no.such.property=1",
+        ],
+    );
+    assert!(
+        e.contains("kafka.properties") && e.contains("no.such.property"),
+        "{e}"
+    );
+    let store = format!("s3://{}/props-{topic}", env.bucket);
+    let node = dir.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let d = Daemon::start_sql(
+        &node,
+        free_addr(),
+        SQL,
+        &[
+            ("node-id", "node-1"),
+            ("cluster-secret", SECRET),
+            ("kafka-brokers", env.kafka.as_str()),
+            ("kafka-topic", topic.as_str()),
+            ("object-store", store.as_str()),
+            ("kafka-property", "client.rack=rack-a"),
+            ("kafka-property", "socket.keepalive.enable=true"),
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", env.s3.as_str()),
+            ("AWS_ACCESS_KEY_ID", "lockstep"),
+            ("AWS_SECRET_ACCESS_KEY", "lockstep-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let c = d.client();
+    let start = Instant::now();
+    while c.request("GET", "/readyz", None, &[]).unwrap().status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never ready\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // (a lone node is given its shards one by one: 503 until it holds
+    // the events' shards)
+    let rows = events(200, 10, 3);
+    let start = Instant::now();
+    loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/tables/ad_events/events",
+                Some(jsonl(&rows).as_bytes()),
+                &[("Idempotency-Key", "props-1")],
+            )
+            .unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            r.status == 503 && start.elapsed() < Duration::from_secs(60),
+            "{} {}\n{}",
+            r.status,
+            String::from_utf8_lossy(&r.body),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let start = Instant::now();
+    while c.status().map_or(0, |s| s.events) < 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the events never came through the topic\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -300,3 +300,50 @@ fn role_tokens_and_secret_files() {
         assert!(e.contains(want), "{extra}: {e}");
     }
 }
+
+/// `[kafka] properties` reach every Kafka client of a cluster node; each
+/// is checked with librdkafka at start (an unknown one is refused in its
+/// words), those lockstep's exactly-once rests on are refused, and a node
+/// without `[cluster]` has no Kafka clients to give them to.
+#[test]
+fn kafka_properties_are_checked_at_start() {
+    let cluster = "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n";
+    let base = format!("{MINIMAL}node_id = \"node-1\"\n{cluster}");
+    let c = load_text(
+        &format!("{base}[kafka]\nproperties = {{ \"client.rack\" = \"rack-a\", \"socket.keepalive.enable\" = \"true\" }}\n"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let props = c.cluster.unwrap().kafka_properties;
+    assert!(
+        props.contains(&("client.rack".into(), "rack-a".into())),
+        "{props:?}"
+    );
+    for (kafka, want) in [
+        (
+            "properties = { \"no.such.property\" = \"1\" }",
+            "No such configuration property",
+        ),
+        ("properties = { \"acks\" = \"1\" }", "set by lockstep"),
+        (
+            "properties = { \"socket.timeout.ms\" = \"not a number\" }",
+            "socket.timeout.ms",
+        ),
+        ("colour = \"blue\"", "colour"),
+    ] {
+        let e = load_text(&format!("{base}[kafka]\n{kafka}\n"), &Overrides::default()).unwrap_err();
+        assert!(
+            e.contains(want) && (e.contains("kafka") || e.contains("colour")),
+            "{kafka}: {e}"
+        );
+    }
+    let e = load_text(
+        &format!("{MINIMAL}[kafka]\nproperties = {{ \"client.rack\" = \"rack-a\" }}\n"),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("kafka.properties") && e.contains("[cluster]"),
+        "{e}"
+    );
+}

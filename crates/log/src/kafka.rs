@@ -87,6 +87,10 @@ pub struct KafkaConfig {
     pub min_insync_replicas: i32,
     /// Client id prefix (the node's id), visible in broker logs.
     pub client_id: String,
+    /// librdkafka properties for every client (TLS, SASL, timeouts…),
+    /// set after lockstep's defaults; those lockstep's guarantees rest on
+    /// are refused ([`check_properties`]).
+    pub properties: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -100,8 +104,46 @@ impl KafkaConfig {
             replication: 1,
             min_insync_replicas: 1,
             client_id: client_id.to_string(),
+            properties: Vec::new(),
         }
     }
+}
+
+/// librdkafka properties lockstep sets itself and its guarantees rest on
+/// (exactly once through idempotent, fully acknowledged produce; offsets
+/// kept in checkpoints, not in consumer groups).
+pub const PROTECTED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "transactional.id",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+/// Checks librdkafka properties before a node starts: none of
+/// [`PROTECTED_PROPERTIES`], and each a property librdkafka knows with a
+/// value it takes (a client is created, not connected). `Err` says which
+/// and why, in librdkafka's words.
+pub fn check_properties(props: &[(String, String)]) -> Result<(), String> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", "127.0.0.1:9");
+    for (k, v) in props {
+        if PROTECTED_PROPERTIES.contains(&k.as_str()) {
+            return Err(format!(
+                "`{k}` is set by lockstep (its exactly-once rests on it); leave it out"
+            ));
+        }
+        c.set(k, v);
+    }
+    c.create::<rdkafka::producer::BaseProducer>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A record read from a shard's partition.
@@ -149,6 +191,9 @@ fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
         // fail fast on a wrong address instead of retrying forever silently
         .set("socket.connection.setup.timeout.ms", "10000")
         .set("topic.metadata.refresh.interval.ms", "10000");
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
     c
 }
 

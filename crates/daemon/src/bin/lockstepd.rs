@@ -94,6 +94,10 @@ struct Args {
     /// cluster).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<String>>,
+    /// Cluster: a librdkafka property for every Kafka client, `k=v`
+    /// (repeat it); over the file's `[kafka] properties`.
+    #[arg(long = "kafka-property", value_name = "K=V")]
+    kafka_property: Vec<String>,
     /// Cluster: the secret every node presents (or LOCKSTEP_CLUSTER_SECRET).
     #[arg(long)]
     cluster_secret: Option<String>,
@@ -128,7 +132,24 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let a = Args::parse();
+    let mut kafka_properties = std::collections::BTreeMap::new();
+    for kv in &a.kafka_property {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                kafka_properties.insert(k.trim().to_string(), v.to_string());
+            }
+            _ => {
+                say(&format!(
+                    "flag `--kafka-property {kv}`: write KEY=VALUE, e.g. --kafka-property security.protocol=SSL"
+                ));
+                return ExitCode::from(2);
+            }
+        }
+    }
     let flags = Overrides {
+        kafka: (!kafka_properties.is_empty()).then_some(config::FileKafka {
+            properties: Some(kafka_properties),
+        }),
         node_id: a.node_id,
         data_dir: a.data_dir,
         listen: a.listen,
