@@ -308,12 +308,50 @@ impl ControlPlane {
     /// is: a member's lease is never fresher than its coordinator's (a
     /// deposed leader cut off with a few members keeps none of them
     /// serving).
+    ///
+    /// It also carries the log index the coordinator has applied: a member
+    /// takes the word only once it has applied as much. A member paused
+    /// (SIGSTOP) or cut off while its shards moved would otherwise renew
+    /// its lease at the first ping after it resumed and serve its old
+    /// shards' state before it learned they had moved.
     pub async fn ping(&self, addr: &str) -> bool {
         let age = self.since_contact().as_millis() as u64;
         self.peer
-            .post(addr, "/internal/cluster/ping", encode(&age))
+            .post(
+                addr,
+                "/internal/cluster/ping",
+                encode(&(age, self.applied_index())),
+            )
             .await
             .is_ok()
+    }
+
+    /// Waits until this member has applied log index `index`; false if it
+    /// has not within `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if rx.borrow_and_update().last_applied.map_or(0, |l| l.index) >= index {
+                return true;
+            }
+            // a timeout, or Raft shut down
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return false;
+            }
+        }
+    }
+
+    /// The last log index this member has applied to its state.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// Where a request for the leader goes: `None` if this member leads.

@@ -191,11 +191,26 @@ async fn cluster_ping(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
     if let Some(r) = refuse(&cp, &headers) {
         return r;
     }
-    match decode::<u64>(&body) {
-        Ok(age) => {
+    // (age of the coordinator's word, the index it has applied); a
+    // coordinator of the previous release sends the age alone
+    let ping = decode::<(u64, u64)>(&body).or_else(|_| decode::<u64>(&body).map(|age| (age, 0)));
+    match ping {
+        Ok((age, index)) => {
             let at = std::time::Instant::now().checked_sub(Duration::from_millis(age));
+            // the word counts once this member knows what the coordinator
+            // knew (that its shards moved, say): at once, or when it has
+            // applied as much (replication is usually a moment behind)
             if let Some(at) = at {
-                cp.touch_at(at);
+                if cp.applied_index() >= index {
+                    cp.touch_at(at);
+                } else {
+                    let cp = cp.clone();
+                    tokio::spawn(async move {
+                        if cp.wait_applied(index, Duration::from_secs(2)).await {
+                            cp.touch_at(at);
+                        }
+                    });
+                }
             }
         }
         Err(e) => return bad(e),

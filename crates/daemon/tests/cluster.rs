@@ -930,35 +930,19 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// A node paused (SIGSTOP) past its lease while its shards move away and
-/// the others ingest on, then resumed: whatever it answers for a user is
-/// `503` or what the user's shard's owner answers (never its stale state);
-/// it is ready again once it is back in the cluster; and the run stays
-/// exactly once (the scenario's check: it committed nothing stale).
+/// the others ingest on, then resumed: asked for every user at once, it
+/// answers `503` or something other than the state it had when paused
+/// (unless that state is still the user's); it is ready again once back in
+/// the cluster; and the run stays exactly once (the scenario's check: it
+/// committed nothing stale).
 #[test]
 fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
-    let mut paused: Option<usize> = None;
+    // the paused node, and its answers for every user just before
+    let mut paused: Option<(usize, Vec<(String, String)>)> = None;
     scenario(6000, |i, n, cluster, rng| {
-        if i == n / 3 {
-            let x = a_follower_owning_shards(cluster, rng);
-            signal(cluster.nodes[x].pid(), "-STOP");
-            // the scenario ingests through the others meanwhile
-            cluster.down[x] = true;
-            paused = Some(x);
-            let id = x as u64 + 1;
-            cluster.wait_state(
-                "the paused node's shards moved",
-                Duration::from_secs(60),
-                |st| node_state(st, id) == "down" && owns_none(st, id),
-            );
-        }
-        if i == n / 3 + 4 {
-            // four batches later (the users' state moved on): resume it
-            let x = paused.take().unwrap();
-            signal(cluster.nodes[x].pid(), "-CONT");
-            cluster.down[x] = false;
-            let other = cluster.nodes[(x + 1) % 3].client();
-            let resumed = cluster.nodes[x].client();
-            // every user, as of an hour after the last event
+        // one event a user (120 users), an hour after the last event:
+        // the features of each user's whole history
+        let probes = || {
             let rows = events((n * 150) as u64, 120, 1);
             let at = rows
                 .iter()
@@ -969,56 +953,76 @@ fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
                 .max()
                 .unwrap()
                 + 3_600_000;
-            let mut probes: HashMap<String, Row> = HashMap::new();
+            let mut by_user: HashMap<String, Row> = HashMap::new();
             for r in rows {
-                probes.insert(r[1].to_string(), r);
+                by_user.insert(r[1].to_string(), r);
             }
-            let table = catalog().tables[0].clone();
-            let (mut refused, mut answered) = (0, 0);
-            for mut ev in probes.into_values() {
-                ev[6] = Value::Timestamp(at);
-                let body = lockstep_io::render_json(&ev, &table.schema);
-                let ask = |c: &Client| {
-                    c.request(
-                        "POST",
-                        "/v1/views/user_ad_features/features",
-                        Some(body.as_bytes()),
-                        &[],
-                    )
-                    .unwrap()
-                };
-                let got = ask(&resumed);
-                if got.status == 503 {
-                    refused += 1;
-                    continue;
+            let schema = catalog().tables[0].schema.clone();
+            let mut out: Vec<String> = by_user
+                .into_values()
+                .map(|mut ev| {
+                    ev[6] = Value::Timestamp(at);
+                    lockstep_io::render_json(&ev, &schema)
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let ask = |c: &Client, body: &str| {
+            c.request(
+                "POST",
+                "/v1/views/user_ad_features/features",
+                Some(body.as_bytes()),
+                &[],
+            )
+            .unwrap()
+        };
+        // an answer, waiting out 503s (shards moving, an election)
+        let settled = |c: &Client, body: &str| {
+            for _ in 0..300 {
+                let r = ask(c, body);
+                if r.status == 200 {
+                    return String::from_utf8_lossy(&r.body).into_owned();
                 }
-                assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-                // the owner's answer (no events arrive meanwhile; while
-                // a shard moves back, or the cluster elects a leader after
-                // the resumed node's vote, the other node answers 503)
-                let mut owner = ask(&other);
-                for _ in 0..300 {
-                    if owner.status != 503 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    owner = ask(&other);
-                }
-                assert_eq!(
-                    owner.status,
-                    200,
-                    "{}",
-                    String::from_utf8_lossy(&owner.body)
-                );
-                assert_eq!(
-                    String::from_utf8_lossy(&got.body),
-                    String::from_utf8_lossy(&owner.body),
-                    "the resumed node answered for shard {} unlike its owner",
-                    table.shard_of(&ev)
-                );
-                answered += 1;
+                assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+                std::thread::sleep(Duration::from_millis(100));
             }
-            eprintln!("resumed node: {refused} answers refused, {answered} as the owners'");
+            panic!("no answer for {body}");
+        };
+        if i == n / 3 {
+            let x = a_follower_owning_shards(cluster, rng);
+            let before: Vec<(String, String)> = probes()
+                .into_iter()
+                .map(|b| {
+                    let a = settled(&cluster.nodes[x].client(), &b);
+                    (b, a)
+                })
+                .collect();
+            signal(cluster.nodes[x].pid(), "-STOP");
+            // the scenario ingests through the others meanwhile
+            cluster.down[x] = true;
+            paused = Some((x, before));
+            let id = x as u64 + 1;
+            cluster.wait_state(
+                "the paused node's shards moved",
+                Duration::from_secs(60),
+                |st| node_state(st, id) == "down" && owns_none(st, id),
+            );
+        }
+        if i == n / 3 + 4 {
+            // four batches later (the users' state moved on): resume it
+            let (x, before) = paused.take().unwrap();
+            signal(cluster.nodes[x].pid(), "-CONT");
+            cluster.down[x] = false;
+            let resumed = cluster.nodes[x].client();
+            // at once, before it hears from the cluster again
+            let got: Vec<(u16, String)> = before
+                .iter()
+                .map(|(b, _)| {
+                    let r = ask(&resumed, b);
+                    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+                })
+                .collect();
             // ready again once back in the cluster, its shards running
             let start = Instant::now();
             loop {
@@ -1034,6 +1038,47 @@ fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
                 );
                 std::thread::sleep(Duration::from_millis(200));
             }
+            // what each user's features are now (no events arrive in this
+            // hook), once every node is caught up
+            let start = Instant::now();
+            while !cluster.live().iter().all(|c| {
+                c.status().is_ok_and(|s| s.lag == 0)
+                    && c.request("GET", "/readyz", None, &[]).unwrap().status == 200
+            }) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(90),
+                    "{}",
+                    cluster.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let other = cluster.nodes[(x + 1) % 3].client();
+            let (mut refused, mut answered, mut moved_on) = (0, 0, 0);
+            for ((body, stale), (status, answer)) in before.iter().zip(&got) {
+                let now = settled(&other, body);
+                if &now != stale {
+                    moved_on += 1;
+                }
+                match status {
+                    503 => refused += 1,
+                    200 => {
+                        answered += 1;
+                        assert!(
+                            answer != stale || &now == stale,
+                            "the resumed node answered from the state it had when paused: {answer}, now {now}"
+                        );
+                    }
+                    s => panic!("{s}: {answer}"),
+                }
+            }
+            eprintln!(
+                "resumed node: {refused} answers refused, {answered} answered; {moved_on} of {} users' features moved on while it was paused",
+                before.len()
+            );
+            assert!(
+                moved_on > 0,
+                "no user's features changed while the node was paused"
+            );
         }
     });
 }

@@ -43,7 +43,16 @@ fn unique_suffix() -> String {
 impl NodeMode for Member {
     fn route(&self, ctx: &NodeCtx, shard: u32, headers: &HeaderMap) -> Route {
         let cl = &self.cl;
-        if ctx.shard(shard).is_some() {
+        // its actor still here, and the state this node has applied still
+        // gives it the shard (an actor outlives its shard's move for a
+        // moment)
+        let owned_here = || {
+            cl.state()
+                .owners
+                .get(shard as usize)
+                .is_some_and(|o| o.node == Some(cl.id))
+        };
+        if ctx.shard(shard).is_some() && owned_here() {
             let silent = cl.cp.since_contact();
             if silent > cl.lease() {
                 return Route::Unavailable(format!(
@@ -183,7 +192,12 @@ impl NodeMode for Member {
                 silent.as_millis()
             ));
         }
-        if ctx.shard(shard).is_none() {
+        let owned = cl
+            .state()
+            .owners
+            .get(shard as usize)
+            .is_some_and(|o| o.node == Some(cl.id));
+        if ctx.shard(shard).is_none() || !owned {
             return Err(format!("shard {shard} left this node; retry"));
         }
         Ok(())
