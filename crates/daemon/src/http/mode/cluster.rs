@@ -29,6 +29,17 @@ pub(crate) struct Member {
     pub(crate) cl: Arc<ClusterCtx>,
 }
 
+impl Member {
+    /// Whether the replicated state this node has applied gives it `shard`.
+    fn owns(&self, shard: u32) -> bool {
+        self.cl
+            .state()
+            .owners
+            .get(shard as usize)
+            .is_some_and(|o| o.node == Some(self.cl.id))
+    }
+}
+
 /// A process-unique suffix for generated keys.
 fn unique_suffix() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -46,13 +57,7 @@ impl NodeMode for Member {
         // its actor still here, and the state this node has applied still
         // gives it the shard (an actor outlives its shard's move for a
         // moment)
-        let owned_here = || {
-            cl.state()
-                .owners
-                .get(shard as usize)
-                .is_some_and(|o| o.node == Some(cl.id))
-        };
-        if ctx.shard(shard).is_some() && owned_here() {
+        if ctx.shard(shard).is_some() && self.owns(shard) {
             let silent = cl.cp.since_contact();
             if silent > cl.lease() {
                 return Route::Unavailable(format!(
@@ -192,12 +197,7 @@ impl NodeMode for Member {
                 silent.as_millis()
             ));
         }
-        let owned = cl
-            .state()
-            .owners
-            .get(shard as usize)
-            .is_some_and(|o| o.node == Some(cl.id));
-        if ctx.shard(shard).is_none() || !owned {
+        if ctx.shard(shard).is_none() || !self.owns(shard) {
             return Err(format!("shard {shard} left this node; retry"));
         }
         Ok(())
