@@ -8,7 +8,9 @@
 use crate::clock::now_ms;
 use crate::cluster::ClusterCtx;
 use crate::node::NodeCtx;
-use crate::segments::{read_segment_chunks, ObjectWriter, SegmentInfo, STREAM_PART_BYTES};
+use crate::segments::{
+    read_raw_events, ObjectWriter, RawReadError, SegmentInfo, STREAM_PART_BYTES,
+};
 use lockstep_api::{BackfillPart, BackfillRequest};
 use lockstep_cluster::state::{BackfillJob, ClusterState, Command, Response};
 use lockstep_offline::OfflineError;
@@ -146,29 +148,10 @@ fn read_events(
     s: &SegmentInfo,
     each: &mut lockstep_offline::EventSink,
 ) -> Result<(), OfflineError> {
-    let mut decoder = lockstep_io::raw::RawDecoder::new(&s.path, s.bytes);
-    // why `each` stopped the read, if it did
-    let mut stopped = None;
-    let read = read_segment_chunks(rt, store, s, &mut |chunk| {
-        let fed = decoder.feed(chunk, &mut |_, row| {
-            each(row).map_err(|e| {
-                stopped = Some(e);
-                lockstep_io::raw::RawError::Record("stopped".into())
-            })
-        });
-        match stopped {
-            Some(_) => Err(crate::segments::SegmentError::Stopped),
-            None => fed.map_err(crate::segments::SegmentError::Raw),
-        }
-    });
-    if let Some(e) = stopped {
-        return Err(e);
-    }
-    read.map_err(|e| OfflineError::Other(e.to_string()))?;
-    decoder
-        .finish()
-        .map_err(|e| OfflineError::Other(e.to_string()))?;
-    Ok(())
+    read_raw_events(rt, store, s, &mut |_, row| each(row)).map_err(|e| match e {
+        RawReadError::Stopped(e) => e,
+        RawReadError::Segment(e) => OfflineError::Other(e.to_string()),
+    })
 }
 
 /// Runs `attempt` until it succeeds, [`BACKFILL_TRIES`] times at most,

@@ -227,16 +227,10 @@ const MAKE_ONE: &str = "make one with `head -c 32 /dev/urandom | base64` and pas
 /// A secret given as `key` or as a file (`key`_file): not both, at least 8
 /// characters, not a shipped placeholder.
 fn secret(
-    key: &'static str,
+    (key, file_key): (&'static str, &'static str),
     value: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<Option<String>, ConfigError> {
-    let file_key: &'static str = match key {
-        "token" => "token_file",
-        "ingest_token" => "ingest_token_file",
-        "serve_token" => "serve_token_file",
-        _ => key,
-    };
     let value = match (value, file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -569,9 +563,17 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
             format!("`{listen_s}` is not a socket address; write host:port, e.g. {DEFAULT_LISTEN}"),
         )
     })?;
-    let token = secret("token", c.token, c.token_file)?.ok_or_else(|| invalid("token", "is required (or token_file, or LOCKSTEP_TOKEN): every API call but /healthz, /readyz and /metrics must carry it"))?;
-    let ingest_token = secret("ingest_token", c.ingest_token, c.ingest_token_file)?;
-    let serve_token = secret("serve_token", c.serve_token, c.serve_token_file)?;
+    let token = secret(("token", "token_file"), c.token, c.token_file)?.ok_or_else(|| invalid("token", "is required (or token_file, or LOCKSTEP_TOKEN): every API call but /healthz, /readyz and /metrics must carry it"))?;
+    let ingest_token = secret(
+        ("ingest_token", "ingest_token_file"),
+        c.ingest_token,
+        c.ingest_token_file,
+    )?;
+    let serve_token = secret(
+        ("serve_token", "serve_token_file"),
+        c.serve_token,
+        c.serve_token_file,
+    )?;
     for (key, t) in [
         ("ingest_token", &ingest_token),
         ("serve_token", &serve_token),

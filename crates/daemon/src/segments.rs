@@ -327,6 +327,49 @@ pub fn read_segment_chunks(
     malformed.map_or(Ok(()), Err)
 }
 
+/// Why [`read_raw_events`] stopped.
+pub enum RawReadError<E> {
+    /// The consumer's error.
+    Stopped(E),
+    /// The segment could not be read, or is damaged.
+    Segment(SegmentError),
+}
+
+/// Reads a raw segment as it downloads ([`read_segment_chunks`]), passing
+/// each event with its offset to `each`, in log order; an error of
+/// `each`'s ends the read. A damaged segment fails after some of its
+/// events were passed: the caller throws away what it made of them.
+pub fn read_raw_events<E>(
+    rt: &tokio::runtime::Handle,
+    store: &dyn ObjectStore,
+    s: &SegmentInfo,
+    each: &mut dyn FnMut(u64, lockstep_core::value::Row) -> Result<(), E>,
+) -> Result<(), RawReadError<E>> {
+    let mut decoder = lockstep_io::raw::RawDecoder::new(&s.path, s.bytes);
+    // why `each` stopped the read, if it did
+    let mut stopped = None;
+    let read = read_segment_chunks(rt, store, s, &mut |chunk| {
+        let fed = decoder.feed(chunk, &mut |off, row| {
+            each(off, row).map_err(|e| {
+                stopped = Some(e);
+                lockstep_io::raw::RawError::Record("stopped".into())
+            })
+        });
+        match stopped {
+            Some(_) => Err(SegmentError::Stopped),
+            None => fed.map_err(SegmentError::Raw),
+        }
+    });
+    if let Some(e) = stopped {
+        return Err(RawReadError::Stopped(e));
+    }
+    read.map_err(RawReadError::Segment)?;
+    decoder
+        .finish()
+        .map(|_| ())
+        .map_err(|e| RawReadError::Segment(SegmentError::Raw(e)))
+}
+
 /// Writes a segment object and describes it.
 #[allow(clippy::too_many_arguments)]
 pub async fn put_segment(

@@ -5,11 +5,10 @@ use super::{err, ShardError, ShardWorker};
 
 use crate::pipeline::view_fingerprint;
 use crate::segments::{
-    read_segment_chunks, segment_path, ObjectWriter, SegmentError, SegmentInfo, STREAM_PART_BYTES,
+    read_raw_events, segment_path, ObjectWriter, RawReadError, SegmentInfo, STREAM_PART_BYTES,
 };
 use crate::store::Commit;
 use lockstep_core::value::{Row, Value};
-use lockstep_io::raw::{RawDecoder, RawError};
 use std::time::Instant;
 
 impl ShardWorker {
@@ -123,9 +122,6 @@ impl ShardWorker {
         let mut outs: Vec<Option<Out>> = (0..emit.len()).map(|_| None).collect();
         let mut events = 0u64;
         for s in raw {
-            let mut decoder = RawDecoder::new(&s.path, s.bytes);
-            // why writing stopped the read, if it did
-            let mut stopped: Option<ShardError> = None;
             let (engine, emitted) = (&mut self.engine, &mut self.emitted);
             let mut each = |_, row: Row| -> Result<(), ShardError> {
                 engine.push_to_shard(shard, &row, emitted);
@@ -162,23 +158,10 @@ impl ShardWorker {
                 }
                 Ok(())
             };
-            let read = read_segment_chunks(rt, store.as_ref(), s, &mut |chunk| {
-                let fed = decoder.feed(chunk, &mut |off, row| {
-                    each(off, row).map_err(|e| {
-                        stopped = Some(e);
-                        RawError::Record("stopped".into())
-                    })
-                });
-                match stopped {
-                    Some(_) => Err(SegmentError::Stopped),
-                    None => fed.map_err(SegmentError::Raw),
-                }
-            });
-            if let Some(e) = stopped {
-                return Err(e);
-            }
-            read.map_err(err)?;
-            decoder.finish().map_err(err)?;
+            read_raw_events(rt, store.as_ref(), s, &mut each).map_err(|e| match e {
+                RawReadError::Stopped(e) => e,
+                RawReadError::Segment(e) => err(e),
+            })?;
         }
         let mut added = Vec::new();
         for (v, out) in outs.into_iter().enumerate() {

@@ -146,11 +146,6 @@ impl NodeMode for Member {
         .boxed()
     }
 
-    /// The events go to the table's topic; retries are deduplicated by the
-    /// shards (the key travels with each record). The writer keeps the
-    /// dead letters and the key with its reply: a retry that reaches this
-    /// node again is answered with that reply, marked `Idempotent-Replayed`
-    /// (its records, produced again, are skipped by the shards).
     fn not_ready(&self, _ctx: &NodeCtx) -> Vec<String> {
         let cl = &self.cl;
         let mut why = Vec::new();
@@ -189,18 +184,12 @@ impl NodeMode for Member {
     }
 
     fn still_serving(&self, ctx: &NodeCtx, shard: u32) -> Result<(), String> {
-        let cl = &self.cl;
-        let silent = cl.cp.since_contact();
-        if silent > cl.lease() {
-            return Err(format!(
-                "this node has not heard from the cluster for {} ms: shard {shard} may have moved; retry (on another node)",
-                silent.as_millis()
-            ));
+        // routed again, as if the request arrived now
+        match self.route(ctx, shard, &HeaderMap::new()) {
+            Route::Local => Ok(()),
+            Route::Unavailable(why) => Err(why),
+            Route::Forward(_) => Err(format!("shard {shard} left this node; retry")),
         }
-        if ctx.shard(shard).is_none() || !self.owns(shard) {
-            return Err(format!("shard {shard} left this node; retry"));
-        }
-        Ok(())
     }
 
     fn key_home(&self, ctx: &NodeCtx, key: &str, headers: &HeaderMap) -> Route {
@@ -208,6 +197,11 @@ impl NodeMode for Member {
         self.route(ctx, shard, headers)
     }
 
+    /// The events go to the table's topic; retries are deduplicated by the
+    /// shards (the key travels with each record). The writer keeps the
+    /// dead letters and the key with its reply: a retry that reaches this
+    /// node again is answered with that reply, marked `Idempotent-Replayed`
+    /// (its records, produced again, are skipped by the shards).
     fn append<'a>(
         &'a self,
         ctx: &'a NodeCtx,
