@@ -59,6 +59,11 @@ pub struct ShardEntry {
 /// `GET /v1/cluster` (404 on a node running alone).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
+    /// The cluster's identity: the same on every member (two clusters
+    /// started apart never share it). Empty from a node of an earlier
+    /// release.
+    #[serde(default)]
+    pub cluster_id: String,
     /// The answering member.
     pub node: u64,
     pub leader: Option<u64>,

@@ -71,8 +71,13 @@ pub struct CpConfig {
     pub node: NodeId,
     /// This node's API address, where the others reach it.
     pub addr: String,
-    /// Other nodes' API addresses; empty: this node starts a new cluster.
+    /// The nodes' API addresses (this node's own may be among them);
+    /// empty: this node starts a new cluster.
     pub seeds: Vec<String>,
+    /// With seeds: a fresh node founds a cluster with them once this many
+    /// nodes (itself included), none yet in a cluster, answer, if it has
+    /// the lowest id of them; `None`: it only ever joins a cluster.
+    pub bootstrap_expect: Option<usize>,
     pub secret: String,
     pub dir: std::path::PathBuf,
     pub heartbeat: Duration,
@@ -98,12 +103,16 @@ pub struct ControlPlane {
     /// a ping from the coordinator, or (as coordinator) answers from a
     /// majority. See [`ControlPlane::since_contact`].
     contact: std::sync::Mutex<std::time::Instant>,
+    /// Set while a fresh member with seeds finds its cluster: it refuses
+    /// Raft votes then (see [`ControlPlane::bootstrap`]).
+    settling: std::sync::atomic::AtomicBool,
 }
 
 impl ControlPlane {
     /// Opens the storage and starts the Raft member. A fresh member with
     /// no seeds starts a new cluster with itself as the only voter; with
-    /// seeds it asks them to add it. A member with stored state rejoins
+    /// seeds it joins their cluster, or founds one with them
+    /// ([`ControlPlane::bootstrap`]). A member with stored state rejoins
     /// as it was.
     pub async fn start(cfg: CpConfig) -> Result<Arc<ControlPlane>, ClusterError> {
         ControlPlane::start_with(cfg, |_| {}).await
@@ -189,6 +198,7 @@ impl ControlPlane {
             book,
             secret: cfg.secret.clone(),
             contact: std::sync::Mutex::new(std::time::Instant::now()),
+            settling: std::sync::atomic::AtomicBool::new(fresh && !cfg.seeds.is_empty()),
         });
         serving(&cp);
         if fresh && cfg.seeds.is_empty() {
@@ -206,7 +216,10 @@ impl ControlPlane {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
             tracing::info!(node = cfg.node, "started a new cluster");
         } else if fresh {
-            cp.join(&cfg.seeds).await?;
+            let found = cp.bootstrap(&cfg.seeds, cfg.bootstrap_expect).await;
+            cp.settling
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            found?;
         }
         cp.clone().announce(cfg.seeds.clone());
         Ok(cp)

@@ -6,33 +6,88 @@ use crate::state::{Command, NodeId, Response};
 use crate::{now_ms, state, ClusterError, ControlPlane, JoinRequest, VOTERS};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
-use std::collections::BTreeSet;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a node with seeds tries to join before it gives up (without
+/// `bootstrap_expect`, or when a seed's cluster does not take it).
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A fresh node's question to a seed (`/internal/cluster/hello`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub node: NodeId,
+    pub addr: String,
+}
+
+/// A seed's answer: who it is and whether it is in a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct HelloReply {
+    pub node: NodeId,
+    pub in_cluster: bool,
+    /// The Raft members it knows (voters and learners).
+    pub members: Vec<NodeId>,
+    pub cluster_id: String,
+}
+
 impl ControlPlane {
-    /// Asks the seeds (any member: it forwards to the leader) to add this
-    /// node; retried for a while, as the cluster may be electing.
-    pub(crate) async fn join(&self, seeds: &[String]) -> Result<(), ClusterError> {
-        let req = encode(&JoinRequest {
+    /// How a fresh member with seeds finds its cluster. Every round it
+    /// asks each seed who it is ([`Hello`]):
+    /// - a seed in a cluster: this node joins through it; if that cluster
+    ///   already counts this node (its data directory was wiped), it
+    ///   rejoins: the leader drops its old Raft membership and adds it
+    ///   anew, so the votes it cast before it lost its disk cannot count
+    ///   twice;
+    /// - with `expect`: once `expect` nodes, none in a cluster, answer
+    ///   (this one included), the lowest-numbered of them founds the
+    ///   cluster alone and the others join it the next round (Consul's
+    ///   `bootstrap_expect`); a node with seeds never founds otherwise;
+    /// - without `expect`: gives up after 30 s.
+    ///
+    /// A seed that answers with this node's own id is this node.
+    ///
+    /// Until it has been forgotten, the member takes no Raft call: a node
+    /// that lost its disk lost the votes it cast (it must not vote again
+    /// in a term it voted in) and the log it acknowledged (the leader must
+    /// not match its log against what it had).
+    pub(crate) async fn bootstrap(
+        &self,
+        seeds: &[String],
+        expect: Option<usize>,
+    ) -> Result<(), ClusterError> {
+        let started = std::time::Instant::now();
+        let mut said = started;
+        let hello = encode(&Hello {
             node: self.id,
             addr: self.addr.clone(),
         });
-        let mut last = String::new();
-        for _ in 0..60 {
+        loop {
+            let mut waiting: BTreeMap<NodeId, &str> = [(self.id, self.addr.as_str())].into();
+            let mut found = None;
+            let mut unreachable = Vec::new();
             for seed in seeds {
                 match self
                     .peer
-                    .post(seed, "/internal/cluster/join", req.clone())
+                    .post(seed, "/internal/cluster/hello", hello.clone())
                     .await
+                    .map(|b| decode::<HelloReply>(&b))
                 {
-                    Ok(b) => match decode::<Result<(), PeerError>>(&b) {
-                        Ok(Ok(())) => {
-                            tracing::info!(node = self.id, via = %seed, "joined the cluster");
-                            return Ok(());
-                        }
-                        Ok(Err(e)) | Err(e) => last = e.to_string(),
-                    },
+                    Ok(Ok(r)) if r.node == self.id => {}
+                    Ok(Ok(r)) if r.in_cluster => {
+                        found = Some((seed, r.members.contains(&self.id)));
+                        break;
+                    }
+                    Ok(Ok(r)) => {
+                        waiting.insert(r.node, seed);
+                    }
+                    // a node of an earlier release: it has no hello, and
+                    // joins as before
+                    Err(CallError::Status { status: 404, .. }) => {
+                        found = Some((seed, false));
+                        break;
+                    }
                     // a wrong secret will not get better by retrying
                     Err(CallError::Status {
                         status: 401 | 403,
@@ -40,19 +95,184 @@ impl ControlPlane {
                         ..
                     }) => {
                         return Err(ClusterError::Join {
-                            seeds: seeds.join(","),
+                            seeds: seed.clone(),
                             message,
                         })
                     }
-                    Err(e) => last = e.to_string(),
+                    Ok(Err(e)) => unreachable.push(format!("{seed}: {e}")),
+                    Err(e) => unreachable.push(e.to_string()),
                 }
+            }
+            if let Some((seed, member)) = found {
+                if member {
+                    tracing::warn!(
+                        node = self.id,
+                        "the cluster already counts this node, whose data directory is new: it rejoins under its id"
+                    );
+                    self.call_with_patience(seed, "/internal/cluster/rejoin")
+                        .await?;
+                }
+                self.settled();
+                return self
+                    .call_with_patience(seed, "/internal/cluster/join")
+                    .await;
+            }
+            let lowest = waiting.keys().next() == Some(&self.id);
+            if let Some(n) = expect {
+                if waiting.len() >= n && lowest {
+                    self.settled();
+                    let members: BTreeMap<NodeId, BasicNode> = [(
+                        self.id,
+                        BasicNode {
+                            addr: self.addr.clone(),
+                        },
+                    )]
+                    .into();
+                    self.raft
+                        .initialize(members)
+                        .await
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                    tracing::info!(
+                        node = self.id,
+                        with = ?waiting.keys().collect::<Vec<_>>(),
+                        "{} nodes answered: founded the cluster, the others join it",
+                        waiting.len()
+                    );
+                    return Ok(());
+                }
+            } else if started.elapsed() > JOIN_PATIENCE {
+                return Err(ClusterError::Join {
+                    seeds: seeds.join(","),
+                    message: format!(
+                        "no seed is in a cluster{}; nodes started together found one with --bootstrap-expect N (cluster.bootstrap_expect), a first node founds one alone when started without seeds",
+                        if unreachable.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", unreachable.join("; "))
+                        }
+                    ),
+                });
+            }
+            if said.elapsed() >= Duration::from_secs(10) {
+                said = std::time::Instant::now();
+                tracing::info!(
+                    "no cluster yet: waiting for {} nodes, {} answer ({:?}){}",
+                    expect.unwrap_or(0),
+                    waiting.len(),
+                    waiting.keys().collect::<Vec<_>>(),
+                    if unreachable.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; unreachable: {}", unreachable.join("; "))
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Asks `seed` (any member: it forwards to the leader) to add this
+    /// node (`/internal/cluster/join`), or to forget it before it joins
+    /// again (`/internal/cluster/rejoin`); retried for a while, as the
+    /// cluster may be electing.
+    async fn call_with_patience(&self, seed: &str, route: &str) -> Result<(), ClusterError> {
+        let req = encode(&JoinRequest {
+            node: self.id,
+            addr: self.addr.clone(),
+        });
+        let mut last = String::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < JOIN_PATIENCE {
+            match self.peer.post(seed, route, req.clone()).await {
+                Ok(b) => match decode::<Result<(), PeerError>>(&b) {
+                    Ok(Ok(())) => {
+                        tracing::info!(node = self.id, via = %seed, "{route}: done");
+                        return Ok(());
+                    }
+                    Ok(Err(e)) | Err(e) => last = e.to_string(),
+                },
+                Err(CallError::Status {
+                    status: 401 | 403,
+                    message,
+                    ..
+                }) => {
+                    return Err(ClusterError::Join {
+                        seeds: seed.to_string(),
+                        message,
+                    })
+                }
+                Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(ClusterError::Join {
-            seeds: seeds.join(","),
+            seeds: seed.to_string(),
             message: last,
         })
+    }
+
+    /// Whether this member is settling (see [`ControlPlane::bootstrap`]):
+    /// it takes no Raft call then.
+    pub(crate) fn settling(&self) -> bool {
+        self.settling.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn settled(&self) {
+        self.settling
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The answer to a fresh node's hello.
+    pub(crate) fn hello_reply(&self) -> HelloReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        HelloReply {
+            node: self.id,
+            in_cluster: membership.voter_ids().next().is_some(),
+            members: membership.nodes().map(|(id, _)| *id).collect(),
+            cluster_id: self.state().cluster_id.clone(),
+        }
+    }
+
+    /// Forgets the Raft membership of a member whose data directory was
+    /// wiped (on the leader), with a quorum of the others: a lost disk lost
+    /// the votes it cast and the log it acknowledged. It then joins as a
+    /// new member would (its replication starts over from nothing).
+    pub(crate) async fn forget_member(&self, req: JoinRequest) -> Result<(), ClusterError> {
+        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
+            e => ClusterError::Raft(e.to_string()),
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.remove(&req.node) {
+            if voters.is_empty() {
+                return Err(ClusterError::Join {
+                    seeds: self.addr.clone(),
+                    message: format!(
+                        "node {} was the cluster's only voter; its state is lost with its disk",
+                        req.node
+                    ),
+                });
+            }
+            self.raft
+                .change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        if self.raft_member(req.node) {
+            let gone = [req.node].into_iter().collect();
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        tracing::warn!(
+            node = req.node,
+            "a member lost its data directory: it joins again under its id"
+        );
+        Ok(())
     }
 
     /// Records this node in the cluster state as an active member (again,

@@ -22,6 +22,8 @@ impl ControlPlane {
             .route("/internal/raft/vote", post(raft_vote))
             .route("/internal/raft/snapshot", post(raft_snapshot))
             .route("/internal/cluster/join", post(cluster_join))
+            .route("/internal/cluster/rejoin", post(cluster_rejoin))
+            .route("/internal/cluster/hello", post(cluster_hello))
             .route("/internal/cluster/propose", post(cluster_propose))
             .route("/internal/cluster/ping", post(cluster_ping))
             .route("/internal/cluster/remove", post(cluster_remove))
@@ -62,6 +64,13 @@ async fn guard(
 ) -> HttpResponse {
     if let Some(r) = refuse(&g.cp, req.headers()) {
         return r;
+    }
+    if g.cp.settling() && req.uri().path().starts_with("/internal/raft/") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node has not joined its cluster yet: it takes no Raft call",
+        )
+            .into_response();
     }
     let Ok(_slot) = g.slots.clone().try_acquire_owned() else {
         return (
@@ -154,6 +163,33 @@ async fn raft_snapshot(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRe
 }
 
 async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    join_or_rejoin(cp, headers, body, false).await
+}
+
+/// A member that lost its data directory asks to be forgotten, then joins
+/// again under its id.
+async fn cluster_rejoin(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    join_or_rejoin(cp, headers, body, true).await
+}
+
+/// Who this node is and whether it is in a cluster (a fresh node's first
+/// question to its seeds).
+async fn cluster_hello(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    match decode::<crate::membership::Hello>(&body) {
+        Ok(_) => bin(&cp.hello_reply()),
+        Err(e) => bad(e),
+    }
+}
+
+async fn join_or_rejoin(
+    cp: Arc<ControlPlane>,
+    headers: HeaderMap,
+    body: Bytes,
+    rejoin: bool,
+) -> HttpResponse {
     if let Some(r) = refuse(&cp, &headers) {
         return r;
     }
@@ -161,13 +197,15 @@ async fn cluster_join(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
         Ok(r) => r,
         Err(e) => return bad(e),
     };
+    let route = if rejoin {
+        "/internal/cluster/rejoin"
+    } else {
+        "/internal/cluster/join"
+    };
     let result = match cp.leader_addr() {
+        Ok(None) if rejoin => cp.forget_member(req).await.map_err(PeerError::of),
         Ok(None) => cp.add_member(req).await.map_err(PeerError::of),
-        Ok(Some(leader)) => match cp
-            .peer
-            .post(&leader, "/internal/cluster/join", body.to_vec())
-            .await
-        {
+        Ok(Some(leader)) => match cp.peer.post(&leader, route, body.to_vec()).await {
             Ok(b) => decode::<Result<(), PeerError>>(&b).and_then(|r| r),
             Err(e) => Err(PeerError::of(e)),
         },

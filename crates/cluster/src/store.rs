@@ -237,16 +237,33 @@ struct SmDataV1 {
     state: crate::state::ClusterStateV1,
 }
 
-/// A state machine snapshot's data, of either format.
+/// [`SmData`] as stored before the cluster's id was kept.
+#[derive(Deserialize)]
+struct SmDataV2 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Node>,
+    state: crate::state::ClusterStateV2,
+}
+
+/// A state machine snapshot's data, of any format so far.
 fn dec_sm(b: &[u8]) -> Result<SmData, AnyError> {
-    dec::<SmData>(b).or_else(|e| {
-        let old: SmDataV1 = dec(b).map_err(|_| e)?;
-        Ok(SmData {
-            last_applied: old.last_applied,
-            membership: old.membership,
-            state: old.state.into(),
+    dec::<SmData>(b)
+        .or_else(|e| {
+            let old: SmDataV2 = dec(b).map_err(|_| e)?;
+            Ok(SmData {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: old.state.into(),
+            })
         })
-    })
+        .or_else(|e: AnyError| {
+            let old: SmDataV1 = dec(b).map_err(|_| e)?;
+            Ok(SmData {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: old.state.into(),
+            })
+        })
 }
 
 #[derive(Serialize, Deserialize)]

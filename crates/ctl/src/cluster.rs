@@ -11,6 +11,7 @@ pub(crate) fn cluster(cmd: ClusterCmd, ctx: &Ctx, out: &mut dyn Write) -> Result
                 show(out, &v)?;
             } else {
                 for k in [
+                    "cluster_id",
                     "table",
                     "shard_count",
                     "leader",

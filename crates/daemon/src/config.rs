@@ -76,8 +76,12 @@ pub struct FileKafka {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
-    /// Other nodes' API addresses (`host:port`); none: start a new cluster.
+    /// The nodes' API addresses (`host:port`; this node's own may be
+    /// among them); none: start a new cluster.
     pub seeds: Option<Vec<String>>,
+    /// Nodes started together with the same seeds found one cluster once
+    /// this many of them answer (Consul's `bootstrap_expect`).
+    pub bootstrap_expect: Option<u64>,
     pub secret: Option<String>,
     pub kafka_brokers: Option<String>,
     pub kafka_topic: Option<String>,
@@ -103,6 +107,7 @@ pub struct ClusterConfig {
     /// The Raft member id: the number `node_id` ends with.
     pub raft_id: u64,
     pub seeds: Vec<String>,
+    pub bootstrap_expect: Option<usize>,
     pub secret: String,
     pub kafka_brokers: String,
     /// Default: the table's name.
@@ -379,6 +384,7 @@ fn merge_cluster(
     );
     Some(FileCluster {
         seeds: f.seeds.or(c.seeds),
+        bootstrap_expect: f.bootstrap_expect.or(c.bootstrap_expect),
         secret: f.secret.or(env_secret).or(c.secret),
         kafka_brokers: f.kafka_brokers.or(c.kafka_brokers),
         kafka_topic: f.kafka_topic.or(c.kafka_topic),
@@ -442,6 +448,28 @@ fn validate_cluster(
             ));
         }
     }
+    let bootstrap_expect = match c.bootstrap_expect {
+        None => None,
+        Some(0) => {
+            return Err(invalid(
+                "cluster.bootstrap_expect",
+                "0: give how many nodes found the cluster together (e.g. 3), or leave it out",
+            ))
+        }
+        Some(n) if seeds.is_empty() && n > 1 => {
+            return Err(invalid(
+                "cluster.bootstrap_expect",
+                format!("{n} nodes found the cluster together, but cluster.seeds names none: list every node's address in the seeds"),
+            ))
+        }
+        Some(n) if n as usize > seeds.len() + 1 => {
+            return Err(invalid(
+                "cluster.bootstrap_expect",
+                format!("{n} is more nodes than cluster.seeds names ({}, and this node)", seeds.len()),
+            ))
+        }
+        Some(n) => Some(n as usize),
+    };
     let advertise = c.advertise.unwrap_or_else(|| listen.to_string());
     if listen.ip().is_unspecified() && advertise == listen.to_string() {
         return Err(invalid(
@@ -485,6 +513,7 @@ fn validate_cluster(
     Ok(ClusterConfig {
         raft_id,
         seeds,
+        bootstrap_expect,
         secret,
         kafka_brokers,
         kafka_topic: c.kafka_topic,

@@ -375,6 +375,7 @@ async fn start_cluster(
             node: c.raft_id,
             addr: c.advertise.clone(),
             seeds: c.seeds.clone(),
+            bootstrap_expect: c.bootstrap_expect,
             secret: c.secret.clone(),
             dir: config.data_dir.join("raft"),
             // a follower calls an election after openraft's leader lease

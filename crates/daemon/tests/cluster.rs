@@ -299,12 +299,47 @@ impl Cluster {
         i
     }
 
+    /// `n` nodes numbered from `first`, started at once with the same
+    /// seeds (every node's address, its own included) and
+    /// `--bootstrap-expect n`, as Kubernetes starts a StatefulSet's pods in
+    /// parallel: they find each other and form one cluster.
+    fn start_together(env: Env, n: usize, sql: &str, first: usize) -> Cluster {
+        let mut c = Cluster::start_numbered(env, 0, sql, first);
+        for _ in 0..n {
+            c.proxies.push(Proxy::start(free_addr()));
+            c.egress.push(Egress::start());
+        }
+        let seeds = c
+            .proxies
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let expect = n.to_string();
+        for i in 0..n {
+            let d = c.launch(i, &seeds, &[("bootstrap-expect", expect.as_str())]);
+            c.nodes.push(d);
+            c.down.push(false);
+        }
+        for d in &c.nodes {
+            d.wait_up();
+        }
+        c
+    }
+
     fn spawn(&mut self, i: usize, seeds: &str) -> Daemon {
         if self.proxies.len() <= i {
             let listen = free_addr();
             self.proxies.push(Proxy::start(listen));
             self.egress.push(Egress::start());
         }
+        let d = self.launch(i, seeds, &[]);
+        d.wait_up();
+        d
+    }
+
+    /// Starts node `i` behind its proxies (made already), without waiting.
+    fn launch(&mut self, i: usize, seeds: &str, extra: &[(&str, &str)]) -> Daemon {
         let egress = format!("http://{}", self.egress[i].addr);
         let listen = self.proxy_target(i);
         let id = format!("node-{}", i + self.first_ordinal);
@@ -321,7 +356,8 @@ impl Cluster {
         if !seeds.is_empty() {
             flags.push(("seeds", seeds));
         }
-        Daemon::start_sql(
+        flags.extend_from_slice(extra);
+        Daemon::launch_sql(
             &self.dir(i),
             listen,
             &self.sql,
@@ -714,7 +750,7 @@ fn leader(cluster: &Cluster) -> usize {
     for c in cluster.live() {
         if let Ok(st) = c.get_json("/v1/cluster") {
             if let Some(l) = st["leader"].as_u64() {
-                return l as usize - 1;
+                return l as usize - cluster.first_ordinal;
             }
         }
     }
@@ -872,34 +908,99 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
     });
 }
 
-/// Node ids numbered from 0, as a Kubernetes StatefulSet names its pods
-/// (`node-0` was refused): the three nodes form one cluster, `node-0`
-/// owns shards like the others, and what is ingested through any node is
-/// in the log and the training rows once.
+/// Started the way a Kubernetes StatefulSet starts its pods in parallel:
+/// `node-0`, `node-1`, `node-2` (ids from 0 were refused) all at once, each
+/// with the same seeds naming all three, itself included, and
+/// `--bootstrap-expect 3` (such nodes formed no cluster: each waited for
+/// another to found it). They form one cluster with one id on every node.
+/// Then a node that owns shards loses its data directory and comes back
+/// with the same flags: it rejoins that cluster under its id (it used to
+/// found a second one, or take Raft votes it had forgotten), and what was
+/// ingested through any node, before and after, is in the log and the
+/// training rows once.
 #[test]
-fn nodes_numbered_from_zero_form_a_cluster() {
+fn nodes_started_together_form_one_cluster_and_a_wiped_node_rejoins() {
     let Some(env) = env() else { return };
-    let cluster = Cluster::start_numbered(env, 3, SQL, 0);
+    let mut cluster = Cluster::start_together(env, 3, SQL, 0);
     cluster.wait_state(
-        "every shard owned, node-0 among the owners",
+        "every shard owned by one of node-0..2, node-0 among the owners",
         Duration::from_secs(60),
         |st| {
             st["nodes"].as_array().is_some_and(|n| n.len() == 3)
                 && st["shards"].as_array().is_some_and(|s| {
-                    s.iter()
-                        .all(|s| s["owner"].as_u64().is_some_and(|o| o <= 2))
-                        && s.iter().any(|s| s["owner"] == 0)
+                    (0..3u64).all(|id| s.iter().any(|s| s["owner"] == id))
+                        && s.iter()
+                            .all(|s| s["owner"].as_u64().is_some_and(|o| o <= 2))
                 })
         },
     );
+    let ids = |cluster: &Cluster| -> Vec<String> {
+        cluster
+            .live()
+            .iter()
+            .map(|c| {
+                c.get_json("/v1/cluster").unwrap()["cluster_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let id = ids(&cluster)[0].clone();
+    assert_eq!(id.len(), 20, "{id}");
+    assert_eq!(ids(&cluster), vec![id.clone(); 3], "one cluster, one id");
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // 50 minutes of events: rows become final past the 15-minute label
     let rows = events(3000, 40, 11);
-    for (i, b) in rows.chunks(150).enumerate() {
+    let (before, after) = rows.split_at(1500);
+    for (i, b) in before.chunks(150).enumerate() {
         ingest(
             &cluster,
             jsonl(b).as_bytes(),
             &format!("zero-{i}"),
+            &mut rng,
+        );
+    }
+    // a follower that owns shards loses its disk
+    let l = leader(&cluster);
+    let w = (l + 1) % 3;
+    cluster.kill(w);
+    std::fs::remove_dir_all(cluster.dir(w).join("data")).unwrap();
+    cluster.restart(w);
+    let back = cluster.nodes[w].client();
+    let start = Instant::now();
+    loop {
+        let st = back.get_json("/v1/cluster").unwrap();
+        let voters = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["voter"] == true)
+            .count();
+        if st["cluster_id"] == id.as_str()
+            && st["nodes"].as_array().unwrap().len() == 3
+            && voters == 3
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the wiped node is not back in its cluster: {st}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ids(&cluster), vec![id.clone(); 3], "still one cluster");
+    assert!(
+        cluster.nodes[w].log().contains("rejoins under its id"),
+        "{}",
+        cluster.logs()
+    );
+    for (i, b) in after.chunks(150).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(b).as_bytes(),
+            &format!("zero-after-{i}"),
             &mut rng,
         );
     }

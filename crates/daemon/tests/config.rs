@@ -211,6 +211,7 @@ fn the_documented_cluster_example_loads_and_flags_override_it() {
     let cl = c.cluster.unwrap();
     assert_eq!(cl.raft_id, 3);
     assert_eq!(cl.seeds, vec!["10.0.0.1:7701", "10.0.0.2:7701"]);
+    assert_eq!(cl.bootstrap_expect, None);
     assert_eq!(cl.kafka_brokers, "k1:9092,k2:9092");
     assert_eq!(cl.secret, REAL_SECRET, "the environment's, over the file's");
 }
@@ -231,6 +232,18 @@ fn bad_cluster_settings_name_their_key() {
             "cluster.failure_timeout",
         ),
         ("[cluster]\ncolour = \"blue\"\n", "colour"),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nbootstrap_expect = 3\n",
+            "cluster.bootstrap_expect",
+        ),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nseeds = [\"a:1\", \"b:1\"]\nbootstrap_expect = 5\n",
+            "cluster.bootstrap_expect",
+        ),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nseeds = [\"a:1\"]\nbootstrap_expect = 0\n",
+            "cluster.bootstrap_expect",
+        ),
     ] {
         let e = load_text(&format!("{base}{extra}"), &Overrides::default()).unwrap_err();
         assert!(e.contains(want), "{extra}: {e}");

@@ -9,6 +9,9 @@ type Applied = Result<(), Rejection>;
 
 impl ClusterState {
     pub(super) fn try_apply(&mut self, cmd: Command) -> Applied {
+        if self.cluster_id.is_empty() {
+            self.name_cluster(&cmd);
+        }
         match cmd {
             Command::Init {
                 table,
@@ -184,6 +187,38 @@ impl ClusterState {
         self.checkpoints = vec![None; shards as usize];
         self.segments = vec![Vec::new(); shards as usize];
         Ok(())
+    }
+
+    /// Gives the cluster its id from the first `Init` or `Join` applied:
+    /// every member applies the same entry first, so every member derives
+    /// the same id; the time in it (the proposer's clock) tells apart
+    /// clusters founded by the same node id at the same address.
+    fn name_cluster(&mut self, cmd: &Command) {
+        let mut h = crc32fast::Hasher::new();
+        let at_ms = match cmd {
+            Command::Init {
+                table,
+                shards,
+                sql,
+                at_ms,
+            } => {
+                h.update(table.as_bytes());
+                h.update(&shards.to_le_bytes());
+                h.update(sql.as_bytes());
+                *at_ms
+            }
+            Command::Join { node, addr, at_ms } => {
+                h.update(&node.to_le_bytes());
+                h.update(addr.as_bytes());
+                *at_ms
+            }
+            _ => return,
+        };
+        self.cluster_id = format!(
+            "{:08x}{:012x}",
+            h.finalize(),
+            at_ms as u64 & 0xffff_ffff_ffff
+        );
     }
 
     fn join(&mut self, node: NodeId, addr: String, at_ms: i64) {

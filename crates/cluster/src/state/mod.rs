@@ -250,6 +250,10 @@ pub struct ClusterState {
     pub backfills: Vec<BackfillJob>,
     /// `(topic, its broker-given id)` as first recorded (`RecordTopic`).
     pub topic: Option<(String, String)>,
+    /// The cluster's identity, the same on every member: derived from the
+    /// first `Init` or `Join` applied (a cluster made before it was kept
+    /// gets it at its next `Join`). Empty until then.
+    pub cluster_id: String,
 }
 
 /// [`ClusterState`] as stored before the topic's identity was kept (the
@@ -268,6 +272,24 @@ pub struct ClusterStateV1 {
     backfills: Vec<BackfillJob>,
 }
 
+/// [`ClusterState`] as stored before the cluster's id was kept: bincode
+/// writes a struct's fields one after another, so the nested V1 reads the
+/// same bytes as its fields written inline.
+#[derive(Deserialize)]
+pub struct ClusterStateV2 {
+    base: ClusterStateV1,
+    topic: Option<(String, String)>,
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    fn from(s: ClusterStateV2) -> ClusterState {
+        ClusterState {
+            topic: s.topic,
+            ..ClusterState::from(s.base)
+        }
+    }
+}
+
 impl From<ClusterStateV1> for ClusterState {
     fn from(s: ClusterStateV1) -> ClusterState {
         ClusterState {
@@ -282,6 +304,7 @@ impl From<ClusterStateV1> for ClusterState {
             pipeline: s.pipeline,
             backfills: s.backfills,
             topic: None,
+            cluster_id: String::new(),
         }
     }
 }

@@ -418,10 +418,10 @@ fn the_first_topic_id_is_kept_and_another_for_the_same_topic_refused() {
 }
 
 #[test]
-fn a_state_stored_before_topic_ids_still_decodes() {
-    let st = cluster(2, 3);
-    // the fields as earlier versions stored them: no `topic` at the end
-    let old = bincode::serde::encode_to_vec(
+fn states_stored_by_earlier_versions_still_decode() {
+    let mut st = cluster(2, 3);
+    // the fields as the first versions stored them: no `topic`, no id
+    let v1 = bincode::serde::encode_to_vec(
         (
             &st.table,
             st.shards,
@@ -437,10 +437,91 @@ fn a_state_stored_before_topic_ids_still_decodes() {
         bincode::config::standard(),
     )
     .unwrap();
-    let new: Result<(ClusterState, usize), _> =
-        bincode::serde::decode_from_slice(&old, bincode::config::standard());
-    assert!(new.is_err(), "the old bytes are short of the new state");
-    let (v1, _): (ClusterStateV1, usize) =
-        bincode::serde::decode_from_slice(&old, bincode::config::standard()).unwrap();
-    assert_eq!(ClusterState::from(v1), st);
+    st.topic = Some(("t".into(), "id-1".into()));
+    // then with the topic, still without the cluster's id
+    let v2 = bincode::serde::encode_to_vec(
+        (
+            &st.table,
+            st.shards,
+            &st.nodes,
+            &st.owners,
+            &st.checkpoints,
+            &st.segments,
+            st.epoch,
+            st.epoch_ms,
+            &st.pipeline,
+            &st.backfills,
+            &st.topic,
+        ),
+        bincode::config::standard(),
+    )
+    .unwrap();
+    let cfg = bincode::config::standard();
+    for old in [&v1, &v2] {
+        let new: Result<(ClusterState, usize), _> = bincode::serde::decode_from_slice(old, cfg);
+        assert!(new.is_err(), "the old bytes are short of the new state");
+    }
+    assert!(bincode::serde::decode_from_slice::<ClusterStateV2, _>(&v1, cfg).is_err());
+    let (old, _): (ClusterStateV2, usize) = bincode::serde::decode_from_slice(&v2, cfg).unwrap();
+    let expect = ClusterState {
+        cluster_id: String::new(),
+        ..st.clone()
+    };
+    assert_eq!(ClusterState::from(old), expect);
+    let (old, _): (ClusterStateV1, usize) = bincode::serde::decode_from_slice(&v1, cfg).unwrap();
+    assert_eq!(
+        ClusterState::from(old),
+        ClusterState {
+            topic: None,
+            ..expect
+        }
+    );
+}
+
+#[test]
+fn the_first_command_names_the_cluster_and_nothing_renames_it() {
+    let st = cluster(3, 2);
+    assert_eq!(st.cluster_id.len(), 20, "{}", st.cluster_id);
+    // the same log gives the same id on every member
+    assert_eq!(cluster(3, 2).cluster_id, st.cluster_id);
+    let mut other = ClusterState::default();
+    other.apply(Command::Join {
+        node: 1,
+        addr: "127.0.0.1:1".into(),
+        at_ms: 1_700_000_000_000,
+    });
+    let mut again = ClusterState::default();
+    again.apply(Command::Join {
+        node: 1,
+        addr: "127.0.0.1:1".into(),
+        at_ms: 1_700_000_000_001,
+    });
+    assert_ne!(other.cluster_id, again.cluster_id, "founded a moment apart");
+    assert_ne!(other.cluster_id, st.cluster_id);
+    let named = other.cluster_id.clone();
+    other.apply(Command::Join {
+        node: 2,
+        addr: "127.0.0.1:2".into(),
+        at_ms: 1_700_000_009_000,
+    });
+    other.apply(Command::Init {
+        table: "t".into(),
+        shards: 2,
+        sql: String::new(),
+        at_ms: 5,
+    });
+    assert_eq!(other.cluster_id, named);
+    // a state from before ids were kept is named by its next join
+    let mut old = ClusterState {
+        cluster_id: String::new(),
+        ..st.clone()
+    };
+    old.apply(Command::Barrier);
+    assert!(old.cluster_id.is_empty());
+    old.apply(Command::Join {
+        node: 2,
+        addr: "127.0.0.1:2".into(),
+        at_ms: 7,
+    });
+    assert!(!old.cluster_id.is_empty());
 }

@@ -90,10 +90,14 @@ struct Args {
     /// 503 (default 10000).
     #[arg(long)]
     ready_max_lag: Option<u64>,
-    /// Cluster: other nodes' API addresses, host:port,… (none: start a new
-    /// cluster).
+    /// Cluster: the nodes' API addresses, host:port,… (this node's own may
+    /// be among them; none: start a new cluster).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<String>>,
+    /// Cluster: nodes started together with the same --seeds found one
+    /// cluster once this many of them answer (none: only join one).
+    #[arg(long)]
+    bootstrap_expect: Option<u64>,
     /// Cluster: a librdkafka property for every Kafka client, `k=v`
     /// (repeat it); over the file's `[kafka] properties`.
     #[arg(long = "kafka-property", value_name = "K=V")]
@@ -176,12 +180,14 @@ fn main() -> ExitCode {
         max_dedup_entries: a.max_dedup_entries,
         ready_max_lag: a.ready_max_lag,
         cluster: (a.seeds.is_some()
+            || a.bootstrap_expect.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()
             || a.kafka_topic.is_some()
             || a.advertise.is_some())
         .then_some(config::FileCluster {
             seeds: a.seeds,
+            bootstrap_expect: a.bootstrap_expect,
             secret: a.cluster_secret,
             kafka_brokers: a.kafka_brokers,
             kafka_topic: a.kafka_topic,

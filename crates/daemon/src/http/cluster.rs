@@ -73,6 +73,7 @@ pub(crate) async fn cluster_status(State(app): State<App>) -> Response {
         })
         .collect();
     ok(ClusterStatus {
+        cluster_id: st.cluster_id.clone(),
         node: cl.id,
         leader: metrics.current_leader,
         term: metrics.current_term,

@@ -63,6 +63,20 @@ impl Daemon {
         flags: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Daemon {
+        let d = Daemon::launch_sql(dir, addr, sql, flags, env);
+        d.wait_up();
+        d
+    }
+
+    /// Like [`Daemon::start_sql`], without waiting for the node to be up
+    /// (nodes that found a cluster together wait for each other).
+    pub fn launch_sql(
+        dir: &Path,
+        addr: String,
+        sql: &str,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         std::fs::write(dir.join("pipeline.sql"), sql).unwrap();
         let mut d = Daemon {
             dir: dir.to_path_buf(),
@@ -77,11 +91,23 @@ impl Daemon {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
         };
-        d.spawn();
+        d.launch();
         d
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_up();
+    }
+
+    /// Waits until the node answers `/healthz` (it has started).
+    pub fn wait_up(&self) {
+        self.client()
+            .wait_healthy(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("lockstepd did not come up: {e}\n{}", self.log()));
+    }
+
+    fn launch(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstepd"));
         cmd.arg("--data-dir")
             .arg(self.dir.join("data"))
@@ -104,9 +130,6 @@ impl Daemon {
             .unwrap();
         cmd.stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().expect("start lockstepd"));
-        self.client()
-            .wait_healthy(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("lockstepd did not come up: {e}\n{}", self.log()));
     }
 
     pub fn client(&self) -> Client {
