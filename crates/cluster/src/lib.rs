@@ -381,6 +381,16 @@ impl ControlPlane {
     }
 }
 
+/// The replicated state's size as it is encoded (in snapshots and
+/// `lockstep_control_plane_state_bytes`), counted without building it.
+pub fn state_bytes(st: &ClusterState) -> usize {
+    let mut w = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(st, &mut w, bincode::config::standard()) {
+        Ok(()) => w.bytes_written,
+        Err(_) => 0,
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -107,7 +107,7 @@ pub(crate) fn nodes(cmd: NodesCmd, ctx: &Ctx, out: &mut dyn Write) -> Result<()>
                 );
             }
         }
-        NodesCmd::Drain { node } => {
+        NodesCmd::Drain { node, wait } => {
             let v = c.post_json(&format!("/v1/cluster/nodes/{node}/drain"), b"")?;
             if json {
                 show(out, &v)?;
@@ -117,6 +117,13 @@ pub(crate) fn nodes(cmd: NodesCmd, ctx: &Ctx, out: &mut dyn Write) -> Result<()>
                     s(&v["node"]),
                     s(&v["shards_to_move"])
                 );
+            }
+            if let Some(wait) = wait {
+                let id = v["node"].as_u64().unwrap_or_default();
+                wait_drained(c, id, wait)?;
+                if !json {
+                    outln!(out, "node {id} owns no shard");
+                }
             }
         }
     }
@@ -188,4 +195,36 @@ pub(crate) fn checkpoints(ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Waits until node `id` owns no shard and no shard moves to it.
+fn wait_drained(c: &Client, id: u64, wait: std::time::Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    let mut left = usize::MAX;
+    loop {
+        // a node that does not answer (an election, a restart) is asked
+        // again until the time is up
+        if let Ok(v) = c.get_json("/v1/cluster") {
+            left = v["shards"].as_array().map_or(usize::MAX, |shards| {
+                shards
+                    .iter()
+                    .filter(|sh| sh["owner"] == id || sh["moving_to"] == id)
+                    .count()
+            });
+            if left == 0 {
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= wait {
+            bail!(
+                "node {id} still owns {} after {wait:?}; watch `lockstepctl shards`",
+                if left == usize::MAX {
+                    "shards (the cluster did not answer)".to_string()
+                } else {
+                    format!("{left} shards")
+                }
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

@@ -130,6 +130,11 @@ pub(crate) enum NodesCmd {
     Drain {
         /// The node's id (`node-3` or `3`).
         node: String,
+        /// Wait until the node owns no shard and none moves to it (`4 min`,
+        /// `240 s`); exits 1 if it still does then (a Kubernetes preStop
+        /// hook, systemd's ExecStop).
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        wait: Option<std::time::Duration>,
     },
     /// Removes a node that is down for good (stop it first; the cluster
     /// must have marked it down): its shards are reassigned and a learner
@@ -177,6 +182,15 @@ pub(crate) enum SegmentsCmd {
         #[arg(long, default_value_t = 64 << 20)]
         target_bytes: u64,
     },
+}
+
+fn parse_wait(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match lockstep_core::sql::parse_duration_ms(s) {
+        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms as u64)),
+        _ => Err(format!(
+            "`{s}` is not a duration: write e.g. `4 min`, `240 s` or `500 ms`"
+        )),
+    }
 }
 
 pub(crate) fn print_nodes(out: &mut dyn Write, v: &Json) -> Result<()> {

@@ -36,6 +36,16 @@ pub struct Metrics {
     pub dedup_evicted: Counter,
     /// Records with an Idempotency-Key used before for another body.
     pub key_reused: Counter,
+    /// Cluster: the Raft term this member has seen.
+    pub raft_term: Gauge,
+    /// Cluster: 1 while this member leads (coordinates), else 0.
+    pub raft_leader: Gauge,
+    /// Cluster: the last control-plane log index this member applied.
+    pub raft_applied_index: Gauge,
+    /// Cluster: the replicated state's size, encoded.
+    pub control_plane_state_bytes: Gauge,
+    /// Cluster: members in the cluster state, by state.
+    pub members_down: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +79,11 @@ impl Metrics {
             dedup_entries: Gauge::default(),
             dedup_evicted: Counter::default(),
             key_reused: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            control_plane_state_bytes: Gauge::default(),
+            members_down: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry");
@@ -171,6 +186,31 @@ impl Metrics {
                 "idempotency_key_reused",
                 "Requests or records refused because their Idempotency-Key was used before for another body",
                 m.key_reused.clone(),
+            );
+            r.register(
+                "raft_term",
+                "Cluster: the control plane's Raft term as this member sees it (a term that keeps growing is leader churn)",
+                m.raft_term.clone(),
+            );
+            r.register(
+                "raft_leader",
+                "Cluster: 1 while this member leads the control plane (and coordinates), else 0",
+                m.raft_leader.clone(),
+            );
+            r.register(
+                "raft_applied_index",
+                "Cluster: the last control-plane log index this member applied",
+                m.raft_applied_index.clone(),
+            );
+            r.register(
+                "control_plane_state_bytes",
+                "Cluster: the replicated state's size (membership, owners, checkpoint and segment manifests, backfill jobs), encoded",
+                m.control_plane_state_bytes.clone(),
+            );
+            r.register(
+                "members_down",
+                "Cluster: members the coordinator has marked down",
+                m.members_down.clone(),
             );
         }
         m

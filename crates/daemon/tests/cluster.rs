@@ -839,13 +839,33 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
             // graceful leave: its shards move with a last checkpoint each
             let drained = rng.random_range(0..3);
             let id = drained as u64 + 1;
-            let r = cluster.live()[0]
-                .post_json(&format!("/v1/cluster/nodes/node-{id}/drain"), b"")
-                .unwrap();
-            assert_eq!(r["state"], "draining");
-            cluster.wait_state("the drained node empty", Duration::from_secs(60), |st| {
-                node_state(st, id) == "draining" && owns_none(st, id)
-            });
+            // as a preStop hook does it: returns once the node owns nothing
+            let addr = cluster.nodes[(drained + 1) % 3].addr.clone();
+            let node = format!("node-{id}");
+            let mut out = Vec::new();
+            let r = lockstep_ctl::run_args(
+                [
+                    "lockstepctl",
+                    "--addr",
+                    &addr,
+                    "--token",
+                    TOKEN,
+                    "nodes",
+                    "drain",
+                    &node,
+                    "--wait",
+                    "60 s",
+                ],
+                &mut out,
+            );
+            let out = String::from_utf8_lossy(&out);
+            assert!(r.is_ok(), "{r:?}: {out}\n{}", cluster.logs());
+            assert!(out.contains("owns no shard"), "{out}");
+            let st = cluster.live()[0].get_json("/v1/cluster").unwrap();
+            assert!(
+                node_state(&st, id) == "draining" && owns_none(&st, id),
+                "{st}"
+            );
             // decommissioned: stopped, then removed from the cluster, so
             // its Raft vote goes to the next node (without that, killing
             // the leader below would leave one of three voters)
@@ -949,6 +969,25 @@ fn nodes_started_together_form_one_cluster_and_a_wiped_node_rejoins() {
     let id = ids(&cluster)[0].clone();
     assert_eq!(id.len(), 20, "{id}");
     assert_eq!(ids(&cluster), vec![id.clone(); 3], "one cluster, one id");
+    // the control plane's gauges: one leader, a term, the state's size
+    let gauge = |c: &Client, name: &str| -> f64 {
+        let r = c.request("GET", "/metrics", None, &[]).unwrap();
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let live = cluster.live();
+    let leaders: f64 = live.iter().map(|c| gauge(c, "lockstep_raft_leader")).sum();
+    assert_eq!(leaders, 1.0);
+    for c in &live {
+        assert!(gauge(c, "lockstep_raft_term") >= 1.0);
+        assert!(gauge(c, "lockstep_control_plane_state_bytes") > 100.0);
+        assert_eq!(gauge(c, "lockstep_members_down"), 0.0);
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // 50 minutes of events: rows become final past the 15-minute label
     let rows = events(3000, 40, 11);

@@ -145,6 +145,14 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
     assert!(!ok && out.contains("cannot remove itself"), "{out}");
     let (ok, plan) = ctl(&addr, &["rebalance"]);
     assert!(ok && plan.contains("balanced"), "{plan}");
+    // alone, it has nowhere to move its shards: the wait gives up
+    let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1", "--wait", "1 s"]);
+    assert!(
+        !ok && out.contains("draining") && out.contains("node 1 still owns 4 shards after"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1", "--wait", "soon"]);
+    assert!(!ok && out.contains("not a duration"), "{out}");
     let (ok, out) = ctl(&addr, &["nodes", "drain", "node-1"]);
     assert!(ok && out.contains("draining"), "{out}");
     let (ok, out) = ctl(&addr, &["nodes", "drain", "node-7"]);

@@ -384,6 +384,24 @@ async fn metrics(State(app): State<App>) -> Response {
         })
         .sum();
     ctx.metrics.log_lag.set(lag as i64);
+    if let Some(cl) = &ctx.cluster {
+        let m = &ctx.metrics;
+        let raft = cl.cp.raft.metrics().borrow().clone();
+        m.raft_term.set(raft.current_term as i64);
+        m.raft_leader
+            .set(i64::from(raft.current_leader == Some(cl.id)));
+        m.raft_applied_index
+            .set(raft.last_applied.map_or(0, |l| l.index) as i64);
+        let st = cl.cp.state();
+        m.control_plane_state_bytes
+            .set(lockstep_cluster::state_bytes(&st) as i64);
+        m.members_down.set(
+            st.nodes
+                .values()
+                .filter(|n| n.state == lockstep_cluster::state::NodeState::Down)
+                .count() as i64,
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,
