@@ -86,6 +86,15 @@ pub struct DrainReply {
     pub shards_to_move: usize,
 }
 
+/// `POST /v1/cluster/nodes/{node}/activate`: a drain ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActivateReply {
+    pub node: u64,
+    /// `active`, or `down` for a node that is not running (it is active
+    /// when it comes back).
+    pub state: MemberState,
+}
+
 /// `POST /v1/cluster/nodes/{node}/remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemoveReply {

@@ -25,7 +25,7 @@ pub use backfill::{
 };
 pub use client::{path_segment, Client, ClientError, Reply};
 pub use cluster::{
-    ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
+    ActivateReply, ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
     ShardCheckpointInfo, ShardEntry,
 };
 pub use error::ErrorBody;

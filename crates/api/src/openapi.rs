@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         healthz, ingest, dead_letters, features, features_for_key, status, pipeline, views,
-        apply_views, checkpoint, segments, compact, object, cluster, drain, remove, rebalance,
+        apply_views, checkpoint, segments, compact, object, cluster, drain, activate, remove, rebalance,
         start_backfill, backfill_jobs, backfill_job
     ),
     components(schemas(
@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         IngestedWithoutFeatures, NodeStatus, ShardStatus, CheckpointInfo, CheckpointReply,
         CheckpointReport, PipelineInfo, ViewList, ViewInfo, ColumnInfo, ApplyReply, SegmentList,
         SegmentInfo, CompactReply, CompactReport, ClusterStatus, MemberInfo, MemberState,
-        ShardEntry, ShardCheckpointInfo, DrainReply, RemoveReply, RebalanceReply,
+        ShardEntry, ShardCheckpointInfo, DrainReply, ActivateReply, RemoveReply, RebalanceReply,
         BackfillRequest, BackfillPart, BackfillJob, BackfillJobState, BackfillJobs,
         BackfillStarted
     )),
@@ -194,6 +194,16 @@ fn cluster() {}
     responses((status = 200, body = DrainReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 fn drain() {}
+
+/// Ends a node's drain: it gets shards again (a drained node that
+/// restarts stays draining until then).
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/nodes/{node}/activate",
+    params(("node" = String, Path)),
+    responses((status = 200, body = ActivateReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody))
+)]
+fn activate() {}
 
 /// Removes a node that is down for good.
 #[utoipa::path(

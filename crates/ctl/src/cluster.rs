@@ -107,6 +107,14 @@ pub(crate) fn nodes(cmd: NodesCmd, ctx: &Ctx, out: &mut dyn Write) -> Result<()>
                 );
             }
         }
+        NodesCmd::Activate { node } => {
+            let v = c.post_json(&format!("/v1/cluster/nodes/{node}/activate"), b"")?;
+            if json {
+                show(out, &v)?;
+            } else {
+                outln!(out, "node {} is {}", s(&v["node"]), s(&v["state"]));
+            }
+        }
         NodesCmd::Drain { node, wait } => {
             let v = c.post_json(&format!("/v1/cluster/nodes/{node}/drain"), b"")?;
             if json {

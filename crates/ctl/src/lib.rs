@@ -136,6 +136,12 @@ pub(crate) enum NodesCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
         wait: Option<std::time::Duration>,
     },
+    /// Ends a drain: the node gets shards again (a drained node that
+    /// restarts stays draining until then).
+    Activate {
+        /// The node's id (`node-3` or `3`).
+        node: String,
+    },
     /// Removes a node that is down for good (stop it first; the cluster
     /// must have marked it down): its shards are reassigned and a learner
     /// takes its Raft vote.

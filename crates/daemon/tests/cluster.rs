@@ -879,6 +879,24 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
                 )
                 .unwrap();
             assert_eq!(r.status, 409, "a live node is not removed: {}", r.json());
+            // a drained node that crashes and comes back is draining still
+            // (it came back active, and took shards again)
+            cluster.kill(drained);
+            cluster.wait_state("the killed node down", Duration::from_secs(60), |st| {
+                node_state(st, id) == "down"
+            });
+            cluster.restart(drained);
+            cluster.wait_state(
+                "the restarted node back, draining",
+                Duration::from_secs(60),
+                |st| node_state(st, id) == "draining",
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            let st = c.get_json("/v1/cluster").unwrap();
+            assert!(
+                node_state(&st, id) == "draining" && owns_none(&st, id),
+                "the restarted drained node got shards: {st}"
+            );
             cluster.kill(drained);
             cluster.wait_state("the stopped node down", Duration::from_secs(60), |st| {
                 node_state(st, id) == "down"

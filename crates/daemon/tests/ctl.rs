@@ -159,4 +159,8 @@ fn cluster_commands_show_the_shard_map_checkpoints_and_drain() {
     assert!(!ok && out.contains("no node"), "{out}");
     let nodes = json(&addr, &["nodes", "list"]);
     assert_eq!(nodes[0]["state"], "draining");
+    let (ok, out) = ctl(&addr, &["nodes", "activate", "node-1"]);
+    assert!(ok && out.contains("node 1 is active"), "{out}");
+    let nodes = json(&addr, &["nodes", "list"]);
+    assert_eq!(nodes[0]["state"], "active");
 }

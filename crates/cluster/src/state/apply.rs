@@ -23,7 +23,8 @@ impl ClusterState {
                 self.join(node, addr, at_ms);
                 Ok(())
             }
-            Command::Drain { node } => self.set_node_state(node, NodeState::Draining),
+            Command::Drain { node } => self.drain(node),
+            Command::Activate { node } => self.activate(node),
             Command::Remove { node } => self.remove(node),
             Command::MarkDown { node } => self.mark_down(node),
             Command::Assign {
@@ -228,8 +229,32 @@ impl ClusterState {
             joined_ms: at_ms,
         });
         e.addr = addr;
-        e.state = NodeState::Active;
+        e.state = if self.draining.contains(&node) {
+            NodeState::Draining
+        } else {
+            NodeState::Active
+        };
         e.joined_ms = at_ms;
+    }
+
+    /// Marks a node draining until activated; one marked down stays down
+    /// (it is draining when it comes back).
+    fn drain(&mut self, node: NodeId) -> Applied {
+        let info = self.known_node(node)?;
+        if info.state != NodeState::Down {
+            self.set_node_state(node, NodeState::Draining)?;
+        }
+        self.draining.insert(node);
+        Ok(())
+    }
+
+    fn activate(&mut self, node: NodeId) -> Applied {
+        let info = self.known_node(node)?;
+        if info.state == NodeState::Draining {
+            self.set_node_state(node, NodeState::Active)?;
+        }
+        self.draining.remove(&node);
+        Ok(())
     }
 
     fn set_node_state(&mut self, node: NodeId, state: NodeState) -> Applied {
@@ -244,6 +269,7 @@ impl ClusterState {
             return Err(Rejection::NotDown { node, state });
         }
         self.nodes.remove(&node);
+        self.draining.remove(&node);
         for o in &mut self.owners {
             if o.node == Some(node) {
                 o.node = None;

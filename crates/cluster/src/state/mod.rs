@@ -99,6 +99,11 @@ pub enum Command {
     Drain {
         node: NodeId,
     },
+    /// Ends a drain (`lockstepctl nodes activate`): the node gets shards
+    /// again.
+    Activate {
+        node: NodeId,
+    },
     /// The coordinator saw no heartbeat from it.
     MarkDown {
         node: NodeId,
@@ -250,6 +255,10 @@ pub struct ClusterState {
     pub backfills: Vec<BackfillJob>,
     /// `(topic, its broker-given id)` as first recorded (`RecordTopic`).
     pub topic: Option<(String, String)>,
+    /// Nodes an operator drained and has not activated again: a drained
+    /// node that restarts, or comes back after it was marked down, is
+    /// draining still.
+    pub draining: std::collections::BTreeSet<NodeId>,
     /// The cluster's identity, the same on every member: derived from the
     /// first `Init` or `Join` applied (a cluster made before it was kept
     /// gets it at its next `Join`). Empty until then.
@@ -272,7 +281,8 @@ pub struct ClusterStateV1 {
     backfills: Vec<BackfillJob>,
 }
 
-/// [`ClusterState`] as stored before the cluster's id was kept: bincode
+/// [`ClusterState`] as stored before the cluster's id and the drain marks
+/// were kept: bincode
 /// writes a struct's fields one after another, so the nested V1 reads the
 /// same bytes as its fields written inline.
 #[derive(Deserialize)]
@@ -304,6 +314,7 @@ impl From<ClusterStateV1> for ClusterState {
             pipeline: s.pipeline,
             backfills: s.backfills,
             topic: None,
+            draining: Default::default(),
             cluster_id: String::new(),
         }
     }

@@ -525,3 +525,57 @@ fn the_first_command_names_the_cluster_and_nothing_renames_it() {
     });
     assert!(!old.cluster_id.is_empty());
 }
+
+#[test]
+fn a_drained_node_stays_draining_until_activated() {
+    let mut st = cluster(3, 4);
+    let state = |st: &ClusterState| st.nodes[&2].state;
+    st.apply(Command::Drain { node: 2 }).into_result().unwrap();
+    assert_eq!(state(&st), NodeState::Draining);
+    // it crashes, is marked down, and comes back
+    st.apply(Command::MarkDown { node: 2 })
+        .into_result()
+        .unwrap();
+    assert_eq!(state(&st), NodeState::Down);
+    st.apply(Command::Join {
+        node: 2,
+        addr: "127.0.0.1:2".into(),
+        at_ms: 9,
+    });
+    assert_eq!(state(&st), NodeState::Draining, "back, and draining still");
+    st.apply(Command::Activate { node: 2 })
+        .into_result()
+        .unwrap();
+    assert_eq!(state(&st), NodeState::Active);
+    st.apply(Command::MarkDown { node: 2 })
+        .into_result()
+        .unwrap();
+    st.apply(Command::Join {
+        node: 2,
+        addr: "127.0.0.1:2".into(),
+        at_ms: 10,
+    });
+    assert_eq!(state(&st), NodeState::Active, "activated: back active");
+    // a node drained while down stays down, and comes back draining
+    st.apply(Command::MarkDown { node: 3 })
+        .into_result()
+        .unwrap();
+    st.apply(Command::Drain { node: 3 }).into_result().unwrap();
+    assert_eq!(st.nodes[&3].state, NodeState::Down);
+    st.apply(Command::Join {
+        node: 3,
+        addr: "127.0.0.1:3".into(),
+        at_ms: 11,
+    });
+    assert_eq!(st.nodes[&3].state, NodeState::Draining);
+    // removed, it is forgotten: a node with its id later is a new one
+    st.apply(Command::MarkDown { node: 3 })
+        .into_result()
+        .unwrap();
+    st.apply(Command::Remove { node: 3 }).into_result().unwrap();
+    assert!(!st.draining.contains(&3));
+    assert!(matches!(
+        st.apply(Command::Activate { node: 7 }),
+        Response::Rejected(Rejection::UnknownNode(7))
+    ));
+}

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use lockstep_api::{
-    ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
+    ActivateReply, ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
     ShardCheckpointInfo, ShardEntry,
 };
 use lockstep_cluster::state::NodeState;
@@ -153,11 +153,49 @@ pub(crate) async fn cluster_drain(State(app): State<App>, Path(node): Path<Strin
         .propose(lockstep_cluster::state::Command::Drain { node: id })
         .await
     {
-        Ok(lockstep_cluster::state::Response::Done) => ok(DrainReply {
-            node: id,
-            state: MemberState::Draining,
-            shards_to_move: cl.state().owned_by(id).len(),
-        }),
+        Ok(lockstep_cluster::state::Response::Done) => {
+            let st = cl.state();
+            ok(DrainReply {
+                node: id,
+                state: st
+                    .nodes
+                    .get(&id)
+                    .map_or(MemberState::Draining, |n| member_state(n.state)),
+                shards_to_move: st.owned_by(id).len(),
+            })
+        }
+        Ok(lockstep_cluster::state::Response::Rejected(w)) => {
+            error(StatusCode::CONFLICT, w.to_string())
+        }
+        Err(e) => unavailable(e.to_string()),
+    }
+}
+
+/// Ends a drain: the node gets shards again (also after it restarted).
+pub(crate) async fn cluster_activate(State(app): State<App>, Path(node): Path<String>) -> Response {
+    let cl = match cluster_of(&app.ctx) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let id = match member_id(cl, &node) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match cl
+        .cp
+        .propose(lockstep_cluster::state::Command::Activate { node: id })
+        .await
+    {
+        Ok(lockstep_cluster::state::Response::Done) => {
+            let st = cl.state();
+            ok(ActivateReply {
+                node: id,
+                state: st
+                    .nodes
+                    .get(&id)
+                    .map_or(MemberState::Active, |n| member_state(n.state)),
+            })
+        }
         Ok(lockstep_cluster::state::Response::Rejected(w)) => {
             error(StatusCode::CONFLICT, w.to_string())
         }

@@ -116,6 +116,10 @@ pub fn router(node: &Node) -> Router {
             post(cluster::cluster_drain),
         )
         .route(
+            "/v1/cluster/nodes/{node}/activate",
+            post(cluster::cluster_activate),
+        )
+        .route(
             "/v1/cluster/nodes/{node}/remove",
             post(cluster::cluster_remove),
         )
