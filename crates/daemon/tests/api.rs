@@ -516,6 +516,31 @@ fn bad_pipeline_or_config_stops_startup_naming_the_key() {
         "soon",
     ]);
     assert!(err.contains("`checkpoint_interval`"), "{err}");
+    // --check-config: the same checks, and nothing started
+    let err = run(&["--pipeline", bad.to_str().unwrap(), "--check-config"]);
+    assert!(err.contains("bad.sql:2:"), "{err}");
+    let good = dir.path().join("good.sql");
+    std::fs::write(&good, SQL).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+        .args(["--pipeline", good.to_str().unwrap(), "--check-config"])
+        .args(["--data-dir", dir.path().join("unused").to_str().unwrap()])
+        .args(["--token", TOKEN, "--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("config good") && text.contains("16 shards"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("unused").exists(),
+        "--check-config made the data dir"
+    );
 }
 
 /// The canonical table with a second view the canonical pipeline lacks.

@@ -18,6 +18,11 @@ struct Args {
     /// TOML config file (see config/single-node.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Checks the configuration (file, flags, environment) and the
+    /// pipeline, says what it found and exits (0: good, 2: not) without
+    /// starting the node.
+    #[arg(long)]
+    check_config: bool,
     #[arg(long)]
     node_id: Option<String>,
     #[arg(long)]
@@ -210,6 +215,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.check_config {
+        return match lockstep_daemon::node::load_pipeline(&cfg.pipeline) {
+            Ok((_, catalog)) => {
+                let t = &catalog.tables[0];
+                println!(
+                    "lockstepd: config good: node `{}`, table `{}` ({} shards), {} views{}",
+                    cfg.node_id,
+                    t.name,
+                    t.shards,
+                    catalog.views.len(),
+                    match &cfg.cluster {
+                        Some(c) => format!(
+                            ", cluster member (raft id {}, {} seeds{})",
+                            c.raft_id,
+                            c.seeds.len(),
+                            c.bootstrap_expect
+                                .map(|n| format!(", founds with {n}"))
+                                .unwrap_or_default()
+                        ),
+                        None => String::new(),
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                say(&e);
+                ExitCode::from(2)
+            }
+        };
+    }
     // connections, segments in the making and sled's files all take
     // descriptors: a node needs more than max_connections of them
     let files = lockstep_daemon::raise_open_file_limit();
