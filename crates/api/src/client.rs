@@ -82,7 +82,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// `addr` is `host:port` or a full `http://` URL.
+    /// `addr` is `host:port` or a full `http://` URL (for `https://`, see
+    /// [`Client::with_ca`]).
     pub fn new(addr: &str, token: &str) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -93,10 +94,56 @@ impl Client {
         Client::with_agent(agent, addr, token)
     }
 
+    /// A client over HTTPS that trusts `ca_pem` (PEM certificates: the CA
+    /// that signed the node's certificate, or the certificate itself).
+    /// `addr` is `host:port` (then `https://`) or a full URL.
+    pub fn with_ca(addr: &str, token: &str, ca_pem: &[u8]) -> Result<Client, ClientError> {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+        let bad = |message: String| ClientError::Connect {
+            addr: addr.to_string(),
+            message,
+        };
+        let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("the CA certificate: {e}")))?;
+        if roots.is_empty() {
+            return Err(bad("the CA file holds no PEM certificate".into()));
+        }
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .max_idle_connections_per_host(64)
+            .tls_config(tls)
+            .build()
+            .into();
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.trim_end_matches('/').to_string()
+        } else {
+            format!("https://{addr}")
+        };
+        Ok(Client {
+            agent,
+            base,
+            token: token.to_string(),
+        })
+    }
+
     /// A client on an existing agent (sharing its connection pool; the
     /// agent must not turn HTTP error statuses into errors).
     pub fn with_agent(agent: ureq::Agent, addr: &str, token: &str) -> Client {
-        let base = if addr.starts_with("http://") {
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
         } else {
             format!("http://{addr}")
@@ -105,6 +152,21 @@ impl Client {
             agent,
             base,
             token: token.to_string(),
+        }
+    }
+
+    /// This client (its connections, token and scheme) for another node
+    /// at `addr` (`host:port`).
+    pub fn at(&self, addr: &str) -> Client {
+        let scheme = if self.base.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        };
+        Client {
+            agent: self.agent.clone(),
+            base: format!("{scheme}://{addr}"),
+            token: self.token.clone(),
         }
     }
 

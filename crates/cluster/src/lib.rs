@@ -15,6 +15,7 @@ pub mod store;
 
 mod membership;
 mod routes;
+pub use network::ClientCertVerified;
 pub use routes::same_secret;
 
 use crate::network::{decode, encode, CallError, Network, Peer, PeerError};
@@ -82,6 +83,10 @@ pub struct CpConfig {
     pub dir: std::path::PathBuf,
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
+    /// Mutual TLS between the nodes: calls go over TLS with this client
+    /// config, and the internal routes take only calls that presented a
+    /// certificate the CA signed.
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +111,8 @@ pub struct ControlPlane {
     /// Set while a fresh member with seeds finds its cluster: it refuses
     /// Raft votes then (see [`ControlPlane::bootstrap`]).
     settling: std::sync::atomic::AtomicBool,
+    /// Internal calls must come with a client certificate the CA signed.
+    mutual_tls: bool,
 }
 
 impl ControlPlane {
@@ -153,7 +160,8 @@ impl ControlPlane {
                 .validate()
                 .map_err(|e| ClusterError::Raft(e.to_string()))?,
         );
-        let peer = Peer::new(&cfg.secret, Duration::from_secs(5));
+        let mutual_tls = cfg.tls.is_some();
+        let peer = Peer::new(&cfg.secret, Duration::from_secs(5), cfg.tls.clone());
         let book = network::AddressBook::default();
         let network = Network {
             peer: peer.clone(),
@@ -199,6 +207,7 @@ impl ControlPlane {
             secret: cfg.secret.clone(),
             contact: std::sync::Mutex::new(std::time::Instant::now()),
             settling: std::sync::atomic::AtomicBool::new(fresh && !cfg.seeds.is_empty()),
+            mutual_tls,
         });
         serving(&cp);
         if fresh && cfg.seeds.is_empty() {
@@ -374,6 +383,12 @@ impl ControlPlane {
             Some((_, addr)) => Ok(Some(addr)),
             None => Err(ClusterError::NoLeader),
         }
+    }
+
+    /// The client for calls to other nodes (its own pool; TLS as the
+    /// cluster is configured).
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     pub async fn shutdown(&self) {

@@ -43,10 +43,20 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, PeerError> {
         .map_err(|e| PeerError(format!("undecodable rpc body: {e}")))
 }
 
-/// A blocking HTTP client for internal calls, run off the async threads.
+/// Marks a request that came over TLS with a client certificate the
+/// node's CA signed (set by the listener). Under mutual TLS the internal
+/// routes require it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCertVerified;
+
+/// The HTTP client for internal calls: async, with its own connection pool
+/// (Raft heartbeats never wait behind forwarded requests or blocking
+/// work); over TLS, presenting this node's certificate, when the cluster
+/// has one.
 #[derive(Clone)]
 pub struct Peer {
-    agent: ureq::Agent,
+    client: reqwest::Client,
+    scheme: &'static str,
     secret: String,
 }
 
@@ -64,61 +74,70 @@ pub enum CallError {
     },
 }
 
+/// A reqwest error with its causes (a TLS failure's reason is a cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 impl Peer {
-    pub fn new(secret: &str, timeout: Duration) -> Peer {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_idle_connections_per_host(8)
-            .build()
-            .into();
+    /// `tls`: the client side of the cluster's mutual TLS (calls go to
+    /// `https://`); `None`: plain HTTP.
+    pub fn new(secret: &str, timeout: Duration, tls: Option<rustls::ClientConfig>) -> Peer {
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(8)
+            .http1_only();
+        let (builder, scheme) = match tls {
+            Some(cfg) => (builder.use_preconfigured_tls(cfg), "https"),
+            None => (builder, "http"),
+        };
         Peer {
-            agent,
+            client: builder.build().expect("the internal HTTP client builds"),
+            scheme,
             secret: secret.to_string(),
         }
     }
 
-    /// POSTs `body` to `http://{addr}{path}`; returns the reply body of a
-    /// 2xx answer.
+    /// `http` or `https`: how the other nodes are reached.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// POSTs `body` to `{scheme}://{addr}{path}`; returns the reply body of
+    /// a 2xx answer.
     pub async fn post(&self, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
-        let (agent, secret) = (self.agent.clone(), self.secret.clone());
-        let url = format!("http://{addr}{path}");
-        let addr = addr.to_string();
-        tokio::task::spawn_blocking(move || {
-            let unreachable = |e: ureq::Error| CallError::Unreachable {
-                addr: addr.clone(),
-                message: e.to_string(),
-            };
-            let mut resp = agent
-                .post(&url)
-                .header(SECRET_HEADER, &secret)
-                .header("content-type", "application/octet-stream")
-                .send(&body[..])
-                .map_err(unreachable)?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 30)
-                .read_to_vec()
-                .map_err(unreachable)?;
-            if (200..300).contains(&status) {
-                Ok(bytes)
-            } else {
-                Err(CallError::Status {
-                    addr,
-                    status,
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                })
-            }
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(CallError::Unreachable {
-                addr: "?".into(),
-                message: format!("call task died: {e}"),
+        let unreachable = |e: reqwest::Error| CallError::Unreachable {
+            addr: addr.to_string(),
+            message: error_chain(&e),
+        };
+        let resp = self
+            .client
+            .post(format!("{}://{addr}{path}", self.scheme))
+            .header(SECRET_HEADER, &self.secret)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if (200..300).contains(&status) {
+            Ok(bytes.to_vec())
+        } else {
+            Err(CallError::Status {
+                addr: addr.to_string(),
+                status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
             })
-        })
+        }
     }
 }
 

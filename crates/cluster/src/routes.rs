@@ -65,6 +65,18 @@ async fn guard(
     if let Some(r) = refuse(&g.cp, req.headers()) {
         return r;
     }
+    if g.cp.mutual_tls
+        && req
+            .extensions()
+            .get::<crate::network::ClientCertVerified>()
+            .is_none()
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "internal calls need this cluster's client certificate (mutual TLS): the caller presented none",
+        )
+            .into_response();
+    }
     if g.cp.settling() && req.uri().path().starts_with("/internal/raft/") {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

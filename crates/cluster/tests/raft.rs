@@ -53,6 +53,7 @@ async fn member_at(
         dir: dir.path().to_path_buf(),
         heartbeat: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        tls: None,
     };
     let cp = match ControlPlane::start_with(cfg, |cp| {
         let _ = slot.set(cp.clone());

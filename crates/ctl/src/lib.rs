@@ -40,6 +40,10 @@ pub struct Cli {
     /// API token (or LOCKSTEP_TOKEN).
     #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Reach the node over HTTPS, trusting this CA certificate (PEM; or
+    /// LOCKSTEP_CA_CERT).
+    #[arg(long, env = "LOCKSTEP_CA_CERT", global = true, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -243,7 +247,7 @@ pub(crate) fn cluster_view(c: &Client) -> Result<Option<Json>> {
 
 /// Every shard with its owner's offset, partition end and lag (asked of
 /// each owner; `-` where an owner does not answer).
-pub(crate) fn cluster_shards(token: &str, v: &Json) -> Vec<Json> {
+pub(crate) fn cluster_shards(c: &Client, v: &Json) -> Vec<Json> {
     let mut shards = v["shards"].as_array().cloned().unwrap_or_default();
     let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
     for n in nodes {
@@ -253,7 +257,7 @@ pub(crate) fn cluster_shards(token: &str, v: &Json) -> Vec<Json> {
         let local = if n["id"] == v["node"] {
             Some(v.clone())
         } else {
-            Client::new(addr, token).get_json("/v1/cluster").ok()
+            c.at(addr).get_json("/v1/cluster").ok()
         };
         let Some(local) = local else { continue };
         for (i, sh) in local["shards"].as_array().into_iter().flatten().enumerate() {
@@ -337,7 +341,6 @@ pub(crate) fn parse_time(flag: &str, v: &Option<String>) -> Result<Option<i64>> 
 /// and the output format.
 pub(crate) struct Ctx {
     pub(crate) c: Client,
-    pub(crate) token: String,
     pub(crate) json: bool,
 }
 
@@ -353,11 +356,17 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         .token
         .clone()
         .context("no API token: pass --token or set LOCKSTEP_TOKEN")?;
-    let ctx = Ctx {
-        c: Client::new(&cli.addr, &token),
-        token,
-        json: cli.json,
+    let c = match &cli.ca_cert {
+        Some(f) => {
+            let pem = std::fs::read(f).with_context(|| format!("--ca-cert {}", f.display()))?;
+            Client::with_ca(&cli.addr, &token, &pem)?
+        }
+        None if cli.addr.starts_with("https://") => {
+            bail!("{} is HTTPS: pass --ca-cert FILE (or LOCKSTEP_CA_CERT), the CA that signed the node's certificate", cli.addr)
+        }
+        None => Client::new(&cli.addr, &token),
     };
+    let ctx = Ctx { c, json: cli.json };
     match cli.cmd {
         Cmd::Status => status::status(&ctx, out),
         Cmd::Shards => status::shards(&ctx, out),

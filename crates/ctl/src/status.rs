@@ -36,9 +36,9 @@ pub(crate) fn status(ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
 /// Per shard: offsets, lag, watermark, last checkpoint (in a cluster, from
 /// the shard map and each owner).
 pub(crate) fn shards(ctx: &Ctx, out: &mut dyn Write) -> Result<()> {
-    let (c, json, token) = (&ctx.c, ctx.json, ctx.token.as_str());
+    let (c, json) = (&ctx.c, ctx.json);
     if let Some(v) = cluster_view(c)? {
-        let shards = cluster_shards(token, &v);
+        let shards = cluster_shards(c, &v);
         if json {
             show(out, &Json::Array(shards))?;
         } else {

@@ -25,6 +25,13 @@ pub struct FileConfig {
     /// A token that may only read features (or LOCKSTEP_SERVE_TOKEN).
     pub serve_token: Option<String>,
     pub serve_token_file: Option<PathBuf>,
+    /// Serve the API over HTTPS: this certificate (PEM, with its chain)…
+    pub tls_cert: Option<PathBuf>,
+    /// … and its private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signed every node's certificate: nodes then call each
+    /// other over TLS and check each other's certificate (mutual TLS).
+    pub tls_ca: Option<PathBuf>,
     pub pipeline: Option<PathBuf>,
     pub object_store: Option<String>,
     pub checkpoint_interval: Option<String>,
@@ -165,6 +172,8 @@ pub struct Config {
     pub ingest_token: Option<String>,
     /// May only read features.
     pub serve_token: Option<String>,
+    /// HTTPS (and, with a CA, mutual TLS between nodes).
+    pub tls: Option<TlsFiles>,
     pub pipeline: PathBuf,
     pub object_store: ObjectStoreUrl,
     pub checkpoint_interval: Duration,
@@ -172,6 +181,20 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     pub limits: Limits,
     pub cluster: Option<ClusterConfig>,
+}
+
+/// The TLS files (checked at load: they parse and go together).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn load(&self) -> Result<crate::tls::Tls, crate::tls::TlsError> {
+        crate::tls::load(&self.cert, &self.key, self.ca.as_deref())
+    }
 }
 
 /// Bounds on what one request may ask of a node (docs/operations.md,
@@ -346,6 +369,9 @@ pub fn load_with_secret(
         ingest_token_file: ingest.1,
         serve_token: serve.0,
         serve_token_file: serve.1,
+        tls_cert: pick_path(&flags.tls_cert, &file.tls_cert),
+        tls_key: pick_path(&flags.tls_key, &file.tls_key),
+        tls_ca: pick_path(&flags.tls_ca, &file.tls_ca),
         pipeline: pick_path(&flags.pipeline, &file.pipeline),
         object_store: pick(&flags.object_store, &file.object_store),
         checkpoint_interval: pick(&flags.checkpoint_interval, &file.checkpoint_interval),
@@ -626,6 +652,41 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
             "is required: the .sql file with CREATE TABLE and CREATE VIEW statements",
         )
     })?;
+    let tls = match (c.tls_cert, c.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            ca: c.tls_ca,
+        }),
+        (Some(_), None) => {
+            return Err(invalid(
+                "tls_key",
+                "is required with tls_cert: the certificate's private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "tls_cert",
+                "is required with tls_key: the certificate (PEM, with its chain)",
+            ))
+        }
+        (None, None) if c.tls_ca.is_some() => {
+            return Err(invalid(
+                "tls_ca",
+                "needs tls_cert and tls_key: this node's own certificate, which the CA signed",
+            ))
+        }
+        (None, None) => None,
+    };
+    if let Some(t) = &tls {
+        t.load().map_err(|e| invalid(e.key, e.message))?;
+        if c.cluster.is_some() && t.ca.is_none() {
+            return Err(invalid(
+                "tls_ca",
+                "is required in a cluster with TLS: the CA that signed every node's certificate (nodes call each other over TLS and check each other's certificate)",
+            ));
+        }
+    }
     let object_store = match c.object_store {
         None => ObjectStoreUrl::Local(data_dir.join("objects")),
         Some(u) => parse_object_store(&u)?,
@@ -673,6 +734,7 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         token,
         ingest_token,
         serve_token,
+        tls,
         pipeline,
         object_store,
         checkpoint_interval,

@@ -11,6 +11,7 @@
 //! - [`http`]: the HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`cluster`]: cluster mode (Kafka log, control plane, coordinator).
+//! - [`tls`]: HTTPS for the API, mutual TLS between nodes.
 
 pub mod backfill;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod pipeline;
 pub mod segments;
 pub mod shard;
 pub mod store;
+pub mod tls;
 pub mod writer;
 
 /// Turns off transparent huge pages for this process. With THP `always`

@@ -387,6 +387,17 @@ async fn start_cluster(
                 std::time::Duration::from_millis(500),
                 std::time::Duration::from_millis(900),
             ),
+            tls: match &config.tls {
+                Some(t) => {
+                    t.load()
+                        .map_err(|e| StartError::Cluster {
+                            key: e.key,
+                            message: e.message,
+                        })?
+                        .client
+                }
+                None => None,
+            },
         },
         serving,
     )
@@ -407,19 +418,37 @@ async fn start_cluster(
         )));
     }
     let topic_mismatch = record_topic(&cp, &kafka).await;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .max_idle_connections_per_host(32)
-        .build()
-        .into();
+    let tls = match &config.tls {
+        Some(t) => {
+            t.load()
+                .map_err(|e| StartError::Cluster {
+                    key: e.key,
+                    message: e.message,
+                })?
+                .client
+        }
+        None => None,
+    };
+    let builder = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(32)
+        .http1_only();
+    let (builder, scheme) = match tls {
+        Some(cfg) => (builder.use_preconfigured_tls(cfg), "https"),
+        None => (builder, "http"),
+    };
+    let http = builder.build().map_err(|e| StartError::Cluster {
+        key: "tls_cert",
+        message: format!("the forwarding client: {e}"),
+    })?;
     Ok(Arc::new(crate::cluster::ClusterCtx {
         cp,
         kafka,
         id: c.raft_id,
         ends: (0..table.shards).map(|_| AtomicU64::new(0)).collect(),
         failure_timeout: c.failure_timeout,
-        agent,
+        http,
+        scheme,
         skip_log_gaps: c.skip_log_gaps,
         topic_mismatch,
     }))

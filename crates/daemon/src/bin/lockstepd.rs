@@ -18,6 +18,16 @@ struct Args {
     /// TOML config file (see config/single-node.toml).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate (PEM, its chain).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The CA that signed every node's certificate: nodes call each other
+    /// over mutual TLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Checks the configuration (file, flags, environment) and the
     /// pipeline, says what it found and exits (0: good, 2: not) without
     /// starting the node.
@@ -168,6 +178,9 @@ fn main() -> ExitCode {
         ingest_token_file: a.ingest_token_file,
         serve_token: a.serve_token,
         serve_token_file: a.serve_token_file,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        tls_ca: a.tls_ca,
         pipeline: a.pipeline,
         object_store: a.object_store,
         checkpoint_interval: a.checkpoint_interval,
@@ -291,7 +304,18 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let routes = http::Routes::default();
     let app = routes.dispatcher();
     let limits = cfg.limits;
-    let server = tokio::spawn(http::serve(listener, app, limits, shutdown_signal()));
+    let tls = match &cfg.tls {
+        Some(t) => Some(t.load()?.server),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = tokio::spawn(http::serve_tls(
+        listener,
+        app,
+        limits,
+        tls,
+        shutdown_signal(),
+    ));
     let internal = routes.internal.clone();
     let node = Node::start_with(cfg, move |cp| {
         let _ = internal.set(cp.router());
@@ -318,7 +342,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         });
     }
     tracing::info!(
-        "lockstepd {} listening on http://{listen} (table `{}`, {} shards, views: {}{})",
+        "lockstepd {} listening on {scheme}://{listen} (table `{}`, {} shards, views: {}{})",
         node.ctx.config.node_id,
         node.ctx.table.name,
         node.ctx.table.shards,

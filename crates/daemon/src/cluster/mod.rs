@@ -39,8 +39,11 @@ pub struct ClusterCtx {
     /// Each owned shard's partition end, as its reader last saw it.
     pub ends: Vec<AtomicU64>,
     pub failure_timeout: Duration,
-    /// Forwarding client (other nodes' public API).
-    pub agent: ureq::Agent,
+    /// Forwarding client (other nodes' public API): async, its own pool,
+    /// over TLS when the cluster has it.
+    pub http: reqwest::Client,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// `cluster.on_log_gap = "skip"`: offset gaps in the topic are skipped
     /// (counted) instead of failing the shard.
     pub skip_log_gaps: bool,
@@ -50,7 +53,61 @@ pub struct ClusterCtx {
     pub topic_mismatch: Option<String>,
 }
 
+/// An answer from another node's public API.
+pub struct Forwarded {
+    pub status: u16,
+    pub body: bytes::Bytes,
+    pub retry_after: Option<String>,
+    pub replayed: bool,
+}
+
 impl ClusterCtx {
+    /// Calls another node's public API with this node's admin token:
+    /// `GET` without a body, `POST` with one.
+    pub async fn call(
+        &self,
+        addr: &str,
+        path: &str,
+        token: &str,
+        body: Option<bytes::Bytes>,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<Forwarded, String> {
+        let url = format!("{}://{addr}{path}", self.scheme);
+        let mut req = match body {
+            Some(b) => self.http.post(url).body(b),
+            None => self.http.get(url),
+        }
+        .bearer_auth(token)
+        .timeout(timeout);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| lockstep_cluster::network::error_chain(&e))?;
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after");
+        let replayed = header(lockstep_api::IDEMPOTENT_REPLAYED).is_some();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| lockstep_cluster::network::error_chain(&e))?;
+        Ok(Forwarded {
+            status,
+            body,
+            retry_after,
+            replayed,
+        })
+    }
+
     /// How long a node serves its shards without word from the majority's
     /// side: shorter than the failure timeout, so a node cut off stops
     /// serving before its shards can be given to others.

@@ -20,7 +20,7 @@ mod views;
 
 use reply::json_response;
 pub use reply::{error, unavailable};
-pub use serve::serve;
+pub use serve::{serve, serve_tls};
 
 use crate::node::{Node, NodeCtx};
 use crate::shard::ShardMsg;

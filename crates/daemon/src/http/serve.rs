@@ -32,6 +32,22 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS only: a plain-text
+/// client's connection is closed). The TLS handshake counts in
+/// `header_read_timeout`. A request on a connection whose client presented
+/// a certificate the node's CA signed carries [`ClientCertVerified`] (the
+/// internal routes require it under mutual TLS).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -65,7 +81,8 @@ pub async fn serve(
         };
         // replies are small: send them at once instead of waiting on Nagle
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let acceptor = acceptor.clone();
         let mut stop = stop_rx.clone();
         let header_timeout = limits.header_read_timeout;
         if conns.len() >= limits.max_connections {
@@ -73,11 +90,33 @@ pub async fn serve(
         }
         let task = tokio::spawn(async move {
             let _slot = slot;
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(tcp),
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake with {peer}: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake with {peer}: over header_read_timeout");
+                            return;
+                        }
+                    }
+                }
+            };
+            let app = if io.client_cert_verified() {
+                app.layer(axum::Extension(lockstep_cluster::ClientCertVerified))
+            } else {
+                app
+            };
+            let service = TowerToHyperService::new(app);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -115,4 +154,26 @@ pub async fn serve(
     // next runs: give them that turn
     tokio::task::yield_now().await;
     Ok(())
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// The client presented a certificate the CA signed (rustls refuses
+    /// the handshake of one that presents another).
+    fn client_cert_verified(&self) -> bool;
+}
+
+impl Io for tokio::net::TcpStream {
+    fn client_cert_verified(&self) -> bool {
+        false
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn client_cert_verified(&self) -> bool {
+        self.get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty())
+    }
 }

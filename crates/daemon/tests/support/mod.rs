@@ -26,6 +26,8 @@ pub struct Daemon {
     child: Option<Child>,
     extra: Vec<(String, String)>,
     env: Vec<(String, String)>,
+    /// The CA (PEM) a node serving HTTPS is trusted with.
+    pub ca: Option<Vec<u8>>,
 }
 
 fn free_port() -> u16 {
@@ -68,6 +70,19 @@ impl Daemon {
         d
     }
 
+    /// Like [`Daemon::launch_sql`], for a node serving HTTPS: its clients
+    /// trust `ca` (PEM).
+    pub fn launch_tls(
+        dir: &Path,
+        addr: String,
+        sql: &str,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+        ca: &Path,
+    ) -> Daemon {
+        Daemon::launch_with(dir, addr, sql, flags, env, Some(std::fs::read(ca).unwrap()))
+    }
+
     /// Like [`Daemon::start_sql`], without waiting for the node to be up
     /// (nodes that found a cluster together wait for each other).
     pub fn launch_sql(
@@ -76,6 +91,17 @@ impl Daemon {
         sql: &str,
         flags: &[(&str, &str)],
         env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::launch_with(dir, addr, sql, flags, env, None)
+    }
+
+    fn launch_with(
+        dir: &Path,
+        addr: String,
+        sql: &str,
+        flags: &[(&str, &str)],
+        env: &[(&str, &str)],
+        ca: Option<Vec<u8>>,
     ) -> Daemon {
         std::fs::write(dir.join("pipeline.sql"), sql).unwrap();
         let mut d = Daemon {
@@ -90,6 +116,7 @@ impl Daemon {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            ca,
         };
         d.launch();
         d
@@ -133,7 +160,10 @@ impl Daemon {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.addr, TOKEN)
+        match &self.ca {
+            Some(ca) => Client::with_ca(&self.addr, TOKEN, ca).unwrap(),
+            None => Client::new(&self.addr, TOKEN),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -322,4 +352,58 @@ pub fn seed_from(var: &str) -> u64 {
                 .as_nanos() as u64
                 % 1_000_000
         })
+}
+
+/// A test CA and certificates it signs (rcgen), as PEM files in `dir`.
+pub struct TestPki {
+    pub ca: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path, name: &str) -> TestPki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, cert.pem()).unwrap();
+        TestPki {
+            ca,
+            issuer: rcgen::Issuer::new(params, key),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A certificate for 127.0.0.1 and localhost (server and client use):
+    /// its (cert, key) files.
+    pub fn node(&self, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
 }

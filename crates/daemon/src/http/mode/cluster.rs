@@ -89,36 +89,35 @@ impl NodeMode for Member {
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Response> {
         async move {
-            let client =
-                lockstep_api::Client::with_agent(self.cl.agent.clone(), &addr, &ctx.config.token);
             let path = uri
                 .path_and_query()
                 .map_or(uri.path(), |p| p.as_str())
                 .to_string();
-            let idem = headers
-                .get(lockstep_api::IDEMPOTENCY_KEY)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let method = if body.is_some() { "POST" } else { "GET" };
+            let mut h: Vec<(&str, String)> = vec![(FORWARDED, "1".into())];
             // the owner gets what is left of this request's time
-            let budget = headers
+            let budget_ms = headers
                 .get(super::super::DEADLINE_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i64>().ok())
-                .map(|at| (at - now_ms()).max(1).to_string());
-            let sent = tokio::task::spawn_blocking(move || {
-                let mut h = vec![(FORWARDED, "1")];
-                if let Some(b) = &budget {
-                    h.push((super::super::BUDGET_HEADER, b.as_str()));
-                }
-                if let Some(k) = &idem {
-                    h.push((lockstep_api::IDEMPOTENCY_KEY, k.as_str()));
-                }
-                client.request(method, &path, body.as_deref(), &h)
-            })
-            .await;
-            match sent {
-                Ok(Ok(reply)) => {
+                .map(|at| (at - now_ms()).max(1));
+            if let Some(b) = budget_ms {
+                h.push((super::super::BUDGET_HEADER, b.to_string()));
+            }
+            if let Some(k) = headers
+                .get(lockstep_api::IDEMPOTENCY_KEY)
+                .and_then(|v| v.to_str().ok())
+            {
+                h.push((lockstep_api::IDEMPOTENCY_KEY, k.to_string()));
+            }
+            let timeout = budget_ms.map_or(ctx.config.limits.request_timeout, |ms| {
+                Duration::from_millis(ms as u64 + 1000)
+            });
+            match self
+                .cl
+                .call(&addr, &path, &ctx.config.token, body, &h, timeout)
+                .await
+            {
+                Ok(reply) => {
                     let code =
                         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     let mut r =
@@ -137,10 +136,9 @@ impl NodeMode for Member {
                     }
                     r
                 }
-                Ok(Err(e)) => unavailable(format!(
+                Err(e) => unavailable(format!(
                     "the shard's owner at {addr} did not answer ({e}); retry"
                 )),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         .boxed()
@@ -357,28 +355,28 @@ impl NodeMode for Member {
     fn ask_peers<'a>(&'a self, ctx: &'a NodeCtx, path: String) -> BoxFuture<'a, PeerAnswers> {
         async move {
             let asks = self.peers().into_iter().map(|addr| {
-                let client = lockstep_api::Client::with_agent(
-                    self.cl.agent.clone(),
-                    &addr,
-                    &ctx.config.token,
-                );
                 let path = path.clone();
                 async move {
-                    let ask = tokio::task::spawn_blocking(move || {
-                        client.request("GET", &path, None, &[(FORWARDED, "1")])
-                    });
                     // a peer cut off must not hold the answer for long
-                    let Ok(got) = tokio::time::timeout(Duration::from_secs(3), ask).await else {
-                        return (addr, Err(PeerAskError::Timeout(3)));
-                    };
+                    let got = self
+                        .cl
+                        .call(
+                            &addr,
+                            &path,
+                            &ctx.config.token,
+                            None,
+                            &[(FORWARDED, "1".into())],
+                            Duration::from_secs(3),
+                        )
+                        .await;
                     let answer = match got {
-                        Ok(Ok(r)) if r.status == 200 => Ok(r.body),
-                        Ok(Ok(r)) => Err(PeerAskError::Status {
+                        Ok(r) if r.status == 200 => Ok(r.body.to_vec()),
+                        Ok(r) => Err(PeerAskError::Status {
                             status: r.status,
                             body: String::from_utf8_lossy(&r.body).into_owned(),
                         }),
-                        Ok(Err(e)) => Err(PeerAskError::Transport(e.to_string())),
-                        Err(e) => Err(PeerAskError::Transport(e.to_string())),
+                        Err(e) if e.contains("timed out") => Err(PeerAskError::Timeout(3)),
+                        Err(e) => Err(PeerAskError::Transport(e)),
                     };
                     (addr, answer)
                 }
