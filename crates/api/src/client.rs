@@ -128,7 +128,12 @@ impl Client {
             .tls_config(tls)
             .build()
             .into();
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+        if addr.starts_with("http://") {
+            return Err(bad(
+                "a CA certificate is given for an http:// address: the token would cross in clear; use https:// or host:port".into(),
+            ));
+        }
+        let base = if addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
         } else {
             format!("https://{addr}")

@@ -60,8 +60,8 @@ pub struct ShardEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// The cluster's identity: the same on every member (two clusters
-    /// started apart never share it). Empty from a node of an earlier
-    /// release.
+    /// started apart never share it). Empty in a cluster founded by an
+    /// earlier release, and from a node of one.
     #[serde(default)]
     pub cluster_id: String,
     /// The answering member.

@@ -113,6 +113,8 @@ pub struct ControlPlane {
     settling: std::sync::atomic::AtomicBool,
     /// Internal calls must come with a client certificate the CA signed.
     mutual_tls: bool,
+    /// A random number of this process (see `HelloReply::incarnation`).
+    incarnation: u64,
 }
 
 impl ControlPlane {
@@ -208,6 +210,12 @@ impl ControlPlane {
             contact: std::sync::Mutex::new(std::time::Instant::now()),
             settling: std::sync::atomic::AtomicBool::new(fresh && !cfg.seeds.is_empty()),
             mutual_tls,
+            incarnation: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                h.finish()
+            },
         });
         serving(&cp);
         if fresh && cfg.seeds.is_empty() {
@@ -225,10 +233,8 @@ impl ControlPlane {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
             tracing::info!(node = cfg.node, "started a new cluster");
         } else if fresh {
-            let found = cp.bootstrap(&cfg.seeds, cfg.bootstrap_expect).await;
-            cp.settling
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-            found?;
+            // a node that failed to join stays settling: it exits
+            cp.bootstrap(&cfg.seeds, cfg.bootstrap_expect).await?;
         }
         cp.clone().announce(cfg.seeds.clone());
         Ok(cp)

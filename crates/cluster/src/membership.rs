@@ -30,6 +30,9 @@ pub(crate) struct HelloReply {
     /// The Raft members it knows (voters and learners).
     pub members: Vec<NodeId>,
     pub cluster_id: String,
+    /// The answering process's random number: a node that gets its own
+    /// id back with another one has found a second process with its id.
+    pub incarnation: u64,
 }
 
 impl ControlPlane {
@@ -65,7 +68,8 @@ impl ControlPlane {
         });
         loop {
             let mut waiting: BTreeMap<NodeId, &str> = [(self.id, self.addr.as_str())].into();
-            let mut found = None;
+            // seeds in a cluster, and whether they run this release
+            let mut in_cluster: Vec<(&String, bool)> = Vec::new();
             let mut unreachable = Vec::new();
             for seed in seeds {
                 match self
@@ -74,20 +78,23 @@ impl ControlPlane {
                     .await
                     .map(|b| decode::<HelloReply>(&b))
                 {
-                    Ok(Ok(r)) if r.node == self.id => {}
-                    Ok(Ok(r)) if r.in_cluster => {
-                        found = Some((seed, r.members.contains(&self.id)));
-                        break;
+                    Ok(Ok(r)) if r.node == self.id && r.incarnation == self.incarnation => {}
+                    Ok(Ok(r)) if r.node == self.id => {
+                        return Err(ClusterError::Join {
+                            seeds: seed.clone(),
+                            message: format!(
+                                "another process answers there as node {} (this node's id): node ids must be unique",
+                                self.id
+                            ),
+                        })
                     }
+                    Ok(Ok(r)) if r.in_cluster => in_cluster.push((seed, true)),
                     Ok(Ok(r)) => {
                         waiting.insert(r.node, seed);
                     }
                     // a node of an earlier release: it has no hello, and
-                    // joins as before
-                    Err(CallError::Status { status: 404, .. }) => {
-                        found = Some((seed, false));
-                        break;
-                    }
+                    // is asked to add this node as before
+                    Err(CallError::Status { status: 404, .. }) => in_cluster.push((seed, false)),
                     // a wrong secret will not get better by retrying
                     Err(CallError::Status {
                         status: 401 | 403,
@@ -103,23 +110,30 @@ impl ControlPlane {
                     Err(e) => unreachable.push(e.to_string()),
                 }
             }
-            if let Some((seed, member)) = found {
-                if member {
-                    tracing::warn!(
-                        node = self.id,
-                        "the cluster already counts this node, whose data directory is new: it rejoins under its id"
-                    );
-                    self.call_with_patience(seed, "/internal/cluster/rejoin")
+            if !in_cluster.is_empty() {
+                // the leader decides whether the cluster counts this node
+                // already (its disk was wiped): it forgets it first, or
+                // does nothing
+                if in_cluster.iter().any(|(_, new)| *new) {
+                    let via: Vec<&String> = in_cluster
+                        .iter()
+                        .filter(|(_, new)| *new)
+                        .map(|(s, _)| *s)
+                        .collect();
+                    self.call_with_patience(&via, "/internal/cluster/rejoin")
                         .await?;
                 }
                 self.settled();
+                let via: Vec<&String> = in_cluster.iter().map(|(s, _)| *s).collect();
                 return self
-                    .call_with_patience(seed, "/internal/cluster/join")
+                    .call_with_patience(&via, "/internal/cluster/join")
                     .await;
             }
             let lowest = waiting.keys().next() == Some(&self.id);
             if let Some(n) = expect {
-                if waiting.len() >= n && lowest {
+                // every seed answered, none in a cluster: a seed that did
+                // not answer may be in one
+                if waiting.len() >= n && lowest && unreachable.is_empty() {
                     self.settled();
                     let members: BTreeMap<NodeId, BasicNode> = [(
                         self.id,
@@ -171,11 +185,11 @@ impl ControlPlane {
         }
     }
 
-    /// Asks `seed` (any member: it forwards to the leader) to add this
-    /// node (`/internal/cluster/join`), or to forget it before it joins
-    /// again (`/internal/cluster/rejoin`); retried for a while, as the
-    /// cluster may be electing.
-    async fn call_with_patience(&self, seed: &str, route: &str) -> Result<(), ClusterError> {
+    /// Asks the seeds in turn (any member: it forwards to the leader) to
+    /// add this node (`/internal/cluster/join`), or to forget it if the
+    /// cluster counts it already (`/internal/cluster/rejoin`); retried for
+    /// a while, as the cluster may be electing.
+    async fn call_with_patience(&self, seeds: &[&String], route: &str) -> Result<(), ClusterError> {
         let req = encode(&JoinRequest {
             node: self.id,
             addr: self.addr.clone(),
@@ -183,30 +197,36 @@ impl ControlPlane {
         let mut last = String::new();
         let started = std::time::Instant::now();
         while started.elapsed() < JOIN_PATIENCE {
-            match self.peer.post(seed, route, req.clone()).await {
-                Ok(b) => match decode::<Result<(), PeerError>>(&b) {
-                    Ok(Ok(())) => {
-                        tracing::info!(node = self.id, via = %seed, "{route}: done");
-                        return Ok(());
-                    }
-                    Ok(Err(e)) | Err(e) => last = e.to_string(),
-                },
-                Err(CallError::Status {
-                    status: 401 | 403,
-                    message,
-                    ..
-                }) => {
-                    return Err(ClusterError::Join {
-                        seeds: seed.to_string(),
+            for seed in seeds {
+                match self.peer.post(seed, route, req.clone()).await {
+                    Ok(b) => match decode::<Result<(), PeerError>>(&b) {
+                        Ok(Ok(())) => {
+                            tracing::info!(node = self.id, via = %seed, "{route}: done");
+                            return Ok(());
+                        }
+                        Ok(Err(e)) | Err(e) => last = format!("{seed}: {e}"),
+                    },
+                    Err(CallError::Status {
+                        status: 401 | 403,
                         message,
-                    })
+                        ..
+                    }) => {
+                        return Err(ClusterError::Join {
+                            seeds: seed.to_string(),
+                            message,
+                        })
+                    }
+                    Err(e) => last = e.to_string(),
                 }
-                Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Err(ClusterError::Join {
-            seeds: seed.to_string(),
+            seeds: seeds
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             message: last,
         })
     }
@@ -231,6 +251,7 @@ impl ControlPlane {
             in_cluster: membership.voter_ids().next().is_some(),
             members: membership.nodes().map(|(id, _)| *id).collect(),
             cluster_id: self.state().cluster_id.clone(),
+            incarnation: self.incarnation,
         }
     }
 
@@ -245,6 +266,45 @@ impl ControlPlane {
         };
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
+        let Some(known) = membership.get_node(&req.node).map(|n| n.addr.clone()) else {
+            // a new node: nothing to forget
+            return Ok(());
+        };
+        // a member that answers at its address, in the cluster, is alive:
+        // the caller is a second process with its id, not the member
+        // after it lost its disk (which answers there as not in one)
+        let book = self
+            .book
+            .read()
+            .expect("address book")
+            .get(&req.node)
+            .cloned();
+        for addr in [Some(known), book].into_iter().flatten() {
+            let hello = encode(&Hello {
+                node: self.id,
+                addr: self.addr.clone(),
+            });
+            if let Ok(Ok(r)) = self
+                .peer
+                .post(&addr, "/internal/cluster/hello", hello)
+                .await
+                .map(|b| decode::<HelloReply>(&b))
+            {
+                if r.node == req.node && r.in_cluster {
+                    return Err(ClusterError::Join {
+                        seeds: self.addr.clone(),
+                        message: format!(
+                            "node {} is alive at {addr} and in the cluster; a second process with its id ({}) cannot take its place",
+                            req.node, req.addr
+                        ),
+                    });
+                }
+            }
+        }
+        tracing::warn!(
+            node = req.node,
+            "a member lost its data directory: forgetting its Raft membership"
+        );
         let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.remove(&req.node) {
             if voters.is_empty() {
@@ -268,10 +328,6 @@ impl ControlPlane {
                 .await
                 .map_err(raft_err)?;
         }
-        tracing::warn!(
-            node = req.node,
-            "a member lost its data directory: it joins again under its id"
-        );
         Ok(())
     }
 

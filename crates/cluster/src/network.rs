@@ -86,15 +86,34 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What every node-to-node HTTP client starts from: HTTP/1.1, no
+/// redirects, and no proxy from the environment (`HTTP_PROXY`,
+/// `ALL_PROXY`: they are for the object store; a proxy in between would
+/// see the cluster secret, and its own error answers would read as a
+/// node's). `LOCKSTEP_PEER_PROXY` (an `http://` URL) sends node-to-node
+/// calls through a proxy on purpose.
+pub fn peer_client_builder() -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder()
+        .http1_only()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    match std::env::var("LOCKSTEP_PEER_PROXY")
+        .ok()
+        .and_then(|p| reqwest::Proxy::all(p).ok())
+    {
+        Some(p) => b.proxy(p),
+        None => b,
+    }
+}
+
 impl Peer {
     /// `tls`: the client side of the cluster's mutual TLS (calls go to
     /// `https://`); `None`: plain HTTP.
     pub fn new(secret: &str, timeout: Duration, tls: Option<rustls::ClientConfig>) -> Peer {
-        let builder = reqwest::Client::builder()
+        let builder = peer_client_builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(8)
-            .http1_only();
+            .pool_max_idle_per_host(8);
         let (builder, scheme) = match tls {
             Some(cfg) => (builder.use_preconfigured_tls(cfg), "https"),
             None => (builder, "http"),

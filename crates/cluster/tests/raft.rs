@@ -257,6 +257,17 @@ async fn nodes_started_together_form_one_cluster_and_a_wiped_one_rejoins() {
         .await
         .unwrap();
     assert_eq!(r, Response::Done);
+    // a second process with a live member's id, on an empty disk: it finds
+    // the member among the seeds and stops instead of taking its place
+    let live = members[0].cp.id;
+    let (l, addr) = listener().await;
+    match member_at(live, l, addr, seeds.clone(), Some(3), "s3cret").await {
+        Err(ClusterError::Join { message, .. }) => {
+            assert!(message.contains("node ids must be unique"), "{message}")
+        }
+        Err(e) => panic!("refused for the wrong reason: {e}"),
+        Ok(_) => panic!("a second process with node {live}'s id joined"),
+    }
     members.push(back);
     for m in &members {
         until("three voters and the proposal everywhere", || {

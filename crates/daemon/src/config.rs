@@ -474,6 +474,20 @@ fn validate_cluster(
             ));
         }
     }
+    let advertise = c.advertise.unwrap_or_else(|| listen.to_string());
+    if listen.ip().is_unspecified() && advertise == listen.to_string() {
+        return Err(invalid(
+            "cluster.advertise",
+            format!("listen is {listen}: give the address other nodes reach this one at"),
+        ));
+    }
+    // the seeds besides this node's own address
+    let others = {
+        let mut o: Vec<&String> = seeds.iter().filter(|s| **s != advertise).collect();
+        o.sort();
+        o.dedup();
+        o.len()
+    };
     let bootstrap_expect = match c.bootstrap_expect {
         None => None,
         Some(0) => {
@@ -488,21 +502,14 @@ fn validate_cluster(
                 format!("{n} nodes found the cluster together, but cluster.seeds names none: list every node's address in the seeds"),
             ))
         }
-        Some(n) if n as usize > seeds.len() + 1 => {
+        Some(n) if n as usize > others + 1 => {
             return Err(invalid(
                 "cluster.bootstrap_expect",
-                format!("{n} is more nodes than cluster.seeds names ({}, and this node)", seeds.len()),
+                format!("{n} is more nodes than cluster.seeds names ({others} besides this node's own address, and this node)"),
             ))
         }
         Some(n) => Some(n as usize),
     };
-    let advertise = c.advertise.unwrap_or_else(|| listen.to_string());
-    if listen.ip().is_unspecified() && advertise == listen.to_string() {
-        return Err(invalid(
-            "cluster.advertise",
-            format!("listen is {listen}: give the address other nodes reach this one at"),
-        ));
-    }
     let failure_timeout = duration("cluster.failure_timeout", c.failure_timeout, 2_500)?;
     let kafka_replication_factor = match c.kafka_replication_factor {
         None => 3,

@@ -429,10 +429,9 @@ async fn start_cluster(
         }
         None => None,
     };
-    let builder = reqwest::Client::builder()
+    let builder = lockstep_cluster::network::peer_client_builder()
         .timeout(std::time::Duration::from_secs(30))
-        .pool_max_idle_per_host(32)
-        .http1_only();
+        .pool_max_idle_per_host(32);
     let (builder, scheme) = match tls {
         Some(cfg) => (builder.use_preconfigured_tls(cfg), "https"),
         None => (builder, "http"),
@@ -451,6 +450,7 @@ async fn start_cluster(
         scheme,
         skip_log_gaps: c.skip_log_gaps,
         topic_mismatch,
+        state_bytes: std::sync::Mutex::new(None),
     }))
 }
 

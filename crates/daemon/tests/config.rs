@@ -240,6 +240,11 @@ fn bad_cluster_settings_name_their_key() {
             "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nseeds = [\"a:1\", \"b:1\"]\nbootstrap_expect = 5\n",
             "cluster.bootstrap_expect",
         ),
+        // its own address among the seeds does not count twice
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nadvertise = \"a:1\"\nseeds = [\"a:1\", \"b:1\"]\nbootstrap_expect = 3\n",
+            "cluster.bootstrap_expect",
+        ),
         (
             "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nseeds = [\"a:1\"]\nbootstrap_expect = 0\n",
             "cluster.bootstrap_expect",

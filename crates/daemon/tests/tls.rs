@@ -91,6 +91,14 @@ fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
         "status",
     ]);
     assert!(!ok && out.to_lowercase().contains("certificate"), "{out}");
+    let (ok, out) = ctl(&[
+        "--addr",
+        &format!("http://{addr}"),
+        "--ca-cert",
+        ca,
+        "status",
+    ]);
+    assert!(!ok && out.contains("in clear"), "{out}");
     let (ok, out) = ctl(&["--addr", &addr, "--ca-cert", "/nonexistent.pem", "status"]);
     assert!(!ok && out.contains("/nonexistent.pem"), "{out}");
 }

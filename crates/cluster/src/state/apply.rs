@@ -9,7 +9,12 @@ type Applied = Result<(), Rejection>;
 
 impl ClusterState {
     pub(super) fn try_apply(&mut self, cmd: Command) -> Applied {
-        if self.cluster_id.is_empty() {
+        // only the first command of a new cluster names it: every member
+        // applies that same entry first (or gets a snapshot that holds the
+        // name). A cluster founded by an earlier release stays unnamed:
+        // its members replay their logs from their own snapshots, and the
+        // first entry each saw would differ.
+        if self.cluster_id.is_empty() && self.nodes.is_empty() && self.shards == 0 {
             self.name_cluster(&cmd);
         }
         match cmd {
@@ -190,10 +195,10 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Gives the cluster its id from the first `Init` or `Join` applied:
-    /// every member applies the same entry first, so every member derives
-    /// the same id; the time in it (the proposer's clock) tells apart
-    /// clusters founded by the same node id at the same address.
+    /// Gives a new cluster its id from its first `Init` or `Join`: every
+    /// member derives the same id; the time in it (the proposer's clock)
+    /// tells apart clusters founded by the same node id at the same
+    /// address.
     fn name_cluster(&mut self, cmd: &Command) {
         let mut h = crc32fast::Hasher::new();
         let at_ms = match cmd {

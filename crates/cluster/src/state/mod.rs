@@ -99,11 +99,6 @@ pub enum Command {
     Drain {
         node: NodeId,
     },
-    /// Ends a drain (`lockstepctl nodes activate`): the node gets shards
-    /// again.
-    Activate {
-        node: NodeId,
-    },
     /// The coordinator saw no heartbeat from it.
     MarkDown {
         node: NodeId,
@@ -191,6 +186,14 @@ pub enum Command {
         topic: String,
         topic_id: String,
     },
+    // New commands go last: bincode writes a variant's position, and the
+    // Raft logs and snapshots of earlier releases hold the old positions
+    // (`commands_keep_their_wire_positions`).
+    /// Ends a drain (`lockstepctl nodes activate`): the node gets shards
+    /// again.
+    Activate {
+        node: NodeId,
+    },
 }
 
 /// A backfill job as the cluster keeps it.
@@ -260,8 +263,8 @@ pub struct ClusterState {
     /// draining still.
     pub draining: std::collections::BTreeSet<NodeId>,
     /// The cluster's identity, the same on every member: derived from the
-    /// first `Init` or `Join` applied (a cluster made before it was kept
-    /// gets it at its next `Join`). Empty until then.
+    /// new cluster's first `Init` or `Join`. Empty in a cluster founded by
+    /// a release that did not keep it.
     pub cluster_id: String,
 }
 

@@ -51,6 +51,9 @@ pub struct ClusterCtx {
     /// it was deleted and created again), found at start: every shard this
     /// node takes stays failed instead of reading it.
     pub topic_mismatch: Option<String>,
+    /// The replicated state's encoded size and when it was measured
+    /// (`/metrics` measures it at most every 10 s: it walks the state).
+    pub state_bytes: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
 }
 
 /// An answer from another node's public API.

@@ -397,8 +397,18 @@ async fn metrics(State(app): State<App>) -> Response {
         m.raft_applied_index
             .set(raft.last_applied.map_or(0, |l| l.index) as i64);
         let st = cl.cp.state();
-        m.control_plane_state_bytes
-            .set(lockstep_cluster::state_bytes(&st) as i64);
+        let bytes = {
+            let mut cached = cl.state_bytes.lock().expect("state bytes");
+            match *cached {
+                Some((at, b)) if at.elapsed() < std::time::Duration::from_secs(10) => b,
+                _ => {
+                    let b = lockstep_cluster::state_bytes(&st);
+                    *cached = Some((std::time::Instant::now(), b));
+                    b
+                }
+            }
+        };
+        m.control_plane_state_bytes.set(bytes as i64);
         m.members_down.set(
             st.nodes
                 .values()
