@@ -44,8 +44,9 @@ openraft::declare_raft_types!(
 /// 1 MiB snapshot chunk), where axum's default (2 MiB) is not.
 pub const INTERNAL_BODY_LIMIT: usize = 96 << 20;
 
-/// How many members vote; later ones are learners (they replicate the
-/// state and serve, but elections and commits need only the voters).
+/// How many members vote by default (`cluster.voters`: 3 or 5); later
+/// ones are learners (they replicate the state and serve, but elections
+/// and commits need only the voters).
 pub const VOTERS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ pub struct CpConfig {
     pub dir: std::path::PathBuf,
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
+    /// How many members vote (3 or 5).
+    pub voters: usize,
     /// Mutual TLS between the nodes: calls go over TLS with this client
     /// config, and the internal routes take only calls that presented a
     /// certificate the CA signed.
@@ -115,6 +118,8 @@ pub struct ControlPlane {
     mutual_tls: bool,
     /// A random number of this process (see `HelloReply::incarnation`).
     incarnation: u64,
+    /// How many members vote.
+    voters: usize,
 }
 
 impl ControlPlane {
@@ -210,6 +215,7 @@ impl ControlPlane {
             contact: std::sync::Mutex::new(std::time::Instant::now()),
             settling: std::sync::atomic::AtomicBool::new(fresh && !cfg.seeds.is_empty()),
             mutual_tls,
+            voters: cfg.voters,
             incarnation: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -3,7 +3,7 @@
 
 use crate::network::{decode, encode, CallError, PeerError};
 use crate::state::{Command, NodeId, Response};
-use crate::{now_ms, state, ClusterError, ControlPlane, JoinRequest, VOTERS};
+use crate::{now_ms, state, ClusterError, ControlPlane, JoinRequest};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
@@ -394,7 +394,7 @@ impl ControlPlane {
     }
 
     /// Adds a node (on the leader): as a learner that catches up, then as a
-    /// voter while there are fewer than [`VOTERS`]; then records it in the
+    /// voter while there are fewer than `cluster.voters`; then records it in the
     /// cluster state.
     pub(crate) async fn add_member(&self, req: JoinRequest) -> Result<(), ClusterError> {
         let node = BasicNode {
@@ -435,7 +435,7 @@ impl ControlPlane {
                 .map_err(raft_err)?;
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        if !voters.contains(&req.node) && voters.len() < VOTERS {
+        if !voters.contains(&req.node) && voters.len() < self.voters {
             let mut next = voters.clone();
             next.insert(req.node);
             self.raft
@@ -519,6 +519,31 @@ impl ControlPlane {
         self.book.write().expect("address book").remove(&node);
         tracing::info!(node, "removed from the cluster");
         Ok(Response::Done)
+    }
+
+    /// How many members should vote.
+    pub fn voter_target(&self) -> usize {
+        self.voters
+    }
+
+    /// The Raft voters and all members (voters and learners).
+    pub fn raft_voters(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect(),
+            membership.nodes().map(|(id, _)| *id).collect(),
+        )
+    }
+
+    /// Makes `voters` the voters (on the leader); members that lose their
+    /// vote stay learners.
+    pub async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), ClusterError> {
+        self.raft
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Raft(e.to_string()))
     }
 
     /// Whether `node` is in the Raft membership (voter or learner).

@@ -54,6 +54,7 @@ async fn member_at(
         heartbeat: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
         tls: None,
+        voters: 3,
     };
     let cp = match ControlPlane::start_with(cfg, |cp| {
         let _ = slot.set(cp.clone());

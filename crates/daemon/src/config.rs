@@ -103,6 +103,13 @@ pub struct FileCluster {
     /// What a shard does at an offset gap in its partition: "fail"
     /// (default) or "skip".
     pub on_log_gap: Option<String>,
+    /// How many members vote: 3 (default) or 5.
+    pub voters: Option<u64>,
+    /// A voter held down this long gives its vote to a live learner.
+    pub voter_replace_after: Option<String>,
+    /// A graceful shard move not done in this time is given up (and may
+    /// be planned again).
+    pub move_timeout: Option<String>,
 }
 
 /// Command-line flags, one per key; a flag given wins over the file.
@@ -129,6 +136,9 @@ pub struct ClusterConfig {
     pub skip_log_gaps: bool,
     /// `[kafka] properties`, checked with librdkafka.
     pub kafka_properties: Vec<(String, String)>,
+    pub voters: usize,
+    pub voter_replace_after: Duration,
+    pub move_timeout: Duration,
 }
 
 /// When an acknowledged ingest is on disk.
@@ -419,6 +429,9 @@ fn merge_cluster(
         kafka_replication_factor: f.kafka_replication_factor.or(c.kafka_replication_factor),
         kafka_min_insync_replicas: f.kafka_min_insync_replicas.or(c.kafka_min_insync_replicas),
         on_log_gap: f.on_log_gap.or(c.on_log_gap),
+        voters: f.voters.or(c.voters),
+        voter_replace_after: f.voter_replace_after.or(c.voter_replace_after),
+        move_timeout: f.move_timeout.or(c.move_timeout),
     })
 }
 
@@ -533,6 +546,19 @@ fn validate_cluster(
             ))
         }
     };
+    let voters = match c.voters {
+        None => 3,
+        Some(n @ (3 | 5)) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "cluster.voters",
+                format!("{n}: write 3 (survives one voter down) or 5 (two)"),
+            ))
+        }
+    };
+    let voter_replace_after =
+        duration("cluster.voter_replace_after", c.voter_replace_after, 60_000)?;
+    let move_timeout = duration("cluster.move_timeout", c.move_timeout, 60_000)?;
     let skip_log_gaps = match c.on_log_gap.as_deref() {
         None | Some("fail") => false,
         Some("skip") => true,
@@ -556,6 +582,9 @@ fn validate_cluster(
         kafka_min_insync_replicas,
         skip_log_gaps,
         kafka_properties: Vec::new(),
+        voters,
+        voter_replace_after,
+        move_timeout,
     })
 }
 

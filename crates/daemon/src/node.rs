@@ -376,6 +376,7 @@ async fn start_cluster(
             addr: c.advertise.clone(),
             seeds: c.seeds.clone(),
             bootstrap_expect: c.bootstrap_expect,
+            voters: c.voters,
             secret: c.secret.clone(),
             dir: config.data_dir.join("raft"),
             // a follower calls an election after openraft's leader lease
@@ -446,6 +447,8 @@ async fn start_cluster(
         id: c.raft_id,
         ends: (0..table.shards).map(|_| AtomicU64::new(0)).collect(),
         failure_timeout: c.failure_timeout,
+        voter_replace_after: c.voter_replace_after,
+        move_timeout: c.move_timeout,
         http,
         scheme,
         skip_log_gaps: c.skip_log_gaps,

@@ -247,6 +247,8 @@ struct Cluster {
     first_ordinal: usize,
     /// Mutual TLS: the CA that signs every node's certificate.
     pki: Option<TestPki>,
+    /// Flags every node gets.
+    flags: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -273,7 +275,21 @@ impl Cluster {
             egress: Vec::new(),
             first_ordinal: first,
             pki: None,
+            flags: Vec::new(),
         };
+        for _ in 0..n {
+            c.add_node();
+        }
+        c
+    }
+
+    /// `n` nodes started one by one, each with `flags` too.
+    fn start_with_flags(env: Env, n: usize, flags: &[(&str, &str)]) -> Cluster {
+        let mut c = Cluster::start_numbered(env, 0, SQL, 1);
+        c.flags = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for _ in 0..n {
             c.add_node();
         }
@@ -374,6 +390,8 @@ impl Cluster {
             flags.push(("seeds", seeds));
         }
         flags.extend_from_slice(extra);
+        let common: Vec<(String, String)> = self.flags.clone();
+        flags.extend(common.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let files = self.pki.as_ref().map(|pki| {
             let (cert, key) = pki.node(&id);
             (
@@ -1192,6 +1210,78 @@ fn a_cluster_over_mutual_tls_forms_forwards_and_refuses_calls_without_a_certific
     assert!(answers[0].iter().all(seen), "{:?}", answers[0]);
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[0], answers[2]);
+}
+
+/// Voters that heal: four nodes, three voting. A voter SIGKILLed and held
+/// down past `voter_replace_after` gives its vote to the learner; then a
+/// second of the first voters dies, and the cluster still has a majority
+/// of its voters (without the replacement, one of three): it elects, moves
+/// the dead nodes' shards and commits checkpoints, and the run is exactly
+/// once.
+#[test]
+fn a_voter_down_too_long_is_replaced_by_a_learner() {
+    let Some(env) = env() else { return };
+    let mut cluster = Cluster::start_with_flags(env, 4, &[("voter-replace-after", "2 seconds")]);
+    let voters = |st: &serde_json::Value| -> Vec<u64> {
+        st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["voter"] == true)
+            .map(|n| n["id"].as_u64().unwrap())
+            .collect()
+    };
+    cluster.wait_state(
+        "three voters and a learner",
+        Duration::from_secs(60),
+        |st| st["nodes"].as_array().is_some_and(|n| n.len() == 4) && voters(st).len() == 3,
+    );
+    let st = cluster.live()[0].get_json("/v1/cluster").unwrap();
+    let first = voters(&st);
+    assert!(!first.contains(&4), "{st}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let rows = events(3000, 40, 23);
+    let (a, b) = rows.split_at(1000);
+    let (b, c) = b.split_at(1000);
+    for (i, ch) in a.chunks(100).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(ch).as_bytes(),
+            &format!("v-a-{i}"),
+            &mut rng,
+        );
+    }
+    // a voter that does not lead dies
+    let l = leader(&cluster) as u64 + 1;
+    let gone: Vec<u64> = first.iter().copied().filter(|v| *v != l).collect();
+    cluster.kill(gone[0] as usize - 1);
+    cluster.wait_state(
+        "the learner voting in the dead voter's place",
+        Duration::from_secs(60),
+        |st| {
+            let v = voters(st);
+            v.contains(&4) && !v.contains(&gone[0]) && v.len() == 3
+        },
+    );
+    for (i, ch) in b.chunks(100).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(ch).as_bytes(),
+            &format!("v-b-{i}"),
+            &mut rng,
+        );
+    }
+    // a second of the first voters dies: two of the three voters remain
+    cluster.kill(gone[1] as usize - 1);
+    for (i, ch) in c.chunks(100).enumerate() {
+        ingest(
+            &cluster,
+            jsonl(ch).as_bytes(),
+            &format!("v-c-{i}"),
+            &mut rng,
+        );
+    }
+    check_exactly_once(&cluster, &rows, cluster.root.path());
 }
 
 /// Once every node owns shards: one of the followers (the leader's

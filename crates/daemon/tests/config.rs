@@ -233,6 +233,18 @@ fn bad_cluster_settings_name_their_key() {
         ),
         ("[cluster]\ncolour = \"blue\"\n", "colour"),
         (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nvoters = 4\n",
+            "cluster.voters",
+        ),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nmove_timeout = \"never\"\n",
+            "cluster.move_timeout",
+        ),
+        (
+            "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nvoter_replace_after = \"soon\"\n",
+            "cluster.voter_replace_after",
+        ),
+        (
             "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\nbootstrap_expect = 3\n",
             "cluster.bootstrap_expect",
         ),

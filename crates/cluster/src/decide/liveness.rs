@@ -69,6 +69,13 @@ impl Liveness {
         self.down_at.insert(node, at);
     }
 
+    /// How long `node`, which the state holds down, has been down as this
+    /// coordinator knows it (a new coordinator counts from when it first
+    /// asks).
+    pub fn down_for(&mut self, node: NodeId, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.down_at.entry(node).or_insert(now))
+    }
+
     /// One tick of the coordinator `me`, leading at `now`.
     pub fn lead(&mut self, st: &ClusterState, me: NodeId, now: Instant, now_ms: i64) -> Round {
         let timeout = self.failure_timeout;

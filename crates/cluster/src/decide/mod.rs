@@ -8,14 +8,20 @@
 //! - [`plan`]: rebalancing (orphans at once, drains and imbalance gracefully).
 //! - [`reconcile`]: which shard actors this node starts, stops or hands off.
 //! - [`epoch_due`]: when the coordinator opens the next checkpoint epoch.
+//! - [`next_voters`]: which members vote (replacing long-down voters).
+//! - [`Moves`]: graceful moves that take too long are given up.
 
 mod liveness;
+mod moves;
 mod plan;
 mod reconcile;
+mod voters;
 
 pub use liveness::{Liveness, Round};
+pub use moves::Moves;
 pub use plan::plan;
 pub use reconcile::{reconcile, LocalAction};
+pub use voters::next_voters;
 
 use crate::state::{ClusterState, Command};
 

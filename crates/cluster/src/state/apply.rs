@@ -30,6 +30,16 @@ impl ClusterState {
             }
             Command::Drain { node } => self.drain(node),
             Command::Activate { node } => self.activate(node),
+            Command::CancelMove {
+                shard,
+                expect_epoch,
+            } => {
+                self.expect_epoch(shard, expect_epoch)?;
+                match self.owners[shard as usize].moving_to.take() {
+                    Some(_) => Ok(()),
+                    None => Err(Rejection::NotMoving(shard)),
+                }
+            }
             Command::Remove { node } => self.remove(node),
             Command::MarkDown { node } => self.mark_down(node),
             Command::Assign {

@@ -194,6 +194,12 @@ pub enum Command {
     Activate {
         node: NodeId,
     },
+    /// Gives up a graceful move that did not finish in time (the owner
+    /// keeps the shard; the coordinator may plan the move again).
+    CancelMove {
+        shard: u32,
+        expect_epoch: u64,
+    },
 }
 
 /// A backfill job as the cluster keeps it.

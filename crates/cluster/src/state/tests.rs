@@ -665,9 +665,60 @@ fn commands_keep_their_wire_positions() {
             topic_id: String::new(),
         },
         Command::Activate { node },
+        Command::CancelMove {
+            shard: 0,
+            expect_epoch: 0,
+        },
     ];
     for (i, cmd) in all.iter().enumerate() {
         let b = bincode::serde::encode_to_vec(cmd, bincode::config::standard()).unwrap();
         assert_eq!(b[0] as usize, i, "{cmd:?} moved");
     }
+}
+
+#[test]
+fn a_cancelled_move_leaves_the_owner_and_a_late_handoff_is_refused() {
+    let mut st = cluster(2, 1);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    })
+    .into_result()
+    .unwrap();
+    let epoch = st.owners[0].epoch;
+    st.apply(Command::StartMove {
+        shard: 0,
+        to: 2,
+        expect_epoch: epoch,
+    })
+    .into_result()
+    .unwrap();
+    // a stale plan cannot cancel it
+    assert!(matches!(
+        st.apply(Command::CancelMove {
+            shard: 0,
+            expect_epoch: epoch + 1
+        }),
+        Response::Rejected(Rejection::StalePlan { .. })
+    ));
+    st.apply(Command::CancelMove {
+        shard: 0,
+        expect_epoch: epoch,
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(st.owners[0].node, Some(1));
+    assert_eq!(st.owners[0].moving_to, None);
+    assert_eq!(st.owners[0].epoch, epoch);
+    // the owner's hand-off, late: refused, the owner keeps the shard
+    assert!(matches!(
+        st.apply(Command::Handoff {
+            shard: 0,
+            from: 1,
+            owner_epoch: epoch
+        }),
+        Response::Rejected(Rejection::NotMoving(0))
+    ));
+    assert_eq!(st.owners[0].node, Some(1));
 }

@@ -113,6 +113,17 @@ struct Args {
     /// cluster once this many of them answer (none: only join one).
     #[arg(long)]
     bootstrap_expect: Option<u64>,
+    /// Cluster: how many members vote, 3 (default) or 5.
+    #[arg(long)]
+    voters: Option<u64>,
+    /// Cluster: a voter held down this long gives its vote to a live
+    /// learner (default 60 seconds).
+    #[arg(long)]
+    voter_replace_after: Option<String>,
+    /// Cluster: a graceful shard move not done in this time is given up
+    /// and may be planned again (default 60 seconds).
+    #[arg(long)]
+    move_timeout: Option<String>,
     /// Cluster: a librdkafka property for every Kafka client, `k=v`
     /// (repeat it); over the file's `[kafka] properties`.
     #[arg(long = "kafka-property", value_name = "K=V")]
@@ -199,6 +210,9 @@ fn main() -> ExitCode {
         ready_max_lag: a.ready_max_lag,
         cluster: (a.seeds.is_some()
             || a.bootstrap_expect.is_some()
+            || a.voters.is_some()
+            || a.voter_replace_after.is_some()
+            || a.move_timeout.is_some()
             || a.cluster_secret.is_some()
             || a.kafka_brokers.is_some()
             || a.kafka_topic.is_some()
@@ -214,6 +228,9 @@ fn main() -> ExitCode {
             kafka_replication_factor: None,
             kafka_min_insync_replicas: None,
             on_log_gap: None,
+            voters: a.voters,
+            voter_replace_after: a.voter_replace_after,
+            move_timeout: a.move_timeout,
         }),
     };
     let cfg = match config::load_with_secret(

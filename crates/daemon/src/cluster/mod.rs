@@ -39,6 +39,10 @@ pub struct ClusterCtx {
     /// Each owned shard's partition end, as its reader last saw it.
     pub ends: Vec<AtomicU64>,
     pub failure_timeout: Duration,
+    /// `cluster.voter_replace_after`.
+    pub voter_replace_after: Duration,
+    /// `cluster.move_timeout`.
+    pub move_timeout: Duration,
     /// Forwarding client (other nodes' public API): async, its own pool,
     /// over TLS when the cluster has it.
     pub http: reqwest::Client,

@@ -146,6 +146,7 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // and a slow commit must not delay the pings (the members' serving
     // leases hang on them)
     tokio::spawn(heartbeat(ctx.clone(), cl.clone(), live.clone()));
+    let mut moves = decide::Moves::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
@@ -153,6 +154,8 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             return;
         }
         if !cl.cp.is_leader() {
+            // a new coordinator gives moves under way a whole timeout
+            moves = decide::Moves::default();
             let leader = cl.cp.leader().map(|(l, _)| l).filter(|l| *l != cl.id);
             live.lock().expect("liveness").follow(leader);
             continue;
@@ -194,6 +197,39 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             if let (true, Command::MarkDown { node }) = (done, &cmd) {
                 live.lock().expect("liveness").marked_down(*node, now);
             }
+        }
+        let st = cl.state();
+        // a voter down too long gives its vote to a live learner
+        let (voters, members) = cl.cp.raft_voters();
+        let next = {
+            let mut live = live.lock().expect("liveness");
+            decide::next_voters(
+                &st,
+                &voters,
+                &members,
+                cl.cp.voter_target(),
+                cl.voter_replace_after,
+                |n| {
+                    st.nodes
+                        .get(&n)
+                        .filter(|i| i.state == lockstep_cluster::state::NodeState::Down)
+                        .map(|_| live.down_for(n, now))
+                },
+            )
+        };
+        if let Some(next) = next {
+            match cl.cp.set_voters(next.clone()).await {
+                Ok(()) => tracing::warn!(?voters, ?next, "the voters change"),
+                Err(e) => tracing::debug!(?next, "changing the voters: {e}"),
+            }
+        }
+        for cmd in moves.stuck(&st, now, cl.move_timeout) {
+            tracing::warn!(
+                ?cmd,
+                "a shard move took longer than {:?}: given up",
+                cl.move_timeout
+            );
+            let _ = cl.cp.propose(cmd).await;
         }
         let st = cl.state();
         for cmd in decide::plan(&st, 2) {
