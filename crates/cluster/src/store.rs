@@ -319,8 +319,10 @@ impl StateMachine {
         self.data.lock().expect("state machine lock")
     }
 
-    fn publish(&self, state: &ClusterState) {
-        self.watch.send_replace(Arc::new(state.clone()));
+    /// Publishes a copy of the state: cheap, as the manifests and the
+    /// pipeline are shared with it (a command copies what it changes).
+    fn publish(&self, state: Arc<ClusterState>) {
+        self.watch.send_replace(state);
     }
 
     /// Stores `s` as the current snapshot unless the stored one is newer;
@@ -409,9 +411,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            d.state.clone()
+            Arc::new(d.state.clone())
         };
-        self.publish(&state);
+        self.publish(state);
         Ok(out)
     }
 
@@ -438,9 +440,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data: enc(&data),
         };
         self.store_snapshot(&stored).await?;
-        let state = data.state.clone();
+        let state = Arc::new(data.state.clone());
         *self.lock() = data;
-        self.publish(&state);
+        self.publish(state);
         Ok(())
     }
 

@@ -187,7 +187,7 @@ async fn cluster_shard(
     job: &str,
     shard: u32,
 ) -> Result<BackfillPart, BackfillError> {
-    let listed = cl.state().segments[shard as usize].clone();
+    let listed = cl.state().segments[shard as usize].to_vec();
     let segs = raw_segments(ctx, listed, shard);
     replay_shard(ctx, segs, cl.id, req, job, shard).await
 }

@@ -62,6 +62,9 @@ pub struct FileConfig {
     /// A shard more events than this behind its log makes `/readyz` answer
     /// 503 (the node is catching up).
     pub ready_max_lag: Option<u64>,
+    /// A shard whose manifest holds more segments than this after a
+    /// checkpoint merges its small ones (0: only when asked).
+    pub auto_compact_segments: Option<u64>,
     /// The `[cluster]` table: present (or any of its flags given) means
     /// this node is one of a cluster.
     pub cluster: Option<FileCluster>,
@@ -190,6 +193,9 @@ pub struct Config {
     pub fsync: Fsync,
     pub idempotency_ttl: Duration,
     pub limits: Limits,
+    /// Compact a shard after a checkpoint once its manifest holds more
+    /// segments than this (0: never on its own).
+    pub auto_compact_segments: usize,
     pub cluster: Option<ClusterConfig>,
 }
 
@@ -400,6 +406,7 @@ pub fn load_with_secret(
         max_shard_backlog: flags.max_shard_backlog.or(file.max_shard_backlog),
         max_dedup_entries: flags.max_dedup_entries.or(file.max_dedup_entries),
         ready_max_lag: flags.ready_max_lag.or(file.ready_max_lag),
+        auto_compact_segments: flags.auto_compact_segments.or(file.auto_compact_segments),
         cluster: merge_cluster(flags.cluster.as_ref(), file.cluster.as_ref(), env_secret),
         kafka: merge_kafka(flags.kafka.as_ref(), file.kafka.as_ref()),
     };
@@ -741,6 +748,16 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         },
     };
     let idempotency_ttl = duration("idempotency_ttl", c.idempotency_ttl, 24 * 3_600_000)?;
+    let auto_compact_segments = match c.auto_compact_segments {
+        None => 64,
+        Some(n @ 0..=1_000_000) => n as usize,
+        Some(n) => {
+            return Err(invalid(
+                "auto_compact_segments",
+                format!("{n} is not a whole number from 0 (off) to 1000000"),
+            ))
+        }
+    };
     let properties: Vec<(String, String)> = c
         .kafka
         .and_then(|k| k.properties)
@@ -777,6 +794,7 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         fsync,
         idempotency_ttl,
         limits,
+        auto_compact_segments,
         cluster,
     })
 }

@@ -479,6 +479,61 @@ fn graceful_stop_checkpoints_and_restart_resumes() {
     assert_rows_eq(&exported(&c, dir.path()), &want, "after graceful restart");
 }
 
+/// The manifest stays short on its own: with `--auto-compact-segments 8`,
+/// twenty checkpoints of new events (two segments each per shard) leave
+/// every shard with a handful of segments, and the export is still every
+/// row the batch engine computes, in order.
+#[test]
+fn long_manifests_are_compacted_after_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &[
+            ("checkpoint-interval", "1 hour"),
+            ("auto-compact-segments", "8"),
+        ],
+        &[],
+    );
+    let c = d.client();
+    let rows = events(4000, 50, 31);
+    for b in rows.chunks(200) {
+        c.post_json("/v1/tables/ad_events/events", jsonl(b).as_bytes())
+            .unwrap();
+        c.post_json("/v1/checkpoint", b"").unwrap();
+    }
+    let per_shard = |c: &lockstep_api::Client| {
+        let mut n = std::collections::HashMap::<u64, usize>::new();
+        for s in c.get_json("/v1/segments").unwrap()["segments"]
+            .as_array()
+            .unwrap()
+        {
+            *n.entry(s["shard"].as_u64().unwrap()).or_default() += 1;
+        }
+        n
+    };
+    // the last compactions run in the background
+    let start = std::time::Instant::now();
+    let mut most = usize::MAX;
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        most = per_shard(&c).values().copied().max().unwrap_or(0);
+        if most <= 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        most <= 10,
+        "a shard keeps {most} segments after 20 checkpoints"
+    );
+    let (want, _) = batch_rows(&rows);
+    let want: Vec<_> = want.into_iter().flatten().collect();
+    assert_rows_eq(
+        &exported(&c, dir.path()),
+        &want,
+        "export after automatic compaction",
+    );
+}
+
 #[test]
 fn bad_pipeline_or_config_stops_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

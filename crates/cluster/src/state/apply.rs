@@ -191,17 +191,17 @@ impl ClusterState {
             return Err(Rejection::NoShards);
         }
         if self.pipeline.version == 0 {
-            self.pipeline = PipelineVersion {
+            self.pipeline = std::sync::Arc::new(PipelineVersion {
                 version: 1,
                 sql,
                 at_ms,
-            };
+            });
         }
         self.table = table;
         self.shards = shards;
         self.owners = vec![ShardOwner::default(); shards as usize];
         self.checkpoints = vec![None; shards as usize];
-        self.segments = vec![Vec::new(); shards as usize];
+        self.segments = vec![Default::default(); shards as usize];
         Ok(())
     }
 
@@ -390,7 +390,7 @@ impl ClusterState {
         remove: &[SegmentInfo],
         add: Vec<SegmentInfo>,
     ) -> Applied {
-        let segs = &mut self.segments[shard as usize];
+        let segs = std::sync::Arc::make_mut(&mut self.segments[shard as usize]);
         if let Some(missing) = remove.iter().find(|r| !segs.contains(r)) {
             return Err(Rejection::NotInManifest {
                 shard,
@@ -421,11 +421,11 @@ impl ClusterState {
                 expected: expect_version,
             });
         }
-        self.pipeline = PipelineVersion {
+        self.pipeline = std::sync::Arc::new(PipelineVersion {
             version: self.pipeline.version + 1,
             sql,
             at_ms,
-        };
+        });
         Ok(())
     }
 

@@ -254,12 +254,16 @@ pub struct ClusterState {
     pub owners: Vec<ShardOwner>,
     /// The last committed checkpoint of each shard.
     pub checkpoints: Vec<Option<ShardCheckpoint>>,
-    /// Each shard's segment manifest.
-    pub segments: Vec<Vec<SegmentInfo>>,
+    /// Each shard's segment manifest, shared between the states a member
+    /// publishes (a command copies only the manifest it changes; encoded
+    /// as a plain list).
+    pub segments: Vec<std::sync::Arc<Vec<SegmentInfo>>>,
     /// The last cluster checkpoint epoch opened, and when.
     pub epoch: u64,
     pub epoch_ms: i64,
-    pub pipeline: PipelineVersion,
+    /// Shared between published states like the manifests (the SQL may be
+    /// a megabyte).
+    pub pipeline: std::sync::Arc<PipelineVersion>,
     /// Backfill jobs, oldest first: running ones and the last finished.
     pub backfills: Vec<BackfillJob>,
     /// `(topic, its broker-given id)` as first recorded (`RecordTopic`).
@@ -317,10 +321,10 @@ impl From<ClusterStateV1> for ClusterState {
             nodes: s.nodes,
             owners: s.owners,
             checkpoints: s.checkpoints,
-            segments: s.segments,
+            segments: s.segments.into_iter().map(std::sync::Arc::new).collect(),
             epoch: s.epoch,
             epoch_ms: s.epoch_ms,
-            pipeline: s.pipeline,
+            pipeline: std::sync::Arc::new(s.pipeline),
             backfills: s.backfills,
             topic: None,
             draining: Default::default(),

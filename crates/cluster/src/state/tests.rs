@@ -380,7 +380,7 @@ fn compaction_swaps_only_manifest_segments_by_the_owner() {
     });
     st.apply(ckpt(0, 1, 1, 1, 5));
     st.apply(ckpt(0, 1, 1, 2, 9));
-    let old = st.segments[0].clone();
+    let old = st.segments[0].to_vec();
     let mut merged = old[0].clone();
     merged.path = "merged".into();
     merged.to_offset = 9;
@@ -396,7 +396,7 @@ fn compaction_swaps_only_manifest_segments_by_the_owner() {
         Response::Rejected(_)
     ));
     assert_eq!(st.apply(swap(1, old.clone())), Response::Done);
-    assert_eq!(st.segments[0], vec![merged.clone()]);
+    assert_eq!(*st.segments[0], vec![merged.clone()]);
     assert!(matches!(st.apply(swap(1, old)), Response::Rejected(_)));
 }
 
@@ -721,4 +721,30 @@ fn a_cancelled_move_leaves_the_owner_and_a_late_handoff_is_refused() {
         Response::Rejected(Rejection::NotMoving(0))
     ));
     assert_eq!(st.owners[0].node, Some(1));
+}
+
+/// A published state shares the manifests and the pipeline with the next:
+/// a command copies only the manifest it changes (applies used to copy
+/// the whole state, every manifest of every shard, twice).
+#[test]
+fn a_command_copies_only_the_manifest_it_changes() {
+    let mut st = cluster(2, 4);
+    st.apply(Command::Assign {
+        shard: 0,
+        node: 1,
+        expect_epoch: 0,
+    })
+    .into_result()
+    .unwrap();
+    let before = st.clone();
+    st.apply(ckpt(0, 1, 1, 1, 10)).into_result().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(
+        &before.segments[0],
+        &st.segments[0]
+    ));
+    for s in 1..4 {
+        assert!(std::sync::Arc::ptr_eq(&before.segments[s], &st.segments[s]));
+    }
+    assert!(std::sync::Arc::ptr_eq(&before.pipeline, &st.pipeline));
+    assert_eq!(before.segments[0].len() + 1, st.segments[0].len());
 }

@@ -105,6 +105,10 @@ struct Args {
     /// 503 (default 10000).
     #[arg(long)]
     ready_max_lag: Option<u64>,
+    /// A shard whose manifest holds more segments than this after a
+    /// checkpoint merges its small ones (default 64; 0: only when asked).
+    #[arg(long)]
+    auto_compact_segments: Option<u64>,
     /// Cluster: the nodes' API addresses, host:port,… (this node's own may
     /// be among them; none: start a new cluster).
     #[arg(long, value_delimiter = ',')]
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
         max_shard_backlog: a.max_shard_backlog,
         max_dedup_entries: a.max_dedup_entries,
         ready_max_lag: a.ready_max_lag,
+        auto_compact_segments: a.auto_compact_segments,
         cluster: (a.seeds.is_some()
             || a.bootstrap_expect.is_some()
             || a.voters.is_some()

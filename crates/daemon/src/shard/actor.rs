@@ -112,6 +112,7 @@ impl Actor for ShardActor {
                 let _ = reply.send(w.swap_compacted(mode, group, merged).await);
             }
             ShardMsg::CompactDone => w.compacting = false,
+            ShardMsg::AutoCompact => w.compact_if_long(mode, &me),
             ShardMsg::Stall(d) => tokio::time::sleep(d).await,
             ShardMsg::Fail => return Err(format!("shard {}: failure requested", w.shard).into()),
             ShardMsg::Handoff => mode.begin_handoff(w, &me),

@@ -189,6 +189,36 @@ impl ShardWorker {
         mode.put_back(source);
     }
 
+    /// Keeps the manifest short: once it holds more than
+    /// `auto_compact_segments` segments, the small ones are merged (up to
+    /// 64 MiB each, in the background, as `segments compact` does), so the
+    /// replicated state grows with the data, not with the checkpoints.
+    pub(super) fn compact_if_long(&mut self, mode: &dyn ShardMode, me: &ActorRef<ShardMsg>) {
+        let limit = self.ctx.config.auto_compact_segments;
+        if limit == 0 || self.compacting || self.segments.len() <= limit {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.start_compaction(mode, me, AUTO_COMPACT_TARGET_BYTES, tx);
+        let (shard, me) = (self.shard, me.clone());
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(r)) if r.merged_groups > 0 => {
+                    tracing::info!(
+                        shard,
+                        "compacted its manifest: {} segments, now {}",
+                        r.segments_before,
+                        r.segments_after
+                    );
+                    let _ = me.send_message(ShardMsg::AutoCompact);
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(shard, "compacting its manifest: {e}"),
+                Err(_) => {}
+            }
+        });
+    }
+
     /// Applies a finished checkpoint to the actor's view of its manifest.
     pub fn finish_checkpoint(
         &mut self,
@@ -210,6 +240,7 @@ impl ShardWorker {
                 let secs = started.elapsed().as_secs_f64();
                 self.ctx.metrics.checkpoint_seconds.observe(secs);
                 self.ctx.metrics.checkpoints.inc();
+                self.compact_if_long(&*mode, me);
                 Ok(CheckpointReport {
                     shard: self.shard,
                     seq: info.seq,
@@ -402,3 +433,6 @@ pub(super) async fn write_checkpoint(job: &CheckpointJob) -> Result<Saved, Shard
     }
     job.committer.commit(job, added, training_rows).await
 }
+
+/// What automatic compaction merges segments up to.
+pub const AUTO_COMPACT_TARGET_BYTES: u64 = 64 << 20;

@@ -83,6 +83,10 @@ pub enum ShardMsg {
     },
     /// The compaction's task ended.
     CompactDone,
+    /// A compaction the shard started on its own merged something: see
+    /// whether the manifest is still too long (more checkpoints came in
+    /// while it ran).
+    AutoCompact,
     /// Process whatever the log holds beyond the shard's offset: sent by
     /// the supervisor after a restart, for events whose messages went to the
     /// failed predecessor.

@@ -335,7 +335,7 @@ impl NodeMode for Member {
     ) -> BoxFuture<'a, Result<Vec<SegmentInfo>, Response>> {
         async move {
             match self.cl.cp.barrier(Duration::from_secs(10)).await {
-                Ok(st) => Ok(st.segments.iter().flatten().cloned().collect()),
+                Ok(st) => Ok(st.segments.iter().flat_map(|s| s.iter()).cloned().collect()),
                 Err(e) => Err(unavailable(format!("the control plane: {e}"))),
             }
         }

@@ -56,7 +56,7 @@ impl ClusterShard {
                 "shard {shard} is not this node's under owner epoch {owner_epoch}"
             )));
         }
-        w.segments = st.segments[shard as usize].clone();
+        w.segments = st.segments[shard as usize].to_vec();
         let mut cs = ClusterShard::new(cl.clone(), owner_epoch, &w.ctx.table);
         if st.pipeline.version != w.pipe.version {
             // `views apply` changed the pipeline and this node has not
@@ -250,7 +250,7 @@ impl ClusterShard {
             self.seen = Seen::from_parts(r.dedup);
             self.count_seen(w);
         }
-        let segments = st.segments[shard as usize].clone();
+        let segments = st.segments[shard as usize].to_vec();
         let seq = m.seq + 1;
         let job = self.job(true);
         let tag = job.tag();
