@@ -370,6 +370,18 @@ async fn start_cluster(
             key: "cluster.kafka_brokers",
             message: e.to_string(),
         })?;
+    // the client side of the cluster's mutual TLS (Raft and forwarding)
+    let tls = match &config.tls {
+        Some(t) => {
+            t.load()
+                .map_err(|e| StartError::Cluster {
+                    key: e.key,
+                    message: e.message,
+                })?
+                .client
+        }
+        None => None,
+    };
     let cp = lockstep_cluster::ControlPlane::start_with(
         lockstep_cluster::CpConfig {
             node: c.raft_id,
@@ -388,17 +400,7 @@ async fn start_cluster(
                 std::time::Duration::from_millis(500),
                 std::time::Duration::from_millis(900),
             ),
-            tls: match &config.tls {
-                Some(t) => {
-                    t.load()
-                        .map_err(|e| StartError::Cluster {
-                            key: e.key,
-                            message: e.message,
-                        })?
-                        .client
-                }
-                None => None,
-            },
+            tls: tls.clone(),
         },
         serving,
     )
@@ -419,17 +421,6 @@ async fn start_cluster(
         )));
     }
     let topic_mismatch = record_topic(&cp, &kafka).await;
-    let tls = match &config.tls {
-        Some(t) => {
-            t.load()
-                .map_err(|e| StartError::Cluster {
-                    key: e.key,
-                    message: e.message,
-                })?
-                .client
-        }
-        None => None,
-    };
     let builder = lockstep_cluster::network::peer_client_builder()
         .timeout(std::time::Duration::from_secs(30))
         .pool_max_idle_per_host(32);

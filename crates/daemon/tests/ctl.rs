@@ -3,21 +3,17 @@
 //! commands run through `lockstep_ctl::run_args`, what the binary runs.
 //! Skipped without LOCKSTEP_TEST_KAFKA unless LOCKSTEP_REQUIRE_KAFKA is set.
 
+mod support;
+
 use lockstep_daemon::config::{self, FileCluster, Overrides};
 use lockstep_daemon::node::Node;
 
 const TOKEN: &str = "ctl-test-token";
 
 fn ctl(addr: &str, args: &[&str]) -> (bool, String) {
-    let mut argv = vec!["lockstepctl", "--addr", addr, "--token", TOKEN];
+    let mut argv = vec!["--addr", addr];
     argv.extend_from_slice(args);
-    let mut out = Vec::new();
-    let r = lockstep_ctl::run_args(argv, &mut out);
-    let mut text = String::from_utf8_lossy(&out).into_owned();
-    if let Err(e) = &r {
-        text.push_str(&format!("lockstepctl: {e:#}"));
-    }
-    (r.is_ok(), text)
+    support::run_ctl_as(TOKEN, &argv)
 }
 
 fn json(addr: &str, args: &[&str]) -> serde_json::Value {

@@ -8,18 +8,6 @@ mod support;
 use lockstep_api::Client;
 use support::*;
 
-fn ctl(args: &[&str]) -> (bool, String) {
-    let mut argv = vec!["lockstepctl", "--token", TOKEN];
-    argv.extend_from_slice(args);
-    let mut out = Vec::new();
-    let r = lockstep_ctl::run_args(argv, &mut out);
-    let mut text = String::from_utf8_lossy(&out).into_owned();
-    if let Err(e) = &r {
-        text.push_str(&format!("lockstepctl: {e:#}"));
-    }
-    (r.is_ok(), text)
-}
-
 #[test]
 fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,12 +66,12 @@ fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     // lockstepctl: --ca-cert, or LOCKSTEP_CA_CERT
     let ca = pki.ca.to_str().unwrap();
-    let (ok, out) = ctl(&["--addr", &addr, "--ca-cert", ca, "status"]);
+    let (ok, out) = run_ctl(&["--addr", &addr, "--ca-cert", ca, "status"]);
     assert!(ok && out.contains("ad_events"), "{out}");
     let url = format!("https://{addr}");
-    let (ok, out) = ctl(&["--addr", &url, "status"]);
+    let (ok, out) = run_ctl(&["--addr", &url, "status"]);
     assert!(!ok && out.contains("--ca-cert"), "{out}");
-    let (ok, out) = ctl(&[
+    let (ok, out) = run_ctl(&[
         "--addr",
         &url,
         "--ca-cert",
@@ -91,7 +79,7 @@ fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
         "status",
     ]);
     assert!(!ok && out.to_lowercase().contains("certificate"), "{out}");
-    let (ok, out) = ctl(&[
+    let (ok, out) = run_ctl(&[
         "--addr",
         &format!("http://{addr}"),
         "--ca-cert",
@@ -99,7 +87,7 @@ fn the_api_is_served_over_https_to_clients_that_trust_its_ca() {
         "status",
     ]);
     assert!(!ok && out.contains("in clear"), "{out}");
-    let (ok, out) = ctl(&["--addr", &addr, "--ca-cert", "/nonexistent.pem", "status"]);
+    let (ok, out) = run_ctl(&["--addr", &addr, "--ca-cert", "/nonexistent.pem", "status"]);
     assert!(!ok && out.contains("/nonexistent.pem"), "{out}");
 }
 

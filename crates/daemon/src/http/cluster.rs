@@ -11,6 +11,7 @@ use lockstep_api::{
     ActivateReply, ClusterStatus, DrainReply, MemberInfo, MemberState, RebalanceReply, RemoveReply,
     ShardCheckpointInfo, ShardEntry,
 };
+use lockstep_cluster::state::Command;
 use lockstep_cluster::state::NodeState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -140,61 +141,58 @@ pub(crate) async fn cluster_remove(State(app): State<App>, Path(node): Path<Stri
 }
 
 pub(crate) async fn cluster_drain(State(app): State<App>, Path(node): Path<String>) -> Response {
-    let cl = match cluster_of(&app.ctx) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let id = match member_id(cl, &node) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    match cl
-        .cp
-        .propose(lockstep_cluster::state::Command::Drain { node: id })
-        .await
-    {
-        Ok(lockstep_cluster::state::Response::Done) => {
-            let st = cl.state();
+    set_node_state(
+        &app,
+        &node,
+        |id| Command::Drain { node: id },
+        |st, id, state| {
             ok(DrainReply {
                 node: id,
-                state: st
-                    .nodes
-                    .get(&id)
-                    .map_or(MemberState::Draining, |n| member_state(n.state)),
+                state: state.unwrap_or(MemberState::Draining),
                 shards_to_move: st.owned_by(id).len(),
             })
-        }
-        Ok(lockstep_cluster::state::Response::Rejected(w)) => {
-            error(StatusCode::CONFLICT, w.to_string())
-        }
-        Err(e) => unavailable(e.to_string()),
-    }
+        },
+    )
+    .await
 }
 
 /// Ends a drain: the node gets shards again (also after it restarted).
 pub(crate) async fn cluster_activate(State(app): State<App>, Path(node): Path<String>) -> Response {
+    set_node_state(
+        &app,
+        &node,
+        |id| Command::Activate { node: id },
+        |_, id, state| {
+            ok(ActivateReply {
+                node: id,
+                state: state.unwrap_or(MemberState::Active),
+            })
+        },
+    )
+    .await
+}
+
+/// Proposes `command` for the member `node` names; answers with `reply`
+/// of the state after it and the member's state there.
+async fn set_node_state(
+    app: &App,
+    node: &str,
+    command: impl FnOnce(u64) -> Command,
+    reply: impl FnOnce(&lockstep_cluster::state::ClusterState, u64, Option<MemberState>) -> Response,
+) -> Response {
     let cl = match cluster_of(&app.ctx) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let id = match member_id(cl, &node) {
+    let id = match member_id(cl, node) {
         Ok(id) => id,
         Err(r) => return r,
     };
-    match cl
-        .cp
-        .propose(lockstep_cluster::state::Command::Activate { node: id })
-        .await
-    {
+    match cl.cp.propose(command(id)).await {
         Ok(lockstep_cluster::state::Response::Done) => {
             let st = cl.state();
-            ok(ActivateReply {
-                node: id,
-                state: st
-                    .nodes
-                    .get(&id)
-                    .map_or(MemberState::Active, |n| member_state(n.state)),
-            })
+            let state = st.nodes.get(&id).map(|n| member_state(n.state));
+            reply(&st, id, state)
         }
         Ok(lockstep_cluster::state::Response::Rejected(w)) => {
             error(StatusCode::CONFLICT, w.to_string())

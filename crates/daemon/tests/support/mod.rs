@@ -407,3 +407,22 @@ impl TestPki {
         (c, k)
     }
 }
+
+/// Runs lockstepctl in-process with the test token and `args`: whether it
+/// succeeded, and what it printed (with its error, if any).
+pub fn run_ctl(args: &[&str]) -> (bool, String) {
+    run_ctl_as(TOKEN, args)
+}
+
+/// [`run_ctl`] with another token.
+pub fn run_ctl_as(token: &str, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["lockstepctl", "--token", token];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    let r = lockstep_ctl::run_args(argv, &mut out);
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if let Err(e) = &r {
+        text.push_str(&format!("lockstepctl: {e:#}"));
+    }
+    (r.is_ok(), text)
+}
