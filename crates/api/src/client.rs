@@ -74,6 +74,25 @@ pub fn path_segment(s: &str) -> String {
     out
 }
 
+/// The agent every client starts from: HTTP errors are answers, not
+/// errors; long requests (backfills) are allowed.
+fn agent_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .max_idle_connections_per_host(64)
+}
+
+/// `addr` as a base URL: a full `http://` or `https://` URL as given,
+/// `host:port` with `scheme`.
+fn base_url(addr: &str, scheme: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("{scheme}://{addr}")
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
@@ -85,13 +104,7 @@ impl Client {
     /// `addr` is `host:port` or a full `http://` URL (for `https://`, see
     /// [`Client::with_ca`]).
     pub fn new(addr: &str, token: &str) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(600)))
-            .max_idle_connections_per_host(64)
-            .build()
-            .into();
-        Client::with_agent(agent, addr, token)
+        Client::with_agent(agent_config().build().into(), addr, token)
     }
 
     /// A client over HTTPS that trusts `ca_pem` (PEM certificates: the CA
@@ -103,6 +116,11 @@ impl Client {
             addr: addr.to_string(),
             message,
         };
+        if addr.starts_with("http://") {
+            return Err(bad(
+                "a CA certificate is given for an http:// address: the token would cross in clear; use https:// or host:port".into(),
+            ));
+        }
         let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
             .filter_map(|item| match item {
                 Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
@@ -121,26 +139,9 @@ impl Client {
             ))
             .root_certs(RootCerts::Specific(std::sync::Arc::new(roots)))
             .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(600)))
-            .max_idle_connections_per_host(64)
-            .tls_config(tls)
-            .build()
-            .into();
-        if addr.starts_with("http://") {
-            return Err(bad(
-                "a CA certificate is given for an http:// address: the token would cross in clear; use https:// or host:port".into(),
-            ));
-        }
-        let base = if addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("https://{addr}")
-        };
         Ok(Client {
-            agent,
-            base,
+            agent: agent_config().tls_config(tls).build().into(),
+            base: base_url(addr, "https"),
             token: token.to_string(),
         })
     }
@@ -148,14 +149,9 @@ impl Client {
     /// A client on an existing agent (sharing its connection pool; the
     /// agent must not turn HTTP error statuses into errors).
     pub fn with_agent(agent: ureq::Agent, addr: &str, token: &str) -> Client {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{addr}")
-        };
         Client {
             agent,
-            base,
+            base: base_url(addr, "http"),
             token: token.to_string(),
         }
     }

@@ -111,8 +111,8 @@ pub struct ControlPlane {
     /// a ping from the coordinator, or (as coordinator) answers from a
     /// majority. See [`ControlPlane::since_contact`].
     contact: std::sync::Mutex<std::time::Instant>,
-    /// Set while a fresh member with seeds finds its cluster: it refuses
-    /// Raft votes then (see [`ControlPlane::bootstrap`]).
+    /// Set while a fresh member with seeds finds its cluster: it takes no
+    /// Raft call then (see [`ControlPlane::bootstrap`]).
     settling: std::sync::atomic::AtomicBool,
     /// Internal calls must come with a client certificate the CA signed.
     mutual_tls: bool,
@@ -395,12 +395,6 @@ impl ControlPlane {
             Some((_, addr)) => Ok(Some(addr)),
             None => Err(ClusterError::NoLeader),
         }
-    }
-
-    /// The client for calls to other nodes (its own pool; TLS as the
-    /// cluster is configured).
-    pub fn peer(&self) -> &Peer {
-        &self.peer
     }
 
     pub async fn shutdown(&self) {

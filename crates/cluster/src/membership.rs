@@ -27,29 +27,36 @@ pub(crate) struct Hello {
 pub(crate) struct HelloReply {
     pub node: NodeId,
     pub in_cluster: bool,
-    /// The Raft members it knows (voters and learners).
-    pub members: Vec<NodeId>,
-    pub cluster_id: String,
     /// The answering process's random number: a node that gets its own
     /// id back with another one has found a second process with its id.
     pub incarnation: u64,
 }
 
+/// A membership change's error: a leader that moved meanwhile is
+/// [`ClusterError::NoLeader`] (the caller retries).
+fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
+        e => ClusterError::Raft(e.to_string()),
+    }
+}
+
 impl ControlPlane {
     /// How a fresh member with seeds finds its cluster. Every round it
     /// asks each seed who it is ([`Hello`]):
-    /// - a seed in a cluster: this node joins through it; if that cluster
-    ///   already counts this node (its data directory was wiped), it
-    ///   rejoins: the leader drops its old Raft membership and adds it
-    ///   anew, so the votes it cast before it lost its disk cannot count
-    ///   twice;
-    /// - with `expect`: once `expect` nodes, none in a cluster, answer
-    ///   (this one included), the lowest-numbered of them founds the
-    ///   cluster alone and the others join it the next round (Consul's
-    ///   `bootstrap_expect`); a node with seeds never founds otherwise;
+    /// - a seed in a cluster: this node asks the leader through it to
+    ///   forget its old Raft membership, if the cluster counts it already
+    ///   (its data directory was wiped: [`ControlPlane::forget_member`]),
+    ///   then to add it;
+    /// - with `expect`: once every seed answers, none in a cluster, and at
+    ///   least `expect` nodes answer (this one included), the
+    ///   lowest-numbered of them founds the cluster alone and the others
+    ///   join it the next round (Consul's `bootstrap_expect`); a node with
+    ///   seeds never founds otherwise;
     /// - without `expect`: gives up after 30 s.
     ///
-    /// A seed that answers with this node's own id is this node.
+    /// A seed that answers with this node's own id and process is this
+    /// node; with another process, a duplicate id, and this node stops.
     ///
     /// Until it has been forgotten, the member takes no Raft call: a node
     /// that lost its disk lost the votes it cast (it must not vote again
@@ -245,12 +252,14 @@ impl ControlPlane {
     /// The answer to a fresh node's hello.
     pub(crate) fn hello_reply(&self) -> HelloReply {
         let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
         HelloReply {
             node: self.id,
-            in_cluster: membership.voter_ids().next().is_some(),
-            members: membership.nodes().map(|(id, _)| *id).collect(),
-            cluster_id: self.state().cluster_id.clone(),
+            in_cluster: m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some(),
             incarnation: self.incarnation,
         }
     }
@@ -260,10 +269,6 @@ impl ControlPlane {
     /// the votes it cast and the log it acknowledged. It then joins as a
     /// new member would (its replication starts over from nothing).
     pub(crate) async fn forget_member(&self, req: JoinRequest) -> Result<(), ClusterError> {
-        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
-            e => ClusterError::Raft(e.to_string()),
-        };
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
         let Some(known) = membership.get_node(&req.node).map(|n| n.addr.clone()) else {
@@ -319,14 +324,14 @@ impl ControlPlane {
             self.raft
                 .change_membership(openraft::ChangeMembers::ReplaceAllVoters(voters), false)
                 .await
-                .map_err(raft_err)?;
+                .map_err(write_err)?;
         }
         if self.raft_member(req.node) {
             let gone = [req.node].into_iter().collect();
             self.raft
                 .change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
                 .await
-                .map_err(raft_err)?;
+                .map_err(write_err)?;
         }
         Ok(())
     }
@@ -408,15 +413,11 @@ impl ControlPlane {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership().clone();
         let is_member = membership.get_node(&req.node).is_some();
-        let raft_err = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ClusterError::NoLeader,
-            e => ClusterError::Raft(e.to_string()),
-        };
         if !is_member {
             self.raft
                 .add_learner(req.node, node, true)
                 .await
-                .map_err(raft_err)?;
+                .map_err(write_err)?;
         } else if membership.get_node(&req.node) != Some(&node) {
             // a member back at a new address (its id is its identity): the
             // member list first, so every member's address book points
@@ -432,7 +433,7 @@ impl ControlPlane {
             self.raft
                 .change_membership(openraft::ChangeMembers::SetNodes(nodes), true)
                 .await
-                .map_err(raft_err)?;
+                .map_err(write_err)?;
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if !voters.contains(&req.node) && voters.len() < self.voters {
@@ -441,7 +442,7 @@ impl ControlPlane {
             self.raft
                 .change_membership(next, true)
                 .await
-                .map_err(raft_err)?;
+                .map_err(write_err)?;
         }
         self.propose(Command::Join {
             node: req.node,

@@ -125,11 +125,6 @@ impl Peer {
         }
     }
 
-    /// `http` or `https`: how the other nodes are reached.
-    pub fn scheme(&self) -> &'static str {
-        self.scheme
-    }
-
     /// POSTs `body` to `{scheme}://{addr}{path}`; returns the reply body of
     /// a 2xx answer.
     pub async fn post(&self, addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, CallError> {

@@ -185,8 +185,9 @@ pub struct Config {
     pub ingest_token: Option<String>,
     /// May only read features.
     pub serve_token: Option<String>,
-    /// HTTPS (and, with a CA, mutual TLS between nodes).
-    pub tls: Option<TlsFiles>,
+    /// HTTPS (and, with a CA, mutual TLS between nodes), its files read
+    /// and checked.
+    pub tls: Option<crate::tls::Tls>,
     pub pipeline: PathBuf,
     pub object_store: ObjectStoreUrl,
     pub checkpoint_interval: Duration,
@@ -199,18 +200,12 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
 }
 
-/// The TLS files (checked at load: they parse and go together).
+/// The TLS files, read once when the configuration is loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: Option<PathBuf>,
-}
-
-impl TlsFiles {
-    pub fn load(&self) -> Result<crate::tls::Tls, crate::tls::TlsError> {
-        crate::tls::load(&self.cert, &self.key, self.ca.as_deref())
-    }
 }
 
 /// Bounds on what one request may ask of a node (docs/operations.md,
@@ -695,7 +690,7 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
             "is required: the .sql file with CREATE TABLE and CREATE VIEW statements",
         )
     })?;
-    let tls = match (c.tls_cert, c.tls_key) {
+    let files = match (c.tls_cert, c.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert,
             key,
@@ -721,15 +716,18 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
         }
         (None, None) => None,
     };
-    if let Some(t) = &tls {
-        t.load().map_err(|e| invalid(e.key, e.message))?;
-        if c.cluster.is_some() && t.ca.is_none() {
-            return Err(invalid(
-                "tls_ca",
-                "is required in a cluster with TLS: the CA that signed every node's certificate (nodes call each other over TLS and check each other's certificate)",
-            ));
+    let tls = match files {
+        Some(files) => {
+            if c.cluster.is_some() && files.ca.is_none() {
+                return Err(invalid(
+                    "tls_ca",
+                    "is required in a cluster with TLS: the CA that signed every node's certificate (nodes call each other over TLS and check each other's certificate)",
+                ));
+            }
+            Some(crate::tls::load(files).map_err(|e| invalid(e.key, e.message))?)
         }
-    }
+        None => None,
+    };
     let object_store = match c.object_store {
         None => ObjectStoreUrl::Local(data_dir.join("objects")),
         Some(u) => parse_object_store(&u)?,

@@ -371,17 +371,7 @@ async fn start_cluster(
             message: e.to_string(),
         })?;
     // the client side of the cluster's mutual TLS (Raft and forwarding)
-    let tls = match &config.tls {
-        Some(t) => {
-            t.load()
-                .map_err(|e| StartError::Cluster {
-                    key: e.key,
-                    message: e.message,
-                })?
-                .client
-        }
-        None => None,
-    };
+    let tls = config.tls.as_ref().and_then(|t| t.client.clone());
     let cp = lockstep_cluster::ControlPlane::start_with(
         lockstep_cluster::CpConfig {
             node: c.raft_id,

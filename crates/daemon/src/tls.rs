@@ -9,6 +9,7 @@
 //!   Users' clients (lockstepctl, producers, model servers) need no
 //!   certificate: they present the API token as before.
 
+use crate::config::TlsFiles;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -17,6 +18,9 @@ use std::sync::Arc;
 /// A node's TLS settings, loaded and checked.
 #[derive(Clone)]
 pub struct Tls {
+    /// Where they were read from (two configurations are equal when they
+    /// name the same files).
+    pub files: TlsFiles,
     /// What the API listener presents and which client certificates it
     /// accepts.
     pub server: Arc<rustls::ServerConfig>,
@@ -28,10 +32,19 @@ pub struct Tls {
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
+            .field("files", &self.files)
             .field("mutual", &self.client.is_some())
             .finish()
     }
 }
+
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        self.files == other.files
+    }
+}
+
+impl Eq for Tls {}
 
 /// Why the TLS files cannot be used, with the config key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +91,9 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Loads `cert` (its chain), `key` and, if given, the CA.
-pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Tls, TlsError> {
+/// Loads the certificate (its chain), its key and, if given, the CA.
+pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
+    let (cert, key, ca) = (&files.cert, &files.key, files.ca.as_deref());
     let chain = certs("tls_cert", cert)?;
     let key_der = private_key(key)?;
     let provider = provider();
@@ -135,5 +149,6 @@ pub fn load(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Tls, TlsError>
     Ok(Tls {
         server: Arc::new(server),
         client,
+        files,
     })
 }

@@ -940,8 +940,23 @@ fn drain_a_node_add_a_fourth_and_kill_the_leader() {
                 Duration::from_secs(60),
                 |st| node_state(st, id) == "draining",
             );
-            std::thread::sleep(Duration::from_secs(2));
-            let st = c.get_json("/v1/cluster").unwrap();
+            // the coordinator has planned twice since it saw the node back
+            // (it opens a checkpoint epoch every second in the same loop)
+            let back_at = c.get_json("/v1/cluster").unwrap()["epoch"]
+                .as_u64()
+                .unwrap();
+            let start = Instant::now();
+            let st = loop {
+                let st = c.get_json("/v1/cluster").unwrap();
+                if st["epoch"].as_u64().unwrap() >= back_at + 2 {
+                    break st;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "no epoch opened: {st}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
             assert!(
                 node_state(&st, id) == "draining" && owns_none(&st, id),
                 "the restarted drained node got shards: {st}"

@@ -326,10 +326,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let routes = http::Routes::default();
     let app = routes.dispatcher();
     let limits = cfg.limits;
-    let tls = match &cfg.tls {
-        Some(t) => Some(t.load()?.server),
-        None => None,
-    };
+    let tls = cfg.tls.as_ref().map(|t| t.server.clone());
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = tokio::spawn(http::serve_tls(
         listener,

@@ -36,7 +36,7 @@ pub async fn serve(
 }
 
 /// [`serve`], over TLS when `tls` is given (HTTPS only: a plain-text
-/// client's connection is closed). The TLS handshake counts in
+/// client's connection is closed). The TLS handshake has its own
 /// `header_read_timeout`. A request on a connection whose client presented
 /// a certificate the node's CA signed carries [`ClientCertVerified`] (the
 /// internal routes require it under mutual TLS).
