@@ -79,6 +79,10 @@ pub struct FileKafka {
     /// librdkafka properties for every client (`"security.protocol" =
     /// "SSL"`, …); `--kafka-property k=v` adds or replaces one.
     pub properties: Option<std::collections::BTreeMap<String, String>>,
+    /// A Kafka client properties file (`key=value` lines, `#` comments),
+    /// read at start, under `properties`: keeps a SASL password out of the
+    /// config file and the command line (`--kafka-properties-file`).
+    pub properties_file: Option<PathBuf>,
 }
 
 /// `[cluster]` in the file; flags `--seeds`, `--cluster-secret`,
@@ -601,7 +605,42 @@ fn merge_kafka(flags: Option<&FileKafka>, file: Option<&FileKafka>) -> Option<Fi
     }
     Some(FileKafka {
         properties: Some(properties),
+        properties_file: flags
+            .and_then(|k| k.properties_file.clone())
+            .or_else(|| file.and_then(|k| k.properties_file.clone())),
     })
+}
+
+/// A Kafka client properties file, as Kafka's own tools take one:
+/// `key=value` per line (spaces around either trimmed), blank lines and
+/// lines starting with `#` or `!` skipped. `Err` names the line.
+fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // a properties file is a few lines; refuse to read a device or a dump
+    if meta.len() > 1 << 20 {
+        return Err(format!("{}: larger than 1 MiB", path.display()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                return Err(format!(
+                    "{} line {}: write key=value (`#` starts a comment)",
+                    path.display(),
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Parses a config file without validating values (unknown keys refused).
@@ -756,12 +795,15 @@ fn validate(c: FileConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
-    let properties: Vec<(String, String)> = c
-        .kafka
-        .and_then(|k| k.properties)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let kafka = c.kafka.unwrap_or_default();
+    let mut from_file = std::collections::BTreeMap::new();
+    if let Some(path) = &kafka.properties_file {
+        from_file
+            .extend(read_properties_file(path).map_err(|e| invalid("kafka.properties_file", e))?);
+    }
+    // the file's lines, then `properties` (and the flags') over them
+    from_file.extend(kafka.properties.unwrap_or_default());
+    let properties: Vec<(String, String)> = from_file.into_iter().collect();
     let cluster = match c.cluster {
         Some(cl) => {
             let mut cl = validate_cluster(cl, &node_id, listen)?;

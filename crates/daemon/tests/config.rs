@@ -377,3 +377,56 @@ fn kafka_properties_are_checked_at_start() {
         "{e}"
     );
 }
+
+/// A Kafka client properties file (`kafka.properties_file`,
+/// `--kafka-properties-file`) is read at start under `[kafka] properties`,
+/// which win key by key; a line that is not `key=value` is refused naming
+/// the key and the line, and its values go through the same checks.
+#[test]
+fn a_kafka_properties_file_is_read_under_the_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.properties");
+    std::fs::write(
+        &file,
+        "# SASL over TLS\n\nsecurity.protocol = SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n! also a comment\nsasl.username=feature-pipeline\nsasl.password=pa=ss word\nclient.rack=rack-file\n",
+    )
+    .unwrap();
+    let cluster = "[cluster]\nsecret = \"long-enough-secret\"\nkafka_brokers = \"k:9092\"\n";
+    let base = format!("{MINIMAL}node_id = \"node-1\"\n{cluster}");
+    let c = load_text(
+        &format!(
+            "{base}[kafka]\nproperties_file = {:?}\nproperties = {{ \"client.rack\" = \"rack-a\" }}\n",
+            file.display().to_string()
+        ),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let props = c.cluster.unwrap().kafka_properties;
+    for want in [
+        ("security.protocol", "SASL_SSL"),
+        ("sasl.mechanism", "SCRAM-SHA-512"),
+        ("sasl.password", "pa=ss word"),
+        ("client.rack", "rack-a"),
+    ] {
+        assert!(
+            props.contains(&(want.0.into(), want.1.into())),
+            "{want:?} in {props:?}"
+        );
+    }
+    std::fs::write(&file, "security.protocol=SSL\nnot a property line\n").unwrap();
+    let text = format!(
+        "{base}[kafka]\nproperties_file = {:?}\n",
+        file.display().to_string()
+    );
+    let e = load_text(&text, &Overrides::default()).unwrap_err();
+    assert!(
+        e.contains("kafka.properties_file") && e.contains("line 2"),
+        "{e}"
+    );
+    std::fs::write(&file, "acks=0\n").unwrap();
+    let e = load_text(&text, &Overrides::default()).unwrap_err();
+    assert!(e.contains("set by lockstep"), "{e}");
+    let missing = format!("{base}[kafka]\nproperties_file = \"/nonexistent/client.properties\"\n");
+    let e = load_text(&missing, &Overrides::default()).unwrap_err();
+    assert!(e.contains("kafka.properties_file"), "{e}");
+}

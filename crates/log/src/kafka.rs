@@ -17,7 +17,7 @@
 //! the reader.
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -181,7 +181,36 @@ pub struct OutRecord<'a> {
 #[derive(Clone)]
 pub struct KafkaLog {
     cfg: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<BrokerErrors>,
+    errors: BrokerErrors,
+}
+
+/// A client context that remembers the last specific error librdkafka
+/// reported (a refused TLS handshake, a failed SASL exchange), so that a
+/// start-up failure can say why instead of only "broker transport failure".
+#[derive(Clone, Default)]
+pub struct BrokerErrors {
+    last: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl BrokerErrors {
+    /// The last error that said more than "all brokers are down".
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl ClientContext for BrokerErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!("librdkafka: {error}: {reason}");
+        let generic = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        );
+        if !generic {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+    }
 }
 
 fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
@@ -205,15 +234,20 @@ impl KafkaLog {
             brokers: cfg.brokers.clone(),
             source,
         };
-        let producer: FutureProducer = base_config(&cfg, "producer")
+        let errors = BrokerErrors::default();
+        let producer: FutureProducer<BrokerErrors> = base_config(&cfg, "producer")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("message.timeout.ms", "30000")
-            .create()
+            .create_with_context(errors.clone())
             .map_err(kafka)?;
-        let log = KafkaLog { cfg, producer };
+        let log = KafkaLog {
+            cfg,
+            producer,
+            errors,
+        };
         log.ensure_topic().await?;
         Ok(log)
     }
@@ -337,9 +371,18 @@ impl KafkaLog {
             .producer
             .client()
             .fetch_metadata(None, Duration::from_secs(10))
-            .map_err(|source| KafkaLogError::Kafka {
-                brokers: self.cfg.brokers.clone(),
-                source,
+            .map_err(|source| match self.errors.last() {
+                // say why the brokers could not be reached (TLS, SASL)
+                Some(why) => KafkaLogError::Other {
+                    brokers: self.cfg.brokers.clone(),
+                    message: format!(
+                        "{source}; the last broker error was: {why} (TLS and SASL are set with kafka.properties or --kafka-property)"
+                    ),
+                },
+                None => KafkaLogError::Kafka {
+                    brokers: self.cfg.brokers.clone(),
+                    source,
+                },
             })?;
         Ok(md.brokers().len() as i32)
     }
@@ -787,6 +830,41 @@ mod tests {
                 None
             }
         }
+    }
+
+    /// librdkafka is built with TLS and SASL: the properties of a
+    /// SASL_SSL client with each mechanism lockstep documents are taken
+    /// (a build without them refuses `security.protocol=SASL_SSL`), and a
+    /// protected property or an unknown one is refused by name.
+    #[test]
+    fn tls_and_sasl_properties_are_built_in() {
+        let props = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            check_properties(&props(&[
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanism", mechanism),
+                ("sasl.username", "u"),
+                ("sasl.password", "p"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]))
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+        }
+        check_properties(&props(&[("security.protocol", "SSL")])).unwrap();
+        let e = check_properties(&props(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "NO-SUCH-MECH"),
+        ]))
+        .unwrap_err();
+        assert!(
+            e.contains("sasl.mechanism") || e.contains("NO-SUCH-MECH"),
+            "{e}"
+        );
+        let e = check_properties(&props(&[("acks", "1")])).unwrap_err();
+        assert!(e.contains("`acks`"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,10 @@ struct Args {
     /// (repeat it); over the file's `[kafka] properties`.
     #[arg(long = "kafka-property", value_name = "K=V")]
     kafka_property: Vec<String>,
+    /// Cluster: a Kafka client properties file (`key=value` lines), under
+    /// `--kafka-property`; keeps a SASL password off the command line.
+    #[arg(long = "kafka-properties-file", value_name = "FILE")]
+    kafka_properties_file: Option<std::path::PathBuf>,
     /// Cluster: the secret every node presents (or LOCKSTEP_CLUSTER_SECRET).
     #[arg(long)]
     cluster_secret: Option<String>,
@@ -181,9 +185,12 @@ fn main() -> ExitCode {
         }
     }
     let flags = Overrides {
-        kafka: (!kafka_properties.is_empty()).then_some(config::FileKafka {
-            properties: Some(kafka_properties),
-        }),
+        kafka: (!kafka_properties.is_empty() || a.kafka_properties_file.is_some()).then_some(
+            config::FileKafka {
+                properties: Some(kafka_properties),
+                properties_file: a.kafka_properties_file,
+            },
+        ),
         node_id: a.node_id,
         data_dir: a.data_dir,
         listen: a.listen,
