@@ -24,21 +24,27 @@ pub struct ClusterBenchArgs {
     pub events: u64,
     pub users: u64,
     pub dir: PathBuf,
+    /// The nodes' `--checkpoint-interval`.
+    pub checkpoint_interval: String,
 }
 
 const VIEW_PATH: &str = "/v1/views/user_ad_features/features";
 
-struct Nodes {
-    nodes: Vec<LocalNode>,
+pub(crate) struct Nodes {
+    pub(crate) nodes: Vec<LocalNode>,
 }
 
 impl Nodes {
-    fn cluster(&self, i: usize) -> anyhow::Result<Json> {
+    pub(crate) fn cluster(&self, i: usize) -> anyhow::Result<Json> {
         Ok(self.nodes[i].client().get_json("/v1/cluster")?)
     }
 }
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(crate) fn wait(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while !f() {
         if start.elapsed() > timeout {
@@ -49,7 +55,7 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::R
     Ok(())
 }
 
-fn start_node(
+pub(crate) fn start_node(
     a: &ClusterBenchArgs,
     i: usize,
     seeds: &str,
@@ -70,7 +76,7 @@ fn start_node(
     if !seeds.is_empty() {
         flags.push(("seeds", seeds));
     }
-    LocalNode::start_with(&dir, sql, "5 seconds", &flags)
+    LocalNode::start_with(&dir, sql, &a.checkpoint_interval, &flags)
 }
 
 /// One key per shard, for probing each shard's serving.
@@ -113,7 +119,7 @@ fn owned_by(st: &Json, node: u64) -> Vec<usize> {
 }
 
 /// Total processed and partition end over the nodes' own shards.
-fn progress(nodes: &Nodes) -> (u64, u64) {
+pub(crate) fn progress(nodes: &Nodes) -> (u64, u64) {
     let (mut p, mut e) = (0, 0);
     for i in 0..nodes.nodes.len() {
         if let Ok(st) = nodes.cluster(i) {
@@ -434,7 +440,7 @@ fn restart(
     )
 }
 
-fn cpu_seconds(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|st| {
@@ -448,7 +454,7 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
 }
 
 /// Processes whose command name is `name` (the local broker, if any).
-fn pids_named(name: &str) -> Vec<u32> {
+pub(crate) fn pids_named(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -461,7 +467,7 @@ fn pids_named(name: &str) -> Vec<u32> {
 }
 
 /// Waits until every node owns its share and no shard is moving.
-fn wait_balanced(nodes: &Nodes, shards: u32) -> anyhow::Result<()> {
+pub(crate) fn wait_balanced(nodes: &Nodes, shards: u32) -> anyhow::Result<()> {
     wait("a balanced shard map", Duration::from_secs(120), || {
         nodes.cluster(0).is_ok_and(|st| {
             let o = owners(&st);

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_cluster;
+pub mod bench_soak;
 pub mod gen;
 pub mod node;
 pub mod pipeline;

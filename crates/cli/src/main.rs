@@ -88,8 +88,12 @@ enum Cmd {
     /// --addr, or start a local one. `cluster`: three local nodes on the
     /// broker at --kafka-brokers: ingest through the broker next to a bare
     /// consumer, failover after SIGKILL, unavailability during a drain.
+    /// `soak`: three local nodes on the broker at --kafka-brokers
+    /// checkpointing every --checkpoint-interval (100 ms) under --rate
+    /// events/s for --seconds (1800: a day of 5 s checkpoints), sampling the
+    /// replicated state's size, apply latency, snapshot size and memory.
     Bench {
-        #[arg(value_parser = ["batch", "memory", "ingest", "serve", "cluster"])]
+        #[arg(value_parser = ["batch", "memory", "ingest", "serve", "cluster", "soak"])]
         what: String,
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -114,12 +118,19 @@ enum Cmd {
         /// ingest/serve: concurrent connections.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// serve: requests per second.
-        #[arg(long, default_value_t = 5000)]
-        rate: u64,
-        /// serve: how long to run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        /// serve: requests per second (default 5000); soak: events per
+        /// second (default 2000).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// serve: how long to run (default 10); soak: (default 1800).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// soak: the nodes' checkpoint interval.
+        #[arg(long, default_value = "100 milliseconds")]
+        checkpoint_interval: String,
+        /// soak: seconds between samples (default: 30 samples in all).
+        #[arg(long)]
+        sample_every: Option<u64>,
         /// cluster: the Kafka bootstrap servers.
         #[arg(long, env = "LOCKSTEP_KAFKA_BROKERS")]
         kafka_brokers: Option<String>,
@@ -206,6 +217,8 @@ fn main() -> ExitCode {
             threads,
             rate,
             seconds,
+            checkpoint_interval,
+            sample_every,
             kafka_brokers,
         } => match what.as_str() {
             "memory" => bench::bench_memory(events),
@@ -216,10 +229,28 @@ fn main() -> ExitCode {
                         events,
                         users,
                         dir,
+                        checkpoint_interval: "5 seconds".into(),
                     },
                 ),
                 None => Err(anyhow::anyhow!(
                     "bench cluster needs --kafka-brokers host:port (a Kafka-protocol broker)"
+                )),
+            },
+            "soak" => match kafka_brokers {
+                Some(brokers) => {
+                    let seconds = seconds.unwrap_or(1800);
+                    lockstep_cli::bench_soak::bench_soak(&lockstep_cli::bench_soak::SoakArgs {
+                        brokers,
+                        seconds,
+                        rate: rate.unwrap_or(2000),
+                        users,
+                        checkpoint_interval,
+                        sample_every: sample_every.unwrap_or((seconds / 30).max(5)),
+                        dir,
+                    })
+                }
+                None => Err(anyhow::anyhow!(
+                    "bench soak needs --kafka-brokers host:port (a Kafka-protocol broker)"
                 )),
             },
             "ingest" | "serve" => {
@@ -230,8 +261,8 @@ fn main() -> ExitCode {
                     users,
                     batch,
                     threads,
-                    rate,
-                    seconds,
+                    rate: rate.unwrap_or(5000),
+                    seconds: seconds.unwrap_or(10),
                     dir,
                 };
                 if what == "ingest" {

@@ -246,6 +246,12 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// What the state machine measures of itself (apply time, snapshot
+    /// size), for `/metrics`.
+    pub fn sm_stats(&self) -> store::SmStats {
+        self.sm.stats.clone()
+    }
+
     /// The replicated state as this member has applied it.
     pub fn state(&self) -> Arc<ClusterState> {
         self.sm.state()

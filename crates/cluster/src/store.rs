@@ -272,12 +272,50 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// What the state machine measures of itself, for `/metrics`: cheap to
+/// clone (the clones share their values).
+#[derive(Clone)]
+pub struct SmStats {
+    /// Seconds to apply one batch of committed entries and publish the
+    /// resulting state.
+    pub apply_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Bytes of the last snapshot this member built or installed.
+    pub snapshot_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SmStats {
+    #[cfg(test)]
+    fn apply_seconds_count(&self) -> u64 {
+        let mut text = String::new();
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("a", "a", self.apply_seconds.clone());
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix("a_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for SmStats {
+    fn default() -> Self {
+        SmStats {
+            // 1 µs .. ~0.5 s
+            apply_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-6, 2.0, 20),
+            ),
+            snapshot_bytes: Default::default(),
+        }
+    }
+}
+
 /// The state machine: [`ClusterState`] plus Raft's bookkeeping.
 #[derive(Clone)]
 pub struct StateMachine {
     data: Arc<std::sync::Mutex<SmData>>,
     meta: sled::Tree,
     watch: Arc<watch::Sender<Arc<ClusterState>>>,
+    pub(crate) stats: SmStats,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
     /// Orders snapshot writes: openraft builds snapshots in a task that may
     /// race an install, and an older snapshot must never replace a newer one.
@@ -286,12 +324,16 @@ pub struct StateMachine {
 
 impl StateMachine {
     fn load(meta: sled::Tree) -> Result<StateMachine, SErr> {
+        let stats = SmStats::default();
         let data = match meta
             .get(SNAPSHOT)
             .map_err(|e| StorageIOError::read(io(e)))?
         {
             Some(b) => {
                 let s: StoredSnapshot = dec(&b).map_err(StorageIOError::read)?;
+                stats
+                    .snapshot_bytes
+                    .store(s.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 dec_sm(&s.data).map_err(StorageIOError::read)?
             }
             None => SmData::default(),
@@ -301,6 +343,7 @@ impl StateMachine {
             data: Arc::new(std::sync::Mutex::new(data)),
             meta,
             watch: Arc::new(tx),
+            stats,
             snapshots_built: Arc::new(Default::default()),
             snapshot_write: Default::default(),
         })
@@ -348,6 +391,9 @@ impl StateMachine {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::write_snapshot(sig, io(e)))?;
+        self.stats
+            .snapshot_bytes
+            .store(s.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 }
@@ -397,6 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         let state = {
             let mut d = self.lock();
@@ -414,6 +461,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Arc::new(d.state.clone())
         };
         self.publish(state);
+        self.stats
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(out)
     }
 
@@ -469,6 +519,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use openraft::testing::{StoreBuilder, Suite};
+    use std::sync::atomic::Ordering;
 
     struct Builder;
 
@@ -501,10 +552,16 @@ mod tests {
             at_ms: 0,
         };
         let mut rx = sm.subscribe();
+        assert_eq!(sm.stats.apply_seconds_count(), 0);
         sm.apply([entry(1, init)]).await.unwrap();
+        assert_eq!(sm.stats.apply_seconds_count(), 1, "an apply is timed");
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().shards, 3);
-        sm.build_snapshot().await.unwrap();
+        assert_eq!(sm.stats.snapshot_bytes.load(Ordering::Relaxed), 0);
+        let snap = sm.build_snapshot().await.unwrap();
+        let built = snap.snapshot.into_inner().len() as u64;
+        assert!(built > 0);
+        assert_eq!(sm.stats.snapshot_bytes.load(Ordering::Relaxed), built);
         drop(sm);
         // sled's background threads let go of the directory's lock a
         // moment after the last handle is dropped
@@ -518,6 +575,8 @@ mod tests {
         }
         let (_, mut sm) = reopened.unwrap();
         assert_eq!(sm.state().shards, 3);
+        // the stored snapshot's size is known again at start
+        assert_eq!(sm.stats.snapshot_bytes.load(Ordering::Relaxed), built);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
     }

@@ -611,16 +611,30 @@ fn merge_kafka(flags: Option<&FileKafka>, file: Option<&FileKafka>) -> Option<Fi
     })
 }
 
-/// A Kafka client properties file, as Kafka's own tools take one:
+/// A Kafka client properties file: librdkafka property names, one
 /// `key=value` per line (spaces around either trimmed), blank lines and
-/// lines starting with `#` or `!` skipped. `Err` names the line.
+/// lines starting with `#` or `!` skipped; no escapes or continuations.
+/// At most 1 MiB of a regular file (a device or a FIFO is refused, not
+/// read). `Err` names the line, never a value.
 fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // a properties file is a few lines; refuse to read a device or a dump
-    if meta.len() > 1 << 20 {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let at = |e: std::io::Error| format!("{}: {e}", path.display());
+    // metadata follows symlinks (Kubernetes mounts Secrets through them)
+    if !std::fs::metadata(path).map_err(at)?.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(at)?
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(at)?;
+    if bytes.len() as u64 > MAX {
         return Err(format!("{}: larger than 1 MiB", path.display()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -628,12 +642,17 @@ fn read_properties_file(path: &Path) -> Result<Vec<(String, String)>, String> {
             continue;
         }
         match line.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
+            // librdkafka's names are dotted words: a `:` or a space in
+            // the key is a `key: value` line, which this format is not
+            Some((k, v))
+                if !k.trim().is_empty()
+                    && !k.trim().contains(|c: char| c == ':' || c.is_whitespace()) =>
+            {
                 out.push((k.trim().to_string(), v.trim().to_string()))
             }
             _ => {
                 return Err(format!(
-                    "{} line {}: write key=value (`#` starts a comment)",
+                    "{} line {}: write key=value with a librdkafka property name (`#` starts a comment)",
                     path.display(),
                     i + 1
                 ))

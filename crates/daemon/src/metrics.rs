@@ -46,6 +46,10 @@ pub struct Metrics {
     pub control_plane_state_bytes: Gauge,
     /// Cluster: members in the cluster state, by state.
     pub members_down: Gauge,
+    /// Cluster: bytes of the last control-plane snapshot.
+    pub raft_snapshot_bytes: Gauge,
+    /// Cluster: control-plane log entries not yet purged.
+    pub raft_log_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,8 @@ impl Metrics {
             raft_applied_index: Gauge::default(),
             control_plane_state_bytes: Gauge::default(),
             members_down: Gauge::default(),
+            raft_snapshot_bytes: Gauge::default(),
+            raft_log_entries: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry");
@@ -212,8 +218,29 @@ impl Metrics {
                 "Cluster: members the coordinator has marked down",
                 m.members_down.clone(),
             );
+            r.register(
+                "raft_snapshot_bytes",
+                "Cluster: bytes of the last control-plane snapshot this member built or installed",
+                m.raft_snapshot_bytes.clone(),
+            );
+            r.register(
+                "raft_log_entries",
+                "Cluster: control-plane log entries this member keeps (a snapshot lets it purge older ones)",
+                m.raft_log_entries.clone(),
+            );
         }
         m
+    }
+
+    /// Registers what only a cluster member measures: the time its state
+    /// machine takes to apply committed entries.
+    pub fn register_control_plane(&self, stats: &lockstep_cluster::store::SmStats) {
+        let mut r = self.registry.lock().expect("metrics registry");
+        r.register(
+            "raft_apply_seconds",
+            "Cluster: seconds to apply one batch of committed control-plane entries and publish the state",
+            stats.apply_seconds.clone(),
+        );
     }
 
     pub fn render(&self) -> String {

@@ -263,6 +263,9 @@ impl Node {
             store_id,
             config,
         });
+        if let Some(cl) = &ctx.cluster {
+            ctx.metrics.register_control_plane(&cl.cp.sm_stats());
+        }
         let (supervisor, _) = Actor::spawn(None, Supervisor, ctx.clone())
             .await
             .map_err(|e| StartError::Actors(e.to_string()))?;

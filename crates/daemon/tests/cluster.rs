@@ -1069,6 +1069,10 @@ fn nodes_started_together_form_one_cluster_and_a_wiped_node_rejoins() {
         assert!(gauge(c, "lockstep_raft_term") >= 1.0);
         assert!(gauge(c, "lockstep_control_plane_state_bytes") > 100.0);
         assert_eq!(gauge(c, "lockstep_members_down"), 0.0);
+        // every member applied the log so far (membership, assignments)
+        // and keeps it: nothing snapshotted and purged yet
+        assert!(gauge(c, "lockstep_raft_apply_seconds_count") >= 1.0);
+        assert!(gauge(c, "lockstep_raft_log_entries") >= 3.0);
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     // 50 minutes of events: rows become final past the 15-minute label

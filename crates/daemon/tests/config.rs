@@ -429,4 +429,24 @@ fn a_kafka_properties_file_is_read_under_the_properties() {
     let missing = format!("{base}[kafka]\nproperties_file = \"/nonexistent/client.properties\"\n");
     let e = load_text(&missing, &Overrides::default()).unwrap_err();
     assert!(e.contains("kafka.properties_file"), "{e}");
+    // a `key: value` line is not read as the key `sasl.password: a`
+    std::fs::write(&file, "sasl.password: a=hunter2\n").unwrap();
+    let e = load_text(&text, &Overrides::default()).unwrap_err();
+    assert!(e.contains("line 1") && !e.contains("hunter2"), "{e}");
+    // a misspelt key or a Java-only property is refused without its value
+    for line in [
+        "sasl.passwrd=hunter2",
+        "sasl.jaas.config=password=\"hunter2\";",
+    ] {
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        let e = load_text(&text, &Overrides::default()).unwrap_err();
+        assert!(
+            e.contains("kafka.properties") && !e.contains("hunter2"),
+            "{line}: {e}"
+        );
+    }
+    // a device is not read (it has no end)
+    let dev = format!("{base}[kafka]\nproperties_file = \"/dev/zero\"\n");
+    let e = load_text(&dev, &Overrides::default()).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
 }

@@ -143,7 +143,14 @@ pub fn check_properties(props: &[(String, String)]) -> Result<(), String> {
     }
     c.create::<rdkafka::producer::BaseProducer>()
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            // librdkafka's words and the key, never the value: it may be
+            // a password (a misspelt key, a Java-only property)
+            KafkaError::ClientConfig(_, desc, key, _) => {
+                format!("`{key}`: {desc} (value not shown)")
+            }
+            e => e.to_string(),
+        })
 }
 
 /// A record read from a shard's partition.

@@ -177,8 +177,15 @@ fn main() -> ExitCode {
                 kafka_properties.insert(k.trim().to_string(), v.to_string());
             }
             _ => {
+                // the text may hold a secret: show only what precedes a
+                // separator a user may have meant
+                let shown: String = kv
+                    .chars()
+                    .take_while(|c| !matches!(c, ':' | ' '))
+                    .take(64)
+                    .collect();
                 say(&format!(
-                    "flag `--kafka-property {kv}`: write KEY=VALUE, e.g. --kafka-property security.protocol=SSL"
+                    "flag `--kafka-property {shown}…`: write KEY=VALUE, e.g. --kafka-property security.protocol=SSL"
                 ));
                 return ExitCode::from(2);
             }

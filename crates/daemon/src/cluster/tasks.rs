@@ -147,7 +147,16 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // leases hang on them)
     tokio::spawn(heartbeat(ctx.clone(), cl.clone(), live.clone()));
     let mut moves = decide::Moves::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // four rounds a second, or as often as checkpoint epochs are due (a
+    // 100 ms checkpoint interval got only four epochs a second)
+    let mut tick = tokio::time::interval(
+        Duration::from_millis(250).min(
+            ctx.config
+                .checkpoint_interval
+                .max(Duration::from_millis(10)),
+        ),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if ctx.stopping.load(Ordering::Relaxed) {

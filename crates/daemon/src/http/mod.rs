@@ -396,6 +396,18 @@ async fn metrics(State(app): State<App>) -> Response {
             .set(i64::from(raft.current_leader == Some(cl.id)));
         m.raft_applied_index
             .set(raft.last_applied.map_or(0, |l| l.index) as i64);
+        // entries kept: those after the last purged one
+        let first = raft.purged.map_or(0, |l| l.index + 1);
+        m.raft_log_entries.set(
+            raft.last_log_index
+                .map_or(0, |last| (last + 1).saturating_sub(first)) as i64,
+        );
+        m.raft_snapshot_bytes.set(
+            cl.cp
+                .sm_stats()
+                .snapshot_bytes
+                .load(std::sync::atomic::Ordering::Relaxed) as i64,
+        );
         let st = cl.cp.state();
         let bytes = {
             let mut cached = cl.state_bytes.lock().expect("state bytes");

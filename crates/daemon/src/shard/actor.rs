@@ -103,7 +103,7 @@ impl Actor for ShardActor {
             ShardMsg::Compact {
                 target_bytes,
                 reply,
-            } => w.start_compaction(mode, &me, target_bytes, reply),
+            } => w.start_compaction(mode, &me, target_bytes, false, reply),
             ShardMsg::CompactSwap {
                 group,
                 merged,

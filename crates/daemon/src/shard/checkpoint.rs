@@ -190,16 +190,17 @@ impl ShardWorker {
     }
 
     /// Keeps the manifest short: once it holds more than
-    /// `auto_compact_segments` segments, the small ones are merged (up to
-    /// 64 MiB each, in the background, as `segments compact` does), so the
-    /// replicated state grows with the data, not with the checkpoints.
+    /// `auto_compact_segments` segments, runs of segments of like size are
+    /// merged (up to 64 MiB each, in the background; tiered, so a large
+    /// segment is not copied again at every compaction), so the replicated
+    /// state grows with the data, not with the checkpoints.
     pub(super) fn compact_if_long(&mut self, mode: &dyn ShardMode, me: &ActorRef<ShardMsg>) {
         let limit = self.ctx.config.auto_compact_segments;
         if limit == 0 || self.compacting || self.segments.len() <= limit {
             return;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.start_compaction(mode, me, AUTO_COMPACT_TARGET_BYTES, tx);
+        self.start_compaction(mode, me, AUTO_COMPACT_TARGET_BYTES, true, tx);
         let (shard, me) = (self.shard, me.clone());
         tokio::spawn(async move {
             match rx.await {

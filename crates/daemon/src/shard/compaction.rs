@@ -11,7 +11,8 @@ use super::{err, CompactReport, Reply, ShardError, ShardMode, ShardMsg, ShardWor
 
 use crate::node::NodeCtx;
 use crate::segments::{
-    self, plan_compaction, read_segment_chunks, ObjectWriter, SegmentError, SegmentInfo,
+    self, plan_compaction, plan_tiered_compaction, read_segment_chunks, ObjectWriter, SegmentError,
+    SegmentInfo,
 };
 use lockstep_core::Schema;
 use ractor::ActorRef;
@@ -40,11 +41,14 @@ impl ShardWorker {
     /// starts it in a task; `reply` is answered when every run is merged
     /// and swapped in (or the first failure). One compaction per shard at
     /// a time.
+    /// `tiered`: automatic compaction's plan ([`plan_tiered_compaction`]);
+    /// otherwise every small run is merged (`segments compact`).
     pub fn start_compaction(
         &mut self,
         mode: &dyn ShardMode,
         me: &ActorRef<ShardMsg>,
         target_bytes: u64,
+        tiered: bool,
         reply: Reply<CompactReport>,
     ) {
         let shard = self.shard;
@@ -54,7 +58,7 @@ impl ShardWorker {
             ))));
             return;
         }
-        let merges = self.plan_merges(mode, target_bytes);
+        let merges = self.plan_merges(mode, target_bytes, tiered);
         let before = self.segments.len();
         if merges.is_empty() {
             let _ = reply.send(Ok(CompactReport {
@@ -93,10 +97,10 @@ impl ShardWorker {
         });
     }
 
-    fn plan_merges(&self, mode: &dyn ShardMode, target_bytes: u64) -> Vec<Merge> {
+    fn plan_merges(&self, mode: &dyn ShardMode, target_bytes: u64, tiered: bool) -> Vec<Merge> {
         let mut by_stream: HashMap<(String, String), Vec<SegmentInfo>> = HashMap::new();
         for s in &self.segments {
-            if s.kind == "raw" || s.kind == "training" {
+            if matches!(s.kind.as_str(), "raw" | "training" | "late" | "dead") {
                 by_stream
                     .entry((s.kind.clone(), s.name.clone()))
                     .or_default()
@@ -108,8 +112,14 @@ impl ShardWorker {
         let tag = mode.compaction_tag();
         let mut merges = Vec::new();
         for ((kind, name), segs) in streams {
+            // late events and dead letters: JSON lines, one segment per
+            // checkpoint that had any (never merged before: the manifest
+            // grew with them)
+            let lines = kind == "late" || kind == "dead";
             let (schema, format) = if kind == "raw" {
                 (None, segments::RAW_EXT)
+            } else if lines {
+                (None, "jsonl")
             } else {
                 match self.pipe.view_index(&name) {
                     Some(v) => (Some(self.pipe.view(v).output.clone()), "parquet"),
@@ -122,7 +132,12 @@ impl ShardWorker {
                 Some(tag) => self.ctx.ext(&format!("{tag}.{format}")),
                 None => self.ctx.ext(format),
             };
-            for group in plan_compaction(&segs, target_bytes) {
+            let groups = if tiered || lines {
+                plan_tiered_compaction(&segs, target_bytes, lines)
+            } else {
+                plan_compaction(&segs, target_bytes)
+            };
+            for group in groups {
                 merges.push(Merge {
                     kind: kind.clone(),
                     name: name.clone(),
@@ -257,7 +272,8 @@ fn merge(
         segments::STREAM_PART_BYTES,
     );
     let (out, rows) = match &m.schema {
-        None => merge_raw(rt, store.as_ref(), &m.group, out)?,
+        None if m.kind == "raw" => merge_raw(rt, store.as_ref(), &m.group, out)?,
+        None => merge_lines(rt, store.as_ref(), &m.group, out)?,
         Some(schema) => {
             std::fs::create_dir_all(spool).map_err(|e| spool_error(spool, e))?;
             let mut w = lockstep_io::ParquetStream::new(&path, schema, out)?;
@@ -329,6 +345,30 @@ fn merge_raw(
         }
     }
     Ok((out, total))
+}
+
+/// JSON-lines segments (late events, dead letters) concatenate: each
+/// part's lines in turn, a part that does not end its last line given its
+/// newline.
+fn merge_lines(
+    rt: &tokio::runtime::Handle,
+    store: &dyn object_store::ObjectStore,
+    group: &[SegmentInfo],
+    mut out: ObjectWriter,
+) -> Result<(ObjectWriter, u64), SegmentError> {
+    for s in group {
+        let mut last = b'\n';
+        read_segment_chunks(rt, store, s, &mut |c| {
+            if let Some(&b) = c.last() {
+                last = b;
+            }
+            out.write_all(c).map_err(SegmentError::Upload)
+        })?;
+        if last != b'\n' {
+            out.write_all(b"\n").map_err(SegmentError::Upload)?;
+        }
+    }
+    Ok((out, group.iter().map(|s| s.rows).sum()))
 }
 
 fn damaged(s: &SegmentInfo, message: String) -> SegmentError {

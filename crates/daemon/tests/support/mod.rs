@@ -9,7 +9,7 @@ use lockstep_gen::{GenConfig, Generator};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-123";
 pub const SQL: &str = include_str!("../../../../config/ad_features.sql");
@@ -239,16 +239,39 @@ impl Drop for Daemon {
 /// Runs lockstepd on `data_dir` with `args`, expects it to refuse to start,
 /// and returns what it printed.
 pub fn lockstepd_refuses(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstepd"))
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--token")
         .arg(TOKEN)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "lockstepd started with {args:?}");
-    String::from_utf8(out.stderr).unwrap()
+    // read stderr meanwhile: a node that logs a lot must not block on it
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).map(|_| s)
+    });
+    // a node that unexpectedly starts fails the test instead of hanging it
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lockstepd with {args:?} was still running after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap().unwrap();
+    assert!(!status.success(), "lockstepd started with {args:?}");
+    err
 }
 
 /// Generated events as rows of `ad_events`.
