@@ -132,8 +132,13 @@ impl ShardWorker {
                 Some(tag) => self.ctx.ext(&format!("{tag}.{format}")),
                 None => self.ctx.ext(format),
             };
+            // training ranges have gaps where a checkpoint's first events
+            // made no row (late ones): merging across them keeps a gap
+            // from holding its run apart for good (the soak's manifests
+            // grew by it); raw slices must stay contiguous
+            let gaps_ok = lines || kind == "training";
             let groups = if tiered || lines {
-                plan_tiered_compaction(&segs, target_bytes, lines)
+                plan_tiered_compaction(&segs, target_bytes, gaps_ok)
             } else {
                 plan_compaction(&segs, target_bytes)
             };
