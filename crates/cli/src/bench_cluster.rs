@@ -132,27 +132,62 @@ pub(crate) fn progress(nodes: &Nodes) -> (u64, u64) {
     (p, e)
 }
 
-pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
-    if a.dir.exists() {
-        std::fs::remove_dir_all(&a.dir)?;
+/// What a benchmark on a broker starts from: a fresh `dir` holding the
+/// canonical pipeline, its table, and a new topic (named `prefix-…`) for it
+/// on `brokers`, connected.
+pub(crate) struct BrokerBench {
+    pub(crate) sql: PathBuf,
+    pub(crate) table: lockstep_core::Table,
+    pub(crate) topic: String,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) log: KafkaLog,
+}
+
+pub(crate) fn prepare(
+    dir: &std::path::Path,
+    brokers: &str,
+    prefix: &str,
+) -> anyhow::Result<BrokerBench> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
     }
-    std::fs::create_dir_all(&a.dir)?;
-    let sql = a.dir.join("ad_features.sql");
+    std::fs::create_dir_all(dir)?;
+    let sql = dir.join("ad_features.sql");
     std::fs::write(&sql, crate::gen::CANONICAL_SQL)?;
     let catalog = crate::pipeline::compile(crate::gen::CANONICAL_SQL, "canonical pipeline")?;
     let table = catalog.tables[0].clone();
-    let shards = table.shards;
     let topic = format!(
-        "bench-{}-{}",
+        "{prefix}-{}-{}",
         std::process::id(),
         lockstep_daemon::clock::now_ms()
     );
     let rt = tokio::runtime::Runtime::new()?;
     let log = rt
         .block_on(KafkaLog::connect(KafkaConfig::new(
-            &a.brokers, &topic, shards, "bench",
+            brokers,
+            &topic,
+            table.shards,
+            prefix,
         )))
-        .with_context(|| format!("connecting to Kafka at {}", a.brokers))?;
+        .with_context(|| format!("connecting to Kafka at {brokers}"))?;
+    Ok(BrokerBench {
+        sql,
+        table,
+        topic,
+        rt,
+        log,
+    })
+}
+
+pub fn bench_cluster(a: &ClusterBenchArgs) -> anyhow::Result<()> {
+    let BrokerBench {
+        sql,
+        table,
+        topic,
+        rt,
+        log,
+    } = prepare(&a.dir, &a.brokers, "bench")?;
+    let shards = table.shards;
 
     // 1. the cluster, balanced over three nodes, on the empty topic
     let mut nodes = Nodes { nodes: Vec::new() };

@@ -8,10 +8,10 @@
 //! default 5 s (17,280).
 
 use crate::bench_cluster::{
-    cpu_seconds, pids_named, progress, start_node, wait, wait_balanced, ClusterBenchArgs, Nodes,
+    cpu_seconds, pids_named, prepare, progress, start_node, wait, wait_balanced, BrokerBench,
+    ClusterBenchArgs, Nodes,
 };
-use anyhow::Context;
-use lockstep_log::kafka::{KafkaConfig, KafkaLog, OutRecord};
+use lockstep_log::kafka::OutRecord;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -137,26 +137,14 @@ pub fn bench_soak(a: &SoakArgs) -> anyhow::Result<()> {
             "bench soak needs --rate of at least 10 events/s, --seconds and --sample-every above 0"
         );
     }
-    if a.dir.exists() {
-        std::fs::remove_dir_all(&a.dir)?;
-    }
-    std::fs::create_dir_all(&a.dir)?;
-    let sql = a.dir.join("ad_features.sql");
-    std::fs::write(&sql, crate::gen::CANONICAL_SQL)?;
-    let catalog = crate::pipeline::compile(crate::gen::CANONICAL_SQL, "canonical pipeline")?;
-    let table = catalog.tables[0].clone();
+    let BrokerBench {
+        sql,
+        table,
+        topic,
+        rt: _rt,
+        log,
+    } = prepare(&a.dir, &a.brokers, "soak")?;
     let shards = table.shards;
-    let topic = format!(
-        "soak-{}-{}",
-        std::process::id(),
-        lockstep_daemon::clock::now_ms()
-    );
-    let rt = tokio::runtime::Runtime::new()?;
-    let log = rt
-        .block_on(KafkaLog::connect(KafkaConfig::new(
-            &a.brokers, &topic, shards, "soak",
-        )))
-        .with_context(|| format!("connecting to Kafka at {}", a.brokers))?;
     let cargs = ClusterBenchArgs {
         brokers: a.brokers.clone(),
         events: 0,
