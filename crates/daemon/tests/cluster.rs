@@ -434,6 +434,34 @@ impl Cluster {
         self.egress[x].cut(others);
     }
 
+    /// Cuts node `x`'s calls to the other nodes, one way: theirs still
+    /// reach it (it answers pings and hears the Raft log), but it can
+    /// propose nothing and forward nothing.
+    fn cut_outgoing(&self, x: usize) {
+        let others = (0..self.proxies.len())
+            .filter(|&j| j != x)
+            .flat_map(|j| [self.proxies[j].addr.clone(), self.proxy_target(j)])
+            .collect();
+        self.egress[x].cut(others);
+    }
+
+    /// The length of node `i`'s log so far.
+    fn log_len(&self, i: usize) -> usize {
+        std::fs::read_to_string(self.dir(i).join("lockstepd.log"))
+            .unwrap_or_default()
+            .len()
+    }
+
+    /// Node `i`'s log lines after byte `from`.
+    fn log_since(&self, i: usize, from: usize) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir(i).join("lockstepd.log")).unwrap_or_default();
+        log.get(from..)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     fn heal(&self, x: usize) {
         self.proxies[x].heal();
         self.egress[x].heal();
@@ -525,6 +553,7 @@ fn ingest(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::StdRn
 
 fn ingest_once(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::StdRng) {
     let start = Instant::now();
+    let mut last;
     loop {
         let live = cluster.live();
         let c = &live[rng.random_range(0..live.len())];
@@ -535,17 +564,19 @@ fn ingest_once(cluster: &Cluster, body: &[u8], key: &str, rng: &mut rand::rngs::
             &[("Idempotency-Key", key)],
         ) {
             Ok(r) if r.status == 200 => return,
-            Ok(r) if r.status == 503 => {}
+            Ok(r) if r.status == 503 => {
+                last = format!("{}: 503 {}", c.base(), String::from_utf8_lossy(&r.body));
+            }
             Ok(r) => panic!(
                 "ingest: HTTP {}: {}",
                 r.status,
                 String::from_utf8_lossy(&r.body)
             ),
-            Err(_) => {}
+            Err(e) => last = format!("{}: {e}", c.base()),
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "no node took batch {key}\n{}",
+            "no node took batch {key}; the last answer: {last}\n{}",
             cluster.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -698,12 +729,21 @@ impl Drop for SeedGuard {
 /// Starts a 3-node cluster, streams `n` events in batches through random
 /// live nodes, calling `fault(batch index, cluster)` before each batch, and
 /// checks exactly-once at the end.
-fn scenario(n: u64, mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand::rngs::StdRng)) {
+fn scenario(n: u64, fault: impl FnMut(usize, usize, &mut Cluster, &mut rand::rngs::StdRng)) {
+    scenario_with(n, &[], fault)
+}
+
+/// [`scenario`], every node started with `flags` too.
+fn scenario_with(
+    n: u64,
+    flags: &[(&str, &str)],
+    mut fault: impl FnMut(usize, usize, &mut Cluster, &mut rand::rngs::StdRng),
+) {
     let Some(env) = env() else { return };
     let seed = seed();
     let _guard = SeedGuard(seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut cluster = Cluster::start(env, 3);
+    let mut cluster = Cluster::start_with_flags(env, 3, flags);
     cluster.wait_state(
         "every shard owned by a live node",
         Duration::from_secs(60),
@@ -1478,6 +1518,100 @@ fn a_paused_node_answers_nothing_stale_and_is_ready_again() {
             );
         }
     });
+}
+
+/// The number after `key` in a log line (`shard: 3`).
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// A move whose owner cannot hand off is given up, planned again, and at
+/// its second time out forced. The owner's calls to the other nodes are
+/// cut one way while it is drained: it still answers pings and hears the
+/// Raft log (so it is not marked down), but cannot commit its last
+/// checkpoint nor propose the hand-off, nor even restart a shard. Past
+/// `cluster.move_timeout` the coordinator cancels each stuck move and the
+/// planner starts it again; the second time out gives the shard to the
+/// move's target without a hand-off (a new owner epoch fences the old
+/// owner). So the drain completes while the cut lasts, ingest goes on
+/// through the others (a key whose shard the cut node held could not be
+/// taken before), and the run stays exactly once.
+#[test]
+fn a_stalled_move_is_given_up_then_forced() {
+    // the node cut one way
+    let mut cut: Option<usize> = None;
+    scenario_with(
+        6000,
+        &[("move-timeout", "2 seconds")],
+        |i, n, cluster, rng| {
+            if i == n / 3 {
+                let x = a_follower_owning_shards(cluster, rng);
+                let id = x as u64 + 1;
+                let logged: Vec<usize> = (0..3).map(|j| cluster.log_len(j)).collect();
+                cluster.cut_outgoing(x);
+                let c = cluster.nodes[(x + 1) % 3].client();
+                let r = c
+                    .request(
+                        "POST",
+                        &format!("/v1/cluster/nodes/node-{id}/drain"),
+                        Some(b""),
+                        &[],
+                    )
+                    .unwrap();
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                // drained while the cut lasts: never marked down
+                cluster.wait_state(
+                    "the one-way cut node drained",
+                    Duration::from_secs(90),
+                    |st| {
+                        let state = node_state(st, id);
+                        assert_ne!(state, "down", "the cut node was taken for dead: {st}");
+                        state == "draining" && owns_none(st, id)
+                    },
+                );
+                // the coordinators' logs: a move given up, started again,
+                // then the same shard forced to its target
+                let lines: Vec<String> = (0..3)
+                    .filter(|&j| j != x)
+                    .flat_map(|j| cluster.log_since(j, logged[j]))
+                    .collect();
+                let forced: Vec<u64> = lines
+                    .iter()
+                    .filter(|l| l.contains("never handed off") && l.contains("Assign"))
+                    .filter_map(|l| number_after(l, "shard: "))
+                    .collect();
+                assert!(!forced.is_empty(), "no move was forced\n{}", cluster.logs());
+                let shard = forced[0];
+                let given_up = lines.iter().position(|l| {
+                    l.contains("given up") && l.contains(&format!("CancelMove {{ shard: {shard}, "))
+                });
+                let again = given_up.and_then(|k| {
+                    lines[k..].iter().position(|l| {
+                        l.contains("rebalance")
+                            && l.contains(&format!("StartMove {{ shard: {shard}, to: "))
+                    })
+                });
+                assert!(
+                    again.is_some(),
+                    "shard {shard} was forced without being given up and started again first\n{}",
+                    cluster.logs()
+                );
+                eprintln!("shard {shard}'s move off node-{id}: given up, started again, forced");
+                cut = Some(x);
+            }
+            if i == 2 * n / 3 {
+                let x = cut.take().unwrap();
+                cluster.egress[x].heal();
+                let id = x as u64 + 1;
+                // healed, it stays draining and gets nothing back
+                cluster.wait_state("the healed node back", Duration::from_secs(60), |st| {
+                    node_state(st, id) == "draining" && owns_none(st, id)
+                });
+            }
+        },
+    );
 }
 
 #[test]

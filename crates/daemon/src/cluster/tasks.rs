@@ -233,11 +233,19 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             }
         }
         for cmd in moves.stuck(&st, now, cl.move_timeout) {
-            tracing::warn!(
-                ?cmd,
-                "a shard move took longer than {:?}: given up",
-                cl.move_timeout
-            );
+            if matches!(cmd, Command::Assign { .. }) {
+                tracing::warn!(
+                    ?cmd,
+                    "a shard move took longer than {:?} a second time: its owner never handed off, so its target takes the shard without a hand-off (from the last committed checkpoint)",
+                    cl.move_timeout
+                );
+            } else {
+                tracing::warn!(
+                    ?cmd,
+                    "a shard move took longer than {:?}: given up",
+                    cl.move_timeout
+                );
+            }
             let _ = cl.cp.propose(cmd).await;
         }
         let st = cl.state();
