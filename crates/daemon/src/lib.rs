@@ -22,6 +22,7 @@ pub mod local_store;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
+pub mod plant;
 pub mod segments;
 pub mod shard;
 pub mod store;

@@ -382,6 +382,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         node.ctx.pipeline().view_names.join(", "),
         if clustered { ", cluster member" } else { "" }
     );
+    if let Some(p) = lockstep_daemon::plant::planted() {
+        tracing::warn!("LOCKSTEP_DEBUG_PLANT is set: this node will {p:?} one record (a test switch: never set it on a real node)");
+    } else if std::env::var_os("LOCKSTEP_DEBUG_PLANT").is_some() {
+        tracing::warn!("LOCKSTEP_DEBUG_PLANT is set and ignored: only debug builds have it");
+    }
     server.await??;
     // the API router holds the ingest writer's queue: dropping it lets the
     // writer finish what it has and exit

@@ -17,15 +17,34 @@ impl ShardWorker {
     pub(super) fn apply(&mut self, offset: u64, row: &[Value]) {
         // Kafka offsets may skip (transaction markers), never go back
         debug_assert!(offset >= self.next_offset);
+        let strike = crate::plant::strike();
+        if let Some(p) = strike {
+            tracing::warn!(
+                shard = self.shard,
+                offset,
+                "LOCKSTEP_DEBUG_PLANT: the planted bug strikes this record ({p:?})"
+            );
+            if p == crate::plant::Plant::Drop {
+                self.next_offset = offset + 1;
+                return;
+            }
+        }
         if let Value::Timestamp(t) = row[self.ctx.table.time] {
             self.times = (self.times.0.min(t), self.times.1.max(t));
         }
-        let out = self
-            .engine
-            .push_to_shard(self.shard, row, &mut self.emitted);
-        if let Outcome::Late { watermark, .. } = out {
-            self.late.push((offset, watermark, row.to_vec()));
-            self.ctx.metrics.late.inc();
+        let times = if strike == Some(crate::plant::Plant::Duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..times {
+            let out = self
+                .engine
+                .push_to_shard(self.shard, row, &mut self.emitted);
+            if let Outcome::Late { watermark, .. } = out {
+                self.late.push((offset, watermark, row.to_vec()));
+                self.ctx.metrics.late.inc();
+            }
         }
         for e in self.emitted.drain(..) {
             self.training[e.view].push(e.row);

@@ -1,0 +1,451 @@
+//! The cluster under test as the harness drives it: its nodes (started
+//! together with the same flags, as an operator's service manager does),
+//! the client targets, and the faults carried out on it.
+
+use crate::faults::{Fault, Step};
+use crate::procs::{Node, NodeSpec};
+use crate::workload::{Clients, Targets};
+use anyhow::{bail, Context};
+use lockstep_api::{Client, ClusterStatus, MemberState};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A node the workload and the monitor may talk to.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: String,
+    pub addr: String,
+    pub pid: Option<u32>,
+}
+
+/// What one fault step did, for the verdict and the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultRecord {
+    pub index: usize,
+    pub fault: Fault,
+    pub nodes: Vec<String>,
+    /// Seconds since the run started.
+    pub started: f64,
+    pub healed: f64,
+    /// When every node was ready again (`None`: not within the bound).
+    pub recovered: Option<f64>,
+    /// Filled in from the history at the end: the longest time within the
+    /// fault and its recovery with no acknowledged ingest, or no served
+    /// answer, and when each resumed after the heal.
+    pub unavailable_seconds: f64,
+    pub ingest_resumed_after_heal: Option<f64>,
+    pub serving_resumed_after_heal: Option<f64>,
+    pub note: String,
+}
+
+pub struct Cluster {
+    pub spec: NodeSpec,
+    pub root: PathBuf,
+    /// Members, in ordinal order.
+    pub nodes: Vec<Node>,
+    /// Nodes drained and removed (their directories stay).
+    pub removed: Vec<Node>,
+    pub targets: Targets,
+    pub probes: Arc<RwLock<Vec<Target>>>,
+    pub admin: Clients,
+    next_ordinal: usize,
+}
+
+impl Cluster {
+    /// `n` nodes numbered from 0, started at once, each with every node's
+    /// address as its seeds and `--bootstrap-expect n`.
+    pub fn start(spec: NodeSpec, root: PathBuf, n: usize) -> anyhow::Result<Cluster> {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(Node::new(i, &root)?);
+        }
+        let seeds = nodes
+            .iter()
+            .map(|n| n.ingress.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        for node in &mut nodes {
+            node.launch(&spec, &seeds)?;
+        }
+        for node in &mut nodes {
+            node.wait_up(Duration::from_secs(60))?;
+        }
+        let admin = Clients::with_timeout(&spec.token, Duration::from_secs(30));
+        let c = Cluster {
+            spec,
+            root,
+            nodes,
+            removed: Vec::new(),
+            targets: Arc::new(RwLock::new(Vec::new())),
+            probes: Arc::new(RwLock::new(Vec::new())),
+            admin,
+            next_ordinal: n,
+        };
+        c.update_targets();
+        Ok(c)
+    }
+
+    /// Tells the workload and the monitor where the members are now.
+    pub fn update_targets(&self) {
+        let live: Vec<Target> = self
+            .nodes
+            .iter()
+            .map(|n| Target {
+                id: n.id(),
+                addr: n.listen.clone(),
+                pid: n.pid(),
+            })
+            .collect();
+        *self.targets.write().expect("targets") = live
+            .iter()
+            .map(|t| (t.id.clone(), t.addr.clone()))
+            .collect();
+        *self.probes.write().expect("probes") = live;
+    }
+
+    fn client(&self, i: usize) -> Client {
+        self.admin.at(&self.nodes[i].listen)
+    }
+
+    /// The cluster as the members that answer see it: the first answer,
+    /// and every answer.
+    pub fn states(&self) -> Vec<ClusterStatus> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.running() && !n.paused)
+            .filter_map(|(i, _)| {
+                Clients::with_timeout(&self.spec.token, Duration::from_secs(3))
+                    .at(&self.nodes[i].listen)
+                    .cluster()
+                    .ok()
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// The member that leads, as the first member to answer says.
+    pub fn leader(&self) -> Option<usize> {
+        let id = self.states().into_iter().find_map(|s| s.leader)?;
+        self.nodes.iter().position(|n| n.ordinal as u64 == id)
+    }
+
+    /// Fails if a member's process ended on its own.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            if n.died() {
+                bail!(
+                    "{}; see {}",
+                    n.exited.clone().unwrap_or_default(),
+                    n.log().display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every member's address, for `--seeds`.
+    fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.ingress.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every member runs and is ready (`/readyz`), every
+    /// shard has an owner and is not moving, no member is down, and there
+    /// are as many voters as the cluster keeps (3, or every member of a
+    /// smaller one).
+    pub fn wait_recovered(&mut self, bound: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let probe = Clients::with_timeout(&self.spec.token, Duration::from_secs(3));
+        let mut why = String::new();
+        let voters = self.nodes.len().min(3);
+        while start.elapsed() < bound {
+            self.check_alive()?;
+            let ready = self.nodes.iter().all(|n| {
+                n.running()
+                    && probe
+                        .at(&n.listen)
+                        .request("GET", "/readyz", None, &[])
+                        .is_ok_and(|r| r.status == 200)
+            });
+            let states = self.states();
+            let placed = states.first().is_some_and(|s| {
+                s.shards
+                    .iter()
+                    .all(|sh| sh.owner.is_some() && sh.moving_to.is_none())
+                    && s.nodes.iter().all(|m| m.state != MemberState::Down)
+            });
+            let voting = states
+                .first()
+                .is_some_and(|s| s.nodes.iter().filter(|m| m.voter).count() >= voters);
+            if ready && placed && voting {
+                return Ok(start.elapsed());
+            }
+            why = format!("every node ready: {ready}; every shard placed and no member down: {placed}; {voters} voters: {voting}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!("the cluster did not recover within {bound:?} ({why})")
+    }
+
+    /// Waits until, for every shard, its owner has processed its whole
+    /// log, its watermark has reached `min_watermark_ms` (the closing
+    /// events were read), and its committed checkpoint covers the log.
+    pub fn wait_committed(&self, bound: Duration, min_watermark_ms: i64) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let probe = Clients::with_timeout(&self.spec.token, Duration::from_secs(5));
+        let mut why = String::new();
+        while start.elapsed() < bound {
+            let statuses: Vec<lockstep_api::NodeStatus> = self
+                .nodes
+                .iter()
+                .filter_map(|n| probe.at(&n.listen).status().ok())
+                .collect();
+            let committed = self.states().into_iter().next();
+            let mut behind = Vec::new();
+            if let Some(c) = &committed {
+                for sh in &c.shards {
+                    let st = statuses
+                        .iter()
+                        .flat_map(|s| &s.shards)
+                        .find(|x| x.shard == sh.shard);
+                    let ok = st.is_some_and(|st| {
+                        st.lag == 0
+                            && st.offset == st.log_end
+                            && st
+                                .watermark
+                                .as_deref()
+                                .and_then(crate::workload::parse_rfc3339)
+                                .is_some_and(|w| w >= min_watermark_ms)
+                            && sh.checkpoint.as_ref().map(|c| c.offset) == Some(st.log_end)
+                    });
+                    if !ok {
+                        behind.push(format!(
+                            "{}: {}",
+                            sh.shard,
+                            st.map_or("no owner answers".to_string(), |st| format!(
+                                "offset {} of {}, watermark {:?}, checkpoint {:?}",
+                                st.offset,
+                                st.log_end,
+                                st.watermark,
+                                sh.checkpoint.as_ref().map(|c| c.offset)
+                            ))
+                        ));
+                    }
+                }
+                if behind.is_empty() {
+                    return Ok(());
+                }
+            }
+            why = behind.join("; ");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!("the checkpoints did not cover the log within {bound:?}: {why}")
+    }
+
+    fn pick(&self, step: &Step) -> usize {
+        step.pick as usize % self.nodes.len()
+    }
+
+    /// Carries out one step: the fault, held for `step.hold`, then healed.
+    /// Returns the nodes it acted on and a note.
+    pub fn inject(
+        &mut self,
+        step: &Step,
+        healed: &mut dyn FnMut(),
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        let hold = step.hold;
+        match step.fault {
+            Fault::Kill | Fault::LeaderKill => {
+                let i = if step.fault == Fault::LeaderKill {
+                    self.leader().context("no leader to kill")?
+                } else {
+                    self.pick(step)
+                };
+                self.nodes[i].kill();
+                self.update_targets();
+                std::thread::sleep(hold);
+                let (spec, seeds) = (self.spec.clone(), self.seeds());
+                self.nodes[i].set_seeds(&seeds);
+                self.nodes[i].restart(&spec)?;
+                self.nodes[i].wait_up(Duration::from_secs(60))?;
+                self.update_targets();
+                healed();
+                Ok((vec![self.nodes[i].id()], "SIGKILL, restarted".into()))
+            }
+            Fault::Pause => {
+                let i = self.pick(step);
+                self.nodes[i].pause()?;
+                std::thread::sleep(hold);
+                self.nodes[i].resume()?;
+                healed();
+                Ok((vec![self.nodes[i].id()], "SIGSTOP, SIGCONT".into()))
+            }
+            Fault::Partition => {
+                let i = self.pick(step);
+                self.nodes[i].ingress.cut();
+                self.nodes[i].egress.cut();
+                std::thread::sleep(hold);
+                self.nodes[i].ingress.heal();
+                self.nodes[i].egress.heal();
+                healed();
+                Ok((vec![self.nodes[i].id()], "cut off both ways".into()))
+            }
+            Fault::OneWay => {
+                let i = self.pick(step);
+                self.nodes[i].ingress.cut();
+                std::thread::sleep(hold);
+                self.nodes[i].ingress.heal();
+                healed();
+                Ok((
+                    vec![self.nodes[i].id()],
+                    "its calls go out, none come in".into(),
+                ))
+            }
+            Fault::Latency => {
+                for n in &self.nodes {
+                    n.ingress.delay(30, 60);
+                }
+                std::thread::sleep(hold);
+                for n in &self.nodes {
+                    n.ingress.heal();
+                }
+                healed();
+                Ok((
+                    self.nodes.iter().map(Node::id).collect(),
+                    "30–90 ms on every chunk into each node".into(),
+                ))
+            }
+            Fault::RollingRestart => {
+                let (spec, seeds) = (self.spec.clone(), self.seeds());
+                for i in 0..self.nodes.len() {
+                    // a node that does not end cleanly on SIGTERM (its
+                    // final checkpoint) is a finding
+                    if !self.nodes[i].stop(Duration::from_secs(60))? {
+                        bail!(
+                            "{} did not exit cleanly within 60 s of SIGTERM; see {}",
+                            self.nodes[i].id(),
+                            self.nodes[i].log().display()
+                        );
+                    }
+                    self.update_targets();
+                    self.nodes[i].set_seeds(&seeds);
+                    self.nodes[i].restart(&spec)?;
+                    self.nodes[i].wait_up(Duration::from_secs(60))?;
+                    self.update_targets();
+                    self.wait_recovered(Duration::from_secs(120))
+                        .with_context(|| format!("after restarting {}", self.nodes[i].id()))?;
+                }
+                healed();
+                Ok((
+                    self.nodes.iter().map(Node::id).collect(),
+                    "each node SIGTERMed (exit 0) and started again in turn".into(),
+                ))
+            }
+            Fault::DrainAdd => self.drain_add(step),
+        }
+    }
+
+    /// Drains the picked node, stops and removes it, and adds a new one.
+    fn drain_add(&mut self, step: &Step) -> anyhow::Result<(Vec<String>, String)> {
+        let i = self.pick(step);
+        let id = self.nodes[i].id();
+        let via = (i + 1) % self.nodes.len();
+        let ordinal = self.nodes[i].ordinal as u64;
+        self.post_until_ok(via, &format!("/v1/cluster/nodes/{id}/drain"), "drain")?;
+        let start = Instant::now();
+        loop {
+            let drained = self.states().first().is_some_and(|s| {
+                s.shards
+                    .iter()
+                    .all(|sh| sh.owner != Some(ordinal) && sh.moving_to != Some(ordinal))
+            });
+            if drained {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("{id} still owns shards 120 s after its drain");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut gone = self.nodes.remove(i);
+        self.update_targets();
+        if !gone.stop(Duration::from_secs(60))? {
+            bail!(
+                "the drained {id} did not exit cleanly within 60 s of SIGTERM; see {}",
+                gone.log().display()
+            );
+        }
+        // nothing reaches its old address any more
+        gone.ingress.cut();
+        // removed once the others see it down (409 until then)
+        self.post_until_ok(0, &format!("/v1/cluster/nodes/{id}/remove"), "remove")?;
+        self.removed.push(gone);
+        let mut added = Node::new(self.next_ordinal, &self.root)?;
+        self.next_ordinal += 1;
+        let seeds = self
+            .nodes
+            .iter()
+            .map(|n| n.ingress.addr.clone())
+            .chain(std::iter::once(added.ingress.addr.clone()))
+            .collect::<Vec<_>>()
+            .join(",");
+        added.launch(&self.spec, &seeds)?;
+        added.wait_up(Duration::from_secs(60))?;
+        let new_id = added.id();
+        let new_ordinal = added.ordinal as u64;
+        self.nodes.push(added);
+        self.update_targets();
+        for n in &mut self.nodes {
+            n.set_seeds(&seeds);
+        }
+        // it takes shards (the planner balances onto it)
+        let start = Instant::now();
+        while !self
+            .states()
+            .first()
+            .is_some_and(|s| s.shards.iter().any(|sh| sh.owner == Some(new_ordinal)))
+        {
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("the added {new_id} owns no shard after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok((
+            vec![id.clone(), new_id.clone()],
+            format!("{id} drained, stopped and removed; {new_id} added"),
+        ))
+    }
+
+    /// POSTs to member `via` until it answers 200, retrying other answers
+    /// (a 503 in an election, a 409 until a stopped node is seen down) for
+    /// up to 120 s.
+    fn post_until_ok(&self, via: usize, path: &str, what: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let r = self.client(via).request("POST", path, Some(b""), &[]);
+            if r.as_ref().is_ok_and(|r| r.status == 200) {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let why = match r {
+                    Ok(r) => format!("HTTP {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                    Err(e) => e.to_string(),
+                };
+                bail!("{what} ({path}) not done within 120 s: {why}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops every node gracefully.
+    pub fn stop_all(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.stop(Duration::from_secs(30));
+        }
+    }
+}

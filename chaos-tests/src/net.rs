@@ -1,0 +1,337 @@
+//! The harness's network between nodes. Every node advertises the address
+//! of an [`Ingress`] proxy in front of it, so the others reach it only
+//! through that, and sends its own node-to-node calls (Raft, pings,
+//! forwarding) through an [`Egress`] HTTP proxy (`LOCKSTEP_PEER_PROXY`).
+//! Cutting one, the other or both makes a partition, a one-way partition;
+//! a delay on both adds latency. Clients of the harness (ingest, serving)
+//! go to the node's own address, not through these.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a proxy does to the traffic through it now.
+#[derive(Default)]
+struct Shape {
+    /// Refuse new connections (open ones were broken when it was set).
+    cut: AtomicBool,
+    /// Added to every chunk relayed, in milliseconds, plus up to `jitter`.
+    delay_ms: AtomicU64,
+    jitter_ms: AtomicU64,
+    /// Advances the jitter (no RNG shared between threads).
+    tick: AtomicU64,
+}
+
+impl Shape {
+    fn pause(&self) {
+        let d = self.delay_ms.load(Ordering::Relaxed);
+        if d == 0 {
+            return;
+        }
+        let j = self.jitter_ms.load(Ordering::Relaxed);
+        let t = self.tick.fetch_add(1, Ordering::Relaxed);
+        // a cheap spread over 0..=j (Weyl sequence)
+        let extra = if j == 0 {
+            0
+        } else {
+            t.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40 & 0xFFFF_FFFF
+        } % (j + 1);
+        std::thread::sleep(Duration::from_millis(d + extra));
+    }
+}
+
+/// The open connections of a proxy, so a cut can break them.
+#[derive(Clone, Default)]
+struct Conns {
+    open: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Conns {
+    /// Relays `a` ⇄ `b` on two threads until either side closes.
+    fn relay(&self, a: TcpStream, b: TcpStream, shape: Arc<Shape>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (Ok(a2), Ok(b2), Ok(kept)) = (a.try_clone(), b.try_clone(), a.try_clone()) else {
+            return;
+        };
+        self.open.lock().expect("conns").insert(id, kept);
+        let s2 = shape.clone();
+        std::thread::spawn(move || pump(b2, a2, &s2));
+        let open = self.open.clone();
+        std::thread::spawn(move || {
+            pump(a, b, &shape);
+            open.lock().expect("conns").remove(&id);
+        });
+    }
+
+    fn break_all(&self) {
+        for s in self.open.lock().expect("conns").values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Copies `from` to `to`, delaying each chunk as `shape` says; closes both
+/// ways at the end.
+fn pump(mut from: TcpStream, mut to: TcpStream, shape: &Shape) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        shape.pause();
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+/// A TCP proxy in front of a node: the address the node advertises.
+pub struct Ingress {
+    pub addr: String,
+    target: Arc<Mutex<String>>,
+    shape: Arc<Shape>,
+    conns: Conns,
+}
+
+impl Ingress {
+    pub fn start(target: &str) -> anyhow::Result<Ingress> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let target = Arc::new(Mutex::new(target.to_string()));
+        let shape = Arc::new(Shape::default());
+        let conns = Conns::default();
+        let (t, s, c) = (target.clone(), shape.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if s.cut.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let to = t.lock().expect("target").clone();
+                let (s, c) = (s.clone(), c.clone());
+                // connected off the accept loop: a paused node's full
+                // backlog must not hold connections to it after it resumes
+                std::thread::spawn(move || {
+                    let out = to
+                        .parse()
+                        .ok()
+                        .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).ok());
+                    match out {
+                        Some(out) => c.relay(inbound, out, s),
+                        None => {
+                            let _ = inbound.shutdown(Shutdown::Both);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Ingress {
+            addr,
+            target,
+            shape,
+            conns,
+        })
+    }
+
+    /// The node listens elsewhere now (restarted on a new port).
+    pub fn retarget(&self, target: &str) {
+        *self.target.lock().expect("target") = target.to_string();
+    }
+
+    pub fn cut(&self) {
+        self.shape.cut.store(true, Ordering::SeqCst);
+        self.conns.break_all();
+    }
+
+    pub fn delay(&self, ms: u64, jitter: u64) {
+        self.shape.delay_ms.store(ms, Ordering::Relaxed);
+        self.shape.jitter_ms.store(jitter, Ordering::Relaxed);
+    }
+
+    pub fn heal(&self) {
+        self.shape.cut.store(false, Ordering::SeqCst);
+        self.delay(0, 0);
+    }
+}
+
+/// The HTTP proxy a node sends its node-to-node calls through
+/// (`CONNECT host:port` for TLS, absolute-form requests for plain HTTP).
+pub struct Egress {
+    pub url: String,
+    shape: Arc<Shape>,
+    conns: Conns,
+}
+
+impl Egress {
+    pub fn start() -> anyhow::Result<Egress> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let shape = Arc::new(Shape::default());
+        let conns = Conns::default();
+        let (s, c) = (shape.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (s, c) = (s.clone(), c.clone());
+                std::thread::spawn(move || egress_conn(client, s, &c));
+            }
+        });
+        Ok(Egress { url, shape, conns })
+    }
+
+    pub fn cut(&self) {
+        self.shape.cut.store(true, Ordering::SeqCst);
+        self.conns.break_all();
+    }
+
+    pub fn delay(&self, ms: u64, jitter: u64) {
+        self.shape.delay_ms.store(ms, Ordering::Relaxed);
+        self.shape.jitter_ms.store(jitter, Ordering::Relaxed);
+    }
+
+    pub fn heal(&self) {
+        self.shape.cut.store(false, Ordering::SeqCst);
+        self.delay(0, 0);
+    }
+}
+
+/// One proxied connection: reads the request head, connects to its host
+/// (a cut proxy drops the connection, as a partitioned network would),
+/// then relays.
+fn egress_conn(mut client: TcpStream, shape: Arc<Shape>, conns: &Conns) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return;
+        }
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let _ = client.set_read_timeout(None);
+    if shape.cut.load(Ordering::SeqCst) {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut first = text.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let connect = method.eq_ignore_ascii_case("CONNECT");
+    let host = if connect {
+        target.to_string()
+    } else {
+        target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let Ok(mut server) = TcpStream::connect(&host) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    if connect {
+        if client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    } else if server.write_all(&head).is_err() {
+        return;
+    }
+    conns.relay(client, server, shape);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo_server() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn round_trip(addr: &str) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf)?;
+        Ok(buf.to_vec())
+    }
+
+    #[test]
+    fn an_ingress_relays_until_cut_and_again_once_healed() {
+        let p = Ingress::start(&echo_server()).unwrap();
+        assert_eq!(round_trip(&p.addr).unwrap(), b"ping");
+        let mut open = TcpStream::connect(&p.addr).unwrap();
+        open.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        open.read_exact(&mut one).unwrap();
+        p.cut();
+        // the open connection is broken, a new one gets nothing back
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = open.write_all(b"y");
+        assert!(matches!(open.read(&mut one), Ok(0) | Err(_)));
+        assert!(round_trip(&p.addr).is_err());
+        p.heal();
+        assert_eq!(round_trip(&p.addr).unwrap(), b"ping");
+    }
+
+    #[test]
+    fn an_egress_tunnels_connect_and_drops_everything_when_cut() {
+        let target = echo_server();
+        let e = Egress::start().unwrap();
+        let proxy = e.url.trim_start_matches("http://").to_string();
+        let tunnel = |proxy: &str| -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect(proxy)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b)? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"));
+            s.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf)?;
+            Ok(buf.to_vec())
+        };
+        assert_eq!(tunnel(&proxy).unwrap(), b"ping");
+        e.cut();
+        assert!(tunnel(&proxy).is_err());
+        e.heal();
+        assert_eq!(tunnel(&proxy).unwrap(), b"ping");
+    }
+}

