@@ -385,6 +385,18 @@ impl ControlPlane {
         }
     }
 
+    /// Why this member's Raft stopped for good (a storage error: a full
+    /// or failed disk), if it did. It cannot recover in this process.
+    pub fn fatal(&self) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+    }
+
     /// The last log index this member has applied to its state.
     pub fn applied_index(&self) -> u64 {
         self.raft

@@ -17,6 +17,7 @@ pub mod backfill;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod fatal;
 pub mod http;
 pub mod local_store;
 pub mod metrics;

@@ -518,7 +518,7 @@ fn start_flusher(
                 eprintln!(
                     "lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known"
                 );
-                std::process::exit(70);
+                std::process::exit(crate::fatal::EXIT_STORAGE);
             }
         })
         .map(|_| ())

@@ -22,9 +22,20 @@ const EXTRA_ENTRY: u8 = b'd';
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     #[error("state store holds an undecodable record ({what}): {message}")]
     Decode { what: &'static str, message: String },
+}
+
+impl From<sled::Error> for StoreError {
+    /// An I/O error of the state store is not one an operation can get
+    /// past (sled keeps it): the node stops (crate::fatal).
+    fn from(e: sled::Error) -> StoreError {
+        if crate::fatal::is_io(&e) {
+            crate::fatal::storage_failed(&format!("the state store: {e}"));
+        }
+        StoreError::Sled(e)
+    }
 }
 
 pub use lockstep_api::CheckpointInfo;

@@ -23,7 +23,20 @@ pub fn start_tasks(
     supervisor: ActorRef<crate::shard::SupMsg>,
 ) {
     tokio::spawn(ownership(ctx.clone(), cl.clone(), supervisor));
+    tokio::spawn(raft_watch(cl.clone()));
     tokio::spawn(coordinator(ctx, cl));
+}
+
+/// Stops the node when its Raft stopped for good (its storage failed):
+/// see crate::fatal.
+async fn raft_watch(cl: Arc<ClusterCtx>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some(why) = cl.cp.fatal() {
+            crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
+        }
+    }
 }
 
 /// Keeps the local shard actors in line with the replicated shard map.
@@ -147,6 +160,8 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // leases hang on them)
     tokio::spawn(heartbeat(ctx.clone(), cl.clone(), live.clone()));
     let mut moves = decide::Moves::default();
+    // how long this coordinator has seen the current epoch (monotonic)
+    let mut epoch_clock = decide::EpochClock::default();
     // four rounds a second, or as often as checkpoint epochs are due (a
     // 100 ms checkpoint interval got only four epochs a second)
     let mut tick = tokio::time::interval(
@@ -165,6 +180,7 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
         if !cl.cp.is_leader() {
             // a new coordinator gives moves under way a whole timeout
             moves = decide::Moves::default();
+            epoch_clock = decide::EpochClock::default();
             let leader = cl.cp.leader().map(|(l, _)| l).filter(|l| *l != cl.id);
             live.lock().expect("liveness").follow(leader);
             continue;
@@ -257,7 +273,8 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
             }
         }
         let interval = ctx.config.checkpoint_interval.as_millis() as i64;
-        if let Some(cmd) = decide::epoch_due(&st, now_ms(), interval) {
+        let seen = epoch_clock.seen_ms(st.epoch, now);
+        if let Some(cmd) = decide::epoch_due(&st, now_ms(), interval, seen) {
             let _ = cl.cp.propose(cmd).await;
         }
     }

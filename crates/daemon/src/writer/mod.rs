@@ -283,7 +283,7 @@ impl Writer {
                 // stored" would be true, so stop; a restart recovers the log
                 tracing::error!("the log could not fsync: {e}; stopping");
                 eprintln!("lockstepd: the log could not fsync ({e}); stopping so no reply claims what is not known");
-                std::process::exit(70);
+                std::process::exit(crate::fatal::EXIT_STORAGE);
             }
             Err(e) => {
                 for (s, id) in batch.recorded {
