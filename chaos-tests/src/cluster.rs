@@ -3,7 +3,12 @@
 //! the client targets, and the faults carried out on it.
 
 use crate::faults::{Fault, Step};
+use crate::net::{S3Fault, S3Proxy};
 use crate::procs::{Node, NodeSpec};
+
+/// lockstepd's exit status when its local storage failed (fail-stop:
+/// restart it; crates/daemon/src/fatal.rs).
+const EXIT_STORAGE: i32 = 70;
 use crate::workload::{Clients, Targets};
 use anyhow::{bail, Context};
 use lockstep_api::{Client, ClusterStatus, MemberState};
@@ -50,16 +55,20 @@ pub struct Cluster {
     pub targets: Targets,
     pub probes: Arc<RwLock<Vec<Target>>>,
     pub admin: Clients,
+    /// In front of the object store.
+    pub s3: S3Proxy,
+    /// Nodes started again after they stopped on a storage failure.
+    pub restarted: Vec<String>,
     next_ordinal: usize,
 }
 
 impl Cluster {
     /// `n` nodes numbered from 0, started at once, each with every node's
     /// address as its seeds and `--bootstrap-expect n`.
-    pub fn start(spec: NodeSpec, root: PathBuf, n: usize) -> anyhow::Result<Cluster> {
+    pub fn start(spec: NodeSpec, root: PathBuf, n: usize, s3: S3Proxy) -> anyhow::Result<Cluster> {
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Node::new(i, &root)?);
+            nodes.push(Node::new(i, &root, &spec)?);
         }
         let seeds = nodes
             .iter()
@@ -81,6 +90,8 @@ impl Cluster {
             targets: Arc::new(RwLock::new(Vec::new())),
             probes: Arc::new(RwLock::new(Vec::new())),
             admin,
+            s3,
+            restarted: Vec::new(),
             next_ordinal: n,
         };
         c.update_targets();
@@ -132,10 +143,25 @@ impl Cluster {
         self.nodes.iter().position(|n| n.ordinal as u64 == id)
     }
 
-    /// Fails if a member's process ended on its own.
+    /// Fails if a member's process ended on its own, unless it stopped
+    /// because its local storage failed (status 70, lockstepd's
+    /// fail-stop): that one is started again, as systemd's
+    /// `Restart=on-failure` or Kubernetes would, and counted.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let (spec, seeds) = (self.spec.clone(), self.seeds());
         for n in &mut self.nodes {
             if n.died() {
+                if n.exit_code == Some(EXIT_STORAGE) {
+                    eprintln!(
+                        "  {} stopped: its storage failed (status {EXIT_STORAGE}); starting it again",
+                        n.id()
+                    );
+                    self.restarted.push(n.id());
+                    n.set_seeds(&seeds);
+                    n.restart(&spec)?;
+                    n.wait_up(Duration::from_secs(60))?;
+                    continue;
+                }
                 bail!(
                     "{}; see {}",
                     n.exited.clone().unwrap_or_default(),
@@ -143,6 +169,7 @@ impl Cluster {
                 );
             }
         }
+        self.update_targets();
         Ok(())
     }
 
@@ -156,14 +183,16 @@ impl Cluster {
     }
 
     /// Waits until every member runs and is ready (`/readyz`), every
-    /// shard has an owner and is not moving, no member is down, and there
-    /// are as many voters as the cluster keeps (3, or every member of a
-    /// smaller one).
+    /// shard has an owner and is not moving, no member is down, there are
+    /// as many voters as the cluster keeps (3, or every member of a smaller
+    /// one), and two more checkpoint epochs have completed on every shard
+    /// (checkpoints go on).
     pub fn wait_recovered(&mut self, bound: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let probe = Clients::with_timeout(&self.spec.token, Duration::from_secs(3));
         let mut why = String::new();
         let voters = self.nodes.len().min(3);
+        let mut first_epoch: Option<u64> = None;
         while start.elapsed() < bound {
             self.check_alive()?;
             let ready = self.nodes.iter().all(|n| {
@@ -183,10 +212,17 @@ impl Cluster {
             let voting = states
                 .first()
                 .is_some_and(|s| s.nodes.iter().filter(|m| m.voter).count() >= voters);
-            if ready && placed && voting {
+            let completed = states.iter().map(|s| s.completed_epoch).max();
+            if first_epoch.is_none() {
+                first_epoch = completed;
+            }
+            let checkpointing = completed
+                .zip(first_epoch)
+                .is_some_and(|(now, first)| now >= first + 2);
+            if ready && placed && voting && checkpointing {
                 return Ok(start.elapsed());
             }
-            why = format!("every node ready: {ready}; every shard placed and no member down: {placed}; {voters} voters: {voting}");
+            why = format!("every node ready: {ready}; every shard placed and no member down: {placed}; {voters} voters: {voting}; checkpoint epochs completing: {checkpointing} (completed {completed:?}, {first_epoch:?} when the wait began)");
             std::thread::sleep(Duration::from_millis(250));
         }
         bail!("the cluster did not recover within {bound:?} ({why})")
@@ -347,6 +383,62 @@ impl Cluster {
                 ))
             }
             Fault::DrainAdd => self.drain_add(step),
+            Fault::S3Faults => {
+                let f = [S3Fault::SlowDown, S3Fault::InternalError, S3Fault::Hang]
+                    [step.pick as usize % 3];
+                self.s3.set(f);
+                std::thread::sleep(hold);
+                self.s3.set(S3Fault::None);
+                healed();
+                Ok((
+                    self.nodes.iter().map(Node::id).collect(),
+                    format!("every S3 request: {}", f.name()),
+                ))
+            }
+            Fault::DiskFull => {
+                let i = self.pick(step);
+                let filled = self.nodes[i].fill_disk()?;
+                std::thread::sleep(hold);
+                self.nodes[i].free_disk();
+                healed();
+                Ok((
+                    vec![self.nodes[i].id()],
+                    format!("its data filesystem filled ({} MiB written)", filled >> 20),
+                ))
+            }
+            Fault::ClockSkew => {
+                let i = self.pick(step);
+                // 30 s to 5 min, ahead or behind, from the step's pick
+                let secs = 30 + i64::from(step.pick / 2 % 271);
+                let secs = if step.pick.is_multiple_of(2) {
+                    secs
+                } else {
+                    -secs
+                };
+                self.nodes[i].skew(secs)?;
+                // the node's own clock, as its HTTP `Date` header says
+                std::thread::sleep(Duration::from_millis(300));
+                let seen = clock_offset(&self.nodes[i].listen);
+                std::thread::sleep(hold);
+                self.nodes[i].skew(0)?;
+                healed();
+                // (a clock set back is not seen there: the HTTP server
+                // renews its cached Date only once its clock passes the
+                // cached one's next second)
+                let seen = match seen {
+                    Some(o) if (o - secs).abs() <= 3 => format!("its Date header was {o:+} s off"),
+                    Some(_) if secs < 0 => "behind: not seen in its Date header, which its HTTP server caches".into(),
+                    Some(o) => bail!(
+                        "{}'s clock was to run {secs:+} s off, and its Date header was {o:+} s off: libfaketime did not take",
+                        self.nodes[i].id()
+                    ),
+                    None => "its Date header could not be read".into(),
+                };
+                Ok((
+                    vec![self.nodes[i].id()],
+                    format!("its wall clock {secs:+} s ({seen})"),
+                ))
+            }
         }
     }
 
@@ -385,7 +477,7 @@ impl Cluster {
         // removed once the others see it down (409 until then)
         self.post_until_ok(0, &format!("/v1/cluster/nodes/{id}/remove"), "remove")?;
         self.removed.push(gone);
-        let mut added = Node::new(self.next_ordinal, &self.root)?;
+        let mut added = Node::new(self.next_ordinal, &self.root, &self.spec)?;
         self.next_ordinal += 1;
         let seeds = self
             .nodes
@@ -447,5 +539,66 @@ impl Cluster {
         for n in &mut self.nodes {
             let _ = n.stop(Duration::from_secs(30));
         }
+    }
+}
+
+/// How far the node at `addr` sees the time from this machine's clock, in
+/// whole seconds, by its HTTP `Date` header.
+fn clock_offset(addr: &str) -> Option<i64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let r = agent.get(&format!("http://{addr}/healthz")).call().ok()?;
+    let date = r.headers().get("date")?.to_str().ok()?.to_string();
+    let theirs = parse_http_date(&date)?;
+    let ours = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(theirs - ours)
+}
+
+/// `Mon, 07 Dec 2026 06:53:22 GMT` as seconds since the Unix epoch.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    let mut p = s.split_whitespace().skip(1);
+    let day: i64 = p.next()?.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| Some(*m) == p.clone().next())? as i64
+        + 1;
+    p.next();
+    let year: i64 = p.next()?.parse().ok()?;
+    let hms: Vec<i64> = p
+        .next()?
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    let ms = crate::workload::parse_rfc3339(&format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        hms[0], hms[1], hms[2]
+    ))?;
+    Some(ms / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates_are_read() {
+        assert_eq!(
+            super::parse_http_date("Thu, 01 Jan 1970 00:01:05 GMT"),
+            Some(65)
+        );
+        assert_eq!(
+            super::parse_http_date("Fri, 01 Mar 2024 00:00:00 GMT"),
+            Some(crate::workload::GENERATED_FROM_MS / 1000)
+        );
+        assert_eq!(super::parse_http_date("yesterday"), None);
     }
 }

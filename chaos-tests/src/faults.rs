@@ -26,10 +26,17 @@ pub enum Fault {
     RollingRestart,
     /// Drain a node, stop and remove it, and add a new one.
     DrainAdd,
+    /// The S3 store answers `503 SlowDown`, `500 InternalError`, or
+    /// nothing (timeouts), to every node.
+    S3Faults,
+    /// A node's data directory (its own small tmpfs) fills up.
+    DiskFull,
+    /// A node's wall clock runs ahead or behind (libfaketime).
+    ClockSkew,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 11] = [
         Fault::Kill,
         Fault::Pause,
         Fault::LeaderKill,
@@ -38,6 +45,9 @@ impl Fault {
         Fault::Latency,
         Fault::RollingRestart,
         Fault::DrainAdd,
+        Fault::S3Faults,
+        Fault::DiskFull,
+        Fault::ClockSkew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +60,9 @@ impl Fault {
             Fault::Latency => "latency",
             Fault::RollingRestart => "rolling-restart",
             Fault::DrainAdd => "drain-add",
+            Fault::S3Faults => "s3-faults",
+            Fault::DiskFull => "disk-full",
+            Fault::ClockSkew => "clock-skew",
         }
     }
 }
@@ -62,18 +75,10 @@ impl fmt::Display for Fault {
 
 /// The faults the issue names that this harness cannot inject yet, with
 /// why: asked for by name, they are refused with that reason.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "broker-restart",
-        "the broker runs on in-memory storage in this version",
-    ),
-    ("s3-faults", "no fault-injecting S3 proxy in this version"),
-    (
-        "disk-full",
-        "no small filesystem for a node's data directory in this version",
-    ),
-    ("clock-skew", "no per-node clock offset in this version"),
-];
+const NOT_YET: &[(&str, &str)] = &[(
+    "broker-restart",
+    "the broker runs on in-memory storage in this version",
+)];
 
 /// `--faults`: `all`, or names separated by commas.
 pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
@@ -157,7 +162,10 @@ impl Iterator for Schedule {
             // past the serving lease and the failure timeout, so the
             // node's shards move and it must come back as a follower
             Fault::Pause => self.rng.random_range(4_000..9_000),
-            Fault::Latency => self.rng.random_range(5_000..12_000),
+            Fault::Latency | Fault::S3Faults | Fault::DiskFull => {
+                self.rng.random_range(5_000..12_000)
+            }
+            Fault::ClockSkew => self.rng.random_range(8_000..15_000),
             // kills and restarts: how long the node stays dead
             _ => self.rng.random_range(2_000..8_000),
         };
@@ -176,10 +184,16 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_schedule_and_each_round_uses_every_fault() {
-        let a: Vec<Step> = Schedule::new(7, &Fault::ALL).take(24).collect();
-        let b: Vec<Step> = Schedule::new(7, &Fault::ALL).take(24).collect();
+        let a: Vec<Step> = Schedule::new(7, &Fault::ALL)
+            .take(3 * Fault::ALL.len())
+            .collect();
+        let b: Vec<Step> = Schedule::new(7, &Fault::ALL)
+            .take(3 * Fault::ALL.len())
+            .collect();
         assert_eq!(a, b);
-        let c: Vec<Step> = Schedule::new(8, &Fault::ALL).take(24).collect();
+        let c: Vec<Step> = Schedule::new(8, &Fault::ALL)
+            .take(3 * Fault::ALL.len())
+            .collect();
         assert_ne!(a, c);
         for round in a.chunks(Fault::ALL.len()) {
             let mut names: Vec<&str> = round.iter().map(|s| s.fault.name()).collect();
@@ -199,7 +213,7 @@ mod tests {
         );
         let e = parse_list("kill,explode").unwrap_err();
         assert!(e.contains("`explode`") && e.contains("one-way"), "{e}");
-        let e = parse_list("disk-full").unwrap_err();
+        let e = parse_list("broker-restart").unwrap_err();
         assert!(e.contains("not available"), "{e}");
         assert!(parse_list(" , ").is_err());
     }

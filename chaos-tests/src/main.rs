@@ -123,6 +123,9 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// The size of each node's data filesystem under `disk-full`.
+const DISK_MIB: u64 = 512;
+
 const CANONICAL: &str = include_str!("../../config/ad_features.sql");
 
 /// A second view with a row for every event (clicks too, which the
@@ -260,8 +263,17 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         dir.display()
     );
 
+    let faketime = if faults.contains(&faults::Fault::ClockSkew) {
+        Some(procs::libfaketime()?)
+    } else {
+        None
+    };
+    let disk_mib = faults
+        .contains(&faults::Fault::DiskFull)
+        .then_some(DISK_MIB);
     let broker = procs::Broker::start(&tansu, &work)?;
     let store = procs::Store::start(&a.python, &work)?;
+    let s3 = net::S3Proxy::start(&store.endpoint)?;
     let token = format!("chaos-token-{seed}-{}", random_seed());
     let spec = procs::NodeSpec {
         bin,
@@ -271,13 +283,15 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         kafka: broker.addr.clone(),
         topic: format!("chaos-{seed}"),
         store: format!("s3://{}/run-{seed}", store.bucket),
-        s3_endpoint: store.endpoint.clone(),
+        s3_endpoint: s3.url.clone(),
         bootstrap_expect: a.nodes,
         checkpoint_interval: "1 second".into(),
         flags: Vec::new(),
         plant: a.plant_bug.clone(),
+        faketime,
+        disk_mib,
     };
-    let mut cluster = cluster::Cluster::start(spec, work.clone(), a.nodes)?;
+    let mut cluster = cluster::Cluster::start(spec, work.clone(), a.nodes, s3)?;
     cluster
         .wait_recovered(Duration::from_secs(120))
         .context("the cluster never formed")?;
@@ -374,7 +388,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         let started = history.now();
         let mut healed = started;
         let result = cluster.inject(&step, &mut || healed = history.now());
-        let (nodes, note) = match result {
+        let (nodes, mut note) = match result {
             Ok(x) => x,
             Err(e) => {
                 aborted = Some(format!("step {index} ({}): {e:#}", step.fault));
@@ -384,6 +398,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         if healed == started {
             healed = history.now();
         }
+        let before = cluster.restarted.len();
         let recovered = match cluster.wait_recovered(bound) {
             Ok(_) => Some(history.now()),
             Err(e) => {
@@ -391,6 +406,12 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
                 None
             }
         };
+        if cluster.restarted.len() > before {
+            note.push_str(&format!(
+                "; {} stopped on its storage failure (status 70) and was started again",
+                cluster.restarted[before..].join(", ")
+            ));
+        }
         eprintln!(
             "  step {index}: {} {}, {:.1}s from start to heal, ready again {} after",
             step.fault,

@@ -255,6 +255,137 @@ fn egress_conn(mut client: TcpStream, shape: Arc<Shape>, conns: &Conns) {
     conns.relay(client, server, shape);
 }
 
+/// What the S3 proxy does to requests now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Fault {
+    /// Relays them to the store.
+    None = 0,
+    /// Answers `503 SlowDown`, as S3 does when throttling.
+    SlowDown = 1,
+    /// Answers `500 InternalError`.
+    InternalError = 2,
+    /// Answers nothing: the client's requests time out.
+    Hang = 3,
+}
+
+impl S3Fault {
+    fn from_u8(v: u8) -> S3Fault {
+        match v {
+            1 => S3Fault::SlowDown,
+            2 => S3Fault::InternalError,
+            3 => S3Fault::Hang,
+            _ => S3Fault::None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            S3Fault::None => "none",
+            S3Fault::SlowDown => "503 SlowDown",
+            S3Fault::InternalError => "500 InternalError",
+            S3Fault::Hang => "no answer (timeouts)",
+        }
+    }
+}
+
+/// A proxy in front of the S3 server (the nodes' `AWS_ENDPOINT_URL`) that
+/// fails requests on demand.
+pub struct S3Proxy {
+    pub url: String,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    conns: Conns,
+}
+
+impl S3Proxy {
+    pub fn start(target: &str) -> anyhow::Result<S3Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let conns = Conns::default();
+        let (m, c, target) = (mode.clone(), conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let (m, c, target) = (m.clone(), c.clone(), target.clone());
+                std::thread::spawn(move || s3_conn(client, &m, &c, &target));
+            }
+        });
+        Ok(S3Proxy { url, mode, conns })
+    }
+
+    /// Sets the fault; open connections are broken, so the next requests
+    /// meet it.
+    pub fn set(&self, f: S3Fault) {
+        self.mode.store(f as u8, Ordering::SeqCst);
+        self.conns.break_all();
+    }
+}
+
+fn s3_conn(mut client: TcpStream, mode: &std::sync::atomic::AtomicU8, conns: &Conns, target: &str) {
+    match S3Fault::from_u8(mode.load(Ordering::SeqCst)) {
+        S3Fault::None => {
+            let out = target
+                .trim_start_matches("http://")
+                .parse()
+                .ok()
+                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(3)).ok());
+            match out {
+                Some(out) => conns.relay(client, out, Arc::new(Shape::default())),
+                None => {
+                    let _ = client.shutdown(Shutdown::Both);
+                }
+            }
+        }
+        S3Fault::Hang => {
+            // held open, answering nothing, until the fault is healed
+            let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut buf = [0u8; 4096];
+            while S3Fault::from_u8(mode.load(Ordering::SeqCst)) == S3Fault::Hang {
+                if matches!(client.read(&mut buf), Ok(0)) {
+                    break;
+                }
+            }
+            let _ = client.shutdown(Shutdown::Both);
+        }
+        f => {
+            // read the request head, answer the error, close
+            let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match client.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let (status, code, msg) = if f == S3Fault::SlowDown {
+                (
+                    "503 Slow Down",
+                    "SlowDown",
+                    "Please reduce your request rate.",
+                )
+            } else {
+                (
+                    "500 Internal Server Error",
+                    "InternalError",
+                    "We encountered an internal error. Please try again.",
+                )
+            };
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{msg}</Message><RequestId>lockstep-chaos</RequestId></Error>"
+            );
+            let _ = client.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = client.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +464,34 @@ mod tests {
         assert!(tunnel(&proxy).is_err());
         e.heal();
         assert_eq!(tunnel(&proxy).unwrap(), b"ping");
+    }
+
+    #[test]
+    fn the_s3_proxy_relays_then_fails_each_way_and_heals() {
+        let target = echo_server();
+        let p = S3Proxy::start(&target).unwrap();
+        let addr = p.url.trim_start_matches("http://").to_string();
+        assert_eq!(round_trip(&addr).unwrap(), b"ping");
+        let ask = |addr: &str| -> String {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.write_all(b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        };
+        p.set(S3Fault::SlowDown);
+        let r = ask(&addr);
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("<Code>SlowDown</Code>"),
+            "{r}"
+        );
+        p.set(S3Fault::InternalError);
+        assert!(ask(&addr).starts_with("HTTP/1.1 500"));
+        p.set(S3Fault::Hang);
+        assert_eq!(ask(&addr), "", "a hung store answers nothing");
+        p.set(S3Fault::None);
+        assert_eq!(round_trip(&addr).unwrap(), b"ping");
     }
 }

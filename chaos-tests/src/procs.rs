@@ -207,6 +207,52 @@ pub struct NodeSpec {
     /// A planted bug for node-0 (`LOCKSTEP_DEBUG_PLANT`: `drop` or
     /// `duplicate` one record), to prove the checker catches it.
     pub plant: Option<String>,
+    /// libfaketime, when clocks are skewed: every node runs under it,
+    /// reading its offset from a file the harness rewrites.
+    pub faketime: Option<PathBuf>,
+    /// Each node's data directory on a tmpfs of this many MiB of its own
+    /// (for `disk-full`).
+    pub disk_mib: Option<u64>,
+}
+
+/// libfaketimeMT (Debian's `faketime` package), or LOCKSTEP_FAKETIME.
+pub fn libfaketime() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("LOCKSTEP_FAKETIME") {
+        return Ok(PathBuf::from(p));
+    }
+    // the multi-threaded build: lockstepd's runtime has many threads
+    for p in [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ] {
+        if Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    bail!("clock-skew runs the nodes under libfaketime: install it (`apt-get install faketime`) or set LOCKSTEP_FAKETIME to libfaketimeMT.so.1")
+}
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (needs root).
+pub fn mount_tmpfs(dir: &Path, mib: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .context("running mount")?;
+    if !out.status.success() {
+        bail!(
+            "disk-full puts each node's data directory on a small tmpfs, and mounting one failed (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+pub fn unmount(dir: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(dir).output();
 }
 
 /// One lockstepd: its process, its proxies and its directory.
@@ -226,14 +272,23 @@ pub struct Node {
     launches: u32,
     /// How the process ended when nobody stopped it.
     pub exited: Option<String>,
+    /// Its exit status then, if it exited (not killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Its data directory is a tmpfs of its own.
+    mounted: bool,
 }
 
 impl Node {
-    /// Makes the node's proxies and directory; starts nothing.
-    pub fn new(ordinal: usize, root: &Path) -> anyhow::Result<Node> {
+    /// Makes the node's proxies and directory (on a tmpfs of its own
+    /// when the spec asks); starts nothing.
+    pub fn new(ordinal: usize, root: &Path, spec: &NodeSpec) -> anyhow::Result<Node> {
         let listen = free_addr()?;
         let dir = root.join(format!("node-{ordinal}"));
         std::fs::create_dir_all(&dir)?;
+        if let Some(mib) = spec.disk_mib {
+            mount_tmpfs(&dir.join("data"), mib)?;
+        }
+        std::fs::write(dir.join("faketime"), "+0\n")?;
         Ok(Node {
             ordinal,
             dir,
@@ -245,6 +300,8 @@ impl Node {
             paused: false,
             launches: 0,
             exited: None,
+            exit_code: None,
+            mounted: spec.disk_mib.is_some(),
         })
     }
 
@@ -268,6 +325,7 @@ impl Node {
         match c.try_wait() {
             Ok(Some(st)) => {
                 self.exited = Some(format!("{} exited on its own with {st}", self.id()));
+                self.exit_code = st.code();
                 self.child = None;
                 true
             }
@@ -325,6 +383,14 @@ impl Node {
             .env("AWS_REGION", "us-east-1")
             .env("LOCKSTEP_PEER_PROXY", &self.egress.url)
             .env("RUST_LOG", "info");
+        if let Some(lib) = &spec.faketime {
+            // only the wall clock: timers and leases run on the monotonic
+            // clock, as a real machine's clock step leaves them
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", self.dir.join("faketime"))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         if let (0, 0, Some(p)) = (self.ordinal, self.launches, &spec.plant) {
             cmd.env("LOCKSTEP_DEBUG_PLANT", p);
         }
@@ -411,6 +477,33 @@ impl Node {
         self.spawn(spec)
     }
 
+    /// Sets its wall clock `secs` ahead (negative: behind) of the real
+    /// one, at once.
+    pub fn skew(&self, secs: i64) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("faketime"), format!("{secs:+}\n"))?;
+        Ok(())
+    }
+
+    /// Fills its data directory's filesystem; the bytes written.
+    pub fn fill_disk(&self) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join("data").join("chaos-filler"))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        let _ = f.flush();
+        Ok(n)
+    }
+
+    pub fn free_disk(&self) {
+        let _ = std::fs::remove_file(self.dir.join("data").join("chaos-filler"));
+    }
+
     pub fn pause(&mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGSTOP)?;
@@ -431,5 +524,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if self.mounted {
+            unmount(&self.dir.join("data"));
+        }
     }
 }
