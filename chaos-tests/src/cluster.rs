@@ -59,6 +59,9 @@ pub struct Cluster {
     pub s3: S3Proxy,
     /// Nodes started again after they stopped on a storage failure.
     pub restarted: Vec<String>,
+    /// The node whose disk the last `disk-full` filled: the one node that
+    /// may stop on a storage failure (until the next step).
+    disk_filled: Option<String>,
     next_ordinal: usize,
 }
 
@@ -92,6 +95,7 @@ impl Cluster {
             admin,
             s3,
             restarted: Vec::new(),
+            disk_filled: None,
             next_ordinal: n,
         };
         c.update_targets();
@@ -151,7 +155,9 @@ impl Cluster {
         let (spec, seeds) = (self.spec.clone(), self.seeds());
         for n in &mut self.nodes {
             if n.died() {
-                if n.exit_code == Some(EXIT_STORAGE) {
+                if n.exit_code == Some(EXIT_STORAGE)
+                    && self.disk_filled.as_deref() == Some(n.id().as_str())
+                {
                     eprintln!(
                         "  {} stopped: its storage failed (status {EXIT_STORAGE}); starting it again",
                         n.id()
@@ -192,6 +198,8 @@ impl Cluster {
         let probe = Clients::with_timeout(&self.spec.token, Duration::from_secs(3));
         let mut why = String::new();
         let voters = self.nodes.len().min(3);
+        // the baseline: the newest completed epoch once every running node
+        // answered (a node just restarted may lag behind the others)
         let mut first_epoch: Option<u64> = None;
         while start.elapsed() < bound {
             self.check_alive()?;
@@ -213,7 +221,8 @@ impl Cluster {
                 .first()
                 .is_some_and(|s| s.nodes.iter().filter(|m| m.voter).count() >= voters);
             let completed = states.iter().map(|s| s.completed_epoch).max();
-            if first_epoch.is_none() {
+            let running = self.nodes.iter().filter(|n| n.running()).count();
+            if first_epoch.is_none() && states.len() == running {
                 first_epoch = completed;
             }
             let checkpointing = completed
@@ -295,6 +304,7 @@ impl Cluster {
         healed: &mut dyn FnMut(),
     ) -> anyhow::Result<(Vec<String>, String)> {
         let hold = step.hold;
+        self.disk_filled = None;
         match step.fault {
             Fault::Kill | Fault::LeaderKill => {
                 let i = if step.fault == Fault::LeaderKill {
@@ -397,6 +407,7 @@ impl Cluster {
             }
             Fault::DiskFull => {
                 let i = self.pick(step);
+                self.disk_filled = Some(self.nodes[i].id());
                 let filled = self.nodes[i].fill_disk()?;
                 std::thread::sleep(hold);
                 self.nodes[i].free_disk();
@@ -415,9 +426,21 @@ impl Cluster {
                 } else {
                     -secs
                 };
+                // libfaketime must be in the process, or the skew is a no-op
+                let maps = self.nodes[i]
+                    .pid()
+                    .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/maps")).ok())
+                    .unwrap_or_default();
+                if !maps.contains("libfaketime") {
+                    bail!(
+                        "{} does not run under libfaketime (it was not preloaded): no clock skew",
+                        self.nodes[i].id()
+                    );
+                }
                 self.nodes[i].skew(secs)?;
-                // the node's own clock, as its HTTP `Date` header says
-                std::thread::sleep(Duration::from_millis(300));
+                // the node's own clock, as its HTTP `Date` header says (the
+                // offset file is read at most once a second)
+                std::thread::sleep(Duration::from_millis(1300));
                 let seen = clock_offset(&self.nodes[i].listen);
                 std::thread::sleep(hold);
                 self.nodes[i].skew(0)?;

@@ -381,6 +381,12 @@ fn s3_conn(mut client: TcpStream, mode: &std::sync::atomic::AtomicU8, conns: &Co
                 )
                 .as_bytes(),
             );
+            // the answer is out; the request's body is read and dropped, so
+            // the client sees the error rather than a reset connection
+            let _ = client.shutdown(Shutdown::Write);
+            let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut sink = [0u8; 64 * 1024];
+            while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
             let _ = client.shutdown(Shutdown::Both);
         }
     }

@@ -388,7 +388,7 @@ impl Node {
             // clock, as a real machine's clock step leaves them
             cmd.env("LD_PRELOAD", lib)
                 .env("FAKETIME_TIMESTAMP_FILE", self.dir.join("faketime"))
-                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_CACHE_DURATION", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         if let (0, 0, Some(p)) = (self.ordinal, self.launches, &spec.plant) {

@@ -388,13 +388,10 @@ impl ControlPlane {
     /// Why this member's Raft stopped for good (a storage error: a full
     /// or failed disk), if it did. It cannot recover in this process.
     pub fn fatal(&self) -> Option<String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .running_state
-            .as_ref()
-            .err()
-            .map(|e| e.to_string())
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// The last log index this member has applied to its state.

@@ -9,6 +9,7 @@
 //! shards away.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// The exit status of a node that stopped because its local storage
 /// failed (a write, flush or fsync the disk refused): restart it once the
@@ -18,9 +19,28 @@ pub const EXIT_STORAGE: i32 = 70;
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// Set once the node has started: what to do before exiting (flush the
+/// embedded log, best effort). Before that, a storage error is a start-up
+/// error, reported as such.
+static BEFORE_EXIT: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// From now on a failed write to the local storage stops the node;
+/// `before_exit` runs first.
+pub fn arm(before_exit: impl Fn() + Send + Sync + 'static) {
+    let _ = BEFORE_EXIT.set(Box::new(before_exit));
+}
+
+/// Whether the node has started (a write error now stops it).
+pub fn armed() -> bool {
+    BEFORE_EXIT.get().is_some()
+}
+
 /// Logs `why` and ends the process with [`EXIT_STORAGE`].
 pub fn storage_failed(why: &str) -> ! {
     if !STOPPING.swap(true, Ordering::SeqCst) {
+        if let Some(f) = BEFORE_EXIT.get() {
+            f();
+        }
         tracing::error!(
             "local storage failed: {why}; exiting with status {EXIT_STORAGE} so the service manager restarts this node once its disk has room (its shards move to the others meanwhile)"
         );
@@ -29,7 +49,16 @@ pub fn storage_failed(why: &str) -> ! {
     std::process::exit(EXIT_STORAGE)
 }
 
-/// An I/O error from sled (a write or flush that the disk refused).
-pub fn is_io(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(_))
+/// A write or flush of the node's sled state store, once the node has
+/// started: an I/O error (sled keeps it for every later write) stops the
+/// node. Reads are not passed through this: their errors do not stick,
+/// and a cluster node restores an unreadable cache from the snapshot
+/// objects.
+pub fn written<T>(what: &str, r: Result<T, sled::Error>) -> Result<T, sled::Error> {
+    if let Err(e @ sled::Error::Io(_)) = &r {
+        if armed() {
+            storage_failed(&format!("{what}: {e}"));
+        }
+    }
+    r
 }

@@ -282,6 +282,14 @@ impl Node {
         if let Some(cl) = cluster {
             crate::cluster::start_tasks(ctx.clone(), cl, supervisor.clone());
         }
+        // started: a failed write to the local storage now stops the node,
+        // the log flushed first (crate::fatal)
+        let log = Arc::downgrade(&ctx.log);
+        crate::fatal::arm(move || {
+            if let Some(l) = log.upgrade() {
+                let _ = l.flush();
+            }
+        });
         Ok(Node {
             ctx,
             writer,

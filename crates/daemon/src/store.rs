@@ -22,20 +22,9 @@ const EXTRA_ENTRY: u8 = b'd';
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
-    Sled(sled::Error),
+    Sled(#[from] sled::Error),
     #[error("state store holds an undecodable record ({what}): {message}")]
     Decode { what: &'static str, message: String },
-}
-
-impl From<sled::Error> for StoreError {
-    /// An I/O error of the state store is not one an operation can get
-    /// past (sled keeps it): the node stops (crate::fatal).
-    fn from(e: sled::Error) -> StoreError {
-        if crate::fatal::is_io(&e) {
-            crate::fatal::storage_failed(&format!("the state store: {e}"));
-        }
-        StoreError::Sled(e)
-    }
 }
 
 pub use lockstep_api::CheckpointInfo;
@@ -83,6 +72,12 @@ pub struct Commit<'a> {
 
 pub struct StateStore {
     db: sled::Db,
+}
+
+/// A write of the state store (crate::fatal: a started node stops on an
+/// I/O error, which sled keeps).
+fn written<T>(r: Result<T, sled::Error>) -> Result<T, sled::Error> {
+    crate::fatal::written("the state store", r)
 }
 
 fn config() -> bincode::config::Configuration {
@@ -230,8 +225,8 @@ impl StateStore {
     }
 
     pub fn set_node_key(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.db.insert(format!("node/{key}"), value.as_bytes())?;
-        self.db.flush()?;
+        written(self.db.insert(format!("node/{key}"), value.as_bytes()))?;
+        written(self.db.flush())?;
         Ok(())
     }
 
@@ -291,16 +286,16 @@ impl StateStore {
         for s in c.add_segments {
             batch.insert(segment_key(s), encode(s));
         }
-        tree.apply_batch(batch)?;
-        self.db.flush()?;
+        written(tree.apply_batch(batch))?;
+        written(self.db.flush())?;
         Ok(info)
     }
 
     /// Forgets the shard's checkpoint info, so the cache is not restored
     /// (cluster mode: the snapshot objects are the truth).
     pub fn invalidate(&self, shard: u32) -> Result<(), StoreError> {
-        self.tree(shard)?.remove(INFO)?;
-        self.db.flush()?;
+        written(self.tree(shard)?.remove(INFO))?;
+        written(self.db.flush())?;
         Ok(())
     }
 
@@ -319,8 +314,8 @@ impl StateStore {
         for s in add {
             batch.insert(segment_key(s), encode(s));
         }
-        tree.apply_batch(batch)?;
-        self.db.flush()?;
+        written(tree.apply_batch(batch))?;
+        written(self.db.flush())?;
         Ok(())
     }
 

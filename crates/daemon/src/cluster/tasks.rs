@@ -23,16 +23,19 @@ pub fn start_tasks(
     supervisor: ActorRef<crate::shard::SupMsg>,
 ) {
     tokio::spawn(ownership(ctx.clone(), cl.clone(), supervisor));
-    tokio::spawn(raft_watch(cl.clone()));
+    tokio::spawn(raft_watch(ctx.clone(), cl.clone()));
     tokio::spawn(coordinator(ctx, cl));
 }
 
 /// Stops the node when its Raft stopped for good (its storage failed):
 /// see crate::fatal.
-async fn raft_watch(cl: Arc<ClusterCtx>) {
+async fn raft_watch(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
+        if ctx.stopping.load(Ordering::Relaxed) {
+            return; // a shutdown stops Raft too
+        }
         if let Some(why) = cl.cp.fatal() {
             crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
         }
