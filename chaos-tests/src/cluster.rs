@@ -438,10 +438,22 @@ impl Cluster {
                     );
                 }
                 self.nodes[i].skew(secs)?;
-                // the node's own clock, as its HTTP `Date` header says (the
-                // offset file is read at most once a second)
-                std::thread::sleep(Duration::from_millis(1300));
-                let seen = clock_offset(&self.nodes[i].listen);
+                // the node's own clock, as its HTTP `Date` header says.
+                // libfaketime re-reads the offset file once its cache is
+                // more than a whole second old (it compares whole seconds),
+                // so the step shows within about 2 s: poll up to 8 s
+                let asked = Instant::now();
+                let mut seen = None;
+                while asked.elapsed() < Duration::from_secs(8) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    seen = clock_offset(&self.nodes[i].listen);
+                    if secs < 0 && asked.elapsed() > Duration::from_millis(2500) {
+                        break;
+                    }
+                    if seen.is_some_and(|o| (o - secs).abs() <= 3) {
+                        break;
+                    }
+                }
                 std::thread::sleep(hold);
                 self.nodes[i].skew(0)?;
                 healed();
