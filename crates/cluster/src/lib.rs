@@ -345,15 +345,9 @@ impl ControlPlane {
 
     /// Asks a member whether it is alive (the coordinator's heartbeat).
     /// The ping carries how old the coordinator's own word from a majority
-    /// is: a member's lease is never fresher than its coordinator's (a
-    /// deposed leader cut off with a few members keeps none of them
-    /// serving).
-    ///
-    /// It also carries the log index the coordinator has applied: a member
-    /// takes the word only once it has applied as much. A member paused
-    /// (SIGSTOP) or cut off while its shards moved would otherwise renew
-    /// its lease at the first ping after it resumed and serve its old
-    /// shards' state before it learned they had moved.
+    /// is and the index it has applied, which members of earlier releases
+    /// took as a lease renewal; members renew their leases themselves now
+    /// ([`Self::renew_lease`]).
     pub async fn ping(&self, addr: &str) -> bool {
         let age = self.since_contact().as_millis() as u64;
         self.peer
@@ -364,6 +358,52 @@ impl ControlPlane {
             )
             .await
             .is_ok()
+    }
+
+    /// Renews this member's serving lease: asks the leader how old its
+    /// word from a majority is and what it has applied, and takes that word
+    /// as of when the question was *sent* (less its age), once this member
+    /// has applied as much. The member's own clock starts the lease, so a
+    /// delay anywhere (a slow network, this process paused by SIGSTOP with
+    /// the answer waiting in its socket) only shortens it. The leader's
+    /// pings no longer renew it: a ping that waited in the socket of a
+    /// paused member looked fresh when read after SIGCONT, and the member
+    /// served its moved shards' old state (seen by the paused-node test).
+    pub async fn renew_lease(&self) -> bool {
+        let sent = std::time::Instant::now();
+        let Ok(Some(addr)) = self.leader_addr() else {
+            return false;
+        };
+        let Ok(b) = self
+            .peer
+            .post(&addr, "/internal/cluster/lease", Vec::new())
+            .await
+        else {
+            return false;
+        };
+        let Ok(Some((age, index))) = decode::<Option<(u64, u64)>>(&b) else {
+            return false;
+        };
+        let Some(at) = sent.checked_sub(Duration::from_millis(age)) else {
+            return false;
+        };
+        if self.applied_index() >= index || self.wait_applied(index, Duration::from_secs(2)).await {
+            self.touch_at(at);
+            return true;
+        }
+        false
+    }
+
+    /// The leader's answer to [`Self::renew_lease`]: how old its word from
+    /// a majority is (ms) and the index it has applied; `None` if this
+    /// member does not lead.
+    pub fn lease_grant(&self) -> Option<(u64, u64)> {
+        self.is_leader().then(|| {
+            (
+                self.since_contact().as_millis() as u64,
+                self.applied_index(),
+            )
+        })
     }
 
     /// Waits until this member has applied log index `index`; false if it

@@ -26,6 +26,7 @@ impl ControlPlane {
             .route("/internal/cluster/hello", post(cluster_hello))
             .route("/internal/cluster/propose", post(cluster_propose))
             .route("/internal/cluster/ping", post(cluster_ping))
+            .route("/internal/cluster/lease", post(cluster_lease))
             .route("/internal/cluster/remove", post(cluster_remove))
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::INTERNAL_BODY_LIMIT,
@@ -244,28 +245,23 @@ async fn cluster_ping(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpRes
     // (age of the coordinator's word, the index it has applied); a
     // coordinator of the previous release sends the age alone
     let ping = decode::<(u64, u64)>(&body).or_else(|_| decode::<u64>(&body).map(|age| (age, 0)));
-    match ping {
-        Ok((age, index)) => {
-            let at = std::time::Instant::now().checked_sub(Duration::from_millis(age));
-            // the word counts once this member knows what the coordinator
-            // knew (that its shards moved, say): at once, or when it has
-            // applied as much (replication is usually a moment behind)
-            if let Some(at) = at {
-                if cp.applied_index() >= index {
-                    cp.touch_at(at);
-                } else {
-                    let cp = cp.clone();
-                    tokio::spawn(async move {
-                        if cp.wait_applied(index, Duration::from_secs(2)).await {
-                            cp.touch_at(at);
-                        }
-                    });
-                }
-            }
-        }
-        Err(e) => return bad(e),
+    // a ping no longer renews the serving lease: read after the member
+    // was paused, it looks fresh however old it is (see
+    // `ControlPlane::renew_lease`)
+    if let Err(e) = ping {
+        return bad(e);
     }
     bin(&cp.id)
+}
+
+/// A member renewing its serving lease asks the leader: `Some((age of the
+/// leader's word from a majority in ms, the index it has applied))`, or
+/// `None` from a member that does not lead.
+async fn cluster_lease(State(cp): Cp, headers: HeaderMap) -> HttpResponse {
+    if let Some(r) = refuse(&cp, &headers) {
+        return r;
+    }
+    bin(&cp.lease_grant())
 }
 
 async fn cluster_propose(State(cp): Cp, headers: HeaderMap, body: Bytes) -> HttpResponse {

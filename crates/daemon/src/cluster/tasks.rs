@@ -162,6 +162,7 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     // and a slow commit must not delay the pings (the members' serving
     // leases hang on them)
     tokio::spawn(heartbeat(ctx.clone(), cl.clone(), live.clone()));
+    tokio::spawn(renew_lease(ctx.clone(), cl.clone()));
     let mut moves = decide::Moves::default();
     // how long this coordinator has seen the current epoch (monotonic)
     let mut epoch_clock = decide::EpochClock::default();
@@ -285,6 +286,24 @@ async fn coordinator(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
 
 /// Pings the members every 500 ms while this node leads, and reports the
 /// answers (with when each ping was sent) to the liveness tracker.
+/// A member's serving lease, renewed from the leader four times a second
+/// (the leader's own comes from its heartbeat round). One renewal at a
+/// time; one that takes longer than the lease is given up.
+async fn renew_lease(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if ctx.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if cl.cp.is_leader() {
+            continue;
+        }
+        let _ = tokio::time::timeout(cl.lease(), cl.cp.renew_lease()).await;
+    }
+}
+
 async fn heartbeat(
     ctx: Arc<NodeCtx>,
     cl: Arc<ClusterCtx>,
