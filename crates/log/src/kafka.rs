@@ -188,7 +188,10 @@ pub struct OutRecord<'a> {
 #[derive(Clone)]
 pub struct KafkaLog {
     cfg: KafkaConfig,
-    producer: FutureProducer<BrokerErrors>,
+    /// The producer and how many times it was made: an idempotent
+    /// producer that hit a fatal error (a broker restarted on its storage
+    /// answered `ProducerFenced`) is unusable for good, and is made anew.
+    producer: std::sync::Arc<std::sync::RwLock<(u64, FutureProducer<BrokerErrors>)>>,
     errors: BrokerErrors,
 }
 
@@ -220,6 +223,42 @@ impl ClientContext for BrokerErrors {
     }
 }
 
+/// How long one `produce` may take: past the producer's
+/// `message.timeout.ms` (30 s), by which every record is acknowledged or
+/// failed.
+const PRODUCE_BOUND: Duration = Duration::from_secs(40);
+
+/// The error code of a send the broker refused for the producer's id or
+/// epoch: only a new producer gets past it.
+fn fenced(e: &KafkaLogError) -> Option<RDKafkaErrorCode> {
+    let KafkaLogError::Kafka { source, .. } = e else {
+        return None;
+    };
+    source.rdkafka_error_code().filter(|c| {
+        matches!(
+            c,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    })
+}
+
+/// An idempotent producer, acks from every in-sync replica.
+fn new_producer(
+    cfg: &KafkaConfig,
+    errors: &BrokerErrors,
+) -> Result<FutureProducer<BrokerErrors>, KafkaError> {
+    base_config(cfg, "producer")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("message.timeout.ms", "30000")
+        .create_with_context(errors.clone())
+}
+
 fn base_config(cfg: &KafkaConfig, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
@@ -242,17 +281,10 @@ impl KafkaLog {
             source,
         };
         let errors = BrokerErrors::default();
-        let producer: FutureProducer<BrokerErrors> = base_config(&cfg, "producer")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("batch.num.messages", "10000")
-            .set("message.timeout.ms", "30000")
-            .create_with_context(errors.clone())
-            .map_err(kafka)?;
+        let producer = new_producer(&cfg, &errors).map_err(kafka)?;
         let log = KafkaLog {
             cfg,
-            producer,
+            producer: std::sync::Arc::new(std::sync::RwLock::new((0, producer))),
             errors,
         };
         log.ensure_topic().await?;
@@ -271,7 +303,8 @@ impl KafkaLog {
             message: what,
         };
         let name = CString::new(self.cfg.topic.as_str()).map_err(|e| failed(e.to_string()))?;
-        let rk = self.producer.client().native_ptr();
+        let producer = self.producer().1;
+        let rk = producer.client().native_ptr();
         // one description at a time per process (librdkafka's main thread
         // crashed when a node's shards asked at once)
         static DESCRIBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -357,7 +390,8 @@ impl KafkaLog {
 
     fn partitions_now(&self) -> Result<Option<u32>, KafkaLogError> {
         let md = self
-            .producer
+            .producer()
+            .1
             .client()
             .fetch_metadata(Some(&self.cfg.topic), Duration::from_secs(10))
             .map_err(|source| KafkaLogError::Kafka {
@@ -375,7 +409,8 @@ impl KafkaLog {
     /// Brokers in the cluster, as its metadata lists them.
     fn broker_count(&self) -> Result<i32, KafkaLogError> {
         let md = self
-            .producer
+            .producer()
+            .1
             .client()
             .fetch_metadata(None, Duration::from_secs(10))
             .map_err(|source| match self.errors.last() {
@@ -480,6 +515,76 @@ impl KafkaLog {
     /// one shard keep their order. On error some records may have been
     /// written: the caller retries with the same idempotency key.
     pub async fn produce(&self, records: &[OutRecord<'_>]) -> Result<Vec<u64>, KafkaLogError> {
+        let (made, producer) = self.producer();
+        // every record either acknowledged or failed within
+        // message.timeout.ms (30 s); a producer still holding them well
+        // after is stuck (seen after the broker restarted): made anew
+        let r = match tokio::time::timeout(PRODUCE_BOUND, self.produce_with(&producer, records))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                self.renew_producer(
+                    made,
+                    RDKafkaErrorCode::MessageTimedOut,
+                    "records neither acknowledged nor failed within 40 s",
+                );
+                return Err(KafkaLogError::Other {
+                    brokers: self.cfg.brokers.clone(),
+                    message: format!(
+                        "the broker did not acknowledge the records within {} s",
+                        PRODUCE_BOUND.as_secs()
+                    ),
+                });
+            }
+        };
+        if let Err(e) = &r {
+            if let Some((code, why)) = producer.client().fatal_error() {
+                self.renew_producer(made, code, &why);
+            } else if let Some(code) = fenced(e) {
+                // the broker no longer knows this producer's id or epoch
+                // (it restarted): every later send fails the same way
+                self.renew_producer(made, code, "the broker refused the producer's id or epoch");
+            }
+        }
+        r
+    }
+
+    /// The current producer, and its generation.
+    fn producer(&self) -> (u64, FutureProducer<BrokerErrors>) {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces generation `made` of the producer, which hit a fatal error
+    /// (once: another request may have replaced it already). Records it
+    /// may have written are deduplicated when the request is retried under
+    /// its idempotency key.
+    fn renew_producer(&self, made: u64, code: RDKafkaErrorCode, why: &str) {
+        let mut p = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if p.0 != made {
+            return;
+        }
+        match new_producer(&self.cfg, &self.errors) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    "the Kafka producer hit a fatal error ({code:?}: {why}): made a new one"
+                );
+                *p = (made + 1, fresh);
+            }
+            Err(e) => tracing::error!(
+                "the Kafka producer hit a fatal error ({code:?}: {why}) and a new one could not be made: {e}"
+            ),
+        }
+    }
+
+    async fn produce_with(
+        &self,
+        producer: &FutureProducer<BrokerErrors>,
+        records: &[OutRecord<'_>],
+    ) -> Result<Vec<u64>, KafkaLogError> {
         let mut waits = Vec::with_capacity(records.len());
         for r in records {
             let mut headers = OwnedHeaders::new_with_capacity(3);
@@ -514,7 +619,7 @@ impl KafkaLog {
                 rec = rec.timestamp(t);
             }
             loop {
-                match self.producer.send_result(rec) {
+                match producer.send_result(rec) {
                     Ok(w) => {
                         waits.push(w);
                         break;
