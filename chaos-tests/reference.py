@@ -131,6 +131,8 @@ def main():
     ap.add_argument("--exclude-prefix", default="zz-close-",
                     help="rows of these keys are left out on both sides (the events that close the label windows)")
     ap.add_argument("--id-column", default="event_id")
+    ap.add_argument("--only-prefix", default="",
+                    help="only rows of keys that start with this are compared (a run against a cluster that holds other data)")
     a = ap.parse_args()
 
     sql = strip_comments(open(a.pipeline).read())
@@ -197,6 +199,8 @@ def main():
 
     def keep(r):
         k = r[ki]
+        if a.only_prefix and not (isinstance(k, str) and k.startswith(a.only_prefix)):
+            return False
         return not (isinstance(k, str) and k.startswith(a.exclude_prefix))
 
     want = {r[ii]: r for r in ref if keep(r)}

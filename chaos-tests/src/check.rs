@@ -58,10 +58,15 @@ pub fn reference(
     dir: &Path,
     pipeline: &Path,
     view: &lockstep_api::ViewInfo,
+    only_prefix: Option<&str>,
 ) -> anyhow::Result<Counts> {
     let mut cmd = Command::new(python);
-    cmd.arg(script)
-        .arg("--pipeline")
+    if let Some(p) = only_prefix {
+        cmd.arg(script).arg("--only-prefix").arg(p);
+    } else {
+        cmd.arg(script);
+    }
+    cmd.arg("--pipeline")
         .arg(pipeline)
         .arg("--view")
         .arg(&view.name)

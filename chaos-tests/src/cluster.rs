@@ -4,7 +4,7 @@
 
 use crate::faults::{Fault, Step};
 use crate::net::{S3Fault, S3Proxy};
-use crate::procs::{Node, NodeSpec};
+use crate::procs::{Broker, Node, NodeSpec};
 
 /// lockstepd's exit status when its local storage failed (fail-stop:
 /// restart it; crates/daemon/src/fatal.rs).
@@ -55,8 +55,11 @@ pub struct Cluster {
     pub targets: Targets,
     pub probes: Arc<RwLock<Vec<Target>>>,
     pub admin: Clients,
-    /// In front of the object store.
-    pub s3: S3Proxy,
+    /// In front of the object store (not with `--target`).
+    pub s3: Option<S3Proxy>,
+    /// The Kafka-protocol broker every node reads and writes (not with
+    /// `--target`).
+    pub broker: Option<Broker>,
     /// Nodes started again after they stopped on a storage failure.
     pub restarted: Vec<String>,
     /// The node whose disk the last `disk-full` filled: the one node that
@@ -68,7 +71,13 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes numbered from 0, started at once, each with every node's
     /// address as its seeds and `--bootstrap-expect n`.
-    pub fn start(spec: NodeSpec, root: PathBuf, n: usize, s3: S3Proxy) -> anyhow::Result<Cluster> {
+    pub fn start(
+        spec: NodeSpec,
+        root: PathBuf,
+        n: usize,
+        s3: S3Proxy,
+        broker: Broker,
+    ) -> anyhow::Result<Cluster> {
         let mut nodes = Vec::new();
         for i in 0..n {
             nodes.push(Node::new(i, &root, &spec)?);
@@ -93,13 +102,114 @@ impl Cluster {
             targets: Arc::new(RwLock::new(Vec::new())),
             probes: Arc::new(RwLock::new(Vec::new())),
             admin,
-            s3,
+            s3: Some(s3),
+            broker: Some(broker),
             restarted: Vec::new(),
             disk_filled: None,
             next_ordinal: n,
         };
         c.update_targets();
         Ok(c)
+    }
+
+    /// A running cluster (`--target`): its nodes answer at `addrs`. With
+    /// `proxies` (one `(ingress, egress)` pair per address, in order), each
+    /// node must advertise its ingress and send through its egress, which
+    /// is checked. Waits up to `bound` for every node to answer.
+    pub fn attach(
+        addrs: &[String],
+        token: &str,
+        root: PathBuf,
+        hook: Option<String>,
+        proxies: Option<Vec<(crate::net::Ingress, crate::net::Egress)>>,
+        bound: Duration,
+    ) -> anyhow::Result<Cluster> {
+        let probe = Clients::with_timeout(token, Duration::from_secs(3));
+        let start = Instant::now();
+        let mut ids = Vec::new();
+        for addr in addrs {
+            let status = loop {
+                match probe.at(addr).status() {
+                    Ok(s) => break s,
+                    Err(e) if start.elapsed() > bound => {
+                        bail!("{addr} did not answer GET /v1/status within {bound:?}: {e}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                }
+            };
+            let ordinal: usize = status
+                .node_id
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .with_context(|| {
+                    format!("{addr}'s node id `{}` ends in no number", status.node_id)
+                })?;
+            ids.push((status.node_id, ordinal));
+        }
+        let mut proxies = proxies.map(Vec::into_iter);
+        let mut nodes = Vec::new();
+        for (addr, (id, ordinal)) in addrs.iter().zip(ids) {
+            let pair = match proxies.as_mut().and_then(Iterator::next) {
+                Some(pair) => pair,
+                // never used: no network fault is allowed without proxies
+                None => (
+                    crate::net::Ingress::start(addr)?,
+                    crate::net::Egress::start()?,
+                ),
+            };
+            nodes.push(Node::remote(&id, ordinal, addr, &root, pair, hook.clone())?);
+        }
+        let spec = NodeSpec {
+            token: token.to_string(),
+            bootstrap_expect: nodes.len(),
+            ..NodeSpec::default()
+        };
+        let next_ordinal = nodes.iter().map(|n| n.ordinal + 1).max().unwrap_or(0);
+        let c = Cluster {
+            spec,
+            root,
+            nodes,
+            removed: Vec::new(),
+            targets: Arc::new(RwLock::new(Vec::new())),
+            probes: Arc::new(RwLock::new(Vec::new())),
+            admin: Clients::with_timeout(token, Duration::from_secs(30)),
+            s3: None,
+            broker: None,
+            restarted: Vec::new(),
+            disk_filled: None,
+            next_ordinal,
+        };
+        c.update_targets();
+        Ok(c)
+    }
+
+    /// With proxies: fails unless every member advertises its ingress
+    /// proxy (else network faults would not reach it).
+    pub fn check_proxied(&self) -> anyhow::Result<()> {
+        let state = self
+            .states()
+            .into_iter()
+            .next()
+            .context("no member answers GET /v1/cluster")?;
+        for n in &self.nodes {
+            let m = state
+                .nodes
+                .iter()
+                .find(|m| m.id == n.ordinal as u64)
+                .with_context(|| format!("{} is not a member of the cluster", n.id()))?;
+            if m.addr != n.ingress.addr {
+                bail!(
+                    "{} advertises {}, not the harness's proxy {}: start it with --advertise {} and LOCKSTEP_PEER_PROXY={}",
+                    n.id(),
+                    m.addr,
+                    n.ingress.addr,
+                    n.ingress.addr,
+                    n.egress.url
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Tells the workload and the monitor where the members are now.
@@ -312,7 +422,7 @@ impl Cluster {
                 } else {
                     self.pick(step)
                 };
-                self.nodes[i].kill();
+                self.nodes[i].kill()?;
                 self.update_targets();
                 std::thread::sleep(hold);
                 let (spec, seeds) = (self.spec.clone(), self.seeds());
@@ -393,12 +503,36 @@ impl Cluster {
                 ))
             }
             Fault::DrainAdd => self.drain_add(step),
+            Fault::BrokerRestart => {
+                let broker = self
+                    .broker
+                    .as_mut()
+                    .context("broker-restart needs the harness's own broker")?;
+                if !broker.durable() {
+                    bail!("the broker is on in-memory storage: restarting it would lose the log");
+                }
+                broker.kill();
+                std::thread::sleep(hold);
+                broker.restart()?;
+                healed();
+                Ok((
+                    Vec::new(),
+                    format!(
+                        "the broker SIGKILLed, down {:.1} s, started again on its S3 storage",
+                        hold.as_secs_f64()
+                    ),
+                ))
+            }
             Fault::S3Faults => {
                 let f = [S3Fault::SlowDown, S3Fault::InternalError, S3Fault::Hang]
                     [step.pick as usize % 3];
-                self.s3.set(f);
+                let s3 = self
+                    .s3
+                    .as_ref()
+                    .context("s3-faults needs the harness's own store")?;
+                s3.set(f);
                 std::thread::sleep(hold);
-                self.s3.set(S3Fault::None);
+                s3.set(S3Fault::None);
                 healed();
                 Ok((
                     self.nodes.iter().map(Node::id).collect(),
@@ -571,7 +705,7 @@ impl Cluster {
 
     /// Stops every node gracefully.
     pub fn stop_all(&mut self) {
-        for n in &mut self.nodes {
+        for n in self.nodes.iter_mut().filter(|n| !n.is_remote()) {
             let _ = n.stop(Duration::from_secs(30));
         }
     }

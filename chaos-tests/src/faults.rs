@@ -33,10 +33,12 @@ pub enum Fault {
     DiskFull,
     /// A node's wall clock runs ahead or behind (libfaketime).
     ClockSkew,
+    /// The broker SIGKILLed and started again on its S3-backed storage.
+    BrokerRestart,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Kill,
         Fault::Pause,
         Fault::LeaderKill,
@@ -48,6 +50,7 @@ impl Fault {
         Fault::S3Faults,
         Fault::DiskFull,
         Fault::ClockSkew,
+        Fault::BrokerRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Fault {
             Fault::S3Faults => "s3-faults",
             Fault::DiskFull => "disk-full",
             Fault::ClockSkew => "clock-skew",
+            Fault::BrokerRestart => "broker-restart",
         }
     }
 }
@@ -72,13 +76,6 @@ impl fmt::Display for Fault {
         f.write_str(self.name())
     }
 }
-
-/// The faults the issue names that this harness cannot inject yet, with
-/// why: asked for by name, they are refused with that reason.
-const NOT_YET: &[(&str, &str)] = &[(
-    "broker-restart",
-    "the broker runs on in-memory storage in this version",
-)];
 
 /// `--faults`: `all`, or names separated by commas.
 pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
@@ -92,8 +89,6 @@ pub fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
             if !out.contains(f) {
                 out.push(*f);
             }
-        } else if let Some((_, why)) = NOT_YET.iter().find(|(n, _)| *n == name) {
-            return Err(format!("fault `{name}` is not available: {why}"));
         } else {
             let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
             return Err(format!(
@@ -213,8 +208,10 @@ mod tests {
         );
         let e = parse_list("kill,explode").unwrap_err();
         assert!(e.contains("`explode`") && e.contains("one-way"), "{e}");
-        let e = parse_list("broker-restart").unwrap_err();
-        assert!(e.contains("not available"), "{e}");
+        assert_eq!(
+            parse_list("broker-restart").unwrap(),
+            vec![Fault::BrokerRestart]
+        );
         assert!(parse_list(" , ").is_err());
     }
 }

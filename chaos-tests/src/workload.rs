@@ -46,6 +46,8 @@ pub enum Source {
     Generated {
         rng: Box<rand::rngs::StdRng>,
         users: u32,
+        prefix: String,
+        step_ms: i64,
         next_id: i64,
         t_ms: i64,
         left: u64,
@@ -64,13 +66,38 @@ const AGENTS: [&str; 4] = [
 /// 2024-03-01T00:00:00Z.
 pub const GENERATED_FROM_MS: i64 = 1_709_251_200_000;
 
+/// How generated events are named, so a run's events stay apart from
+/// what a cluster already holds (`--target`): user ids start with
+/// `prefix`, event ids follow `id_base`, times start at `from_ms`.
+#[derive(Clone, Debug)]
+pub struct Naming {
+    pub prefix: String,
+    pub id_base: i64,
+    pub from_ms: i64,
+    /// Each event is 1 to this many ms after the one before.
+    pub step_ms: i64,
+}
+
+impl Default for Naming {
+    fn default() -> Naming {
+        Naming {
+            prefix: String::new(),
+            id_base: 0,
+            from_ms: GENERATED_FROM_MS,
+            step_ms: 400,
+        }
+    }
+}
+
 impl Source {
-    pub fn generated(seed: u64, users: u32, n: u64) -> Source {
+    pub fn generated(seed: u64, users: u32, n: u64, naming: &Naming) -> Source {
         Source::Generated {
             rng: Box::new(rand::rngs::StdRng::seed_from_u64(seed)),
             users,
-            next_id: 1,
-            t_ms: GENERATED_FROM_MS,
+            prefix: naming.prefix.clone(),
+            step_ms: naming.step_ms.max(2),
+            next_id: naming.id_base + 1,
+            t_ms: naming.from_ms,
             left: n,
         }
     }
@@ -87,6 +114,8 @@ impl Source {
             Source::Generated {
                 rng,
                 users,
+                prefix,
+                step_ms,
                 next_id,
                 t_ms,
                 left,
@@ -95,13 +124,13 @@ impl Source {
                     return Ok(None);
                 }
                 *left -= 1;
-                *t_ms += rng.random_range(1..400);
+                *t_ms += rng.random_range(1..*step_ms);
                 let id = *next_id;
                 *next_id += 1;
                 let user = rng.random_range(0..*users);
                 let ev = json!({
                     "event_id": id,
-                    "user_id": format!("u{user:05}"),
+                    "user_id": format!("{prefix}u{user:05}"),
                     "campaign_id": rng.random_range(1..=5),
                     "kind": if rng.random_bool(0.2) { "click" } else { "impression" },
                     "ip": format!("10.{}.{}.{}", user % 250, rng.random_range(0..250), rng.random_range(1..250)),
@@ -560,7 +589,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 #[allow(clippy::too_many_arguments)]
 pub fn serve(
     view: &str,
-    users: u32,
+    (prefix, users): (&str, u32),
     every: Duration,
     seed: u64,
     clients: &Clients,
@@ -574,7 +603,7 @@ pub fn serve(
         let Some((id, addr)) = pick(targets, &mut rng, None) else {
             continue;
         };
-        let user = format!("u{:05}", rng.random_range(0..users.max(1)));
+        let user = format!("{prefix}u{:05}", rng.random_range(0..users.max(1)));
         let t0 = Instant::now();
         let r =
             clients
@@ -627,7 +656,7 @@ mod tests {
     #[test]
     fn generated_events_are_seeded_and_strictly_later_each() {
         let take = |seed| {
-            let mut s = Source::generated(seed, 50, 500);
+            let mut s = Source::generated(seed, 50, 500, &Naming::default());
             let mut out = Vec::new();
             while let Some(e) = s.next_event().unwrap() {
                 out.push(e);
