@@ -93,23 +93,34 @@ impl Cluster {
         for node in &mut nodes {
             node.wait_up(Duration::from_secs(60))?;
         }
-        let admin = Clients::with_timeout(&spec.token, Duration::from_secs(30));
+        Ok(Cluster::of(spec, root, nodes, Some(s3), Some(broker)))
+    }
+
+    /// The cluster of `nodes`, its targets set.
+    fn of(
+        spec: NodeSpec,
+        root: PathBuf,
+        nodes: Vec<Node>,
+        s3: Option<S3Proxy>,
+        broker: Option<Broker>,
+    ) -> Cluster {
+        let next_ordinal = nodes.iter().map(|n| n.ordinal + 1).max().unwrap_or(0);
         let c = Cluster {
+            admin: Clients::with_timeout(&spec.token, Duration::from_secs(30)),
             spec,
             root,
             nodes,
             removed: Vec::new(),
             targets: Arc::new(RwLock::new(Vec::new())),
             probes: Arc::new(RwLock::new(Vec::new())),
-            admin,
-            s3: Some(s3),
-            broker: Some(broker),
+            s3,
+            broker,
             restarted: Vec::new(),
             disk_filled: None,
-            next_ordinal: n,
+            next_ordinal,
         };
         c.update_targets();
-        Ok(c)
+        c
     }
 
     /// A running cluster (`--target`): its nodes answer at `addrs`. With
@@ -165,23 +176,7 @@ impl Cluster {
             bootstrap_expect: nodes.len(),
             ..NodeSpec::default()
         };
-        let next_ordinal = nodes.iter().map(|n| n.ordinal + 1).max().unwrap_or(0);
-        let c = Cluster {
-            spec,
-            root,
-            nodes,
-            removed: Vec::new(),
-            targets: Arc::new(RwLock::new(Vec::new())),
-            probes: Arc::new(RwLock::new(Vec::new())),
-            admin: Clients::with_timeout(token, Duration::from_secs(30)),
-            s3: None,
-            broker: None,
-            restarted: Vec::new(),
-            disk_filled: None,
-            next_ordinal,
-        };
-        c.update_targets();
-        Ok(c)
+        Ok(Cluster::of(spec, root, nodes, None, None))
     }
 
     /// With proxies: fails unless every member advertises its ingress

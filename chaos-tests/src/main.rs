@@ -357,9 +357,12 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
             .map_err(|e| anyhow::anyhow!("listing the dead letters: {e}"))?
             .dead_letters
             .len();
+        // for the checker
+        std::fs::write(&pipeline, &sql)?;
         (cluster, token, sql, None)
     } else {
         let sql = given.unwrap_or_else(default_pipeline);
+        // the nodes read it at start
         std::fs::write(&pipeline, &sql)?;
         let tansu = procs::Broker::locate(a.tansu.as_deref(), &a.python)?;
         let bin = procs::lockstepd(a.lockstepd.as_deref())?;
@@ -407,7 +410,6 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
             .context("the cluster never formed")?;
         (cluster, token, sql, Some((store, broker_store)))
     };
-    std::fs::write(&pipeline, &sql)?;
     let view = first_name(&sql, "VIEW").context("the pipeline has no CREATE VIEW")?;
     let table = first_name(&sql, "TABLE").context("the pipeline has no CREATE TABLE")?;
     let views = cluster

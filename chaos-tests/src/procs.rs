@@ -69,7 +69,6 @@ pub struct Broker {
     /// `(endpoint, bucket)` of its S3 storage, when it has one.
     s3: Option<(String, String)>,
     child: Option<Child>,
-    pub restarts: u32,
 }
 
 impl Broker {
@@ -107,7 +106,6 @@ impl Broker {
             log: dir.join("broker.log"),
             s3,
             child: None,
-            restarts: 0,
         };
         b.spawn()?;
         Ok(b)
@@ -161,7 +159,6 @@ impl Broker {
     /// Starts it again on the same address and storage.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         kill_child(&mut self.child);
-        self.restarts += 1;
         self.spawn()
     }
 }
@@ -428,39 +425,20 @@ impl Node {
             mount_tmpfs(&dir.join("data"), mib)?;
         }
         std::fs::write(dir.join("faketime"), "+0\n")?;
-        Ok(Node {
-            ordinal,
-            dir,
-            ingress: Ingress::start(&listen)?,
-            egress: Egress::start()?,
-            listen,
-            child: None,
-            seeds: String::new(),
-            paused: false,
-            launches: 0,
-            exited: None,
-            exit_code: None,
-            mounted: spec.disk_mib.is_some(),
-            remote: None,
-        })
+        let proxies = (Ingress::start(&listen)?, Egress::start()?);
+        let mut node = Node::unstarted(ordinal, dir, &listen, proxies);
+        node.mounted = spec.disk_mib.is_some();
+        Ok(node)
     }
 
-    /// A node of a running cluster (`--target`): `id` (its `--node-id`,
-    /// whose number is `ordinal`) answers at `listen`; its peers reach it
-    /// through `ingress` and it sends through `egress` when the operator
-    /// started it so (`--advertise`, `LOCKSTEP_PEER_PROXY`); `hook` acts
-    /// on its process. Its directory holds the hook's output.
-    pub fn remote(
-        id: &str,
+    /// A node not running yet, its data directory not mounted.
+    fn unstarted(
         ordinal: usize,
+        dir: PathBuf,
         listen: &str,
-        root: &Path,
         (ingress, egress): (Ingress, Egress),
-        hook: Option<String>,
-    ) -> anyhow::Result<Node> {
-        let dir = root.join(id);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Node {
+    ) -> Node {
+        Node {
             ordinal,
             dir,
             listen: listen.to_string(),
@@ -473,12 +451,32 @@ impl Node {
             exited: None,
             exit_code: None,
             mounted: false,
-            remote: Some(Remote {
-                id: id.to_string(),
-                hook,
-                up: true,
-            }),
-        })
+            remote: None,
+        }
+    }
+
+    /// A node of a running cluster (`--target`): `id` (its `--node-id`,
+    /// whose number is `ordinal`) answers at `listen`; its peers reach it
+    /// through `ingress` and it sends through `egress` when the operator
+    /// started it so (`--advertise`, `LOCKSTEP_PEER_PROXY`); `hook` acts
+    /// on its process. Its directory holds the hook's output.
+    pub fn remote(
+        id: &str,
+        ordinal: usize,
+        listen: &str,
+        root: &Path,
+        proxies: (Ingress, Egress),
+        hook: Option<String>,
+    ) -> anyhow::Result<Node> {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir)?;
+        let mut node = Node::unstarted(ordinal, dir, listen, proxies);
+        node.remote = Some(Remote {
+            id: id.to_string(),
+            hook,
+            up: true,
+        });
+        Ok(node)
     }
 
     pub fn id(&self) -> String {
