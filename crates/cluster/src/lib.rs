@@ -428,10 +428,19 @@ impl ControlPlane {
     /// Why this member's Raft stopped for good (a storage error: a full
     /// or failed disk), if it did. It cannot recover in this process.
     pub fn fatal(&self) -> Option<String> {
-        match &self.raft.metrics().borrow().running_state {
-            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
-            Err(e) => Some(e.to_string()),
+        let rx = self.raft.metrics();
+        if let Err(e) = &rx.borrow().running_state {
+            if !matches!(e, openraft::error::Fatal::Stopped) {
+                return Some(e.to_string());
+            }
         }
+        // Raft's core gone while nobody stopped it (the caller asks only
+        // while the node runs): a storage error it quit on without the
+        // metrics saying so (CI saw "quit RaftCore::main on error ... No
+        // space left on device" and the node stayed up, unready, for good)
+        rx.has_changed()
+            .is_err()
+            .then(|| "Raft's core exited".to_string())
     }
 
     /// The last log index this member has applied to its state.
