@@ -22,9 +22,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Header naming how a record's value is encoded: absent means a JSON
 /// event (what external producers write); `bincode` means a validated row
@@ -227,6 +227,13 @@ impl ClientContext for BrokerErrors {
 /// `message.timeout.ms` (30 s), by which every record is acknowledged or
 /// failed.
 const PRODUCE_BOUND: Duration = Duration::from_secs(40);
+
+/// How long a gap in a partition's offsets must last before a reader
+/// accepts it: a broker may publish a batch's offsets before its records
+/// are readable (tansu 0.6 does), and a reader that moved past them would
+/// lose acknowledged records. Kafka's own gaps (compaction, transaction
+/// markers) are permanent and wait this long once.
+const GAP_GRACE: Duration = Duration::from_secs(10);
 
 /// The error code of a send the broker refused for the producer's id or
 /// epoch: only a new producer gets past it.
@@ -514,40 +521,68 @@ impl KafkaLog {
     /// (acks=all); returns each record's offset, in input order. Records of
     /// one shard keep their order. On error some records may have been
     /// written: the caller retries with the same idempotency key.
+    ///
+    /// The acknowledgements are awaited by a task of their own, bounded by
+    /// [`PRODUCE_BOUND`]: a caller that gives up first (an HTTP request at
+    /// its deadline) does not stop the watch on a stuck producer.
     pub async fn produce(&self, records: &[OutRecord<'_>]) -> Result<Vec<u64>, KafkaLogError> {
         let (made, producer) = self.producer();
-        // every record either acknowledged or failed within
-        // message.timeout.ms (30 s); a producer still holding them well
-        // after is stuck (seen after the broker restarted): made anew
-        let r = match tokio::time::timeout(PRODUCE_BOUND, self.produce_with(&producer, records))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                self.renew_producer(
-                    made,
-                    RDKafkaErrorCode::MessageTimedOut,
-                    "records neither acknowledged nor failed within 40 s",
-                );
-                return Err(KafkaLogError::Other {
-                    brokers: self.cfg.brokers.clone(),
-                    message: format!(
-                        "the broker did not acknowledge the records within {} s",
-                        PRODUCE_BOUND.as_secs()
-                    ),
-                });
+        let waits = match self.enqueue(&producer, records).await {
+            Ok(w) => w,
+            Err(e) => {
+                self.renew_if_broken(made, &producer, &e);
+                return Err(e);
             }
         };
-        if let Err(e) = &r {
-            if let Some((code, why)) = producer.client().fatal_error() {
-                self.renew_producer(made, code, &why);
-            } else if let Some(code) = fenced(e) {
-                // the broker no longer knows this producer's id or epoch
-                // (it restarted): every later send fails the same way
-                self.renew_producer(made, code, "the broker refused the producer's id or epoch");
+        let me = self.clone();
+        let watch = tokio::spawn(async move {
+            // every record is acknowledged or failed within
+            // message.timeout.ms (30 s); a producer still holding them well
+            // after is stuck (seen after the broker restarted): made anew
+            let r = match tokio::time::timeout(PRODUCE_BOUND, me.delivered(waits)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    me.renew_producer(
+                        made,
+                        RDKafkaErrorCode::MessageTimedOut,
+                        "records neither acknowledged nor failed within 40 s",
+                    );
+                    return Err(KafkaLogError::Other {
+                        brokers: me.cfg.brokers.clone(),
+                        message: format!(
+                            "the broker did not acknowledge the records within {} s",
+                            PRODUCE_BOUND.as_secs()
+                        ),
+                    });
+                }
+            };
+            if let Err(e) = &r {
+                me.renew_if_broken(made, &producer, e);
             }
+            r
+        });
+        watch.await.unwrap_or_else(|e| {
+            Err(KafkaLogError::Other {
+                brokers: self.cfg.brokers.clone(),
+                message: format!("waiting for the broker's acknowledgements failed: {e}"),
+            })
+        })
+    }
+
+    /// After a failed send: a producer with a fatal error, or one the
+    /// broker no longer knows (it restarted), is made anew.
+    fn renew_if_broken(
+        &self,
+        made: u64,
+        producer: &FutureProducer<BrokerErrors>,
+        e: &KafkaLogError,
+    ) {
+        if let Some((code, why)) = producer.client().fatal_error() {
+            self.renew_producer(made, code, &why);
+        } else if let Some(code) = fenced(e) {
+            // every later send fails the same way
+            self.renew_producer(made, code, "the broker refused the producer's id or epoch");
         }
-        r
     }
 
     /// The current producer, and its generation.
@@ -580,11 +615,14 @@ impl KafkaLog {
         }
     }
 
-    async fn produce_with(
+    /// Hands the records to the producer, in order; waits while its queue
+    /// is full, at most [`PRODUCE_BOUND`].
+    async fn enqueue(
         &self,
         producer: &FutureProducer<BrokerErrors>,
         records: &[OutRecord<'_>],
-    ) -> Result<Vec<u64>, KafkaLogError> {
+    ) -> Result<Vec<DeliveryFuture>, KafkaLogError> {
+        let started = std::time::Instant::now();
         let mut waits = Vec::with_capacity(records.len());
         for r in records {
             let mut headers = OwnedHeaders::new_with_capacity(3);
@@ -625,6 +663,12 @@ impl KafkaLog {
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if started.elapsed() > PRODUCE_BOUND {
+                            return Err(KafkaLogError::Kafka {
+                                brokers: self.cfg.brokers.clone(),
+                                source: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                            });
+                        }
                         rec = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -637,6 +681,11 @@ impl KafkaLog {
                 }
             }
         }
+        Ok(waits)
+    }
+
+    /// Each record's offset once all are acknowledged; the first failure.
+    async fn delivered(&self, waits: Vec<DeliveryFuture>) -> Result<Vec<u64>, KafkaLogError> {
         let mut offsets = Vec::with_capacity(waits.len());
         for w in waits {
             match w.await {
@@ -705,6 +754,9 @@ pub struct ShardReader {
     skip_gaps: bool,
     /// A record read past a gap, returned once the gap is accepted.
     held: Option<KafkaRecord>,
+    /// When the gap before `held` was first seen: it is accepted (skipped
+    /// or reported lost) only once it outlasted [`GAP_GRACE`].
+    gap_since: Option<Instant>,
     /// Records skipped over by gaps so far (with `skip_gaps`).
     pub skipped: u64,
 }
@@ -734,6 +786,7 @@ impl ShardReader {
             next: from,
             skip_gaps: false,
             held: None,
+            gap_since: None,
             skipped: 0,
         };
         reader.seek(from)?;
@@ -826,6 +879,14 @@ impl ShardReader {
     ) -> Result<Vec<KafkaRecord>, KafkaLogError> {
         let mut out = Vec::new();
         if let Some(r) = self.held.take() {
+            let since = *self.gap_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < GAP_GRACE {
+                // a broker may publish a batch's offsets before its records
+                // land (tansu does): read again from the missing offset
+                std::thread::sleep(timeout.min(Duration::from_millis(50)));
+                self.seek(self.next)?;
+                return Ok(Vec::new());
+            }
             if !self.skip_gaps {
                 let found = r.offset;
                 self.held = Some(r);
@@ -836,6 +897,7 @@ impl ShardReader {
             }
             self.skipped += r.offset - self.next;
             self.next = r.offset + 1;
+            self.gap_since = None;
             out.push(r);
         }
         let mut wait = timeout;
@@ -910,6 +972,7 @@ impl ShardReader {
             }
             out.push(rec);
             self.next = offset + 1;
+            self.gap_since = None;
         }
         if out.is_empty() && self.held.is_none() {
             if let Some(end) = self.cached_end() {
