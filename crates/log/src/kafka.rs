@@ -187,7 +187,7 @@ pub struct OutRecord<'a> {
 /// The producer side, shared by a node's ingest: cheap to clone.
 #[derive(Clone)]
 pub struct KafkaLog {
-    cfg: KafkaConfig,
+    cfg: std::sync::Arc<KafkaConfig>,
     /// The producer and how many times it was made: an idempotent
     /// producer that hit a fatal error (a broker restarted on its storage
     /// answered `ProducerFenced`) is unusable for good, and is made anew.
@@ -223,17 +223,33 @@ impl ClientContext for BrokerErrors {
     }
 }
 
-/// How long one `produce` may take: past the producer's
-/// `message.timeout.ms` (30 s), by which every record is acknowledged or
-/// failed.
+/// How long a `produce`'s records may wait for their acknowledgements:
+/// past the producer's `message.timeout.ms` (30 s), by which every record
+/// is acknowledged or failed.
 const PRODUCE_BOUND: Duration = Duration::from_secs(40);
 
-/// How long a gap in a partition's offsets must last before a reader
-/// accepts it: a broker may publish a batch's offsets before its records
-/// are readable (tansu 0.6 does), and a reader that moved past them would
-/// lose acknowledged records. Kafka's own gaps (compaction, transaction
-/// markers) are permanent and wait this long once.
+/// How long a `produce` may wait for room in the producer's queue: under
+/// an HTTP request's 30 s deadline, so a producer stuck with a full queue
+/// is seen (and made anew) by the request that waited on it.
+const ENQUEUE_BOUND: Duration = Duration::from_secs(20);
+
+/// How long a gap in a partition's offsets must last before a reader that
+/// does not skip gaps fails on it: a broker may publish a batch's offsets
+/// before its records are readable (tansu 0.6's S3 engine does), and such
+/// a gap fills. A reader that skips gaps (compacted topics, transactional
+/// producers: gaps by design) skips at once.
 const GAP_GRACE: Duration = Duration::from_secs(10);
+
+/// Drops a producer on a blocking thread when there is a runtime (its
+/// drop flushes and joins librdkafka's thread).
+fn drop_off_runtime(producer: FutureProducer<BrokerErrors>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(move || drop(producer));
+        }
+        Err(_) => drop(producer),
+    }
+}
 
 /// The error code of a send the broker refused for the producer's id or
 /// epoch: only a new producer gets past it.
@@ -290,7 +306,7 @@ impl KafkaLog {
         let errors = BrokerErrors::default();
         let producer = new_producer(&cfg, &errors).map_err(kafka)?;
         let log = KafkaLog {
-            cfg,
+            cfg: std::sync::Arc::new(cfg),
             producer: std::sync::Arc::new(std::sync::RwLock::new((0, producer))),
             errors,
         };
@@ -527,10 +543,11 @@ impl KafkaLog {
     /// its deadline) does not stop the watch on a stuck producer.
     pub async fn produce(&self, records: &[OutRecord<'_>]) -> Result<Vec<u64>, KafkaLogError> {
         let (made, producer) = self.producer();
-        let waits = match self.enqueue(&producer, records).await {
+        let waits = match self.enqueue(made, &producer, records).await {
             Ok(w) => w,
             Err(e) => {
                 self.renew_if_broken(made, &producer, &e);
+                self.release(made, producer);
                 return Err(e);
             }
         };
@@ -559,6 +576,7 @@ impl KafkaLog {
             if let Err(e) = &r {
                 me.renew_if_broken(made, &producer, e);
             }
+            me.release(made, producer);
             r
         });
         watch.await.unwrap_or_else(|e| {
@@ -585,6 +603,16 @@ impl KafkaLog {
         }
     }
 
+    /// Lets go of generation `made` of the producer. The last clone of a
+    /// replaced one is dropped on a blocking thread: dropping a producer
+    /// flushes and joins its thread, which would hold up a runtime worker.
+    fn release(&self, made: u64, producer: FutureProducer<BrokerErrors>) {
+        let current = self.producer.read().unwrap_or_else(|p| p.into_inner()).0;
+        if current != made {
+            drop_off_runtime(producer);
+        }
+    }
+
     /// The current producer, and its generation.
     fn producer(&self) -> (u64, FutureProducer<BrokerErrors>) {
         self.producer
@@ -607,7 +635,9 @@ impl KafkaLog {
                 tracing::warn!(
                     "the Kafka producer hit a fatal error ({code:?}: {why}): made a new one"
                 );
-                *p = (made + 1, fresh);
+                let (_, old) = std::mem::replace(&mut *p, (made + 1, fresh));
+                drop(p);
+                drop_off_runtime(old);
             }
             Err(e) => tracing::error!(
                 "the Kafka producer hit a fatal error ({code:?}: {why}) and a new one could not be made: {e}"
@@ -619,6 +649,7 @@ impl KafkaLog {
     /// is full, at most [`PRODUCE_BOUND`].
     async fn enqueue(
         &self,
+        made: u64,
         producer: &FutureProducer<BrokerErrors>,
         records: &[OutRecord<'_>],
     ) -> Result<Vec<DeliveryFuture>, KafkaLogError> {
@@ -663,10 +694,19 @@ impl KafkaLog {
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        if started.elapsed() > PRODUCE_BOUND {
-                            return Err(KafkaLogError::Kafka {
+                        let replaced =
+                            self.producer.read().unwrap_or_else(|p| p.into_inner()).0 != made;
+                        if replaced || started.elapsed() > ENQUEUE_BOUND {
+                            if !replaced {
+                                self.renew_producer(
+                                    made,
+                                    RDKafkaErrorCode::QueueFull,
+                                    "its queue stayed full for 20 s",
+                                );
+                            }
+                            return Err(KafkaLogError::Other {
                                 brokers: self.cfg.brokers.clone(),
-                                source: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                message: "the producer's queue stayed full (the broker is not acknowledging); made a new producer".into(),
                             });
                         }
                         rec = back;
@@ -820,6 +860,13 @@ impl ShardReader {
 
     /// Restarts reading at `offset`.
     pub fn seek(&mut self, offset: u64) -> Result<(), KafkaLogError> {
+        self.held = None;
+        self.gap_since = None;
+        self.assign(offset)
+    }
+
+    /// Fetches from `offset` on.
+    fn assign(&mut self, offset: u64) -> Result<(), KafkaLogError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(
             &self.topic,
@@ -879,15 +926,25 @@ impl ShardReader {
     ) -> Result<Vec<KafkaRecord>, KafkaLogError> {
         let mut out = Vec::new();
         if let Some(r) = self.held.take() {
-            let since = *self.gap_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < GAP_GRACE {
-                // a broker may publish a batch's offsets before its records
-                // land (tansu does): read again from the missing offset
-                std::thread::sleep(timeout.min(Duration::from_millis(50)));
-                self.seek(self.next)?;
-                return Ok(Vec::new());
-            }
             if !self.skip_gaps {
+                if self.gap_since.is_none() {
+                    tracing::warn!(
+                        shard = self.shard,
+                        "the partition has no record at offset {} but one at {}: reading the gap again for {} s before the shard fails on it",
+                        self.next,
+                        r.offset,
+                        GAP_GRACE.as_secs()
+                    );
+                    self.gap_since = Some(Instant::now());
+                }
+                let since = self.gap_since.unwrap_or_else(Instant::now);
+                if since.elapsed() < GAP_GRACE {
+                    // a broker may publish a batch's offsets before its
+                    // records land: read again from the missing offset
+                    std::thread::sleep(timeout.min(Duration::from_millis(50)));
+                    self.assign(self.next)?;
+                    return Ok(Vec::new());
+                }
                 let found = r.offset;
                 self.held = Some(r);
                 return Err(self.lost(format!(
