@@ -1,9 +1,10 @@
 //! `report.html`: the verdict, the replay command, and the run as plots on
 //! one time axis (faults shaded): acknowledged ingest per second, serving
-//! latency, the shards' lag, and which node led.
+//! latency, the shards' lag, which node led, and each node's resources
+//! (memory, open files, control-plane state) and the disk use.
 
 use crate::check::Verdict;
-use crate::monitor::Sample;
+use crate::monitor::{NodeSample, Sample};
 use crate::workload::{Mark, MarkKind};
 use std::fmt::Write;
 
@@ -84,7 +85,7 @@ fn plot(title: &str, unit: &str, end: f64, verdict: &Verdict, series: &[Line]) -
     let mut lx = LEFT + 10.0;
     for (label, colour, pts) in series {
         if !pts.is_empty() {
-            let d: Vec<String> = pts
+            let d: Vec<String> = thin(pts, MAX_POINTS)
                 .iter()
                 .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
                 .collect();
@@ -108,6 +109,133 @@ fn plot(title: &str, unit: &str, end: f64, verdict: &Verdict, series: &[Line]) -
         esc(title)
     );
     s
+}
+
+/// Points per plotted line at most (a soak samples every second for hours).
+const MAX_POINTS: usize = 1500;
+
+/// At most about `max` points: consecutive points grouped, each group
+/// drawn as its largest value (peaks of lag or memory stay visible).
+fn thin(pts: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
+    if pts.len() <= max {
+        return pts.to_vec();
+    }
+    pts.chunks(pts.len().div_ceil(max))
+        .map(|c| {
+            let top = c.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+            (c[0].0, top)
+        })
+        .collect()
+}
+
+/// Colours of per-node lines.
+const NODE_COLOURS: [&str; 8] = [
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+];
+
+/// A line per node: its id and its points.
+type NodeLines = Vec<(String, Vec<(f64, f64)>)>;
+
+/// One measure of every node over the run, a line per node id (nodes that
+/// joined later start late; a node down has no points meanwhile).
+fn per_node(
+    samples: &[Sample],
+    measure: impl Fn(&NodeSample) -> Option<u64>,
+    scale: f64,
+) -> NodeLines {
+    let mut by: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for s in samples {
+        for n in &s.nodes {
+            if let Some(v) = measure(n) {
+                by.entry(n.id.clone())
+                    .or_default()
+                    .push((s.t, v as f64 / scale));
+            }
+        }
+    }
+    by.into_iter().collect()
+}
+
+/// First, last and largest value of a line.
+fn span(pts: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    let first = pts.first()?.1;
+    let last = pts.last()?.1;
+    Some((
+        first,
+        last,
+        pts.iter().map(|p| p.1).fold(f64::MIN, f64::max),
+    ))
+}
+
+/// The resources section: memory, open files and control-plane state per
+/// node, and the run directory's disk use, as plots and as a table of
+/// first / last / largest values (what a soak is read for).
+fn resources(h: &mut String, verdict: &Verdict, samples: &[Sample], end: f64) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let measures: [(&str, &str, NodeLines); 3] = [
+        (
+            "memory (RSS)",
+            "MiB",
+            per_node(samples, |n| n.rss_bytes, MIB),
+        ),
+        (
+            "open files",
+            "fds",
+            per_node(samples, |n| n.open_files, 1.0),
+        ),
+        (
+            "control-plane state",
+            "KiB",
+            per_node(samples, |n| n.state_bytes, 1024.0),
+        ),
+    ];
+    let disk: Vec<(f64, f64)> = samples
+        .iter()
+        .filter_map(|s| s.disk_bytes.map(|b| (s.t, b as f64 / MIB)))
+        .collect();
+    h.push_str("<h2>Resources</h2><p>Sampled every second (disk every ten): whether anything grows without bound over a long run (<code>--duration 8h</code>). The numbers are in <code>samples.jsonl</code>.</p>");
+    h.push_str(
+        "<table><tr><th>measure</th><th>node</th><th>first</th><th>last</th><th>largest</th></tr>",
+    );
+    for (title, unit, lines) in &measures {
+        for (id, pts) in lines {
+            if let Some((a, b, m)) = span(pts) {
+                let _ = write!(
+                    h,
+                    "<tr><td>{title}</td><td>{}</td><td>{a:.1} {unit}</td><td>{b:.1} {unit}</td><td>{m:.1} {unit}</td></tr>",
+                    esc(id)
+                );
+            }
+        }
+    }
+    if let Some((a, b, m)) = span(&disk) {
+        let _ = write!(
+            h,
+            "<tr><td>disk (run directory)</td><td>all</td><td>{a:.1} MiB</td><td>{b:.1} MiB</td><td>{m:.1} MiB</td></tr>"
+        );
+    }
+    h.push_str("</table>");
+    for (title, unit, lines) in &measures {
+        let series: Vec<Line> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (id, pts))| {
+                (
+                    id.as_str(),
+                    NODE_COLOURS[i % NODE_COLOURS.len()],
+                    pts.clone(),
+                )
+            })
+            .collect();
+        h.push_str(&plot(title, unit, end, verdict, &series));
+    }
+    h.push_str(&plot(
+        "disk use of the run directory",
+        "MiB",
+        end,
+        verdict,
+        &[("disk", "#35978f", disk)],
+    ));
 }
 
 /// Per-second buckets of the marks of `what`: (events acknowledged, or
@@ -261,6 +389,7 @@ pub fn html(verdict: &Verdict, marks: &[Mark], samples: &[Sample], end: f64) -> 
         verdict,
         &[("leader", "#01665e", s.leader)],
     ));
+    resources(&mut h, verdict, samples, end);
     h.push_str("<h2>Fault steps</h2><table><tr><th>#</th><th>fault</th><th>nodes</th><th>start s</th><th>healed s</th><th>ready again s</th><th>longest unavailable s</th><th>ingest / serving resumed after heal s</th><th>note</th></tr>");
     for f in &verdict.steps {
         let o = |x: Option<f64>| x.map_or("never".to_string(), |x| format!("{x:.1}"));

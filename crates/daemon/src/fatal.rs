@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The exit status of a node that stopped because its local storage
 /// failed (a write, flush or fsync the disk refused): restart it once the
@@ -35,16 +36,40 @@ pub fn armed() -> bool {
     BEFORE_EXIT.get().is_some()
 }
 
-/// Logs `why` and ends the process with [`EXIT_STORAGE`].
+/// How long the exit may take: whatever hangs on the way out (a flush of
+/// a store on the failed disk, an exit handler), the process ends by then.
+const EXIT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Logs `why` and ends the process with [`EXIT_STORAGE`], within
+/// [`EXIT_DEADLINE`].
 pub fn storage_failed(why: &str) -> ! {
     if !STOPPING.swap(true, Ordering::SeqCst) {
-        if let Some(f) = BEFORE_EXIT.get() {
-            f();
-        }
         tracing::error!(
             "local storage failed: {why}; exiting with status {EXIT_STORAGE} so the service manager restarts this node once its disk has room (its shards move to the others meanwhile)"
         );
         eprintln!("lockstepd: local storage failed: {why}; exiting ({EXIT_STORAGE})");
+        let _ = std::thread::Builder::new()
+            .name("exit-deadline".into())
+            .spawn(|| {
+                std::thread::sleep(EXIT_DEADLINE);
+                // SAFETY: _exit(2) ends the process at once and touches no
+                // memory of ours
+                unsafe { libc::_exit(EXIT_STORAGE) }
+            });
+        if let Some(f) = BEFORE_EXIT.get() {
+            // on a thread of its own: a flush that hangs on the failed
+            // disk does not hold the exit up
+            let (done, wait) = std::sync::mpsc::channel();
+            let started = std::thread::Builder::new()
+                .name("before-exit".into())
+                .spawn(move || {
+                    f();
+                    let _ = done.send(());
+                });
+            if started.is_ok() {
+                let _ = wait.recv_timeout(EXIT_DEADLINE / 2);
+            }
+        }
     }
     std::process::exit(EXIT_STORAGE)
 }

@@ -23,22 +23,36 @@ pub fn start_tasks(
     supervisor: ActorRef<crate::shard::SupMsg>,
 ) {
     tokio::spawn(ownership(ctx.clone(), cl.clone(), supervisor));
-    tokio::spawn(raft_watch(ctx.clone(), cl.clone()));
+    raft_watch(ctx.clone(), cl.clone());
     tokio::spawn(coordinator(ctx, cl));
 }
 
 /// Stops the node when its Raft stopped for good (its storage failed):
-/// see crate::fatal.
-async fn raft_watch(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        if ctx.stopping.load(Ordering::Relaxed) {
-            return; // a shutdown stops Raft too
-        }
-        if let Some(why) = cl.cp.fatal() {
-            crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
-        }
+/// see crate::fatal. A thread of its own, not a task: it must act even when
+/// the runtime's workers are stuck (on a disk that failed). It ends with
+/// the node, or with the runtime (an in-process node dropped in a test),
+/// which takes Raft with it.
+fn raft_watch(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
+    // held by a task that never ends: gone when the runtime is
+    let runtime_alive = Arc::new(());
+    let alive = Arc::downgrade(&runtime_alive);
+    tokio::spawn(async move {
+        let _held = runtime_alive;
+        std::future::pending::<()>().await
+    });
+    let spawned = std::thread::Builder::new()
+        .name("raft-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if ctx.stopping.load(Ordering::Relaxed) || alive.upgrade().is_none() {
+                return; // a shutdown stops Raft too
+            }
+            if let Some(why) = cl.cp.fatal() {
+                crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the thread that watches Raft: {e}");
     }
 }
 
