@@ -66,8 +66,11 @@ pub fn storage_failed(why: &str) -> ! {
                     f();
                     let _ = done.send(());
                 });
-            if started.is_ok() {
-                let _ = wait.recv_timeout(EXIT_DEADLINE / 2);
+            if started.is_ok() && wait.recv_timeout(EXIT_DEADLINE / 2).is_err() {
+                tracing::error!(
+                    "the flush before exiting did not finish within {} ms; exiting without it",
+                    (EXIT_DEADLINE / 2).as_millis()
+                );
             }
         }
     }
