@@ -125,15 +125,28 @@ def bare_type(t):
     return re.split(r"\s+(?:NOT|NULL|PRIMARY|DEFAULT|UNIQUE|CHECK|REFERENCES|COLLATE)\b", t, flags=re.I)[0]
 
 
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+                 "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+
+
 def kind_of(duck_type):
-    """How a column's values are compared: floats by bits, timestamps by
-    their millisecond, anything else by value."""
+    """A column type's class, as norm() classes values: integers, floats
+    (and decimals), timestamps (by millisecond), booleans; any other type
+    is its own class. Values of different classes are never equal."""
     t = duck_type.upper()
+    if t in INTEGER_TYPES:
+        return "integer"
     if t.startswith(("DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC")):
         return "float"
     if t.startswith("TIMESTAMP") or t == "DATE":
         return "time"
-    return "value"
+    if t == "BOOLEAN":
+        return "boolean"
+    return t
+
+
+def kinds(con, rel):
+    return {n: kind_of(t) for n, t in con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {rel})").fetchall()}
 
 
 def q(name):
@@ -141,11 +154,12 @@ def q(name):
 
 
 def normalized(con, rel, names):
-    """A SELECT list over `rel` whose values compare as norm() does."""
-    types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {rel})").fetchall())
+    """A SELECT list over `rel` whose values compare as norm() does (within
+    a class: compare the classes first)."""
+    types = kinds(con, rel)
     out = []
     for n in names:
-        k = kind_of(types[n])
+        k = types[n]
         if k == "float":
             # the value, and its sign (DuckDB's = has 0.0 = -0.0)
             out.append(f"CAST({q(n)} AS DOUBLE) AS {q(n)}")
@@ -217,51 +231,53 @@ def main():
                      for c, t in cols}
         json_cols["__seq"], json_cols["__digest"] = "BIGINT", "VARCHAR"
         spec = "{" + ", ".join(f"'{c}': '{t}'" for c, t in json_cols.items()) + "}"
-        con.execute(f"CREATE TABLE acked AS SELECT * FROM read_json(?, format = 'newline_delimited', columns = {spec})",
+        con.execute(f"CREATE TABLE __acked AS SELECT * FROM read_json(?, format = 'newline_delimited', columns = {spec})",
                     [staged])
         os.remove(staged)
-        con.execute(f"""CREATE TABLE ranked AS SELECT *,
+        con.execute(f"""CREATE TABLE __ranked AS SELECT *,
             row_number() OVER (PARTITION BY {q(idc)} ORDER BY __seq) AS __rank,
             first(__digest) OVER (PARTITION BY {q(idc)} ORDER BY __seq) AS __first
-            FROM acked""")
-        con.execute("DROP TABLE acked")
+            FROM __acked""")
+        con.execute("DROP TABLE __acked")
         acknowledged, conflicts = con.execute(
-            "SELECT count(*) FILTER (WHERE __rank = 1), count(*) FILTER (WHERE __digest <> __first) FROM ranked"
+            "SELECT count(*) FILTER (WHERE __rank = 1), count(*) FILTER (WHERE __digest <> __first) FROM __ranked"
         ).fetchone()
         casts = ", ".join(
             f"CAST(replace(rtrim({q(c)}, 'Z'), 'T', ' ') AS {t})" if json_cols[c] == "VARCHAR" and bare_type(t).upper().startswith("TIMESTAMP")
             else f"CAST({q(c)} AS {t})"
             for c, t in cols)
-        con.execute(f"INSERT INTO {table} SELECT {casts} FROM ranked WHERE __rank = 1")
-        con.execute("DROP TABLE ranked")
+        con.execute(f"INSERT INTO {table} SELECT {casts} FROM __ranked WHERE __rank = 1")
+        con.execute("DROP TABLE __ranked")
 
-        con.execute(f"CREATE TABLE ref AS {select}")
+        con.execute(f"CREATE TABLE __ref AS {select}")
         files = sorted(glob.glob(os.path.join(a.segments, "*.parquet")))
         if files:
-            con.execute("CREATE TABLE got AS SELECT * FROM read_parquet(?)", [files])
+            con.execute("CREATE TABLE __got AS SELECT * FROM read_parquet(?)", [files])
         else:
-            con.execute("CREATE TABLE got AS SELECT * FROM ref LIMIT 0")
-        ref_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE ref)").fetchall()]
-        got_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE got)").fetchall()]
+            con.execute("CREATE TABLE __got AS SELECT * FROM __ref LIMIT 0")
+        ref_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE __ref)").fetchall()]
+        got_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE __got)").fetchall()]
 
         export_mismatches = 0
         if a.export:
-            con.execute("CREATE TABLE exported AS SELECT * FROM read_parquet(?)", [a.export])
-            ex_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE exported)").fetchall()]
-            if ex_names != got_names:
-                export_mismatches = max(1, con.execute("SELECT count(*) FROM exported").fetchone()[0])
+            con.execute("CREATE TABLE __exported AS SELECT * FROM read_parquet(?)", [a.export])
+            ex_names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE __exported)").fetchall()]
+            if ex_names != got_names or kinds(con, "__exported") != kinds(con, "__got"):
+                # every row differs, as norm() would find
+                export_mismatches = con.execute(
+                    "SELECT (SELECT count(*) FROM __exported) + (SELECT count(*) FROM __got)").fetchone()[0]
             else:
-                g, e = normalized(con, "got", got_names), normalized(con, "exported", got_names)
+                g, e = normalized(con, "__got", got_names), normalized(con, "__exported", got_names)
                 export_mismatches = con.execute(f"""SELECT count(*) FROM (
-                    (SELECT {g} FROM got EXCEPT ALL SELECT {e} FROM exported)
+                    (SELECT {g} FROM __got EXCEPT ALL SELECT {e} FROM __exported)
                     UNION ALL
-                    (SELECT {e} FROM exported EXCEPT ALL SELECT {g} FROM got))""").fetchone()[0]
+                    (SELECT {e} FROM __exported EXCEPT ALL SELECT {g} FROM __got))""").fetchone()[0]
         if ref_names != got_names:
             print(json.dumps({"error": f"columns differ: reference {ref_names}, committed {got_names}"}))
             return 1
 
         # rows of the excluded keys (and of other runs' keys) on neither side
-        key_type = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE ref)").fetchall())[a.exclude_column]
+        key_type = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE __ref)").fetchall())[a.exclude_column]
         keep, params = "TRUE", []
         if key_type.upper().startswith("VARCHAR"):
             keep = f"NOT coalesce(starts_with({q(a.exclude_column)}, ?), false)"
@@ -271,59 +287,69 @@ def main():
                 params.append(a.only_prefix)
         elif a.only_prefix:
             keep = "FALSE"
-        con.execute(f"CREATE TABLE want AS SELECT * FROM ref WHERE {keep}", params)
-        con.execute(f"CREATE TABLE have_all AS SELECT * FROM got WHERE {keep}", params)
-        con.execute(f"""CREATE TABLE have AS SELECT * EXCLUDE (__rank) FROM (
-            SELECT *, row_number() OVER (PARTITION BY {q(idc)}) AS __rank FROM have_all) WHERE __rank = 1""")
-        reference_rows = con.execute(f"SELECT count(DISTINCT {q(idc)}) FROM want").fetchone()[0]
-        committed, distinct = con.execute(f"SELECT count(*), count(DISTINCT {q(idc)}) FROM have_all").fetchone()
-        duplicated = committed - distinct
+        ID = q(idc)
+        con.execute(f"CREATE TABLE __want AS SELECT * FROM __ref WHERE {keep}", params)
+        con.execute(f"CREATE TABLE __have_all AS SELECT * FROM __got WHERE {keep}", params)
+        con.execute(f"""CREATE TABLE __have AS SELECT * EXCLUDE (__rank) FROM (
+            SELECT *, row_number() OVER (PARTITION BY {ID}) AS __rank FROM __have_all) WHERE __rank = 1""")
+        # ids compared NULL-safe throughout (a NULL id is an id like any
+        # other: NOT IN would hide every lost row behind it)
+        reference_rows = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {ID} FROM __want)").fetchone()[0]
+        committed = con.execute("SELECT count(*) FROM __have_all").fetchone()[0]
+        duplicated = committed - con.execute("SELECT count(*) FROM __have").fetchone()[0]
+        lost_q = f"""SELECT DISTINCT {ID} FROM __want w WHERE NOT EXISTS
+            (SELECT 1 FROM __have h WHERE h.{ID} IS NOT DISTINCT FROM w.{ID})"""
+        unexpected_q = f"""SELECT {ID} FROM __have h WHERE NOT EXISTS
+            (SELECT 1 FROM __want w WHERE w.{ID} IS NOT DISTINCT FROM h.{ID})"""
 
         def ids(query):
             return [r[0] for r in con.execute(query).fetchall()]
 
-        lost_n, = con.execute(f"SELECT count(DISTINCT {q(idc)}) FROM want WHERE {q(idc)} NOT IN (SELECT {q(idc)} FROM have)").fetchone()
-        lost = ids(f"SELECT DISTINCT {q(idc)} FROM want WHERE {q(idc)} NOT IN (SELECT {q(idc)} FROM have) ORDER BY 1 LIMIT 10")
-        unexpected_n, = con.execute(f"SELECT count(*) FROM have WHERE {q(idc)} NOT IN (SELECT {q(idc)} FROM want)").fetchone()
-        unexpected = ids(f"SELECT {q(idc)} FROM have WHERE {q(idc)} NOT IN (SELECT {q(idc)} FROM want) ORDER BY 1 LIMIT 10")
+        lost_n = con.execute(f"SELECT count(*) FROM ({lost_q})").fetchone()[0]
+        lost = ids(f"SELECT * FROM ({lost_q}) ORDER BY 1 LIMIT 10")
+        unexpected_n = con.execute(f"SELECT count(*) FROM ({unexpected_q})").fetchone()[0]
+        unexpected = ids(f"SELECT * FROM ({unexpected_q}) ORDER BY 1 LIMIT 10")
 
-        # every column compared as norm() compares it
-        wt = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE want)").fetchall())
-        ht = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE have)").fetchall())
+        # every column compared as norm() compares it: values of different
+        # classes (an integer and a float, a number and a string) never
+        # equal, floats bit for bit (the sign of a zero too), timestamps
+        # by their millisecond
+        wk, hk = kinds(con, "__want"), kinds(con, "__have")
         same = []
         for c in ref_names:
             w, h = f"w.{q(c)}", f"h.{q(c)}"
-            kinds = {kind_of(wt[c]), kind_of(ht[c])}
-            if "float" in kinds:
+            if wk[c] != hk[c]:
+                same.append(f"({w} IS NULL AND {h} IS NULL)")
+            elif wk[c] == "float":
                 wd, hd = f"CAST({w} AS DOUBLE)", f"CAST({h} AS DOUBLE)"
                 same.append(f"({wd} IS NOT DISTINCT FROM {hd} AND ({wd} IS NULL OR signbit({wd}) = signbit({hd})))")
-            elif "time" in kinds:
+            elif wk[c] == "time":
                 same.append(f"(epoch_ms(CAST({w} AS TIMESTAMP)) IS NOT DISTINCT FROM epoch_ms(CAST({h} AS TIMESTAMP)))")
             else:
                 same.append(f"({w} IS NOT DISTINCT FROM {h})")
         flags = ", ".join(f"{x} AS __same_{k}" for k, x in enumerate(same))
-        con.execute(f"""CREATE TABLE compared AS SELECT w.{q(idc)} AS __id, {flags}
-            FROM (SELECT DISTINCT ON ({q(idc)}) * FROM want) w JOIN have h USING ({q(idc)})""")
+        con.execute(f"""CREATE TABLE __compared AS SELECT w.{ID} AS __id, {flags}
+            FROM (SELECT DISTINCT ON ({ID}) * FROM __want) w JOIN __have h ON w.{ID} IS NOT DISTINCT FROM h.{ID}""")
         all_same = " AND ".join(f"__same_{k}" for k in range(len(same))) or "TRUE"
-        wrong_n, = con.execute(f"SELECT count(*) FROM compared WHERE NOT ({all_same})").fetchone()
+        wrong_n = con.execute(f"SELECT count(*) FROM __compared WHERE NOT ({all_same})").fetchone()[0]
         wrong = []
-        for r in con.execute(f"SELECT * FROM compared WHERE NOT ({all_same}) ORDER BY __id LIMIT 5").fetchall():
+        for r in con.execute(f"SELECT * FROM __compared WHERE NOT ({all_same}) ORDER BY __id LIMIT 5").fetchall():
             i = r[0]
-            w = con.execute(f"SELECT * FROM want WHERE {q(idc)} = ? LIMIT 1", [i]).fetchone()
-            g = con.execute(f"SELECT * FROM have WHERE {q(idc)} = ? LIMIT 1", [i]).fetchone()
+            w = con.execute(f"SELECT * FROM __want WHERE {ID} IS NOT DISTINCT FROM ? LIMIT 1", [i]).fetchone()
+            g = con.execute(f"SELECT * FROM __have WHERE {ID} IS NOT DISTINCT FROM ? LIMIT 1", [i]).fetchone()
             wrong.append({"id": i, "columns": [c for c, ok in zip(ref_names, r[1:]) if not ok],
                           "reference": [str(x) for x in w], "committed": [str(y) for y in g]})
 
         # a served answer equals its training row: every column but the
         # labels (null when served), null for null; and it says rightly
         # whether the event has a row
-        served_ids = sorted({i for i, _, _ in served})
-        con.execute(f"CREATE TABLE served_ids ({q(idc)} {dict(cols)[idc] if idc in dict(cols) else 'BIGINT'})")
+        served_ids = sorted({i for i, _, _ in served if i is not None})
+        con.execute(f"CREATE TABLE __served_ids ({ID} {dict(cols)[idc] if idc in dict(cols) else 'BIGINT'})")
         if served_ids:
-            con.executemany("INSERT INTO served_ids VALUES (?)", [[i] for i in served_ids])
-        in_want = set(ids(f"SELECT DISTINCT {q(idc)} FROM want WHERE {q(idc)} IN (SELECT {q(idc)} FROM served_ids)"))
+            con.executemany("INSERT INTO __served_ids VALUES (?)", [[i] for i in served_ids])
+        in_want = set(ids(f"SELECT DISTINCT {ID} FROM __want WHERE {ID} IN (SELECT {ID} FROM __served_ids)"))
         have_rows = {r[got_names.index(idc)]: r for r in con.execute(
-            f"SELECT * FROM have WHERE {q(idc)} IN (SELECT {q(idc)} FROM served_ids)").fetchall()}
+            f"SELECT * FROM __have WHERE {ID} IN (SELECT {ID} FROM __served_ids)").fetchall()}
         labels = {l for l in a.labels.split(",") if l}
         wrong_served, checked = [], 0
         for i, feats, fate in served:

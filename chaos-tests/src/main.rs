@@ -974,6 +974,69 @@ mod tests {
         assert!(parse_duration("1h30").is_err());
     }
 
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec![
+            "lockstep-chaos",
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--token",
+            "t",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("arguments").cmd {
+            Cmd::Run(a) => a,
+        }
+    }
+
+    fn outside(extra: &[&str]) -> anyhow::Result<Vec<faults::Fault>> {
+        let a = run_args(extra);
+        outside_faults(
+            &faults::parse_list(&a.faults).map_err(anyhow::Error::msg)?,
+            &a,
+        )
+    }
+
+    #[test]
+    fn a_target_cluster_refuses_the_faults_it_cannot_take_and_says_why() {
+        use faults::Fault as F;
+        let why = |extra: &[&str]| outside(extra).unwrap_err().to_string();
+        assert!(why(&["--faults", "broker-restart"]).contains("does not run your broker"));
+        assert!(why(&["--faults", "s3-faults"]).contains("not in front of your object store"));
+        assert!(why(&["--faults", "disk-full"]).contains("nodes' machine"));
+        assert!(why(&["--faults", "drain-add"]).contains("starts a new node"));
+        assert!(why(&["--faults", "kill"]).contains("--hook"));
+        assert!(why(&["--faults", "partition"]).contains("--proxy-base"));
+        // `all` keeps what it can do, and nothing at all is refused
+        assert!(why(&["--faults", "all"]).contains("nothing to inject"));
+        assert_eq!(
+            outside(&["--faults", "all", "--hook", "./h.sh"]).unwrap(),
+            vec![F::Kill, F::Pause, F::LeaderKill, F::RollingRestart]
+        );
+        let both = outside(&[
+            "--faults",
+            "all",
+            "--hook",
+            "./h.sh",
+            "--proxy-base",
+            "127.0.0.1:20000",
+        ])
+        .unwrap();
+        assert_eq!(both.len(), 7);
+        assert!(both.contains(&F::OneWay) && !both.contains(&F::BrokerRestart));
+    }
+
+    #[test]
+    fn a_bad_proxy_base_is_refused_with_the_reason() {
+        let targets = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let why = |base: &str| match outside_proxies(base, &targets) {
+            Ok(_) => panic!("--proxy-base {base} was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(why("no-port").contains("HOST:PORT"));
+        assert!(why("127.0.0.1:65534").contains("past 65535"));
+    }
+
     #[test]
     fn the_default_pipeline_deduplicates_by_event_id() {
         let p = default_pipeline();

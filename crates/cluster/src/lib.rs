@@ -429,15 +429,16 @@ impl ControlPlane {
     /// or failed disk), if it did. It cannot recover in this process.
     pub fn fatal(&self) -> Option<String> {
         let rx = self.raft.metrics();
-        if let Err(e) = &rx.borrow().running_state {
-            if !matches!(e, openraft::error::Fatal::Stopped) {
-                return Some(e.to_string());
-            }
+        match &rx.borrow().running_state {
+            // shut down on purpose
+            Err(openraft::error::Fatal::Stopped) => return None,
+            Err(e) => return Some(e.to_string()),
+            Ok(()) => {}
         }
-        // Raft's core gone while nobody stopped it (the caller asks only
-        // while the node runs): a storage error it quit on without the
-        // metrics saying so (CI saw "quit RaftCore::main on error ... No
-        // space left on device" and the node stayed up, unready, for good)
+        // Raft's core gone while its metrics still say it runs: it quit
+        // without saying why (CI saw "quit RaftCore::main on error ... No
+        // space left on device" and the node stayed up, unready, for good),
+        // or its runtime is being dropped (the caller checks for that)
         rx.has_changed()
             .is_err()
             .then(|| "Raft's core exited".to_string())

@@ -8,6 +8,7 @@
 //! checkpoints like any restarted node. Meanwhile the cluster moves its
 //! shards away.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -41,40 +42,64 @@ pub fn armed() -> bool {
 const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Logs `why` and ends the process with [`EXIT_STORAGE`], within
-/// [`EXIT_DEADLINE`].
+/// [`EXIT_DEADLINE`]. Nothing on the way can keep the process up: the
+/// deadline is set first, logging cannot panic it (stderr on the full
+/// disk), the flush is bounded, and the end is `_exit` (no exit handlers
+/// run while other threads still work). A second caller waits for the
+/// first to end the process.
 pub fn storage_failed(why: &str) -> ! {
-    if !STOPPING.swap(true, Ordering::SeqCst) {
+    if STOPPING.swap(true, Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    let _ = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(|| {
+            std::thread::sleep(EXIT_DEADLINE);
+            end()
+        });
+    let _ = std::panic::catch_unwind(|| {
         tracing::error!(
             "local storage failed: {why}; exiting with status {EXIT_STORAGE} so the service manager restarts this node once its disk has room (its shards move to the others meanwhile)"
         );
-        eprintln!("lockstepd: local storage failed: {why}; exiting ({EXIT_STORAGE})");
-        let _ = std::thread::Builder::new()
-            .name("exit-deadline".into())
-            .spawn(|| {
-                std::thread::sleep(EXIT_DEADLINE);
-                // SAFETY: _exit(2) ends the process at once and touches no
-                // memory of ours
-                unsafe { libc::_exit(EXIT_STORAGE) }
+    });
+    let _ = writeln!(
+        std::io::stderr(),
+        "lockstepd: local storage failed: {why}; exiting ({EXIT_STORAGE})"
+    );
+    if let Some(f) = BEFORE_EXIT.get() {
+        // on a thread of its own: a flush that hangs on the failed disk
+        // does not hold the exit up
+        let (done, wait) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("before-exit".into())
+            .spawn(move || {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                let _ = done.send(());
             });
-        if let Some(f) = BEFORE_EXIT.get() {
-            // on a thread of its own: a flush that hangs on the failed
-            // disk does not hold the exit up
-            let (done, wait) = std::sync::mpsc::channel();
-            let started = std::thread::Builder::new()
-                .name("before-exit".into())
-                .spawn(move || {
-                    f();
-                    let _ = done.send(());
-                });
-            if started.is_ok() && wait.recv_timeout(EXIT_DEADLINE / 2).is_err() {
+        if started.is_ok()
+            && matches!(
+                wait.recv_timeout(EXIT_DEADLINE / 2),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            )
+        {
+            let _ = std::panic::catch_unwind(|| {
                 tracing::error!(
                     "the flush before exiting did not finish within {} ms; exiting without it",
                     (EXIT_DEADLINE / 2).as_millis()
                 );
-            }
+            });
         }
     }
-    std::process::exit(EXIT_STORAGE)
+    end()
+}
+
+/// Ends the process with [`EXIT_STORAGE`] at once.
+fn end() -> ! {
+    // SAFETY: _exit(2) ends the process without running exit handlers or
+    // touching memory of ours
+    unsafe { libc::_exit(EXIT_STORAGE) }
 }
 
 /// A write or flush of the node's sled state store, once the node has

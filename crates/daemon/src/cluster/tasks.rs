@@ -48,6 +48,12 @@ fn raft_watch(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
                 return; // a shutdown stops Raft too
             }
             if let Some(why) = cl.cp.fatal() {
+                // not while the node or its runtime goes away, which
+                // takes Raft with it (asked again a moment later)
+                std::thread::sleep(Duration::from_secs(1));
+                if ctx.stopping.load(Ordering::Relaxed) || alive.upgrade().is_none() {
+                    return;
+                }
                 crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
             }
         });
