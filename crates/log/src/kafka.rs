@@ -601,10 +601,14 @@ impl KafkaLog {
     /// replaced one is dropped on a blocking thread: dropping a producer
     /// flushes and joins its thread, which would hold up a runtime worker.
     fn release(&self, made: u64, producer: FutureProducer<BrokerErrors>) {
-        let current = self.producer.read().unwrap_or_else(|p| p.into_inner()).0;
-        if current != made {
+        if self.generation() != made {
             drop_off_runtime(producer);
         }
+    }
+
+    /// How many times the producer was made anew.
+    fn generation(&self) -> u64 {
+        self.producer.read().unwrap_or_else(|p| p.into_inner()).0
     }
 
     /// The current producer, and its generation.
@@ -640,7 +644,7 @@ impl KafkaLog {
     }
 
     /// Hands the records to the producer, in order; waits while its queue
-    /// is full, at most [`PRODUCE_BOUND`].
+    /// is full, at most [`ENQUEUE_BOUND`].
     async fn enqueue(
         &self,
         made: u64,
@@ -688,8 +692,7 @@ impl KafkaLog {
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        let replaced =
-                            self.producer.read().unwrap_or_else(|p| p.into_inner()).0 != made;
+                        let replaced = self.generation() != made;
                         if replaced || started.elapsed() > ENQUEUE_BOUND {
                             if !replaced {
                                 self.renew_producer(

@@ -42,19 +42,25 @@ fn raft_watch(ctx: Arc<NodeCtx>, cl: Arc<ClusterCtx>) {
     });
     let spawned = std::thread::Builder::new()
         .name("raft-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(500));
-            if ctx.stopping.load(Ordering::Relaxed) || alive.upgrade().is_none() {
-                return; // a shutdown stops Raft too
-            }
-            if let Some(why) = cl.cp.fatal() {
-                // not while the node or its runtime goes away, which
-                // takes Raft with it (asked again a moment later)
-                std::thread::sleep(Duration::from_secs(1));
-                if ctx.stopping.load(Ordering::Relaxed) || alive.upgrade().is_none() {
+        .spawn(move || {
+            // a shutdown, or the runtime's end, stops Raft too
+            let going = || ctx.stopping.load(Ordering::Relaxed) || alive.upgrade().is_none();
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if going() {
                     return;
                 }
-                crate::fatal::storage_failed(&format!("the control plane's Raft stopped: {why}"));
+                if let Some(why) = cl.cp.fatal() {
+                    // not while the node or its runtime goes away (asked
+                    // again a moment later)
+                    std::thread::sleep(Duration::from_secs(1));
+                    if going() {
+                        return;
+                    }
+                    crate::fatal::storage_failed(&format!(
+                        "the control plane's Raft stopped: {why}"
+                    ));
+                }
             }
         });
     if let Err(e) = spawned {
