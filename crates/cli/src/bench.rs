@@ -17,6 +17,8 @@ pub struct BenchArgs {
     pub format: String,
     /// Reuse an existing input file of the same name.
     pub reuse: bool,
+    /// Shard worker threads (0: one per core).
+    pub threads: usize,
 }
 
 pub fn bench_batch(args: &BenchArgs) -> anyhow::Result<()> {
@@ -49,6 +51,7 @@ pub fn bench_batch(args: &BenchArgs) -> anyhow::Result<()> {
         strict: false,
         idempotency_ttl_ms: crate::run::DEFAULT_IDEMPOTENCY_TTL_MS,
         now_ms: crate::run::wall_clock_ms(),
+        threads: args.threads,
     })?;
     s.print(&output);
     println!(

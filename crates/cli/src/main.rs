@@ -46,6 +46,10 @@ enum Cmd {
         /// past it is refused to the dead-letter file. Default: now.
         #[arg(long, value_parser = instant)]
         now: Option<i64>,
+        /// Threads running the shards (0: one per core). Shards are
+        /// independent; the rows and their order are the same for every value.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Generate realistic ad events (the canonical `ad_events` table) to .parquet, .jsonl or .csv.
     Gen {
@@ -115,9 +119,10 @@ enum Cmd {
         /// ingest/serve: events per request.
         #[arg(long, default_value_t = 5000)]
         batch: usize,
-        /// ingest/serve: concurrent connections.
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
+        /// ingest/serve: concurrent connections (default 4); batch: threads
+        /// running the shards (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// serve: requests per second (default 5000); soak: events per
         /// second (default 2000).
         #[arg(long)]
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             strict,
             idempotency_ttl,
             now,
+            threads,
         } => run::run(&run::RunArgs {
             sql,
             view,
@@ -164,6 +170,7 @@ fn main() -> ExitCode {
             strict,
             idempotency_ttl_ms: idempotency_ttl,
             now_ms: now.unwrap_or_else(run::wall_clock_ms),
+            threads,
         })
         .map(|s| s.print(&output)),
         Cmd::Gen {
@@ -260,7 +267,7 @@ fn main() -> ExitCode {
                     events,
                     users,
                     batch,
-                    threads,
+                    threads: threads.unwrap_or(4),
                     rate: rate.unwrap_or(5000),
                     seconds: seconds.unwrap_or(10),
                     dir,
@@ -277,6 +284,7 @@ fn main() -> ExitCode {
                 dir,
                 format,
                 reuse,
+                threads: threads.unwrap_or(0),
             }),
         },
     };

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context};
 use lockstep_core::dedup::{event_id_of, EventIds};
-use lockstep_core::{Emitted, Engine, EventError, Outcome, Row};
+use lockstep_core::{Emitted, Engine, Outcome, Row};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
     DeadLetterWriter, EventReader, Location, RowSink,
@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// The time the file's events count as having arrived, for the table's
     /// `max_event_time_ahead` (`--now`; default: when the run starts).
     pub now_ms: i64,
+    /// Shard workers (`--threads`); 0: one per core. The rows are the same,
+    /// in the same order, for every value.
+    pub threads: usize,
 }
 
 /// The wall clock, in epoch milliseconds (`--now`'s default).
@@ -87,19 +90,41 @@ impl RunSummary {
 /// costs vanish, small enough to keep memory constant.
 const BATCH: usize = 4096;
 
-/// What the reader thread hands the engine: a routed, valid event, or why not.
-enum Record {
-    Event {
-        location: Location,
-        shard: u32,
-        event: Row,
-    },
-    Malformed(BadRecord),
-    Invalid {
-        location: Location,
-        event: Row,
-        reason: EventError,
-    },
+/// A routed, valid, first-seen event for a shard worker, with its place in
+/// the file (`seq`: the record's index, which orders the output).
+struct Job {
+    seq: u64,
+    location: Location,
+    shard: u32,
+    event: Row,
+}
+
+/// What a shard worker returns for one batch of the file.
+struct Processed {
+    /// Rows made final by the batch's events, each with the `seq` of the
+    /// event that released it, in the order the worker emitted them.
+    rows: Vec<(u64, Row)>,
+    /// The batch's late events, with their `seq`.
+    late: Vec<(u64, BadRecord)>,
+    accepted: u64,
+}
+
+enum WorkerMsg {
+    Batch(Processed),
+    /// End of input: the held rows of the worker's shards, with their
+    /// shard, in shard order.
+    Finish(Vec<(u32, Row)>),
+}
+
+/// The number of shard workers `--threads` asks for: 0 means the machine's
+/// cores; never more than the table has shards.
+pub fn worker_count(threads: usize, shards: u32) -> usize {
+    let want = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    want.clamp(1, shards.max(1) as usize)
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
@@ -115,181 +140,251 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     })?;
     let out_schema = view.output.clone();
     let needed = view.used_columns(&catalog.tables[view.table]);
-    let mut engine = Engine::new(catalog.clone(), &[args.view.as_str()])?;
-    let schema = engine.table().schema.clone();
-    let reader = open_events_projected(&args.input, &schema, Some(&needed))
+    let table = catalog.tables[view.table].clone();
+    let workers = worker_count(args.threads, table.shards);
+    let engines = (0..workers)
+        .map(|_| Engine::new(catalog.clone(), &[args.view.as_str()]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reader = open_events_projected(&args.input, &table.schema, Some(&needed))
         .with_context(|| format!("cannot read events from {}", args.input.display()))?;
     let writer = create_row_writer(&args.output, &out_schema)
         .with_context(|| format!("cannot write rows to {}", args.output.display()))?;
     let start = Instant::now();
-    // Three stages on their own threads: decoding, the engine (one thread, in
-    // log order, exactly as a shard actor runs it), encoding. Bounded channels
-    // keep memory constant in the input size.
-    let (in_tx, in_rx) = sync_channel::<Vec<Record>>(4);
-    let (out_tx, out_rx) = sync_channel::<Vec<Row>>(4);
+    // Decoding on one thread, the shards on `workers` threads (shard s on
+    // worker s mod workers; each shard in log order, exactly as a shard
+    // actor runs it), merging and encoding on this one. Every worker gets
+    // one message per batch of the file, so the merge can put rows back in
+    // file order: the output is the same for any number of workers.
+    // Bounded channels keep memory constant in the input size.
+    let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| sync_channel::<Vec<Job>>(4)).unzip();
+    let (out_txs, out_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| sync_channel::<WorkerMsg>(4)).unzip();
     let mut s = std::thread::scope(|scope| -> anyhow::Result<RunSummary> {
-        let input = &args.input;
-        let table = engine.table().clone();
-        let now_ms = args.now_ms;
-        let read = scope.spawn(move || read_stage(reader, &table, now_ms, in_tx, input));
-        let write = scope.spawn(move || write_stage(writer, out_rx));
-        let engine_result = engine_stage(args, &mut engine, &schema, in_rx, out_tx);
-        let read_result = read.join().expect("reader thread panicked");
-        let rows = write.join().expect("writer thread panicked");
-        let mut s = engine_result?;
-        read_result?;
-        s.rows = rows?;
+        let read = std::thread::Builder::new()
+            .name("run-read".into())
+            .spawn_scoped(scope, || read_stage(args, reader, &table, job_txs))?;
+        let mut shards = Vec::with_capacity(workers);
+        for (i, ((engine, rx), tx)) in engines.into_iter().zip(job_rxs).zip(out_txs).enumerate() {
+            shards.push(
+                std::thread::Builder::new()
+                    .name(format!("run-shards-{i}"))
+                    .spawn_scoped(scope, || shard_worker(engine, rx, tx))?,
+            );
+        }
+        let late = DeadLetterWriter::new(late_path(&args.output));
+        let written = write_stage(writer, late, out_rxs);
+        let mut s = read.join().expect("reader thread panicked")?;
+        for w in shards {
+            s.accepted += w.join().expect("shard worker panicked");
+        }
+        let (rows, late) = written?;
+        s.rows = rows;
+        s.late = late.count();
+        if late.count() > 0 {
+            s.late_path = Some(late.path().to_path_buf());
+        }
+        late.finish()?;
         Ok(s)
     })?;
     s.elapsed = start.elapsed();
     Ok(s)
 }
 
-/// Decodes, validates and routes events (pure per-event work, done here so
-/// the engine thread only runs the operators).
+/// Decodes, validates, deduplicates and routes events (everything that
+/// comes before the shard's state), and writes the dead-letter file.
 fn read_stage(
+    args: &RunArgs,
     mut reader: EventReader,
     table: &lockstep_core::Table,
-    now_ms: i64,
-    tx: SyncSender<Vec<Record>>,
-    input: &Path,
-) -> anyhow::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(item) = reader.next() {
-        let record = match item.with_context(|| format!("reading {}", input.display()))? {
-            Err(bad) => Record::Malformed(bad),
-            Ok(event) => match table
-                .validate(&event)
-                .and_then(|()| table.check_time(&event, now_ms))
-            {
-                Ok(()) => Record::Event {
-                    location: reader.location(),
-                    shard: table.shard_of(&event),
-                    event,
-                },
-                Err(reason) => Record::Invalid {
-                    location: reader.location(),
-                    event,
-                    reason,
-                },
-            },
-        };
-        batch.push(record);
-        if batch.len() == BATCH
-            && tx
-                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .is_err()
-        {
-            return Ok(()); // the engine stopped (--strict); its error is reported
-        }
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
-    }
-    Ok(())
-}
-
-fn write_stage(mut writer: Box<dyn RowSink>, rx: Receiver<Vec<Row>>) -> anyhow::Result<u64> {
-    for rows in rx {
-        for row in &rows {
-            writer.write(row)?;
-        }
-    }
-    Ok(writer.finish()?)
-}
-
-fn engine_stage(
-    args: &RunArgs,
-    engine: &mut Engine,
-    schema: &lockstep_core::Schema,
-    rx: Receiver<Vec<Record>>,
-    tx: SyncSender<Vec<Row>>,
+    txs: Vec<SyncSender<Vec<Job>>>,
 ) -> anyhow::Result<RunSummary> {
+    let input = &args.input;
+    let workers = txs.len();
     let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
-    let mut late = DeadLetterWriter::new(late_path(&args.output));
+    let mut dedup = EventIdFilter::new(table, args.idempotency_ttl_ms);
     let mut s = RunSummary::default();
-    let mut out: Vec<Emitted> = Vec::new();
-    let mut rows: Vec<Row> = Vec::with_capacity(BATCH);
-    let mut dedup = EventIdFilter::new(engine.table(), args.idempotency_ttl_ms);
     let strict = |bad: &BadRecord| -> anyhow::Result<()> {
         if args.strict {
             bail!(
                 "{}: {} (--strict)",
-                describe(&args.input, &bad.location),
+                describe(input, &bad.location),
                 bad.reason
             );
         }
         Ok(())
     };
-    for batch in rx {
-        for record in batch {
-            s.events_read += 1;
-            let (location, shard, event) = match record {
-                Record::Event {
-                    location,
-                    shard,
-                    event,
-                } => (location, shard, event),
-                Record::Malformed(bad) => {
-                    strict(&bad)?;
-                    dead.write("malformed", &bad)?;
-                    continue;
+    let mut jobs: Vec<Vec<Job>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut in_batch = 0;
+    let send = |jobs: &mut Vec<Vec<Job>>| -> bool {
+        txs.iter()
+            .zip(jobs.iter_mut())
+            .all(|(tx, j)| tx.send(std::mem::take(j)).is_ok())
+    };
+    while let Some(item) = reader.next() {
+        let seq = s.events_read;
+        s.events_read += 1;
+        match item.with_context(|| format!("reading {}", input.display()))? {
+            Err(bad) => {
+                strict(&bad)?;
+                dead.write("malformed", &bad)?;
+            }
+            Ok(event) => match table
+                .validate(&event)
+                .and_then(|()| table.check_time(&event, args.now_ms))
+            {
+                Ok(()) => {
+                    let shard = table.shard_of(&event);
+                    if dedup.is_duplicate(shard, &event) {
+                        s.duplicates += 1;
+                    } else {
+                        jobs[shard as usize % workers].push(Job {
+                            seq,
+                            location: reader.location(),
+                            shard,
+                            event,
+                        });
+                    }
                 }
-                Record::Invalid {
-                    location,
-                    event,
-                    reason,
-                } => {
+                Err(reason) => {
                     let bad = BadRecord {
-                        location,
+                        location: reader.location(),
                         reason: reason.to_string(),
-                        raw: render_json(&event, schema),
+                        raw: render_json(&event, &table.schema),
                     };
                     strict(&bad)?;
                     dead.write("schema", &bad)?;
-                    continue;
                 }
-            };
-            if dedup.is_duplicate(shard, &event) {
-                s.duplicates += 1;
-                continue;
-            }
-            match engine.push_to_shard(shard, &event, &mut out) {
-                Outcome::Accepted { .. } => s.accepted += 1,
-                Outcome::Late { shard, watermark } => {
-                    s.late += 1;
-                    let bad = BadRecord {
-                        location,
-                        reason: format!(
-                            "too late: event_time {} is below shard {shard}'s watermark {}",
-                            event_time_text(engine, &event),
-                            lockstep_core::time::format_rfc3339_ms(watermark)
-                        ),
-                        raw: render_json(&event, schema),
-                    };
-                    late.write("late", &bad)?;
-                }
-            }
-            rows.extend(out.drain(..).map(|e| e.row));
-            if rows.len() >= BATCH {
-                send_rows(&tx, &mut rows)?;
+            },
+        }
+        in_batch += 1;
+        if in_batch == BATCH {
+            in_batch = 0;
+            if !send(&mut jobs) {
+                break; // the writer stopped; its error is reported
             }
         }
     }
-    engine.finish(&mut out);
-    rows.extend(out.drain(..).map(|e| e.row));
-    send_rows(&tx, &mut rows)?;
-    drop(tx);
+    if in_batch > 0 {
+        send(&mut jobs);
+    }
     s.dead_lettered = dead.count();
     if dead.count() > 0 {
         s.dead_letter_path = Some(dead.path().to_path_buf());
     }
     dead.finish()?;
-    if late.count() > 0 {
-        s.late_path = Some(late.path().to_path_buf());
-    }
-    late.finish()?;
     Ok(s)
+}
+
+/// Runs the shards of one worker: each job through its shard, rows tagged
+/// with the job's place in the file. Returns the number of accepted events.
+fn shard_worker(mut engine: Engine, rx: Receiver<Vec<Job>>, tx: SyncSender<WorkerMsg>) -> u64 {
+    let schema = engine.table().schema.clone();
+    let mut out: Vec<Emitted> = Vec::new();
+    let mut accepted = 0;
+    for jobs in rx {
+        let mut p = Processed {
+            rows: Vec::with_capacity(jobs.len()),
+            late: Vec::new(),
+            accepted: 0,
+        };
+        for job in jobs {
+            match engine.push_to_shard(job.shard, &job.event, &mut out) {
+                Outcome::Accepted { .. } => p.accepted += 1,
+                Outcome::Late { shard, watermark } => {
+                    let bad = BadRecord {
+                        location: job.location,
+                        reason: format!(
+                            "too late: event_time {} is below shard {shard}'s watermark {}",
+                            event_time_text(&engine, &job.event),
+                            lockstep_core::time::format_rfc3339_ms(watermark)
+                        ),
+                        raw: render_json(&job.event, &schema),
+                    };
+                    p.late.push((job.seq, bad));
+                }
+            }
+            p.rows.extend(out.drain(..).map(|e| (job.seq, e.row)));
+        }
+        accepted += p.accepted;
+        if tx.send(WorkerMsg::Batch(p)).is_err() {
+            return accepted; // the writer stopped; its error is reported
+        }
+    }
+    engine.finish(&mut out);
+    let _ = tx.send(WorkerMsg::Finish(
+        out.drain(..).map(|e| (e.shard, e.row)).collect(),
+    ));
+    accepted
+}
+
+/// Merges the workers' rows back into file order and writes them; late
+/// events go to `late` in file order. Returns the rows written.
+fn write_stage(
+    mut writer: Box<dyn RowSink>,
+    late: DeadLetterWriter,
+    rxs: Vec<Receiver<WorkerMsg>>,
+) -> anyhow::Result<(u64, DeadLetterWriter)> {
+    let mut late = late;
+    loop {
+        let mut batches = Vec::with_capacity(rxs.len());
+        let mut finishes = Vec::with_capacity(rxs.len());
+        for rx in &rxs {
+            match rx.recv() {
+                Ok(WorkerMsg::Batch(p)) => batches.push(p),
+                Ok(WorkerMsg::Finish(rows)) => finishes.push(rows),
+                Err(_) => bail!("a shard worker stopped before the end of its input"),
+            }
+        }
+        if !finishes.is_empty() {
+            if !batches.is_empty() {
+                bail!("shard workers disagree on where the input ends");
+            }
+            for (_, row) in merge_by_key(finishes) {
+                writer.write(&row)?;
+            }
+            return Ok((writer.finish()?, late));
+        }
+        let mut rows = Vec::with_capacity(batches.len());
+        let mut lates = Vec::with_capacity(batches.len());
+        for p in batches {
+            rows.push(p.rows);
+            lates.push(p.late);
+        }
+        for (_, bad) in merge_by_key(lates) {
+            late.write("late", &bad)?;
+        }
+        for (_, row) in merge_by_key(rows) {
+            writer.write(&row)?;
+        }
+    }
+}
+
+/// Merges lists each sorted by key into one sorted list; equal keys keep
+/// their list's order (keys never repeat across lists here: a `seq` or a
+/// shard belongs to one worker).
+fn merge_by_key<K: Ord + Copy, T>(lists: Vec<Vec<(K, T)>>) -> Vec<(K, T)> {
+    let total = lists.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut its: Vec<_> = lists
+        .into_iter()
+        .map(|l| l.into_iter().peekable())
+        .collect();
+    if its.len() == 1 {
+        out.extend(its.pop().expect("one list"));
+        return out;
+    }
+    loop {
+        let next = its
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, it)| it.peek().map(|(k, _)| (*k, i)))
+            .min();
+        match next {
+            Some((_, i)) => out.push(its[i].next().expect("peeked")),
+            None => return out,
+        }
+    }
 }
 
 /// Event-id deduplication as a node does it, with event time as the
@@ -336,14 +431,6 @@ impl EventIdFilter {
             None => false, // a NULL id is no id
         }
     }
-}
-
-fn send_rows(tx: &SyncSender<Vec<Row>>, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    tx.send(std::mem::replace(rows, Vec::with_capacity(BATCH)))
-        .map_err(|_| anyhow::anyhow!("the row writer stopped early"))
 }
 
 fn event_time_text(engine: &Engine, event: &[lockstep_core::Value]) -> String {

@@ -1,7 +1,8 @@
 //! The offline path (`lockstep run` over a file) and the streaming path (the
 //! engine fed one event at a time, with serving calls interleaved) produce the
 //! same rows in the same order, floats bit for bit — over generated logs with
-//! out-of-order and late deliveries, through Parquet and JSON lines.
+//! out-of-order and late deliveries, through Parquet and JSON lines, for any
+//! number of shard worker threads (`lockstep run --threads`).
 
 use lockstep_cli::gen::{generate, GenArgs, CANONICAL_SQL, CANONICAL_VIEW};
 use lockstep_cli::run::{run, RunArgs};
@@ -36,7 +37,7 @@ fn streaming_rows(events: &Path, serve_every: usize) -> (Vec<Row>, u64) {
     (rows, late)
 }
 
-fn check(seed: u64, input_ext: &str, output_ext: &str) {
+fn check(seed: u64, input_ext: &str, output_ext: &str, threads: usize) -> String {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join(format!("events.{input_ext}"));
     let config = GenConfig {
@@ -63,6 +64,7 @@ fn check(seed: u64, input_ext: &str, output_ext: &str) {
         strict: false,
         idempotency_ttl_ms: lockstep_cli::run::DEFAULT_IDEMPOTENCY_TTL_MS,
         now_ms: lockstep_cli::run::wall_clock_ms(),
+        threads,
     })
     .unwrap();
     let (stream, late) = streaming_rows(&events, 7);
@@ -75,24 +77,39 @@ fn check(seed: u64, input_ext: &str, output_ext: &str) {
     for (i, (b, s)) in batch.iter().zip(&stream).enumerate() {
         assert!(
             rows_bit_eq(b, s),
-            "seed {seed}: row {i} differs:\n batch  {b:?}\n stream {s:?}"
+            "seed {seed}, {threads} threads: row {i} differs:\n batch  {b:?}\n stream {s:?}"
         );
     }
+    std::fs::read_to_string(lockstep_io::late_path(&output)).unwrap()
 }
 
 #[test]
 fn parquet_in_parquet_out() {
-    for seed in [1, 2, 3] {
-        check(seed, "parquet", "parquet");
+    // one worker, two, and seven (an uneven split of the 16 shards)
+    for (seed, threads) in [(1, 1), (2, 2), (3, 7)] {
+        check(seed, "parquet", "parquet", threads);
     }
 }
 
 #[test]
 fn jsonl_in_jsonl_out() {
-    check(4, "jsonl", "jsonl");
+    check(4, "jsonl", "jsonl", 16);
 }
 
 #[test]
 fn csv_in_parquet_out() {
-    check(5, "csv", "parquet");
+    check(5, "csv", "parquet", 0);
+}
+
+#[test]
+fn late_events_file_is_the_same_for_any_thread_count() {
+    let one = check(6, "parquet", "jsonl", 1);
+    assert!(one.lines().count() > 10, "the log should have late events");
+    for threads in [3, 16] {
+        assert_eq!(
+            check(6, "parquet", "jsonl", threads),
+            one,
+            "{threads} threads"
+        );
+    }
 }
