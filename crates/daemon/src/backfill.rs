@@ -265,13 +265,12 @@ pub fn run_cluster_jobs(
     }
 }
 
-/// One node's backfill jobs: run by this node, shard after shard, kept in
+/// One node's backfill jobs: run by this node, its shards in parallel, kept in
 /// memory (a restart forgets them; a job running then is lost and must be
 /// started again), the last [`KEEP_FINISHED`] finished ones kept.
 pub struct LocalJobs {
     jobs: Mutex<Vec<BackfillJob>>,
-    /// Shard replays running at once (each holds its shard's archive in
-    /// memory).
+    /// Shard replays running at once, one per core.
     slots: tokio::sync::Semaphore,
     /// Bumped whenever a job changes (waiters watch it).
     changed: tokio::sync::watch::Sender<u64>,
@@ -281,7 +280,9 @@ impl Default for LocalJobs {
     fn default() -> LocalJobs {
         LocalJobs {
             jobs: Mutex::default(),
-            slots: tokio::sync::Semaphore::new(1),
+            slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             changed: tokio::sync::watch::Sender::default(),
         }
     }
@@ -319,31 +320,47 @@ impl LocalJobs {
             });
         }
         let (me, ctx, job) = (self.clone(), ctx.clone(), id.clone());
-        tokio::spawn(async move { me.run(&ctx, &job, req).await });
+        tokio::spawn(me.run(ctx, job, req));
         id
     }
 
-    async fn run(&self, ctx: &Arc<NodeCtx>, id: &str, req: BackfillRequest) {
+    async fn run(self: Arc<Self>, ctx: Arc<NodeCtx>, id: String, req: BackfillRequest) {
+        // Shards replay in parallel, as many at once as the node has cores
+        // (the slots are shared by every job; each replay streams, so memory
+        // is bounded per slot); listed again on each try (a compaction may
+        // have swapped them).
+        let mut tasks = tokio::task::JoinSet::new();
         for shard in 0..ctx.table.shards {
-            // one shard in memory at a time, whatever the jobs; listed again
-            // on each try (a compaction may have swapped them)
-            let part = with_tries(id, shard, || async {
-                let _slot = self.slots.acquire().await;
-                let listed = crate::shard::segments_of(ctx, shard)
-                    .await
-                    .map_err(|e| BackfillError::Listing(e.to_string()))?;
-                let segs = raw_segments(ctx, listed, shard);
-                replay_shard(ctx, segs, 0, &req, id, shard).await
-            })
-            .await;
-            match part {
-                Ok(p) => self.update(id, |j| {
-                    j.parts.insert(shard, p);
-                }),
-                Err(e) => return self.finish(id, Some(e)),
-            }
+            let (me, ctx, id, req) = (self.clone(), ctx.clone(), id.clone(), req.clone());
+            tasks.spawn(async move {
+                let part = with_tries(&id, shard, || async {
+                    let _slot = me.slots.acquire().await;
+                    let listed = crate::shard::segments_of(&ctx, shard)
+                        .await
+                        .map_err(|e| BackfillError::Listing(e.to_string()))?;
+                    let segs = raw_segments(&ctx, listed, shard);
+                    replay_shard(&ctx, segs, 0, &req, &id, shard).await
+                })
+                .await;
+                (shard, part)
+            });
         }
-        self.finish(id, None);
+        while let Some(done) = tasks.join_next().await {
+            let failed = match done {
+                Ok((shard, Ok(p))) => {
+                    self.update(&id, |j| {
+                        j.parts.insert(shard, p);
+                    });
+                    continue;
+                }
+                Ok((_, Err(e))) => e,
+                Err(e) => format!("a replay task died: {e}"),
+            };
+            // the other shards' replays are of no use now
+            tasks.abort_all();
+            return self.finish(&id, Some(failed));
+        }
+        self.finish(&id, None);
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut BackfillJob)) {
