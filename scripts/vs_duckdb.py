@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""`lockstep run` against DuckDB (and optionally PyFlink) on two data shapes.
+
+One run of this script generates two in-order event files of the canonical
+`ad_events` table and, on each, times
+
+- `lockstep run --threads T` of the canonical view,
+- DuckDB with `SET threads TO T`, the view's SELECT copied to Parquet,
+- optionally PyFlink (`--pyflink PYTHON`: an interpreter with
+  `apache-flink` installed), the same features in Flink SQL,
+
+checks that lockstep's rows equal DuckDB's (every row by event_id, doubles
+bit for bit; rows of events that tie on (user_id, event_time) are counted
+apart, see docs/semantics.md) and prints one table, side by side.
+
+The shapes:
+- `zipf`: `lockstep gen` (Zipf 1.1 users, 20k of them, ~5% clicks);
+- `bursty`: scripts/other_shape.py, a generator written apart from ours
+  (flat users with a mild head, ~18% clicks, sessions of bursts).
+
+Exit status 1 if any rows differ.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import duckdb
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from duckdb_parity import bits, view_select  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLS = ["event_id", "user_id", "campaign_id", "event_time", "impressions_1h", "impressions_24h",
+        "clicks_24h", "ctr_24h", "label_click_15m"]
+
+
+def generate(a, shape, path):
+    if a.reuse and os.path.exists(path):
+        return
+    if shape == "zipf":
+        subprocess.run([a.lockstep, "gen", "--events", str(a.events), "--users", "20000", "--seed", "11",
+                        "--out-of-order", "0", "--late", "0", "--out", path], check=True,
+                       stdout=subprocess.DEVNULL)
+    else:
+        subprocess.run([sys.executable, os.path.join(HERE, "other_shape.py"), "--events", str(a.events),
+                        "--out", path], check=True, stdout=subprocess.DEVNULL)
+
+
+def timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def compare(con, ours, theirs, events):
+    q = ", ".join(COLS)
+    mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
+    duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
+    tied = {r[0] for r in con.execute(
+        f"SELECT event_id FROM read_parquet('{events}') WHERE (user_id, event_time) IN "
+        f"(SELECT user_id, event_time FROM read_parquet('{events}') GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchall()}
+    differ, tie_diffs = [], 0
+    for eid in set(mine) | set(duck):
+        m, d = mine.get(eid), duck.get(eid)
+        same = m is not None and d is not None and all(
+            (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
+            for x, y in zip(m, d))
+        if not same:
+            if eid in tied:
+                tie_diffs += 1
+            else:
+                differ.append((eid, m, d))
+    return len(mine), len(duck), differ, tie_diffs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lockstep", required=True, help="path to the lockstep binary (release)")
+    ap.add_argument("--sql", default=os.path.join(HERE, "..", "config", "ad_features.sql"))
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--threads", type=int, default=2, help="threads for every engine")
+    ap.add_argument("--dir", default="vs-duckdb")
+    ap.add_argument("--shapes", default="zipf,bursty")
+    ap.add_argument("--reuse", action="store_true", help="reuse generated event files")
+    ap.add_argument("--pyflink", help="a Python interpreter with apache-flink: also time PyFlink")
+    a = ap.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    select = view_select(open(a.sql).read())
+    results, failed = [], False
+    for shape in a.shapes.split(","):
+        events = os.path.join(a.dir, f"{shape}-{a.events}.parquet")
+        generate(a, shape, events)
+        ours = os.path.join(a.dir, f"{shape}-lockstep.parquet")
+        theirs = os.path.join(a.dir, f"{shape}-duckdb.parquet")
+        t_ours = timed(lambda: subprocess.run(
+            [a.lockstep, "run", "--sql", a.sql, "--view", "user_ad_features", "--input", events,
+             "--output", ours, "--threads", str(a.threads)], check=True, stdout=subprocess.DEVNULL))
+        con = duckdb.connect()
+        con.execute(f"SET threads TO {a.threads}")
+        con.execute(f"CREATE VIEW ad_events AS SELECT * FROM read_parquet('{events}')")
+        t_duck = timed(lambda: con.execute(f"COPY ({select}) TO '{theirs}' (FORMAT PARQUET)"))
+        n_ours, n_duck, differ, ties = compare(con, ours, theirs, events)
+        t_flink = None
+        if a.pyflink:
+            out = os.path.join(a.dir, f"{shape}-pyflink")
+            t_flink = timed(lambda: subprocess.run(
+                [a.pyflink, os.path.join(HERE, "pyflink_peer.py"), "--input", events, "--output", out,
+                 "--parallelism", str(a.threads)], check=True))
+        failed |= bool(differ)
+        results.append((shape, t_ours, t_duck, t_flink, n_ours, n_duck, differ, ties))
+        for eid, m, d in differ[:5]:
+            print(f"  {shape} event {eid}:\n    lockstep {m}\n    duckdb   {d}")
+    print(f"\n{a.events:,} events per shape, {a.threads} threads each, times include process start "
+          f"for lockstep and PyFlink\n")
+    head = f"{'shape':8} {'lockstep ev/s':>14} {'duckdb ev/s':>12} {'lockstep/duckdb':>16}"
+    if a.pyflink:
+        head += f" {'pyflink ev/s':>13} {'lockstep/pyflink':>17}"
+    print(head + "  rows (lockstep, duckdb), differing, tie-only differences")
+    for shape, t_ours, t_duck, t_flink, n_ours, n_duck, differ, ties in results:
+        line = f"{shape:8} {a.events / t_ours:>14,.0f} {a.events / t_duck:>12,.0f} {t_duck / t_ours:>15.2f}x"
+        if a.pyflink:
+            line += f" {a.events / t_flink:>13,.0f} {t_flink / t_ours:>16.1f}x"
+        print(line + f"  {n_ours:,}, {n_duck:,}, {len(differ)}, {ties}")
+    print("PARITY OK" if not failed else "PARITY FAILED")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
