@@ -11,7 +11,8 @@ One run of this script generates two in-order event files of the canonical
 
 checks that lockstep's rows equal DuckDB's (every row by event_id, doubles
 bit for bit; rows of events that tie on (user_id, event_time) are counted
-apart, see docs/semantics.md) and prints one table, side by side.
+apart, see docs/semantics.md) and prints one table, side by side. A PyFlink
+run that takes longer than --pyflink-timeout is killed and shown as `dnf`.
 
 The shapes:
 - `zipf`: `lockstep gen` (Zipf 1.1 users, 20k of them, ~5% clicks);
@@ -22,6 +23,7 @@ Exit status 1 if any rows differ.
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +78,22 @@ def compare(con, ours, theirs, events):
     return len(mine), len(duck), differ, tie_diffs
 
 
+def run_pyflink(a, events, out):
+    """PyFlink's time on `events`, or None when it did not finish within
+    --pyflink-timeout seconds (its mini-cluster is killed)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([a.pyflink, os.path.join(HERE, "pyflink_peer.py"), "--input", events, "--output", out,
+                          "--parallelism", str(a.threads)], start_new_session=True)
+    try:
+        if p.wait(timeout=a.pyflink_timeout) != 0:
+            sys.exit(f"pyflink_peer.py failed on {events}")
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        return None
+    return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lockstep", required=True, help="path to the lockstep binary (release)")
@@ -86,6 +104,8 @@ def main():
     ap.add_argument("--shapes", default="zipf,bursty")
     ap.add_argument("--reuse", action="store_true", help="reuse generated event files")
     ap.add_argument("--pyflink", help="a Python interpreter with apache-flink: also time PyFlink")
+    ap.add_argument("--pyflink-timeout", type=float, default=900,
+                    help="seconds before a PyFlink run is given up (reported as not finished)")
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     select = view_select(open(a.sql).read())
@@ -105,10 +125,7 @@ def main():
         n_ours, n_duck, differ, ties = compare(con, ours, theirs, events)
         t_flink = None
         if a.pyflink:
-            out = os.path.join(a.dir, f"{shape}-pyflink")
-            t_flink = timed(lambda: subprocess.run(
-                [a.pyflink, os.path.join(HERE, "pyflink_peer.py"), "--input", events, "--output", out,
-                 "--parallelism", str(a.threads)], check=True))
+            t_flink = run_pyflink(a, events, os.path.join(a.dir, f"{shape}-pyflink"))
         failed |= bool(differ)
         results.append((shape, t_ours, t_duck, t_flink, n_ours, n_duck, differ, ties))
         for eid, m, d in differ[:5]:
@@ -121,7 +138,9 @@ def main():
     print(head + "  rows (lockstep, duckdb), differing, tie-only differences")
     for shape, t_ours, t_duck, t_flink, n_ours, n_duck, differ, ties in results:
         line = f"{shape:8} {a.events / t_ours:>14,.0f} {a.events / t_duck:>12,.0f} {t_duck / t_ours:>15.2f}x"
-        if a.pyflink:
+        if a.pyflink and t_flink is None:
+            line += f" {'dnf in ' + str(int(a.pyflink_timeout)) + ' s':>13} {'>' + format(a.pyflink_timeout / t_ours, '.0f') + 'x':>17}"
+        elif a.pyflink:
             line += f" {a.events / t_flink:>13,.0f} {t_flink / t_ours:>16.1f}x"
         print(line + f"  {n_ours:,}, {n_duck:,}, {len(differ)}, {ties}")
     print("PARITY OK" if not failed else "PARITY FAILED")
