@@ -72,6 +72,12 @@ def main():
     cols = ["event_id", "user_id", "campaign_id", "event_time", "impressions_1h", "impressions_24h",
             "clicks_24h", "ctr_24h", "label_click_15m"]
     q = ", ".join(cols)
+    for path in (ours, theirs):
+        n, ids = con.execute(f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{path}')").fetchone()
+        if n != ids or n == 0:
+            print(f"{path}: {n} rows, {ids} distinct event ids (a row is repeated, or none)")
+            print("PARITY FAILED")
+            return 1
     mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
     duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
     tied = {r[0] for r in con.execute(
@@ -84,7 +90,7 @@ def main():
             (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
             for x, y in zip(m, d))
         if not same:
-            if eid in tied:
+            if eid in tied and m is not None and d is not None:
                 tie_diffs += 1
             else:
                 mismatches.append((eid, m, d))

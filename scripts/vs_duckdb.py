@@ -23,6 +23,7 @@ Exit status 1 if any rows differ.
 """
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,7 +58,20 @@ def timed(f):
 
 
 def compare(con, ours, theirs, events):
+    """Row counts (of the files, not of distinct ids) and the rows that differ.
+
+    Every event_id must appear once in each output; a row of an event that
+    ties with another on (user_id, event_time) is excused only when both
+    engines have it (its values may differ by design, not its presence)."""
     q = ", ".join(COLS)
+    counts = []
+    for path in (ours, theirs):
+        n, ids = con.execute(f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{path}')").fetchone()
+        if n != ids:
+            sys.exit(f"{path}: {n} rows but {ids} distinct event ids (a row is repeated)")
+        counts.append(n)
+    if counts[0] == 0:
+        sys.exit(f"{ours} is empty")
     mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
     duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
     tied = {r[0] for r in con.execute(
@@ -71,27 +85,31 @@ def compare(con, ours, theirs, events):
             (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
             for x, y in zip(m, d))
         if not same:
-            if eid in tied:
+            if eid in tied and m is not None and d is not None:
                 tie_diffs += 1
             else:
                 differ.append((eid, m, d))
-    return len(mine), len(duck), differ, tie_diffs
+    return counts[0], counts[1], differ, tie_diffs
 
 
 def run_pyflink(a, events, out):
-    """PyFlink's time on `events`, or None when it did not finish within
-    --pyflink-timeout seconds (its mini-cluster is killed)."""
-    t0 = time.perf_counter()
+    """PyFlink's time on `events` as pyflink_peer.py measures it (the job,
+    from the start of its mini-cluster; not the conversion of the input to
+    CSV), or None when it did not finish within --pyflink-timeout seconds
+    (its mini-cluster is killed)."""
     p = subprocess.Popen([a.pyflink, os.path.join(HERE, "pyflink_peer.py"), "--input", events, "--output", out,
-                          "--parallelism", str(a.threads)], start_new_session=True)
+                          "--parallelism", str(a.threads)], start_new_session=True, stdout=subprocess.PIPE,
+                         text=True)
     try:
-        if p.wait(timeout=a.pyflink_timeout) != 0:
-            sys.exit(f"pyflink_peer.py failed on {events}")
+        stdout, _ = p.communicate(timeout=a.pyflink_timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        p.communicate()
         return None
-    return time.perf_counter() - t0
+    m = re.search(r"^pyflink: \d+ events in ([0-9.]+)s", stdout, re.M)
+    if p.returncode != 0 or not m:
+        sys.exit(f"pyflink_peer.py failed on {events}:\n{stdout}")
+    return float(m.group(1))
 
 
 def main():
@@ -103,6 +121,8 @@ def main():
     ap.add_argument("--dir", default="vs-duckdb")
     ap.add_argument("--shapes", default="zipf,bursty")
     ap.add_argument("--reuse", action="store_true", help="reuse generated event files")
+    ap.add_argument("--check-threads", type=int,
+                    help="also run lockstep with this many threads and require byte-identical output")
     ap.add_argument("--pyflink", help="a Python interpreter with apache-flink: also time PyFlink")
     ap.add_argument("--pyflink-timeout", type=float, default=900,
                     help="seconds before a PyFlink run is given up (reported as not finished)")
@@ -118,6 +138,14 @@ def main():
         t_ours = timed(lambda: subprocess.run(
             [a.lockstep, "run", "--sql", a.sql, "--view", "user_ad_features", "--input", events,
              "--output", ours, "--threads", str(a.threads)], check=True, stdout=subprocess.DEVNULL))
+        if a.check_threads is not None:
+            other = os.path.join(a.dir, f"{shape}-lockstep-{a.check_threads}.parquet")
+            subprocess.run([a.lockstep, "run", "--sql", a.sql, "--view", "user_ad_features", "--input", events,
+                            "--output", other, "--threads", str(a.check_threads)], check=True,
+                           stdout=subprocess.DEVNULL)
+            if open(ours, "rb").read() != open(other, "rb").read():
+                print(f"{shape}: --threads {a.threads} and --threads {a.check_threads} wrote different files")
+                failed = True
         con = duckdb.connect()
         con.execute(f"SET threads TO {a.threads}")
         con.execute(f"CREATE VIEW ad_events AS SELECT * FROM read_parquet('{events}')")
@@ -126,12 +154,12 @@ def main():
         t_flink = None
         if a.pyflink:
             t_flink = run_pyflink(a, events, os.path.join(a.dir, f"{shape}-pyflink"))
-        failed |= bool(differ)
+        failed = failed or bool(differ)
         results.append((shape, t_ours, t_duck, t_flink, n_ours, n_duck, differ, ties))
         for eid, m, d in differ[:5]:
             print(f"  {shape} event {eid}:\n    lockstep {m}\n    duckdb   {d}")
-    print(f"\n{a.events:,} events per shape, {a.threads} threads each, times include process start "
-          f"for lockstep and PyFlink\n")
+    print(f"\n{a.events:,} events per shape, {a.threads} threads each, lockstep's time includes "
+          f"process start; PyFlink's its mini-cluster's start\n")
     head = f"{'shape':8} {'lockstep ev/s':>14} {'duckdb ev/s':>12} {'lockstep/duckdb':>16}"
     if a.pyflink:
         head += f" {'pyflink ev/s':>13} {'lockstep/pyflink':>17}"

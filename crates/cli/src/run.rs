@@ -12,6 +12,7 @@ use lockstep_io::{
     DeadLetterWriter, EventReader, Location, RowSink,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,31 +161,51 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
         (0..workers).map(|_| sync_channel::<Vec<Job>>(4)).unzip();
     let (out_txs, out_rxs): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| sync_channel::<WorkerMsg>(4)).unzip();
+    // Set when the input stops the run (--strict, unreadable): the workers
+    // then end without finishing their shards, so no held row is released
+    // as if the input had ended there.
+    let abort = AtomicBool::new(false);
     let mut s = std::thread::scope(|scope| -> anyhow::Result<RunSummary> {
         let read = std::thread::Builder::new()
             .name("run-read".into())
-            .spawn_scoped(scope, || read_stage(args, reader, &table, job_txs))?;
+            .spawn_scoped(scope, || read_stage(args, reader, &table, job_txs, &abort))?;
         let mut shards = Vec::with_capacity(workers);
         for (i, ((engine, rx), tx)) in engines.into_iter().zip(job_rxs).zip(out_txs).enumerate() {
+            let abort = &abort;
             shards.push(
                 std::thread::Builder::new()
                     .name(format!("run-shards-{i}"))
-                    .spawn_scoped(scope, || shard_worker(engine, rx, tx))?,
+                    .spawn_scoped(scope, move || shard_worker(engine, rx, tx, abort))?,
             );
         }
-        let late = DeadLetterWriter::new(late_path(&args.output));
-        let written = write_stage(writer, late, out_rxs);
-        let mut s = read.join().expect("reader thread panicked")?;
+        let mut late = DeadLetterWriter::new(late_path(&args.output));
+        let written = write_stage(writer, &mut late, out_rxs);
+        let read = read
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the reader thread panicked")));
+        let mut accepted = 0;
+        let mut worker_panicked = false;
         for w in shards {
-            s.accepted += w.join().expect("shard worker panicked");
+            match w.join() {
+                Ok(n) => accepted += n,
+                Err(_) => worker_panicked = true,
+            }
         }
-        let (rows, late) = written?;
-        s.rows = rows;
-        s.late = late.count();
-        if late.count() > 0 {
-            s.late_path = Some(late.path().to_path_buf());
+        let late_count = late.count();
+        let late_at = late.path().to_path_buf();
+        let late_finished = late.finish();
+        // the first cause wins: the input, then a worker, then the output
+        let mut s = read?;
+        if worker_panicked {
+            bail!("a shard worker panicked (a bug in lockstep: please report it, with the input if you can)");
         }
-        late.finish()?;
+        s.rows = written?;
+        s.accepted = accepted;
+        late_finished?;
+        s.late = late_count;
+        if late_count > 0 {
+            s.late_path = Some(late_at);
+        }
         Ok(s)
     })?;
     s.elapsed = start.elapsed();
@@ -195,15 +216,40 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
 /// comes before the shard's state), and writes the dead-letter file.
 fn read_stage(
     args: &RunArgs,
-    mut reader: EventReader,
+    reader: EventReader,
     table: &lockstep_core::Table,
     txs: Vec<SyncSender<Vec<Job>>>,
+    abort: &AtomicBool,
 ) -> anyhow::Result<RunSummary> {
+    let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
+    let mut s = RunSummary::default();
+    let read = read_events(args, reader, table, &txs, &mut dead, &mut s);
+    if read.is_err() {
+        abort.store(true, Ordering::SeqCst);
+    }
+    // the workers see the end of the input only now, after the flag
+    drop(txs);
+    s.dead_lettered = dead.count();
+    if dead.count() > 0 {
+        s.dead_letter_path = Some(dead.path().to_path_buf());
+    }
+    let finished = dead.finish();
+    read?;
+    finished?;
+    Ok(s)
+}
+
+fn read_events(
+    args: &RunArgs,
+    mut reader: EventReader,
+    table: &lockstep_core::Table,
+    txs: &[SyncSender<Vec<Job>>],
+    dead: &mut DeadLetterWriter,
+    s: &mut RunSummary,
+) -> anyhow::Result<()> {
     let input = &args.input;
     let workers = txs.len();
-    let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
     let mut dedup = EventIdFilter::new(table, args.idempotency_ttl_ms);
-    let mut s = RunSummary::default();
     let strict = |bad: &BadRecord| -> anyhow::Result<()> {
         if args.strict {
             bail!(
@@ -268,17 +314,17 @@ fn read_stage(
     if in_batch > 0 {
         send(&mut jobs);
     }
-    s.dead_lettered = dead.count();
-    if dead.count() > 0 {
-        s.dead_letter_path = Some(dead.path().to_path_buf());
-    }
-    dead.finish()?;
-    Ok(s)
+    Ok(())
 }
 
 /// Runs the shards of one worker: each job through its shard, rows tagged
 /// with the job's place in the file. Returns the number of accepted events.
-fn shard_worker(mut engine: Engine, rx: Receiver<Vec<Job>>, tx: SyncSender<WorkerMsg>) -> u64 {
+fn shard_worker(
+    mut engine: Engine,
+    rx: Receiver<Vec<Job>>,
+    tx: SyncSender<WorkerMsg>,
+    abort: &AtomicBool,
+) -> u64 {
     let schema = engine.table().schema.clone();
     let mut out: Vec<Emitted> = Vec::new();
     let mut accepted = 0;
@@ -311,6 +357,9 @@ fn shard_worker(mut engine: Engine, rx: Receiver<Vec<Job>>, tx: SyncSender<Worke
             return accepted; // the writer stopped; its error is reported
         }
     }
+    if abort.load(Ordering::SeqCst) {
+        return accepted; // the input stopped the run: its end is not the log's
+    }
     engine.finish(&mut out);
     let _ = tx.send(WorkerMsg::Finish(
         out.drain(..).map(|e| (e.shard, e.row)).collect(),
@@ -322,10 +371,9 @@ fn shard_worker(mut engine: Engine, rx: Receiver<Vec<Job>>, tx: SyncSender<Worke
 /// events go to `late` in file order. Returns the rows written.
 fn write_stage(
     mut writer: Box<dyn RowSink>,
-    late: DeadLetterWriter,
+    late: &mut DeadLetterWriter,
     rxs: Vec<Receiver<WorkerMsg>>,
-) -> anyhow::Result<(u64, DeadLetterWriter)> {
-    let mut late = late;
+) -> anyhow::Result<u64> {
     loop {
         let mut batches = Vec::with_capacity(rxs.len());
         let mut finishes = Vec::with_capacity(rxs.len());
@@ -343,7 +391,7 @@ fn write_stage(
             for (_, row) in merge_by_key(finishes) {
                 writer.write(&row)?;
             }
-            return Ok((writer.finish()?, late));
+            return Ok(writer.finish()?);
         }
         let mut rows = Vec::with_capacity(batches.len());
         let mut lates = Vec::with_capacity(batches.len());

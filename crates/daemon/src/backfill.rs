@@ -38,6 +38,8 @@ pub enum BackfillError {
     Task(#[from] tokio::task::JoinError),
     #[error("listing the archive: {0}")]
     Listing(String),
+    #[error("not run: another shard of the job failed")]
+    Skipped,
 }
 
 /// The committed raw segments of `shard` of the node's table, in order.
@@ -166,6 +168,7 @@ where
         tries += 1;
         match attempt().await {
             Ok(p) => return Ok(p),
+            Err(e @ BackfillError::Skipped) => return Err(format!("shard {shard}: {e}")),
             Err(e) if tries < BACKFILL_TRIES => {
                 tracing::warn!(job, shard, "backfill: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -328,13 +331,26 @@ impl LocalJobs {
         // Shards replay in parallel, as many at once as the node has cores
         // (the slots are shared by every job; each replay streams, so memory
         // is bounded per slot); listed again on each try (a compaction may
-        // have swapped them).
+        // have swapped them). After a failure the shards not yet started are
+        // skipped; those replaying run to their end, holding their slot and
+        // their hold on the archive (a blocking replay cannot be cancelled,
+        // and aborting its task would release both while it still reads).
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = tokio::task::JoinSet::new();
         for shard in 0..ctx.table.shards {
-            let (me, ctx, id, req) = (self.clone(), ctx.clone(), id.clone(), req.clone());
+            let (me, ctx, id, req, failed) = (
+                self.clone(),
+                ctx.clone(),
+                id.clone(),
+                req.clone(),
+                failed.clone(),
+            );
             tasks.spawn(async move {
                 let part = with_tries(&id, shard, || async {
                     let _slot = me.slots.acquire().await;
+                    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(BackfillError::Skipped);
+                    }
                     let listed = crate::shard::segments_of(&ctx, shard)
                         .await
                         .map_err(|e| BackfillError::Listing(e.to_string()))?;
@@ -345,8 +361,9 @@ impl LocalJobs {
                 (shard, part)
             });
         }
+        let mut first_error = None;
         while let Some(done) = tasks.join_next().await {
-            let failed = match done {
+            let error = match done {
                 Ok((shard, Ok(p))) => {
                     self.update(&id, |j| {
                         j.parts.insert(shard, p);
@@ -356,11 +373,10 @@ impl LocalJobs {
                 Ok((_, Err(e))) => e,
                 Err(e) => format!("a replay task died: {e}"),
             };
-            // the other shards' replays are of no use now
-            tasks.abort_all();
-            return self.finish(&id, Some(failed));
+            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            first_error.get_or_insert(error);
         }
-        self.finish(&id, None);
+        self.finish(&id, first_error);
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut BackfillJob)) {
