@@ -136,17 +136,17 @@ fn strict_mode_does_not_release_held_rows_at_the_bad_event() {
             "CURRENT ROW AND INTERVAL '1' MINUTE FOLLOWING",
         ),
     );
-    // more events than one batch between the run's threads, so some reach
-    // the shards before the bad line stops the reader; one a second, so
-    // the last minute's rows are still held then
+    // more events than the reader holds back before it starts the shards
+    // (4 batches of 4096), so some reach them before the bad line stops
+    // the reader; one a second, so the last minute's rows are still held
     let mut text = String::new();
-    for i in 0..6000 {
+    for i in 0..20_000 {
         let k = if i % 3 == 0 { "a" } else { "b" };
         text.push_str(&format!(
             "{{\"id\": {i}, \"k\": \"{k}\", \"ts\": {}}}\n",
             1_704_067_200_000i64 + i * 1000
         ));
-        if i == 5000 {
+        if i == 18_000 {
             text.push_str("not json\n");
         }
     }
@@ -155,19 +155,19 @@ fn strict_mode_does_not_release_held_rows_at_the_bad_event() {
     let (ok, _, stderr) = run_counts(&[], &sql, &input, &whole);
     assert!(ok, "{stderr}");
     let whole = jsonl(&whole);
-    assert_eq!(whole.len(), 6000);
+    assert_eq!(whole.len(), 20_000);
     for threads in ["1", "2"] {
         let out = dir.path().join(format!("rows-{threads}.jsonl"));
         let (ok, _, stderr) = run_counts(&["--strict", "--threads", threads], &sql, &input, &out);
         assert!(!ok);
-        assert!(stderr.contains("line 5002"), "{stderr}");
+        assert!(stderr.contains("line 18002"), "{stderr}");
         let written: Vec<serde_json::Value> = std::fs::read_to_string(&out)
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert!(
-            !written.is_empty() && written.len() < 4096,
+            !written.is_empty() && written.len() < 18_000,
             "{threads} threads: {} rows",
             written.len()
         );
