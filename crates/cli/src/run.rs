@@ -115,6 +115,8 @@ enum WorkerMsg {
     /// End of input: the held rows of the worker's shards, with their
     /// shard, in shard order.
     Finish(Vec<(u32, Row)>),
+    /// The input stopped the run before its end: the held rows stay held.
+    Aborted,
 }
 
 /// The number of shard workers `--threads` asks for: 0 means the machine's
@@ -221,14 +223,32 @@ fn read_stage(
     txs: Vec<SyncSender<Vec<Job>>>,
     abort: &AtomicBool,
 ) -> anyhow::Result<RunSummary> {
+    // a panic here must stop the workers as an error does
+    let guard = AbortUnlessDone { abort, done: false };
     let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
     let mut s = RunSummary::default();
-    let read = read_events(args, reader, table, &txs, &mut dead, &mut s);
-    if read.is_err() {
+    let mut router = Router::new(&txs, table.shards as usize);
+    let mut batch = Vec::with_capacity(BATCH);
+    let read = read_events(
+        args,
+        reader,
+        table,
+        &mut router,
+        &mut batch,
+        &mut dead,
+        &mut s,
+    );
+    // What was read before an error still goes to the shards (the rows it
+    // makes final are written); the workers then stop without finishing.
+    let sent = router.push(batch) && router.finish();
+    if read.is_err() || !sent {
         abort.store(true, Ordering::SeqCst);
     }
+    drop(router);
     // the workers see the end of the input only now, after the flag
     drop(txs);
+    let mut guard = guard;
+    guard.done = true;
     s.dead_lettered = dead.count();
     if dead.count() > 0 {
         s.dead_letter_path = Some(dead.path().to_path_buf());
@@ -239,11 +259,30 @@ fn read_stage(
     Ok(s)
 }
 
+/// Sets `abort` when dropped before the input was read to its end (a
+/// panic in the reader).
+struct AbortUnlessDone<'a> {
+    abort: &'a AtomicBool,
+    done: bool,
+}
+
+impl Drop for AbortUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Reads the input into `batch`, handing every full batch to `router`;
+/// the last, partial batch is left in `batch`.
+#[allow(clippy::too_many_arguments)]
 fn read_events(
     args: &RunArgs,
     mut reader: EventReader,
     table: &lockstep_core::Table,
-    txs: &[SyncSender<Vec<Job>>],
+    router: &mut Router<'_>,
+    batch: &mut Vec<Job>,
     dead: &mut DeadLetterWriter,
     s: &mut RunSummary,
 ) -> anyhow::Result<()> {
@@ -259,8 +298,6 @@ fn read_events(
         }
         Ok(())
     };
-    let mut router = Router::new(txs, table.shards as usize);
-    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut in_batch = 0;
     while let Some(item) = reader.next() {
         let seq = s.events_read;
@@ -301,16 +338,12 @@ fn read_events(
         in_batch += 1;
         if in_batch == BATCH {
             in_batch = 0;
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
             if !router.push(full) {
                 return Ok(()); // the writer stopped; its error is reported
             }
         }
     }
-    if in_batch > 0 && !router.push(batch) {
-        return Ok(());
-    }
-    router.finish();
     Ok(())
 }
 
@@ -340,8 +373,12 @@ impl<'a> Router<'a> {
         }
     }
 
-    /// False when a worker is gone (the writer stopped).
+    /// False when a worker is gone (the writer stopped). An empty batch is
+    /// not sent.
     fn push(&mut self, batch: Vec<Job>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
         if self.worker_of.is_some() {
             return self.send(batch);
         }
@@ -437,7 +474,9 @@ fn shard_worker(
         }
     }
     if abort.load(Ordering::SeqCst) {
-        return accepted; // the input stopped the run: its end is not the log's
+        // the input stopped the run: its end is not the log's
+        let _ = tx.send(WorkerMsg::Aborted);
+        return accepted;
     }
     engine.finish(&mut out);
     let _ = tx.send(WorkerMsg::Finish(
@@ -456,20 +495,24 @@ fn write_stage(
     loop {
         let mut batches = Vec::with_capacity(rxs.len());
         let mut finishes = Vec::with_capacity(rxs.len());
+        let mut aborted = 0;
         for rx in &rxs {
             match rx.recv() {
                 Ok(WorkerMsg::Batch(p)) => batches.push(p),
                 Ok(WorkerMsg::Finish(rows)) => finishes.push(rows),
+                Ok(WorkerMsg::Aborted) => aborted += 1,
                 Err(_) => bail!("a shard worker stopped before the end of its input"),
             }
         }
-        if !finishes.is_empty() {
-            if !batches.is_empty() {
+        if aborted > 0 || !finishes.is_empty() {
+            if !batches.is_empty() || (aborted > 0 && !finishes.is_empty()) {
                 bail!("shard workers disagree on where the input ends");
             }
             for (_, row) in merge_by_key(finishes) {
                 writer.write(&row)?;
             }
+            // a stopped run keeps the rows that were final: a readable
+            // prefix of the whole run's output (the run reports the error)
             return Ok(writer.finish()?);
         }
         let mut rows = Vec::with_capacity(batches.len());

@@ -347,8 +347,12 @@ impl LocalJobs {
             );
             tasks.spawn(async move {
                 let part = with_tries(&id, shard, || async {
+                    let skip = || failed.load(std::sync::atomic::Ordering::SeqCst);
+                    if skip() {
+                        return Err(BackfillError::Skipped);
+                    }
                     let _slot = me.slots.acquire().await;
-                    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    if skip() {
                         return Err(BackfillError::Skipped);
                     }
                     let listed = crate::shard::segments_of(&ctx, shard)
