@@ -850,6 +850,52 @@ FROM ad_events;"
     );
 }
 
+/// A backfill whose shard cannot be replayed (its archived segment is
+/// damaged) fails the job with that shard named, after the other shards,
+/// which replay in parallel, have run: the job ends, it does not hang.
+#[test]
+fn a_damaged_segment_fails_the_backfill_and_names_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path());
+    let c = d.client();
+    c.post_json(
+        "/v1/tables/ad_events/events",
+        jsonl(&events(3000, 60, 17)).as_bytes(),
+    )
+    .unwrap();
+    c.post_json("/v1/checkpoint", b"").unwrap();
+    let shard_dir = dir.path().join("data/objects/raw/ad_events/shard=005");
+    let seg = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .expect("shard 5 has a raw segment");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..].iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(&seg, bytes).unwrap();
+    let out = dir.path().join("rows.parquet");
+    let err = lockstep_offline::backfill_with(
+        &c,
+        None,
+        "user_ad_features",
+        None,
+        None,
+        &out,
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("failed: shard 5:"), "{err}");
+    let jobs = c.get_json("/v1/backfill").unwrap();
+    let job = jobs["jobs"]
+        .as_array()
+        .and_then(|j| j.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(job["state"], "failed", "{jobs}");
+}
+
 #[test]
 fn nodes_sharing_an_object_store_leave_each_others_segments_alone() {
     let dir = tempfile::tempdir().unwrap();
