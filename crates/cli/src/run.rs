@@ -107,7 +107,6 @@ struct Processed {
     rows: Vec<(u64, Row)>,
     /// The batch's late events, with their `seq`.
     late: Vec<(u64, BadRecord)>,
-    accepted: u64,
 }
 
 enum WorkerMsg {
@@ -448,11 +447,10 @@ fn shard_worker(
         let mut p = Processed {
             rows: Vec::with_capacity(jobs.len()),
             late: Vec::new(),
-            accepted: 0,
         };
         for job in jobs {
             match engine.push_to_shard(job.shard, &job.event, &mut out) {
-                Outcome::Accepted { .. } => p.accepted += 1,
+                Outcome::Accepted { .. } => accepted += 1,
                 Outcome::Late { shard, watermark } => {
                     let bad = BadRecord {
                         location: job.location,
@@ -468,7 +466,6 @@ fn shard_worker(
             }
             p.rows.extend(out.drain(..).map(|e| (job.seq, e.row)));
         }
-        accepted += p.accepted;
         if tx.send(WorkerMsg::Batch(p)).is_err() {
             return accepted; // the writer stopped; its error is reported
         }
