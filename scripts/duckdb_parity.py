@@ -35,6 +35,47 @@ def bits(x):
     return struct.unpack("<Q", struct.pack("<d", x))[0]
 
 
+COLS = ["event_id", "user_id", "campaign_id", "event_time", "impressions_1h", "impressions_24h",
+        "clicks_24h", "ctr_24h", "label_click_15m"]
+
+
+def compare(con, ours, theirs, events):
+    """Row counts (of the files, not of distinct ids) and the rows that differ.
+
+    Returns (lockstep rows, DuckDB rows, differing (id, ours, theirs),
+    tie-only differences, events in ties). Every event_id must appear once
+    in each output (else exit 1); a row of an event that
+    ties with another on (user_id, event_time) is excused only when both
+    engines have it (its values may differ by design, not its presence)."""
+    q = ", ".join(COLS)
+    counts = []
+    for path in (ours, theirs):
+        n, ids = con.execute(f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{path}')").fetchone()
+        if n != ids:
+            sys.exit(f"{path}: {n} rows but {ids} distinct event ids (a row is repeated)")
+        counts.append(n)
+    if counts[0] == 0:
+        sys.exit(f"{ours} is empty")
+    mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
+    duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
+    tied = {r[0] for r in con.execute(
+        f"SELECT event_id FROM read_parquet('{events}') WHERE (user_id, event_time) IN "
+        f"(SELECT user_id, event_time FROM read_parquet('{events}') GROUP BY ALL HAVING count(*) > 1)"
+    ).fetchall()}
+    differ, tie_diffs = [], 0
+    for eid in sorted(set(mine) | set(duck)):
+        m, d = mine.get(eid), duck.get(eid)
+        same = m is not None and d is not None and all(
+            (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
+            for x, y in zip(m, d))
+        if not same:
+            if eid in tied and m is not None and d is not None:
+                tie_diffs += 1
+            else:
+                differ.append((eid, m, d))
+    return counts[0], counts[1], differ, tie_diffs, len(tied)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lockstep", required=True, help="path to the lockstep binary")
@@ -69,36 +110,12 @@ def main():
     con.execute(f"COPY ({select}) TO '{theirs}' (FORMAT PARQUET)")
     t_duck = time.perf_counter() - t0
 
-    cols = ["event_id", "user_id", "campaign_id", "event_time", "impressions_1h", "impressions_24h",
-            "clicks_24h", "ctr_24h", "label_click_15m"]
-    q = ", ".join(cols)
-    for path in (ours, theirs):
-        n, ids = con.execute(f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{path}')").fetchone()
-        if n != ids or n == 0:
-            print(f"{path}: {n} rows, {ids} distinct event ids (a row is repeated, or none)")
-            print("PARITY FAILED")
-            return 1
-    mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
-    duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
-    tied = {r[0] for r in con.execute(
-        "SELECT event_id FROM ad_events WHERE (user_id, event_time) IN "
-        "(SELECT user_id, event_time FROM ad_events GROUP BY ALL HAVING count(*) > 1)").fetchall()}
-    mismatches, tie_diffs = [], 0
-    for eid in sorted(set(mine) | set(duck)):
-        m, d = mine.get(eid), duck.get(eid)
-        same = m is not None and d is not None and all(
-            (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
-            for x, y in zip(m, d))
-        if not same:
-            if eid in tied and m is not None and d is not None:
-                tie_diffs += 1
-            else:
-                mismatches.append((eid, m, d))
-    print(f"events: {a.events}; rows: lockstep {len(mine)}, duckdb {len(duck)}")
+    n_ours, n_duck, mismatches, tie_diffs, n_tied = compare(con, ours, theirs, events)
+    print(f"events: {a.events}; rows: lockstep {n_ours}, duckdb {n_duck}")
     print(f"lockstep run: {t_ours:.2f}s ({a.events / t_ours:,.0f} events/s, including process start)")
     print(f"duckdb ({a.threads} threads): {t_duck:.2f}s ({a.events / t_duck:,.0f} events/s)")
     print(f"rows differing: {len(mismatches)}; differing only through event_time ties: {tie_diffs} "
-          f"(events in ties: {len(tied)})")
+          f"(events in ties: {n_tied})")
     for eid, m, d in mismatches[:10]:
         print(f"  event {eid}:\n    lockstep {m}\n    duckdb   {d}")
     print("PARITY OK" if not mismatches else "PARITY FAILED")

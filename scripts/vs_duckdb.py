@@ -32,11 +32,9 @@ import time
 import duckdb
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from duckdb_parity import bits, view_select  # noqa: E402
+from duckdb_parity import compare, view_select  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COLS = ["event_id", "user_id", "campaign_id", "event_time", "impressions_1h", "impressions_24h",
-        "clicks_24h", "ctr_24h", "label_click_15m"]
 
 
 def generate(a, shape, path):
@@ -55,41 +53,6 @@ def timed(f):
     t0 = time.perf_counter()
     f()
     return time.perf_counter() - t0
-
-
-def compare(con, ours, theirs, events):
-    """Row counts (of the files, not of distinct ids) and the rows that differ.
-
-    Every event_id must appear once in each output; a row of an event that
-    ties with another on (user_id, event_time) is excused only when both
-    engines have it (its values may differ by design, not its presence)."""
-    q = ", ".join(COLS)
-    counts = []
-    for path in (ours, theirs):
-        n, ids = con.execute(f"SELECT count(*), count(DISTINCT event_id) FROM read_parquet('{path}')").fetchone()
-        if n != ids:
-            sys.exit(f"{path}: {n} rows but {ids} distinct event ids (a row is repeated)")
-        counts.append(n)
-    if counts[0] == 0:
-        sys.exit(f"{ours} is empty")
-    mine = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{ours}')").fetchall()}
-    duck = {r[0]: r for r in con.execute(f"SELECT {q} FROM read_parquet('{theirs}')").fetchall()}
-    tied = {r[0] for r in con.execute(
-        f"SELECT event_id FROM read_parquet('{events}') WHERE (user_id, event_time) IN "
-        f"(SELECT user_id, event_time FROM read_parquet('{events}') GROUP BY ALL HAVING count(*) > 1)"
-    ).fetchall()}
-    differ, tie_diffs = [], 0
-    for eid in set(mine) | set(duck):
-        m, d = mine.get(eid), duck.get(eid)
-        same = m is not None and d is not None and all(
-            (bits(float(x)) == bits(float(y))) if isinstance(x, float) or isinstance(y, float) else x == y
-            for x, y in zip(m, d))
-        if not same:
-            if eid in tied and m is not None and d is not None:
-                tie_diffs += 1
-            else:
-                differ.append((eid, m, d))
-    return counts[0], counts[1], differ, tie_diffs
 
 
 def run_pyflink(a, events, out):
@@ -150,7 +113,7 @@ def main():
         con.execute(f"SET threads TO {a.threads}")
         con.execute(f"CREATE VIEW ad_events AS SELECT * FROM read_parquet('{events}')")
         t_duck = timed(lambda: con.execute(f"COPY ({select}) TO '{theirs}' (FORMAT PARQUET)"))
-        n_ours, n_duck, differ, ties = compare(con, ours, theirs, events)
+        n_ours, n_duck, differ, ties, _ = compare(con, ours, theirs, events)
         t_flink = None
         if a.pyflink:
             t_flink = run_pyflink(a, events, os.path.join(a.dir, f"{shape}-pyflink"))

@@ -5,6 +5,7 @@ pub mod exact_sum;
 pub mod group;
 pub mod input;
 pub mod partition;
+mod timers;
 pub mod view_state;
 
 pub use group::Entry;
