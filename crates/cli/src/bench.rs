@@ -86,13 +86,33 @@ pub struct MemoryReport {
     pub partitions: u64,
     pub held_rows: u64,
     pub rss_delta_bytes: u64,
+    /// Growth of the live heap (bytes allocated and not freed), when the
+    /// binary's allocator counts ([`crate::alloc`]); exact, unlike RSS.
+    pub heap_delta_bytes: Option<i64>,
+    /// After time moved a day past every event: partitions left and the
+    /// live heap still grown by, relative to before the first event.
+    pub idle_partitions: u64,
+    pub idle_heap_delta_bytes: Option<i64>,
+}
+
+/// True when this process's allocator is [`crate::alloc::Counting`]; starts
+/// the count.
+fn heap_counts() -> bool {
+    crate::alloc::start_counting();
+    let probe = std::hint::black_box(vec![1u8; 1 << 20]);
+    let ok = crate::alloc::live_bytes() >= 1 << 20;
+    drop(probe);
+    ok
 }
 
 /// Feeds the canonical view `events` generated events over `users` users
-/// (uniform popularity, in order, no late data) and reports the state it holds
-/// before the end of input, with the growth of the process's memory.
+/// (uniform popularity, in order, no late data) and reports the state it
+/// holds before the end of input, with the growth of the process's memory;
+/// then one event per shard a day and a half later, so every key goes idle,
+/// and what is left.
 pub fn measure_state(events: u64, users: u64) -> anyhow::Result<MemoryReport> {
     use lockstep_core::Engine;
+    use lockstep_core::Value;
     use std::sync::Arc;
     let catalog = Arc::new(crate::pipeline::compile(
         CANONICAL_SQL,
@@ -112,51 +132,119 @@ pub fn measure_state(events: u64, users: u64) -> anyhow::Result<MemoryReport> {
         .map_err(|e| anyhow::anyhow!(e))?
         .map(crate::gen::to_row)
         .collect();
-    let mut engine = Engine::new(catalog, &[CANONICAL_VIEW])?;
-    let before = rss_kib().unwrap_or(0);
+    let mut engine = Engine::new(catalog.clone(), &[CANONICAL_VIEW])?;
+    // one far-future event per shard, built before measuring
+    let schema = &catalog.tables[0].schema;
+    let col = |name: &str| {
+        schema
+            .index_of(name)
+            .ok_or_else(|| anyhow::anyhow!("the canonical table has no {name}"))
+    };
+    let (user_col, time_col, id_col) = (col("user_id")?, col("event_time")?, col("event_id")?);
+    let last = log.last().cloned().unwrap_or_default();
+    let later = match last.get(time_col) {
+        Some(Value::Timestamp(t)) => t + 36 * 3_600_000,
+        _ => 36 * 3_600_000,
+    };
+    let shards = engine.table().shards as usize;
+    let mut wake: Vec<Option<Vec<Value>>> = vec![None; shards];
+    for n in 0u64.. {
+        if wake.iter().all(Option::is_some) || last.is_empty() {
+            break;
+        }
+        let mut e = last.clone();
+        e[user_col] = Value::text(&format!("idle-probe-{n}"));
+        e[time_col] = Value::Timestamp(later);
+        e[id_col] = Value::BigInt(i64::MAX - n as i64);
+        let s = engine.shard_of(&e) as usize;
+        wake[s].get_or_insert(e);
+    }
+    let counts = heap_counts();
+    let heap = || counts.then(crate::alloc::live_bytes);
+    let (before, heap_before) = (rss_kib().unwrap_or(0), heap());
     let mut out = Vec::new();
     for e in &log {
         engine.push(e, &mut out)?;
         out.clear();
     }
-    let after = rss_kib().unwrap_or(0);
+    let (after, heap_after) = (rss_kib().unwrap_or(0), heap());
     let stats = engine.stats();
-    let sum = |f: fn(&lockstep_core::window::ViewStats) -> u64| -> u64 {
-        stats.iter().map(|s| f(&s.views[0])).sum()
-    };
-    Ok(MemoryReport {
-        buffered_events: sum(|v| v.buffered_events),
-        partitions: sum(|v| v.partitions),
-        held_rows: sum(|v| v.pending),
+    let sum = |stats: &[lockstep_core::engine::ShardStats],
+               f: fn(&lockstep_core::window::ViewStats) -> u64|
+     -> u64 { stats.iter().map(|s| f(&s.views[0])).sum() };
+    let mut report = MemoryReport {
+        buffered_events: sum(&stats, |v| v.buffered_events),
+        partitions: sum(&stats, |v| v.partitions),
+        held_rows: sum(&stats, |v| v.pending),
         rss_delta_bytes: after.saturating_sub(before) * 1024,
-    })
+        heap_delta_bytes: heap_after.zip(heap_before).map(|(a, b)| a - b),
+        idle_partitions: 0,
+        idle_heap_delta_bytes: None,
+    };
+    // every shard sweeps on its next event and forgets the idle partitions
+    engine.set_sweep_every(1);
+    for e in wake.iter().flatten() {
+        engine.push(e, &mut out)?;
+        out.clear();
+    }
+    let stats = engine.stats();
+    report.idle_partitions = sum(&stats, |v| v.partitions);
+    report.idle_heap_delta_bytes = heap().zip(heap_before).map(|(a, b)| a - b);
+    Ok(report)
 }
 
-/// `lockstep bench memory`: bytes per in-window event (few keys, many events)
-/// and per key (many keys, one event each).
+/// `lockstep bench memory`: bytes per in-window event (few keys, many
+/// events), per key (many keys, one event each) and per idle key (after
+/// every event left the window). Counted on the live heap, with RSS beside.
 pub fn bench_memory(events: u64) -> anyhow::Result<()> {
     let dense = measure_state(events, 100)?;
-    let per_event = dense.rss_delta_bytes as f64 / dense.buffered_events.max(1) as f64;
+    let copies = dense.buffered_events.max(1) as f64;
+    let rss_per_event = dense.rss_delta_bytes as f64 / copies;
+    let per_event = dense
+        .heap_delta_bytes
+        .map_or(rss_per_event, |h| h as f64 / copies);
     println!(
-        "dense (100 users): {} buffered event copies, {} partitions, {} held rows, RSS +{} MiB → {:.0} bytes per buffered event copy",
+        "dense (100 users): {} buffered event copies, {} partitions, {} held rows; heap +{} MiB, RSS +{} MiB → {:.0} bytes per buffered event copy ({:.0} by RSS)",
         dense.buffered_events,
         dense.partitions,
         dense.held_rows,
+        dense.heap_delta_bytes.unwrap_or(0) >> 20,
         dense.rss_delta_bytes >> 20,
-        per_event
+        per_event,
+        rss_per_event,
     );
     let sparse = measure_state(events, events)?;
-    let per_key = (sparse.rss_delta_bytes as f64 - per_event * sparse.buffered_events as f64)
-        / sparse.partitions.max(1) as f64;
+    let parts = sparse.partitions.max(1) as f64;
+    let beyond = |total: f64| (total - per_event * sparse.buffered_events as f64) / parts;
+    let per_key = beyond(
+        sparse
+            .heap_delta_bytes
+            .map_or(sparse.rss_delta_bytes as f64, |h| h as f64),
+    );
     println!(
-        "sparse ({} users): {} buffered event copies, {} partitions, {} held rows, RSS +{} MiB → {:.0} bytes per partition beyond its events",
+        "sparse ({} users): {} buffered event copies, {} partitions, {} held rows; heap +{} MiB, RSS +{} MiB → {:.0} bytes per partition beyond its events ({:.0} by RSS)",
         events,
         sparse.buffered_events,
         sparse.partitions,
         sparse.held_rows,
+        sparse.heap_delta_bytes.unwrap_or(0) >> 20,
         sparse.rss_delta_bytes >> 20,
-        per_key
+        per_key,
+        beyond(sparse.rss_delta_bytes as f64),
     );
+    match sparse.idle_heap_delta_bytes {
+        Some(h) => println!(
+            "idle ({} users, every event a day and a half old): {} partitions left; heap +{} KiB → {:.0} bytes per idle key",
+            events,
+            sparse.idle_partitions,
+            h >> 10,
+            h as f64 / events.max(1) as f64
+        ),
+        None => println!(
+            "idle: {} partitions left (heap not counted in this process)",
+            sparse.idle_partitions
+        ),
+    }
     Ok(())
 }
 

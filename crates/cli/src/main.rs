@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 /// mimalloc: the engine allocates many small, short-lived values; glibc's
 /// allocator spent a fifth of the batch path's time in malloc and free.
+/// Wrapped to count live bytes when `bench memory` asks.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: lockstep_cli::alloc::Counting = lockstep_cli::alloc::Counting;
 
 #[derive(Parser)]
 #[command(
