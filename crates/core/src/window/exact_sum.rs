@@ -18,15 +18,122 @@ const BIAS: i32 = 1074;
 const SMALL_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Wire", into = "Wire")]
 pub struct ExactSum {
     /// Sum of the integer-valued inputs.
-    small: i128,
+    small: I128,
+    /// Everything else, allocated only when the first such input arrives: a
+    /// window of integer-valued sums costs 24 bytes.
+    big: Option<Box<Wide>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wide {
     /// Two's-complement little-endian fixed-point integer in units of
     /// 2^-1074, for every other finite input.
+    limbs: [u64; LIMBS],
+    nan: i64,
+    pos_inf: i64,
+    neg_inf: i64,
+}
+
+/// The serialized form, as earlier versions wrote it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    small: i128,
     big: Option<Box<[u64]>>,
     nan: i64,
     pos_inf: i64,
     neg_inf: i64,
+}
+
+impl From<ExactSum> for Wire {
+    fn from(e: ExactSum) -> Wire {
+        let (big, nan, pos_inf, neg_inf) = match e.big {
+            None => (None, 0, 0, 0),
+            Some(w) => (
+                w.limbs
+                    .iter()
+                    .any(|&l| l != 0)
+                    .then(|| w.limbs.to_vec().into_boxed_slice()),
+                w.nan,
+                w.pos_inf,
+                w.neg_inf,
+            ),
+        };
+        Wire {
+            small: e.small.get(),
+            big,
+            nan,
+            pos_inf,
+            neg_inf,
+        }
+    }
+}
+
+impl From<Wire> for ExactSum {
+    fn from(w: Wire) -> ExactSum {
+        let special = w.nan != 0 || w.pos_inf != 0 || w.neg_inf != 0;
+        let big = (w.big.is_some() || special).then(|| {
+            let mut limbs = [0; LIMBS];
+            if let Some(b) = &w.big {
+                for (l, v) in limbs.iter_mut().zip(b.iter()) {
+                    *l = *v;
+                }
+            }
+            Box::new(Wide {
+                limbs,
+                nan: w.nan,
+                pos_inf: w.pos_inf,
+                neg_inf: w.neg_inf,
+            })
+        });
+        ExactSum {
+            small: I128::from(w.small),
+            big,
+        }
+    }
+}
+
+/// An `i128` stored as two words, so structs holding one stay 8-byte
+/// aligned (an `i128` field pads them to 16); serialized as an `i128`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct I128 {
+    lo: u64,
+    hi: u64,
+}
+
+impl I128 {
+    pub fn get(self) -> i128 {
+        ((self.hi as u128) << 64 | self.lo as u128) as i128
+    }
+}
+
+impl From<i128> for I128 {
+    fn from(v: i128) -> I128 {
+        I128 {
+            lo: v as u64,
+            hi: ((v as u128) >> 64) as u64,
+        }
+    }
+}
+
+impl std::ops::AddAssign<i128> for I128 {
+    fn add_assign(&mut self, d: i128) {
+        *self = I128::from(self.get().wrapping_add(d));
+    }
+}
+
+impl serde::Serialize for I128 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i128(self.get())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for I128 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        i128::deserialize(d).map(I128::from)
+    }
 }
 
 impl ExactSum {
@@ -40,28 +147,34 @@ impl ExactSum {
 
     pub fn sub(&mut self, x: f64) {
         if x.fract() == 0.0 && x.abs() <= SMALL_LIMIT {
-            self.small -= x as i128;
+            self.small += -(x as i128);
         } else {
             self.apply(x, true)
         }
     }
 
-    fn limbs(&mut self) -> &mut [u64] {
-        self.big
-            .get_or_insert_with(|| vec![0; LIMBS].into_boxed_slice())
+    fn wide(&mut self) -> &mut Wide {
+        self.big.get_or_insert_with(|| {
+            Box::new(Wide {
+                limbs: [0; LIMBS],
+                nan: 0,
+                pos_inf: 0,
+                neg_inf: 0,
+            })
+        })
     }
 
     fn apply(&mut self, x: f64, remove: bool) {
         let d = if remove { -1 } else { 1 };
         if x.is_nan() {
-            self.nan += d;
+            self.wide().nan += d;
             return;
         }
         if x.is_infinite() {
             if x > 0.0 {
-                self.pos_inf += d;
+                self.wide().pos_inf += d;
             } else {
-                self.neg_inf += d;
+                self.wide().neg_inf += d;
             }
             return;
         }
@@ -91,31 +204,32 @@ impl ExactSum {
     }
 
     fn add_at(&mut self, limb: usize, lo: u64, hi: u64) {
-        add_at(self.limbs(), limb, lo, hi)
+        add_at(&mut self.wide().limbs, limb, lo, hi)
     }
 
     fn sub_at(&mut self, limb: usize, lo: u64, hi: u64) {
-        sub_at(self.limbs(), limb, lo, hi)
+        sub_at(&mut self.wide().limbs, limb, lo, hi)
     }
 
     /// The exact sum, rounded once to the nearest double (ties to even).
     pub fn value(&self) -> f64 {
-        if self.nan > 0 || (self.pos_inf > 0 && self.neg_inf > 0) {
-            return f64::NAN;
-        }
-        if self.pos_inf > 0 {
-            return f64::INFINITY;
-        }
-        if self.neg_inf > 0 {
-            return f64::NEG_INFINITY;
-        }
         let Some(big) = &self.big else {
             // exact integer; the cast rounds to nearest, ties to even
-            return self.small as f64;
+            return self.small.get() as f64;
         };
-        let mut mag: [u64; LIMBS] = big[..].try_into().expect("LIMBS limbs");
+        if big.nan > 0 || (big.pos_inf > 0 && big.neg_inf > 0) {
+            return f64::NAN;
+        }
+        if big.pos_inf > 0 {
+            return f64::INFINITY;
+        }
+        if big.neg_inf > 0 {
+            return f64::NEG_INFINITY;
+        }
+        let mut mag: [u64; LIMBS] = big.limbs;
         // fold the integer part in at the units bit (2^0 = bit 1074)
-        let (neg_small, m) = (self.small < 0, self.small.unsigned_abs());
+        let small = self.small.get();
+        let (neg_small, m) = (small < 0, small.unsigned_abs());
         for (k, part) in [(m as u64) as u128, ((m >> 64) as u64) as u128]
             .into_iter()
             .enumerate()
@@ -241,6 +355,47 @@ mod tests {
         }
         // exact sum of ten copies of the double nearest 0.1, rounded once
         assert_eq!(s.value(), 1.0000000000000000555f64);
+    }
+
+    /// The checkpoint form is the one earlier versions wrote (a plain
+    /// `i128`, the limbs as a slice, the special counts), both ways.
+    #[test]
+    fn checkpoints_keep_the_earlier_form() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Earlier {
+            small: i128,
+            big: Option<Box<[u64]>>,
+            nan: i64,
+            pos_inf: i64,
+            neg_inf: i64,
+        }
+        let cfg = bincode::config::standard();
+        let mut s = ExactSum::default();
+        for x in [3.0, -1e30, 0.25, f64::INFINITY, f64::NAN, 7.0] {
+            s.add(x);
+        }
+        s.sub(f64::NAN);
+        s.sub(f64::INFINITY);
+        let bytes = bincode::serde::encode_to_vec(&s, cfg).unwrap();
+        let old: Earlier = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
+        assert_eq!(old.small, 10);
+        assert_eq!((old.nan, old.pos_inf, old.neg_inf), (0, 0, 0));
+        assert_eq!(old.big.as_ref().map(|b| b.len()), Some(LIMBS));
+        let back: ExactSum = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
+        assert_eq!(back.value(), s.value());
+        let only_int = Earlier {
+            small: -(1 << 70),
+            big: None,
+            nan: 1,
+            pos_inf: 0,
+            neg_inf: 0,
+        };
+        let bytes = bincode::serde::encode_to_vec(&only_int, cfg).unwrap();
+        let mut back: ExactSum = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
+        assert!(back.value().is_nan());
+        back.sub(f64::NAN);
+        assert_eq!(back.value(), -((1u128 << 70) as f64));
+        assert_eq!(std::mem::size_of::<ExactSum>(), 24);
     }
 
     #[test]

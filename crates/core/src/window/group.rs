@@ -4,9 +4,11 @@
 //! Keys are hashed and compared straight from the event's columns, so finding
 //! a partition clones nothing; and a held row remembers its partition's slab
 //! index, so emitting it needs no second lookup. A partition is only removed
-//! when nothing pins it (no held rows), so those indexes stay valid. Removed
-//! partitions keep their allocations and are reused for the next new key:
-//! label partitions (user × campaign) come and go with almost every event.
+//! when nothing pins it (no held rows), so those indexes stay valid. A few
+//! removed partitions keep their allocations in a spare pool for the next new
+//! keys (label partitions, user × campaign, come and go with almost every
+//! event); the rest are freed, so a key that went idle costs only its empty
+//! slab slot.
 
 use super::partition::Partition;
 use crate::value::Value;
@@ -18,8 +20,34 @@ use std::hash::{BuildHasher, Hash, Hasher};
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     key: Box<[Value]>,
-    part: Partition,
+    /// Boxed, and absent in a free slot: a key gone idle costs the slot's
+    /// 32 bytes, not a whole partition's.
+    #[serde(with = "slot_part")]
+    part: Option<Box<Partition>>,
     live: bool,
+}
+
+/// A slot's partition as checkpoints have always held it: a free slot
+/// writes an empty partition.
+mod slot_part {
+    use super::Partition;
+    use serde::{Deserialize, Serialize};
+
+    pub fn serialize<S: serde::Serializer>(
+        p: &Option<Box<Partition>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => p.serialize(s),
+            None => Partition::default().serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Box<Partition>>, D::Error> {
+        Partition::deserialize(d).map(|p| Some(Box::new(p)))
+    }
 }
 
 /// A group's snapshot form: the slab; the hash index is rebuilt on restore.
@@ -46,7 +74,10 @@ impl From<GroupData> for Group {
             ..Group::default()
         };
         for i in 0..g.slab.len() {
-            if g.slab[i].live {
+            if !g.slab[i].live {
+                g.slab[i].part = None;
+                g.slab[i].key = Box::default();
+            } else {
                 let hash = g.hash(g.slab[i].key.iter());
                 let (slab, hasher) = (&g.slab, &g.hasher);
                 g.index.insert_unique(hash, i, |&j| {
@@ -73,7 +104,14 @@ pub struct Group {
     /// checkpoints; `marked[i]` says whether `i` is already listed.
     dirty: Vec<usize>,
     marked: Vec<bool>,
+    /// Emptied partitions whose allocations the next new keys reuse (boxed
+    /// as the slots hold them, so reuse moves a pointer).
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Partition>>,
 }
+
+/// How many emptied partitions a group keeps for reuse.
+const SPARE: usize = 64;
 
 impl Group {
     fn mark(&mut self, i: usize) {
@@ -161,20 +199,20 @@ impl Group {
             self.mark(i);
             return i;
         }
+        let part = self.spare.pop().unwrap_or_else(|| Box::new(make()));
+        let key = cols.iter().map(|&c| event[c].clone()).collect();
         let i = match self.free.pop() {
             Some(i) => {
                 let e = &mut self.slab[i];
-                for (k, &c) in e.key.iter_mut().zip(cols) {
-                    *k = event[c].clone();
-                }
-                e.part.reset();
+                e.key = key;
+                e.part = Some(part);
                 e.live = true;
                 i
             }
             None => {
                 self.slab.push(Entry {
-                    key: cols.iter().map(|&c| event[c].clone()).collect(),
-                    part: make(),
+                    key,
+                    part: Some(part),
                     live: true,
                 });
                 self.slab.len() - 1
@@ -194,21 +232,30 @@ impl Group {
 
     pub fn get(&self, i: usize) -> &Partition {
         debug_assert!(self.slab[i].live);
-        &self.slab[i].part
+        self.slab[i]
+            .part
+            .as_deref()
+            .expect("a live slot has a partition")
     }
 
     /// The partition in slot `i`, to change it (the slot is marked changed).
     pub fn get_mut(&mut self, i: usize) -> &mut Partition {
         debug_assert!(self.slab[i].live);
         self.mark(i);
-        &mut self.slab[i].part
+        self.slab[i]
+            .part
+            .as_deref_mut()
+            .expect("a live slot has a partition")
     }
 
     /// Like [`Group::get_mut`] for a read that only moves a slide's cursor
     /// (serving): results do not depend on cursors, so no checkpoint needs it.
     pub fn get_mut_untracked(&mut self, i: usize) -> &mut Partition {
         debug_assert!(self.slab[i].live);
-        &mut self.slab[i].part
+        self.slab[i]
+            .part
+            .as_deref_mut()
+            .expect("a live slot has a partition")
     }
 
     /// Forgets partition `i` (its slot and allocations are reused).
@@ -219,9 +266,14 @@ impl Group {
         }
         let e = &mut self.slab[i];
         e.live = false;
-        e.part.reset();
-        // release the key's text now rather than at reuse
-        e.key.iter_mut().for_each(|k| *k = Value::Null);
+        if let Some(mut part) = e.part.take() {
+            if self.spare.len() < SPARE {
+                part.reset();
+                self.spare.push(part);
+            }
+        }
+        // release the key now rather than at reuse
+        e.key = Box::default();
         self.free.push(i);
         self.mark(i);
     }
@@ -240,17 +292,22 @@ impl Group {
             if !self.slab[i].live {
                 continue;
             }
-            let before = self.slab[i].part.events.len();
-            if !keep(&mut self.slab[i].part) {
+            let part = self.slab[i].part.as_deref_mut().expect("live");
+            let before = part.events.len();
+            let kept = keep(part);
+            let after = part.events.len();
+            if !kept {
                 self.remove(i);
-            } else if self.slab[i].part.events.len() != before {
+            } else if after != before {
                 self.mark(i);
             }
         }
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
-        self.slab.iter().filter(|e| e.live).map(|e| &e.part)
+        self.slab
+            .iter()
+            .filter_map(|e| e.part.as_deref().filter(|_| e.live))
     }
 }
 

@@ -62,3 +62,72 @@ impl In {
         !matches!(self, In::Skip | In::Null)
     }
 }
+
+impl In {
+    /// A borrowed, copyable view of this input.
+    pub fn as_ref(&self) -> InRef<'_> {
+        match self {
+            In::Skip => InRef::Skip,
+            In::Null => InRef::Null,
+            In::Bool(b) => InRef::Bool(*b),
+            In::Int(i) => InRef::Int(*i),
+            In::Float(f) => InRef::Float(*f),
+            In::Ts(t) => InRef::Ts(*t),
+            In::Other(v) => InRef::Other(v),
+        }
+    }
+}
+
+/// One input as read from a partition's buffer (or from an [`In`]): no
+/// allocation, text borrowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InRef<'a> {
+    Skip,
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Ts(i64),
+    Other(&'a Value),
+}
+
+impl InRef<'_> {
+    /// The SQL value, or `None` when skipped by FILTER.
+    pub fn value(self) -> Option<Value> {
+        Some(match self {
+            InRef::Skip => return None,
+            InRef::Null => Value::Null,
+            InRef::Bool(b) => Value::Boolean(b),
+            InRef::Int(i) => Value::BigInt(i),
+            InRef::Float(f) => Value::Double(f),
+            InRef::Ts(t) => Value::Timestamp(t),
+            InRef::Other(v) => v.clone(),
+        })
+    }
+
+    /// Numeric inputs as f64 (BIGINT widens).
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
+            InRef::Int(i) => Some(i as f64),
+            InRef::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// True when an aggregate counts it: not skipped and not NULL.
+    pub fn counts(self) -> bool {
+        !matches!(self, InRef::Skip | InRef::Null)
+    }
+
+    pub fn to_owned(self) -> In {
+        match self {
+            InRef::Skip => In::Skip,
+            InRef::Null => In::Null,
+            InRef::Bool(b) => In::Bool(b),
+            InRef::Int(i) => In::Int(i),
+            InRef::Float(f) => In::Float(f),
+            InRef::Ts(t) => In::Ts(t),
+            InRef::Other(v) => In::Other(Box::new(v.clone())),
+        }
+    }
+}

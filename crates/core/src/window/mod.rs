@@ -1,6 +1,7 @@
 //! Incremental window operators: exact frame semantics with bounded state.
 
 pub mod acc;
+pub mod events;
 pub mod exact_sum;
 pub mod group;
 pub mod input;

@@ -2,12 +2,12 @@
 //! and the sliding accumulators of the frames evaluated over it.
 
 use super::acc::Acc;
+use super::events::Events;
 use super::exact_sum::ExactSum;
-use super::input::Inputs;
+use super::input::{InRef, Inputs};
 use crate::plan::{Frame, WinFunc, WindowCall};
 use crate::value::Value;
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 
 /// One event as a partition keeps it: its position in time and log order and
 /// the per-call inputs (argument value, or `None` when FILTER rejected it).
@@ -50,62 +50,62 @@ impl Slide {
         }
     }
 
-    fn add(&mut self, e: &Stored) {
+    fn add(&mut self, events: &Events, i: usize) {
         for (input, acc) in &mut self.accs {
-            acc.add(&e.inputs[*input]);
+            acc.add(events.input(i, *input));
         }
     }
 
-    fn remove(&mut self, e: &Stored) {
+    fn remove(&mut self, events: &Events, i: usize) {
         for (input, acc) in &mut self.accs {
-            acc.remove(&e.inputs[*input]);
+            acc.remove(events.input(i, *input));
         }
     }
 
     /// Moves the accumulated range to `[lo, hi]` by adding and removing only
     /// the events that enter or leave it.
-    pub fn move_to(&mut self, events: &VecDeque<Stored>, lo: i64, hi: i64) {
+    pub fn move_to(&mut self, events: &Events, lo: i64, hi: i64) {
         let lo = if self.unbounded { i64::MIN } else { lo };
         if !self.fresh && lo == self.lo && hi == self.hi {
             return; // another call on this frame already moved it here
         }
-        let new_lo = gallop(events, self.lo_hint, |e| e.time < lo);
+        let new_lo = gallop(events, self.lo_hint, |t| t < lo);
         let new_hi = if hi < lo {
             new_lo
         } else {
-            gallop(events, self.hi_hint, |e| e.time <= hi).max(new_lo)
+            gallop(events, self.hi_hint, |t| t <= hi).max(new_lo)
         };
         let disjoint = self.fresh || hi < self.lo || lo > self.hi;
         if disjoint && !self.unbounded {
             for (_, acc) in &mut self.accs {
-                *acc = fresh_like(acc);
+                acc.clear();
             }
-            for e in events.range(new_lo..new_hi) {
-                self.add(e);
+            for i in new_lo..new_hi {
+                self.add(events, i);
             }
         } else {
             let old_lo = if self.unbounded {
                 0
             } else {
-                gallop(events, self.lo_hint, |e| e.time < self.lo)
+                gallop(events, self.lo_hint, |t| t < self.lo)
             };
-            let old_hi = gallop(events, self.hi_hint, |e| e.time <= self.hi).max(old_lo);
+            let old_hi = gallop(events, self.hi_hint, |t| t <= self.hi).max(old_lo);
             if new_lo < old_lo {
-                for e in events.range(new_lo..old_lo) {
-                    self.add(e);
+                for i in new_lo..old_lo {
+                    self.add(events, i);
                 }
             } else {
-                for e in events.range(old_lo..new_lo.min(old_hi)) {
-                    self.remove(e);
+                for i in old_lo..new_lo.min(old_hi) {
+                    self.remove(events, i);
                 }
             }
             if new_hi > old_hi {
-                for e in events.range(old_hi.max(new_lo)..new_hi) {
-                    self.add(e);
+                for i in old_hi.max(new_lo)..new_hi {
+                    self.add(events, i);
                 }
             } else {
-                for e in events.range(new_hi.max(old_lo)..old_hi) {
-                    self.remove(e);
+                for i in new_hi.max(old_lo)..old_hi {
+                    self.remove(events, i);
                 }
             }
         }
@@ -136,18 +136,18 @@ impl Slide {
 
 /// The first index whose event fails `before` (the buffer is sorted, so
 /// `before` holds on a prefix), searched outward from `hint`.
-fn gallop(events: &VecDeque<Stored>, hint: usize, before: impl Fn(&Stored) -> bool) -> usize {
+fn gallop(events: &Events, hint: usize, before: impl Fn(i64) -> bool) -> usize {
     let n = events.len();
     let h = hint.min(n);
     let (mut lo, mut hi);
-    if h < n && before(&events[h]) {
+    if h < n && before(events.time(h)) {
         // the answer is in (h, n]
         lo = h + 1;
         hi = n;
         let mut step = 1;
         while lo + step - 1 < n {
             let probe = lo + step - 1;
-            if before(&events[probe]) {
+            if before(events.time(probe)) {
                 lo = probe + 1;
                 step *= 2;
             } else {
@@ -162,7 +162,7 @@ fn gallop(events: &VecDeque<Stored>, hint: usize, before: impl Fn(&Stored) -> bo
         let mut step = 1;
         while hi >= step {
             let probe = hi - step;
-            if before(&events[probe]) {
+            if before(events.time(probe)) {
                 lo = probe + 1;
                 break;
             }
@@ -172,7 +172,7 @@ fn gallop(events: &VecDeque<Stored>, hint: usize, before: impl Fn(&Stored) -> bo
     }
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if before(&events[mid]) {
+        if before(events.time(mid)) {
             lo = mid + 1;
         } else {
             hi = mid;
@@ -181,23 +181,10 @@ fn gallop(events: &VecDeque<Stored>, hint: usize, before: impl Fn(&Stored) -> bo
     lo
 }
 
-fn fresh_like(acc: &Acc) -> Acc {
-    match acc {
-        Acc::Count(_) => Acc::Count(0),
-        Acc::SumInt { .. } => Acc::SumInt { sum: 0, n: 0 },
-        Acc::SumFloat { .. } => Acc::SumFloat {
-            sum: ExactSum::default(),
-            n: 0,
-        },
-        Acc::MinMax(_) => Acc::MinMax(Default::default()),
-        Acc::Distinct(_) => Acc::Distinct(Default::default()),
-    }
-}
-
 /// A partition's events plus the state of the frames evaluated over them.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Partition {
-    pub events: VecDeque<Stored>,
+    pub events: Events,
     /// One per distinct RANGE frame of the group's accumulating calls (ROWS
     /// frames, LAG/LEAD and decay are evaluated by scanning rows instead).
     pub slides: Vec<Slide>,
@@ -238,8 +225,31 @@ impl Pins {
 /// An ordered view of a partition's events, optionally with one extra,
 /// hypothetical event spliced in (for serving) without touching the buffer.
 struct Seq<'a> {
-    events: &'a VecDeque<Stored>,
+    events: &'a Events,
     extra: Option<(usize, &'a Stored)>,
+}
+
+/// One event of a [`Seq`]: buffered, or the hypothetical one.
+#[derive(Clone, Copy)]
+enum Rec<'a> {
+    Buf(&'a Events, usize),
+    Extra(&'a Stored),
+}
+
+impl<'a> Rec<'a> {
+    fn time(self) -> i64 {
+        match self {
+            Rec::Buf(ev, i) => ev.time(i),
+            Rec::Extra(e) => e.time,
+        }
+    }
+
+    fn input(self, slot: usize) -> InRef<'a> {
+        match self {
+            Rec::Buf(ev, i) => ev.input(i, slot),
+            Rec::Extra(e) => e.inputs[slot].as_ref(),
+        }
+    }
 }
 
 impl<'a> Seq<'a> {
@@ -247,18 +257,18 @@ impl<'a> Seq<'a> {
         self.events.len() + self.extra.is_some() as usize
     }
 
-    fn get(&self, i: usize) -> &'a Stored {
+    fn get(&self, i: usize) -> Rec<'a> {
         match self.extra {
-            Some((at, e)) if i == at => e,
-            Some((at, _)) if i > at => &self.events[i - 1],
-            _ => &self.events[i],
+            Some((at, e)) if i == at => Rec::Extra(e),
+            Some((at, _)) if i > at => Rec::Buf(self.events, i - 1),
+            _ => Rec::Buf(self.events, i),
         }
     }
 
     /// Index of the first element with time >= t (the sequence is sorted, so
     /// it is the count of elements with time < t).
     fn lower(&self, t: i64) -> usize {
-        let i = self.events.partition_point(|e| e.time < t);
+        let i = self.events.partition_point(|x| x < t);
         i + self.extra.is_some_and(|(_, e)| e.time < t) as usize
     }
 }
@@ -266,7 +276,7 @@ impl<'a> Seq<'a> {
 impl Partition {
     pub fn new(slides: Vec<Slide>) -> Partition {
         Partition {
-            events: VecDeque::new(),
+            events: Events::default(),
             slides,
             pending: Pins::default(),
             waiting: Vec::new(),
@@ -276,54 +286,53 @@ impl Partition {
     /// Inserts an event that arrived now (its position is the largest yet) and
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
-        let idx = gallop(&self.events, self.events.len(), |x| x.time <= e.time);
+        let idx = gallop(&self.events, self.events.len(), |t| t <= e.time);
+        self.events.insert(idx, &e);
         for s in self.slides.iter_mut() {
             if s.contains(e.time) {
-                s.add(&e);
+                s.add(&self.events, idx);
             }
             s.lo_hint += (idx < s.lo_hint) as usize;
             s.hi_hint += (idx < s.hi_hint) as usize;
         }
-        self.events.insert(idx, e);
         idx
     }
 
     pub fn index_of(&self, time: i64, pos: u64) -> Option<usize> {
-        let i = self
-            .events
-            .partition_point(|x| (x.time, x.pos) < (time, pos));
-        (i < self.events.len() && self.events[i].pos == pos).then_some(i)
+        let i = self.events.lower_bound(time, pos);
+        (i < self.events.len() && self.events.pos(i) == pos).then_some(i)
     }
 
     /// Drops events no future frame can see: those with time below `below`,
     /// keeping at least `keep_rows` events older than `rows_floor` for ROWS
     /// frames and LAG. Evicted events stay counted in unbounded accumulators.
     fn evict(&mut self, below: i64, rows_floor: i64, keep_rows: usize) {
-        if self.events.front().is_none_or(|e| e.time >= below) {
+        if self.events.is_empty() || self.events.time(0) >= below {
             return;
         }
         let mut older = if keep_rows > 0 {
-            self.events.partition_point(|e| e.time < rows_floor)
+            self.events.partition_point(|t| t < rows_floor)
         } else {
             usize::MAX
         };
-        while let Some(e) = self.events.front() {
-            if e.time >= below || (keep_rows > 0 && older <= keep_rows) {
+        while !self.events.is_empty() {
+            let time = self.events.time(0);
+            if time >= below || (keep_rows > 0 && older <= keep_rows) {
                 break;
             }
-            let e = self.events.pop_front().expect("front exists");
             older = older.saturating_sub(1);
             for s in self.slides.iter_mut() {
                 s.lo_hint = s.lo_hint.saturating_sub(1);
                 s.hi_hint = s.hi_hint.saturating_sub(1);
                 if s.unbounded {
-                    if s.fresh || e.time > s.hi {
-                        s.add(&e);
+                    if s.fresh || time > s.hi {
+                        s.add(&self.events, 0);
                     }
-                } else if s.contains(e.time) {
-                    s.remove(&e);
+                } else if s.contains(time) {
+                    s.remove(&self.events, 0);
                 }
             }
+            self.events.pop_front();
         }
     }
 
@@ -342,10 +351,7 @@ impl Partition {
     /// Empties the partition for reuse under another key, keeping its
     /// allocations (buffer, slides, accumulator vectors).
     pub fn reset(&mut self) {
-        if self.events.capacity() > 64 {
-            // a big buffer would sit unused in the free list
-            self.events = VecDeque::new();
-        }
+        // (a big buffer is freed: it would sit unused in the free list)
         self.events.clear();
         self.pending = Pins::default();
         self.waiting.clear();
@@ -356,7 +362,7 @@ impl Partition {
             s.lo_hint = 0;
             s.hi_hint = 0;
             for (_, acc) in &mut s.accs {
-                *acc = fresh_like(acc);
+                acc.clear();
             }
         }
     }
@@ -392,7 +398,8 @@ pub fn eval_call(
             if j < 0 || j >= seq.len() as i64 {
                 return default.clone();
             }
-            seq.get(j as usize).inputs[slot]
+            seq.get(j as usize)
+                .input(slot)
                 .value()
                 .unwrap_or(Value::Null)
         }
@@ -403,8 +410,8 @@ pub fn eval_call(
             let mut n = 0;
             for i in a..b {
                 let e = seq.get(i);
-                if let Some(x) = e.inputs[slot].as_f64() {
-                    sum.add(x * decay_weight(time, e.time, *half_life_ms));
+                if let Some(x) = e.input(slot).as_f64() {
+                    sum.add(x * decay_weight(time, e.time(), *half_life_ms));
                     n += 1;
                 }
             }
@@ -419,7 +426,7 @@ pub fn eval_call(
             let (a, b) = bounds(part, &seq, call.frame, time, pos, extra);
             let mut acc = Acc::new(func, call.arg_type);
             for i in a..b {
-                acc.add(&seq.get(i).inputs[slot]);
+                acc.add(seq.get(i).input(slot));
             }
             acc.result(func)
         }
@@ -441,7 +448,7 @@ pub fn eval_call(
                     };
                     s.move_to(&part.events, lo_t, hi_t);
                     if e.time >= lo_t && e.time <= hi_t {
-                        s.accs[0].1.add(&e.inputs[slot]);
+                        s.accs[0].1.add(e.inputs[slot].as_ref());
                     }
                     s.accs[0].1.result(func)
                 }
@@ -458,7 +465,7 @@ pub fn decay_weight(row_time: i64, event_time: i64, half_life_ms: i64) -> f64 {
 fn seq<'a>(part: &'a Partition, time: i64, extra: Option<&'a Stored>) -> Seq<'a> {
     Seq {
         events: &part.events,
-        extra: extra.map(|e| (part.events.partition_point(|x| x.time <= time), e)),
+        extra: extra.map(|e| (part.events.partition_point(|t| t <= time), e)),
     }
 }
 

@@ -344,9 +344,10 @@ impl ViewState {
                 let part = self.groups[c.group].get(p.parts[c.group]);
                 let follower = part
                     .index_of(p.time, p.pos)
-                    .and_then(|idx| part.events.get(idx + n as usize))
+                    .map(|idx| idx + n as usize)
+                    .filter(|&f| f < part.events.len())
                     .ok_or(c.group)?;
-                d = d.max(follower.time);
+                d = d.max(part.events.time(follower));
             }
         }
         Ok(d)
