@@ -58,9 +58,3 @@ pub fn start_counting() {
 pub fn live_bytes() -> i64 {
     LIVE.load(Ordering::Relaxed)
 }
-
-/// True once counting started in a process whose allocator is [`Counting`]
-/// (an allocation since then moved the count).
-pub fn counting() -> bool {
-    COUNTING.load(Ordering::Relaxed)
-}

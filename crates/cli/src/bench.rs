@@ -93,6 +93,9 @@ pub struct MemoryReport {
     /// live heap still grown by, relative to before the first event.
     pub idle_partitions: u64,
     pub idle_heap_delta_bytes: Option<i64>,
+    /// Distinct users in the stream (uniform sampling leaves some of the
+    /// nominal ones out).
+    pub users_seen: u64,
 }
 
 /// True when this process's allocator is [`crate::alloc::Counting`]; starts
@@ -133,6 +136,14 @@ pub fn measure_state(events: u64, users: u64) -> anyhow::Result<MemoryReport> {
         .map(crate::gen::to_row)
         .collect();
     let mut engine = Engine::new(catalog.clone(), &[CANONICAL_VIEW])?;
+    let users_seen = {
+        let user = catalog.tables[0]
+            .schema
+            .index_of("user_id")
+            .ok_or_else(|| anyhow::anyhow!("the canonical table has no user_id"))?;
+        let seen: std::collections::HashSet<&Value> = log.iter().map(|e| &e[user]).collect();
+        seen.len() as u64
+    };
     // one far-future event per shard, built before measuring
     let schema = &catalog.tables[0].schema;
     let col = |name: &str| {
@@ -180,6 +191,7 @@ pub fn measure_state(events: u64, users: u64) -> anyhow::Result<MemoryReport> {
         heap_delta_bytes: heap_after.zip(heap_before).map(|(a, b)| a - b),
         idle_partitions: 0,
         idle_heap_delta_bytes: None,
+        users_seen,
     };
     // every shard sweeps on its next event and forgets the idle partitions
     engine.set_sweep_every(1);
@@ -234,11 +246,11 @@ pub fn bench_memory(events: u64) -> anyhow::Result<()> {
     );
     match sparse.idle_heap_delta_bytes {
         Some(h) => println!(
-            "idle ({} users, every event a day and a half old): {} partitions left; heap +{} KiB → {:.0} bytes per idle key",
-            events,
+            "idle ({} distinct users, every event a day and a half old): {} partitions left; heap +{} KiB → {:.0} bytes per idle key (user, with its label partitions' slots)",
+            sparse.users_seen,
             sparse.idle_partitions,
             h >> 10,
-            h as f64 / events.max(1) as f64
+            h as f64 / sparse.users_seen.max(1) as f64
         ),
         None => println!(
             "idle: {} partitions left (heap not counted in this process)",

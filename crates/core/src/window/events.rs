@@ -2,9 +2,10 @@
 //! 64-bit words, in (event time, log position) order.
 //!
 //! A record is the event's time, its log position, its inputs' tags packed
-//! four bits each (sixteen to a word), then one payload word for each input
-//! that carries a number or a value. COUNT(*) FILTER inputs carry none, so
-//! the canonical view keeps an event in 32 bytes where a row of `In`s took
+//! four bits each (up to four in the position word's top bits, else sixteen
+//! to a word of their own), then one payload word for each input that
+//! carries a number or a value. COUNT(*) FILTER inputs carry none, so
+//! the canonical view keeps an event in 24 bytes where a row of `In`s took
 //! 72, and a partition's events are one allocation. Which inputs carry a
 //! payload is decided by the events themselves: the first one sets it and an
 //! event that needs a payload word the layout lacks widens every record

@@ -21,7 +21,10 @@ use std::hash::{BuildHasher, Hash, Hasher};
 pub struct Entry {
     key: Box<[Value]>,
     /// Boxed, and absent in a free slot: a key gone idle costs the slot's
-    /// 32 bytes, not a whole partition's.
+    /// 32 bytes, not a whole partition's. A free slot is written to
+    /// checkpoints as earlier versions wrote it (a key of NULLs, an empty
+    /// partition with the group's frames), see [`Group::dead_entry`], so a
+    /// node rolled back to an earlier version can reuse it.
     #[serde(with = "slot_part")]
     part: Option<Box<Partition>>,
     live: bool,
@@ -59,8 +62,13 @@ struct GroupData {
 
 impl From<Group> for GroupData {
     fn from(g: Group) -> GroupData {
+        let dead = g.dead_entry();
         GroupData {
-            slab: g.slab,
+            slab: g
+                .slab
+                .into_iter()
+                .map(|e| if e.live { e } else { dead.clone() })
+                .collect(),
             free: g.free,
         }
     }
@@ -68,9 +76,20 @@ impl From<Group> for GroupData {
 
 impl From<GroupData> for Group {
     fn from(d: GroupData) -> Group {
+        // a free slot's partition (or, failing one, any) is the group's
+        // template: an empty partition with its frames
+        let model = d.slab.iter().find(|e| !e.live).or(d.slab.first());
+        let template = model.and_then(|e| e.part.as_deref()).map(|p| {
+            let mut t = p.clone();
+            t.reset();
+            Box::new(t)
+        });
+        let key_len = d.slab.iter().map(|e| e.key.len()).max().unwrap_or(0);
         let mut g = Group {
             slab: d.slab,
             free: d.free,
+            template,
+            key_len,
             ..Group::default()
         };
         for i in 0..g.slab.len() {
@@ -108,6 +127,10 @@ pub struct Group {
     /// as the slots hold them, so reuse moves a pointer).
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Partition>>,
+    /// An empty partition with the group's frames (new partitions are its
+    /// copies) and the key's width, set by the first partition.
+    template: Option<Box<Partition>>,
+    key_len: usize,
 }
 
 /// How many emptied partitions a group keeps for reuse.
@@ -137,9 +160,16 @@ impl Group {
     pub fn take_dirty_with(&mut self, mut visit: impl FnMut(usize, &Entry)) {
         let mut d = std::mem::take(&mut self.dirty);
         d.sort_unstable();
+        let dead = d
+            .iter()
+            .any(|&i| !self.slab[i].live)
+            .then(|| self.dead_entry());
         for &i in &d {
             self.marked[i] = false;
-            visit(i, &self.slab[i]);
+            match &dead {
+                Some(dead) if !self.slab[i].live => visit(i, dead),
+                _ => visit(i, &self.slab[i]),
+            }
         }
         d.clear();
         // keep the list's allocation for the next interval
@@ -155,6 +185,15 @@ impl Group {
     pub fn mark_all(&mut self) {
         for i in 0..self.slab.len() {
             self.mark(i);
+        }
+    }
+
+    /// A free slot as checkpoints hold it.
+    fn dead_entry(&self) -> Entry {
+        Entry {
+            key: vec![Value::Null; self.key_len].into_boxed_slice(),
+            part: self.template.clone(),
+            live: false,
         }
     }
 
@@ -199,7 +238,14 @@ impl Group {
             self.mark(i);
             return i;
         }
-        let part = self.spare.pop().unwrap_or_else(|| Box::new(make()));
+        if self.template.is_none() {
+            self.template = Some(Box::new(make()));
+            self.key_len = cols.len();
+        }
+        let part = match self.spare.pop() {
+            Some(p) => p,
+            None => self.template.clone().expect("set above"),
+        };
         let key = cols.iter().map(|&c| event[c].clone()).collect();
         let i = match self.free.pop() {
             Some(i) => {
@@ -313,4 +359,83 @@ impl Group {
 
 fn key_eq(entry: &Entry, event: &[Value], cols: &[usize]) -> bool {
     entry.live && entry.key.iter().zip(cols).all(|(k, &c)| k == &event[c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse_pipeline, Engine};
+    use std::sync::Arc;
+
+    /// A slot freed when a label partition dies is checkpointed as earlier
+    /// versions wrote one (a key of NULLs as wide as the key, an empty
+    /// partition with the group's frames), whole or incremental, so a node
+    /// rolled back to an earlier version reuses it safely.
+    #[test]
+    fn a_free_slot_is_checkpointed_in_the_earlier_form() {
+        let sql = "CREATE TABLE ev (id BIGINT, k TEXT, c BIGINT, ts TIMESTAMP) WITH (key = 'k', event_time = 'ts', lateness = '0 seconds', shards = 1);
+CREATE VIEW v AS SELECT id,
+  MAX(c) OVER (PARTITION BY k, c ORDER BY ts RANGE BETWEEN CURRENT ROW AND INTERVAL '1' SECOND FOLLOWING) AS m,
+  COUNT(*) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW) AS n
+FROM ev;";
+        let mut e = Engine::new(Arc::new(parse_pipeline(sql).unwrap()), &[]).unwrap();
+        let ev = |id: i64, c: i64, ts: i64| {
+            vec![
+                Value::BigInt(id),
+                Value::text("a"),
+                Value::BigInt(c),
+                Value::Timestamp(ts),
+            ]
+        };
+        let mut out = Vec::new();
+        e.push(&ev(1, 1, 0), &mut out).unwrap();
+        e.push(&ev(2, 2, 5_000), &mut out).unwrap();
+        assert_eq!(out.len(), 1, "the first row's label is final");
+        let delta = e.checkpoint_delta(0).unwrap();
+        let dead: Vec<&Entry> = delta
+            .slots
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| !e.live)
+            .collect();
+        assert_eq!(dead.len(), 1, "the label partition (a, 1) was freed");
+        let check = |d: &Entry| {
+            assert_eq!(&d.key[..], &[Value::Null, Value::Null]);
+            let p = d.part.as_deref().expect("written with a partition");
+            assert_eq!(p.slides.len(), 1, "with the group's frame");
+            assert_eq!(p.slides[0].accs.len(), 1);
+            assert!(p.events.is_empty());
+        };
+        check(dead[0]);
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(dead[0], cfg).unwrap();
+        let back: Entry = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
+        check(&back);
+        // the whole-state form (snapshots) writes it the same way
+        let snap = e.snapshot(0).unwrap();
+        let bytes = bincode::serde::encode_to_vec(&snap, cfg).unwrap();
+        let back: crate::ShardSnapshot = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
+        let mut restored = Engine::new(Arc::new(parse_pipeline(sql).unwrap()), &[]).unwrap();
+        restored.restore(0, back).unwrap();
+        restored.mark_all_changed(0);
+        let delta = restored.checkpoint_delta(0).unwrap();
+        let dead: Vec<&Entry> = delta
+            .slots
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| !e.live)
+            .collect();
+        assert_eq!(dead.len(), 1);
+        check(dead[0]);
+        // and the restored engine goes on like the original
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, c) in [(3, 3), (4, 1), (5, 2)] {
+            e.push(&ev(i, c, 9_000 + i * 1_000), &mut a).unwrap();
+            restored.push(&ev(i, c, 9_000 + i * 1_000), &mut b).unwrap();
+        }
+        e.finish(&mut a);
+        restored.finish(&mut b);
+        let rows = |v: &[crate::Emitted]| v.iter().map(|r| r.row.clone()).collect::<Vec<_>>();
+        assert_eq!(rows(&a), rows(&b));
+    }
 }

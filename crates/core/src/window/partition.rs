@@ -421,6 +421,28 @@ pub fn eval_call(
                 Value::Double(sum.value())
             }
         }
+        (WinFunc::Min | WinFunc::Max, Frame::Rows { .. }) => {
+            // a scan, without the multiset (and its allocation) a slide needs
+            let seq = seq(part, time, extra);
+            let (a, b) = bounds(part, &seq, call.frame, time, pos, extra);
+            let want = if call.func == WinFunc::Min {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            };
+            let mut best: Option<Value> = None;
+            for i in a..b {
+                let input = seq.get(i).input(slot);
+                if !input.counts() {
+                    continue;
+                }
+                let v = input.value().expect("counted inputs have a value");
+                if best.as_ref().is_none_or(|b| v.total_cmp(b) == want) {
+                    best = Some(v);
+                }
+            }
+            best.unwrap_or(Value::Null)
+        }
         (func, Frame::Rows { .. }) => {
             let seq = seq(part, time, extra);
             let (a, b) = bounds(part, &seq, call.frame, time, pos, extra);
