@@ -76,9 +76,15 @@ impl From<Group> for GroupData {
 
 impl From<GroupData> for Group {
     fn from(d: GroupData) -> Group {
-        // a free slot's partition (or, failing one, any) is the group's
-        // template: an empty partition with its frames
-        let model = d.slab.iter().find(|e| !e.live).or(d.slab.first());
+        // a slot's partition, emptied, is the group's template: one with
+        // the most frames (a free slot's, among those), so a frameless free
+        // slot can't become it; the first new key replaces a frameless one
+        // with a made partition anyway
+        let model = d
+            .slab
+            .iter()
+            .filter(|e| e.part.is_some())
+            .max_by_key(|e| (e.part.as_ref().map_or(0, |p| p.slides.len()), !e.live));
         let template = model.and_then(|e| e.part.as_deref()).map(|p| {
             let mut t = p.clone();
             t.reset();
@@ -238,10 +244,10 @@ impl Group {
             self.mark(i);
             return i;
         }
-        if self.template.is_none() {
+        if self.template.as_ref().is_none_or(|t| t.slides.is_empty()) {
             self.template = Some(Box::new(make()));
-            self.key_len = cols.len();
         }
+        self.key_len = cols.len();
         let part = match self.spare.pop() {
             Some(p) => p,
             None => self.template.clone().expect("set above"),
@@ -366,6 +372,28 @@ mod tests {
     use super::*;
     use crate::{parse_pipeline, Engine};
     use std::sync::Arc;
+
+    /// A free slot written without frames (by an intermediate build) does
+    /// not become the template new keys are made from.
+    #[test]
+    fn a_frameless_free_slot_is_not_a_template() {
+        use crate::window::acc::Acc;
+        use crate::window::partition::Slide;
+        let dead = Entry {
+            key: Box::default(),
+            part: Some(Box::default()),
+            live: false,
+        };
+        let mut g = Group::from_slots(vec![dead], vec![0]);
+        let make = || Partition::new(vec![Slide::new(vec![(0, Acc::Count(0))], false)]);
+        let event = [Value::text("a"), Value::BigInt(1)];
+        let i = g.find_or_insert(&event, &[0, 1], make);
+        assert_eq!(g.get(i).slides.len(), 1);
+        g.remove(i);
+        let written = g.dead_entry();
+        assert_eq!(&written.key[..], &[Value::Null, Value::Null]);
+        assert_eq!(written.part.map(|p| p.slides.len()), Some(1));
+    }
 
     /// A slot freed when a label partition dies is checkpointed as earlier
     /// versions wrote one (a key of NULLs as wide as the key, an empty
