@@ -419,13 +419,17 @@ FROM ev;";
         e.push(&ev(1, 1, 0), &mut out).unwrap();
         e.push(&ev(2, 2, 5_000), &mut out).unwrap();
         assert_eq!(out.len(), 1, "the first row's label is final");
-        let delta = e.checkpoint_delta(0).unwrap();
-        let dead: Vec<&Entry> = delta
-            .slots
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| !e.live)
-            .collect();
+        // the free slots a checkpoint of the engine's shard writes
+        let freed = |e: &mut Engine| -> Vec<Entry> {
+            let delta = e.checkpoint_delta(0).unwrap();
+            delta
+                .slots
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| !e.live)
+                .collect()
+        };
+        let dead = freed(&mut e);
         assert_eq!(dead.len(), 1, "the label partition (a, 1) was freed");
         let check = |d: &Entry| {
             assert_eq!(&d.key[..], &[Value::Null, Value::Null]);
@@ -434,9 +438,9 @@ FROM ev;";
             assert_eq!(p.slides[0].accs.len(), 1);
             assert!(p.events.is_empty());
         };
-        check(dead[0]);
+        check(&dead[0]);
         let cfg = bincode::config::standard();
-        let bytes = bincode::serde::encode_to_vec(dead[0], cfg).unwrap();
+        let bytes = bincode::serde::encode_to_vec(&dead[0], cfg).unwrap();
         let back: Entry = bincode::serde::decode_from_slice(&bytes, cfg).unwrap().0;
         check(&back);
         // the whole-state form (snapshots) writes it the same way
@@ -446,15 +450,9 @@ FROM ev;";
         let mut restored = Engine::new(Arc::new(parse_pipeline(sql).unwrap()), &[]).unwrap();
         restored.restore(0, back).unwrap();
         restored.mark_all_changed(0);
-        let delta = restored.checkpoint_delta(0).unwrap();
-        let dead: Vec<&Entry> = delta
-            .slots
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| !e.live)
-            .collect();
+        let dead = freed(&mut restored);
         assert_eq!(dead.len(), 1);
-        check(dead[0]);
+        check(&dead[0]);
         // and the restored engine goes on like the original
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for (i, c) in [(3, 3), (4, 1), (5, 2)] {
