@@ -47,6 +47,16 @@ impl Daemon {
         Daemon::start_at(dir, free_addr(), flags, env)
     }
 
+    /// A node whose checkpoints wait an hour (tests take them) and whose
+    /// debug hooks (`/debug/...`) are on.
+    pub fn start_with_hooks(dir: &Path) -> Daemon {
+        Daemon::start(
+            dir,
+            &[("checkpoint-interval", "1 hour")],
+            &[("LOCKSTEP_DEBUG_HOOKS", "1")],
+        )
+    }
+
     /// Like [`Daemon::start`], listening on `addr`.
     pub fn start_at(
         dir: &Path,
