@@ -126,7 +126,7 @@ impl Expr {
                 otherwise,
             } => {
                 for (cond, result) in branches {
-                    if let Value::Boolean(true) = cond.eval(ctx) {
+                    if cond.is_true(ctx) {
                         return result.eval(ctx);
                     }
                 }
@@ -173,6 +173,52 @@ impl Expr {
                 }
             }
             Expr::Call { func, args } => call(*func, args, ctx),
+        }
+    }
+
+    /// True when the expression evaluates to TRUE (not FALSE, not NULL): a
+    /// WHERE, FILTER, QUALIFY or CASE condition. Same answer as comparing
+    /// [`Expr::eval`] with TRUE, without building the intermediate values
+    /// of comparisons and AND/OR/NOT.
+    pub fn is_true(&self, ctx: &Ctx<'_>) -> bool {
+        self.truth(ctx) == Some(true)
+    }
+
+    /// The expression's truth value: `None` for NULL (or a non-boolean).
+    fn truth(&self, ctx: &Ctx<'_>) -> Option<bool> {
+        match self {
+            Expr::Binary {
+                op, left, right, ..
+            } => match op {
+                // three-valued: FALSE wins an AND, TRUE an OR, else NULL taints
+                BinOp::And => match left.truth(ctx) {
+                    Some(false) => Some(false),
+                    l => match right.truth(ctx) {
+                        Some(false) => Some(false),
+                        r => (l == Some(true) && r == Some(true)).then_some(true),
+                    },
+                },
+                BinOp::Or => match left.truth(ctx) {
+                    Some(true) => Some(true),
+                    l => match right.truth(ctx) {
+                        Some(true) => Some(true),
+                        r => (l == Some(false) && r == Some(false)).then_some(false),
+                    },
+                },
+                BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
+                    match compare_op(*op, &left.eval_ref(ctx), &right.eval_ref(ctx)) {
+                        Value::Boolean(b) => Some(b),
+                        _ => None,
+                    }
+                }
+                _ => self.eval(ctx).as_truth(),
+            },
+            Expr::Not(e) => e.truth(ctx).map(|b| !b),
+            Expr::IsNull { expr, negated } => Some(expr.eval_ref(ctx).is_null() != *negated),
+            Expr::Column(i) => ctx.row[*i].as_truth(),
+            Expr::Slot(i) => ctx.slots[*i].as_truth(),
+            Expr::Literal(v) => v.as_truth(),
+            _ => self.eval(ctx).as_truth(),
         }
     }
 
@@ -449,6 +495,66 @@ mod tests {
         assert_eq!(and(n.clone(), || t.clone()), n);
         assert_eq!(or(n.clone(), || t.clone()), t);
         assert_eq!(or(n.clone(), || f.clone()), n);
+    }
+
+    /// `is_true` is `eval(..) == TRUE` for every nesting of AND, OR, NOT,
+    /// IS NULL and comparisons over TRUE, FALSE, NULL and non-boolean values.
+    #[test]
+    fn is_true_agrees_with_eval_under_three_valued_logic() {
+        let leaves = [
+            Value::Boolean(true),
+            Value::Boolean(false),
+            Value::Null,
+            Value::BigInt(1),
+        ];
+        let row = leaves.to_vec();
+        let ctx = Ctx {
+            row: &row,
+            slots: &row,
+        };
+        let mut exprs: Vec<Expr> = (0..leaves.len())
+            .flat_map(|i| {
+                [
+                    Expr::Column(i),
+                    Expr::Slot(i),
+                    Expr::Literal(leaves[i].clone()),
+                ]
+            })
+            .collect();
+        let atoms = exprs.clone();
+        for a in &atoms {
+            exprs.push(Expr::Not(Box::new(a.clone())));
+            exprs.push(Expr::IsNull {
+                expr: Box::new(a.clone()),
+                negated: false,
+            });
+            for b in &atoms {
+                for op in [
+                    BinOp::And,
+                    BinOp::Or,
+                    BinOp::Eq,
+                    BinOp::NotEq,
+                    BinOp::Lt,
+                    BinOp::GtEq,
+                ] {
+                    let e = Expr::Binary {
+                        op,
+                        left: Box::new(a.clone()),
+                        right: Box::new(b.clone()),
+                        ty: DataType::Boolean,
+                    };
+                    exprs.push(Expr::Not(Box::new(e.clone())));
+                    exprs.push(e);
+                }
+            }
+        }
+        for e in &exprs {
+            assert_eq!(
+                e.is_true(&ctx),
+                e.eval(&ctx) == Value::Boolean(true),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

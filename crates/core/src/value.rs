@@ -63,6 +63,14 @@ pub enum Value {
 }
 
 impl Value {
+    /// A BOOLEAN's truth value; `None` for NULL and every other type.
+    pub fn as_truth(&self) -> Option<bool> {
+        match self {
+            Value::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     pub fn text(s: &str) -> Value {
         Value::Text(Arc::from(s))
     }

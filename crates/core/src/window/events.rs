@@ -235,7 +235,7 @@ impl Events {
             }
         }
         let layout = self.layout;
-        let mut rec: smallvec::SmallVec<[u64; 8]> = smallvec::smallvec![0; self.w()];
+        let mut rec: smallvec::SmallVec<[u64; 8]> = smallvec::SmallVec::from_elem(0, self.w());
         rec[0] = e.time as u64;
         rec[1] = e.pos;
         for (s, i) in e.inputs.iter().enumerate() {
@@ -257,7 +257,8 @@ impl Events {
         }
         let at = idx * self.w();
         if at == self.words.len() {
-            self.words.extend(rec);
+            // copied as a slice: in-order events append, the common case
+            self.words.extend(rec.iter());
         } else {
             for (k, word) in rec.into_iter().enumerate() {
                 self.words.insert(at + k, word);

@@ -6,7 +6,7 @@ use super::group::{Entry, Group};
 use super::input::{In, Inputs};
 use super::partition::{eval_call, Partition, Slide, Stored};
 use super::timers::{Held, Timers};
-use crate::expr::Ctx;
+use crate::expr::{Ctx, Expr};
 use crate::plan::{Frame, View, WinFunc};
 use crate::value::{Row, Value};
 use smallvec::SmallVec;
@@ -226,7 +226,7 @@ impl ViewState {
             .map(|&ci| {
                 let c = &view.calls[ci];
                 if let Some(f) = &c.filter {
-                    if f.eval(&ctx) != Value::Boolean(true) {
+                    if !f.is_true(&ctx) {
                         return In::Skip;
                     }
                 }
@@ -254,13 +254,13 @@ impl ViewState {
             slots: &[],
         };
         if let Some(f) = &view.filter {
-            if f.eval(&ctx) != Value::Boolean(true) {
+            if !f.is_true(&ctx) {
                 return;
             }
         }
         self.stats.events += 1;
         let wants_row = match (&view.qualify, view.qualify_at_arrival) {
-            (Some(q), true) => q.eval(&ctx) == Value::Boolean(true),
+            (Some(q), true) => q.is_true(&ctx),
             _ => true,
         };
         let width = event.len();
@@ -429,12 +429,12 @@ impl ViewState {
         let (row, slots) = p.values.split_at(p.width);
         let ctx = Ctx { row, slots };
         if let (Some(q), false) = (&view.qualify, view.qualify_at_arrival) {
-            if q.eval(&ctx) != Value::Boolean(true) {
+            if !q.is_true(&ctx) {
                 return;
             }
         }
         self.stats.rows += 1;
-        out.push(view.select.iter().map(|e| e.eval(&ctx)).collect());
+        out.push(project(&view.select, p.values, p.width));
     }
 
     /// The features a hypothetical event would get if it arrived now. Columns
@@ -453,7 +453,7 @@ impl ViewState {
             row: event,
             slots: &slots,
         };
-        let passes = |e: &crate::expr::Expr| e.eval(&ctx) == Value::Boolean(true);
+        let passes = |e: &crate::expr::Expr| e.is_true(&ctx);
         let fate = match (&view.filter, &view.qualify) {
             (Some(f), _) if !passes(f) => RowFate::Filtered,
             (_, Some(q)) => {
@@ -532,5 +532,94 @@ impl ViewState {
             .map(|p| p.events.len() as u64)
             .sum();
         &self.stats
+    }
+}
+
+/// The SELECT list of a final row whose event columns are `values[..width]`
+/// and window values `values[width..]`. Plain columns and window values are
+/// moved out rather than cloned (the row is dropped after), so the common
+/// SELECT costs no reference counting per value.
+fn project(select: &[Expr], mut values: Vec<Value>, width: usize) -> Row {
+    let place = |e: &Expr| match e {
+        Expr::Column(c) => Some(*c),
+        Expr::Slot(s) => Some(width + s),
+        _ => None,
+    };
+    // computed expressions first, while every value is still in place
+    let mut row: Row = {
+        let (cols, slots) = values.split_at(width);
+        let ctx = Ctx { row: cols, slots };
+        select
+            .iter()
+            .map(|e| match place(e) {
+                Some(_) => Value::Null,
+                None => e.eval(&ctx),
+            })
+            .collect()
+    };
+    // then the moves: the first use of a value takes it, a second clones it
+    // from the first; places past 64 (very wide tables) are cloned
+    let mut taken = 0u64;
+    for (i, e) in select.iter().enumerate() {
+        let Some(at) = place(e) else { continue };
+        if at >= 64 {
+            row[i] = values[at].clone();
+        } else if taken & (1 << at) == 0 {
+            taken |= 1 << at;
+            row[i] = std::mem::replace(&mut values[at], Value::Null);
+        } else {
+            let first = select[..i]
+                .iter()
+                .position(|f| place(f) == Some(at))
+                .expect("taken by an earlier item");
+            row[i] = row[first].clone();
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::BinOp;
+    use crate::value::DataType;
+
+    /// SELECT items that name the same column or window value twice get it
+    /// twice; computed items see every value before any is moved out.
+    #[test]
+    fn project_moves_values_and_clones_repeats() {
+        let values = vec![
+            Value::text("u1"),
+            Value::BigInt(7),
+            Value::Double(0.5),
+            Value::Null,
+        ];
+        let select = vec![
+            Expr::Column(0),
+            Expr::Slot(0),
+            Expr::Binary {
+                op: BinOp::Mul,
+                left: Box::new(Expr::Column(1)),
+                right: Box::new(Expr::Literal(Value::BigInt(2))),
+                ty: DataType::BigInt,
+            },
+            Expr::Column(0),
+            Expr::Column(1),
+            Expr::Slot(1),
+            Expr::Slot(0),
+        ];
+        let row = project(&select, values, 2);
+        assert_eq!(
+            row,
+            vec![
+                Value::text("u1"),
+                Value::Double(0.5),
+                Value::BigInt(14),
+                Value::text("u1"),
+                Value::BigInt(7),
+                Value::Null,
+                Value::Double(0.5),
+            ]
+        );
     }
 }
