@@ -545,35 +545,40 @@ fn project(select: &[Expr], mut values: Vec<Value>, width: usize) -> Row {
         Expr::Slot(s) => Some(width + s),
         _ => None,
     };
-    // computed expressions first, while every value is still in place
-    let mut row: Row = {
+    // computed items first, while every value is still in place
+    let computed: SmallVec<[Value; 4]> = {
         let (cols, slots) = values.split_at(width);
         let ctx = Ctx { row: cols, slots };
         select
             .iter()
-            .map(|e| match place(e) {
-                Some(_) => Value::Null,
-                None => e.eval(&ctx),
-            })
+            .filter(|e| place(e).is_none())
+            .map(|e| e.eval(&ctx))
             .collect()
     };
-    // then the moves: the first use of a value takes it, a second clones it
+    let mut computed = computed.into_iter();
+    // then one pass: the first use of a value takes it, a repeat clones it
     // from the first; places past 64 (very wide tables) are cloned
     let mut taken = 0u64;
+    let mut row: Row = Vec::with_capacity(select.len());
     for (i, e) in select.iter().enumerate() {
-        let Some(at) = place(e) else { continue };
-        if at >= 64 {
-            row[i] = values[at].clone();
-        } else if taken & (1 << at) == 0 {
-            taken |= 1 << at;
-            row[i] = std::mem::replace(&mut values[at], Value::Null);
-        } else {
-            let first = select[..i]
-                .iter()
-                .position(|f| place(f) == Some(at))
-                .expect("taken by an earlier item");
-            row[i] = row[first].clone();
-        }
+        let v = match place(e) {
+            None => computed
+                .next()
+                .expect("one computed value per computed item"),
+            Some(at) if at >= 64 => values[at].clone(),
+            Some(at) if taken & (1 << at) == 0 => {
+                taken |= 1 << at;
+                std::mem::replace(&mut values[at], Value::Null)
+            }
+            Some(at) => {
+                let first = select[..i]
+                    .iter()
+                    .position(|f| place(f) == Some(at))
+                    .expect("taken by an earlier item");
+                row[first].clone()
+            }
+        };
+        row.push(v);
     }
     row
 }
