@@ -599,31 +599,44 @@ mod tests {
             Value::Double(0.5),
             Value::Null,
         ];
+        let times_two = |e: Expr, ty| Expr::Binary {
+            op: BinOp::Mul,
+            left: Box::new(e),
+            right: Box::new(Expr::Literal(Value::BigInt(2))),
+            ty,
+        };
+        // column 1 and slot 0 are moved out by the first items; the computed
+        // items after them still read their values
         let select = vec![
-            Expr::Column(0),
+            Expr::Column(1),
             Expr::Slot(0),
-            Expr::Binary {
-                op: BinOp::Mul,
-                left: Box::new(Expr::Column(1)),
-                right: Box::new(Expr::Literal(Value::BigInt(2))),
-                ty: DataType::BigInt,
-            },
+            times_two(Expr::Column(1), DataType::BigInt),
             Expr::Column(0),
+            times_two(Expr::Slot(0), DataType::Double),
             Expr::Column(1),
             Expr::Slot(1),
             Expr::Slot(0),
+            Expr::Column(0),
         ];
-        let row = project(&select, values, 2);
+        let ctx = Ctx {
+            row: &values[..2],
+            slots: &values[2..],
+        };
+        let evaluated: Row = select.iter().map(|e| e.eval(&ctx)).collect();
+        let row = project(&select, values.clone(), 2);
+        assert_eq!(row, evaluated);
         assert_eq!(
             row,
             vec![
-                Value::text("u1"),
+                Value::BigInt(7),
                 Value::Double(0.5),
                 Value::BigInt(14),
                 Value::text("u1"),
+                Value::Double(1.0),
                 Value::BigInt(7),
                 Value::Null,
                 Value::Double(0.5),
+                Value::text("u1"),
             ]
         );
     }
