@@ -18,7 +18,10 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{self as at, ArrowPrimitiveType, DataType as ArrowType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use lockstep_core::value::{DataType, Row, Schema, Value};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 
 use crate::coerce::{parse_timestamp_text, quote, Columns};
@@ -106,9 +109,10 @@ impl ParquetEvents {
             path: path.to_path_buf(),
             source,
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+        let meta =
+            ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
         let columns = Columns::new(schema);
-        let file_schema = builder.schema().clone();
+        let file_schema = meta.schema().clone();
         let mut roots = Vec::new();
         for (i, (name, &ty)) in columns.names.iter().zip(&columns.types).enumerate() {
             if needed.is_some_and(|n| !n[i]) {
@@ -128,6 +132,49 @@ impl ParquetEvents {
             }
             roots.push(j);
         }
+        // TEXT columns are read as dictionaries: the text of each distinct
+        // value is then copied once per batch, not once per row, and rows
+        // share it (most text columns of an event log repeat: users, kinds,
+        // campaigns). Parquet's own dictionary pages are kept as they are;
+        // plain pages are decoded into a dictionary by the reader.
+        let dictionary_text = |j: usize| {
+            columns.names.iter().zip(&columns.types).any(|(name, &ty)| {
+                ty == DataType::Text && find_field(file_schema.fields(), name) == Some(j)
+            })
+        };
+        let mut changed = false;
+        let fields: Vec<at::FieldRef> = file_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(j, f)| match f.data_type() {
+                ArrowType::Utf8 | ArrowType::LargeUtf8
+                    if roots.contains(&j) && dictionary_text(j) =>
+                {
+                    changed = true;
+                    let dt = ArrowType::Dictionary(
+                        Box::new(ArrowType::Int32),
+                        Box::new(f.data_type().clone()),
+                    );
+                    Arc::new(f.as_ref().clone().with_data_type(dt))
+                }
+                _ => f.clone(),
+            })
+            .collect();
+        let meta = if changed {
+            let supplied = Arc::new(at::Schema::new_with_metadata(
+                fields,
+                file_schema.metadata().clone(),
+            ));
+            ArrowReaderMetadata::try_new(
+                meta.metadata().clone(),
+                ArrowReaderOptions::new().with_schema(supplied),
+            )
+            .map_err(parquet_error)?
+        } else {
+            meta
+        };
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta);
         // Arrow's top-level fields are the Parquet schema's root columns, in
         // order, so field indices select root columns.
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
@@ -256,6 +303,11 @@ fn convert_column(
 ) -> Result<(), Option<arrow::error::ArrowError>> {
     use ArrowType as A;
     match (ty, array.data_type()) {
+        (DataType::Text, A::Dictionary(key, value))
+            if **key == A::Int32 && matches!(**value, A::Utf8 | A::LargeUtf8) =>
+        {
+            fill_text_dictionary(array.as_dictionary::<at::Int32Type>(), rows)
+        }
         (_, A::Dictionary(_, value)) => {
             let plain = arrow::compute::cast(array, value).map_err(Some)?;
             return convert_column(plain.as_ref(), ty, rows, bad);
@@ -312,6 +364,27 @@ fn convert_column(
         _ => return Err(None),
     }
     Ok(())
+}
+
+/// Appends a dictionary-encoded TEXT column: one shared string per
+/// dictionary entry, a reference to it per row.
+fn fill_text_dictionary(array: &arrow::array::DictionaryArray<at::Int32Type>, rows: &mut [Row]) {
+    let values = array.values();
+    let texts: Vec<Value> = match values.data_type() {
+        ArrowType::LargeUtf8 => text_values(values.as_string::<i64>().iter()),
+        _ => text_values(values.as_string::<i32>().iter()),
+    };
+    for (row, key) in rows.iter_mut().zip(array.keys().iter()) {
+        // a key outside the dictionary is rejected when Arrow builds the
+        // array, so indexing cannot fail
+        row.push(key.map_or(Value::Null, |k| texts[k as usize].clone()));
+    }
+}
+
+fn text_values<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> {
+    values
+        .map(|v| v.map_or(Value::Null, |s| Value::Text(Arc::from(s))))
+        .collect()
 }
 
 /// Appends a primitive column through an infallible conversion.

@@ -317,3 +317,72 @@ fn float16_columns_read_as_double() {
     ];
     common::assert_rows_identical(&rows, &want);
 }
+
+/// TEXT columns are read through dictionaries: every value comes back
+/// as written whether the writer kept its dictionary pages or not, across
+/// batches and row groups, and rows of one batch share the text of a
+/// repeated value instead of each holding a copy.
+#[test]
+fn text_columns_read_through_dictionaries_keep_every_value() {
+    use parquet::file::properties::WriterProperties;
+    use parquet::schema::types::ColumnPath;
+    let n = 20_000;
+    let kinds: Vec<Option<String>> = (0..n)
+        .map(|i| match i % 7 {
+            0 => None,
+            k if k % 2 == 0 => Some("click".to_string()),
+            _ => Some(format!("impression-{}", i % 3)),
+        })
+        .collect();
+    // unique values, so no dictionary pays: the writer falls back to plain
+    let ids: Vec<Option<String>> = (0..n)
+        .map(|i| (i % 11 != 3).then(|| format!("user-{i}-ü")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dict.parquet");
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "kind",
+            Arc::new(StringArray::from(kinds.clone())) as ArrayRef,
+        ),
+        (
+            "name",
+            Arc::new(LargeStringArray::from(ids.clone())) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    // small row groups, so a read batch spans several column chunks; the
+    // `name` column without dictionary pages at all
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(3_001))
+        .set_column_dictionary_enabled(ColumnPath::from("name"), false)
+        .build();
+    let mut w =
+        ArrowWriter::try_new(File::create(&path).unwrap(), batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let s = schema(&[("kind", DataType::Text), ("name", DataType::Text)]);
+    let rows = read_rows(&path, &s).unwrap();
+    let want: Vec<Vec<Value>> = kinds
+        .iter()
+        .zip(&ids)
+        .map(|(k, id)| {
+            [k, id]
+                .iter()
+                .map(|v| v.as_deref().map_or(Value::Null, Value::text))
+                .collect()
+        })
+        .collect();
+    common::assert_rows_identical(&rows, &want);
+    let shared = |a: &Value, b: &Value| match (a, b) {
+        (Value::Text(a), Value::Text(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    // rows 2 and 4 are both "click", in the first row group and batch
+    assert!(
+        shared(&rows[2][0], &rows[4][0]),
+        "{:?} {:?}",
+        rows[2],
+        rows[4]
+    );
+}
