@@ -20,7 +20,9 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use lockstep_core::value::{DataType, Schema, Value};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
+use parquet::basic::Encoding;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::IoError;
 use crate::RowSink;
@@ -196,11 +198,25 @@ impl<W: std::io::Write + Send> ParquetRowWriter<W> {
             fields.push(Field::new(&c.name, ty, true));
         }
         let arrow_schema = Arc::new(ArrowSchema::new(fields));
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(BATCH_ROWS))
-            .set_dictionary_page_size_limit(DICTIONARY_LIMIT)
-            .build();
+            .set_dictionary_page_size_limit(DICTIONARY_LIMIT);
+        // Integers and times are delta-encoded, not dictionary-encoded:
+        // ids and times rise, counts move by small steps, so the deltas
+        // bit-pack into a few bits a value, without a hash per value. On
+        // the canonical view's 2M-event outputs: files 28.1 -> 17.4 MB
+        // (bursty) and 47.4 -> 34.8 MB (zipf), the writer 18% fewer
+        // instructions (docs/performance.md).
+        for c in &schema.columns {
+            if matches!(c.data_type, DataType::BigInt | DataType::Timestamp) {
+                let path = ColumnPath::from(c.name.as_str());
+                props = props
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
+        }
+        let props = props.build();
         // The Parquet writer buffers its output itself (BufWriter inside), so
         // the file is passed as is.
         let writer = ArrowWriter::try_new(file, arrow_schema.clone(), Some(props))

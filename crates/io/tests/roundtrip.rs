@@ -144,6 +144,22 @@ fn parquet_output_has_the_documented_arrow_schema() {
     );
     let compression = builder.metadata().row_group(0).column(0).compression();
     assert_eq!(compression, parquet::basic::Compression::SNAPPY);
+    // integers and times delta-encoded (no dictionary), the rest with one
+    use parquet::basic::Encoding;
+    let group = builder.metadata().row_group(0);
+    for (i, delta) in [(0, true), (1, false), (2, false), (4, true)] {
+        let encodings: Vec<Encoding> = group.column(i).encodings().collect();
+        assert_eq!(
+            encodings.contains(&Encoding::DELTA_BINARY_PACKED),
+            delta,
+            "column {i}: {encodings:?}"
+        );
+        assert_eq!(
+            encodings.contains(&Encoding::RLE_DICTIONARY),
+            !delta,
+            "column {i}: {encodings:?}"
+        );
+    }
 }
 
 #[test]
