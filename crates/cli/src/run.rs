@@ -365,8 +365,11 @@ fn shard_worker(
             rows: Vec::with_capacity(jobs.len()),
             late: Vec::new(),
         };
-        for job in jobs {
-            match engine.push_to_shard(job.shard, &job.event, &mut out) {
+        let events: Vec<&[lockstep_core::Value]> = jobs.iter().map(|j| &j.event[..]).collect();
+        let prepared = engine.prepare(&events);
+        drop(events);
+        for (i, job) in jobs.into_iter().enumerate() {
+            match engine.push_prepared(job.shard, &job.event, &prepared, i, &mut out) {
                 Outcome::Accepted { .. } => accepted += 1,
                 Outcome::Late { shard, watermark } => {
                     let bad = BadRecord {

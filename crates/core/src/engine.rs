@@ -8,7 +8,7 @@
 use crate::plan::{Catalog, Table};
 use crate::shard::shard_of;
 use crate::value::{DataType, Row, Value};
-use crate::window::{Entry, RowFate, ViewMeta, ViewState, ViewStats};
+use crate::window::{Entry, Prepared, RowFate, ViewMeta, ViewState, ViewStats};
 use std::sync::Arc;
 
 /// Why an event cannot enter the engine.
@@ -326,6 +326,43 @@ impl Engine {
         event: &[Value],
         out: &mut Vec<Emitted>,
     ) -> Outcome {
+        self.push_inner(shard, event, None, out)
+    }
+
+    /// Evaluates, for a batch of validated events, what every view needs of
+    /// each event before its state (WHERE, QUALIFY on columns, the window
+    /// calls' inputs), once per distinct text where an expression reads one
+    /// TEXT column (see [`crate::window::prepare`]). Pass the result with
+    /// the events to [`Engine::push_prepared`].
+    pub fn prepare(&self, events: &[&[Value]]) -> Vec<Prepared> {
+        let schema = &self.table().schema;
+        self.views
+            .iter()
+            .map(|&v| Prepared::new(&self.catalog.views[v], schema, events))
+            .collect()
+    }
+
+    /// [`Engine::push_to_shard`] for event `i` of a batch made ready by
+    /// [`Engine::prepare`]: the same state and rows, with the per-event
+    /// expressions already evaluated.
+    pub fn push_prepared(
+        &mut self,
+        shard: u32,
+        event: &[Value],
+        prepared: &[Prepared],
+        i: usize,
+        out: &mut Vec<Emitted>,
+    ) -> Outcome {
+        self.push_inner(shard, event, Some((prepared, i)), out)
+    }
+
+    fn push_inner(
+        &mut self,
+        shard: u32,
+        event: &[Value],
+        prepared: Option<(&[Prepared], usize)>,
+        out: &mut Vec<Emitted>,
+    ) -> Outcome {
         let t = &self.catalog.tables[self.table];
         let lateness = t.lateness_ms;
         let Value::Timestamp(time) = event[t.time] else {
@@ -351,7 +388,12 @@ impl Engine {
         let mut rows = std::mem::take(&mut self.scratch);
         for (i, vs) in s.views.iter_mut().enumerate() {
             let view = &self.catalog.views[self.views[i]];
-            vs.on_event(view, event, time, pos, wm, &mut rows);
+            match prepared {
+                Some((p, at)) => {
+                    vs.on_event_prepared(view, event, time, pos, wm, p[i].get(at), &mut rows)
+                }
+                None => vs.on_event(view, event, time, pos, wm, &mut rows),
+            }
             out.extend(rows.drain(..).map(|row| Emitted {
                 view: i,
                 shard,

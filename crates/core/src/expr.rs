@@ -108,7 +108,9 @@ impl Expr {
                     // by reference: comparing a column with a literal clones nothing
                     compare_op(*op, &left.eval_ref(ctx), &right.eval_ref(ctx))
                 }
-                _ => binary(*op, *ty, left.eval(ctx), right.eval(ctx)),
+                // operands by reference: a column or window value is read
+                // in place, not cloned and dropped
+                _ => binary(*op, *ty, &left.eval_ref(ctx), &right.eval_ref(ctx)),
             },
             Expr::Not(e) => match e.eval(ctx) {
                 Value::Boolean(b) => Value::Boolean(!b),
@@ -206,10 +208,7 @@ impl Expr {
                     },
                 },
                 BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
-                    match compare_op(*op, &left.eval_ref(ctx), &right.eval_ref(ctx)) {
-                        Value::Boolean(b) => Some(b),
-                        _ => None,
-                    }
+                    compare_truth(*op, &left.eval_ref(ctx), &right.eval_ref(ctx))
                 }
                 _ => self.eval(ctx).as_truth(),
             },
@@ -320,11 +319,16 @@ pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
 /// A SQL comparison: NULL if either side is NULL; numbers compare across
 /// BIGINT and DOUBLE; -0.0 equals 0.0 and NaN equals NaN (above all numbers).
 pub fn compare_op(op: BinOp, l: &Value, r: &Value) -> Value {
+    compare_truth(op, l, r).map_or(Value::Null, Value::Boolean)
+}
+
+/// [`compare_op`] as a truth value (`None` for NULL).
+fn compare_truth(op: BinOp, l: &Value, r: &Value) -> Option<bool> {
     if l.is_null() || r.is_null() {
-        return Value::Null;
+        return None;
     }
     let eq = l == r;
-    Value::Boolean(match op {
+    Some(match op {
         BinOp::Eq => eq,
         BinOp::NotEq => !eq,
         _ if eq => matches!(op, BinOp::LtEq | BinOp::GtEq),
@@ -339,37 +343,41 @@ pub fn compare_op(op: BinOp, l: &Value, r: &Value) -> Value {
 }
 
 /// Evaluates a non-logical binary operator. `ty` is the compiled result type.
-pub fn binary(op: BinOp, ty: DataType, l: Value, r: Value) -> Value {
+pub fn binary(op: BinOp, ty: DataType, l: &Value, r: &Value) -> Value {
     use Value::*;
     if l.is_null() || r.is_null() {
         return Null;
     }
     match op {
         BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
-            compare_op(op, &l, &r)
+            compare_op(op, l, r)
         }
         BinOp::Concat => Text(Arc::from(format!("{l}{r}").as_str())),
         _ => arith(op, ty, l, r),
     }
 }
 
-fn arith(op: BinOp, ty: DataType, l: Value, r: Value) -> Value {
+fn arith(op: BinOp, ty: DataType, l: &Value, r: &Value) -> Value {
     use Value::*;
     match (l, r) {
-        (Timestamp(t), Interval(i)) => match op {
+        (&Timestamp(t), &Interval(i)) => match op {
             BinOp::Add => t.checked_add(i).map_or(Null, Timestamp),
             BinOp::Sub => t.checked_sub(i).map_or(Null, Timestamp),
             _ => Null,
         },
-        (Interval(i), Timestamp(t)) if op == BinOp::Add => t.checked_add(i).map_or(Null, Timestamp),
-        (Timestamp(a), Timestamp(b)) if op == BinOp::Sub => a.checked_sub(b).map_or(Null, Interval),
-        (Interval(a), Interval(b)) => match op {
+        (&Interval(i), &Timestamp(t)) if op == BinOp::Add => {
+            t.checked_add(i).map_or(Null, Timestamp)
+        }
+        (&Timestamp(a), &Timestamp(b)) if op == BinOp::Sub => {
+            a.checked_sub(b).map_or(Null, Interval)
+        }
+        (&Interval(a), &Interval(b)) => match op {
             BinOp::Add => a.checked_add(b).map_or(Null, Interval),
             BinOp::Sub => a.checked_sub(b).map_or(Null, Interval),
             _ => Null,
         },
-        (Interval(a), BigInt(b)) if op == BinOp::Mul => a.checked_mul(b).map_or(Null, Interval),
-        (BigInt(a), BigInt(b)) if ty == DataType::BigInt => match op {
+        (&Interval(a), &BigInt(b)) if op == BinOp::Mul => a.checked_mul(b).map_or(Null, Interval),
+        (&BigInt(a), &BigInt(b)) if ty == DataType::BigInt => match op {
             BinOp::Add => a.checked_add(b).map_or(Null, BigInt),
             BinOp::Sub => a.checked_sub(b).map_or(Null, BigInt),
             BinOp::Mul => a.checked_mul(b).map_or(Null, BigInt),

@@ -47,15 +47,15 @@ const POS_BITS: u32 = 48;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
 
 impl Layout {
-    fn for_event(e: &Stored) -> Layout {
+    fn for_event(pos: u64, inputs: &[In]) -> Layout {
         let mut wide = 0u64;
-        for (s, i) in e.inputs.iter().enumerate().take(64) {
+        for (s, i) in inputs.iter().enumerate().take(64) {
             wide |= (needs_payload(i) as u64) << s;
         }
         Layout {
-            slots: e.inputs.len() as u32,
+            slots: inputs.len() as u32,
             wide,
-            packed: e.inputs.len() <= PACKED_SLOTS && e.pos <= POS_MASK,
+            packed: inputs.len() <= PACKED_SLOTS && pos <= POS_MASK,
         }
     }
 
@@ -220,7 +220,12 @@ impl Events {
 
     /// Inserts `e` as event `idx` (the caller keeps the order).
     pub fn insert(&mut self, idx: usize, e: &Stored) {
-        let want = Layout::for_event(e);
+        self.insert_parts(idx, e.time, e.pos, &e.inputs);
+    }
+
+    /// [`Events::insert`] of an event given by its parts.
+    pub fn insert_parts(&mut self, idx: usize, time: i64, pos: u64, inputs: &[In]) {
+        let want = Layout::for_event(pos, inputs);
         if self.words.is_empty() {
             self.layout = want;
             self.width = want.width() as u32;
@@ -236,9 +241,9 @@ impl Events {
         }
         let layout = self.layout;
         let mut rec: smallvec::SmallVec<[u64; 8]> = smallvec::SmallVec::from_elem(0, self.w());
-        rec[0] = e.time as u64;
-        rec[1] = e.pos;
-        for (s, i) in e.inputs.iter().enumerate() {
+        rec[0] = time as u64;
+        rec[1] = pos;
+        for (s, i) in inputs.iter().enumerate() {
             let (tag, payload) = match i {
                 In::Skip => (SKIP, None),
                 In::Null => (NULL, None),

@@ -4,7 +4,7 @@
 use super::acc::Acc;
 use super::events::Events;
 use super::exact_sum::ExactSum;
-use super::input::{InRef, Inputs};
+use super::input::{In, InRef, Inputs};
 use crate::plan::{Frame, WinFunc, WindowCall};
 use crate::value::Value;
 use smallvec::SmallVec;
@@ -286,10 +286,15 @@ impl Partition {
     /// Inserts an event that arrived now (its position is the largest yet) and
     /// returns its index.
     pub fn insert(&mut self, e: Stored) -> usize {
-        let idx = gallop(&self.events, self.events.len(), |t| t <= e.time);
-        self.events.insert(idx, &e);
+        self.insert_parts(e.time, e.pos, &e.inputs)
+    }
+
+    /// [`Partition::insert`] of an event given by its parts.
+    pub fn insert_parts(&mut self, time: i64, pos: u64, inputs: &[In]) -> usize {
+        let idx = gallop(&self.events, self.events.len(), |t| t <= time);
+        self.events.insert_parts(idx, time, pos, inputs);
         for s in self.slides.iter_mut() {
-            if s.contains(e.time) {
+            if s.contains(time) {
                 s.add(&self.events, idx);
             }
             s.lo_hint += (idx < s.lo_hint) as usize;

@@ -5,6 +5,7 @@ use super::acc::Acc;
 use super::group::{Entry, Group};
 use super::input::{In, Inputs};
 use super::partition::{eval_call, Partition, Slide, Stored};
+use super::prepare::{input_of, passes, wants_row, Pre};
 use super::timers::{Held, Timers};
 use crate::expr::{Ctx, Expr};
 use crate::plan::{Frame, View, WinFunc};
@@ -223,18 +224,7 @@ impl ViewState {
         view.groups[g]
             .inputs
             .iter()
-            .map(|&ci| {
-                let c = &view.calls[ci];
-                if let Some(f) = &c.filter {
-                    if !f.is_true(&ctx) {
-                        return In::Skip;
-                    }
-                }
-                match &c.arg {
-                    Some(a) => In::from_value(a.eval(&ctx)),
-                    None => In::Bool(true),
-                }
-            })
+            .map(|&ci| input_of(view, ci, &ctx))
             .collect()
     }
 
@@ -253,16 +243,40 @@ impl ViewState {
             row: event,
             slots: &[],
         };
-        if let Some(f) = &view.filter {
-            if !f.is_true(&ctx) {
-                return;
-            }
+        if !passes(view, &ctx) {
+            return;
+        }
+        let inputs: SmallVec<[In; 6]> = view
+            .groups
+            .iter()
+            .flat_map(|g| g.inputs.iter().map(|&ci| input_of(view, ci, &ctx)))
+            .collect();
+        let pre = Pre {
+            passes: true,
+            wants_row: wants_row(view, &ctx),
+            inputs: &inputs,
+        };
+        self.on_event_prepared(view, event, time, pos, wm, pre, out);
+    }
+
+    /// [`ViewState::on_event`] with the event's WHERE, QUALIFY and inputs
+    /// already evaluated (for a batch, see [`super::prepare::Prepared`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_event_prepared(
+        &mut self,
+        view: &View,
+        event: &[Value],
+        time: i64,
+        pos: u64,
+        wm: i64,
+        pre: Pre<'_>,
+        out: &mut Vec<Row>,
+    ) {
+        if !pre.passes {
+            return;
         }
         self.stats.events += 1;
-        let wants_row = match (&view.qualify, view.qualify_at_arrival) {
-            (Some(q), true) => q.is_true(&ctx),
-            _ => true,
-        };
+        let wants_row = pre.wants_row;
         let width = event.len();
         let mut woken = Vec::new();
         let mut values = Vec::new();
@@ -272,13 +286,16 @@ impl ViewState {
             values.resize(width + view.calls.len(), Value::Null);
         }
         let mut pinned: SmallVec<[usize; 2]> = smallvec::smallvec![usize::MAX; view.groups.len()];
+        let mut first_input = 0;
         for (g, pin) in pinned.iter_mut().enumerate() {
-            let inputs = Self::inputs(view, g, event);
+            let n = view.groups[g].inputs.len();
+            let inputs = &pre.inputs[first_input..first_input + n];
+            first_input += n;
             let idx = self.groups[g].find_or_insert(event, &view.groups[g].columns, || {
                 Self::new_partition(view, g)
             });
             let part = self.groups[g].get_mut(idx);
-            part.insert(Stored { time, pos, inputs });
+            part.insert_parts(time, pos, inputs);
             woken.append(&mut part.waiting);
             if wants_row {
                 for &ci in &view.groups[g].calls {
