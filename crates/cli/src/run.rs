@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context};
 use lockstep_core::dedup::{event_id_of, EventIds};
-use lockstep_core::{Emitted, Engine, Outcome, Row};
+use lockstep_core::{Emitted, Engine, Outcome, Row, Value};
 use lockstep_io::{
     create_row_writer, dead_letter_path, late_path, open_events_projected, render_json, BadRecord,
     DeadLetterWriter, EventReader, Location, RowSink,
@@ -100,7 +100,48 @@ struct Job {
     seq: u64,
     location: Location,
     shard: u32,
-    event: Row,
+}
+
+/// Events for a shard worker: one [`Job`] each, their values row after row
+/// in one buffer (no allocation per event).
+struct Jobs {
+    width: usize,
+    values: Vec<Value>,
+    jobs: Vec<Job>,
+}
+
+impl Jobs {
+    fn new(width: usize, capacity: usize) -> Jobs {
+        Jobs {
+            width,
+            values: Vec::with_capacity(width * capacity),
+            jobs: Vec::with_capacity(capacity),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// The values of event `i`.
+    fn event(&self, i: usize) -> &[Value] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    /// Moves event `i` of `from` (its values left NULL) to the end.
+    fn take_from(&mut self, from: &mut Jobs, i: usize, job: Job) {
+        let w = from.width;
+        self.values.extend(
+            from.values[i * w..(i + 1) * w]
+                .iter_mut()
+                .map(|v| std::mem::replace(v, Value::Null)),
+        );
+        self.jobs.push(job);
+    }
 }
 
 /// What a shard worker returns for one batch of the file.
@@ -162,7 +203,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunSummary> {
     // file order: the output is the same for any number of workers.
     // Bounded channels keep memory constant in the input size.
     let (job_txs, job_rxs): (Vec<_>, Vec<_>) =
-        (0..workers).map(|_| sync_channel::<Vec<Job>>(4)).unzip();
+        (0..workers).map(|_| sync_channel::<Jobs>(4)).unzip();
     let (out_txs, out_rxs): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| sync_channel::<WorkerMsg>(4)).unzip();
     // Set when the input stops the run (--strict, unreadable): the workers
@@ -222,7 +263,7 @@ fn read_stage(
     args: &RunArgs,
     reader: EventReader,
     table: &lockstep_core::Table,
-    txs: Vec<SyncSender<Vec<Job>>>,
+    txs: Vec<SyncSender<Jobs>>,
     abort: &AtomicBool,
 ) -> anyhow::Result<RunSummary> {
     // a panic here must stop the workers as an error does
@@ -230,7 +271,7 @@ fn read_stage(
     let mut dead = DeadLetterWriter::new(dead_letter_path(&args.output));
     let mut s = RunSummary::default();
     let mut router = Router::new(&txs, table.shards as usize);
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Jobs::new(table.schema.len(), BATCH);
     let read = read_events(
         args,
         reader,
@@ -284,7 +325,7 @@ fn read_events(
     mut reader: EventReader,
     table: &lockstep_core::Table,
     router: &mut Router<'_>,
-    batch: &mut Vec<Job>,
+    batch: &mut Jobs,
     dead: &mut DeadLetterWriter,
     s: &mut RunSummary,
 ) -> anyhow::Result<()> {
@@ -301,7 +342,13 @@ fn read_events(
         Ok(())
     };
     let mut in_batch = 0;
-    while let Some(item) = reader.next() {
+    loop {
+        // the event's values go straight into the batch; a record that is
+        // not kept is cut off again
+        let start = batch.values.len();
+        let Some(item) = reader.next_into(&mut batch.values) else {
+            break;
+        };
         let seq = s.events_read;
         s.events_read += 1;
         match item.with_context(|| format!("reading {}", input.display()))? {
@@ -309,38 +356,42 @@ fn read_events(
                 strict(&bad)?;
                 dead.write("malformed", &bad)?;
             }
-            Ok(event) => match table
-                .validate(&event)
-                .and_then(|()| table.check_time(&event, args.now_ms))
-            {
-                Ok(()) => {
-                    let shard = table.shard_of(&event);
-                    if dedup.is_duplicate(shard, &event) {
-                        s.duplicates += 1;
-                    } else {
-                        batch.push(Job {
-                            seq,
+            Ok(()) => {
+                let event = &batch.values[start..];
+                match table
+                    .validate(event)
+                    .and_then(|()| table.check_time(event, args.now_ms))
+                {
+                    Ok(()) => {
+                        let shard = table.shard_of(event);
+                        if dedup.is_duplicate(shard, event) {
+                            s.duplicates += 1;
+                            batch.values.truncate(start);
+                        } else {
+                            batch.jobs.push(Job {
+                                seq,
+                                location: reader.location(),
+                                shard,
+                            });
+                        }
+                    }
+                    Err(reason) => {
+                        let bad = BadRecord {
                             location: reader.location(),
-                            shard,
-                            event,
-                        });
+                            reason: reason.to_string(),
+                            raw: render_json(event, &table.schema),
+                        };
+                        batch.values.truncate(start);
+                        strict(&bad)?;
+                        dead.write("schema", &bad)?;
                     }
                 }
-                Err(reason) => {
-                    let bad = BadRecord {
-                        location: reader.location(),
-                        reason: reason.to_string(),
-                        raw: render_json(&event, &table.schema),
-                    };
-                    strict(&bad)?;
-                    dead.write("schema", &bad)?;
-                }
-            },
+            }
         }
         in_batch += 1;
         if in_batch == BATCH {
             in_batch = 0;
-            let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+            let full = std::mem::replace(batch, Jobs::new(batch.width, BATCH));
             if !router.push(full) {
                 return Ok(()); // the writer stopped; its error is reported
             }
@@ -353,7 +404,7 @@ fn read_events(
 /// with the job's place in the file. Returns the number of accepted events.
 fn shard_worker(
     mut engine: Engine,
-    rx: Receiver<Vec<Job>>,
+    rx: Receiver<Jobs>,
     tx: SyncSender<WorkerMsg>,
     abort: &AtomicBool,
 ) -> u64 {
@@ -365,21 +416,22 @@ fn shard_worker(
             rows: Vec::with_capacity(jobs.len()),
             late: Vec::new(),
         };
-        let events: Vec<&[lockstep_core::Value]> = jobs.iter().map(|j| &j.event[..]).collect();
+        let events: Vec<&[Value]> = (0..jobs.len()).map(|i| jobs.event(i)).collect();
         let prepared = engine.prepare(&events);
         drop(events);
-        for (i, job) in jobs.into_iter().enumerate() {
-            match engine.push_prepared(job.shard, &job.event, &prepared, i, &mut out) {
+        for (i, job) in jobs.jobs.iter().enumerate() {
+            let event = jobs.event(i);
+            match engine.push_prepared(job.shard, event, &prepared, i, &mut out) {
                 Outcome::Accepted { .. } => accepted += 1,
                 Outcome::Late { shard, watermark } => {
                     let bad = BadRecord {
                         location: job.location,
                         reason: format!(
                             "too late: event_time {} is below shard {shard}'s watermark {}",
-                            event_time_text(&engine, &job.event),
+                            event_time_text(&engine, event),
                             lockstep_core::time::format_rfc3339_ms(watermark)
                         ),
-                        raw: render_json(&job.event, &schema),
+                        raw: render_json(event, &schema),
                     };
                     p.late.push((job.seq, bad));
                 }

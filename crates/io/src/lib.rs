@@ -84,6 +84,37 @@ impl EventReader {
     }
 }
 
+impl EventReader {
+    /// The next record as [`Iterator::next`] gives it, with a usable
+    /// event's values appended to `out` instead of returned as a row (the
+    /// Parquet reader then allocates nothing per event). A bad record
+    /// appends nothing.
+    pub fn next_into(
+        &mut self,
+        out: &mut Vec<Value>,
+    ) -> Option<Result<Result<(), BadRecord>, IoError>> {
+        let Source::Parquet(r) = &mut self.source else {
+            return self
+                .next()
+                .map(|item| item.map(|record| record.map(|row| out.extend(row))));
+        };
+        if self.done {
+            return None;
+        }
+        match r.next_record_into(out) {
+            Ok(Some(record)) => Some(Ok(record)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 impl Iterator for EventReader {
     type Item = Result<Result<Row, BadRecord>, IoError>;
 

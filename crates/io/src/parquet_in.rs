@@ -55,6 +55,32 @@ fn compatible(dt: &ArrowType, ty: DataType) -> bool {
     }
 }
 
+/// One column of a batch's values laid out row after row.
+struct Cells<'a> {
+    values: &'a mut [Value],
+    width: usize,
+    column: usize,
+}
+
+impl Cells<'_> {
+    /// The column's cells, row by row (rows are laid out last first).
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Value> {
+        let column = self.column;
+        self.values
+            .chunks_exact_mut(self.width)
+            .rev()
+            .map(move |row| &mut row[column])
+    }
+
+    fn reborrow(&mut self) -> Cells<'_> {
+        Cells {
+            values: self.values,
+            width: self.width,
+            column: self.column,
+        }
+    }
+}
+
 /// Per-row failures of one batch: (index in batch, reason).
 type BadRows = Vec<(usize, String)>;
 
@@ -68,7 +94,12 @@ pub(crate) struct ParquetEvents {
     columns: Columns,
     /// For each schema column, its index in the (projected) record batches.
     sources: Vec<Option<usize>>,
-    pending: std::vec::IntoIter<Row>,
+    /// The current batch's values, row after row (`columns.len()` a row)
+    /// from its last row to its first, so that reading a row moves it off
+    /// the end.
+    pending: Vec<Value>,
+    /// Rows in the current batch.
+    pending_rows: usize,
     bad: VecDeque<(usize, String)>,
     /// Rows in the batches before the current one.
     batch_start: u64,
@@ -202,7 +233,8 @@ impl ParquetEvents {
             schema: schema.clone(),
             columns,
             sources,
-            pending: Vec::new().into_iter(),
+            pending: Vec::new(),
+            pending_rows: 0,
             bad: VecDeque::new(),
             batch_start: 0,
             next_in_batch: 0,
@@ -210,19 +242,45 @@ impl ParquetEvents {
     }
 
     pub fn next_record(&mut self) -> Result<Option<Result<Row, BadRecord>>, IoError> {
+        let mut row = Vec::with_capacity(self.columns.len());
+        Ok(self.next_record_into(&mut row)?.map(|r| r.map(|()| row)))
+    }
+
+    /// Like [`ParquetEvents::next_record`], the event's values appended to
+    /// `out` (no allocation per event). A bad record appends nothing.
+    pub fn next_record_into(
+        &mut self,
+        out: &mut Vec<Value>,
+    ) -> Result<Option<Result<(), BadRecord>>, IoError> {
         loop {
-            if let Some(row) = self.pending.next() {
+            if self.next_in_batch < self.pending_rows {
                 let i = self.next_in_batch;
                 self.next_in_batch += 1;
+                let width = self.columns.len();
+                let rest = self.pending.len() - width;
                 if self.bad.front().is_some_and(|b| b.0 == i) {
                     let (_, reason) = self.bad.pop_front().unwrap_or_default();
+                    let row: Row = self.pending.drain(rest..).collect();
                     return Ok(Some(Err(BadRecord {
                         location: Location::Row(self.batch_start + i as u64 + 1),
                         reason,
                         raw: render_json(&row, &self.schema),
                     })));
                 }
-                return Ok(Some(Ok(row)));
+                out.reserve(width);
+                // SAFETY: the row's `width` values at the end of `pending`
+                // are moved bit for bit into `out`'s reserved spare room,
+                // then `pending` is shortened past them without dropping
+                // them and `out` lengthened over them: every value has
+                // exactly one owner before and after.
+                unsafe {
+                    let from = self.pending.as_ptr().add(rest);
+                    let to = out.as_mut_ptr().add(out.len());
+                    std::ptr::copy_nonoverlapping(from, to, width);
+                    self.pending.set_len(rest);
+                    out.set_len(out.len() + width);
+                }
+                return Ok(Some(Ok(())));
             }
             self.batch_start += self.next_in_batch as u64;
             self.next_in_batch = 0;
@@ -243,20 +301,25 @@ impl ParquetEvents {
     /// Builds the rows of one batch, column by column.
     fn convert_batch(&mut self, batch: &RecordBatch) -> Result<(), IoError> {
         let n = batch.num_rows();
-        let mut rows: Vec<Row> = (0..n)
-            .map(|_| Vec::with_capacity(self.columns.len()))
-            .collect();
+        let width = self.columns.len();
+        let mut rows = std::mem::take(&mut self.pending);
+        rows.clear();
+        rows.resize(n * width, Value::Null);
         let mut bad = BadRows::new();
         for (i, source) in self.sources.iter().enumerate() {
             let Some(j) = *source else {
-                rows.iter_mut().for_each(|r| r.push(Value::Null));
-                continue;
+                continue; // NULL already
             };
             let before = bad.len();
             let array = batch.column(j);
             let ty = self.columns.types[i];
+            let cells = Cells {
+                values: &mut rows,
+                width,
+                column: i,
+            };
             let converted =
-                convert_column(array.as_ref(), ty, &mut rows, &mut bad).map_err(|e| match e {
+                convert_column(array.as_ref(), ty, cells, &mut bad).map_err(|e| match e {
                     Some(source) => IoError::Arrow {
                         path: self.path.clone(),
                         source,
@@ -279,7 +342,8 @@ impl ParquetEvents {
         bad.sort_by_key(|b| b.0);
         bad.dedup_by_key(|b| b.0);
         self.bad = bad.into();
-        self.pending = rows.into_iter();
+        self.pending = rows;
+        self.pending_rows = n;
         Ok(())
     }
 }
@@ -298,7 +362,7 @@ fn find_field(fields: &at::Fields, name: &str) -> Option<usize> {
 fn convert_column(
     array: &dyn Array,
     ty: DataType,
-    rows: &mut [Row],
+    mut rows: Cells<'_>,
     bad: &mut BadRows,
 ) -> Result<(), Option<arrow::error::ArrowError>> {
     use ArrowType as A;
@@ -306,11 +370,11 @@ fn convert_column(
         (DataType::Text, A::Dictionary(key, value))
             if **key == A::Int32 && matches!(**value, A::Utf8 | A::LargeUtf8) =>
         {
-            fill_text_dictionary(array.as_dictionary::<at::Int32Type>(), rows)
+            fill_text_dictionary(array.as_dictionary::<at::Int32Type>(), rows.reborrow())
         }
         (_, A::Dictionary(_, value)) => {
             let plain = arrow::compute::cast(array, value).map_err(Some)?;
-            return convert_column(plain.as_ref(), ty, rows, bad);
+            return convert_column(plain.as_ref(), ty, rows.reborrow(), bad);
         }
         (DataType::BigInt, _) => {
             if !fill_int(array, rows, bad, Value::BigInt) {
@@ -339,8 +403,8 @@ fn convert_column(
             }
         }
         (DataType::Boolean, A::Boolean) => {
-            for (row, v) in rows.iter_mut().zip(array.as_boolean().iter()) {
-                row.push(v.map_or(Value::Null, Value::Boolean));
+            for (cell, v) in rows.iter_mut().zip(array.as_boolean().iter()) {
+                *cell = v.map_or(Value::Null, Value::Boolean);
             }
         }
         (DataType::Timestamp, A::Timestamp(unit, _)) => fill_timestamps(array, *unit, rows, bad),
@@ -368,16 +432,16 @@ fn convert_column(
 
 /// Appends a dictionary-encoded TEXT column: one shared string per
 /// dictionary entry, a reference to it per row.
-fn fill_text_dictionary(array: &arrow::array::DictionaryArray<at::Int32Type>, rows: &mut [Row]) {
+fn fill_text_dictionary(array: &arrow::array::DictionaryArray<at::Int32Type>, mut rows: Cells<'_>) {
     let values = array.values();
     let texts: Vec<Value> = match values.data_type() {
         ArrowType::LargeUtf8 => text_values(values.as_string::<i64>().iter()),
         _ => text_values(values.as_string::<i32>().iter()),
     };
-    for (row, key) in rows.iter_mut().zip(array.keys().iter()) {
+    for (cell, key) in rows.iter_mut().zip(array.keys().iter()) {
         // a key outside the dictionary is rejected when Arrow builds the
         // array, so indexing cannot fail
-        row.push(key.map_or(Value::Null, |k| texts[k as usize].clone()));
+        *cell = key.map_or(Value::Null, |k| texts[k as usize].clone());
     }
 }
 
@@ -390,17 +454,17 @@ fn text_values<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Vec<Value> 
 /// Appends a primitive column through an infallible conversion.
 fn fill<T: ArrowPrimitiveType>(
     array: &dyn Array,
-    rows: &mut [Row],
+    mut rows: Cells<'_>,
     f: impl Fn(T::Native) -> Value,
 ) {
     let a = array.as_primitive::<T>();
     if a.null_count() == 0 {
-        for (row, v) in rows.iter_mut().zip(a.values().iter()) {
-            row.push(f(*v));
+        for (cell, v) in rows.iter_mut().zip(a.values().iter()) {
+            *cell = f(*v);
         }
     } else {
-        for (row, v) in rows.iter_mut().zip(a.iter()) {
-            row.push(v.map_or(Value::Null, &f));
+        for (cell, v) in rows.iter_mut().zip(a.iter()) {
+            *cell = v.map_or(Value::Null, &f);
         }
     }
 }
@@ -408,31 +472,26 @@ fn fill<T: ArrowPrimitiveType>(
 /// Appends a primitive column through a conversion that can fail per value.
 fn try_fill<T: ArrowPrimitiveType>(
     array: &dyn Array,
-    rows: &mut [Row],
+    mut rows: Cells<'_>,
     bad: &mut BadRows,
     f: impl Fn(T::Native) -> Result<Value, Failed>,
 ) {
     let a = array.as_primitive::<T>();
-    for (i, (row, v)) in rows.iter_mut().zip(a.iter()).enumerate() {
-        row.push(match v.map(&f) {
+    for (i, (cell, v)) in rows.iter_mut().zip(a.iter()).enumerate() {
+        *cell = match v.map(&f) {
             None => Value::Null,
             Some(Ok(value)) => value,
             Some(Err((reason, shown))) => {
                 bad.push((i, reason));
                 shown
             }
-        });
+        };
     }
 }
 
 /// Appends any integer column, widened to i64 and passed to `make`. Returns
 /// false if the column is not an integer column.
-fn fill_int(
-    array: &dyn Array,
-    rows: &mut [Row],
-    bad: &mut BadRows,
-    make: fn(i64) -> Value,
-) -> bool {
+fn fill_int(array: &dyn Array, rows: Cells<'_>, bad: &mut BadRows, make: fn(i64) -> Value) -> bool {
     use ArrowType as A;
     match array.data_type() {
         A::Int8 => fill::<at::Int8Type>(array, rows, |v| make(v.into())),
@@ -455,7 +514,7 @@ fn fill_int(
     true
 }
 
-fn fill_timestamps(array: &dyn Array, unit: TimeUnit, rows: &mut [Row], bad: &mut BadRows) {
+fn fill_timestamps(array: &dyn Array, unit: TimeUnit, rows: Cells<'_>, bad: &mut BadRows) {
     // Sub-millisecond units truncate toward negative infinity, so an instant
     // maps to the millisecond that contains it, before 1970 as after.
     match unit {
@@ -484,7 +543,7 @@ fn fill_timestamps(array: &dyn Array, unit: TimeUnit, rows: &mut [Row], bad: &mu
 /// not a string column.
 fn fill_strings(
     array: &dyn Array,
-    rows: &mut [Row],
+    rows: Cells<'_>,
     bad: &mut BadRows,
     f: &impl Fn(&str) -> Result<Value, String>,
 ) -> bool {
@@ -499,18 +558,18 @@ fn fill_strings(
 
 fn push_strs<'a>(
     values: impl Iterator<Item = Option<&'a str>>,
-    rows: &mut [Row],
+    mut rows: Cells<'_>,
     bad: &mut BadRows,
     f: &impl Fn(&str) -> Result<Value, String>,
 ) {
-    for (i, (row, v)) in rows.iter_mut().zip(values).enumerate() {
-        row.push(match v.map(f) {
+    for (i, (cell, v)) in rows.iter_mut().zip(values).enumerate() {
+        *cell = match v.map(f) {
             None => Value::Null,
             Some(Ok(value)) => value,
             Some(Err(reason)) => {
                 bad.push((i, reason));
                 Value::Text(Arc::from(v.unwrap_or_default()))
             }
-        });
+        };
     }
 }

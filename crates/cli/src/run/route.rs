@@ -1,7 +1,7 @@
 //! Which worker runs which shard, and handing each batch of the file to
 //! the workers.
 
-use super::Job;
+use super::Jobs;
 use std::sync::mpsc::SyncSender;
 
 /// Batches of the file held back to choose which worker runs which shard.
@@ -14,14 +14,14 @@ pub(super) const PLAN_BATCHES: usize = 4;
 /// loaded worker, so a few heavy keys do not leave one worker with most of
 /// the work. The output does not depend on the choice.
 pub(super) struct Router<'a> {
-    txs: &'a [SyncSender<Vec<Job>>],
+    txs: &'a [SyncSender<Jobs>],
     counts: Vec<u64>,
-    held: Vec<Vec<Job>>,
+    held: Vec<Jobs>,
     worker_of: Option<Vec<usize>>,
 }
 
 impl<'a> Router<'a> {
-    pub(super) fn new(txs: &'a [SyncSender<Vec<Job>>], shards: usize) -> Router<'a> {
+    pub(super) fn new(txs: &'a [SyncSender<Jobs>], shards: usize) -> Router<'a> {
         Router {
             txs,
             counts: vec![0; shards],
@@ -32,14 +32,14 @@ impl<'a> Router<'a> {
 
     /// False when a worker is gone (the writer stopped). An empty batch is
     /// not sent.
-    pub(super) fn push(&mut self, batch: Vec<Job>) -> bool {
+    pub(super) fn push(&mut self, batch: Jobs) -> bool {
         if batch.is_empty() {
             return true;
         }
         if self.worker_of.is_some() {
             return self.send(batch);
         }
-        for j in &batch {
+        for j in &batch.jobs {
             self.counts[j.shard as usize] += 1;
         }
         self.held.push(batch);
@@ -56,14 +56,18 @@ impl<'a> Router<'a> {
             .all(|b| self.send(b))
     }
 
-    fn send(&self, batch: Vec<Job>) -> bool {
+    fn send(&self, mut batch: Jobs) -> bool {
         let worker_of = self.worker_of.as_ref().expect("assigned before sending");
         let n = self.txs.len();
-        let mut per: Vec<Vec<Job>> = (0..n)
-            .map(|_| Vec::with_capacity(batch.len() / n + 1))
+        if n == 1 {
+            return self.txs[0].send(batch).is_ok();
+        }
+        let mut per: Vec<Jobs> = (0..n)
+            .map(|_| Jobs::new(batch.width, batch.len() / n + 1))
             .collect();
-        for j in batch {
-            per[worker_of[j.shard as usize]].push(j);
+        let jobs = std::mem::take(&mut batch.jobs);
+        for (i, j) in jobs.into_iter().enumerate() {
+            per[worker_of[j.shard as usize]].take_from(&mut batch, i, j);
         }
         self.txs
             .iter()
