@@ -353,6 +353,10 @@ impl Engine {
         i: usize,
         out: &mut Vec<Emitted>,
     ) -> Outcome {
+        debug_assert!(
+            prepared.len() == self.views.len() && prepared.iter().all(|p| i < p.len()),
+            "event {i} of a batch prepared for these views"
+        );
         self.push_inner(shard, event, Some((prepared, i)), out)
     }
 

@@ -386,3 +386,41 @@ fn text_columns_read_through_dictionaries_keep_every_value() {
         rows[4]
     );
 }
+
+/// A column chunk's dictionary larger than a read batch (the reader then
+/// makes the strings a batch uses, not the whole dictionary): every value
+/// comes back, pairs of equal neighbours share their string, and the reader
+/// stays ended once it has ended.
+#[test]
+fn a_dictionary_larger_than_a_batch_reads_back_and_the_end_stays_the_end() {
+    let n = 20_000;
+    // 9,000 distinct texts in one row group, each on two neighbouring rows
+    let cities: Vec<String> = (0..n)
+        .map(|i| format!("city-{}", (i / 2) % 9_000))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_parquet(
+        dir.path(),
+        "cities.parquet",
+        vec![(
+            "name",
+            Arc::new(StringArray::from(cities.clone())) as ArrayRef,
+        )],
+    );
+    let s = schema(&[("name", DataType::Text)]);
+    let rows = read_rows(&path, &s).unwrap();
+    let want: Vec<Vec<Value>> = cities.iter().map(|c| vec![Value::text(c)]).collect();
+    common::assert_rows_identical(&rows, &want);
+    for i in [0, 4_000, 8_190, 12_000, 19_998] {
+        let (Value::Text(a), Value::Text(b)) = (&rows[i][0], &rows[i + 1][0]) else {
+            panic!("text expected");
+        };
+        assert!(Arc::ptr_eq(a, b), "rows {i} and {}", i + 1);
+    }
+    let mut it =
+        lockstep_io::parquet_rows("cities.parquet", File::open(&path).unwrap(), &s).unwrap();
+    assert_eq!(it.by_ref().count(), n);
+    for _ in 0..3 {
+        assert!(it.next().is_none(), "the end stays the end");
+    }
+}

@@ -151,11 +151,13 @@ impl<T: Clone> Values<'_, T> {
 }
 
 /// `f` for every event: once when it reads no column, once per distinct
-/// text when it reads one repeating TEXT column, else event by event.
+/// text when it reads one repeating TEXT column, else event by event, and
+/// then only for the events `only` marks (the others get its `skip`).
 fn eval_all<'d, T: Clone>(
     events: &[&[Value]],
     reads: Reads,
     dicts: &'d HashMap<usize, Option<Dict>>,
+    only: Option<(&[bool], T)>,
     f: impl Fn(&Ctx<'_>) -> T,
 ) -> Values<'d, T> {
     let at = |ev: &[Value]| {
@@ -164,15 +166,25 @@ fn eval_all<'d, T: Clone>(
             slots: &[],
         })
     };
+    let per_event = || {
+        Values::PerEvent(match &only {
+            Some((mask, skip)) => events
+                .iter()
+                .zip(mask.iter())
+                .map(|(ev, &wanted)| if wanted { at(ev) } else { skip.clone() })
+                .collect(),
+            None => events.iter().map(|ev| at(ev)).collect(),
+        })
+    };
     match reads {
         Reads::Nothing if !events.is_empty() => Values::Same(at(events[0])),
         Reads::OneText(c) => match dicts.get(&c) {
             Some(Some(d)) => {
                 Values::PerText(&d.ids, d.reps.iter().map(|&e| at(events[e])).collect())
             }
-            _ => Values::PerEvent(events.iter().map(|ev| at(ev)).collect()),
+            _ => per_event(),
         },
-        _ => Values::PerEvent(events.iter().map(|ev| at(ev)).collect()),
+        _ => per_event(),
     }
 }
 
@@ -214,11 +226,24 @@ impl Prepared {
                 dicts.entry(c).or_insert_with(|| Dict::new(events, c));
             }
         }
-        let passes_all = eval_all(events, where_reads, &dicts, |ctx| passes(view, ctx));
-        let wants_all = eval_all(events, qualify_reads, &dicts, |ctx| wants_row(view, ctx));
+        let passes_all = eval_all(events, where_reads, &dicts, None, |ctx| passes(view, ctx));
+        let passes: Vec<bool> = (0..n).map(|i| passes_all.at(i)).collect();
+        // an event WHERE drops is never looked at again: event by event,
+        // the rest is evaluated only for the events that pass
+        let wants_all = eval_all(
+            events,
+            qualify_reads,
+            &dicts,
+            Some((&passes, false)),
+            |ctx| wants_row(view, ctx),
+        );
         let inputs_all: Vec<Values<'_, In>> = input_reads
             .iter()
-            .map(|&(ci, r)| eval_all(events, r, &dicts, |ctx| input_of(view, ci, ctx)))
+            .map(|&(ci, r)| {
+                eval_all(events, r, &dicts, Some((&passes, In::Skip)), |ctx| {
+                    input_of(view, ci, ctx)
+                })
+            })
             .collect();
         let width = inputs_all.len();
         let mut inputs = Vec::with_capacity(n * width);
@@ -228,8 +253,8 @@ impl Prepared {
         Prepared {
             width,
             inputs,
-            passes: (0..n).map(|i| passes_all.at(i)).collect(),
             wants_row: (0..n).map(|i| wants_all.at(i)).collect(),
+            passes,
         }
     }
 
@@ -300,6 +325,9 @@ mod tests {
                 let ctx = Ctx { row: e, slots: &[] };
                 let got = p.get(i);
                 assert_eq!(got.passes, passes(view, &ctx), "event {i}");
+                if !got.passes {
+                    continue; // never read: `on_event_prepared` stops here
+                }
                 assert_eq!(got.wants_row, wants_row(view, &ctx), "event {i}");
                 let want: Vec<In> = view
                     .groups
