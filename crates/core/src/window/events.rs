@@ -115,6 +115,9 @@ pub struct Events {
     layout: Layout,
     /// Words per event (0 until the first event sets the layout).
     width: u32,
+    /// Events held (`words.len() / width`, kept rather than divided out on
+    /// every look).
+    count: usize,
     others: Option<Box<Others>>,
 }
 
@@ -131,11 +134,7 @@ fn needs_payload(i: &In) -> bool {
 
 impl Events {
     pub fn len(&self) -> usize {
-        if self.width == 0 {
-            0
-        } else {
-            self.words.len() / self.width as usize
-        }
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -269,6 +268,7 @@ impl Events {
                 self.words.insert(at + k, word);
             }
         }
+        self.count += 1;
     }
 
     fn keep_other(&mut self, v: Value) -> u64 {
@@ -328,6 +328,7 @@ impl Events {
         }
         let w = self.w();
         self.words.drain(..w);
+        self.count -= 1;
         if self.words.is_empty() {
             self.others = None;
         }
@@ -339,6 +340,7 @@ impl Events {
             self.words = VecDeque::new();
         }
         self.words.clear();
+        self.count = 0;
         self.others = None;
     }
 }
