@@ -34,6 +34,25 @@ fn events(n: u64, users: u64) -> Vec<Row> {
         .collect()
 }
 
+/// A batch whose equal texts share one string.
+fn share_texts(batch: &[Row]) -> Vec<Row> {
+    let mut seen: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    batch
+        .iter()
+        .map(|e| {
+            e.iter()
+                .map(|v| match v {
+                    Value::Text(s) => seen
+                        .entry(s.to_string())
+                        .or_insert_with(|| v.clone())
+                        .clone(),
+                    other => other.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn canonical(c: &mut Criterion) {
     let catalog = Arc::new(parse_pipeline(SQL).unwrap());
     let log = events(200_000, 20_000);
@@ -48,6 +67,30 @@ fn canonical(c: &mut Criterion) {
                 for e in &log {
                     engine.push(e, &mut out).unwrap();
                     out.clear();
+                }
+                engine.finish(&mut out);
+                black_box(out.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // as `lockstep run` drives the engine: batches of 4,096 events prepared
+    // at once, equal texts of a batch sharing one string (as the Parquet
+    // reader's dictionaries give them)
+    let batches: Vec<Vec<Row>> = log.chunks(4096).map(share_texts).collect();
+    g.bench_function("push_prepared_200k_events", |b| {
+        b.iter_batched(
+            || Engine::new(catalog.clone(), &[]).unwrap(),
+            |mut engine| {
+                let mut out = Vec::with_capacity(1024);
+                for batch in &batches {
+                    let events: Vec<&[Value]> = batch.iter().map(|e| &e[..]).collect();
+                    let prepared = engine.prepare(&events);
+                    for (i, e) in events.iter().enumerate() {
+                        let shard = engine.shard_of(e);
+                        engine.push_prepared(shard, e, &prepared, i, &mut out);
+                        out.clear();
+                    }
                 }
                 engine.finish(&mut out);
                 black_box(out.len())
