@@ -226,6 +226,11 @@ fn parquet_writer_rejects_wrong_values_without_corrupting_the_file() {
     let err = sink.write(&wrong).unwrap_err();
     assert!(matches!(err, IoError::ValueType { ref column, .. } if column == "name"));
     assert!(err.to_string().contains("BIGINT value"), "{err}");
+    // rejected after its text went in: the text is taken back too
+    let mut late_wrong = good.clone();
+    late_wrong[3] = Value::text("not a boolean");
+    let err = sink.write(&late_wrong).unwrap_err();
+    assert!(matches!(err, IoError::ValueType { ref column, .. } if column == "ok"));
     let short = sink.write(&good[..3]).unwrap_err();
     assert!(matches!(
         short,
