@@ -101,7 +101,14 @@ impl EventReader {
         if self.done {
             return None;
         }
-        match r.next_record_into(out) {
+        let next = r.next_record_into(out);
+        self.item(next)
+    }
+
+    /// A source's answer as an item: the reader is done after its end or
+    /// an error.
+    fn item<T>(&mut self, next: Result<Option<T>, IoError>) -> Option<Result<T, IoError>> {
+        match next {
             Ok(Some(record)) => Some(Ok(record)),
             Ok(None) => {
                 self.done = true;
@@ -127,17 +134,7 @@ impl Iterator for EventReader {
             Source::Csv(r) => r.next_record(),
             Source::Parquet(r) => r.next_record(),
         };
-        match next {
-            Ok(Some(record)) => Some(Ok(record)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        self.item(next)
     }
 }
 
